@@ -1,0 +1,1 @@
+//! Per-host agent logic: primary and backup roles, state machines, triggers.

@@ -1,0 +1,1 @@
+//! Dumping a running process tree into an image.

@@ -1,0 +1,1 @@
+//! The checkpoint image format: magic, versions, checksums, bounded reads.

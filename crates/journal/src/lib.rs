@@ -1,0 +1,1 @@
+//! The durable, segmented, append-only journal of replication messages.

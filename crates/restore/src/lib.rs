@@ -1,0 +1,1 @@
+//! Restoring a process tree from an image.

@@ -1,0 +1,1 @@
+//! The authenticated, versioned, framed wire protocol between agents.

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Everything a fresh machine of this kind needs before understudy builds and its tests run.
+# Idempotent; needs root (apt-get). Add a package here when a test or the demo needs one.
+set -euo pipefail
+PKGS=(gcc make iproute2 procps)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
