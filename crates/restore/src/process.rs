@@ -35,7 +35,6 @@ fn u(v: i32) -> u64 {
 
 /// A verified image, with every pages file mapped.
 pub struct Loaded {
-    #[allow(dead_code)] // kept for error messages of later stages
     pub dir: PathBuf,
     pub tree: Tree,
     pub pages: Vec<MappedFile>,
@@ -107,7 +106,6 @@ impl Loaded {
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
             let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
-            image::check_pages_data(dir, &p.pages, m.as_slice())?;
             pages.push(m);
         }
         Ok(Loaded {
@@ -115,6 +113,15 @@ impl Loaded {
             tree,
             pages,
         })
+    }
+
+    /// Checks the CRC32C of every pages file (runs while the stubs are being built; the
+    /// restored tree only starts running after it succeeded).
+    pub fn verify(&self) -> Result<()> {
+        for (p, m) in self.tree.processes.iter().zip(&self.pages) {
+            image::check_pages_data(&self.dir, &p.pages, m.as_slice())?;
+        }
+        Ok(())
     }
 }
 
@@ -228,7 +235,11 @@ fn set_tid_bytes(p_ns: i32, p_outer: i32, pidns: bool) -> (Vec<u8>, u64) {
     )
 }
 
-pub fn restore_tree(l: &Loaded, opts: &RestoreOptions) -> Result<RestoreReport> {
+pub fn restore_tree(
+    l: &Loaded,
+    opts: &RestoreOptions,
+    verified: impl FnOnce() -> Result<()>,
+) -> Result<RestoreReport> {
     let tree = &l.tree;
     for p in &tree.processes {
         for t in &p.threads {
@@ -319,6 +330,8 @@ pub fn restore_tree(l: &Loaded, opts: &RestoreOptions) -> Result<RestoreReport> 
             finals.push((t.tid, t));
         }
     }
+    // Nothing has run yet: a corrupt image still kills every stub here.
+    verified()?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -551,18 +564,7 @@ fn rebuild(
             len: r.npages * PAGE_SIZE,
         })
         .collect();
-    let mut off = 0usize;
-    let chunk = 4096; // ranges per progress step
-    for rr in ranges.chunks(chunk) {
-        let bytes: u64 = rr.iter().map(|r| r.len).sum();
-        let n = usize::try_from(bytes).unwrap_or(0);
-        sys::mem::write_vectored(pid, &data[off..off + n], rr).pid(pid)?;
-        off += n;
-        *done += bytes;
-        if let Some(pf) = &opts.progress {
-            pf(*done, total);
-        }
-    }
+    write_pages(pid, data, &ranges, opts, done, total)?;
     for v in reprotect {
         rs.syscall(
             "mprotect",
@@ -885,6 +887,80 @@ fn open_remote(
         .pid(pid)?;
     cache.insert((path.to_string(), flags != 0), fd);
     Ok(fd)
+}
+
+/// Writes the pages with two threads when there is enough to share (page allocation in the
+/// target dominates, and it runs in parallel on two CPUs).
+fn write_pages(
+    pid: i32,
+    data: &[u8],
+    ranges: &[RemoteRange],
+    opts: &RestoreOptions,
+    done: &mut u64,
+    total: u64,
+) -> Result<()> {
+    let bytes: u64 = ranges.iter().map(|r| r.len).sum();
+    let step = |rr: &[RemoteRange], d: &[u8]| sys::mem::write_vectored(pid, d, rr).pid(pid);
+    if bytes < (32 << 20) || ranges.len() < 2 {
+        step(ranges, data)?;
+    } else {
+        // Split at the range boundary nearest to half of the bytes.
+        let mut acc = 0u64;
+        let mut cut = 0;
+        for (i, r) in ranges.iter().enumerate() {
+            if acc >= bytes / 2 {
+                cut = i;
+                break;
+            }
+            acc += r.len;
+        }
+        if cut == 0 {
+            // One huge range: split it.
+            let r0 = ranges[0];
+            let half = (r0.len / 2) & !(PAGE_SIZE - 1);
+            let a = [RemoteRange {
+                addr: r0.addr,
+                len: half,
+            }];
+            let mut b = vec![RemoteRange {
+                addr: r0.addr + half,
+                len: r0.len - half,
+            }];
+            b.extend_from_slice(&ranges[1..]);
+            let (d0, d1) = data.split_at(usize::try_from(half).unwrap_or(0));
+            std::thread::scope(|s| {
+                let h = s.spawn(|| step(&b, d1));
+                let r = step(&a, d0);
+                h.join()
+                    .unwrap_or_else(|_| {
+                        Err(RestoreError::Invalid {
+                            pid,
+                            why: "page writer panicked".into(),
+                        })
+                    })
+                    .and(r)
+            })?;
+        } else {
+            let (d0, d1) = data.split_at(usize::try_from(acc).unwrap_or(0));
+            std::thread::scope(|s| {
+                let h = s.spawn(|| step(&ranges[cut..], d1));
+                let r = step(&ranges[..cut], d0);
+                h.join()
+                    .unwrap_or_else(|_| {
+                        Err(RestoreError::Invalid {
+                            pid,
+                            why: "page writer panicked".into(),
+                        })
+                    })
+                    .and(r)
+            })?;
+        }
+    }
+    *done += bytes;
+    if let Some(pf) = &opts.progress {
+        pf(*done, total);
+    }
+    Ok(())
 }
 
 fn mem_put(tid: i32, addr: u64, data: &[u8]) -> Result<()> {
