@@ -30,14 +30,12 @@ pub fn classify(pid: i32, m: &MapEntry) -> Result<Option<VmaKind>> {
             name: p.to_string(),
         },
         "[stack]" => VmaKind::Stack,
-        _ if m.shared
-            && (p.starts_with("/dev/zero")
-                || p.starts_with("/memfd:")
-                || p.starts_with("/SYSV")) =>
-        {
-            return Err(unsupported(
-                "shared anonymous memory and memfd mappings are not supported yet",
-            ))
+        _ if m.shared && crate::shmem::is_shmem_path(p) => {
+            // Resolved to an object id by the caller (see `dump_process`).
+            VmaKind::Shmem {
+                id: u32::MAX,
+                offset: m.offset,
+            }
         }
         "" | "[heap]" => {
             if m.shared {

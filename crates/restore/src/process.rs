@@ -38,6 +38,8 @@ pub struct Loaded {
     pub dir: PathBuf,
     pub tree: Tree,
     pub pages: Vec<MappedFile>,
+    /// Data of each shared memory object, by index in `tree.shmem`.
+    pub shmem: Vec<MappedFile>,
 }
 
 impl Loaded {
@@ -108,10 +110,20 @@ impl Loaded {
             let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
             pages.push(m);
         }
+        let mut shmem = Vec::with_capacity(tree.shmem.len());
+        for (i, o) in tree.shmem.iter().enumerate() {
+            if usize::try_from(o.id).ok() != Some(i) {
+                return Err(bad(format!("shared memory object {i} has id {}", o.id)));
+            }
+            let f = image::open_pages(dir, &o.data)?;
+            shmem
+                .push(MappedFile::map(&f, image::PAGES_HEADER_LEN, o.data.len).pid(tree.root_pid)?);
+        }
         Ok(Loaded {
             dir: dir.to_path_buf(),
             tree,
             pages,
+            shmem,
         })
     }
 
@@ -121,6 +133,9 @@ impl Loaded {
         for (p, m) in self.tree.processes.iter().zip(&self.pages) {
             image::check_pages_data(&self.dir, &p.pages, m.as_slice())?;
         }
+        for (o, m) in self.tree.shmem.iter().zip(&self.shmem) {
+            image::check_pages_data(&self.dir, &o.data, m.as_slice())?;
+        }
         Ok(())
     }
 }
@@ -129,10 +144,12 @@ impl Loaded {
 /// (forked from the restorer) inherits them at known numbers.
 struct PreparedFiles {
     base: i32,
+    shm_base: i32,
     _fds: Vec<OwnedFd>,
 }
 
-fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
+fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
+    let tree = &l.tree;
     let root = tree.processes[0].pid;
     let max_fd = tree
         .processes
@@ -142,7 +159,36 @@ fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
         .unwrap_or(0);
     let base = (max_fd + 1).max(256);
     let n = i32::try_from(tree.files.len()).unwrap_or(i32::MAX);
-    sys::files::ensure_nofile(u64::try_from(base + n + 1).unwrap_or(u64::MAX)).pid(root)?;
+    let shm_base = base + n;
+    let ns = i32::try_from(tree.shmem.len()).unwrap_or(i32::MAX);
+    sys::files::ensure_nofile(u64::try_from(shm_base + ns + 1).unwrap_or(u64::MAX)).pid(root)?;
+    // Shared memory objects first: memfds filled with their pages, at shm_base + id.
+    let mut shm_fds = Vec::with_capacity(tree.shmem.len());
+    for (o, data) in tree.shmem.iter().zip(&l.shmem) {
+        let name = o
+            .name
+            .strip_prefix("memfd:")
+            .unwrap_or("understudy-shared-anon");
+        let f = std::fs::File::from(sys::files::memfd(name).pid(root)?);
+        let io = |e: std::io::Error| RestoreError::Invalid {
+            pid: root,
+            why: format!("filling shared memory {}: {e}", o.name),
+        };
+        f.set_len(o.size).map_err(io)?;
+        let d = data.as_slice();
+        for r in &o.pages {
+            let len = (r.npages * PAGE_SIZE).min(o.size.saturating_sub(r.vaddr));
+            let from = usize::try_from(r.offset).unwrap_or(usize::MAX);
+            let to = from.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            let chunk = d.get(from..to).ok_or_else(|| RestoreError::Invalid {
+                pid: root,
+                why: format!("shared memory {}: page run outside its data", o.name),
+            })?;
+            std::os::unix::fs::FileExt::write_all_at(&f, chunk, r.vaddr).map_err(io)?;
+        }
+        let id = i32::try_from(o.id).unwrap_or(i32::MAX);
+        shm_fds.push(sys::files::dup_to(&OwnedFd::from(f), shm_base + id).pid(root)?);
+    }
     let mut pipes: BTreeMap<u32, (Option<OwnedFd>, Option<OwnedFd>)> = BTreeMap::new();
     let mut out = Vec::with_capacity(tree.files.len());
     for f in &tree.files {
@@ -155,6 +201,15 @@ fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
                 fd
             }
             FileKind::Device { path, .. } => sys::files::open(path, f.flags).pid(root)?,
+            FileKind::Memfd { shmem, pos } => {
+                // A new open file description of the same memfd (own offset and flags).
+                let fd_no = shm_base + i32::try_from(*shmem).unwrap_or(0);
+                let fd = sys::files::open(&format!("/proc/self/fd/{fd_no}"), f.flags).pid(root)?;
+                if *pos != 0 {
+                    sys::files::seek(&fd, *pos).pid(root)?;
+                }
+                fd
+            }
             FileKind::Pipe {
                 pipe,
                 write_end,
@@ -195,7 +250,12 @@ fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
         let id = i32::try_from(f.id).unwrap_or(i32::MAX);
         out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
     }
-    Ok(PreparedFiles { base, _fds: out })
+    out.extend(shm_fds);
+    Ok(PreparedFiles {
+        base,
+        shm_base,
+        _fds: out,
+    })
 }
 
 struct Placed {
@@ -248,7 +308,7 @@ pub fn restore_tree(
             }
         }
     }
-    let files = prepare_files(tree)?;
+    let files = prepare_files(l)?;
     let mut stubs = Stubs::default();
     let root = &tree.processes[0];
     let (flags, ids): (u64, Vec<i32>) = if tree.pidns {
@@ -321,6 +381,7 @@ pub fn restore_tree(
             tree.pidns,
             &l.pages[i],
             files.base,
+            files.shm_base,
             &mut stubs,
             opts,
             &mut done,
@@ -401,6 +462,7 @@ fn rebuild(
     pidns: bool,
     pages: &MappedFile,
     files_base: i32,
+    shm_base: i32,
     stubs: &mut Stubs,
     opts: &RestoreOptions,
     done: &mut u64,
@@ -531,12 +593,18 @@ fn rebuild(
                     [v.start, len, prot, ms | mf, fd, *offset],
                 )
             }
-            VmaKind::Shmem { .. } => {
-                return Err(RestoreError::Invalid {
-                    pid: p.pid,
-                    why: "shared memory objects are not supported yet".into(),
-                })
-            }
+            VmaKind::Shmem { id, offset } => rs.syscall(
+                "mmap(shared memory)",
+                nr::MMAP,
+                [
+                    v.start,
+                    len,
+                    prot,
+                    ms | mf,
+                    u(shm_base) + u64::from(*id),
+                    *offset,
+                ],
+            ),
         };
         let r = r.pid(pid)?;
         if r != v.start {
