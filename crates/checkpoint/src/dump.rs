@@ -24,6 +24,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         });
     }
     prepare_dir(&opts.image_dir)?;
+    // The init of its own PID namespace (an application started by `understudy run`) is
+    // dumped as a namespace tree even when named by --pid.
+    let mut eff = opts.clone();
+    if !eff.pidns {
+        let me = sys::proc::status(i32::try_from(std::process::id()).unwrap_or(0))
+            .map(|s| s.nspid.len())
+            .unwrap_or(1);
+        if let Ok(st) = sys::proc::status(opts.root_pid) {
+            eff.pidns = st.nspid.len() > me && st.nspid.last() == Some(&1);
+        }
+    }
+    let opts = &eff;
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     let mut report = DumpReport {
@@ -180,6 +192,9 @@ fn dump_process(
             sigaltstack: (0, libc::SS_DISABLE, 0),
             pending,
             clear_child_tid: 0,
+            comm: sys::proc::read_to_string(&format!("/proc/{pid}/task/{tid}/comm"))
+                .map(|c| c.trim_end_matches('\n').to_string())
+                .unwrap_or_default(),
         });
     }
 

@@ -394,6 +394,7 @@ mod tests {
                     sigaltstack: (0, 2, 0),
                     pending: vec![],
                     clear_child_tid: 0,
+                    comm: "x".into(),
                 }],
                 mm: MmInfo::default(),
                 vmas: vec![Vma {

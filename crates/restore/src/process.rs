@@ -359,8 +359,12 @@ pub fn restore_tree(
         placed.push(Placed { pid: p.pid });
     }
     // Process groups, now that every leader exists.
-    for (i, p) in tree.processes.iter().enumerate() {
-        if p.sid == p.ns_pid || (i == 0 && p.pgid != p.ns_pid) {
+    // A group led from outside the tree (0 when outside the tree's PID namespace) cannot be
+    // joined: such processes keep the group they inherited from the restored root.
+    let outside_pgid = root.pgid;
+    let in_tree = |g: i32| tree.processes.iter().any(|q| q.ns_pid == g);
+    for p in tree.processes.iter() {
+        if p.sid == p.ns_pid || p.pgid == 0 || (p.pgid == outside_pgid && !in_tree(p.pgid)) {
             continue;
         }
         let target = if p.pgid == p.ns_pid { 0 } else { u(p.pgid) };
@@ -846,6 +850,18 @@ fn rebuild(
             own = RemoteSyscalls::new(t.tid, insn).pid(t.tid)?;
             &mut own
         };
+        if !t.comm.is_empty() {
+            let mut name = t.comm.as_bytes()[..t.comm.len().min(15)].to_vec();
+            name.push(0);
+            mem_put(t.tid, scratch + SCR_PATH, &name)?;
+            // PR_SET_NAME = 15
+            trs.syscall(
+                "prctl(PR_SET_NAME)",
+                nr::PRCTL,
+                [15, scratch + SCR_PATH, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
         if t.clear_child_tid != 0 {
             trs.syscall(
                 "set_tid_address",
