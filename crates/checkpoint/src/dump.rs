@@ -45,7 +45,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
-    let tree = match collect(opts, &frozen, &mut report) {
+    let mut redeliver = Vec::new();
+    let tree = match collect(opts, &frozen, &mut report, &mut redeliver) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -59,6 +60,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     report.frozen = t_freeze.elapsed();
     if opts.leave_running {
         frozen.detach();
+        for (pid, tid, sig) in redeliver {
+            let _ = sys::pid::tgkill(pid, tid, sig);
+        }
     } else {
         let t = Instant::now();
         let left = frozen.kill_and_wait(REAP_TIMEOUT);
@@ -102,13 +106,18 @@ fn cleanup_dir(dir: &std::path::Path) {
     }
 }
 
-fn collect(opts: &DumpOptions, frozen: &Frozen, report: &mut DumpReport) -> Result<Tree> {
+fn collect(
+    opts: &DumpOptions,
+    frozen: &Frozen,
+    report: &mut DumpReport,
+    redeliver: &mut Vec<(i32, i32, i32)>,
+) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report, &mut shm)?;
+        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver)?;
         if i == 0 {
             p.ppid = 0;
         }
@@ -146,6 +155,7 @@ fn dump_process(
     copied_before: u64,
     report: &mut DumpReport,
     shm: &mut ShmemTable,
+    redeliver: &mut Vec<(i32, i32, i32)>,
 ) -> Result<Process> {
     let pid = fp.pid;
     let status = sys::proc::status(pid).pid(pid)?;
@@ -280,6 +290,12 @@ fn dump_process(
                     [40, scratch + 64, 0, 0, 0, 0],
                 )
                 .pid(pid)?;
+                if i != 0 {
+                    for (sig, info) in trs.take_deferred_signals() {
+                        threads[i].pending.push(Hex(info.to_vec()));
+                        redeliver.push((pid, t.tid, sig));
+                    }
+                }
             }
             rs.get(0, &mut sb).pid(pid)?;
             rs.get(64, &mut ct).pid(pid)?;
@@ -287,14 +303,13 @@ fn dump_process(
             let flags = i32::from_le_bytes([sb[8], sb[9], sb[10], sb[11]]);
             threads[i].sigaltstack = (le_u64(&sb, 0), flags, le_u64(&sb, 16));
         }
-        let deferred = rs.take_deferred_signals();
-        rs.finish().pid(pid)?;
-        if !deferred.is_empty() {
-            return Err(CheckpointError::Tree {
-                pid,
-                why: format!("signals {deferred:?} arrived during the dump; retry"),
-            });
+        // Signals that arrived while a call was injected were held back: they are pending in
+        // the image and sent again if the tree runs on.
+        for (sig, info) in rs.take_deferred_signals() {
+            threads[0].pending.push(Hex(info.to_vec()));
+            redeliver.push((pid, pid, sig));
         }
+        rs.finish().pid(pid)?;
     }
     let shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED)
         .pid(pid)?
