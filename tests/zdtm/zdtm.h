@@ -7,6 +7,8 @@
  *   zdtm_start()      forks; the parent prints the child's pid on stdout and exits 0, the child
  *                     becomes a session leader (so the dumped tree owns its session and process
  *                     group) with stdin on /dev/null and stdout/stderr appended to DIR/log.
+ *                     With ZDTM_FOREGROUND set (under `understudy run`) it neither forks nor
+ *                     starts a session.
  *   zdtm_ready()      DIR/ready appears (atomically): the state is built, checkpoint any time.
  *   zdtm_triggered()  true once DIR/check exists: the harness has restored us, verify now.
  *   zdtm_pass()/zdtm_fail()  write DIR/result ("PASS" or "FAIL: reason") atomically, then exit.
@@ -107,19 +109,23 @@ static __attribute__((unused)) void zdtm_start(int argc, char **argv)
 		exit(2);
 	}
 	zdtm_dir = argv[1];
-	fflush(stdout);
-	pid_t pid = fork();
-	if (pid < 0) {
-		perror("fork");
-		exit(2);
-	}
-	if (pid > 0) {
-		printf("%d\n", (int)pid);
+	/* Under `understudy run` the supervisor already gives us a session and a parent. */
+	int foreground = getenv("ZDTM_FOREGROUND") != NULL;
+	if (!foreground) {
 		fflush(stdout);
-		_exit(0);
+		pid_t pid = fork();
+		if (pid < 0) {
+			perror("fork");
+			exit(2);
+		}
+		if (pid > 0) {
+			printf("%d\n", (int)pid);
+			fflush(stdout);
+			_exit(0);
+		}
+		if (setsid() < 0)
+			_exit(93);
 	}
-	if (setsid() < 0)
-		_exit(93);
 	int nul = open("/dev/null", O_RDONLY);
 	char log[4096];
 	zdtm_path(log, sizeof(log), "log");

@@ -328,3 +328,50 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
     restore(&mut w, &image, &before);
     w.expect_pass();
 }
+
+/// An application started with `understudy run` (own PID namespace, init as PID 1) is
+/// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids, in the
+/// caller's namespace and in its own.
+#[test]
+#[ignore = "needs the checkpoint engine (branch ckpt): not merged yet"]
+fn run_launched_app_checkpointed_by_name() {
+    if !can_run("run + checkpoint NAME") {
+        return;
+    }
+    let mut w = Workload::start_under_run("pipe_children", "zdtm-app");
+    let state = w.state_dir();
+    let before = w.snapshot();
+    assert!(
+        before.iter().any(|p| p.pid == w.root),
+        "the init is not part of the run"
+    );
+    let image = w.image_dir("byname");
+    let run = understudy(
+        &w.dir,
+        &[
+            "--state-dir",
+            path(&state),
+            "checkpoint",
+            "zdtm-app",
+            "--image",
+            path(&image),
+        ],
+    );
+    if !run.status.success() {
+        w.keep();
+        panic!(
+            "checkpoint by name failed: {}\nlog:\n{}",
+            run.describe(),
+            w.log()
+        );
+    }
+    for p in &before {
+        assert!(
+            pid_free(p.pid),
+            "pid {} still taken after checkpoint",
+            p.pid
+        );
+    }
+    restore(&mut w, &image, &before);
+    w.expect_pass();
+}

@@ -87,7 +87,7 @@ pub struct CliRun {
 impl CliRun {
     pub fn describe(&self) -> String {
         format!(
-            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            "{}\nstdout:\n{}\nstderr:\n{}",
             self.status, self.stdout, self.stderr
         )
     }
@@ -191,6 +191,49 @@ impl Workload {
         };
         w.wait_ready();
         Ok(w)
+    }
+
+    /// Starts the workload under `understudy run --detach --name NAME` (its own PID namespace;
+    /// the tree's root is the application's init). The state dir is inside the run dir.
+    pub fn start_under_run(name: &str, app: &str) -> Workload {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let bin = build(name);
+        let dir = std::env::temp_dir().join(format!(
+            "understudy-zdtm-run-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create run dir");
+        let out = Command::new(UNDERSTUDY)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["run", "--detach", "--name", app, "--"])
+            .arg(&bin)
+            .arg(&dir)
+            .env("ZDTM_FOREGROUND", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("understudy run");
+        assert!(out.status.success(), "understudy run failed: {out:?}");
+        let root: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("init pid");
+        let w = Workload {
+            name: name.to_string(),
+            bin,
+            dir,
+            root,
+            keep_dir: false,
+        };
+        w.wait_ready();
+        w
+    }
+
+    /// The state dir used by [`Workload::start_under_run`].
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     fn file(&self, name: &str) -> PathBuf {
