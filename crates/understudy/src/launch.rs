@@ -401,3 +401,85 @@ pub fn init_main(
     }
     Ok(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("understudy-launch-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(app_dir(&p, "app")).expect("mkdir");
+        p
+    }
+
+    fn record() -> AppRecord {
+        AppRecord {
+            version: APP_RECORD_VERSION,
+            name: "app".into(),
+            root_pid: 4242,
+            pidns: true,
+            output: "/x/output.log".into(),
+            detached: true,
+            argv: vec!["prog".into(), "a b".into()],
+            started_at: 1,
+            state: "running".into(),
+            exit_code: None,
+        }
+    }
+
+    #[test]
+    fn app_record_round_trips() {
+        let st = scratch("rt");
+        let rec = record();
+        rec.store(&app_dir(&st, "app")).expect("store");
+        assert_eq!(AppRecord::load(&st, "app").expect("load"), rec);
+        let mut done = rec.clone();
+        done.state = "exited".into();
+        done.exit_code = Some(3);
+        done.store(&app_dir(&st, "app")).expect("store");
+        assert_eq!(AppRecord::load(&st, "app").expect("load"), done);
+        let _ = fs::remove_dir_all(&st);
+    }
+
+    #[test]
+    fn app_record_refuses_newer_versions_oversize_and_garbage() {
+        let st = scratch("bad");
+        let path = app_dir(&st, "app").join(APP_JSON);
+        let mut v = serde_json::to_value(record()).expect("json");
+        v["version"] = (APP_RECORD_VERSION + 1).into();
+        v["future_field"] = "ignored".into();
+        fs::write(&path, v.to_string()).expect("write");
+        let e = AppRecord::load(&st, "app")
+            .expect_err("newer version")
+            .to_string();
+        assert!(e.contains("newer") && e.contains("app.json"), "{e}");
+        fs::write(&path, "{not json").expect("write");
+        let e = AppRecord::load(&st, "app")
+            .expect_err("garbage")
+            .to_string();
+        assert!(e.contains("app.json"), "{e}");
+        fs::write(&path, vec![b' '; 2 << 20]).expect("write");
+        let e = AppRecord::load(&st, "app")
+            .expect_err("oversize")
+            .to_string();
+        assert!(e.contains("allowed"), "{e}");
+        // Unknown fields are ignored by this version.
+        let mut v = serde_json::to_value(record()).expect("json");
+        v["future_field"] = "ignored".into();
+        fs::write(&path, v.to_string()).expect("write");
+        assert_eq!(AppRecord::load(&st, "app").expect("load"), record());
+        let _ = fs::remove_dir_all(&st);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["app", "a.b-c_d", "X1"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
