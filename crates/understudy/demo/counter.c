@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,6 +55,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	setsid();
+	/* Fds inherited from whoever started us (e.g. a jobserver pipe) are not ours. */
+	syscall(SYS_close_range, 3, ~0U, 0);
 	int nul = open("/dev/null", O_RDWR);
 	dup2(nul, 0);
 	dup2(nul, 1);
