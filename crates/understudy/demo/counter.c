@@ -1,9 +1,11 @@
 /*
- * The demo's workload: a parent and three workers. Each worker counts in a shared anonymous
- * memory page and sends every new count to the parent through its own pipe; the parent checks
+ * The demo's workload: a parent and three workers. Each worker counts (in a page of anonymous
+ * memory shared by the four processes with --shared, else in its own memory) and sends every
+ * new count to the parent through its own pipe; the parent checks
  * that each worker's counts arrive exactly once and in order, and twice a second rewrites
  * DIR/progress with the totals and the number of gaps or repeats seen (0 when nothing was lost
- * or replayed). Usage: counter DIR  (prints the parent's pid, then runs in the background).
+ * or replayed). Usage: counter DIR [--shared]  (prints the parent's pid, then runs in the
+ * background).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -61,7 +63,9 @@ int main(int argc, char **argv)
 	dup2(nul, 0);
 	dup2(nul, 1);
 	dup2(nul, 2);
-	struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	int shared = argc > 2 && strcmp(argv[2], "--shared") == 0;
+	struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+				 (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
 	if (sh == MAP_FAILED)
 		return 3;
 	struct pollfd pfd[WORKERS];
