@@ -11,7 +11,12 @@ fn demo_checkpoints_restores_and_continues() {
         eprintln!("skipped: the demo needs root");
         return;
     }
-    if Command::new("cc").arg("--version").stdout(Stdio::null()).status().is_err() {
+    if Command::new("cc")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
         eprintln!("skipped: the demo needs a C compiler `cc`");
         return;
     }

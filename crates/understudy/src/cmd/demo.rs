@@ -47,7 +47,12 @@ struct Progress {
 impl Progress {
     fn read(dir: &Path) -> anyhow::Result<Progress> {
         let text = fs::read_to_string(dir.join("progress")).context("workload progress")?;
-        let mut p = Progress { pids: vec![], total: 0, workers: vec![], anomalies: 0 };
+        let mut p = Progress {
+            pids: vec![],
+            total: 0,
+            workers: vec![],
+            anomalies: 0,
+        };
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let key = it.next().unwrap_or("");
@@ -60,7 +65,10 @@ impl Progress {
                 _ => {}
             }
         }
-        ensure!(p.pids.len() == 4 && p.workers.len() == 3, "malformed progress file: {text}");
+        ensure!(
+            p.pids.len() == 4 && p.workers.len() == 3,
+            "malformed progress file: {text}"
+        );
         Ok(p)
     }
 
@@ -80,7 +88,8 @@ struct Stage {
     root: i32,
     last: Option<Progress>,
     image_seq: u32,
-    report: String,
+    /// (what, value) pairs for the closing summary.
+    measured: Vec<(&'static str, String)>,
 }
 
 impl Stage {
@@ -106,8 +115,6 @@ impl Stage {
 
     fn note(&mut self, line: String) {
         println!("    {line}");
-        self.report.push_str(&line);
-        self.report.push('\n');
     }
 }
 
@@ -132,7 +139,10 @@ struct Step {
 
 fn steps() -> Vec<Step> {
     vec![
-        Step { title: "start a workload: a parent and 3 workers counting through shared memory and pipes", run: start },
+        Step {
+            title: "start a workload: a parent and 3 workers that count and stream every count through pipes",
+            run: start,
+        },
         Step { title: "checkpoint it (the tree is dumped, then killed)", run: checkpoint_kill },
         Step { title: "restore it from the image", run: restore_it },
         Step { title: "check it continued where it was", run: check_continued },
@@ -175,7 +185,11 @@ fn start(st: &mut Stage) -> anyhow::Result<()> {
         .arg(&src)
         .output()
         .context("run cc (the demo compiles its workload; scripts/setup.sh installs gcc)")?;
-    ensure!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
+    ensure!(
+        cc.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
     let mut cmd = Command::new(&bin);
     cmd.arg(&st.dir);
     if st.shared_memory {
@@ -183,7 +197,10 @@ fn start(st: &mut Stage) -> anyhow::Result<()> {
     }
     let out = cmd.output().context("start the workload")?;
     ensure!(out.status.success(), "the workload did not start: {out:?}");
-    st.root = String::from_utf8_lossy(&out.stdout).trim().parse().context("workload pid")?;
+    st.root = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("workload pid")?;
     sleep(st.settle);
     let p = st.wait_progress(0)?;
     st.note(format!("running: {}", p.show()));
@@ -203,8 +220,15 @@ fn checkpoint_kill(st: &mut Stage) -> anyhow::Result<()> {
     })
     .with_context(|| format!("checkpoint of pid {}", st.root))?;
     let wall = t0.elapsed();
-    let free = before.pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists());
-    ensure!(free, "pids {:?} still taken after the checkpoint", before.pids);
+    let free = before
+        .pids
+        .iter()
+        .all(|p| !Path::new(&format!("/proc/{p}")).exists());
+    ensure!(
+        free,
+        "pids {:?} still taken after the checkpoint",
+        before.pids
+    );
     st.note(format!(
         "{} processes, {} threads; frozen {:.1} ms (memory copy {:.1} ms, {:.1} MiB of pages); \
          dump {:.1} ms + {:.1} ms waiting for the killed pids to be reaped",
@@ -216,7 +240,24 @@ fn checkpoint_kill(st: &mut Stage) -> anyhow::Result<()> {
         ms(wall.saturating_sub(rep.reap_wait)),
         ms(rep.reap_wait)
     ));
-    st.note(format!("image {}: {:.1} MiB; pids {:?} are free again", image.display(), mib(du(&image)), before.pids));
+    let image_mib = mib(du(&image));
+    st.note(format!(
+        "image {}: {image_mib:.1} MiB; pids {:?} are free again",
+        image.display(),
+        before.pids
+    ));
+    st.measured
+        .push(("freeze (tree stopped)", format!("{:.1} ms", ms(rep.frozen))));
+    st.measured.push((
+        "dump",
+        format!(
+            "{:.1} ms (+ {:.0} ms waiting for PID 1 to reap the killed tree)",
+            ms(wall.saturating_sub(rep.reap_wait)),
+            ms(rep.reap_wait)
+        ),
+    ));
+    st.measured
+        .push(("image size", format!("{image_mib:.2} MiB")));
     st.last = Some(Progress::read(&st.dir)?);
     Ok(())
 }
@@ -224,10 +265,22 @@ fn checkpoint_kill(st: &mut Stage) -> anyhow::Result<()> {
 fn restore_it(st: &mut Stage) -> anyhow::Result<()> {
     let image = st.dir.join(format!("image-{}", st.image_seq));
     let t0 = Instant::now();
-    let rep = restore::restore(&restore::RestoreOptions { image_dir: image, ..Default::default() })
-        .context("restore")?;
+    let rep = restore::restore(&restore::RestoreOptions {
+        image_dir: image,
+        ..Default::default()
+    })
+    .context("restore")?;
     let wall = t0.elapsed();
-    ensure!(rep.root_pid == st.root, "restored root pid {} is not {}", rep.root_pid, st.root);
+    ensure!(
+        rep.root_pid == st.root,
+        "restored root pid {} is not {}",
+        rep.root_pid,
+        st.root
+    );
+    st.measured.push((
+        "restore (until the tree runs)",
+        format!("{:.1} ms", ms(wall)),
+    ));
     st.note(format!(
         "restored root pid {} ({} processes, {} threads) in {:.1} ms (image verified in {:.1} ms)",
         rep.root_pid,
@@ -240,12 +293,24 @@ fn restore_it(st: &mut Stage) -> anyhow::Result<()> {
 }
 
 fn check_continued(st: &mut Stage) -> anyhow::Result<()> {
-    let last = st.last.clone().context("no progress recorded before the checkpoint")?;
+    let last = st
+        .last
+        .clone()
+        .context("no progress recorded before the checkpoint")?;
     sleep(st.settle);
     let now = st.wait_progress(last.total)?;
     st.note(format!("now: {}", now.show()));
-    ensure!(now.pids == last.pids, "pids changed: {:?} -> {:?}", last.pids, now.pids);
-    ensure!(now.anomalies == 0, "{} messages were lost or repeated", now.anomalies);
+    ensure!(
+        now.pids == last.pids,
+        "pids changed: {:?} -> {:?}",
+        last.pids,
+        now.pids
+    );
+    ensure!(
+        now.anomalies == 0,
+        "{} messages were lost or repeated",
+        now.anomalies
+    );
     for (i, (a, b)) in last.workers.iter().zip(&now.workers).enumerate() {
         ensure!(b > a, "worker {i} did not continue: {a} -> {b}");
     }
@@ -270,7 +335,7 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         root: 0,
         last: None,
         image_seq: 0,
-        report: String::new(),
+        measured: Vec::new(),
     };
     let steps = steps();
     let mut result = Ok(());
@@ -281,7 +346,7 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    let report = std::mem::take(&mut st.report);
+    let measured = std::mem::take(&mut st.measured);
     // Kills the workload (whatever step it reached) before its directory goes.
     drop(st);
     if args.keep {
@@ -292,6 +357,8 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     result?;
     println!();
     println!("what was measured:");
-    print!("{report}");
+    for (what, value) in measured {
+        println!("  {what:<30} {value}");
+    }
     Ok(ExitCode::SUCCESS)
 }
