@@ -178,6 +178,7 @@ fn dump_process(
             rseq,
             sigaltstack: (0, libc::SS_DISABLE, 0),
             pending,
+            clear_child_tid: 0,
         });
     }
 
@@ -236,16 +237,28 @@ fn dump_process(
         }
         for (i, t) in fp.threads.iter().enumerate() {
             let mut sb = [0u8; 24];
-            if i == 0 {
-                rs.syscall("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0])
-                    .pid(pid)?;
-            } else {
-                let mut trs = RemoteSyscalls::new(t.tid, insn).pid(pid)?;
+            let mut ct = [0u8; 8];
+            {
+                let mut own;
+                let trs: &mut RemoteSyscalls = if i == 0 {
+                    &mut rs
+                } else {
+                    own = RemoteSyscalls::new(t.tid, insn).pid(pid)?;
+                    &mut own
+                };
                 trs.syscall("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0])
                     .pid(pid)?;
-                trs.finish().pid(pid)?;
+                // PR_GET_TID_ADDRESS = 40
+                trs.syscall(
+                    "prctl(PR_GET_TID_ADDRESS)",
+                    nr::PRCTL,
+                    [40, scratch + 64, 0, 0, 0, 0],
+                )
+                .pid(pid)?;
             }
             rs.get(0, &mut sb).pid(pid)?;
+            rs.get(64, &mut ct).pid(pid)?;
+            threads[i].clear_child_tid = u64::from_le_bytes(ct);
             let flags = i32::from_le_bytes([sb[8], sb[9], sb[10], sb[11]]);
             threads[i].sigaltstack = (le_u64(&sb, 0), flags, le_u64(&sb, 16));
         }

@@ -159,7 +159,9 @@ impl Frozen {
             let _ = sys::pid::kill(p.pid, libc::SIGKILL);
         }
         for p in &self.procs {
-            for t in &p.threads {
+            // Non-leader threads first: a group leader's exit is only reported once every
+            // other thread of its group has been reaped.
+            for t in p.threads.iter().rev() {
                 // Collect the exit notifications we get as tracer so the real parent (or init)
                 // can reap the process.
                 loop {

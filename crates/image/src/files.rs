@@ -393,6 +393,7 @@ mod tests {
                     }),
                     sigaltstack: (0, 2, 0),
                     pending: vec![],
+                    clear_child_tid: 0,
                 }],
                 mm: MmInfo::default(),
                 vmas: vec![Vma {

@@ -80,6 +80,10 @@ pub struct Thread {
     pub sigaltstack: (u64, i32, u64),
     /// Signals pending for this thread (raw `siginfo_t`, hex).
     pub pending: Vec<Hex>,
+    /// `clear_child_tid` (`set_tid_address`): where the kernel clears the tid and wakes
+    /// joiners when the thread exits.
+    #[serde(default)]
+    pub clear_child_tid: u64,
 }
 
 /// Bytes stored as a hex string in JSON.

@@ -776,6 +776,14 @@ fn rebuild(
             own = RemoteSyscalls::new(t.tid, insn).pid(t.tid)?;
             &mut own
         };
+        if t.clear_child_tid != 0 {
+            trs.syscall(
+                "set_tid_address",
+                nr::SET_TID_ADDRESS,
+                [t.clear_child_tid, 0, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
         if let Some(r) = t.rseq {
             trs.syscall(
                 "rseq",

@@ -102,6 +102,7 @@ pub mod nr {
     pub const CLOSE_RANGE: u64 = 436;
     pub const PIDFD_GETFD: u64 = 438;
     pub const OPENAT: u64 = 257;
+    pub const SET_TID_ADDRESS: u64 = 218;
 }
 
 /// Finds a `syscall` instruction (0f 05) in the given vDSO range of `pid`.

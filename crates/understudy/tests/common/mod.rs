@@ -66,9 +66,14 @@ pub fn build(name: &str, extra: &[&str]) -> PathBuf {
 
 /// Starts `prog DIR` detached (new session, stdio on /dev/null) and waits for DIR/pid.
 pub fn start(prog: &Path) -> Workload {
+    start_with_arg(prog, "")
+}
+
+/// Starts `prog DIR ARG` like [`start`].
+pub fn start_with_arg(prog: &Path, arg: &str) -> Workload {
     let dir = tempfile::tempdir().expect("tempdir");
     let cmd = format!(
-        "setsid {} {} </dev/null >/dev/null 2>&1 &",
+        "setsid {} {} {arg} </dev/null >/dev/null 2>&1 &",
         prog.display(),
         dir.path().display()
     );
