@@ -485,6 +485,29 @@ pub fn checkpoint(w: &mut Workload, image: &Path) -> Vec<ProcSnapshot> {
                 .join(" ")
         );
     }
+    // The image must be readable by `inspect --json` (one JSON object naming every process).
+    let inspect = understudy(&w.dir, &["inspect", path_str(image), "--json"]);
+    assert!(
+        inspect.status.success(),
+        "{}: inspect failed: {}",
+        w.name,
+        inspect.describe()
+    );
+    let json: serde_json::Value = serde_json::from_str(&inspect.stdout)
+        .unwrap_or_else(|e| panic!("{}: inspect --json is not one JSON object: {e}", w.name));
+    assert!(
+        json.is_object(),
+        "{}: inspect --json printed {json}",
+        w.name
+    );
+    for p in &before {
+        assert!(
+            inspect.stdout.contains(&p.pid.to_string()),
+            "{}: inspect --json does not mention pid {}",
+            w.name,
+            p.pid
+        );
+    }
     before
 }
 
