@@ -119,22 +119,27 @@ mod twice {
     use super::{baseline, checkpoint_restore, Mode};
 }
 
-/// A process holding an io_uring instance: `checkpoint` must refuse it, naming the process and
-/// the fd, and leave it running and untouched (not stopped, not traced, state intact).
-#[test]
-fn unsupported_io_uring_is_refused_and_left_running() {
-    if !can_run("io_uring") {
+/// A child holding a resource the engine cannot checkpoint yet: `checkpoint` must refuse it,
+/// naming the process and the resource, and leave the whole tree running and untouched (same
+/// processes, not stopped, not traced, state intact: the workload's own check passes).
+fn refused_and_left_running(kind: &str, word: &str) {
+    if !can_run(kind) {
         return;
     }
-    let mut w = match Workload::start("io_uring") {
+    let mut w = match Workload::start_with("unsupported", &[kind]) {
         Ok(w) => w,
         Err(harness::StartError::Launcher(3, _)) => {
-            eprintln!("skipped: io_uring is unavailable on this kernel");
+            eprintln!("skipped: {kind} is unavailable on this kernel");
             return;
         }
-        Err(e) => panic!("io_uring: could not start: {e:?}"),
+        Err(e) => panic!("{kind}: could not start: {e:?}"),
     };
     let before = w.snapshot();
+    let holder = before
+        .iter()
+        .map(|p| p.pid)
+        .find(|&p| p != w.root)
+        .expect("the child");
     let image = w.image_dir("refused");
     let root = w.root.to_string();
     let run = understudy(
@@ -143,18 +148,18 @@ fn unsupported_io_uring_is_refused_and_left_running() {
     );
     assert!(
         !run.status.success(),
-        "checkpoint of an io_uring holder succeeded: {}",
+        "checkpoint of a {kind} holder succeeded: {}",
         run.describe()
     );
     let msg = run.stderr.to_lowercase();
     assert!(
-        msg.contains("io_uring"),
-        "message does not name io_uring: {}",
+        msg.contains(word),
+        "message does not name {word}: {}",
         run.describe()
     );
     assert!(
-        msg.contains(&root),
-        "message does not name pid {root}: {}",
+        msg.contains(&holder.to_string()),
+        "message does not name the holder, pid {holder}: {}",
         run.describe()
     );
     // Untouched: same tree, running (not stopped), not traced.
@@ -178,6 +183,26 @@ fn unsupported_io_uring_is_refused_and_left_running() {
         );
     }
     w.expect_pass();
+}
+
+#[test]
+fn unsupported_io_uring_is_refused_and_left_running() {
+    refused_and_left_running("io_uring", "io_uring");
+}
+
+#[test]
+fn unsupported_socket_is_refused_and_left_running() {
+    refused_and_left_running("socket", "socket");
+}
+
+#[test]
+fn unsupported_epoll_is_refused_and_left_running() {
+    refused_and_left_running("epoll", "epoll");
+}
+
+#[test]
+fn unsupported_eventfd_is_refused_and_left_running() {
+    refused_and_left_running("eventfd", "eventfd");
 }
 
 /// Copies an image directory, hard-linking every file except `changed`, which `edit` writes.

@@ -160,6 +160,11 @@ pub enum StartError {
 
 impl Workload {
     pub fn start(name: &str) -> Result<Workload, StartError> {
+        Workload::start_with(name, &[])
+    }
+
+    /// Like [`Workload::start`], with extra arguments after DIR.
+    pub fn start_with(name: &str, args: &[&str]) -> Result<Workload, StartError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bin = build(name);
         let dir = std::env::temp_dir().join(format!(
@@ -171,6 +176,7 @@ impl Workload {
         fs::create_dir_all(&dir).expect("create run dir");
         let out = Command::new(&bin)
             .arg(&dir)
+            .args(args)
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
