@@ -9,6 +9,7 @@ use sys::{ptrace, RemoteSyscalls};
 use crate::files::FileTable;
 use crate::freeze::{Frozen, FrozenProcess};
 use crate::memory::{classify, MemoryDumper};
+use crate::shmem::ShmemTable;
 use crate::{CheckpointError, DumpOptions, DumpReport, PidCtx, Result};
 
 /// How long `dump` waits for the pids of a killed tree to be free.
@@ -82,7 +83,7 @@ fn cleanup_dir(dir: &std::path::Path) {
         for e in rd.flatten() {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            if n.starts_with("pages-") || n.starts_with(".tree") {
+            if n.starts_with("pages-") || n.starts_with("shmem-") || n.starts_with(".tree") {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -91,21 +92,20 @@ fn cleanup_dir(dir: &std::path::Path) {
 
 fn collect(opts: &DumpOptions, frozen: &Frozen, report: &mut DumpReport) -> Result<Tree> {
     let mut files = FileTable::default();
+    let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report)?;
+        let mut p = dump_process(opts, fp, copied, report, &mut shm)?;
         if i == 0 {
             p.ppid = 0;
         }
-        p.fds = files.add_process(fp.pid)?;
+        p.fds = files.add_process(fp.pid, &mut shm, &opts.image_dir)?;
         copied += p.pages.len;
         processes.push(p);
     }
     report.pages_bytes = copied;
     let pipes = files.pipe_data()?;
-    let root_ns = if opts.pidns { 1 } else { opts.root_pid };
-    let _ = root_ns;
     Ok(Tree {
         format_version: FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -117,7 +117,7 @@ fn collect(opts: &DumpOptions, frozen: &Frozen, report: &mut DumpReport) -> Resu
         parent: None,
         processes,
         files: files.files,
-        shmem: Vec::new(),
+        shmem: shm.objects,
         pipes,
     })
 }
@@ -133,6 +133,7 @@ fn dump_process(
     fp: &FrozenProcess,
     copied_before: u64,
     report: &mut DumpReport,
+    shm: &mut ShmemTable,
 ) -> Result<Process> {
     let pid = fp.pid;
     let status = sys::proc::status(pid).pid(pid)?;
@@ -184,7 +185,16 @@ fn dump_process(
 
     let mut vmas = Vec::new();
     for m in &maps {
-        if let Some(kind) = classify(pid, m)? {
+        if let Some(mut kind) = classify(pid, m)? {
+            if let image::VmaKind::Shmem { id, .. } = &mut kind {
+                let key = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
+                let name = match m.path.trim_end_matches(" (deleted)") {
+                    "/dev/zero" => "shared-anon".to_string(),
+                    other => other.trim_start_matches('/').to_string(),
+                };
+                let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                *id = shm.object(&opts.image_dir, pid, key, &via, &name)?;
+            }
             vmas.push(Vma {
                 start: m.start,
                 end: m.end,

@@ -2,9 +2,11 @@
 //! (`kcmp(KCMP_FILE)`), record pipe contents without consuming them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use image::{Fd, FileKind, Hex, OpenFile, PipeData};
 
+use crate::shmem::ShmemTable;
 use crate::{CheckpointError, PidCtx, Result};
 
 const O_CLOEXEC: u32 = 0o2000000;
@@ -38,15 +40,15 @@ pub struct FileTable {
 
 impl FileTable {
     /// Records every fd of `pid`.
-    pub fn add_process(&mut self, pid: i32) -> Result<Vec<Fd>> {
+    pub fn add_process(&mut self, pid: i32, shm: &mut ShmemTable, dir: &Path) -> Result<Vec<Fd>> {
         let mut out = Vec::new();
         for fd in sys::proc::fds(pid).pid(pid)? {
-            out.push(self.add_fd(pid, fd)?);
+            out.push(self.add_fd(pid, fd, shm, dir)?);
         }
         Ok(out)
     }
 
-    fn add_fd(&mut self, pid: i32, fd: i32) -> Result<Fd> {
+    fn add_fd(&mut self, pid: i32, fd: i32, shm: &mut ShmemTable, dir: &Path) -> Result<Fd> {
         let unsupported = |what: &str, why: &str| CheckpointError::Unsupported {
             pid,
             what: format!("fd {fd} ({what})"),
@@ -67,7 +69,7 @@ impl FileTable {
             };
             return Err(unsupported(&link, why));
         }
-        if link.ends_with(" (deleted)") {
+        if link.ends_with(" (deleted)") && !link.starts_with("/memfd:") {
             return Err(unsupported(&link, "the file was deleted"));
         }
         let st = sys::proc::stat_path(&format!("/proc/{pid}/fd/{fd}")).pid(pid)?;
@@ -112,15 +114,21 @@ impl FileTable {
                 return Err(unsupported(&link, "not reachable by a path"));
             }
             if link.starts_with("/memfd:") {
-                return Err(unsupported(
-                    &link,
-                    "memfd file descriptors are not supported yet",
-                ));
-            }
-            FileKind::Path {
-                path: link.clone(),
-                pos: info.pos,
-                size: u64::try_from(st.st_size).unwrap_or(0),
+                let name = link
+                    .trim_start_matches('/')
+                    .trim_end_matches(" (deleted)")
+                    .to_string();
+                let id = shm.object(dir, pid, key, &format!("/proc/{pid}/fd/{fd}"), &name)?;
+                FileKind::Memfd {
+                    shmem: id,
+                    pos: info.pos,
+                }
+            } else {
+                FileKind::Path {
+                    path: link.clone(),
+                    pos: info.pos,
+                    size: u64::try_from(st.st_size).unwrap_or(0),
+                }
             }
         } else if fmt == libc::S_IFCHR {
             if !simple_device(&link) {

@@ -11,6 +11,7 @@ mod dump;
 mod files;
 mod freeze;
 mod memory;
+mod shmem;
 
 use std::path::PathBuf;
 use std::sync::Arc;

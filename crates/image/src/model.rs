@@ -219,6 +219,8 @@ pub enum FileKind {
     Path { path: String, pos: u64, size: u64 },
     /// A character device (`/dev/null`, `/dev/zero`, `/dev/urandom`, a tty), reopened by path.
     Device { path: String, rdev: u64 },
+    /// A memfd (its content is the shared memory object `shmem` of [`Tree::shmem`]).
+    Memfd { shmem: u32, pos: u64 },
     /// One end of a pipe or FIFO; `pipe` identifies the pipe (both ends share it).
     Pipe {
         pipe: u32,

@@ -94,7 +94,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
     let loaded = process::Loaded::load(&opts.image_dir)?;
     let verify = t0.elapsed();
     let t1 = Instant::now();
-    let mut report = process::restore_tree(&loaded, opts)?;
+    let mut report = std::thread::scope(|s| {
+        let check = s.spawn(|| loaded.verify());
+        process::restore_tree(&loaded, opts, move || {
+            check.join().unwrap_or_else(|_| {
+                Err(RestoreError::Invalid {
+                    pid: 0,
+                    why: "image verification panicked".into(),
+                })
+            })
+        })
+    })?;
     report.verify = verify;
     report.restore = t1.elapsed();
     Ok(report)
