@@ -90,11 +90,7 @@ macro_rules! zdtm {
 zdtm!(mem_patterns);
 zdtm!(threads_mutex);
 zdtm!(pipe_children);
-zdtm!(
-    shm_memfd,
-    ignore =
-        "needs MAP_SHARED anonymous and memfd mappings in the engine (refused: not supported yet)"
-);
+zdtm!(shm_memfd);
 zdtm!(signals);
 zdtm!(sleep_read);
 zdtm!(file_offsets);

@@ -29,10 +29,10 @@ pub struct Args {
     /// Keep the work directory (workload, images) instead of removing it.
     #[arg(long)]
     pub keep: bool,
-    /// Let the workers count in one page of MAP_SHARED memory (needs shared-memory support in
-    /// the checkpoint engine) instead of each in its own memory.
+    /// Let each worker count in its own memory instead of in one page of MAP_SHARED memory
+    /// shared by the four processes.
     #[arg(long)]
-    pub shared_memory: bool,
+    pub private_memory: bool,
 }
 
 /// What the workload publishes in its `progress` file.
@@ -140,7 +140,7 @@ struct Step {
 fn steps() -> Vec<Step> {
     vec![
         Step {
-            title: "start a workload: a parent and 3 workers that count and stream every count through pipes",
+            title: "start a workload: a parent and 3 workers counting in shared memory, streaming every count through pipes",
             run: start,
         },
         Step { title: "checkpoint it (the tree is dumped, then killed)", run: checkpoint_kill },
@@ -330,7 +330,7 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let mut st = Stage {
         dir: dir.clone(),
-        shared_memory: args.shared_memory,
+        shared_memory: !args.private_memory,
         settle: Duration::from_millis(args.settle_ms),
         root: 0,
         last: None,
