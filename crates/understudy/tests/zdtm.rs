@@ -107,6 +107,8 @@ zdtm!(
         "needs comm (PR_SET_NAME) restore in the engine (restored processes are named understudy)"
 );
 zdtm!(bigmem);
+zdtm!(vdso_rseq);
+zdtm!(creds);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
