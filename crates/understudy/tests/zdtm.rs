@@ -109,6 +109,8 @@ zdtm!(
 zdtm!(bigmem);
 zdtm!(vdso_rseq);
 zdtm!(creds);
+zdtm!(sessions);
+zdtm!(sparse_mem);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
@@ -201,6 +203,28 @@ fn unsupported_epoll_is_refused_and_left_running() {
 #[test]
 fn unsupported_eventfd_is_refused_and_left_running() {
     refused_and_left_running("eventfd", "eventfd");
+}
+
+/// A 1 GiB sparse mapping with 3 touched pages must not make a big image: only present pages
+/// are dumped.
+#[test]
+fn sparse_memory_makes_a_small_image() {
+    if !can_run("sparse image") {
+        return;
+    }
+    let mut w = start("sparse_mem");
+    let image = w.image_dir("sparse");
+    let before = checkpoint(&mut w, &image);
+    let size: u64 = walk(&image)
+        .iter()
+        .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        size < 16 << 20,
+        "image of a mostly untouched 1 GiB mapping holds {size} bytes"
+    );
+    restore(&mut w, &image, &before);
+    w.expect_pass();
 }
 
 /// Copies an image directory, hard-linking every file except `changed`, which `edit` writes.
