@@ -24,6 +24,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         });
     }
     prepare_dir(&opts.image_dir)?;
+    // The init of its own PID namespace (an application started by `understudy run`) is
+    // dumped as a namespace tree even when named by --pid.
+    let mut eff = opts.clone();
+    if !eff.pidns {
+        let me = sys::proc::status(i32::try_from(std::process::id()).unwrap_or(0))
+            .map(|s| s.nspid.len())
+            .unwrap_or(1);
+        if let Ok(st) = sys::proc::status(opts.root_pid) {
+            eff.pidns = st.nspid.len() > me && st.nspid.last() == Some(&1);
+        }
+    }
+    let opts = &eff;
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     let mut report = DumpReport {
@@ -33,7 +45,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
-    let tree = match collect(opts, &frozen, &mut report) {
+    let mut redeliver = Vec::new();
+    let tree = match collect(opts, &frozen, &mut report, &mut redeliver) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -47,6 +60,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     report.frozen = t_freeze.elapsed();
     if opts.leave_running {
         frozen.detach();
+        for (pid, tid, sig) in redeliver {
+            let _ = sys::pid::tgkill(pid, tid, sig);
+        }
     } else {
         let t = Instant::now();
         let left = frozen.kill_and_wait(REAP_TIMEOUT);
@@ -90,13 +106,18 @@ fn cleanup_dir(dir: &std::path::Path) {
     }
 }
 
-fn collect(opts: &DumpOptions, frozen: &Frozen, report: &mut DumpReport) -> Result<Tree> {
+fn collect(
+    opts: &DumpOptions,
+    frozen: &Frozen,
+    report: &mut DumpReport,
+    redeliver: &mut Vec<(i32, i32, i32)>,
+) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report, &mut shm)?;
+        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver)?;
         if i == 0 {
             p.ppid = 0;
         }
@@ -134,6 +155,7 @@ fn dump_process(
     copied_before: u64,
     report: &mut DumpReport,
     shm: &mut ShmemTable,
+    redeliver: &mut Vec<(i32, i32, i32)>,
 ) -> Result<Process> {
     let pid = fp.pid;
     let status = sys::proc::status(pid).pid(pid)?;
@@ -180,6 +202,9 @@ fn dump_process(
             sigaltstack: (0, libc::SS_DISABLE, 0),
             pending,
             clear_child_tid: 0,
+            comm: sys::proc::read_to_string(&format!("/proc/{pid}/task/{tid}/comm"))
+                .map(|c| c.trim_end_matches('\n').to_string())
+                .unwrap_or_default(),
         });
     }
 
@@ -265,6 +290,12 @@ fn dump_process(
                     [40, scratch + 64, 0, 0, 0, 0],
                 )
                 .pid(pid)?;
+                if i != 0 {
+                    for (sig, info) in trs.take_deferred_signals() {
+                        threads[i].pending.push(Hex(info.to_vec()));
+                        redeliver.push((pid, t.tid, sig));
+                    }
+                }
             }
             rs.get(0, &mut sb).pid(pid)?;
             rs.get(64, &mut ct).pid(pid)?;
@@ -272,14 +303,13 @@ fn dump_process(
             let flags = i32::from_le_bytes([sb[8], sb[9], sb[10], sb[11]]);
             threads[i].sigaltstack = (le_u64(&sb, 0), flags, le_u64(&sb, 16));
         }
-        let deferred = rs.take_deferred_signals();
-        rs.finish().pid(pid)?;
-        if !deferred.is_empty() {
-            return Err(CheckpointError::Tree {
-                pid,
-                why: format!("signals {deferred:?} arrived during the dump; retry"),
-            });
+        // Signals that arrived while a call was injected were held back: they are pending in
+        // the image and sent again if the tree runs on.
+        for (sig, info) in rs.take_deferred_signals() {
+            threads[0].pending.push(Hex(info.to_vec()));
+            redeliver.push((pid, pid, sig));
         }
+        rs.finish().pid(pid)?;
     }
     let shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED)
         .pid(pid)?

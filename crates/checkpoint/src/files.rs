@@ -36,6 +36,7 @@ pub struct FileTable {
     /// For each pipe id, one (pid, fd) of its read end if any.
     pipe_readers: BTreeMap<u32, (i32, i32)>,
     pipe_any: BTreeMap<u32, (i32, i32)>,
+    fifo_paths: BTreeMap<u32, String>,
 }
 
 impl FileTable {
@@ -89,8 +90,11 @@ impl FileTable {
             let next = u32::try_from(self.pipes.len()).unwrap_or(u32::MAX);
             let pipe = *self.pipes.entry(st.st_ino).or_insert(next);
             let write_end = flags & 3 == 1;
-            if flags & 3 == 0 {
+            if flags & 3 != 1 {
                 self.pipe_readers.entry(pipe).or_insert((pid, fd));
+            }
+            if link.starts_with('/') {
+                self.fifo_paths.entry(pipe).or_insert(link.clone());
             }
             self.pipe_any.entry(pipe).or_insert((pid, fd));
             let fifo_path = if link.starts_with('/') {
@@ -98,11 +102,8 @@ impl FileTable {
             } else {
                 None
             };
-            if flags & 3 == 2 {
-                return Err(unsupported(
-                    &link,
-                    "a FIFO opened read-write cannot be checkpointed yet",
-                ));
+            if flags & 3 == 2 && fifo_path.is_none() {
+                return Err(unsupported(&link, "a pipe opened read-write is not a pipe"));
             }
             FileKind::Pipe {
                 pipe,
@@ -155,6 +156,21 @@ impl FileTable {
     pub fn pipe_data(&self) -> Result<Vec<PipeData>> {
         let mut out = Vec::new();
         for (&pipe, &(pid, fd)) in &self.pipe_any {
+            if !self.pipe_readers.contains_key(&pipe) {
+                if let Some(path) = self.fifo_paths.get(&pipe) {
+                    // A FIFO whose readers are all outside the tree: peek through a
+                    // non-blocking read end of our own.
+                    let local = sys::files::open(path, 0o4000).pid(pid)?;
+                    let capacity = sys::pipe::capacity(&local).pid(pid)?;
+                    let data = sys::pipe::peek(&local).pid(pid)?;
+                    out.push(PipeData {
+                        pipe,
+                        capacity,
+                        data: Hex(data),
+                    });
+                    continue;
+                }
+            }
             let Some(&(rpid, rfd)) = self.pipe_readers.get(&pipe) else {
                 return Err(CheckpointError::Unsupported {
                     pid,

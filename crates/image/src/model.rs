@@ -84,6 +84,9 @@ pub struct Thread {
     /// joiners when the thread exits.
     #[serde(default)]
     pub clear_child_tid: u64,
+    /// The thread's name (`PR_SET_NAME`, `/proc/PID/task/TID/comm`).
+    #[serde(default)]
+    pub comm: String,
 }
 
 /// Bytes stored as a hex string in JSON.

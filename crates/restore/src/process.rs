@@ -190,6 +190,7 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
         shm_fds.push(sys::files::dup_to(&OwnedFd::from(f), shm_base + id).pid(root)?);
     }
     let mut pipes: BTreeMap<u32, (Option<OwnedFd>, Option<OwnedFd>)> = BTreeMap::new();
+    let mut fifo_keepers: BTreeMap<u32, OwnedFd> = BTreeMap::new();
     let mut out = Vec::with_capacity(tree.files.len());
     for f in &tree.files {
         let fd = match &f.kind {
@@ -215,11 +216,22 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
                 write_end,
                 fifo_path,
             } => {
-                if fifo_path.is_some() {
-                    return Err(RestoreError::Invalid {
-                        pid: root,
-                        why: "FIFOs opened by path are not supported yet".into(),
-                    });
+                if let Some(path) = fifo_path {
+                    // A FIFO: a keeper opened read-write holds the pipe (and its queued bytes)
+                    // while every end is opened by path, without blocking.
+                    if !fifo_keepers.contains_key(pipe) {
+                        let keeper = sys::files::open(path, 0o2 | 0o4000).pid(root)?;
+                        let pd = tree.pipes.iter().find(|d| d.pipe == *pipe);
+                        if let Some(d) = pd {
+                            sys::pipe::fill(&keeper, &d.data.0, d.capacity).pid(root)?;
+                        }
+                        fifo_keepers.insert(*pipe, keeper);
+                    }
+                    let fd = sys::files::open(path, f.flags | 0o4000).pid(root)?;
+                    sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+                    let id = i32::try_from(f.id).unwrap_or(i32::MAX);
+                    out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
+                    continue;
                 }
                 let e = match pipes.get_mut(pipe) {
                     Some(e) => e,
@@ -251,6 +263,7 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
         out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
     }
     out.extend(shm_fds);
+    out.extend(fifo_keepers.into_values());
     Ok(PreparedFiles {
         base,
         shm_base,
@@ -359,8 +372,12 @@ pub fn restore_tree(
         placed.push(Placed { pid: p.pid });
     }
     // Process groups, now that every leader exists.
-    for (i, p) in tree.processes.iter().enumerate() {
-        if p.sid == p.ns_pid || (i == 0 && p.pgid != p.ns_pid) {
+    // A group led from outside the tree (0 when outside the tree's PID namespace) cannot be
+    // joined: such processes keep the group they inherited from the restored root.
+    let outside_pgid = root.pgid;
+    let in_tree = |g: i32| tree.processes.iter().any(|q| q.ns_pid == g);
+    for p in tree.processes.iter() {
+        if p.sid == p.ns_pid || p.pgid == 0 || (p.pgid == outside_pgid && !in_tree(p.pgid)) {
             continue;
         }
         let target = if p.pgid == p.ns_pid { 0 } else { u(p.pgid) };
@@ -846,6 +863,18 @@ fn rebuild(
             own = RemoteSyscalls::new(t.tid, insn).pid(t.tid)?;
             &mut own
         };
+        if !t.comm.is_empty() {
+            let mut name = t.comm.as_bytes()[..t.comm.len().min(15)].to_vec();
+            name.push(0);
+            mem_put(t.tid, scratch + SCR_PATH, &name)?;
+            // PR_SET_NAME = 15
+            trs.syscall(
+                "prctl(PR_SET_NAME)",
+                nr::PRCTL,
+                [15, scratch + SCR_PATH, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
         if t.clear_child_tid != 0 {
             trs.syscall(
                 "set_tid_address",
