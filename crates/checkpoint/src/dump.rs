@@ -68,12 +68,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         let left = frozen.kill_and_wait(REAP_TIMEOUT);
         report.reap_wait = t.elapsed();
         if !left.is_empty() {
-            return Err(CheckpointError::Tree {
-                pid: left[0],
-                why: format!(
-                    "the image is complete, but pids {left:?} are still taken {}s after the kill (a parent outside the tree has not reaped them)",
-                    REAP_TIMEOUT.as_secs()
-                ),
+            return Err(CheckpointError::PidsNotFreed {
+                pids: left,
+                secs: REAP_TIMEOUT.as_secs(),
             });
         }
     }
