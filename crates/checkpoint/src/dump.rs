@@ -205,6 +205,30 @@ fn dump_process(
         });
     }
 
+    // Seccomp: filters are read from the main thread; every thread must have the same ones.
+    if status.seccomp == 1 {
+        return Err(CheckpointError::Unsupported {
+            pid,
+            what: "seccomp".into(),
+            why: "strict mode cannot be checkpointed".into(),
+        });
+    }
+    let seccomp_filters: Vec<Hex> = if status.seccomp == 2 {
+        let main = ptrace::seccomp_filters(pid).pid(pid)?;
+        for t in fp.threads.iter().skip(1) {
+            if ptrace::seccomp_filters(t.tid).pid(pid)? != main {
+                return Err(CheckpointError::Unsupported {
+                    pid,
+                    what: format!("thread {} seccomp filters", t.tid),
+                    why: "threads with different seccomp filters cannot be checkpointed yet".into(),
+                });
+            }
+        }
+        main.into_iter().map(Hex).collect()
+    } else {
+        Vec::new()
+    };
+
     let mut vmas = Vec::new();
     for m in &maps {
         if let Some(mut kind) = classify(pid, m)? {
@@ -372,5 +396,7 @@ fn dump_process(
         },
         itimers,
         exit_signal: stat.exit_signal,
+        seccomp_filters,
+        no_new_privs: status.no_new_privs,
     })
 }
