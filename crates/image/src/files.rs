@@ -406,6 +406,7 @@ mod tests {
                         offset: 0,
                         in_parent: false,
                     }],
+                    madvise: vec!["dc".into()],
                 }],
                 pages: PagesRef {
                     file: "pages-42.img".into(),

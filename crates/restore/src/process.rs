@@ -625,6 +625,37 @@ fn rebuild(
             ),
         };
         let r = r.pid(pid)?;
+        for f in &v.madvise {
+            let advice = match f.as_str() {
+                "hg" => 14,
+                "nh" => 15,
+                "dc" => 10,
+                "wf" => 18,
+                "dd" => 16,
+                _ => continue,
+            };
+            rs.syscall(
+                &format!("madvise({f})"),
+                nr::MADVISE,
+                [v.start, len, advice, 0, 0, 0],
+            )
+            .pid(pid)?;
+        }
+        if let VmaKind::Anon { name } = &v.kind {
+            if let Some(n) = name
+                .strip_prefix("[anon:")
+                .and_then(|n| n.strip_suffix(']'))
+            {
+                let mut b = n.as_bytes().to_vec();
+                b.push(0);
+                rs.put(SCR_PATH, &b).pid(pid)?;
+                // PR_SET_VMA, PR_SET_VMA_ANON_NAME: best effort (needs CONFIG_ANON_VMA_NAME).
+                let _ = rs.syscall_raw(
+                    nr::PRCTL,
+                    [0x5356_4d41, 0, v.start, len, scratch + SCR_PATH, 0],
+                );
+            }
+        }
         if r != v.start {
             return Err(RestoreError::Invalid {
                 pid: p.pid,
