@@ -36,6 +36,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     let opts = &eff;
+    let pool = crate::memory::buffer_pool();
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     let mut report = DumpReport {
@@ -46,7 +47,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
     let mut redeliver = Vec::new();
-    let tree = match collect(opts, &frozen, &mut report, &mut redeliver) {
+    let tree = match collect(opts, &frozen, &mut report, &mut redeliver, &pool) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -108,13 +109,14 @@ fn collect(
     frozen: &Frozen,
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver)?;
+        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver, pool)?;
         if i == 0 {
             p.ppid = 0;
         }
@@ -153,6 +155,7 @@ fn dump_process(
     report: &mut DumpReport,
     shm: &mut ShmemTable,
     redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
 ) -> Result<Process> {
     let pid = fp.pid;
     let status = sys::proc::status(pid).pid(pid)?;
@@ -350,6 +353,7 @@ fn dump_process(
         .collect();
 
     let md = MemoryDumper {
+        pool,
         pid,
         dir: &opts.image_dir,
         progress: opts.progress.as_ref(),
