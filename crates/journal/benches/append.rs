@@ -1,1 +1,253 @@
-fn main() {}
+//! Journal append throughput beside raw sequential writes to the same directory, in one run.
+//!
+//! `cargo bench -p journal --bench append -- [--dir DIR] [--reps N] [--scale F]`
+//!
+//! For each record size (64 B and 1 KiB) and batch of 64 records, it measures:
+//! - `raw write`: `write(2)` of the same bytes per batch into a plain file (the limit for
+//!   `journal never`), and `raw write+fdatasync`: the same plus `fdatasync` per batch (the
+//!   limit for `journal always`);
+//! - `journal never|always`: `append` x64 then `commit()` under that fsync policy;
+//! - `journal group`: 4 threads on a `SharedJournal` (policy `Always`), each appending 16
+//!   records then `commit()` (as many records in all as `journal always`), so one fsync can
+//!   cover several threads' batches.
+//!
+//! Prints the median of `--reps` runs of each (runs interleaved so drift hits all alike).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use journal::format::RECORD_HEADER_LEN;
+use journal::{FsyncPolicy, Journal, JournalOptions, SharedJournal};
+
+const BATCH: usize = 64;
+
+struct Args {
+    dir: PathBuf,
+    reps: usize,
+    scale: f64,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        dir: std::env::temp_dir(),
+        reps: 5,
+        scale: 1.0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--dir" => a.dir = it.next().expect("--dir DIR").into(),
+            "--reps" => a.reps = it.next().expect("--reps N").parse().expect("--reps N"),
+            "--scale" => a.scale = it.next().expect("--scale F").parse().expect("--scale F"),
+            _ => {} // `cargo bench` passes --bench
+        }
+    }
+    a
+}
+
+/// One measured run: records and on-disk frame bytes moved in `elapsed`.
+#[derive(Clone, Copy)]
+struct Run {
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    fsyncs: u64,
+}
+
+impl Run {
+    fn rec_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+}
+
+fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let _ = std::fs::remove_dir_all(&p);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn raw(dir: &Path, rec_len: usize, batches: usize, fsync: bool) -> Run {
+    let path = fresh(dir, "raw.bin");
+    let batch = vec![0x5au8; BATCH * (RECORD_HEADER_LEN + rec_len)];
+    let mut f: File = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let mut fsyncs = 0;
+    let t = Instant::now();
+    for _ in 0..batches {
+        f.write_all(&batch).unwrap();
+        if fsync {
+            f.sync_data().unwrap();
+            fsyncs += 1;
+        }
+    }
+    let elapsed = t.elapsed();
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    Run {
+        records: (batches * BATCH) as u64,
+        bytes: (batches * batch.len()) as u64,
+        elapsed,
+        fsyncs,
+    }
+}
+
+fn journal_run(dir: &Path, rec_len: usize, batches: usize, fsync: FsyncPolicy) -> Run {
+    let jdir = fresh(dir, "bench-journal");
+    let payload = vec![0xa5u8; rec_len];
+    let opts = JournalOptions {
+        fsync,
+        ..JournalOptions::default()
+    };
+    let (mut j, _) = Journal::open(&jdir, opts).unwrap();
+    let t = Instant::now();
+    let mut seq = 0;
+    for _ in 0..batches {
+        for _ in 0..BATCH {
+            seq += 1;
+            j.append(1, seq, &payload).unwrap();
+        }
+        j.commit().unwrap();
+    }
+    let elapsed = t.elapsed();
+    let fsyncs = j.stats().fsyncs;
+    drop(j);
+    std::fs::remove_dir_all(&jdir).unwrap();
+    Run {
+        records: seq,
+        bytes: seq * (RECORD_HEADER_LEN + rec_len) as u64,
+        elapsed,
+        fsyncs,
+    }
+}
+
+fn group_run(dir: &Path, rec_len: usize, batches: usize) -> Run {
+    const THREADS: usize = 4;
+    const PER_COMMIT: usize = BATCH / THREADS;
+    let jdir = fresh(dir, "bench-journal-group");
+    let opts = JournalOptions {
+        fsync: FsyncPolicy::Always,
+        ..JournalOptions::default()
+    };
+    let (j, _) = SharedJournal::open(&jdir, opts).unwrap();
+    let j = Arc::new(j);
+    let fsyncs0 = j.lock().stats().fsyncs;
+    let t = Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let j = Arc::clone(&j);
+            std::thread::spawn(move || {
+                let payload = vec![0xa5u8; rec_len];
+                let stream = u32::try_from(i).unwrap();
+                for _ in 0..batches {
+                    for _ in 0..PER_COMMIT {
+                        j.append_next(stream, &payload).unwrap();
+                    }
+                    j.commit().unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let elapsed = t.elapsed();
+    let records = j.last_seq();
+    let fsyncs = j.lock().stats().fsyncs - fsyncs0;
+    drop(j);
+    std::fs::remove_dir_all(&jdir).unwrap();
+    Run {
+        records,
+        bytes: records * (RECORD_HEADER_LEN + rec_len) as u64,
+        elapsed,
+        fsyncs,
+    }
+}
+
+fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s()));
+    runs[runs.len() / 2]
+}
+
+fn main() {
+    let args = parse_args();
+    let dir = args
+        .dir
+        .join(format!("journal-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "journal append benchmark: dir {} , {} reps (median), batch {BATCH} records",
+        dir.display(),
+        args.reps
+    );
+    // Run sizes are small positive counts; saturating float-to-int conversion is what we want.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let scaled = |n: f64| (n * args.scale).max(1.0) as usize;
+    for rec_len in [64usize, 1024] {
+        // Batches per run: the no-fsync runs move ~64 MiB, the fsync runs a bounded count.
+        let frame = RECORD_HEADER_LEN + rec_len;
+        let nofsync_batches = scaled(64.0 * 1024.0 * 1024.0 / (BATCH * frame) as f64);
+        let fsync_batches = scaled(300.0);
+        let mut rows: Vec<(&str, Vec<Run>)> = vec![
+            ("raw write", Vec::new()),
+            ("journal never", Vec::new()),
+            ("raw write+fdatasync", Vec::new()),
+            ("journal always", Vec::new()),
+            ("journal group (4 thr)", Vec::new()),
+        ];
+        for _ in 0..args.reps {
+            rows[0].1.push(raw(&dir, rec_len, nofsync_batches, false));
+            rows[1].1.push(journal_run(
+                &dir,
+                rec_len,
+                nofsync_batches,
+                FsyncPolicy::Never,
+            ));
+            rows[2].1.push(raw(&dir, rec_len, fsync_batches, true));
+            rows[3].1.push(journal_run(
+                &dir,
+                rec_len,
+                fsync_batches,
+                FsyncPolicy::Always,
+            ));
+            rows[4].1.push(group_run(&dir, rec_len, fsync_batches));
+        }
+        let meds: Vec<(&str, Run)> = rows.into_iter().map(|(n, r)| (n, median(r))).collect();
+        println!();
+        println!("record payload {rec_len} B (frame {frame} B)");
+        println!(
+            "| {:<22} | {:>12} | {:>9} | {:>8} | {:>12} |",
+            "mode", "records/s", "MB/s", "fsyncs", "vs raw"
+        );
+        println!(
+            "|{:-<24}|{:->14}|{:->11}|{:->10}|{:->14}|",
+            "", "", "", "", ""
+        );
+        for (name, run) in &meds {
+            let limit = if name.contains("never") || *name == "raw write" {
+                meds[0].1
+            } else {
+                meds[2].1
+            };
+            println!(
+                "| {:<22} | {:>12.0} | {:>9.1} | {:>8} | {:>11.0}% |",
+                name,
+                run.rec_per_s(),
+                run.mb_per_s(),
+                run.fsyncs,
+                100.0 * run.mb_per_s() / limit.mb_per_s()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -195,25 +195,25 @@ impl RecordHeader {
                 have: b.len() as u64,
             });
         }
-        let len = le_u32(&b[0..4]);
+        let len = le_u32(&b[4..8]);
         if len > MAX_PAYLOAD {
             return Err(Corruption::LengthTooLarge { len });
         }
-        let flags = le_u32(&b[16..20]);
+        let flags = le_u32(&b[12..16]);
         if flags != 0 {
             return Err(Corruption::ReservedBits { flags });
         }
         Ok(Self {
             len,
-            stream: le_u32(&b[4..8]),
-            seq: le_u64(&b[8..16]),
-            crc: le_u32(&b[20..24]),
+            stream: le_u32(&b[8..12]),
+            seq: le_u64(&b[16..24]),
+            crc: le_u32(&b[0..4]),
         })
     }
 
     /// Check the stored checksum against the header bytes and the payload.
     pub fn verify(&self, header: &[u8], payload: &[u8]) -> Result<(), Corruption> {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[0..20]), payload);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_LEN]), payload);
         if crc == self.crc {
             Ok(())
         } else {
@@ -230,15 +230,17 @@ impl RecordHeader {
 /// Append one framed record to `out`. The caller has checked `payload.len() <= MAX_PAYLOAD`.
 pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut h = [0u8; RECORD_HEADER_LEN];
-    h[0..4].copy_from_slice(&len.to_le_bytes());
-    h[4..8].copy_from_slice(&stream.to_le_bytes());
-    h[8..16].copy_from_slice(&seq.to_le_bytes());
-    // 16..20: flags, zero in version 1.
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..20]), payload);
-    h[20..24].copy_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&h);
+    let start = out.len();
+    out.reserve(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&[0u8; 4]); // crc, filled in below
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&stream.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // flags, zero in version 1
+    out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(payload);
+    // One pass over the contiguous bytes after the checksum field.
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A record decoded from a contiguous buffer of frames, borrowing its payload.
@@ -384,7 +386,7 @@ mod tests {
     fn huge_length_is_refused_without_allocating() {
         let mut buf = Vec::new();
         encode_record(&mut buf, 1, 0, b"x");
-        buf[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        buf[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             decode_frame(&buf).unwrap_err(),
             Corruption::LengthTooLarge { len: u32::MAX }
