@@ -7,9 +7,11 @@
 //!   `journal never`), and `raw write+fdatasync`: the same plus `fdatasync` per batch (the
 //!   limit for `journal always`);
 //! - `journal never|always`: `append` x64 then `commit()` under that fsync policy;
-//! - `journal group`: 4 threads on a `SharedJournal` (policy `Always`), each appending 16
-//!   records then `commit()` (as many records in all as `journal always`), so one fsync can
-//!   cover several threads' batches.
+//! - `4 thr, group commit`: 4 threads on a `SharedJournal` (policy `Always`), each appending
+//!   16 records then `commit()` (as many records in all as `journal always`), so one fsync can
+//!   cover several threads' batches; `4 thr, commit in lock`: the same through the lock
+//!   (one fsync per commit). Their limit is `raw write+fdatasync/16`: one fdatasync per 16
+//!   records, what committing each thread's batch alone costs.
 //!
 //! Prints the median of `--reps` runs of each (runs interleaved so drift hits all alike).
 
@@ -73,9 +75,9 @@ fn fresh(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-fn raw(dir: &Path, rec_len: usize, batches: usize, fsync: bool) -> Run {
+fn raw(dir: &Path, rec_len: usize, batch_records: usize, batches: usize, fsync: bool) -> Run {
     let path = fresh(dir, "raw.bin");
-    let batch = vec![0x5au8; BATCH * (RECORD_HEADER_LEN + rec_len)];
+    let batch = vec![0x5au8; batch_records * (RECORD_HEADER_LEN + rec_len)];
     let mut f: File = OpenOptions::new()
         .create(true)
         .write(true)
@@ -95,7 +97,7 @@ fn raw(dir: &Path, rec_len: usize, batches: usize, fsync: bool) -> Run {
     drop(f);
     std::fs::remove_file(&path).unwrap();
     Run {
-        records: (batches * BATCH) as u64,
+        records: (batches * batch_records) as u64,
         bytes: (batches * batch.len()) as u64,
         elapsed,
         fsyncs,
@@ -131,9 +133,13 @@ fn journal_run(dir: &Path, rec_len: usize, batches: usize, fsync: FsyncPolicy) -
     }
 }
 
-fn group_run(dir: &Path, rec_len: usize, batches: usize) -> Run {
-    const THREADS: usize = 4;
-    const PER_COMMIT: usize = BATCH / THREADS;
+const THREADS: usize = 4;
+const PER_COMMIT: usize = BATCH / THREADS;
+
+/// 4 threads, each `append` x16 + `commit()`; `group` selects `SharedJournal::commit`
+/// (fsync outside the lock, shared) over committing while holding the lock (one fsync per
+/// commit, the naive `Mutex<Journal>`).
+fn threaded_run(dir: &Path, rec_len: usize, batches: usize, group: bool) -> Run {
     let jdir = fresh(dir, "bench-journal-group");
     let opts = JournalOptions {
         fsync: FsyncPolicy::Always,
@@ -150,10 +156,18 @@ fn group_run(dir: &Path, rec_len: usize, batches: usize) -> Run {
                 let payload = vec![0xa5u8; rec_len];
                 let stream = u32::try_from(i).unwrap();
                 for _ in 0..batches {
-                    for _ in 0..PER_COMMIT {
-                        j.append_next(stream, &payload).unwrap();
+                    if group {
+                        for _ in 0..PER_COMMIT {
+                            j.append_next(stream, &payload).unwrap();
+                        }
+                        j.commit().unwrap();
+                    } else {
+                        let mut g = j.lock();
+                        for _ in 0..PER_COMMIT {
+                            g.append_next(stream, &payload).unwrap();
+                        }
+                        g.commit().unwrap();
                     }
-                    j.commit().unwrap();
                 }
             })
         })
@@ -203,24 +217,38 @@ fn main() {
             ("journal never", Vec::new()),
             ("raw write+fdatasync", Vec::new()),
             ("journal always", Vec::new()),
-            ("journal group (4 thr)", Vec::new()),
+            ("raw write+fdatasync/16", Vec::new()),
+            ("4 thr, commit in lock", Vec::new()),
+            ("4 thr, group commit", Vec::new()),
         ];
         for _ in 0..args.reps {
-            rows[0].1.push(raw(&dir, rec_len, nofsync_batches, false));
-            rows[1].1.push(journal_run(
-                &dir,
-                rec_len,
-                nofsync_batches,
-                FsyncPolicy::Never,
-            ));
-            rows[2].1.push(raw(&dir, rec_len, fsync_batches, true));
+            let nofsync = nofsync_batches;
+            rows[0].1.push(raw(&dir, rec_len, BATCH, nofsync, false));
+            rows[1]
+                .1
+                .push(journal_run(&dir, rec_len, nofsync, FsyncPolicy::Never));
+            rows[2]
+                .1
+                .push(raw(&dir, rec_len, BATCH, fsync_batches, true));
             rows[3].1.push(journal_run(
                 &dir,
                 rec_len,
                 fsync_batches,
                 FsyncPolicy::Always,
             ));
-            rows[4].1.push(group_run(&dir, rec_len, fsync_batches));
+            rows[4].1.push(raw(
+                &dir,
+                rec_len,
+                PER_COMMIT,
+                THREADS * fsync_batches,
+                true,
+            ));
+            rows[5]
+                .1
+                .push(threaded_run(&dir, rec_len, fsync_batches, false));
+            rows[6]
+                .1
+                .push(threaded_run(&dir, rec_len, fsync_batches, true));
         }
         let meds: Vec<(&str, Run)> = rows.into_iter().map(|(n, r)| (n, median(r))).collect();
         println!();
@@ -234,10 +262,10 @@ fn main() {
             "", "", "", "", ""
         );
         for (name, run) in &meds {
-            let limit = if name.contains("never") || *name == "raw write" {
-                meds[0].1
-            } else {
-                meds[2].1
+            let limit = match *name {
+                "raw write" | "journal never" => meds[0].1,
+                "raw write+fdatasync" | "journal always" => meds[2].1,
+                _ => meds[4].1,
             };
             println!(
                 "| {:<22} | {:>12.0} | {:>9.1} | {:>8} | {:>11.0}% |",
