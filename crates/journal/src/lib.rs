@@ -144,6 +144,9 @@ pub struct Recovery {
     /// Files removed: a last segment whose header was torn, leftovers of an interrupted
     /// [`Journal::reset`].
     pub removed_files: Vec<PathBuf>,
+    /// Where a removed last segment that held more than a header was moved
+    /// (`NAME.seg.damaged`), rather than deleted.
+    pub set_aside: Vec<PathBuf>,
 }
 
 impl Recovery {
@@ -178,6 +181,9 @@ impl fmt::Display for Recovery {
         }
         for p in &self.removed_files {
             write!(f, "; removed {}", p.display())?;
+        }
+        for p in &self.set_aside {
+            write!(f, " (kept as {})", p.display())?;
         }
         if self.bytes_cut > 0 {
             write!(f, "; {} byte(s) cut", self.bytes_cut)?;
@@ -287,6 +293,7 @@ impl Journal {
             bytes_cut: 0,
             cut: None,
             removed_files: Vec::new(),
+            set_aside: Vec::new(),
         };
         let sync = opts.fsync != FsyncPolicy::Never;
         let mut listing = list_dir(&dir)?;
@@ -298,7 +305,16 @@ impl Journal {
                 if !matches!(reason, Corruption::UnsupportedVersion { .. }) {
                     let len = file_len(&last.path)?;
                     let last = listing.segments.pop().unwrap_or_else(|| unreachable!());
-                    remove_file(&last.path)?;
+                    if len > SEGMENT_HEADER_LEN as u64 {
+                        // It may hold records written before its header got damaged: keep the
+                        // bytes for forensics instead of deleting them.
+                        let aside = aside_path(&last.path);
+                        fs::rename(&last.path, &aside)
+                            .map_err(|e| Error::io(&last.path, "rename", e))?;
+                        rec.set_aside.push(aside);
+                    } else {
+                        remove_file(&last.path)?;
+                    }
                     rec.bytes_cut += len;
                     rec.cut = Some(TailCut {
                         file: last.path.clone(),
@@ -314,6 +330,7 @@ impl Journal {
                         r.bytes_cut = rec.bytes_cut;
                         r.cut = rec.cut;
                         r.removed_files = rec.removed_files;
+                        r.set_aside = rec.set_aside;
                         r.segments_scanned = 1;
                         return Ok((j, r));
                     }
@@ -486,6 +503,7 @@ impl Journal {
             bytes_cut: 0,
             cut: None,
             removed_files: Vec::new(),
+            set_aside: Vec::new(),
         };
         Ok((j, rec))
     }
@@ -1127,6 +1145,21 @@ fn complete_pending_reset(
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// `X.seg` -> `X.seg.damaged` (or `X.seg.damaged.N` if that exists).
+fn aside_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".damaged");
+    let mut p = PathBuf::from(&name);
+    let mut n = 1;
+    while p.exists() {
+        let mut alt = name.clone();
+        alt.push(format!(".{n}"));
+        p = PathBuf::from(alt);
+        n += 1;
+    }
+    p
 }
 
 fn cut_file(path: &Path, len: u64, sync: bool) -> Result<()> {
