@@ -84,6 +84,12 @@ pub struct Summary {
     pub problems: Vec<String>,
 }
 
+/// True when `path` is a directory holding at least one journal segment file (lets
+/// `understudy inspect PATH` tell a journal from a checkpoint image).
+pub fn is_journal_dir(path: impl AsRef<Path>) -> bool {
+    list_dir(path.as_ref()).is_ok_and(|l| !l.segments.is_empty() || !l.tmp.is_empty())
+}
+
 /// Summarize the journal in `dir`, verifying every record. Read-only.
 pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
     let dir = dir.as_ref();

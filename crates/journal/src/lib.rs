@@ -216,6 +216,17 @@ pub struct Stats {
     pub segments_created: u64,
 }
 
+/// What [`Journal::read_raw_into`] appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRange {
+    /// Sequence number of the first frame (0 when empty).
+    pub first_seq: u64,
+    /// Sequence number of the last frame (0 when empty).
+    pub last_seq: u64,
+    /// Number of frames.
+    pub records: u64,
+}
+
 /// A batch of whole record frames, exactly as stored, for shipping (see
 /// [`Journal::read_raw_from`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -836,12 +847,31 @@ impl Journal {
     /// makes progress) and never crosses a segment boundary. Each frame's CRC is verified
     /// before it is returned. An empty batch means `seq > last_seq()`.
     pub fn read_raw_from(&mut self, seq: u64, max_bytes: usize) -> Result<RawBatch> {
+        let mut bytes = Vec::new();
+        let r = self.read_raw_into(seq, max_bytes, &mut bytes)?;
+        Ok(RawBatch {
+            first_seq: r.first_seq,
+            last_seq: r.last_seq,
+            records: r.records,
+            bytes,
+        })
+    }
+
+    /// [`Journal::read_raw_from`] into the caller's buffer: the frames are *appended* to `out`
+    /// (after whatever it holds, e.g. a transport frame header), read from the segment file
+    /// straight into it, with no intermediate copy and no decoding into records. With a
+    /// reused buffer the steady state allocates nothing. On error `out` is left as it was.
+    pub fn read_raw_into(
+        &mut self,
+        seq: u64,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<RawRange> {
         self.flush()?;
-        let empty = RawBatch {
+        let empty = RawRange {
             first_seq: 0,
             last_seq: 0,
             records: 0,
-            bytes: Vec::new(),
         };
         if seq > self.written_seq {
             return Ok(empty);
@@ -849,94 +879,29 @@ impl Journal {
         if seq < self.first_seq() {
             return Err(self.not_held(seq));
         }
-        let seg = match self
+        let Some(seg) = self
             .segments
             .iter()
             .find(|s| s.records > 0 && s.header.first_seq <= seq && s.last_seq() >= seq)
-        {
-            Some(s) => s.clone(),
-            None => return Err(self.not_held(seq)),
+        else {
+            return Err(self.not_held(seq));
         };
+        let path = seg.path.clone();
         let end = seg.len;
-        let mut f = File::open(&seg.path).map_err(|e| Error::io(&seg.path, "open", e))?;
-        let start = segment::seek_to_seq(
-            &seg.path,
-            &mut f,
-            &seg.index,
-            seg.header.first_seq,
-            seq,
-            end,
-        )?;
-        let avail = end - start;
-        let want = u64::try_from(max_bytes).unwrap_or(u64::MAX).min(avail);
-        let mut bytes = vec![0u8; usize::try_from(want).unwrap_or(0)];
+        let mut f = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
+        let start =
+            segment::seek_to_seq(&path, &mut f, &seg.index, seg.header.first_seq, seq, end)?;
         f.seek(SeekFrom::Start(start))
-            .map_err(|e| Error::io(&seg.path, "seek", e))?;
-        f.read_exact(&mut bytes)
-            .map_err(|e| Error::io(&seg.path, "read", e))?;
-        // Keep whole frames only; fetch the rest of the first frame if it is larger.
-        let mut used = 0usize;
-        let mut records = 0u64;
-        let mut next = seq;
-        loop {
-            if bytes.len() - used < RECORD_HEADER_LEN {
-                if records == 0 {
-                    // Need at least the header of the first frame.
-                    let more = usize::try_from(avail).unwrap_or(0).min(RECORD_HEADER_LEN);
-                    bytes.resize(more, 0);
-                    f.seek(SeekFrom::Start(start))
-                        .map_err(|e| Error::io(&seg.path, "seek", e))?;
-                    f.read_exact(&mut bytes)
-                        .map_err(|e| Error::io(&seg.path, "read", e))?;
-                    continue;
-                }
-                break;
+            .map_err(|e| Error::io(&path, "seek", e))?;
+        let base = out.len();
+        let result = read_frames(&path, &mut f, start, end - start, seq, max_bytes, out, base);
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                out.truncate(base);
+                Err(e)
             }
-            let h =
-                format::RecordHeader::decode(&bytes[used..]).map_err(|reason| Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: start + used as u64,
-                    reason,
-                })?;
-            let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
-            if bytes.len() - used < flen {
-                if records == 0 && h.frame_len() <= avail {
-                    // A single frame larger than max_bytes: read it whole.
-                    let old = bytes.len();
-                    bytes.resize(flen, 0);
-                    f.read_exact(&mut bytes[old..])
-                        .map_err(|e| Error::io(&seg.path, "read", e))?;
-                } else {
-                    break;
-                }
-            }
-            let (fr, n) =
-                format::decode_frame(&bytes[used..]).map_err(|reason| Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: start + used as u64,
-                    reason,
-                })?;
-            if fr.seq != next {
-                return Err(Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: start + used as u64,
-                    reason: Corruption::SeqMismatch {
-                        expected: next,
-                        found: fr.seq,
-                    },
-                });
-            }
-            used += n;
-            records += 1;
-            next += 1;
         }
-        bytes.truncate(used);
-        Ok(RawBatch {
-            first_seq: seq,
-            last_seq: next - 1,
-            records,
-            bytes,
-        })
     }
 
     /// Retention: remove every segment whose records all have a sequence number below `seq`
@@ -1145,6 +1110,88 @@ fn complete_pending_reset(
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Read whole frames of `path` from `start` (the frame of `seq`) into `out[base..]`: up to
+/// `max_bytes` of them, at least one, never past `avail` bytes; verify each.
+#[allow(clippy::too_many_arguments)]
+fn read_frames(
+    path: &Path,
+    f: &mut File,
+    start: u64,
+    avail: u64,
+    seq: u64,
+    max_bytes: usize,
+    out: &mut Vec<u8>,
+    base: usize,
+) -> Result<RawRange> {
+    let corrupt = |at: usize, reason| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: start + at as u64,
+        reason,
+    };
+    let avail_usize = usize::try_from(avail).unwrap_or(usize::MAX);
+    // Read at least one frame header, at most max_bytes (bounded by what the segment holds).
+    let want = max_bytes.max(RECORD_HEADER_LEN).min(avail_usize);
+    out.resize(base + want, 0);
+    f.read_exact(&mut out[base..])
+        .map_err(|e| Error::io(path, "read", e))?;
+    let mut used = 0usize;
+    let mut records = 0u64;
+    let mut next = seq;
+    loop {
+        let have = out.len() - base - used;
+        if have < RECORD_HEADER_LEN {
+            if records == 0 {
+                return Err(corrupt(
+                    used,
+                    Corruption::ShortRecordHeader { have: have as u64 },
+                ));
+            }
+            break;
+        }
+        let h = format::RecordHeader::decode(&out[base + used..]).map_err(|c| corrupt(used, c))?;
+        let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
+        if have < flen {
+            if records > 0 {
+                break;
+            }
+            // A single frame larger than max_bytes: read the rest of it (bounded by the
+            // segment's valid length, itself bounded by MAX_PAYLOAD per frame).
+            if flen > avail_usize {
+                return Err(corrupt(
+                    used,
+                    Corruption::ShortPayload {
+                        len: h.len,
+                        have: avail - RECORD_HEADER_LEN as u64,
+                    },
+                ));
+            }
+            let old = out.len();
+            out.resize(base + flen, 0);
+            f.read_exact(&mut out[old..])
+                .map_err(|e| Error::io(path, "read", e))?;
+        }
+        let (fr, n) = format::decode_frame(&out[base + used..]).map_err(|c| corrupt(used, c))?;
+        if fr.seq != next {
+            return Err(corrupt(
+                used,
+                Corruption::SeqMismatch {
+                    expected: next,
+                    found: fr.seq,
+                },
+            ));
+        }
+        used += n;
+        records += 1;
+        next += 1;
+    }
+    out.truncate(base + used);
+    Ok(RawRange {
+        first_seq: seq,
+        last_seq: next - 1,
+        records,
+    })
 }
 
 /// `X.seg` -> `X.seg.damaged` (or `X.seg.damaged.N` if that exists).

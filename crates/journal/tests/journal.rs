@@ -213,6 +213,21 @@ fn raw_frames_ship_between_journals_with_identical_digests() {
         next = batch.last_seq + 1;
     }
     assert!(batches > 10);
+    // Into a caller's buffer after its own header, reusing the allocation.
+    let mut buf = b"HDR".to_vec();
+    let r = p.read_raw_into(10, 2000, &mut buf).unwrap();
+    assert_eq!(&buf[..3], b"HDR");
+    assert_eq!(r.first_seq, 10);
+    let got: Vec<_> = journal::format::frames(&buf[3..])
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got.len(), usize::try_from(r.records).unwrap());
+    assert_eq!(got.last().unwrap().seq, r.last_seq);
+    assert_eq!(got[0].payload, &recs[9].payload[..]);
+    let cap = buf.capacity();
+    buf.truncate(3);
+    p.read_raw_into(10, 2000, &mut buf).unwrap();
+    assert_eq!(buf.capacity(), cap, "no reallocation in the steady state");
     assert_eq!(b.commit().unwrap(), 301);
     // A replayed batch is refused as a duplicate and appends nothing.
     let again = p.read_raw_from(1, 4096).unwrap();
@@ -445,4 +460,31 @@ fn missing_middle_segment_is_reported() {
     ] {
         assert!(json.get(key).is_some(), "{key} missing in {json}");
     }
+}
+
+#[test]
+fn summary_display_and_journal_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!inspect::is_journal_dir(dir.path()));
+    let empty = inspect::summarize(dir.path()).unwrap();
+    assert_eq!((empty.records, empty.first_seq, empty.gaps), (0, None, 0));
+    let (mut j, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    j.append(1, 1, b"a").unwrap();
+    j.append(2, 2, b"b").unwrap();
+    j.commit().unwrap();
+    assert!(inspect::is_journal_dir(dir.path()));
+    // Summarize runs beside the live writer.
+    let s = inspect::summarize(dir.path()).unwrap();
+    assert_eq!(
+        (s.records, s.streams, s.first_seq, s.last_seq),
+        (2, 2, Some(1), Some(2))
+    );
+    assert_eq!(s.digest.len(), 64);
+    assert_ne!(s.digest, empty.digest);
+    let text = s.to_string();
+    assert!(
+        text.contains("records   2") && text.contains(&s.digest),
+        "{text}"
+    );
+    assert!(inspect::summarize(dir.path().join("missing")).is_err());
 }
