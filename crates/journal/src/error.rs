@@ -81,6 +81,16 @@ pub enum Error {
         /// What is wrong.
         reason: Corruption,
     },
+    /// A frame offered again for a seq already held differs from the stored one.
+    #[error("{dir}: frame for seq {seq} (batch byte {offset}) differs from the record already journaled")]
+    Conflict {
+        /// The journal directory.
+        dir: PathBuf,
+        /// The sequence number.
+        seq: u64,
+        /// Offset of the frame in the batch.
+        offset: usize,
+    },
     /// The requested sequence number is no longer (or not yet) held.
     #[error("{dir}: seq {seq} is not held (journal holds {first}..={last})")]
     NotHeld {

@@ -216,6 +216,17 @@ pub struct Stats {
     pub segments_created: u64,
 }
 
+/// What [`Journal::append_raw_idempotent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawAppend {
+    /// Frames already held (identical) and skipped.
+    pub skipped: u64,
+    /// Frames appended.
+    pub appended: u64,
+    /// `last_seq()` afterwards.
+    pub last_seq: u64,
+}
+
 /// What [`Journal::read_raw_into`] appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawRange {
@@ -666,6 +677,74 @@ impl Journal {
             self.after_frame(seq, frame)?;
         }
         Ok(self.last_seq)
+    }
+
+    /// Like [`Journal::append_raw`], but frames whose seq the journal already holds are
+    /// accepted when they are byte-for-byte the stored frames (same seq, stream and payload)
+    /// and skipped; a differing one is [`Error::Conflict`]. For a receiver that may be sent an
+    /// overlap after a reconnect. Nothing is appended unless the whole batch is acceptable.
+    pub fn append_raw_idempotent(&mut self, frames: &[u8]) -> Result<RawAppend> {
+        self.check_ok()?;
+        self.flush()?;
+        // Length of the prefix of frames already held.
+        let mut overlap = 0usize;
+        let mut first_seq = None;
+        while overlap < frames.len() {
+            let (f, n) =
+                format::decode_frame(&frames[overlap..]).map_err(|reason| Error::BadFrame {
+                    dir: self.dir.clone(),
+                    offset: overlap,
+                    reason,
+                })?;
+            if f.seq > self.last_seq {
+                break;
+            }
+            first_seq.get_or_insert(f.seq);
+            overlap += n;
+        }
+        let mut skipped = 0u64;
+        if let Some(mut seq) = first_seq {
+            let mut checked = 0usize;
+            let mut stored = Vec::new();
+            while checked < overlap {
+                stored.clear();
+                let r = self.read_raw_into(seq, overlap - checked, &mut stored)?;
+                let theirs = &frames[checked..];
+                let same = stored.len() <= theirs.len() && theirs[..stored.len()] == stored[..];
+                if r.records == 0 || !same {
+                    // Find the first differing frame for the message.
+                    let mut at = checked;
+                    for (mine, other) in format::frames(&stored).zip(format::frames(theirs)) {
+                        match (mine, other) {
+                            (Ok(m), Ok(o)) if m == o => at += RECORD_HEADER_LEN + o.payload.len(),
+                            (_, Ok(o)) => {
+                                return Err(Error::Conflict {
+                                    dir: self.dir.clone(),
+                                    seq: o.seq,
+                                    offset: at,
+                                })
+                            }
+                            _ => break,
+                        }
+                    }
+                    return Err(Error::Conflict {
+                        dir: self.dir.clone(),
+                        seq,
+                        offset: at,
+                    });
+                }
+                checked += stored.len();
+                skipped += r.records;
+                seq = r.last_seq + 1;
+            }
+        }
+        let appended_from = self.last_seq;
+        let last = self.append_raw(&frames[overlap..])?;
+        Ok(RawAppend {
+            skipped,
+            appended: last - appended_from,
+            last_seq: last,
+        })
     }
 
     fn check_next(&self, seq: u64) -> Result<()> {

@@ -488,3 +488,44 @@ fn summary_display_and_journal_detection() {
     );
     assert!(inspect::summarize(dir.path().join("missing")).is_err());
 }
+
+#[test]
+fn idempotent_raw_append_skips_identical_and_refuses_different() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (mut p, _) = Journal::open(a.path(), opts(1 << 20, FsyncPolicy::Never)).unwrap();
+    for i in 0..100u32 {
+        p.append_next(i % 3, &i.to_le_bytes().repeat(10)).unwrap();
+    }
+    let (mut q, _) = Journal::open(b.path(), opts(1 << 10, FsyncPolicy::Never)).unwrap();
+    q.append_raw(&p.read_raw_from(1, 3000).unwrap().bytes)
+        .unwrap();
+    let held = q.last_seq();
+    assert!(held > 10 && held < 100);
+    // Overlap crossing the backup's segment boundaries, then new records.
+    let again = p.read_raw_from(3, 4000).unwrap();
+    assert!(again.last_seq > held);
+    let r = q.append_raw_idempotent(&again.bytes).unwrap();
+    assert_eq!((r.skipped, r.last_seq), (held - 2, again.last_seq));
+    assert_eq!(r.appended, again.last_seq - held);
+    // Entirely held: nothing appended.
+    let old = p.read_raw_from(1, 500).unwrap();
+    let r = q.append_raw_idempotent(&old.bytes).unwrap();
+    assert_eq!((r.skipped, r.appended), (old.records, 0));
+    // Same seq, different content: conflict, nothing appended.
+    let c = tempfile::tempdir().unwrap();
+    let (mut other, _) = Journal::open(c.path(), opts(1 << 20, FsyncPolicy::Never)).unwrap();
+    for i in 0..5u32 {
+        other
+            .append_next(i % 3, &i.to_le_bytes().repeat(10))
+            .unwrap();
+    }
+    other.append_next(7, b"different").unwrap();
+    let diff = other.read_raw_from(1, 1 << 20).unwrap();
+    let before = q.last_seq();
+    assert!(matches!(
+        q.append_raw_idempotent(&diff.bytes),
+        Err(Error::Conflict { seq: 6, .. })
+    ));
+    assert_eq!(q.last_seq(), before);
+}
