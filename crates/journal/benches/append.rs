@@ -194,6 +194,116 @@ fn median(mut runs: Vec<Run>) -> Run {
     runs[runs.len() / 2]
 }
 
+/// Reading back for shipping: `read_raw_into` (frames as stored, 256 KiB batches into one
+/// reused buffer) and `read_from` (records decoded one by one) over a journal of 64-byte
+/// records, beside plain `read(2)` of the same segment files in 256 KiB chunks; all from the
+/// page cache (each file is read once before timing).
+fn read_section(dir: &Path, args: &Args) {
+    use std::io::Read;
+    const CHUNK: usize = 256 << 10;
+    let jdir = fresh(dir, "bench-journal-read");
+    let opts = JournalOptions {
+        fsync: FsyncPolicy::Never,
+        ..JournalOptions::default()
+    };
+    let (mut j, _) = Journal::open(&jdir, opts).unwrap();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = ((1_000_000.0 * args.scale).max(1000.0)) as u64;
+    let payload = [0xa5u8; 64];
+    for seq in 1..=n {
+        j.append(1, seq, &payload).unwrap();
+    }
+    j.commit().unwrap();
+    let frame_bytes = n * (RECORD_HEADER_LEN as u64 + 64);
+    let files: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&jdir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        v.sort();
+        v
+    };
+    let raw_read = || {
+        let mut buf = vec![0u8; CHUNK];
+        let t = Instant::now();
+        let mut total = 0u64;
+        for p in &files {
+            let mut f = File::open(p).unwrap();
+            loop {
+                let k = f.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                total += k as u64;
+            }
+        }
+        (t.elapsed(), total)
+    };
+    let _ = raw_read(); // warm the page cache
+    let mut raw_runs = Vec::new();
+    let mut ship_runs = Vec::new();
+    let mut iter_runs = Vec::new();
+    let mut buf = Vec::with_capacity(CHUNK + (1 << 10));
+    for _ in 0..args.reps {
+        let (elapsed, total) = raw_read();
+        raw_runs.push(Run {
+            records: n,
+            bytes: total,
+            elapsed,
+            fsyncs: 0,
+        });
+        let t = Instant::now();
+        let mut next = 1;
+        while next <= n {
+            buf.clear();
+            let r = j.read_raw_into(next, CHUNK, &mut buf).unwrap();
+            next = r.last_seq + 1;
+        }
+        ship_runs.push(Run {
+            records: n,
+            bytes: frame_bytes,
+            elapsed: t.elapsed(),
+            fsyncs: 0,
+        });
+        let t = Instant::now();
+        let mut count = 0u64;
+        for r in j.read_from(1).unwrap() {
+            count += r.unwrap().payload.len() as u64;
+        }
+        assert_eq!(count, n * 64);
+        iter_runs.push(Run {
+            records: n,
+            bytes: frame_bytes,
+            elapsed: t.elapsed(),
+            fsyncs: 0,
+        });
+    }
+    drop(j);
+    std::fs::remove_dir_all(&jdir).unwrap();
+    let raw = median(raw_runs);
+    println!();
+    println!("reading {n} records of 64 B back (page cache), 256 KiB batches");
+    println!(
+        "| {:<22} | {:>12} | {:>9} | {:>14} |",
+        "mode", "records/s", "MB/s", "vs raw read"
+    );
+    println!("|{:-<24}|{:->14}|{:->11}|{:->16}|", "", "", "", "");
+    for (name, run) in [
+        ("raw read", raw),
+        ("read_raw_into", median(ship_runs)),
+        ("read_from (decode)", median(iter_runs)),
+    ] {
+        println!(
+            "| {:<22} | {:>12.0} | {:>9.1} | {:>13.0}% |",
+            name,
+            run.rec_per_s(),
+            run.mb_per_s(),
+            100.0 * run.mb_per_s() / raw.mb_per_s()
+        );
+    }
+}
+
 fn main() {
     let args = parse_args();
     let dir = args
@@ -289,5 +399,6 @@ fn main() {
             );
         }
     }
+    read_section(&dir, &args);
     let _ = std::fs::remove_dir_all(&dir);
 }

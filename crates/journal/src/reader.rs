@@ -157,7 +157,7 @@ impl RecordIter {
                 .map_err(|e| Error::io(&seg.path, "seek", e))?;
             f
         };
-        self.cur = Some((BufReader::with_capacity(256 << 10, f2), seg.path, off));
+        self.cur = Some((BufReader::with_capacity(64 << 10, f2), seg.path, off));
         Ok(true)
     }
 }

@@ -198,6 +198,7 @@ pub(crate) fn scan_segment(
 /// Find the byte offset of record `seq` in a segment, starting from the best sample of
 /// `index` and skipping payloads by seeking (headers only are read, payloads not verified).
 /// Returns the offset of the frame, or of the end of the valid data if `seq` is past it.
+/// The file position afterwards is unspecified: callers seek to the returned offset.
 pub(crate) fn seek_to_seq(
     path: &Path,
     file: &mut File,
@@ -215,17 +216,25 @@ pub(crate) fn seek_to_seq(
         0 => (first_seq, SEGMENT_HEADER_LEN as u64),
         i => index[i - 1],
     };
+    if cur_seq >= seq {
+        return Ok(off);
+    }
+    // Walk the frame headers through a buffer: skipping a payload inside the buffer is no
+    // syscall, so reaching a record costs a few reads, not two syscalls per record.
+    let mut r = BufReader::with_capacity(64 << 10, &mut *file);
+    r.seek(SeekFrom::Start(off))
+        .map_err(|e| Error::io(path, "seek", e))?;
     while cur_seq < seq && off + RECORD_HEADER_LEN as u64 <= end {
-        file.seek(SeekFrom::Start(off))
-            .map_err(|e| Error::io(path, "seek", e))?;
         let mut rh = [0u8; RECORD_HEADER_LEN];
-        file.read_exact(&mut rh)
+        r.read_exact(&mut rh)
             .map_err(|e| Error::io(path, "read", e))?;
         let h = RecordHeader::decode(&rh).map_err(|reason| Error::Corrupt {
             path: path.to_path_buf(),
             offset: off,
             reason,
         })?;
+        r.seek_relative(i64::from(h.len))
+            .map_err(|e| Error::io(path, "seek", e))?;
         off += h.frame_len();
         cur_seq += 1;
     }
