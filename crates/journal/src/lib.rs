@@ -24,6 +24,43 @@
 //! [`SharedJournal`], which adds group commit (one fsync covers every appender waiting).
 //!
 //! The layout and its version rules are documented in `docs/journal-format.md`.
+//!
+//! ```
+//! use journal::{FsyncPolicy, Journal, JournalOptions, RecordIter};
+//!
+//! # fn main() -> Result<(), journal::Error> {
+//! # let tmp = std::env::temp_dir().join(format!("journal-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&tmp);
+//! let opts = JournalOptions { fsync: FsyncPolicy::Always, ..JournalOptions::default() };
+//! let (mut j, recovery) = Journal::open(&tmp, opts.clone())?;
+//! if !recovery.is_clean() {
+//!     eprintln!("journal repaired: {recovery}"); // never silent
+//! }
+//! j.append(7, j.last_seq() + 1, b"first")?;
+//! let seq = j.append_next(7, b"second")?; // the journal picks last_seq() + 1
+//! assert_eq!(j.commit()?, seq); // durable (fsynced) up to `seq`
+//! assert!(j.append(7, 9, b"gap").is_err()); // typed error: seq must be last_seq() + 1
+//!
+//! // Primary -> backup: ship frames as stored, append them without re-encoding.
+//! let batch = j.read_raw_from(1, 64 << 10)?;
+//! # let backup_dir = tmp.join("backup");
+//! let (mut backup, _) = Journal::open(&backup_dir, opts)?;
+//! backup.append_raw(&batch.bytes)?;
+//! backup.commit()?;
+//!
+//! // Readers: on the open journal, or from another process without the lock.
+//! let records: Vec<_> = j.read_from(1)?.collect::<Result<_, _>>()?;
+//! assert_eq!(records[1].payload, b"second");
+//! assert_eq!(RecordIter::open_dir(&backup_dir, 1)?.count(), 2);
+//!
+//! // Same records on both sides: same digest.
+//! drop((j, backup));
+//! let (a, b) = (journal::inspect::summarize(&tmp)?, journal::inspect::summarize(&backup_dir)?);
+//! assert_eq!((a.records, a.gaps, &a.digest), (2, 0, &b.digest));
+//! # std::fs::remove_dir_all(&tmp).ok();
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 
