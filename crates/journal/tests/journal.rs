@@ -529,3 +529,53 @@ fn idempotent_raw_append_skips_identical_and_refuses_different() {
     ));
     assert_eq!(q.last_seq(), before);
 }
+
+#[test]
+fn fast_open_without_verifying_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(5);
+    let recs = gen_records(&mut rng, 1, 300, 100);
+    let (mut j, _) = Journal::open(dir.path(), opts(2 << 10, FsyncPolicy::Never)).unwrap();
+    append_all(&mut j, &recs);
+    drop(j);
+    let fast = JournalOptions {
+        verify_sealed: false,
+        ..opts(2 << 10, FsyncPolicy::Never)
+    };
+    let (mut j, rec) = Journal::open(dir.path(), fast.clone()).unwrap();
+    assert!(rec.is_clean());
+    assert_eq!((rec.records, j.last_seq()), (300, 300));
+    assert_eq!(read_all(&mut j), recs);
+    let mid: Vec<_> = j.read_from(150).unwrap().map(Result::unwrap).collect();
+    assert_eq!(mid, recs[149..]);
+    let b = j.read_raw_from(77, 1000).unwrap();
+    assert_eq!(b.first_seq, 77);
+    drop(j);
+    // Damage in a sealed segment: found when read, not at open.
+    let segs = segment_files(dir.path());
+    let mut bytes = std::fs::read(&segs[1]).unwrap();
+    let at = SEGMENT_HEADER_LEN + 30;
+    bytes[at] ^= 4;
+    std::fs::write(&segs[1], &bytes).unwrap();
+    let (mut j, _) = Journal::open(dir.path(), fast).unwrap();
+    let items: Vec<_> = j.read_from(1).unwrap().collect();
+    assert!(matches!(items.last(), Some(Err(Error::Corrupt { .. }))));
+    drop(j);
+    assert!(matches!(
+        Journal::open(dir.path(), JournalOptions::default()),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn types_are_thread_safe() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<Journal>();
+    sync::<Journal>();
+    send::<SharedJournal>();
+    sync::<SharedJournal>();
+    send::<RecordIter>();
+    send::<Error>();
+    sync::<Error>();
+}
