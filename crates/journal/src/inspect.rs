@@ -49,6 +49,8 @@ pub struct SegmentSummary {
 /// prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Always `"journal"` (`understudy inspect` also prints images, whose `kind` is `"image"`).
+    pub kind: &'static str,
     /// The directory.
     pub dir: PathBuf,
     /// Segment format version this reader understands.
@@ -95,6 +97,7 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
     let dir = dir.as_ref();
     let listing = list_dir(dir)?;
     let mut s = Summary {
+        kind: "journal",
         dir: dir.to_path_buf(),
         format_version: FORMAT_VERSION,
         records: 0,
