@@ -195,7 +195,8 @@ fn median(mut runs: Vec<Run>) -> Run {
 }
 
 /// Reading back for shipping: `read_raw_into` (frames as stored, 256 KiB batches into one
-/// reused buffer) and `read_from` (records decoded one by one) over a journal of 64-byte
+/// reused buffer) and `read_from` (records decoded one by one, as owned `Record`s or borrowed
+/// with `next_ref`) over a journal of 64-byte
 /// records, beside plain `read(2)` of the same segment files in 256 KiB chunks; all from the
 /// page cache (each file is read once before timing).
 fn read_section(dir: &Path, args: &Args) {
@@ -244,6 +245,7 @@ fn read_section(dir: &Path, args: &Args) {
     let mut raw_runs = Vec::new();
     let mut ship_runs = Vec::new();
     let mut iter_runs = Vec::new();
+    let mut ref_runs = Vec::new();
     let mut buf = Vec::with_capacity(CHUNK + (1 << 10));
     for _ in 0..args.reps {
         let (elapsed, total) = raw_read();
@@ -278,6 +280,19 @@ fn read_section(dir: &Path, args: &Args) {
             elapsed: t.elapsed(),
             fsyncs: 0,
         });
+        let t = Instant::now();
+        let mut count = 0u64;
+        let mut it = j.read_from(1).unwrap();
+        while let Some(r) = it.next_ref() {
+            count += r.unwrap().payload.len() as u64;
+        }
+        assert_eq!(count, n * 64);
+        ref_runs.push(Run {
+            records: n,
+            bytes: frame_bytes,
+            elapsed: t.elapsed(),
+            fsyncs: 0,
+        });
     }
     drop(j);
     std::fs::remove_dir_all(&jdir).unwrap();
@@ -292,7 +307,8 @@ fn read_section(dir: &Path, args: &Args) {
     for (name, run) in [
         ("raw read", raw),
         ("read_raw_into", median(ship_runs)),
-        ("read_from (decode)", median(iter_runs)),
+        ("read_from (Record)", median(iter_runs)),
+        ("read_from + next_ref", median(ref_runs)),
     ] {
         println!(
             "| {:<22} | {:>12.0} | {:>9.1} | {:>13.0}% |",

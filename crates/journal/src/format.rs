@@ -230,13 +230,14 @@ impl RecordHeader {
 /// Append one framed record to `out`. The caller has checked `payload.len() <= MAX_PAYLOAD`.
 pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    // 0..4: crc, filled in below; 12..16: flags, zero in version 1.
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..12].copy_from_slice(&stream.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
     let start = out.len();
     out.reserve(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&[0u8; 4]); // crc, filled in below
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&stream.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes()); // flags, zero in version 1
-    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&h);
     out.extend_from_slice(payload);
     // One pass over the contiguous bytes after the checksum field.
     let crc = crc32c::crc32c(&out[start + 4..]);

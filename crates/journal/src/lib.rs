@@ -82,7 +82,7 @@ use serde::Serialize;
 
 pub use error::{Error, Result};
 pub use format::Corruption;
-pub use reader::RecordIter;
+pub use reader::{RecordIter, RecordRef};
 pub use shared::SharedJournal;
 
 use format::{

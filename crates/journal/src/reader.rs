@@ -34,6 +34,7 @@ pub struct RecordIter {
     lenient_tail: bool,
     done: bool,
     payload_limit: u32,
+    buf: Vec<u8>,
 }
 
 impl RecordIter {
@@ -47,6 +48,7 @@ impl RecordIter {
             lenient_tail: false,
             done: false,
             payload_limit: crate::format::MAX_PAYLOAD,
+            buf: Vec::new(),
         }
     }
 
@@ -78,21 +80,18 @@ impl RecordIter {
         Ok(it)
     }
 
-    fn corrupt(
-        &mut self,
-        path: PathBuf,
-        offset: u64,
-        reason: Corruption,
-    ) -> Option<Result<Record>> {
+    /// A damaged frame ends the iteration: with an error, or quietly at the tail of a
+    /// journal read from outside.
+    fn corrupt(&mut self, path: PathBuf, offset: u64, reason: Corruption) -> Option<Error> {
         self.done = true;
         if self.lenient_tail && self.segs.is_empty() {
             return None;
         }
-        Some(Err(Error::Corrupt {
+        Some(Error::Corrupt {
             path,
             offset,
             reason,
-        }))
+        })
     }
 
     fn open_next(&mut self) -> Result<bool> {
@@ -175,10 +174,40 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(have)
 }
 
-impl Iterator for RecordIter {
-    type Item = Result<Record>;
+/// A record borrowed from a [`RecordIter`]'s buffer (see [`RecordIter::next_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Stream id.
+    pub stream: u32,
+    /// Payload, valid until the next call on the iterator.
+    pub payload: &'a [u8],
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl RecordIter {
+    /// Like `next()`, but the payload is borrowed from a buffer the iterator reuses, so
+    /// iterating allocates nothing per record (a lending iterator: the borrow ends at the
+    /// next call).
+    pub fn next_ref(&mut self) -> Option<Result<RecordRef<'_>>> {
+        match self.advance()? {
+            Ok((seq, stream)) => Some(Ok(RecordRef {
+                seq,
+                stream,
+                payload: &self.buf,
+            })),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn cur_path(&self) -> PathBuf {
+        self.cur
+            .as_ref()
+            .map_or_else(|| self.dir.clone(), |(_, p, _)| p.clone())
+    }
+
+    /// Read the next record's payload into `self.buf`; return its seq and stream.
+    fn advance(&mut self) -> Option<Result<(u64, u32)>> {
         loop {
             if self.done || self.next_seq > self.end_seq {
                 return None;
@@ -204,13 +233,14 @@ impl Iterator for RecordIter {
                     }
                 }
             }
-            let (r, path, off) = self.cur.as_mut().unwrap_or_else(|| unreachable!());
+            let (r, _, off) = self.cur.as_mut().unwrap_or_else(|| unreachable!());
+            let offset = *off;
             let mut hb = [0u8; RECORD_HEADER_LEN];
             let n = match read_full(r, &mut hb) {
                 Ok(n) => n,
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(Error::io(path.clone(), "read", e)));
+                    return Some(Err(Error::io(self.cur_path(), "read", e)));
                 }
             };
             if n == 0 {
@@ -218,62 +248,68 @@ impl Iterator for RecordIter {
                 self.cur = None;
                 continue;
             }
-            let (path, offset) = (path.clone(), *off);
             if n < RECORD_HEADER_LEN {
-                return self.corrupt(
-                    path,
-                    offset,
-                    Corruption::ShortRecordHeader { have: n as u64 },
-                );
+                let c = Corruption::ShortRecordHeader { have: n as u64 };
+                return self.corrupt(self.cur_path(), offset, c).map(Err);
             }
             let h = match RecordHeader::decode(&hb) {
                 Ok(h) if h.len <= self.payload_limit => h,
                 Ok(h) => {
-                    return self.corrupt(path, offset, Corruption::LengthTooLarge { len: h.len })
+                    let c = Corruption::LengthTooLarge { len: h.len };
+                    return self.corrupt(self.cur_path(), offset, c).map(Err);
                 }
-                Err(c) => return self.corrupt(path, offset, c),
+                Err(c) => return self.corrupt(self.cur_path(), offset, c).map(Err),
             };
             let len = usize::try_from(h.len).unwrap_or(usize::MAX);
-            // Bounded by MAX_PAYLOAD; read in pieces so a lying length on a short file fails
-            // at end of file instead of allocating up front.
-            let mut payload = Vec::with_capacity(len.min(1 << 20));
+            // Bounded by MAX_PAYLOAD, and read through `take` so a lying length on a short
+            // file ends at end of file instead of allocating up front.
+            self.buf.clear();
+            self.buf.reserve(len.min(1 << 20));
             let (r, _, off) = self.cur.as_mut().unwrap_or_else(|| unreachable!());
-            match r.by_ref().take(u64::from(h.len)).read_to_end(&mut payload) {
-                Ok(_) => {}
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(Error::io(path, "read", e)));
-                }
-            }
-            if payload.len() < len {
-                let have = payload.len() as u64;
-                return self.corrupt(path, offset, Corruption::ShortPayload { len: h.len, have });
-            }
-            if let Err(c) = h.verify(&hb, &payload) {
-                return self.corrupt(path, offset, c);
+            if let Err(e) = r.by_ref().take(u64::from(h.len)).read_to_end(&mut self.buf) {
+                self.done = true;
+                return Some(Err(Error::io(self.cur_path(), "read", e)));
             }
             *off += h.frame_len();
+            if self.buf.len() < len {
+                let have = self.buf.len() as u64;
+                let c = Corruption::ShortPayload { len: h.len, have };
+                return self.corrupt(self.cur_path(), offset, c).map(Err);
+            }
+            if let Err(c) = h.verify(&hb, &self.buf) {
+                return self.corrupt(self.cur_path(), offset, c).map(Err);
+            }
             if h.seq < self.next_seq {
                 // Before the requested start (seek without an index lands on an earlier frame).
                 continue;
             }
             if h.seq != self.next_seq {
-                let expected = self.next_seq;
-                return self.corrupt(
-                    path,
-                    offset,
-                    Corruption::SeqMismatch {
-                        expected,
-                        found: h.seq,
-                    },
-                );
+                let c = Corruption::SeqMismatch {
+                    expected: self.next_seq,
+                    found: h.seq,
+                };
+                return self.corrupt(self.cur_path(), offset, c).map(Err);
             }
             self.next_seq += 1;
-            return Some(Ok(Record {
-                seq: h.seq,
-                stream: h.stream,
-                payload,
-            }));
+            return Some(Ok((h.seq, h.stream)));
         }
+    }
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (seq, stream) = match self.advance()? {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        // Hand the buffer over (no copy); the next record gets a fresh one.
+        let payload = std::mem::take(&mut self.buf);
+        Some(Ok(Record {
+            seq,
+            stream,
+            payload,
+        }))
     }
 }

@@ -46,6 +46,19 @@ fn round_trip_and_reopen() {
         .collect();
     assert_eq!(from_400, recs[399..]);
     assert_eq!(RecordIter::open_dir(dir.path(), 501).unwrap().count(), 0);
+    // Borrowing iteration sees the same records.
+    let mut it = j.read_from(1).unwrap();
+    let mut n = 0;
+    while let Some(r) = it.next_ref() {
+        let r = r.unwrap();
+        let want = &recs[n];
+        assert_eq!(
+            (r.seq, r.stream, r.payload),
+            (want.seq, want.stream, &want.payload[..])
+        );
+        n += 1;
+    }
+    assert_eq!(n, 500);
     // Empty and oversized payloads.
     j.append(9, 501, b"").unwrap();
     assert!(matches!(
