@@ -93,6 +93,10 @@ use segment::{
     list_dir, read_header, scan_segment, ScanResult, SegmentFile, INDEX_STRIDE, TMP_SUFFIX,
 };
 
+/// Upper bound on the bytes one [`Journal::read_raw_into`] call reads at once, whatever
+/// `max_bytes` says (a single larger frame is still returned whole).
+pub const MAX_RAW_BATCH: usize = 64 << 20;
+
 /// Name of the lock file inside a journal directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -992,8 +996,8 @@ impl Journal {
 
     /// Read whole record frames starting at `seq`, exactly as stored, for shipping to a
     /// backup that appends them with [`Journal::append_raw`]. Returns at most `max_bytes` of
-    /// frames (but always at least one frame if `seq` is held, so that a large record still
-    /// makes progress) and never crosses a segment boundary. Each frame's CRC is verified
+    /// frames (capped at [`MAX_RAW_BATCH`]), but always at least one frame if `seq` is held,
+    /// so that a large record still makes progress, and never crosses a segment boundary. Each frame's CRC is verified
     /// before it is returned. An empty batch means `seq > last_seq()`.
     pub fn read_raw_from(&mut self, seq: u64, max_bytes: usize) -> Result<RawBatch> {
         let mut bytes = Vec::new();
@@ -1281,7 +1285,9 @@ fn read_frames(
     };
     let avail_usize = usize::try_from(avail).unwrap_or(usize::MAX);
     // Read at least one frame header, at most max_bytes (bounded by what the segment holds).
-    let want = max_bytes.max(RECORD_HEADER_LEN).min(avail_usize);
+    let want = max_bytes
+        .clamp(RECORD_HEADER_LEN, MAX_RAW_BATCH)
+        .min(avail_usize);
     out.resize(base + want, 0);
     f.read_exact(&mut out[base..])
         .map_err(|e| Error::io(path, "read", e))?;
