@@ -1062,14 +1062,27 @@ impl Journal {
     /// removed; the active segment is always kept, so `last_seq()` is unchanged.
     pub fn truncate_before(&mut self, seq: u64) -> Result<Truncation> {
         self.check_ok()?;
+        // Segments [0, k) hold only seqs below `seq` (their successor starts at or before it).
+        let k = self
+            .segments
+            .windows(2)
+            .take_while(|w| w[1].header.first_seq <= seq)
+            .count();
         let mut removed = 0usize;
         let mut bytes = 0u64;
-        while self.segments.len() > 1 && self.segments[1].header.first_seq <= seq {
-            let s = self.segments.remove(0);
-            remove_file(&s.path).map_err(|e| self.fail(e))?;
+        let mut result = Ok(());
+        // Oldest first, so a crash or an error midway leaves a contiguous suffix; the list
+        // only drops what is really gone, so a failed removal leaves the journal usable.
+        for s in &self.segments[..k] {
+            if let Err(e) = remove_file(&s.path) {
+                result = Err(e);
+                break;
+            }
             removed += 1;
             bytes += s.len;
         }
+        self.segments.drain(..removed);
+        result?;
         if removed > 0 && self.opts.fsync != FsyncPolicy::Never {
             sync_dir(&self.dir)?;
         }
