@@ -126,3 +126,89 @@ fn sigkilled_writer_loses_nothing_it_reported_durable() {
         assert!(s.records >= reported && reported > 0);
     }
 }
+
+const EFBIG_ENV: &str = "JOURNAL_EFBIG_CHILD_DIR";
+
+/// Child of the write-failure test: appends until a write fails (the parent set a file size
+/// limit), then checks that the journal refuses everything afterwards. Prints the outcome.
+#[test]
+fn efbig_child_writer() {
+    let Ok(dir) = std::env::var(EFBIG_ENV) else {
+        eprintln!("helper of write_failure_marks_the_journal_failed: runs only when re-executed");
+        return;
+    };
+    let opts = JournalOptions {
+        fsync: FsyncPolicy::Always,
+        write_buffer: 1 << 10,
+        ..JournalOptions::default()
+    };
+    let (mut j, _) = Journal::open(&dir, opts).unwrap();
+    let mut committed = 0;
+    let err = loop {
+        let seq = j.last_seq() + 1;
+        match j.append(1, seq, &payload(seq)).and_then(|()| j.commit()) {
+            Ok(d) => committed = d,
+            Err(e) => break e,
+        }
+        assert!(seq < 1_000_000, "the file size limit never hit");
+    };
+    let first = err.to_string();
+    let again = j.append(1, j.last_seq() + 1, b"x").unwrap_err();
+    let commit = j.commit().unwrap_err();
+    println!("committed {committed}");
+    println!("first error: {first}");
+    println!(
+        "then: failed={} {}",
+        matches!(again, journal::Error::Failed { .. })
+            && matches!(commit, journal::Error::Failed { .. }),
+        again
+    );
+}
+
+/// A write error (here EFBIG from a file size limit) marks the journal failed: every later
+/// call is refused, and reopening recovers everything committed before the error.
+#[test]
+fn write_failure_marks_the_journal_failed() {
+    if !std::path::Path::new("/bin/sh").exists() {
+        eprintln!("skipped: needs /bin/sh for ulimit");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // ulimit -f counts 512-byte blocks in POSIX sh: 64 KiB per file. SIGXFSZ is ignored so
+    // the write returns EFBIG instead of killing the child.
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("ulimit -f 128 && trap '' XFSZ && exec \"$0\" --exact efbig_child_writer --nocapture --test-threads=1")
+        .arg(&exe)
+        .env(EFBIG_ENV, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed: u64 = stdout
+        .lines()
+        .find_map(|l| l.split("committed ").nth(1)) // libtest may prefix "test … ... "
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("child reports")
+        .parse()
+        .unwrap();
+    assert!(stdout.contains("then: failed=true"), "{stdout}");
+    assert!(
+        stdout.contains("File too large") || stdout.contains("write"),
+        "{stdout}"
+    );
+    let (mut j, rec) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert!(
+        rec.last_valid_seq >= committed && committed > 10,
+        "{rec} vs {committed}"
+    );
+    for r in j.read_from(1).unwrap() {
+        let r = r.unwrap();
+        assert_eq!(r.payload, payload(r.seq));
+    }
+}
