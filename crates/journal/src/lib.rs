@@ -940,6 +940,24 @@ impl Journal {
         }
     }
 
+    /// By when records appended but not yet durable should be made durable: `None` when
+    /// nothing is pending (or under [`FsyncPolicy::Never`]); under `Interval(d)` the end of the
+    /// interval, when `commit()` will fsync; under `Always` and `EveryN` an instant already
+    /// past (`EveryN` with fewer than n pending needs `sync()`). An agent that may go quiet
+    /// must act by then — `sync()`, or `commit()` under `Interval` — or its last records stay
+    /// non-durable (and unacknowledged) until the next append: schedule a timer on this.
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        if self.last_seq == self.durable_seq && self.unsynced == 0 {
+            return None;
+        }
+        match self.opts.fsync {
+            FsyncPolicy::Never => None,
+            FsyncPolicy::Always | FsyncPolicy::EveryN(_) => Some(self.last_sync),
+            // An interval too long to represent has no deadline in practice.
+            FsyncPolicy::Interval(d) => self.last_sync.checked_add(d),
+        }
+    }
+
     /// Group commit: write buffered records to the kernel, fsync if the policy says so, and
     /// return the durable watermark ([`Journal::durable_seq`]).
     pub fn commit(&mut self) -> Result<u64> {

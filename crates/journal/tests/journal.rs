@@ -151,9 +151,27 @@ fn durable_watermark_follows_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let policy = FsyncPolicy::Interval(std::time::Duration::from_secs(3600));
     let (mut j, _) = Journal::open(dir.path(), opts(1 << 20, policy)).unwrap();
+    assert_eq!(j.sync_deadline(), None);
     j.append(0, 1, b"x").unwrap();
     assert_eq!(j.commit().unwrap(), 0, "interval not elapsed");
+    assert!(j.sync_deadline().unwrap() > std::time::Instant::now());
     assert_eq!(j.sync().unwrap(), 1);
+    assert_eq!(j.sync_deadline(), None);
+    drop(j);
+
+    // A short interval: a commit at the deadline makes the quiet tail durable.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = FsyncPolicy::Interval(std::time::Duration::from_millis(20));
+    let (mut j, _) = Journal::open(dir.path(), opts(1 << 20, policy)).unwrap();
+    j.append(0, 1, b"x").unwrap();
+    j.commit().unwrap();
+    j.append(0, 2, b"y").unwrap();
+    let commit = j.commit().unwrap();
+    if commit < 2 {
+        let deadline = j.sync_deadline().unwrap();
+        std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+        assert_eq!(j.commit().unwrap(), 2, "deadline passed: commit fsyncs");
+    }
 }
 
 #[test]
