@@ -350,9 +350,17 @@ impl Journal {
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, "open", e))?;
         try_lock(&lock).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
+            std::io::ErrorKind::WouldBlock => Error::Locked {
+                dir: dir.clone(),
+                holder: fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok()),
+            },
             _ => Error::io(&lock_path, "flock", e),
         })?;
+        // Say who holds it, for the error message of the next opener (best effort).
+        let _ = lock.set_len(0);
+        let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
         let mut rec = Recovery {
             created: false,
             segments_scanned: 0,

@@ -107,10 +107,12 @@ fn start_seq_and_second_open_is_locked() {
     };
     let (mut j, rec) = Journal::open(dir.path(), o).unwrap();
     assert_eq!((rec.first_seq, j.last_seq()), (1000, 999));
-    assert!(matches!(
-        Journal::open(dir.path(), JournalOptions::default()),
-        Err(Error::Locked { .. })
-    ));
+    let locked = Journal::open(dir.path(), JournalOptions::default()).unwrap_err();
+    assert!(
+        matches!(locked, Error::Locked { holder: Some(p), .. } if p == std::process::id()),
+        "{locked}"
+    );
+    assert!(locked.to_string().contains("by pid"), "{locked}");
     j.append(0, 1000, b"x").unwrap();
     drop(j);
     let (j, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
