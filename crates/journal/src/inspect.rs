@@ -248,11 +248,15 @@ impl fmt::Display for Summary {
         }
         writeln!(f)?;
         write!(f, "  streams   {}", self.streams)?;
-        for (st, n) in self.stream_records.iter().take(16) {
-            write!(f, " {st}:{n}")?;
-        }
-        if self.stream_records.len() > 16 {
-            write!(f, " ...")?;
+        if !self.stream_records.is_empty() {
+            write!(f, " (records per stream:")?;
+            for (st, n) in self.stream_records.iter().take(16) {
+                write!(f, " {st}={n}")?;
+            }
+            if self.stream_records.len() > 16 {
+                write!(f, " ...")?;
+            }
+            write!(f, ")")?;
         }
         writeln!(f)?;
         writeln!(f, "  digest    {} (sha256)", self.digest)?;
