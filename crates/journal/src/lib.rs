@@ -712,7 +712,7 @@ impl Journal {
     }
 
     /// For [`SharedJournal`]: what an fsync outside the lock must cover.
-    fn sync_ticket(&mut self) -> Result<Option<(Arc<File>, u64, PathBuf)>> {
+    fn sync_ticket(&mut self) -> Result<Option<SyncTicket>> {
         self.flush()?;
         if self.durable_seq >= self.written_seq && self.unsynced == 0 {
             return Ok(None);
@@ -723,26 +723,42 @@ impl Journal {
             .unwrap_or_else(|| unreachable!())
             .path
             .clone();
-        Ok(Some((Arc::clone(&self.active), self.written_seq, path)))
+        Ok(Some(SyncTicket {
+            file: Arc::clone(&self.active),
+            upto: self.written_seq,
+            epoch: self.epoch,
+            path,
+        }))
     }
 
-    /// For [`SharedJournal`]: an fsync of the ticket's file finished (or failed).
-    fn sync_done(&mut self, upto: u64, result: std::io::Result<()>, path: PathBuf) -> Result<u64> {
-        match result {
-            Ok(()) => {
-                self.stats.fsyncs += 1;
-                if upto > self.durable_seq {
-                    self.durable_seq = upto;
-                }
-                if self.written_seq == upto {
-                    self.unsynced = 0;
-                }
-                self.last_sync = Instant::now();
-                Ok(self.durable_seq)
-            }
-            Err(e) => Err(self.fail(Error::io(path, "fdatasync", e))),
+    /// For [`SharedJournal`]: the fsync of a ticket's file finished (or failed).
+    fn sync_done(&mut self, ticket: SyncTicket, result: std::io::Result<()>) -> Result<u64> {
+        if let Err(e) = result {
+            return Err(self.fail(Error::io(ticket.path, "fdatasync", e)));
         }
+        self.stats.fsyncs += 1;
+        // A reset while the fsync ran makes the ticket's seqs meaningless: ignore them.
+        if ticket.epoch == self.epoch {
+            if ticket.upto > self.durable_seq {
+                self.durable_seq = ticket.upto;
+            }
+            if self.written_seq == ticket.upto {
+                self.unsynced = 0;
+            }
+            self.last_sync = Instant::now();
+        }
+        Ok(self.durable_seq)
     }
+}
+
+/// An fsync to run outside the journal lock ([`SharedJournal`]'s group commit).
+#[derive(Debug)]
+struct SyncTicket {
+    file: Arc<File>,
+    /// Every record up to this seq is in `file` or in an earlier, already synced, segment.
+    upto: u64,
+    epoch: u64,
+    path: PathBuf,
 }
 
 impl Drop for Journal {

@@ -380,6 +380,14 @@ fn concurrent_appenders_with_group_commit() {
     let s = inspect::summarize(dir.path()).unwrap();
     assert_eq!((s.records, s.gaps, s.streams), (800, 0, 4));
     assert!(s.stream_records.values().all(|&n| n == 200));
+
+    // After a reset through the lock, commits follow the new numbering.
+    let (j, _) = SharedJournal::open(dir.path(), opts(64 << 10, FsyncPolicy::Always)).unwrap();
+    j.append_next(0, b"x").unwrap();
+    j.lock().reset(5000).unwrap();
+    assert_eq!(j.commit().unwrap(), 4999);
+    j.append(0, 5000, b"y").unwrap();
+    assert_eq!(j.commit().unwrap(), 5000);
 }
 
 #[test]
