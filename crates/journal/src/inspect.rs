@@ -94,6 +94,14 @@ pub fn is_journal_dir(path: impl AsRef<Path>) -> bool {
 
 /// Summarize the journal in `dir`, verifying every record. Read-only.
 pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
+    summarize_range(dir, 0, u64::MAX)
+}
+
+/// [`summarize`] restricted to the records with `from <= seq <= to`: `records`, `first_seq`,
+/// `last_seq`, `gaps`, `streams` and `digest` then cover only those (the segment list still
+/// shows every file). Two hosts whose retention differs compare digests over a range both
+/// hold.
+pub fn summarize_range(dir: impl AsRef<Path>, from: u64, to: u64) -> Result<Summary> {
     let dir = dir.as_ref();
     let listing = list_dir(dir)?;
     let mut s = Summary {
@@ -137,6 +145,9 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
         let mut overlap = None;
         let mut first_in_seg = None;
         let result = scan_segment(seg, |seq, stream, payload| {
+            if seq < from || seq > to {
+                return;
+            }
             if last.is_some_and(|l| seq <= l) {
                 skipped += 1;
                 overlap.get_or_insert(seq);

@@ -280,6 +280,21 @@ fn raw_frames_ship_between_journals_with_identical_digests() {
         sb.segments.len(),
         "digest ignores segmentation"
     );
+    // Over a common range, after retention on one side only.
+    let (mut p3, _) = Journal::open(primary.path(), JournalOptions::default()).unwrap();
+    let t = p3.truncate_before(150).unwrap();
+    assert!(t.segments_removed > 0);
+    drop(p3);
+    let from = t.first_seq;
+    let rp = inspect::summarize_range(primary.path(), from, 301).unwrap();
+    let rb = inspect::summarize_range(backup.path(), from, 301).unwrap();
+    assert_eq!((rp.first_seq, rp.records), (Some(from), 302 - from));
+    assert_eq!(rp.digest, rb.digest);
+    assert_ne!(rb.digest, sb.digest);
+    assert_ne!(
+        inspect::summarize(primary.path()).unwrap().digest,
+        sb.digest
+    );
     let (mut b, _) = Journal::open(backup.path(), opts(8 << 10, FsyncPolicy::Always)).unwrap();
     let (mut p2, _) = Journal::open(primary.path(), JournalOptions::default()).unwrap();
     p2.append(0, 302, b"x").unwrap();
