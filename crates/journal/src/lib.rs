@@ -91,7 +91,7 @@ use format::{
     encode_record, segment_file_name, SegmentHeader, MAX_PAYLOAD, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
 };
-use segment::{INDEX_STRIDE, TMP_SUFFIX};
+use segment::{INDEX_STRIDE, NEW_SUFFIX, TMP_SUFFIX};
 
 /// Upper bound on the bytes one [`Journal::read_raw_into`] call reads at once, whatever
 /// `max_bytes` says (a single larger frame is still returned whole).
@@ -770,16 +770,18 @@ impl Drop for Journal {
     }
 }
 
+/// Create a segment holding only its header. A normal segment is written as `X.seg.new` and
+/// renamed into place, so that no reader (nor a crash) ever sees a `*.seg` without a complete
+/// header; with `reset_tmp` it stays `X.seg.tmp` for [`Journal::reset`] to rename.
 fn create_segment(
     dir: &Path,
     header: SegmentHeader,
     sync: bool,
-    tmp: bool,
+    reset_tmp: bool,
 ) -> Result<(SegmentInfo, File)> {
-    let mut name = segment_file_name(header.first_seq);
-    if tmp {
-        name = name.replace(format::SEGMENT_SUFFIX, TMP_SUFFIX);
-    }
+    let final_path = dir.join(segment_file_name(header.first_seq));
+    let suffix = if reset_tmp { TMP_SUFFIX } else { NEW_SUFFIX };
+    let name = segment_file_name(header.first_seq).replace(format::SEGMENT_SUFFIX, suffix);
     let path = dir.join(name);
     let mut f = OpenOptions::new()
         .create_new(true)
@@ -792,6 +794,22 @@ fn create_segment(
     if sync {
         f.sync_data()
             .map_err(|e| Error::io(&path, "fdatasync", e))?;
+    }
+    let path = if reset_tmp {
+        path
+    } else {
+        if final_path.exists() {
+            let _ = fs::remove_file(&path);
+            return Err(Error::io(
+                &final_path,
+                "create segment",
+                std::io::ErrorKind::AlreadyExists.into(),
+            ));
+        }
+        fs::rename(&path, &final_path).map_err(|e| Error::io(&path, "rename", e))?;
+        final_path
+    };
+    if sync {
         sync_dir(dir)?;
     }
     Ok((

@@ -113,11 +113,22 @@ impl RecordIter {
         };
         let mut hb = [0u8; SEGMENT_HEADER_LEN];
         let n = read_full(&mut f, &mut hb).map_err(|e| Error::io(&seg.path, "read", e))?;
-        let h = SegmentHeader::decode(&hb[..n]).map_err(|reason| Error::Corrupt {
-            path: seg.path.clone(),
-            offset: 0,
-            reason,
-        })?;
+        let h = match SegmentHeader::decode(&hb[..n]) {
+            Ok(h) => h,
+            // The newest segment of a live journal read from outside: a header not (yet)
+            // complete is the end of the data, like a torn tail.
+            Err(_) if self.lenient_tail && self.segs.is_empty() => {
+                self.done = true;
+                return Ok(false);
+            }
+            Err(reason) => {
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason,
+                })
+            }
+        };
         if h.first_seq != seg.first_seq {
             return Err(Error::Corrupt {
                 path: seg.path.clone(),

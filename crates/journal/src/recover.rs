@@ -52,6 +52,12 @@ impl Journal {
         };
         let sync = opts.fsync != FsyncPolicy::Never;
         let mut listing = list_dir(&dir)?;
+        // A segment whose creation a crash interrupted never held a record.
+        for p in std::mem::take(&mut listing.partial) {
+            rec.bytes_cut += file_len(&p)?;
+            remove_file(&p)?;
+            rec.removed_files.push(p);
+        }
         complete_pending_reset(&dir, &mut listing, &mut rec, sync)?;
 
         // A last segment whose header never made it to disk completely is a torn tail.

@@ -15,6 +15,8 @@ use crate::format::{
 
 /// Suffix of a segment being created by `Journal::reset` (see there).
 pub(crate) const TMP_SUFFIX: &str = ".seg.tmp";
+/// Suffix of a segment being created (header written, then renamed to `*.seg`).
+pub(crate) const NEW_SUFFIX: &str = ".seg.new";
 
 /// Sample the offset of a record into the in-memory index every this many bytes.
 pub(crate) const INDEX_STRIDE: u64 = 64 << 10;
@@ -33,6 +35,8 @@ pub(crate) struct Listing {
     pub segments: Vec<SegmentFile>,
     /// Leftover `*.seg.tmp` files.
     pub tmp: Vec<PathBuf>,
+    /// Leftover `*.seg.new` files (a crash while creating a segment).
+    pub partial: Vec<PathBuf>,
 }
 
 pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
@@ -49,6 +53,8 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
             });
         } else if name.ends_with(TMP_SUFFIX) {
             out.tmp.push(ent.path());
+        } else if name.ends_with(NEW_SUFFIX) {
+            out.partial.push(ent.path());
         }
     }
     out.segments.sort_by_key(|s| s.name_seq);
