@@ -330,6 +330,25 @@ fn reset_restarts_numbering_and_survives_reopen() {
 }
 
 #[test]
+fn interrupted_segment_creation_is_cleaned_up_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    j.append_next(0, b"a").unwrap();
+    j.commit().unwrap();
+    drop(j);
+    // A crash between writing the new segment's header and renaming it into place.
+    let partial = dir.path().join("00000000000000000002.seg.new");
+    std::fs::write(&partial, [1u8; 20]).unwrap();
+    assert!(inspect::summarize(dir.path()).unwrap().problems.is_empty());
+    let (mut j, rec) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(rec.removed_files, vec![partial.clone()]);
+    assert!(!partial.exists());
+    assert_eq!(j.last_seq(), 1);
+    j.append_next(0, b"b").unwrap();
+    assert_eq!(j.commit().unwrap(), 2);
+}
+
+#[test]
 fn interrupted_reset_is_completed_on_open() {
     // Build a journal, and beside it the `.seg.tmp` a reset writes first (taken from a second
     // journal whose reset we stop by hand: copy its segment under the tmp name).
