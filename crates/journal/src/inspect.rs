@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{Corruption, FORMAT_VERSION};
 use crate::segment::{list_dir, scan_segment, ScanResult};
 use crate::TailCut;
@@ -103,6 +103,26 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
 /// hold.
 pub fn summarize_range(dir: impl AsRef<Path>, from: u64, to: u64) -> Result<Summary> {
     let dir = dir.as_ref();
+    // A live writer's retention may remove a listed segment before it is read; the listing
+    // is then stale and the pass starts over (retention is rare and quick).
+    let mut attempts = 0;
+    loop {
+        match summarize_once(dir, from, to)? {
+            Some(s) => return Ok(s),
+            None if attempts < 10 => attempts += 1,
+            None => {
+                return Err(Error::io(
+                    dir,
+                    "summarize",
+                    std::io::Error::other("segments kept vanishing while being read"),
+                ))
+            }
+        }
+    }
+}
+
+/// One pass; `None` when a listed segment vanished meanwhile.
+fn summarize_once(dir: &Path, from: u64, to: u64) -> Result<Option<Summary>> {
     let listing = list_dir(dir)?;
     let mut s = Summary {
         kind: "journal",
@@ -171,7 +191,15 @@ pub fn summarize_range(dir: impl AsRef<Path>, from: u64, to: u64) -> Result<Summ
                 s.first_seq = Some(seq);
             }
             last = Some(seq);
-        })?;
+        });
+        let result = match result {
+            Ok(r) => r,
+            // Removed by the writer's retention since the listing.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         s.last_seq = last;
         if let Some(seq) = overlap {
             s.problems.push(format!(
@@ -240,7 +268,7 @@ pub fn summarize_range(dir: impl AsRef<Path>, from: u64, to: u64) -> Result<Summ
     }
     s.streams = s.stream_records.len();
     s.digest = hex::encode(hasher.finalize());
-    Ok(s)
+    Ok(Some(s))
 }
 
 impl fmt::Display for Summary {

@@ -699,6 +699,20 @@ fn readers_and_retention_beside_concurrent_appenders() {
             }
         })
     };
+    let inspector = {
+        let dir = dir.path().to_path_buf();
+        let j = Arc::clone(&j);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while j.last_seq() < 1500 || n < 3 {
+                // Beside appends and retention: never an error, never a gap.
+                let s = inspect::summarize(&dir).unwrap();
+                assert_eq!(s.gaps, 0, "{s}");
+                assert!(s.problems.is_empty(), "{s}");
+                n += 1;
+            }
+        })
+    };
     let retention = {
         let j = Arc::clone(&j);
         std::thread::spawn(move || {
@@ -718,6 +732,7 @@ fn readers_and_retention_beside_concurrent_appenders() {
         w.join().unwrap();
     }
     reader.join().unwrap();
+    inspector.join().unwrap();
     assert!(retention.join().unwrap() > 0);
     assert_eq!(j.sync().unwrap(), 1500);
     let j = Arc::into_inner(j).unwrap().into_inner();
