@@ -524,6 +524,10 @@ impl Journal {
         }
         self.stats.bytes_written += self.buf.len() as u64;
         self.buf.clear();
+        if self.buf.capacity() > 4 * self.opts.write_buffer.max(1 << 16) {
+            // One huge record must not pin its size in memory for the journal's lifetime.
+            self.buf = Vec::new();
+        }
         self.unsynced += self.last_seq - self.written_seq;
         self.written_seq = self.last_seq;
         if self.opts.fsync == FsyncPolicy::Never {
