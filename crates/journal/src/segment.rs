@@ -4,7 +4,7 @@
 //! checked against both [`MAX_PAYLOAD`] and the bytes left in the file before any allocation.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -153,6 +153,31 @@ pub(crate) fn scan_segment(
         if left < RECORD_HEADER_LEN as u64 {
             break Some((off, Corruption::ShortRecordHeader { have: left }));
         }
+        // Fast path: a whole, valid frame inside the read buffer (and inside the length the
+        // file had when the scan began: a live writer may be appending) is verified and
+        // visited in place.
+        let avail = r.fill_buf().map_err(|e| Error::io(path, "read", e))?;
+        if let Ok(h) = RecordHeader::decode(avail) {
+            let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
+            if avail.len() >= flen
+                && h.frame_len() <= left
+                && h.seq == expected
+                && crc32c::crc32c(&avail[4..flen]) == h.crc
+            {
+                if off >= next_sample {
+                    index.push((h.seq, off));
+                    next_sample = off + INDEX_STRIDE;
+                }
+                visit(h.seq, h.stream, &avail[RECORD_HEADER_LEN..flen]);
+                r.consume(flen);
+                records += 1;
+                expected += 1;
+                off += h.frame_len();
+                continue;
+            }
+        }
+        // Slow path: the frame spans the buffer's end, or something is wrong with it (the
+        // checks below say what).
         let mut rh = [0u8; RECORD_HEADER_LEN];
         r.read_exact(&mut rh)
             .map_err(|e| Error::io(path, "read", e))?;
