@@ -197,8 +197,9 @@ fn median(mut runs: Vec<Run>) -> Run {
 /// Reading back for shipping: `read_raw_into` (frames as stored, 256 KiB batches into one
 /// reused buffer) and `read_from` (records decoded one by one, as owned `Record`s or borrowed
 /// with `next_ref`) over a journal of 64-byte
-/// records, beside plain `read(2)` of the same segment files in 256 KiB chunks; all from the
-/// page cache (each file is read once before timing).
+/// records, beside plain `read(2)` of the same segment files in 256 KiB chunks; then
+/// `Journal::open` (which verifies every record) and `inspect::summarize` (verify + SHA-256) of
+/// that journal; all from the page cache (each file is read once before timing).
 fn read_section(dir: &Path, args: &Args) {
     use std::io::Read;
     const CHUNK: usize = 256 << 10;
@@ -295,6 +296,32 @@ fn read_section(dir: &Path, args: &Args) {
         });
     }
     drop(j);
+    // Opening (every record verified) and summarizing the same journal.
+    let mut open_runs = Vec::new();
+    let mut summary_runs = Vec::new();
+    let opts = JournalOptions {
+        fsync: FsyncPolicy::Never,
+        ..JournalOptions::default()
+    };
+    for _ in 0..args.reps {
+        let t = Instant::now();
+        let (j, rec) = Journal::open(&jdir, opts.clone()).unwrap();
+        open_runs.push(Run {
+            records: rec.records,
+            bytes: frame_bytes,
+            elapsed: t.elapsed(),
+            fsyncs: 0,
+        });
+        drop(j);
+        let t = Instant::now();
+        let s = journal::inspect::summarize(&jdir).unwrap();
+        summary_runs.push(Run {
+            records: s.records,
+            bytes: frame_bytes,
+            elapsed: t.elapsed(),
+            fsyncs: 0,
+        });
+    }
     std::fs::remove_dir_all(&jdir).unwrap();
     let raw = median(raw_runs);
     println!();
@@ -309,6 +336,8 @@ fn read_section(dir: &Path, args: &Args) {
         ("read_raw_into", median(ship_runs)),
         ("read_from (Record)", median(iter_runs)),
         ("read_from + next_ref", median(ref_runs)),
+        ("open (verify all)", median(open_runs)),
+        ("inspect::summarize", median(summary_runs)),
     ] {
         println!(
             "| {:<22} | {:>12.0} | {:>9.1} | {:>13.0}% |",
