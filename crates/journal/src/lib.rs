@@ -679,7 +679,6 @@ impl Journal {
     pub fn reset(&mut self, next_seq: u64) -> Result<()> {
         self.check_ok()?;
         let next_seq = next_seq.max(1);
-        self.buf.clear();
         let sync = self.opts.fsync != FsyncPolicy::Never;
         let prev = self
             .segments
@@ -692,26 +691,35 @@ impl Journal {
             journal_id: prev.journal_id,
             epoch: self.epoch + 1,
         };
-        let (mut info, file) =
-            create_segment(&self.dir, header, sync, true).map_err(|e| self.fail(e))?;
+        // Nothing has changed if this fails: the journal stays usable.
+        let (mut info, file) = create_segment(&self.dir, header, sync, true)?;
         let tmp = info.path.clone();
-        for s in std::mem::take(&mut self.segments) {
-            remove_file(&s.path).map_err(|e| self.fail(e))?;
+        // From here on a failure leaves a half-done reset that `open` completes: mark the
+        // journal failed, but keep `segments` describing what is still on disk.
+        for (removed, s) in self.segments.iter().enumerate() {
+            if let Err(e) = remove_file(&s.path) {
+                self.segments.drain(..removed);
+                return Err(self.fail(e));
+            }
         }
         let final_path = self.dir.join(segment_file_name(next_seq));
-        fs::rename(&tmp, &final_path).map_err(|e| self.fail(Error::io(&tmp, "rename", e)))?;
-        if sync {
-            sync_dir(&self.dir)?;
+        if let Err(e) = fs::rename(&tmp, &final_path) {
+            self.segments = vec![info];
+            return Err(self.fail(Error::io(&tmp, "rename", e)));
         }
         info.path = final_path;
-        self.segments.push(info);
+        self.segments = vec![info];
         self.active = Arc::new(file);
+        self.buf.clear();
         self.epoch += 1;
         self.last_seq = next_seq - 1;
         self.written_seq = next_seq - 1;
         self.durable_seq = next_seq - 1;
         self.unsynced = 0;
         self.stats.segments_created += 1;
+        if sync {
+            sync_dir(&self.dir).map_err(|e| self.fail(e))?;
+        }
         Ok(())
     }
 
