@@ -5,8 +5,8 @@
 //! For each record size (64 B and 1 KiB) and batch of 64 records, it measures:
 //! - `raw write`: `write(2)` of the same bytes per batch into a plain file (the limit for
 //!   `journal never`), and `raw write+fdatasync`: the same plus `fdatasync` per batch (the
-//!   limit for `journal always`; these two run in lockstep, batch by batch, see
-//!   `paired_fsync_run`);
+//!   limit for `journal always`); each raw run and its journal run go in lockstep, batch by
+//!   batch (`paired_run`);
 //! - `journal never|always`: `append` x64 then `commit()` under that fsync policy;
 //! - `4 thr, group commit`: 4 threads on a `SharedJournal` (policy `Always`), each appending
 //!   16 records then `commit()` (as many records in all as `journal always`), so one fsync can
@@ -106,11 +106,11 @@ fn raw(dir: &Path, rec_len: usize, batch_records: usize, batches: usize, fsync: 
     }
 }
 
-/// `raw write+fdatasync` and `journal always` in lockstep: batch i of the raw file, then
-/// batch i of the journal, each timed on its own. Both see the disk in the same state at
-/// nearly the same moment, which matters when other jobs share the disk (fsync latency then
-/// swings by 10x within a second).
-fn paired_fsync_run(dir: &Path, rec_len: usize, batches: usize) -> (Run, Run) {
+/// A raw file and a journal (`Always` if `fsync`, else `Never`) written in lockstep: batch i
+/// of the raw file (plus `fdatasync` if `fsync`), then batch i of the journal, each timed on
+/// its own. Both see the disk in the same state at nearly the same moment, which matters when
+/// other jobs share the disk (fsync latency then swings by 10x within a second).
+fn paired_run(dir: &Path, rec_len: usize, batches: usize, fsync: bool) -> (Run, Run) {
     let path = fresh(dir, "raw.bin");
     let jdir = fresh(dir, "bench-journal-paired");
     let batch = vec![0x5au8; BATCH * (RECORD_HEADER_LEN + rec_len)];
@@ -122,7 +122,11 @@ fn paired_fsync_run(dir: &Path, rec_len: usize, batches: usize) -> (Run, Run) {
         .open(&path)
         .unwrap();
     let opts = JournalOptions {
-        fsync: FsyncPolicy::Always,
+        fsync: if fsync {
+            FsyncPolicy::Always
+        } else {
+            FsyncPolicy::Never
+        },
         ..JournalOptions::default()
     };
     let (mut j, _) = Journal::open(&jdir, opts).unwrap();
@@ -132,7 +136,9 @@ fn paired_fsync_run(dir: &Path, rec_len: usize, batches: usize) -> (Run, Run) {
     for _ in 0..batches {
         let t = Instant::now();
         f.write_all(&batch).unwrap();
-        f.sync_data().unwrap();
+        if fsync {
+            f.sync_data().unwrap();
+        }
         t_raw += t.elapsed();
         let t = Instant::now();
         for _ in 0..BATCH {
@@ -153,7 +159,7 @@ fn paired_fsync_run(dir: &Path, rec_len: usize, batches: usize) -> (Run, Run) {
             records: seq,
             bytes,
             elapsed: t_raw,
-            fsyncs: batches as u64,
+            fsyncs: if fsync { batches as u64 } else { 0 },
         },
         Run {
             records: seq,
@@ -162,35 +168,6 @@ fn paired_fsync_run(dir: &Path, rec_len: usize, batches: usize) -> (Run, Run) {
             fsyncs,
         },
     )
-}
-
-fn journal_run(dir: &Path, rec_len: usize, batches: usize, fsync: FsyncPolicy) -> Run {
-    let jdir = fresh(dir, "bench-journal");
-    let payload = vec![0xa5u8; rec_len];
-    let opts = JournalOptions {
-        fsync,
-        ..JournalOptions::default()
-    };
-    let (mut j, _) = Journal::open(&jdir, opts).unwrap();
-    let t = Instant::now();
-    let mut seq = 0;
-    for _ in 0..batches {
-        for _ in 0..BATCH {
-            seq += 1;
-            j.append(1, seq, &payload).unwrap();
-        }
-        j.commit().unwrap();
-    }
-    let elapsed = t.elapsed();
-    let fsyncs = j.stats().fsyncs;
-    drop(j);
-    std::fs::remove_dir_all(&jdir).unwrap();
-    Run {
-        records: seq,
-        bytes: seq * (RECORD_HEADER_LEN + rec_len) as u64,
-        elapsed,
-        fsyncs,
-    }
 }
 
 const THREADS: usize = 4;
@@ -255,10 +232,10 @@ fn median(mut runs: Vec<Run>) -> Run {
 
 /// Reading back for shipping: `read_raw_into` (frames as stored, 256 KiB batches into one
 /// reused buffer) and `read_from` (records decoded one by one, as owned `Record`s or borrowed
-/// with `next_ref`) over a journal of 64-byte
-/// records, beside plain `read(2)` of the same segment files in 256 KiB chunks; then
-/// `Journal::open` (which verifies every record) and `inspect::summarize` (verify + SHA-256) of
-/// that journal; all from the page cache (each file is read once before timing).
+/// with `next_ref`) over a journal of 64-byte records, beside plain `read(2)` of the same
+/// segment files in 256 KiB chunks; then `Journal::open` (which verifies every record) and
+/// `inspect::summarize` (verify + SHA-256) of that journal; all from the page cache (each
+/// file is read once before timing).
 fn read_section(dir: &Path, args: &Args) {
     use std::io::Read;
     const CHUNK: usize = 256 << 10;
@@ -437,12 +414,10 @@ fn main() {
             ("4 thr, group commit", Vec::new()),
         ];
         for _ in 0..args.reps {
-            let nofsync = nofsync_batches;
-            rows[0].1.push(raw(&dir, rec_len, BATCH, nofsync, false));
-            rows[1]
-                .1
-                .push(journal_run(&dir, rec_len, nofsync, FsyncPolicy::Never));
-            let (raw_fsync, journal_always) = paired_fsync_run(&dir, rec_len, fsync_batches);
+            let (raw_write, journal_never) = paired_run(&dir, rec_len, nofsync_batches, false);
+            rows[0].1.push(raw_write);
+            rows[1].1.push(journal_never);
+            let (raw_fsync, journal_always) = paired_run(&dir, rec_len, fsync_batches, true);
             rows[2].1.push(raw_fsync);
             rows[3].1.push(journal_always);
             rows[4].1.push(raw(
