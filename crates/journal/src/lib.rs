@@ -63,6 +63,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod error;
 pub mod format;
