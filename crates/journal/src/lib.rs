@@ -204,6 +204,11 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// Why the tail was cut, if it was.
+    pub fn reason(&self) -> Option<&Corruption> {
+        self.cut.as_ref().map(|c| &c.reason)
+    }
+
     /// True when nothing had to be cut or removed.
     pub fn is_clean(&self) -> bool {
         self.bytes_cut == 0 && self.cut.is_none() && self.removed_files.is_empty()

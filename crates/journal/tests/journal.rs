@@ -441,7 +441,7 @@ fn huge_length_garbage_is_cut() {
         // A frame header claiming `len` payload bytes, then little data.
         let mut garbage = vec![0xab; 4]; // checksum field
         garbage.extend_from_slice(&len.to_le_bytes());
-        garbage.extend_from_slice(&[0xab; 56]);
+        garbage.extend_from_slice(&[0; 56]); // stream, flags (valid: 0), seq, some payload
         let mut bytes = std::fs::read(seg).unwrap();
         bytes.truncate(usize::try_from(good_len).unwrap());
         bytes.extend_from_slice(&garbage);
@@ -453,6 +453,13 @@ fn huge_length_garbage_is_cut() {
         assert_eq!(rec.last_valid_seq, 10, "{rec}");
         assert_eq!(rec.bytes_cut, 64);
         assert_eq!(rec.cut.as_ref().unwrap().offset, good_len);
+        assert!(matches!(
+            rec.reason(),
+            Some(
+                journal::Corruption::LengthTooLarge { .. }
+                    | journal::Corruption::ShortPayload { .. }
+            )
+        ));
         drop(j);
     }
 }
