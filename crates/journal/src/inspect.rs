@@ -155,6 +155,7 @@ fn summarize_once(dir: &Path, from: u64, to: u64) -> Result<Option<Summary>> {
     }
     let mut hasher = Sha256::new();
     let mut journal_id = None;
+    let mut prev_index: Option<u64> = None;
     let n = listing.segments.len();
     for (i, seg) in listing.segments.iter().enumerate() {
         let is_last = i + 1 == n;
@@ -249,6 +250,19 @@ fn summarize_once(dir: &Path, from: u64, to: u64) -> Result<Option<Summary>> {
                     )),
                     Some(_) => {}
                 }
+                if let Some(prev) = prev_index {
+                    if scan.header.index != prev + 1 {
+                        s.problems.push(format!(
+                            "{}: {}",
+                            seg.path.display(),
+                            Corruption::IndexMismatch {
+                                expected: prev + 1,
+                                found: scan.header.index
+                            }
+                        ));
+                    }
+                }
+                prev_index = Some(scan.header.index);
                 scan.problem
             }
         };
