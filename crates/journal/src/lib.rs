@@ -198,9 +198,14 @@ pub struct Recovery {
     /// Files removed: a last segment whose header was torn, leftovers of an interrupted
     /// [`Journal::reset`].
     pub removed_files: Vec<PathBuf>,
-    /// Where a removed last segment that held more than a header was moved
-    /// (`NAME.seg.damaged`), rather than deleted.
+    /// Where bytes removed from the journal were kept rather than deleted: a last segment with
+    /// a damaged header (`NAME.seg.damaged`), or a cut tail that still held well-formed
+    /// records after the damage (`NAME.seg.damaged.tail-OFFSET`).
     pub set_aside: Vec<PathBuf>,
+    /// Seq of a well-formed record found after the damage in the cut tail: the cut then
+    /// discarded records that were written, so this was damage rather than (only) a torn
+    /// write. The bytes are in `set_aside`.
+    pub valid_after_cut: Option<u64>,
 }
 
 impl Recovery {
@@ -241,8 +246,14 @@ impl fmt::Display for Recovery {
         for p in &self.removed_files {
             write!(f, "; removed {}", p.display())?;
         }
+        if let Some(seq) = self.valid_after_cut {
+            write!(
+                f,
+                "; the cut tail still held well-formed records (seq {seq}): damage, not only a torn write"
+            )?;
+        }
         for p in &self.set_aside {
-            write!(f, " (kept as {})", p.display())?;
+            write!(f, "; kept {}", p.display())?;
         }
         if self.bytes_cut > 0 {
             write!(f, "; {} byte(s) cut", self.bytes_cut)?;

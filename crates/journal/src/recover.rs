@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::format::{segment_file_name, Corruption, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{
+    decode_frame, segment_file_name, Corruption, SegmentHeader, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
 use crate::segment::{self, list_dir, read_header, scan_segment, ScanResult, SegmentFile};
 use crate::{
     create_segment, file_len, remove_file, sync_dir, FsyncPolicy, Journal, JournalOptions,
@@ -49,6 +52,7 @@ impl Journal {
             cut: None,
             removed_files: Vec::new(),
             set_aside: Vec::new(),
+            valid_after_cut: None,
         };
         let sync = opts.fsync != FsyncPolicy::Never;
         let mut listing = list_dir(&dir)?;
@@ -177,6 +181,7 @@ impl Journal {
                 }
             }
             let mut len = scan.file_len;
+            let scan_last_seq = scan.last_seq();
             if let Some((offset, reason)) = scan.problem {
                 if !is_last {
                     return Err(Error::Corrupt {
@@ -184,6 +189,16 @@ impl Journal {
                         offset,
                         reason,
                     });
+                }
+                // A well-formed record with a later seq beyond the damage means this was not
+                // (only) a torn write: keep the cut bytes aside rather than destroy them.
+                if let Some(seq) =
+                    later_valid_record(&seg.path, scan.valid_len, scan.file_len, scan_last_seq)?
+                {
+                    let aside = aside_tail_path(&seg.path, scan.valid_len);
+                    save_tail(&seg.path, scan.valid_len, &aside, sync)?;
+                    rec.set_aside.push(aside);
+                    rec.valid_after_cut = Some(seq);
                 }
                 cut_file(&seg.path, scan.valid_len, sync)?;
                 rec.bytes_cut += scan.file_len - scan.valid_len;
@@ -292,6 +307,7 @@ impl Journal {
             cut: None,
             removed_files: Vec::new(),
             set_aside: Vec::new(),
+            valid_after_cut: None,
         };
         Ok((j, rec))
     }
@@ -357,6 +373,61 @@ fn complete_pending_reset(
     }
     if sync && !rec.removed_files.is_empty() {
         sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// How far past a cut [`later_valid_record`] looks for well-formed records.
+const RESYNC_WINDOW: u64 = 64 << 20;
+
+/// After damage at `from` in a segment whose last valid record is `last_seq`: the seq of a
+/// well-formed record (checksum valid, seq after `last_seq`) starting anywhere in the next
+/// [`RESYNC_WINDOW`] bytes, if there is one. Reads at most that window into memory.
+fn later_valid_record(path: &Path, from: u64, file_len: u64, last_seq: u64) -> Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = usize::try_from((file_len - from).min(RESYNC_WINDOW)).unwrap_or(0);
+    if len < RECORD_HEADER_LEN + 1 {
+        return Ok(None);
+    }
+    let mut f = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    f.seek(SeekFrom::Start(from))
+        .map_err(|e| Error::io(path, "seek", e))?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf)
+        .map_err(|e| Error::io(path, "read", e))?;
+    // Skip the damaged frame's first byte: a frame starting exactly at the cut is the bad one.
+    for at in 1..len.saturating_sub(RECORD_HEADER_LEN - 1) {
+        if let Ok((frame, _)) = decode_frame(&buf[at..]) {
+            if frame.seq > last_seq && frame.seq <= last_seq + (len as u64) {
+                return Ok(Some(frame.seq));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `X.seg` -> `X.seg.damaged.tail-OFFSET`.
+fn aside_tail_path(path: &Path, offset: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".damaged.tail-{offset}"));
+    PathBuf::from(name)
+}
+
+/// Copy the bytes of `path` from `from` to its end into a new file `to`.
+fn save_tail(path: &Path, from: u64, to: &Path, sync: bool) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut src = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    src.seek(SeekFrom::Start(from))
+        .map_err(|e| Error::io(path, "seek", e))?;
+    let mut dst = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(to)
+        .map_err(|e| Error::io(to, "create", e))?;
+    std::io::copy(&mut src, &mut dst).map_err(|e| Error::io(to, "copy", e))?;
+    if sync {
+        dst.sync_all().map_err(|e| Error::io(to, "fsync", e))?;
     }
     Ok(())
 }

@@ -147,6 +147,24 @@ fn one_case(case: u64) -> (bool, bool) {
         let s = inspect::summarize(dir.path()).unwrap();
         assert_eq!(s.set_aside, rec.set_aside, "case {case}: inspect lists it");
     }
+    // Damage with intact records after it (a flipped bit before the last frame) is told apart
+    // from a torn write, and the cut bytes are kept.
+    let later_frames_intact = matches!(damage, Damage::FlipBit(..))
+        && !header_hit
+        && survivors_in_last + 1 < frames.len();
+    if later_frames_intact {
+        assert_eq!(
+            rec.valid_after_cut,
+            Some(expected_last + 2),
+            "case {case} {damage:?}: {rec}"
+        );
+        assert!(
+            rec.set_aside.iter().any(|p| p.exists()),
+            "case {case}: {rec}"
+        );
+    } else if !header_hit {
+        assert_eq!(rec.valid_after_cut, None, "case {case} {damage:?}: {rec}");
+    }
     let reported_cut = rec.cut.is_some();
     let got = read_all(&mut j);
     assert_eq!(
