@@ -364,3 +364,29 @@ mod garbage_dirs {
         }
     }
 }
+
+mod raw_input {
+    use journal::{Journal, JournalOptions};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Bytes from the wire handed to `append_raw*`: garbage is refused as a whole (nothing
+        /// appended, the journal still usable), never a panic.
+        #[test]
+        fn garbage_frames_append_nothing(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut j, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+            j.append_next(1, b"before").unwrap();
+            let r1 = j.append_raw(&bytes);
+            let r2 = j.append_raw_idempotent(&bytes);
+            if !bytes.is_empty() {
+                prop_assert!(r1.is_err() && r2.is_err());
+            }
+            prop_assert_eq!(j.last_seq(), 1);
+            j.append_next(1, b"after").unwrap();
+            prop_assert_eq!(j.commit().unwrap(), 2);
+        }
+    }
+}
