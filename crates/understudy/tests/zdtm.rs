@@ -96,16 +96,9 @@ zdtm!(sleep_read);
 zdtm!(file_offsets);
 zdtm!(sigaltstack);
 zdtm!(itimer);
-zdtm!(
-    fifo,
-    ignore = "needs FIFO restore in the engine (dump succeeds, restore refuses: FIFOs opened by path are not supported yet)"
-);
+zdtm!(fifo);
 zdtm!(proc_attrs);
-zdtm!(
-    proc_name,
-    ignore =
-        "needs comm (PR_SET_NAME) restore in the engine (restored processes are named understudy)"
-);
+zdtm!(proc_name);
 zdtm!(bigmem);
 zdtm!(vdso_rseq);
 zdtm!(creds);
@@ -346,7 +339,6 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
 /// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids, in the
 /// caller's namespace and in its own.
 #[test]
-#[ignore = "needs pid-namespace trees in the engine: `checkpoint NAME` hangs killing the tree (the tracer waits for the init, which waits to reap a still-traced zombie)"]
 fn run_launched_app_checkpointed_by_name() {
     if !can_run("run + checkpoint NAME") {
         return;

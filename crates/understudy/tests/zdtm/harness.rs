@@ -26,8 +26,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(90);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts when the engine refuses a dump as transient (its message says "retry").
-pub const CHECKPOINT_ATTEMPTS: u32 = 5;
 
 /// True when the tests can run; prints why not otherwise (they then return early: a skip).
 pub fn can_run(what: &str) -> bool {
@@ -443,29 +441,11 @@ pub fn checkpoint(w: &mut Workload, image: &Path) -> Vec<ProcSnapshot> {
         w.name
     );
     let root = w.root.to_string();
-    // The engine refuses a dump during which a signal arrived and says to retry (a transient
-    // refusal, e.g. a timer firing): do what a user would, a few times, visibly.
-    let mut attempt = 1;
-    loop {
-        let run = understudy(
-            &w.dir,
-            &["checkpoint", "--pid", &root, "--image", path_str(image)],
-        );
-        if run.status.success() {
-            break;
-        }
-        if attempt < CHECKPOINT_ATTEMPTS && run.stderr.contains("retry") {
-            eprintln!(
-                "{}: checkpoint attempt {attempt} refused, retrying: {}",
-                w.name,
-                run.stderr.trim()
-            );
-            attempt += 1;
-            let _ = fs::remove_dir_all(image);
-            fs::create_dir_all(image).expect("recreate image dir");
-            sleep(Duration::from_millis(20));
-            continue;
-        }
+    let run = understudy(
+        &w.dir,
+        &["checkpoint", "--pid", &root, "--image", path_str(image)],
+    );
+    if !run.status.success() {
         w.keep();
         panic!(
             "{}: checkpoint failed: {}\nlog:\n{}",
