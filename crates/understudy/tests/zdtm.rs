@@ -24,6 +24,9 @@ enum Mode {
     Once,
     /// checkpoint, restore, let it run, checkpoint again, restore again, check.
     Twice,
+    /// checkpoint --leave-running (the tree runs on untouched), let it run, kill it, restore
+    /// the image (back to the checkpointed state), check.
+    LeaveRunning,
 }
 
 fn baseline(name: &str) {
@@ -50,6 +53,14 @@ fn checkpoint_restore(name: &str, mode: Mode) {
     // Let it run a little past readiness, so it is caught in the middle of its work.
     sleep(Duration::from_millis(100));
     let image = w.image_dir("1");
+    if let Mode::LeaveRunning = mode {
+        let before = harness::checkpoint_leave_running(&mut w, &image);
+        sleep(Duration::from_millis(200));
+        harness::kill_and_wait_free(&w, &before);
+        restore(&mut w, &image, &before);
+        w.expect_pass();
+        return;
+    }
     let before = checkpoint(&mut w, &image);
     restore(&mut w, &image, &before);
     if let Mode::Twice = mode {
@@ -109,6 +120,14 @@ zdtm!(sparse_mem);
 mod twice {
     zdtm!(pipe_children, mode = Twice);
     zdtm!(threads_mutex, mode = Twice);
+    use super::{baseline, checkpoint_restore, Mode};
+}
+
+/// `checkpoint --leave-running`: the tree runs on untouched, and the image restores later.
+mod leave_running {
+    zdtm!(pipe_children, mode = LeaveRunning);
+    zdtm!(threads_mutex, mode = LeaveRunning);
+    zdtm!(shm_memfd, mode = LeaveRunning);
     use super::{baseline, checkpoint_restore, Mode};
 }
 

@@ -550,3 +550,71 @@ pub fn restore(w: &mut Workload, image: &Path, before: &[ProcSnapshot]) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Checkpoints with `--leave-running` and checks the tree runs on untouched: same processes and
+/// threads, none stopped or traced.
+pub fn checkpoint_leave_running(w: &mut Workload, image: &Path) -> Vec<ProcSnapshot> {
+    let before = w.snapshot();
+    let root = w.root.to_string();
+    let run = understudy(
+        &w.dir,
+        &[
+            "checkpoint",
+            "--pid",
+            &root,
+            "--image",
+            path_str(image),
+            "--leave-running",
+        ],
+    );
+    if !run.status.success() {
+        w.keep();
+        panic!(
+            "{}: checkpoint --leave-running failed: {}",
+            w.name,
+            run.describe()
+        );
+    }
+    assert_eq!(
+        w.snapshot(),
+        before,
+        "{}: tree changed by checkpoint --leave-running",
+        w.name
+    );
+    for p in &before {
+        for tid in &p.tids {
+            let state = proc_state(*tid);
+            assert!(
+                matches!(state, Some('S' | 'R' | 'D')),
+                "{}: tid {tid} left in state {state:?} by checkpoint --leave-running",
+                w.name
+            );
+        }
+        let status = fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+        assert!(
+            status.contains("TracerPid:\t0\n"),
+            "{}: pid {} still traced",
+            w.name,
+            p.pid
+        );
+    }
+    before
+}
+
+/// Kills the run's processes and waits (bounded) until every pid and tid of `tree` is free.
+pub fn kill_and_wait_free(w: &Workload, tree: &[ProcSnapshot]) {
+    kill_run(&w.dir, &w.bin);
+    let start = Instant::now();
+    let ids: Vec<i32> = tree
+        .iter()
+        .flat_map(|p| std::iter::once(p.pid).chain(p.tids.iter().copied()))
+        .collect();
+    while !ids.iter().all(|&id| pid_free(id)) {
+        assert!(
+            start.elapsed() < EXIT_TIMEOUT,
+            "{}: pids of the killed tree still taken after {EXIT_TIMEOUT:?}",
+            w.name
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
