@@ -131,6 +131,39 @@ mod leave_running {
     use super::{baseline, checkpoint_restore, Mode};
 }
 
+/// Restoring an image while its tree still runs (pids taken) must fail with a message naming a
+/// taken pid, restore nothing, and leave the running tree untouched.
+#[test]
+fn restore_refuses_taken_pids() {
+    if !can_run("taken pids") {
+        return;
+    }
+    let mut w = start("pipe_children");
+    let image = w.image_dir("live");
+    let before = harness::checkpoint_leave_running(&mut w, &image);
+    let run = understudy(&w.dir, &["restore", "--image", path(&image)]);
+    assert!(
+        !run.status.success(),
+        "restore over a running tree succeeded: {}",
+        run.describe()
+    );
+    let named = before
+        .iter()
+        .any(|p| run.stderr.contains(&p.pid.to_string()));
+    assert!(
+        named,
+        "the refusal names no pid of the tree: {}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("taken"),
+        "the refusal does not say the pid is taken: {}",
+        run.describe()
+    );
+    assert_eq!(w.snapshot(), before, "the running tree changed");
+    w.expect_pass();
+}
+
 /// A child holding a resource the engine cannot checkpoint yet: `checkpoint` must refuse it,
 /// naming the process and the resource, and leave the whole tree running and untouched (same
 /// processes, not stopped, not traced, state intact: the workload's own check passes).
