@@ -37,6 +37,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         sizes: vec![64, 256, 1024],
         runs: 5,
+        bench: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
