@@ -101,7 +101,7 @@ struct Stage {
     last: Option<Progress>,
     image_seq: u32,
     /// (what, value) pairs for the closing summary.
-    measured: Vec<(&'static str, String)>,
+    measured: Vec<(String, String)>,
 }
 
 impl Stage {
@@ -173,6 +173,9 @@ fn steps() -> Vec<Step> {
         Step { title: "checkpoint it (the tree is dumped, then killed)", run: checkpoint_kill },
         Step { title: "restore it from the image", run: restore_it },
         Step { title: "check it continued where it was", run: check_continued },
+        Step { title: "checkpoint the restored tree again", run: checkpoint_kill },
+        Step { title: "restore it again", run: restore_it },
+        Step { title: "check it continued again", run: check_continued },
     ]
 }
 
@@ -299,18 +302,23 @@ fn checkpoint_kill(st: &mut Stage) -> anyhow::Result<()> {
         "image {}: {image_mib:.1} MiB; pids {host_pids:?} are free again",
         image.display()
     ));
-    st.measured
-        .push(("freeze (tree stopped)", format!("{:.1} ms", ms(rep.frozen))));
+    let round = st.image_seq;
     st.measured.push((
-        "dump",
+        format!("#{round} freeze (tree stopped)"),
+        format!("{:.1} ms", ms(rep.frozen)),
+    ));
+    st.measured.push((
+        format!("#{round} dump"),
         format!(
-            "{:.1} ms (+ {:.0} ms waiting for PID 1 to reap the killed tree)",
+            "{:.1} ms (+ {:.0} ms until the killed pids were reaped)",
             ms(wall.saturating_sub(rep.reap_wait)),
             ms(rep.reap_wait)
         ),
     ));
-    st.measured
-        .push(("image size", format!("{image_mib:.2} MiB")));
+    st.measured.push((
+        format!("#{round} image size"),
+        format!("{image_mib:.2} MiB"),
+    ));
     st.last = Some(Progress::read(&st.dir)?);
     st.host_pids = host_pids;
     Ok(())
@@ -332,7 +340,7 @@ fn restore_it(st: &mut Stage) -> anyhow::Result<()> {
         st.root
     );
     st.measured.push((
-        "restore (until the tree runs)",
+        format!("#{} restore (until the tree runs)", st.image_seq),
         format!("{:.1} ms", ms(wall)),
     ));
     let mut now = tree_host_pids(&st.dir);
@@ -421,7 +429,7 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     println!();
     println!("what was measured:");
     for (what, value) in measured {
-        println!("  {what:<30} {value}");
+        println!("  {what:<33} {value}");
     }
     Ok(ExitCode::SUCCESS)
 }
