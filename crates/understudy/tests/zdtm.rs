@@ -115,6 +115,7 @@ zdtm!(vdso_rseq);
 zdtm!(creds);
 zdtm!(sessions);
 zdtm!(sparse_mem);
+zdtm!(seccomp);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
