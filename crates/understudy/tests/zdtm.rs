@@ -116,6 +116,7 @@ zdtm!(creds);
 zdtm!(sessions);
 zdtm!(sparse_mem);
 zdtm!(seccomp);
+zdtm!(exe_link);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
