@@ -271,6 +271,16 @@ fn unsupported_epoll_is_refused_and_left_running() {
 }
 
 #[test]
+fn unsupported_timerfd_is_refused_and_left_running() {
+    refused_and_left_running("timerfd", "timerfd");
+}
+
+#[test]
+fn unsupported_signalfd_is_refused_and_left_running() {
+    refused_and_left_running("signalfd", "signalfd");
+}
+
+#[test]
 fn unsupported_eventfd_is_refused_and_left_running() {
     refused_and_left_running("eventfd", "eventfd");
 }
