@@ -229,6 +229,8 @@ fn dump_process(
         Vec::new()
     };
 
+    const KEPT_FLAGS: [&str; 5] = ["hg", "nh", "dc", "wf", "dd"];
+    let flags = sys::proc::vm_flags(pid).pid(pid)?;
     let mut vmas = Vec::new();
     for m in &maps {
         if let Some(mut kind) = classify(pid, m)? {
@@ -247,6 +249,15 @@ fn dump_process(
                 prot: m.prot(),
                 kind,
                 pages: Vec::new(),
+                madvise: flags
+                    .get(&m.start)
+                    .map(|f| {
+                        f.iter()
+                            .filter(|x| KEPT_FLAGS.contains(&x.as_str()))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
     }

@@ -139,6 +139,11 @@ pub struct Vma {
     pub kind: VmaKind,
     /// Runs of dumped pages, ascending and disjoint.
     pub pages: Vec<PageRun>,
+    /// `madvise` state restored with the mapping, as `VmFlags` names: `hg` (MADV_HUGEPAGE),
+    /// `nh` (MADV_NOHUGEPAGE), `dc` (MADV_DONTFORK), `wf` (MADV_WIPEONFORK), `dd`
+    /// (MADV_DONTDUMP).
+    #[serde(default)]
+    pub madvise: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

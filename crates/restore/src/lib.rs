@@ -89,6 +89,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let loaded = process::Loaded::load(&opts.image_dir)?;
     let verify = t0.elapsed();
+    tracing::debug!("restore: image loaded in {verify:?}");
     let t1 = Instant::now();
     let mut report = std::thread::scope(|s| {
         let check = s.spawn(|| loaded.verify());

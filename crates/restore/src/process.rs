@@ -322,6 +322,7 @@ pub fn restore_tree(
             }
         }
     }
+    let t0 = std::time::Instant::now();
     let files = prepare_files(l)?;
     let mut stubs = Stubs::default();
     let root = &tree.processes[0];
@@ -330,6 +331,7 @@ pub fn restore_tree(
     } else {
         (0, vec![root.pid])
     };
+    tracing::debug!("restore: files prepared at {:?}", t0.elapsed());
     let rpid = sys::pid::spawn_stub(&ids, flags).pid(root.pid)?;
     stubs.add_process(rpid);
     seize_stub(rpid)?;
@@ -393,6 +395,11 @@ pub fn restore_tree(
     let mut finals: Vec<(i32, &image::Thread)> = Vec::new();
     for (i, p) in tree.processes.iter().enumerate() {
         let pid = placed[i].pid;
+        tracing::debug!(
+            "restore: pid {} rebuild starts at {:?}",
+            p.pid,
+            t0.elapsed()
+        );
         rebuild(
             p,
             pid,
@@ -410,6 +417,7 @@ pub fn restore_tree(
         }
     }
     // Nothing has run yet: a corrupt image still kills every stub here.
+    tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
@@ -562,6 +570,7 @@ fn rebuild(
         .pid(pid)?
         .addr();
 
+    let tr = std::time::Instant::now();
     // Address space.
     let mut path_fds: BTreeMap<(String, bool), u64> = BTreeMap::new();
     let (mp, ma, mf, mg, ms) = (
@@ -625,6 +634,37 @@ fn rebuild(
             ),
         };
         let r = r.pid(pid)?;
+        for f in &v.madvise {
+            let advice = match f.as_str() {
+                "hg" => 14,
+                "nh" => 15,
+                "dc" => 10,
+                "wf" => 18,
+                "dd" => 16,
+                _ => continue,
+            };
+            rs.syscall(
+                &format!("madvise({f})"),
+                nr::MADVISE,
+                [v.start, len, advice, 0, 0, 0],
+            )
+            .pid(pid)?;
+        }
+        if let VmaKind::Anon { name } = &v.kind {
+            if let Some(n) = name
+                .strip_prefix("[anon:")
+                .and_then(|n| n.strip_suffix(']'))
+            {
+                let mut b = n.as_bytes().to_vec();
+                b.push(0);
+                rs.put(SCR_PATH, &b).pid(pid)?;
+                // PR_SET_VMA, PR_SET_VMA_ANON_NAME: best effort (needs CONFIG_ANON_VMA_NAME).
+                let _ = rs.syscall_raw(
+                    nr::PRCTL,
+                    [0x5356_4d41, 0, v.start, len, scratch + SCR_PATH, 0],
+                );
+            }
+        }
         if r != v.start {
             return Err(RestoreError::Invalid {
                 pid: p.pid,
@@ -639,6 +679,7 @@ fn rebuild(
         rs.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])
             .pid(pid)?;
     }
+    tracing::debug!("restore: pid {}: mapped at {:?}", p.pid, tr.elapsed());
     // Pages: one pass over the mapped pages file, in file order.
     let data = pages.as_slice();
     let ranges: Vec<RemoteRange> = p
@@ -660,6 +701,11 @@ fn rebuild(
         .pid(pid)?;
     }
 
+    tracing::debug!(
+        "restore: pid {}: pages written at {:?}",
+        p.pid,
+        tr.elapsed()
+    );
     // mm fields: brk, arg/env, auxv, exe.
     let mm = &p.mm;
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
@@ -853,6 +899,7 @@ fn rebuild(
         .pid(pid)?;
     }
 
+    tracing::debug!("restore: pid {}: state set at {:?}", p.pid, tr.elapsed());
     // Threads, with their own TIDs.
     for t in &p.threads[1..] {
         let (tids, n) = set_tid_bytes(t.ns_tid, t.tid, pidns);

@@ -108,6 +108,32 @@ pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
     parse_maps(&read_to_string(&format!("/proc/{pid}/maps"))?)
 }
 
+/// The `VmFlags` of every mapping (`/proc/PID/smaps`), by start address.
+pub fn vm_flags(pid: i32) -> Result<std::collections::BTreeMap<u64, Vec<String>>> {
+    let text = read_to_string(&format!("/proc/{pid}/smaps"))?;
+    let mut out = std::collections::BTreeMap::new();
+    let mut cur: Option<u64> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmFlags:") {
+            if let Some(start) = cur.take() {
+                out.insert(start, rest.split_whitespace().map(str::to_string).collect());
+            }
+            continue;
+        }
+        // A mapping header: "start-end perms ...", the first field holds a '-' between hex.
+        let first = line.split(' ').next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if !a.is_empty()
+                && a.bytes().all(|c| c.is_ascii_hexdigit())
+                && b.bytes().all(|c| c.is_ascii_hexdigit())
+            {
+                cur = u64::from_str_radix(a, 16).ok();
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Thread ids of a process (`/proc/PID/task`), sorted, the main thread first if alive.
 pub fn tasks(pid: i32) -> Result<Vec<i32>> {
     let path = format!("/proc/{pid}/task");

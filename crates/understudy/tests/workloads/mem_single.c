@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +44,14 @@ int main(int argc, char **argv) {
     strcpy(ro, "read-only-data"); mprotect(ro, 4096, PROT_READ);
     char *pn = mmap(0, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     strcpy(pn + 4096, "secret-in-PROT_NONE"); mprotect(pn + 4096, 4096, PROT_NONE);
+    /* madvise state and an anonymous mapping name */
+    char *adv = mmap(0, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    madvise(adv, 4096, MADV_DONTFORK);
+    madvise(adv + 2 * 4096, 4096, MADV_WIPEONFORK);
+    adv[0] = 1; adv[2 * 4096] = 2;
+    char *named = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int named_ok = prctl(0x53564d41, 0, named, 4096, "understudy-test") == 0;
+    named[0] = 'n';
     signal(SIGUSR1, on_usr1);
     sigset_t m; sigemptyset(&m); sigaddset(&m, SIGUSR2); sigprocmask(SIG_BLOCK, &m, 0);
     raise(SIGUSR2); /* stays pending */
@@ -77,6 +86,26 @@ int main(int argc, char **argv) {
     char cwd[600]; getcwd(cwd, sizeof cwd); if (strcmp(cwd, dir)) FAIL("cwd %s", cwd);
     void *b1 = sbrk(0); char *more = malloc(4 << 20); memset(more, 1, 4 << 20); (void)b1;
     if (x < 1.0) FAIL("fpu");
+    {
+        /* VmFlags of the madvised pages, and the mapping name */
+        FILE *sm = fopen("/proc/self/smaps", "r"); char line[512]; unsigned long cur = 0; int dc = 0, wf = 0, nm = 0;
+        while (fgets(line, sizeof line, sm)) {
+            unsigned long a, b;
+            if (sscanf(line, "%lx-%lx", &a, &b) == 2 && strchr(line, ' ') && line[strcspn(line, " ") - 1] != ':') {
+                cur = a;
+                if (a == (unsigned long)named && strstr(line, "[anon:understudy-test]")) nm = 1;
+            }
+            if (!strncmp(line, "VmFlags:", 8)) {
+                if (cur == (unsigned long)adv && strstr(line, " dc")) dc = 1;
+                if (cur == (unsigned long)adv + 2 * 4096 && strstr(line, " wf")) wf = 1;
+            }
+        }
+        fclose(sm);
+        if (!dc) FAIL("MADV_DONTFORK lost");
+        if (!wf) FAIL("MADV_WIPEONFORK lost");
+        if (named_ok && !nm) FAIL("anonymous mapping name lost");
+        if (adv[0] != 1 || adv[2 * 4096] != 2 || named[0] != 'n') FAIL("madvised data");
+    }
     char msg[100]; snprintf(msg, sizeof msg, "PASS %lu", iter); result(msg);
     return 0;
 }
