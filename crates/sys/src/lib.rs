@@ -15,6 +15,7 @@ pub mod pipe;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod uffd_fill;
 
 pub use remote::{RemotePtr, RemoteSyscalls};
 
