@@ -402,6 +402,12 @@ impl SecureReader {
         self.bytes_in
     }
 
+    /// Whether bytes of a further frame are already buffered (so the caller can delay a group
+    /// commit until it has drained them).
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.plain.len() || !self.r.buffer().is_empty()
+    }
+
     /// The next frame. Not cancel-safe: drive it from one task and drop the reader on timeout.
     pub async fn next_frame(&mut self) -> Result<Frame, TransportError> {
         loop {
