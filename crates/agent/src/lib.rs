@@ -11,12 +11,14 @@ use std::time::Duration;
 
 pub mod backup;
 pub mod control;
+pub mod journal_store;
 pub mod metrics;
 pub mod primary;
 pub mod status;
 pub mod store;
 
 pub use backup::{BackupAgent, BackupConfig};
+pub use journal_store::JournalStore;
 pub use primary::{Primary, PrimaryConfig};
 pub use store::{MemStore, OpenStore, Store, StoreError};
 
