@@ -94,10 +94,12 @@ impl std::fmt::Debug for BackupAgent {
 impl BackupAgent {
     /// Bind the listener (and control socket, metrics) and start serving.
     pub async fn start(cfg: BackupConfig) -> Result<Self, AgentError> {
-        let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| AgentError::Io {
-            what: format!("listen on {}", cfg.listen),
-            source: e,
-        })?;
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| AgentError::Io {
+                what: format!("listen on {}", cfg.listen),
+                source: e,
+            })?;
         let listen = listener.local_addr().map_err(|e| AgentError::Io {
             what: "listener address".into(),
             source: e,
@@ -125,11 +127,20 @@ impl BackupAgent {
                 what: format!("metrics listen on {m}"),
                 source: e,
             })?;
-            tasks.push(tokio::spawn(crate::metrics::serve(l, shared.metrics.clone(), status_fn)));
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                l,
+                shared.metrics.clone(),
+                status_fn,
+            )));
         }
         tasks.push(tokio::spawn(accept_loop(shared.clone(), listener, stop_rx)));
         tracing::info!("backup agent listening on {listen}");
-        Ok(Self { shared, stop, tasks, control_path })
+        Ok(Self {
+            shared,
+            stop,
+            tasks,
+            control_path,
+        })
     }
 
     /// The address actually bound.
@@ -150,12 +161,25 @@ impl BackupAgent {
     /// Stop accepting, close every connection, remove the control socket.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in &self.tasks {
+        // The accept loop (last task) winds its connections down; the others are aborted.
+        let mut tasks = self.tasks;
+        if let Some(accept) = tasks.pop() {
+            let abort = accept.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), accept)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        for t in &tasks {
             t.abort();
         }
-        for t in self.tasks {
+        for t in tasks {
             let _ = t.await;
         }
+        // Close every journal now (the next agent on this state dir must be able to lock it).
+        self.shared.apps.lock().expect("apps lock").clear();
         if let Some(p) = self.control_path {
             let _ = std::fs::remove_file(p);
         }
@@ -193,7 +217,12 @@ fn status(s: &Shared) -> AgentStatus {
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    AgentStatus { role: "backup".into(), pid: std::process::id(), listen: s.listen.to_string(), apps: out }
+    AgentStatus {
+        role: "backup".into(),
+        pid: std::process::id(),
+        listen: s.listen.to_string(),
+        apps: out,
+    }
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -218,22 +247,33 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
     conns.shutdown().await;
 }
 
-async fn connection(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+async fn connection(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
     let key = shared.cfg.key.clone();
-    let (reader, mut writer) = match transport::accept(sock, &key, shared.cfg.timing.handshake).await {
-        Ok(rw) => rw,
-        Err(e) => {
-            Metrics::add(&shared.metrics.refused_connections, 1);
-            tracing::warn!("refused connection from {peer}: {e}");
-            return;
-        }
-    };
+    let (reader, mut writer) =
+        match transport::accept(sock, &key, shared.cfg.timing.handshake).await {
+            Ok(rw) => rw,
+            Err(e) => {
+                Metrics::add(&shared.metrics.refused_connections, 1);
+                tracing::warn!("refused connection from {peer}: {e}");
+                return;
+            }
+        };
     match serve_stream(&shared, reader, &mut writer, stop).await {
         Ok(()) => tracing::info!("{peer}: stream closed"),
         Err(e) => {
             tracing::warn!("{peer}: {e}");
             if let AgentError::Refused { code, message } = &e {
-                let _ = writer.send(&Frame::Refuse { code: *code, message: message.clone() }).await;
+                let _ = writer
+                    .send(&Frame::Refuse {
+                        code: *code,
+                        message: message.clone(),
+                    })
+                    .await;
             }
         }
     }
@@ -241,7 +281,10 @@ async fn connection(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr, stop
 }
 
 fn bad(message: String) -> AgentError {
-    AgentError::Refused { code: RefuseCode::BadRequest, message }
+    AgentError::Refused {
+        code: RefuseCode::BadRequest,
+        message,
+    }
 }
 
 fn open_app(shared: &Shared, name: &str) -> Result<Arc<BApp>, AgentError> {
@@ -280,7 +323,13 @@ async fn serve_stream(
     let first = tokio::time::timeout(timing.peer_timeout, reader.next_frame())
         .await
         .map_err(|_| bad(format!("no hello within {:?}", timing.peer_timeout)))??;
-    let Frame::Hello { app: name, first_seq, last_seq, sync } = first else {
+    let Frame::Hello {
+        app: name,
+        first_seq,
+        last_seq,
+        sync,
+    } = first
+    else {
         return Err(bad(format!("expected hello, got {}", first.kind())));
     };
     if let Err(why) = valid_app_name(&name) {
@@ -306,7 +355,10 @@ async fn serve_stream(
         "{peer}: app {name}: primary holds {first_seq}..={last_seq}, we hold durable {durable}"
     );
     writer
-        .send(&Frame::Welcome { durable_seq: durable, journaled_bytes: app.journaled_bytes.load(Relaxed) })
+        .send(&Frame::Welcome {
+            durable_seq: durable,
+            journaled_bytes: app.journaled_bytes.load(Relaxed),
+        })
         .await?;
 
     // Frames are read by their own task so heartbeats and acks flow while we wait.
@@ -345,6 +397,9 @@ async fn stream_loop(
     let mut hold = shared.cfg.hold_acks.clone();
     let mut last_sent_ack = app.store.lock().expect("store lock").durable_seq();
     let mut uncommitted = false;
+    // Group commit: wait for frames already received, but never longer than this.
+    let mut uncommitted_since = std::time::Instant::now();
+    let mut uncommitted_frames = 0u32;
     let mut heartbeat = tokio::time::interval(timing.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = tokio::time::Instant::now();
@@ -369,9 +424,15 @@ async fn stream_loop(
                 match frame {
                     Frame::Data { first_seq, records } => {
                         journal_data(shared, app, generation, first_seq, &records)?;
+                        if !uncommitted {
+                            uncommitted_since = std::time::Instant::now();
+                        }
                         uncommitted = true;
-                        // Group commit: wait until the frames already received are drained.
-                        if more {
+                        uncommitted_frames += 1;
+                        if more
+                            && uncommitted_frames < 64
+                            && uncommitted_since.elapsed() < Duration::from_millis(2)
+                        {
                             continue;
                         }
                     }
@@ -391,6 +452,7 @@ async fn stream_loop(
         if uncommitted {
             commit(shared, app)?;
             uncommitted = false;
+            uncommitted_frames = 0;
         }
         let held = hold.as_ref().is_some_and(|h| *h.borrow());
         if !held {

@@ -44,7 +44,9 @@ impl Store for JournalStore {
         self.j.durable_seq()
     }
     fn append(&mut self, seq: u64, stream: u32, payload: &[u8]) -> Result<(), StoreError> {
-        self.j.append(stream, seq, payload).map_err(|e| StoreError(e.to_string()))
+        self.j
+            .append(stream, seq, payload)
+            .map_err(|e| StoreError(e.to_string()))
     }
     fn commit(&mut self) -> Result<u64, StoreError> {
         self.j.commit().map_err(|e| StoreError(e.to_string()))
@@ -56,7 +58,10 @@ impl Store for JournalStore {
         max_bytes: usize,
         f: &mut dyn FnMut(u64, u32, &[u8]),
     ) -> Result<(), StoreError> {
-        let it = self.j.read_from(from).map_err(|e| StoreError(e.to_string()))?;
+        let it = self
+            .j
+            .read_from(from)
+            .map_err(|e| StoreError(e.to_string()))?;
         let mut bytes = 0;
         for r in it.take(max_records) {
             if bytes >= max_bytes {

@@ -86,7 +86,10 @@ impl Default for Timing {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("journal: {0}")]
@@ -100,9 +103,18 @@ pub enum AgentError {
     #[error("peer silent for {0:?}, dropped")]
     PeerTimeout(Duration),
     #[error("backup too slow: {unacked_bytes} bytes unacknowledged and no ack for {stalled:?}; dropped, will resume from its watermark")]
-    Slow { unacked_bytes: u64, stalled: Duration },
-    #[error("timed out after {timeout:?} waiting for seq {seq} to be acknowledged (acked: {acked})")]
-    AckTimeout { seq: u64, acked: u64, timeout: Duration },
+    Slow {
+        unacked_bytes: u64,
+        stalled: Duration,
+    },
+    #[error(
+        "timed out after {timeout:?} waiting for seq {seq} to be acknowledged (acked: {acked})"
+    )]
+    AckTimeout {
+        seq: u64,
+        acked: u64,
+        timeout: Duration,
+    },
     #[error("a newer connection for this application took over")]
     Displaced,
     #[error("{0}")]
@@ -119,7 +131,9 @@ pub fn valid_app_name(name: &str) -> Result<(), String> {
         && name.len() <= 128
         && name != "."
         && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(())
     } else {

@@ -31,12 +31,36 @@ impl Metrics {
         let role = &status.role;
         let mut s = String::new();
         let counters = [
-            ("understudy_messages_total", "replication messages sent (primary) or journaled (backup)", &self.messages),
-            ("understudy_bytes_total", "payload bytes sent (primary) or journaled (backup)", &self.bytes),
-            ("understudy_acks_total", "acknowledgements sent (backup) or received (primary)", &self.acks),
-            ("understudy_fsyncs_total", "journal commits that synced to disk", &self.fsyncs),
-            ("understudy_reconnects_total", "replication connections re-established", &self.reconnects),
-            ("understudy_refused_connections_total", "connections refused (auth, version, garbage)", &self.refused_connections),
+            (
+                "understudy_messages_total",
+                "replication messages sent (primary) or journaled (backup)",
+                &self.messages,
+            ),
+            (
+                "understudy_bytes_total",
+                "payload bytes sent (primary) or journaled (backup)",
+                &self.bytes,
+            ),
+            (
+                "understudy_acks_total",
+                "acknowledgements sent (backup) or received (primary)",
+                &self.acks,
+            ),
+            (
+                "understudy_fsyncs_total",
+                "journal commits that synced to disk",
+                &self.fsyncs,
+            ),
+            (
+                "understudy_reconnects_total",
+                "replication connections re-established",
+                &self.reconnects,
+            ),
+            (
+                "understudy_refused_connections_total",
+                "connections refused (auth, version, garbage)",
+                &self.refused_connections,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -97,7 +121,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, status: StatusF
                     }
                 }
             };
-            if tokio::time::timeout(Duration::from_secs(2), read).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), read)
+                .await
+                .is_err()
+            {
                 return;
             }
             let body = metrics.render(&status());

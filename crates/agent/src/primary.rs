@@ -53,7 +53,13 @@ pub struct PrimaryConfig {
 
 impl PrimaryConfig {
     /// Defaults for everything but the application, backups, key and state dir.
-    pub fn new(app: &str, backups: Vec<String>, key: ClusterKey, state_dir: PathBuf, open_store: OpenStore) -> Self {
+    pub fn new(
+        app: &str,
+        backups: Vec<String>,
+        key: ClusterKey,
+        state_dir: PathBuf,
+        open_store: OpenStore,
+    ) -> Self {
         Self {
             app: app.to_owned(),
             backups,
@@ -157,7 +163,11 @@ impl Primary {
             .collect();
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
-            window: Mutex::new(Window { first: last + 1, recs: VecDeque::new(), bytes: 0 }),
+            window: Mutex::new(Window {
+                first: last + 1,
+                recs: VecDeque::new(),
+                bytes: 0,
+            }),
             last_tx,
             acked_tx,
             total_bytes: AtomicU64::new(0),
@@ -173,21 +183,33 @@ impl Primary {
         };
         let mut control_path = None;
         if cfg.control_socket {
-            let (l, p) = crate::control::bind(&cfg.state_dir, &format!("primary-{}", cfg.app)).await?;
+            let (l, p) =
+                crate::control::bind(&cfg.state_dir, &format!("primary-{}", cfg.app)).await?;
             control_path = Some(p);
             tasks.push(tokio::spawn(crate::control::serve(l, status_fn.clone())));
         }
         if let Some(m) = &cfg.metrics {
-            let l = tokio::net::TcpListener::bind(m).await.map_err(|e| AgentError::Io {
-                what: format!("metrics listen on {m}"),
-                source: e,
-            })?;
-            tasks.push(tokio::spawn(crate::metrics::serve(l, shared.metrics.clone(), status_fn)));
+            let l = tokio::net::TcpListener::bind(m)
+                .await
+                .map_err(|e| AgentError::Io {
+                    what: format!("metrics listen on {m}"),
+                    source: e,
+                })?;
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                l,
+                shared.metrics.clone(),
+                status_fn,
+            )));
         }
         for i in 0..shared.peers.len() {
             tasks.push(tokio::spawn(peer_loop(shared.clone(), i, stop_rx.clone())));
         }
-        Ok(Self { shared, stop, tasks, control_path })
+        Ok(Self {
+            shared,
+            stop,
+            tasks,
+            control_path,
+        })
     }
 
     /// Journal a batch of messages `(stream, payload)` locally (one group commit) and hand
@@ -210,25 +232,29 @@ impl Primary {
         if added.is_empty() {
             return Ok(*s.last_tx.borrow());
         }
+        // The store lock is held while the window is extended so that concurrent submitters
+        // put records into the window in seq order (lock order: store, then window).
         let last = blocking(|| {
             let mut st = s.store.lock().expect("store lock");
             let mut seq = st.last_seq();
             for (stream, p) in &added {
                 seq += 1;
-                st.append(seq, *stream, p).map_err(|e| AgentError::Store(e.to_string()))?;
+                st.append(seq, *stream, p)
+                    .map_err(|e| AgentError::Store(e.to_string()))?;
             }
             let before = st.fsyncs();
             st.commit().map_err(|e| AgentError::Store(e.to_string()))?;
             Metrics::add(&s.metrics.fsyncs, st.fsyncs() - before);
-            Ok::<_, AgentError>(seq)
-        })?;
-        {
             let mut w = s.window.lock().expect("window lock");
             let mut cum = s.total_bytes.load(Relaxed);
             for (stream, p) in &added {
                 cum += p.len() as u64;
                 w.bytes += p.len();
-                w.recs.push_back(WRec { stream: *stream, payload: (*p).into(), cum_bytes: cum });
+                w.recs.push_back(WRec {
+                    stream: *stream,
+                    payload: (*p).into(),
+                    cum_bytes: cum,
+                });
             }
             s.total_bytes.store(cum, Relaxed);
             while w.bytes > s.cfg.window_bytes && w.recs.len() > 1 {
@@ -236,7 +262,8 @@ impl Primary {
                 w.bytes -= r.payload.len();
                 w.first += 1;
             }
-        }
+            Ok::<_, AgentError>(seq)
+        })?;
         s.last_tx.send_replace(last);
         Ok(last)
     }
@@ -266,7 +293,11 @@ impl Primary {
         let mut rx = self.watch_acked();
         tokio::time::timeout(timeout, rx.wait_for(|a| *a >= seq))
             .await
-            .map_err(|_| AgentError::AckTimeout { seq, acked: self.acked_seq(), timeout })?
+            .map_err(|_| AgentError::AckTimeout {
+                seq,
+                acked: self.acked_seq(),
+                timeout,
+            })?
             .map_err(|_| AgentError::Stopped)?;
         Ok(())
     }
@@ -276,12 +307,22 @@ impl Primary {
         let target = self.last_seq();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let min = self.shared.peers.iter().map(|p| p.acked.load(Relaxed)).min().unwrap_or(target);
+            let min = self
+                .shared
+                .peers
+                .iter()
+                .map(|p| p.acked.load(Relaxed))
+                .min()
+                .unwrap_or(target);
             if min >= target {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(AgentError::AckTimeout { seq: target, acked: min, timeout });
+                return Err(AgentError::AckTimeout {
+                    seq: target,
+                    acked: min,
+                    timeout,
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -327,7 +368,11 @@ fn lag_bytes(s: &Shared, acked: u64, last: u64) -> u64 {
         return 0;
     }
     // Past the window: estimate from the window's average record size.
-    let avg = if w.recs.is_empty() { 0 } else { w.bytes as u64 / w.recs.len() as u64 };
+    let avg = if w.recs.is_empty() {
+        0
+    } else {
+        w.bytes as u64 / w.recs.len() as u64
+    };
     (last - acked) * avg
 }
 
@@ -383,7 +428,8 @@ async fn peer_loop(s: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) 
             return;
         }
         let p = &s.peers[idx];
-        set_state(p, "connecting", p.state.lock().expect("peer state").1.clone());
+        let prev_error = p.state.lock().expect("peer state").1.clone();
+        set_state(p, "connecting", prev_error);
         let started = tokio::time::Instant::now();
         let r = session(&s, idx, &mut stop).await;
         attempts += 1;
@@ -391,8 +437,14 @@ async fn peer_loop(s: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) 
             Ok(()) => return,
             Err(e) => {
                 let state = match &e {
-                    AgentError::PeerRefused { code: RefuseCode::TooFarBehind, .. }
-                    | AgentError::Refused { code: RefuseCode::TooFarBehind, .. } => "too-far-behind",
+                    AgentError::PeerRefused {
+                        code: RefuseCode::TooFarBehind,
+                        ..
+                    }
+                    | AgentError::Refused {
+                        code: RefuseCode::TooFarBehind,
+                        ..
+                    } => "too-far-behind",
                     AgentError::PeerRefused { .. } | AgentError::Refused { .. } => "refused",
                     _ => "disconnected",
                 };
@@ -429,20 +481,33 @@ fn publish_ack(s: &Shared, idx: usize, durable: u64) {
     }
 }
 
-async fn session(s: &Arc<Shared>, idx: usize, stop: &mut watch::Receiver<bool>) -> Result<(), AgentError> {
+async fn session(
+    s: &Arc<Shared>,
+    idx: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let t = s.cfg.timing.clone();
     let p = &s.peers[idx];
     let tcp = tokio::time::timeout(t.handshake, TcpStream::connect(&p.addr))
         .await
         .map_err(|_| AgentError::PeerTimeout(t.handshake))?
-        .map_err(|e| AgentError::Io { what: format!("connect to {}", p.addr), source: e })?;
-    let (mut reader, mut writer) = transport::connect(tcp, &s.cfg.key, PROTOCOL_VERSION, t.handshake).await?;
+        .map_err(|e| AgentError::Io {
+            what: format!("connect to {}", p.addr),
+            source: e,
+        })?;
+    let (mut reader, mut writer) =
+        transport::connect(tcp, &s.cfg.key, PROTOCOL_VERSION, t.handshake).await?;
     let (first, last) = {
         let st = s.store.lock().expect("store lock");
         (st.first_seq(), st.last_seq())
     };
     writer
-        .send(&Frame::Hello { app: s.cfg.app.clone(), first_seq: first, last_seq: last, sync: s.cfg.mode == Mode::Sync })
+        .send(&Frame::Hello {
+            app: s.cfg.app.clone(),
+            first_seq: first,
+            last_seq: last,
+            sync: s.cfg.mode == Mode::Sync,
+        })
         .await?;
     let welcome = tokio::time::timeout(t.peer_timeout, reader.next_frame())
         .await
@@ -450,7 +515,12 @@ async fn session(s: &Arc<Shared>, idx: usize, stop: &mut watch::Receiver<bool>) 
     let durable = match welcome {
         Frame::Welcome { durable_seq, .. } => durable_seq,
         Frame::Refuse { code, message } => return Err(AgentError::PeerRefused { code, message }),
-        other => return Err(AgentError::Protocol(format!("expected welcome, got {}", other.kind()))),
+        other => {
+            return Err(AgentError::Protocol(format!(
+                "expected welcome, got {}",
+                other.kind()
+            )))
+        }
     };
     let last = *s.last_tx.borrow();
     let first = s.store.lock().expect("store lock").first_seq();
@@ -460,8 +530,16 @@ async fn session(s: &Arc<Shared>, idx: usize, stop: &mut watch::Receiver<bool>) 
              histories diverged",
             s.cfg.app
         );
-        let _ = writer.send(&Frame::Refuse { code: RefuseCode::Diverged, message: message.clone() }).await;
-        return Err(AgentError::Refused { code: RefuseCode::Diverged, message });
+        let _ = writer
+            .send(&Frame::Refuse {
+                code: RefuseCode::Diverged,
+                message: message.clone(),
+            })
+            .await;
+        return Err(AgentError::Refused {
+            code: RefuseCode::Diverged,
+            message,
+        });
     }
     if durable + 1 < first {
         let message = format!(
@@ -469,10 +547,23 @@ async fn session(s: &Arc<Shared>, idx: usize, stop: &mut watch::Receiver<bool>) 
              too far behind, re-seed it from a checkpoint",
             s.cfg.app
         );
-        let _ = writer.send(&Frame::Refuse { code: RefuseCode::TooFarBehind, message: message.clone() }).await;
-        return Err(AgentError::Refused { code: RefuseCode::TooFarBehind, message });
+        let _ = writer
+            .send(&Frame::Refuse {
+                code: RefuseCode::TooFarBehind,
+                message: message.clone(),
+            })
+            .await;
+        return Err(AgentError::Refused {
+            code: RefuseCode::TooFarBehind,
+            message,
+        });
     }
-    tracing::info!("app {} backup {}: streaming from seq {}", s.cfg.app, p.addr, durable + 1);
+    tracing::info!(
+        "app {} backup {}: streaming from seq {}",
+        s.cfg.app,
+        p.addr,
+        durable + 1
+    );
     set_state(p, "streaming", None);
     p.sent.store(durable, Relaxed);
     publish_ack(s, idx, durable);
@@ -491,9 +582,18 @@ async fn session(s: &Arc<Shared>, idx: usize, stop: &mut watch::Receiver<bool>) 
                         publish_ack(&s, idx, durable_seq);
                     }
                     Ok(Ok(Frame::Heartbeat { .. })) => {}
-                    Ok(Ok(Frame::Refuse { code, message })) => break AgentError::PeerRefused { code, message },
-                    Ok(Ok(Frame::Goodbye { reason })) => break AgentError::Protocol(format!("backup said goodbye: {reason}")),
-                    Ok(Ok(other)) => break AgentError::Protocol(format!("unexpected {} frame from backup", other.kind())),
+                    Ok(Ok(Frame::Refuse { code, message })) => {
+                        break AgentError::PeerRefused { code, message }
+                    }
+                    Ok(Ok(Frame::Goodbye { reason })) => {
+                        break AgentError::Protocol(format!("backup said goodbye: {reason}"))
+                    }
+                    Ok(Ok(other)) => {
+                        break AgentError::Protocol(format!(
+                            "unexpected {} frame from backup",
+                            other.kind()
+                        ))
+                    }
                 }
             };
             let _ = done_tx.send(err);
@@ -502,7 +602,11 @@ async fn session(s: &Arc<Shared>, idx: usize, stop: &mut watch::Receiver<bool>) 
     let r = send_loop(s, idx, &mut writer, durable + 1, stop, &mut done_rx).await;
     reader_task.abort();
     if r.is_ok() {
-        let _ = writer.send(&Frame::Goodbye { reason: "primary stopping".into() }).await;
+        let _ = writer
+            .send(&Frame::Goodbye {
+                reason: "primary stopping".into(),
+            })
+            .await;
     }
     writer.shutdown().await;
     r
@@ -544,7 +648,10 @@ async fn send_loop(
             && unacked > s.cfg.max_inflight_bytes
             && last_progress.elapsed() > t.stall
         {
-            return Err(AgentError::Slow { unacked_bytes: unacked, stalled: t.stall });
+            return Err(AgentError::Slow {
+                unacked_bytes: unacked,
+                stalled: t.stall,
+            });
         }
         let last = *last_rx.borrow_and_update();
         if next <= last && unacked <= s.cfg.max_inflight_bytes {
@@ -591,7 +698,11 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
             if count > 0 {
                 writer.queue_data(
                     next,
-                    w.recs.iter().skip(start).take(count).map(|r| (r.stream, &r.payload[..])),
+                    w.recs
+                        .iter()
+                        .skip(start)
+                        .take(count)
+                        .map(|r| (r.stream, &r.payload[..])),
                 );
                 return Ok((count as u64, bytes as u64));
             }
@@ -613,10 +724,14 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
         .map_err(|e| AgentError::Store(e.to_string()))
     })?;
     if let Some(g) = gap {
-        return Err(AgentError::Store(format!("local journal read from {next} returned seq {g}")));
+        return Err(AgentError::Store(format!(
+            "local journal read from {next} returned seq {g}"
+        )));
     }
     if recs.is_empty() {
-        return Err(AgentError::Store(format!("local journal holds no record {next}")));
+        return Err(AgentError::Store(format!(
+            "local journal holds no record {next}"
+        )));
     }
     let bytes: usize = recs.iter().map(|r| r.1.len()).sum();
     writer.queue_data(next, recs.iter().map(|(st, p)| (*st, &p[..])));

@@ -50,7 +50,11 @@ pub struct MemStore {
 impl MemStore {
     /// An empty store whose first record will be seq 1.
     pub fn new() -> Self {
-        Self { first: 1, recs: Vec::new(), durable: 0 }
+        Self {
+            first: 1,
+            recs: Vec::new(),
+            durable: 0,
+        }
     }
     /// A factory for [`OpenStore`] that gives a fresh in-memory store per directory.
     pub fn factory() -> OpenStore {

@@ -1,0 +1,240 @@
+//! Primary → backup replication on loopback, in one process (the SIGKILL and network
+//! namespace tests drive the `understudy` binary, in crate `understudy`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::{BackupAgent, BackupConfig, JournalStore, Mode, Primary, PrimaryConfig, Timing};
+use journal::{FsyncPolicy, JournalOptions};
+use transport::ClusterKey;
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn fast_timing() -> Timing {
+    init_logs();
+    Timing {
+        heartbeat: Duration::from_millis(100),
+        peer_timeout: Duration::from_secs(2),
+        handshake: Duration::from_secs(2),
+        reconnect_min: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(200),
+        stall: Duration::from_secs(2),
+    }
+}
+
+fn opts() -> JournalOptions {
+    JournalOptions {
+        fsync: FsyncPolicy::Never,
+        segment_bytes: 1 << 20,
+        ..Default::default()
+    }
+}
+
+fn backup_cfg(dir: &Path, key: &ClusterKey, listen: &str) -> BackupConfig {
+    BackupConfig {
+        listen: listen.into(),
+        state_dir: dir.to_owned(),
+        key: key.clone(),
+        open_store: JournalStore::factory(opts()),
+        timing: fast_timing(),
+        control_socket: true,
+        metrics: None,
+        hold_acks: None,
+    }
+}
+
+fn primary_cfg(dir: &Path, key: &ClusterKey, backups: Vec<String>, mode: Mode) -> PrimaryConfig {
+    let mut c = PrimaryConfig::new(
+        "app1",
+        backups,
+        key.clone(),
+        dir.to_owned(),
+        JournalStore::factory(opts()),
+    );
+    c.mode = mode;
+    c.timing = fast_timing();
+    c
+}
+
+fn summary(dir: &Path) -> journal::inspect::Summary {
+    journal::inspect::summarize(dir.join("apps/app1/journal")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_stream_is_identical_and_gapless() {
+    let (pd, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = ClusterKey::generate();
+    let b = BackupAgent::start(backup_cfg(bd.path(), &key, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = b.local_addr().to_string();
+    let p = Arc::new(
+        Primary::start(primary_cfg(pd.path(), &key, vec![addr], Mode::Async))
+            .await
+            .unwrap(),
+    );
+    // Several producer threads, each submitting batches of varied sizes.
+    let mut hs = Vec::new();
+    for t in 0..4u32 {
+        let p = p.clone();
+        hs.push(std::thread::spawn(move || {
+            for i in 0..500u32 {
+                let a = format!("t{t} i{i} {}", "x".repeat(usize::try_from(i % 97).unwrap()));
+                let b = vec![u8::try_from(t).unwrap(); usize::try_from(i % 7).unwrap()];
+                p.submit_batch([(t, a.as_bytes()), (t + 100, &b[..])])
+                    .unwrap();
+            }
+        }));
+    }
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(p.last_seq(), 4000);
+    p.wait_all_acked(Duration::from_secs(20)).await.unwrap();
+    let st = p.status();
+    assert_eq!(st.apps[0].peers[0].lag_messages, 0);
+    assert_eq!(st.apps[0].peers[0].state, "streaming");
+    let bs = b.status();
+    assert_eq!(bs.apps[0].last_seq_journaled, 4000);
+    // The control socket answers `understudy status`.
+    let q = agent::control::query_all(bd.path()).await;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].apps[0].name, "app1");
+    Arc::try_unwrap(p).unwrap().stop().await;
+    b.stop().await;
+    let (sp, sb) = (summary(pd.path()), summary(bd.path()));
+    assert_eq!((sp.records, sp.gaps, sb.gaps), (4000, 0, 0));
+    assert_eq!(sp.digest, sb.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restarts_resume_without_gap_or_duplicate() {
+    let (pd, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = ClusterKey::generate();
+    let mut b = BackupAgent::start(backup_cfg(bd.path(), &key, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = b.local_addr().to_string();
+    let p = Primary::start(primary_cfg(
+        pd.path(),
+        &key,
+        vec![addr.clone()],
+        Mode::Async,
+    ))
+    .await
+    .unwrap();
+    let payload = [0xabu8; 64];
+    for round in 0..4 {
+        for _ in 0..200 {
+            let batch: Vec<(u32, &[u8])> = (0..10).map(|s| (s, &payload[..])).collect();
+            p.submit_batch(batch).unwrap();
+        }
+        if round < 3 {
+            // Stop the backup mid-stream and bring it back on the same port.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            b.stop().await;
+            for _ in 0..200 {
+                p.submit(7, b"while the backup is down").unwrap();
+            }
+            b = BackupAgent::start(backup_cfg(bd.path(), &key, &addr))
+                .await
+                .unwrap();
+            // Let the primary find it again before the next interruption.
+            p.wait_all_acked(Duration::from_secs(20)).await.unwrap();
+        }
+    }
+    p.wait_all_acked(Duration::from_secs(20)).await.unwrap();
+    assert!(p.status().apps[0].peers[0].reconnects >= 3);
+    p.stop().await;
+    b.stop().await;
+    let (sp, sb) = (summary(pd.path()), summary(bd.path()));
+    assert_eq!(sp.records, 4 * 2000 + 3 * 200);
+    assert_eq!((sp.gaps, sb.gaps), (0, 0));
+    assert_eq!(sp.digest, sb.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_never_acks_before_the_backup_journals() {
+    let (pd, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = ClusterKey::generate();
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(true);
+    let mut cfg = backup_cfg(bd.path(), &key, "127.0.0.1:0");
+    cfg.hold_acks = Some(hold_rx);
+    let b = BackupAgent::start(cfg).await.unwrap();
+    let p = Primary::start(primary_cfg(
+        pd.path(),
+        &key,
+        vec![b.local_addr().to_string()],
+        Mode::Sync,
+    ))
+    .await
+    .unwrap();
+    // The "output" may only leave once acked_seq covers it: with acks withheld it never does.
+    let seq = p.submit(1, b"output: hello client").unwrap();
+    let r = p.wait_acked(seq, Duration::from_millis(500)).await;
+    assert!(r.is_err(), "acknowledged while the backup withheld acks");
+    assert!(p.acked_seq() < seq);
+    // The backup has it (journaled) but has not said so: still not released.
+    hold_tx.send(false).unwrap();
+    p.wait_acked(seq, Duration::from_secs(5)).await.unwrap();
+    assert!(b.status().apps[0].durable_seq >= seq);
+    p.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_refused_and_others_are_still_served() {
+    let (pd, pd2, bd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let key = ClusterKey::generate();
+    let b = BackupAgent::start(backup_cfg(bd.path(), &key, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = b.local_addr().to_string();
+    let intruder = Primary::start(primary_cfg(
+        pd2.path(),
+        &ClusterKey::generate(),
+        vec![addr.clone()],
+        Mode::Async,
+    ))
+    .await
+    .unwrap();
+    intruder.submit(1, b"let me in").unwrap();
+    let p = Primary::start(primary_cfg(pd.path(), &key, vec![addr], Mode::Async))
+        .await
+        .unwrap();
+    p.submit(1, b"legit").unwrap();
+    p.wait_all_acked(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b.metrics()
+            .refused_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    let st = intruder.status();
+    assert_eq!(st.apps[0].peers[0].last_seq_acked, 0);
+    assert!(
+        st.apps[0].peers[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("authentication"),
+        "{st:?}"
+    );
+    intruder.stop().await;
+    p.stop().await;
+    b.stop().await;
+}
