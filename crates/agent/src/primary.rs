@@ -126,7 +126,10 @@ struct Shared {
 pub struct Primary {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    /// Control socket and metrics servers (aborted on stop).
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// One sender per backup (asked to say goodbye on stop).
+    senders: Vec<tokio::task::JoinHandle<()>>,
     control_path: Option<PathBuf>,
 }
 
@@ -201,13 +204,14 @@ impl Primary {
                 status_fn,
             )));
         }
-        for i in 0..shared.peers.len() {
-            tasks.push(tokio::spawn(peer_loop(shared.clone(), i, stop_rx.clone())));
-        }
+        let senders = (0..shared.peers.len())
+            .map(|i| tokio::spawn(peer_loop(shared.clone(), i, stop_rx.clone())))
+            .collect();
         Ok(Self {
             shared,
             stop,
             tasks,
+            senders,
             control_path,
         })
     }
@@ -342,11 +346,14 @@ impl Primary {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        for t in self.tasks {
+        for t in self.senders {
             let abort = t.abort_handle();
             if tokio::time::timeout_at(deadline, t).await.is_err() {
                 abort.abort();
             }
+        }
+        for t in &self.tasks {
+            t.abort();
         }
         if let Some(p) = self.control_path {
             let _ = std::fs::remove_file(p);
