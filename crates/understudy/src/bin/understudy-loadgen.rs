@@ -2,10 +2,12 @@
 //! records straight into the ring named by `UNDERSTUDY_RING`, as the interceptors would.
 //! Used by the replication tests and the benchmark; not installed for users.
 //!
-//! `understudy-loadgen --procs P --threads T --messages N [--size S] [--output-every K]`:
+//! `understudy-loadgen --procs P --threads T --messages N [--size S] [--output-every K]
+//! [--pause-us U]`:
 //! P processes (this one and P-1 children) × T threads × N records of S bytes each. With
 //! `--output-every K`, every K-th record is an "output": the thread waits for the ring's
-//! `ack_seq` to cover it (sync mode) before going on.
+//! `ack_seq` to cover it (sync mode) before going on. With `--pause-us U`, each thread sleeps
+//! U µs after every 64 records (to stretch a test run over time).
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         .max(24);
     let output_every = arg(&args, "--output-every", 0);
     let child_index = arg(&args, "--child", 0);
+    let pause_us = arg(&args, "--pause-us", 0);
     let Some(ring) = std::env::var_os("UNDERSTUDY_RING").map(PathBuf::from) else {
         eprintln!("understudy-loadgen: UNDERSTUDY_RING is not set");
         return ExitCode::FAILURE;
@@ -64,7 +67,20 @@ fn main() -> ExitCode {
                     for (k, b) in payload[n..].iter_mut().enumerate() {
                         *b = u8::try_from((k + usize::try_from(i).unwrap_or(0)) % 251).unwrap_or(0);
                     }
-                    let seq = match producer.push(&payload) {
+                    // Workaround (reported to the ring's owners): a producer that reads a
+                    // stale head can wrongly find the ring full, and its liveness check of the
+                    // consumer fails inside the application's PID namespace, where the
+                    // consumer's pid is not visible. Nothing was reserved then: retry, bounded.
+                    let mut tries = 0;
+                    let pushed = loop {
+                        match producer.push(&payload) {
+                            Err(shmring::RingError::ConsumerGone { .. }) if tries < 200 => {
+                                tries += 1
+                            }
+                            r => break r,
+                        }
+                    };
+                    let seq = match pushed {
                         Ok(s) => s,
                         Err(e) => {
                             eprintln!("understudy-loadgen: push: {e}");
@@ -72,6 +88,9 @@ fn main() -> ExitCode {
                             return;
                         }
                     };
+                    if pause_us > 0 && i % 64 == 63 {
+                        std::thread::sleep(Duration::from_micros(pause_us));
+                    }
                     if output_every > 0 && (i + 1) % output_every == 0 {
                         if let Err(e) = producer.wait_ack(seq, Duration::from_secs(30)) {
                             eprintln!("understudy-loadgen: waiting for ack of {seq}: {e}");
