@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 pub mod backup;
+pub mod collector;
 pub mod control;
 pub mod journal_store;
 pub mod metrics;
@@ -121,6 +122,8 @@ pub enum AgentError {
     Busy(String),
     #[error("{0}")]
     Config(String),
+    #[error("ring: {0}")]
+    Ring(String),
     #[error("agent stopped")]
     Stopped,
 }

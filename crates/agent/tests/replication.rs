@@ -238,3 +238,60 @@ async fn wrong_key_is_refused_and_others_are_still_served() {
     p.stop().await;
     b.stop().await;
 }
+
+/// Output commit through the ring, as the interceptor sees it: with the backup withholding its
+/// acknowledgements, `ack_seq` never covers the output record, although the backup journaled
+/// it; once acks flow, the output is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_ring_ack_waits_for_the_backup() {
+    let (pd, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = ClusterKey::generate();
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(true);
+    let mut cfg = backup_cfg(bd.path(), &key, "127.0.0.1:0");
+    cfg.hold_acks = Some(hold_rx);
+    let b = BackupAgent::start(cfg).await.unwrap();
+    let p = Arc::new(
+        Primary::start(primary_cfg(
+            pd.path(),
+            &key,
+            vec![b.local_addr().to_string()],
+            Mode::Sync,
+        ))
+        .await
+        .unwrap(),
+    );
+    let ring_path = std::path::PathBuf::from(format!(
+        "/dev/shm/understudy-test-{}.ring",
+        std::process::id()
+    ));
+    let ring = shmring::RingConsumer::create(&ring_path, 1 << 16).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || agent::collector::collect(&ring, &p, &stop, true))
+    };
+    let producer = shmring::RingProducer::open(&ring_path).unwrap();
+    let mut last = 0;
+    for i in 0..10u32 {
+        last = producer.push(format!("input {i}").as_bytes()).unwrap();
+    }
+    let out = producer.push(b"output: reply to client").unwrap();
+    assert!(out > last);
+    // The output must not be released while acks are withheld...
+    let r = tokio::task::block_in_place(|| producer.wait_ack(out, Duration::from_millis(400)));
+    assert!(
+        r.is_err(),
+        "output released without a backup acknowledgement"
+    );
+    assert!(producer.ack_seq() < out);
+    // ...even though the backup has journaled it.
+    assert_eq!(b.status().apps[0].last_seq_journaled, 11);
+    hold_tx.send(false).unwrap();
+    tokio::task::block_in_place(|| producer.wait_ack(out, Duration::from_secs(5))).unwrap();
+    assert!(p.acked_seq() >= 11);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    collector.join().unwrap().unwrap();
+    let _ = std::fs::remove_file(&ring_path);
+    Arc::try_unwrap(p).unwrap().stop().await;
+    b.stop().await;
+}

@@ -8,7 +8,6 @@
 //! When PROGRAM exits, the ring is drained, backups get up to `--drain-timeout` to catch up,
 //! and `run` exits with PROGRAM's status.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,7 +105,7 @@ pub fn run(
             .name("understudy-collect".into())
             .spawn(move || {
                 let ring = ring_rx.recv().map_err(|_| anyhow::anyhow!("no ring"))?;
-                collect(&ring, &p, &stop, sync)
+                agent::collector::collect(&ring, &p, &stop, sync).map_err(anyhow::Error::from)
             })
             .context("cannot start the collector thread")?
     };
@@ -157,51 +156,4 @@ fn supervised_signals() -> nix::sys::signal::SigSet {
         set.add(s);
     }
     set
-}
-
-/// Drain the ring into the primary until `stop` and the ring is empty; forward acks to the
-/// ring's `ack_seq`.
-fn collect(ring: &RingConsumer, p: &Primary, stop: &AtomicBool, sync: bool) -> anyhow::Result<()> {
-    // (journal seq, ring seq) at the end of each submitted batch, until acknowledged.
-    let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut lens: Vec<usize> = Vec::with_capacity(4096);
-    loop {
-        let acked = if sync { p.acked_seq() } else { p.last_seq() };
-        let mut release = None;
-        while pending.front().is_some_and(|(j, _)| *j <= acked) {
-            release = pending.pop_front().map(|(_, r)| r);
-        }
-        if let Some(r) = release {
-            ring.set_ack(r);
-        }
-        buf.clear();
-        lens.clear();
-        let mut last_ring = 0;
-        let n = ring.poll(4096, |seq, payload| {
-            buf.extend_from_slice(payload);
-            lens.push(payload.len());
-            last_ring = seq;
-        })?;
-        if n > 0 {
-            let mut off = 0;
-            let msgs = lens.iter().map(|&l| {
-                let s = &buf[off..off + l];
-                off += l;
-                (0u32, s)
-            });
-            let j = p.submit_batch(msgs)?;
-            pending.push_back((j, last_ring));
-            continue;
-        }
-        if stop.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        // Waiting for acks: poll the primary often; idle: sleep on the ring.
-        ring.wait(if pending.is_empty() {
-            Duration::from_millis(20)
-        } else {
-            Duration::from_micros(100)
-        });
-    }
 }

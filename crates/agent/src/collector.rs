@@ -1,0 +1,69 @@
+//! The collector: drains an application's shared-memory ring into the primary's journal and
+//! moves the ring's `ack_seq`, which is what lets an output leave the application.
+//!
+//! In sync mode `ack_seq` only covers records that at least one backup has journaled
+//! ([`Primary::acked_seq`]); in async mode, records journaled locally. Each ring record becomes
+//! exactly one journal record (stream 0: the payload, encoded by the interceptor, says which
+//! process and thread it came from), in ring order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use shmring::RingConsumer;
+
+use crate::{AgentError, Primary};
+
+/// Drain the ring into the primary until `stop` and the ring is empty; forward acks to the
+/// ring's `ack_seq`.
+pub fn collect(
+    ring: &RingConsumer,
+    p: &Primary,
+    stop: &AtomicBool,
+    sync: bool,
+) -> Result<(), AgentError> {
+    // (journal seq, ring seq) at the end of each submitted batch, until acknowledged.
+    let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut lens: Vec<usize> = Vec::with_capacity(4096);
+    loop {
+        let acked = if sync { p.acked_seq() } else { p.last_seq() };
+        let mut release = None;
+        while pending.front().is_some_and(|(j, _)| *j <= acked) {
+            release = pending.pop_front().map(|(_, r)| r);
+        }
+        if let Some(r) = release {
+            ring.set_ack(r);
+        }
+        buf.clear();
+        lens.clear();
+        let mut last_ring = 0;
+        let n = ring
+            .poll(4096, |seq, payload| {
+                buf.extend_from_slice(payload);
+                lens.push(payload.len());
+                last_ring = seq;
+            })
+            .map_err(|e| AgentError::Ring(e.to_string()))?;
+        if n > 0 {
+            let mut off = 0;
+            let msgs = lens.iter().map(|&l| {
+                let s = &buf[off..off + l];
+                off += l;
+                (0u32, s)
+            });
+            let j = p.submit_batch(msgs)?;
+            pending.push_back((j, last_ring));
+            continue;
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Waiting for acks: poll the primary often; idle: sleep on the ring.
+        ring.wait(if pending.is_empty() {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_micros(100)
+        });
+    }
+}
