@@ -120,7 +120,11 @@ impl BackupAgent {
         if cfg.control_socket {
             let (l, p) = crate::control::bind(&cfg.state_dir, "backup").await?;
             control_path = Some(p);
-            tasks.push(tokio::spawn(crate::control::serve(l, status_fn.clone())));
+            tasks.push(tokio::spawn(crate::control::serve(
+                l,
+                status_fn.clone(),
+                None,
+            )));
         }
         if let Some(m) = &cfg.metrics {
             let l = TcpListener::bind(m).await.map_err(|e| AgentError::Io {

@@ -1,11 +1,13 @@
 //! The control socket through which `understudy status` asks an agent for its state.
 //!
 //! Each agent binds `STATE_DIR/agents/<id>.sock` (directory 0700, socket 0600, owned by the
-//! agent's user, root in production). Protocol: the client writes one line (`status`), the
-//! agent answers with one line of JSON ([`AgentStatus`]) and closes.
+//! agent's user, root in production). Protocol: the client writes one line, the agent answers
+//! with one line of JSON and closes. Requests: `status` (answer: [`AgentStatus`]) and, on a
+//! primary, `add-backup HOST:PORT` (answer: `{"ok": ...}` or `{"error": ...}`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -47,14 +49,18 @@ pub async fn bind(state_dir: &Path, id: &str) -> Result<(UnixListener, PathBuf),
     Ok((l, path))
 }
 
-/// Answer status requests on `l` until the task is dropped.
-pub async fn serve(l: UnixListener, status: StatusFn) {
+/// Handles a request other than `status`; `Err` is reported to the client as `{"error": ..}`.
+pub type CommandFn = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// Answer requests on `l` until the task is dropped.
+pub async fn serve(l: UnixListener, status: StatusFn, command: Option<CommandFn>) {
     loop {
         let Ok((sock, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let status = status.clone();
+        let command = command.clone();
         tokio::spawn(async move {
             let (r, mut w) = sock.into_split();
             let mut line = String::new();
@@ -63,9 +69,15 @@ pub async fn serve(l: UnixListener, status: StatusFn) {
             if !matches!(ok, Ok(Ok(_))) {
                 return;
             }
-            let reply = match line.trim() {
-                "status" => serde_json::to_string(&status()).unwrap_or_default(),
-                other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
+            let reply = match (line.trim(), &command) {
+                ("status", _) => serde_json::to_string(&status()).unwrap_or_default(),
+                (other, Some(c)) => match c(other) {
+                    Ok(ok) => serde_json::json!({ "ok": ok }).to_string(),
+                    Err(e) => serde_json::json!({ "error": e }).to_string(),
+                },
+                (other, None) => {
+                    serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string()
+                }
             };
             let _ = w.write_all(reply.as_bytes()).await;
             let _ = w.write_all(b"\n").await;
@@ -90,6 +102,18 @@ pub async fn query_all(state_dir: &Path) -> Vec<AgentStatus> {
         }
     }
     out
+}
+
+/// Send one request line to the agent at `path`; returns its JSON answer.
+pub async fn request(path: &Path, line: &str) -> std::io::Result<serde_json::Value> {
+    let sock = UnixStream::connect(path).await?;
+    let (r, mut w) = sock.into_split();
+    w.write_all(line.as_bytes()).await?;
+    w.write_all(b"\n").await?;
+    let mut answer = String::new();
+    BufReader::new(r).read_line(&mut answer).await?;
+    serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 async fn query(path: &Path) -> std::io::Result<Option<AgentStatus>> {

@@ -109,6 +109,18 @@ struct Peer {
     reconnects: AtomicU64,
 }
 
+impl Peer {
+    fn new(addr: &str) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            state: Mutex::new(("connecting".into(), None)),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        }
+    }
+}
+
 struct Shared {
     cfg: PrimaryConfig,
     store: Mutex<Box<dyn Store>>,
@@ -118,7 +130,11 @@ struct Shared {
     /// Highest seq durable on at least one backup.
     acked_tx: watch::Sender<u64>,
     total_bytes: AtomicU64,
-    peers: Vec<Peer>,
+    /// Backups; `protect` adds to it while running.
+    peers: Mutex<Vec<Arc<Peer>>>,
+    /// Senders started after `start` (by [`Primary::add_backup`]).
+    extra_senders: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stop_rx: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 }
 
@@ -156,14 +172,9 @@ impl Primary {
         let peers = cfg
             .backups
             .iter()
-            .map(|a| Peer {
-                addr: a.clone(),
-                state: Mutex::new(("connecting".into(), None)),
-                sent: AtomicU64::new(0),
-                acked: AtomicU64::new(0),
-                reconnects: AtomicU64::new(0),
-            })
-            .collect();
+            .map(|a| Arc::new(Peer::new(a)))
+            .collect::<Vec<_>>();
+        let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             window: Mutex::new(Window {
@@ -174,11 +185,12 @@ impl Primary {
             last_tx,
             acked_tx,
             total_bytes: AtomicU64::new(0),
-            peers,
+            peers: Mutex::new(peers.clone()),
+            extra_senders: Mutex::new(Vec::new()),
+            stop_rx: stop_rx.clone(),
             metrics: Arc::new(Metrics::default()),
             cfg: cfg.clone(),
         });
-        let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let status_fn: StatusFn = {
             let s = shared.clone();
@@ -189,7 +201,20 @@ impl Primary {
             let (l, p) =
                 crate::control::bind(&cfg.state_dir, &format!("primary-{}", cfg.app)).await?;
             control_path = Some(p);
-            tasks.push(tokio::spawn(crate::control::serve(l, status_fn.clone())));
+            let command: crate::control::CommandFn = {
+                let s = shared.clone();
+                Arc::new(move |line: &str| match line.split_once(' ') {
+                    Some(("add-backup", addr)) => add_backup(&s, addr.trim())
+                        .map(|()| format!("streaming {} to {}", s.cfg.app, addr.trim()))
+                        .map_err(|e| e.to_string()),
+                    _ => Err(format!("unknown request {line:?}")),
+                })
+            };
+            tasks.push(tokio::spawn(crate::control::serve(
+                l,
+                status_fn.clone(),
+                Some(command),
+            )));
         }
         if let Some(m) = &cfg.metrics {
             let l = tokio::net::TcpListener::bind(m)
@@ -204,8 +229,9 @@ impl Primary {
                 status_fn,
             )));
         }
-        let senders = (0..shared.peers.len())
-            .map(|i| tokio::spawn(peer_loop(shared.clone(), i, stop_rx.clone())))
+        let senders = peers
+            .into_iter()
+            .map(|p| tokio::spawn(peer_loop(shared.clone(), p, stop_rx.clone())))
             .collect();
         Ok(Self {
             shared,
@@ -314,6 +340,8 @@ impl Primary {
             let min = self
                 .shared
                 .peers
+                .lock()
+                .expect("peers lock")
                 .iter()
                 .map(|p| p.acked.load(Relaxed))
                 .min()
@@ -337,6 +365,11 @@ impl Primary {
         status(&self.shared)
     }
 
+    /// Start streaming to one more backup (`understudy protect NAME --add HOST:PORT`).
+    pub fn add_backup(&self, addr: &str) -> Result<(), AgentError> {
+        add_backup(&self.shared, addr)
+    }
+
     /// Counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
@@ -346,7 +379,8 @@ impl Primary {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        for t in self.senders {
+        let extra = std::mem::take(&mut *self.shared.extra_senders.lock().expect("senders lock"));
+        for t in self.senders.into_iter().chain(extra) {
             let abort = t.abort_handle();
             if tokio::time::timeout_at(deadline, t).await.is_err() {
                 abort.abort();
@@ -359,6 +393,30 @@ impl Primary {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+fn add_backup(s: &Arc<Shared>, addr: &str) -> Result<(), AgentError> {
+    if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+        return Err(AgentError::Config(format!(
+            "backup address {addr:?} is not HOST:PORT"
+        )));
+    }
+    let p = {
+        let mut peers = s.peers.lock().expect("peers lock");
+        if peers.iter().any(|p| p.addr == addr) {
+            return Err(AgentError::Config(format!(
+                "application {} already streams to {addr}",
+                s.cfg.app
+            )));
+        }
+        let p = Arc::new(Peer::new(addr));
+        peers.push(p.clone());
+        p
+    };
+    let t = tokio::spawn(peer_loop(s.clone(), p, s.stop_rx.clone()));
+    s.extra_senders.lock().expect("senders lock").push(t);
+    tracing::info!("app {}: added backup {addr}", s.cfg.app);
+    Ok(())
 }
 
 fn lag_bytes(s: &Shared, acked: u64, last: u64) -> u64 {
@@ -390,6 +448,8 @@ fn status(s: &Shared) -> AgentStatus {
     };
     let peers = s
         .peers
+        .lock()
+        .expect("peers lock")
         .iter()
         .map(|p| {
             let acked = p.acked.load(Relaxed);
@@ -426,7 +486,7 @@ fn set_state(p: &Peer, state: &str, error: Option<String>) {
     *p.state.lock().expect("peer state") = (state.to_owned(), error);
 }
 
-async fn peer_loop(s: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) {
+async fn peer_loop(s: Arc<Shared>, p: Arc<Peer>, mut stop: watch::Receiver<bool>) {
     let t = s.cfg.timing.clone();
     let mut backoff = t.reconnect_min;
     let mut attempts = 0u64;
@@ -434,11 +494,10 @@ async fn peer_loop(s: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) 
         if *stop.borrow() {
             return;
         }
-        let p = &s.peers[idx];
         let prev_error = p.state.lock().expect("peer state").1.clone();
-        set_state(p, "connecting", prev_error);
+        set_state(&p, "connecting", prev_error);
         let started = tokio::time::Instant::now();
-        let r = session(&s, idx, &mut stop).await;
+        let r = session(&s, &p, &mut stop).await;
         attempts += 1;
         match r {
             Ok(()) => return,
@@ -456,7 +515,7 @@ async fn peer_loop(s: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) 
                     _ => "disconnected",
                 };
                 tracing::warn!("app {} backup {}: {e}", s.cfg.app, p.addr);
-                set_state(p, state, Some(e.to_string()));
+                set_state(&p, state, Some(e.to_string()));
             }
         }
         if started.elapsed() > Duration::from_secs(1) {
@@ -474,8 +533,7 @@ async fn peer_loop(s: Arc<Shared>, idx: usize, mut stop: watch::Receiver<bool>) 
     }
 }
 
-fn publish_ack(s: &Shared, idx: usize, durable: u64) {
-    let p = &s.peers[idx];
+fn publish_ack(s: &Shared, p: &Peer, durable: u64) {
     if p.acked.fetch_max(durable, Relaxed) < durable {
         s.acked_tx.send_if_modified(|a| {
             if durable > *a {
@@ -490,11 +548,10 @@ fn publish_ack(s: &Shared, idx: usize, durable: u64) {
 
 async fn session(
     s: &Arc<Shared>,
-    idx: usize,
+    p: &Arc<Peer>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let t = s.cfg.timing.clone();
-    let p = &s.peers[idx];
     let tcp = tokio::time::timeout(t.handshake, TcpStream::connect(&p.addr))
         .await
         .map_err(|_| AgentError::PeerTimeout(t.handshake))?
@@ -573,11 +630,12 @@ async fn session(
     );
     set_state(p, "streaming", None);
     p.sent.store(durable, Relaxed);
-    publish_ack(s, idx, durable);
+    publish_ack(s, p, durable);
 
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<AgentError>();
     let reader_task = {
         let s = s.clone();
+        let p = p.clone();
         let timeout = t.peer_timeout;
         tokio::spawn(async move {
             let err = loop {
@@ -586,7 +644,7 @@ async fn session(
                     Ok(Err(e)) => break e.into(),
                     Ok(Ok(Frame::Ack { durable_seq, .. })) => {
                         Metrics::add(&s.metrics.acks, 1);
-                        publish_ack(&s, idx, durable_seq);
+                        publish_ack(&s, &p, durable_seq);
                     }
                     Ok(Ok(Frame::Heartbeat { .. })) => {}
                     Ok(Ok(Frame::Refuse { code, message })) => {
@@ -606,7 +664,7 @@ async fn session(
             let _ = done_tx.send(err);
         })
     };
-    let r = send_loop(s, idx, &mut writer, durable + 1, stop, &mut done_rx).await;
+    let r = send_loop(s, p, &mut writer, durable + 1, stop, &mut done_rx).await;
     reader_task.abort();
     if r.is_ok() {
         let _ = writer
@@ -621,14 +679,13 @@ async fn session(
 
 async fn send_loop(
     s: &Arc<Shared>,
-    idx: usize,
+    p: &Peer,
     writer: &mut SecureWriter,
     mut next: u64,
     stop: &mut watch::Receiver<bool>,
     done: &mut tokio::sync::oneshot::Receiver<AgentError>,
 ) -> Result<(), AgentError> {
     let t = s.cfg.timing.clone();
-    let p = &s.peers[idx];
     let mut last_rx = s.last_tx.subscribe();
     let mut heartbeat = tokio::time::interval(t.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -416,3 +416,66 @@ fn two_hosts_in_network_namespaces_over_veth() {
     assert_eq!((sp.gaps, sb.gaps), (0, 0));
     assert_eq!(sp.digest, sb.digest);
 }
+
+#[test]
+fn protect_adds_a_second_backup_to_a_running_application() {
+    if !is_root() {
+        return;
+    }
+    let (pd, b1d, b2d, kd) = (
+        Dir::new("prot-p"),
+        Dir::new("prot-b1"),
+        Dir::new("prot-b2"),
+        Dir::new("prot-k"),
+    );
+    let key = kd.0.join("cluster.key");
+    let (a1, a2) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut b1 = backup(&[], &b1d.0, &key, &a1, &[]);
+    let mut b2 = backup(&[], &b2d.0, &key, &a2, &[]);
+    let mut p = primary(
+        &[],
+        &pd.0,
+        &key,
+        &a1,
+        &[
+            "--threads",
+            "2",
+            "--messages",
+            "2000",
+            "--pause-us",
+            "20000",
+        ],
+    );
+    let sock = pd.0.join("agents/primary-w.sock");
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+        sleep(Duration::from_millis(20));
+    }
+    sleep(Duration::from_millis(200));
+    let out = Command::new(UNDERSTUDY)
+        .arg("--state-dir")
+        .arg(&pd.0)
+        .args(["protect", "w", "--add", &a2])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.stderr());
+    b1.kill();
+    b2.kill();
+    let (sp, s1, s2) = (
+        summary(&pd.0, "w"),
+        summary(&b1d.0, "w"),
+        summary(&b2d.0, "w"),
+    );
+    assert_eq!(sp.records, 4000);
+    assert_eq!((s1.gaps, s2.gaps), (0, 0));
+    assert_eq!(sp.digest, s1.digest);
+    assert_eq!(sp.digest, s2.digest);
+}
