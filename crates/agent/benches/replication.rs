@@ -52,6 +52,41 @@ fn raw_tcp(total: u64) -> f64 {
     total as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
+/// The encrypted transport alone (no journals): 64-byte records, 1024 per data frame.
+async fn transport_only(msgs: u64) -> f64 {
+    let key = ClusterKey::generate();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let k2 = key.clone();
+    let rx = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let (mut r, _w) = transport::accept(s, &k2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut got = 0u64;
+        while got < msgs {
+            if let transport::Frame::Data { records, .. } = r.next_frame().await.unwrap() {
+                got += records.len() as u64;
+            }
+        }
+    });
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (_r, mut w) =
+        transport::connect(s, &key, transport::PROTOCOL_VERSION, Duration::from_secs(5))
+            .await
+            .unwrap();
+    let payload = [0x5au8; 64];
+    let start = Instant::now();
+    let mut seq = 1;
+    while seq <= msgs {
+        w.queue_data(seq, (0..1024).map(|i| (i % 8, &payload[..])));
+        w.flush().await.unwrap();
+        seq += 1024;
+    }
+    rx.await.unwrap();
+    (seq - 1) as f64 * 64.0 / start.elapsed().as_secs_f64() / 1e6
+}
+
 fn opts(fsync: FsyncPolicy) -> JournalOptions {
     JournalOptions {
         fsync,
@@ -134,10 +169,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut raw, mut mps, mut mbs) = (vec![], vec![], vec![]);
+    let (mut raw, mut mps, mut mbs, mut tro) = (vec![], vec![], vec![], vec![]);
     let (mut p50n, mut p99n, mut p50a, mut p99a) = (vec![], vec![], vec![], vec![]);
+    if std::env::var_os("BENCH_ONLY_THROUGHPUT").is_some() {
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (m, mb) = rt.block_on(throughput(d.path(), msgs));
+        println!("replication {m:.0} msg/s {mb:.1} MB/s");
+        return;
+    }
     for run in 0..runs {
         let r = raw_tcp(2 << 30);
+        let t = rt.block_on(transport_only(msgs));
         let d = tempfile::tempdir_in(&base).unwrap();
         let (m, mb) = rt.block_on(throughput(d.path(), msgs));
         let d = tempfile::tempdir_in(&base).unwrap();
@@ -145,11 +187,12 @@ fn main() {
         let d = tempfile::tempdir_in(&base).unwrap();
         let (f50, f99) = rt.block_on(ack_latency(d.path(), 1000, FsyncPolicy::Always));
         println!(
-            "run {run}: raw tcp {r:.0} MB/s | replication {m:.0} msg/s {mb:.1} MB/s ({:.1}% of raw) | \
+            "run {run}: raw tcp {r:.0} MB/s | encrypted transport only {t:.0} MB/s | replication {m:.0} msg/s {mb:.1} MB/s ({:.1}% of raw) | \
              sync ack fsync=never p50 {a50:.0} us p99 {a99:.0} us | fsync=always p50 {f50:.0} us p99 {f99:.0} us",
             mb / r * 100.0
         );
         raw.push(r);
+        tro.push(t);
         mps.push(m);
         mbs.push(mb);
         p50n.push(a50);
@@ -160,6 +203,8 @@ fn main() {
     let (r, mb) = (median(&mut raw), median(&mut mbs));
     println!("median of {runs} runs ({msgs} x 64-byte messages, batches of 1024):");
     println!("  raw TCP loopback           {r:.0} MB/s");
+    let t = median(&mut tro);
+    println!("  encrypted transport only (64-byte records, no journals) {t:.0} MB/s payload = {:.1}% of raw TCP", t / r * 100.0);
     println!(
         "  replication primary->backup {:.0} msg/s, {mb:.1} MB/s payload = {:.1}% of raw TCP",
         median(&mut mps),

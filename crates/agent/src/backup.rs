@@ -481,7 +481,7 @@ fn journal_data(
     app: &BApp,
     generation: u64,
     first_seq: u64,
-    records: &[transport::DataRecord],
+    records: &transport::DataBatch,
 ) -> Result<(), AgentError> {
     let n = records.len() as u64;
     if n == 0 {
@@ -502,10 +502,10 @@ fn journal_data(
         }
         // Records we already hold (a resend after reconnect) are skipped, never re-written.
         let skip = usize::try_from(last + 1 - first_seq).unwrap_or(usize::MAX);
-        for (i, r) in records.iter().enumerate().skip(skip) {
-            st.append(first_seq + i as u64, r.stream, &r.payload)
+        for (i, (stream, payload)) in records.iter().enumerate().skip(skip) {
+            st.append(first_seq + i as u64, stream, payload)
                 .map_err(|e| AgentError::Store(e.to_string()))?;
-            bytes += r.payload.len() as u64;
+            bytes += payload.len() as u64;
         }
         Ok(st.last_seq())
     })?;

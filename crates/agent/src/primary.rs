@@ -87,11 +87,21 @@ impl std::fmt::Debug for PrimaryConfig {
     }
 }
 
+/// A record in the window. Payloads of one submitted batch share one buffer (one allocation
+/// per batch rather than per record).
 struct WRec {
     stream: u32,
-    payload: Box<[u8]>,
+    buf: Arc<Vec<u8>>,
+    off: usize,
+    len: usize,
     /// Payload bytes of every record up to and including this one.
     cum_bytes: u64,
+}
+
+impl WRec {
+    fn payload(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
 }
 
 struct Window {
@@ -275,21 +285,30 @@ impl Primary {
             let before = st.fsyncs();
             st.commit().map_err(|e| AgentError::Store(e.to_string()))?;
             Metrics::add(&s.metrics.fsyncs, st.fsyncs() - before);
+            let mut joined = Vec::with_capacity(added.iter().map(|(_, p)| p.len()).sum());
+            for (_, p) in &added {
+                joined.extend_from_slice(p);
+            }
+            let buf = Arc::new(joined);
             let mut w = s.window.lock().expect("window lock");
             let mut cum = s.total_bytes.load(Relaxed);
+            let mut off = 0;
             for (stream, p) in &added {
                 cum += p.len() as u64;
                 w.bytes += p.len();
                 w.recs.push_back(WRec {
                     stream: *stream,
-                    payload: (*p).into(),
+                    buf: buf.clone(),
+                    off,
+                    len: p.len(),
                     cum_bytes: cum,
                 });
+                off += p.len();
             }
             s.total_bytes.store(cum, Relaxed);
             while w.bytes > s.cfg.window_bytes && w.recs.len() > 1 {
                 let r = w.recs.pop_front().expect("non-empty");
-                w.bytes -= r.payload.len();
+                w.bytes -= r.len;
                 w.first += 1;
             }
             Ok::<_, AgentError>(seq)
@@ -428,7 +447,7 @@ fn lag_bytes(s: &Shared, acked: u64, last: u64) -> u64 {
     if acked + 1 >= w.first {
         let idx = usize::try_from(acked + 1 - w.first).unwrap_or(usize::MAX);
         if let Some(r) = w.recs.get(idx) {
-            return total - (r.cum_bytes - r.payload.len() as u64);
+            return total - (r.cum_bytes - r.len as u64);
         }
         return 0;
     }
@@ -752,21 +771,19 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
             let start = usize::try_from(next - w.first).unwrap_or(usize::MAX);
             let mut bytes = 0usize;
             let mut count = 0usize;
-            for r in w.recs.iter().skip(start) {
-                if count > 0 && bytes + r.payload.len() > max {
+            for r in w.recs.range(start.min(w.recs.len())..) {
+                if count > 0 && bytes + r.len > max {
                     break;
                 }
-                bytes += r.payload.len();
+                bytes += r.len;
                 count += 1;
             }
             if count > 0 {
                 writer.queue_data(
                     next,
                     w.recs
-                        .iter()
-                        .skip(start)
-                        .take(count)
-                        .map(|r| (r.stream, &r.payload[..])),
+                        .range(start..start + count)
+                        .map(|r| (r.stream, r.payload())),
                 );
                 return Ok((count as u64, bytes as u64));
             }

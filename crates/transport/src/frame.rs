@@ -92,12 +92,59 @@ impl RefuseCode {
     }
 }
 
-/// One replication record inside a `Data` frame; its seq is implied by the frame's
-/// `first_seq` and its position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataRecord {
-    pub stream: u32,
-    pub payload: Vec<u8>,
+/// The records of a `Data` frame, `(stream, payload)` in seq order (record `i` has seq
+/// `first_seq + i`). Payloads share one buffer: one allocation per frame, not per record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataBatch {
+    bytes: Vec<u8>,
+    /// (stream, offset in `bytes`, length) per record.
+    index: Vec<(u32, u32, u32)>,
+}
+
+impl DataBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append a record.
+    ///
+    /// # Panics
+    /// If the batch grows past 4 GiB (frames are capped far below that).
+    pub fn push(&mut self, stream: u32, payload: &[u8]) {
+        let off = u32::try_from(self.bytes.len()).expect("batch under 4 GiB");
+        let len = u32::try_from(payload.len()).expect("payload under 4 GiB");
+        self.bytes.extend_from_slice(payload);
+        self.index.push((stream, off, len));
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The records in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
+        self.index.iter().map(|&(stream, off, len)| {
+            let off = off as usize;
+            (stream, &self.bytes[off..off + len as usize])
+        })
+    }
+}
+
+impl<'a> FromIterator<(u32, &'a [u8])> for DataBatch {
+    fn from_iter<I: IntoIterator<Item = (u32, &'a [u8])>>(iter: I) -> Self {
+        let mut b = DataBatch::new();
+        for (stream, p) in iter {
+            b.push(stream, p);
+        }
+        b
+    }
 }
 
 /// A protocol frame.
@@ -120,10 +167,7 @@ pub enum Frame {
     /// Either side: the stream cannot go on, and why.
     Refuse { code: RefuseCode, message: String },
     /// Primary → backup: records `first_seq, first_seq + 1, ...` in order.
-    Data {
-        first_seq: u64,
-        records: Vec<DataRecord>,
-    },
+    Data { first_seq: u64, records: DataBatch },
     /// Backup → primary: every record up to `durable_seq` is durable in the backup's journal.
     /// `journaled_bytes` (payload bytes) exists from version 2 on; version 1 peers send 0.
     Ack {
@@ -247,11 +291,7 @@ pub fn encode(frame: &Frame, version: u16, out: &mut Vec<u8>) -> Result<(), Fram
             put_str(out, message);
         }
         Frame::Data { first_seq, records } => {
-            encode_data(
-                out,
-                *first_seq,
-                records.iter().map(|r| (r.stream, r.payload.as_slice())),
-            );
+            encode_data(out, *first_seq, records.iter());
             return Ok(());
         }
         Frame::Ack {
@@ -449,12 +489,14 @@ fn decode_body(body: &[u8], version: u16) -> Result<Frame, FrameError> {
                     why: "is 0 (sequence numbers start at 1)".into(),
                 });
             }
-            let mut records = Vec::with_capacity(count);
+            let mut records = DataBatch {
+                bytes: Vec::with_capacity(b.b.len() - count * RECORD_OVERHEAD),
+                index: Vec::with_capacity(count),
+            };
             for _ in 0..count {
                 let stream = b.u32("stream")?;
                 let n = usize::try_from(b.u32("payload_len")?).unwrap_or(usize::MAX);
-                let payload = b.take(n, "payload")?.to_vec();
-                records.push(DataRecord { stream, payload });
+                records.push(stream, b.take(n, "payload")?);
             }
             Frame::Data { first_seq, records }
         }
@@ -515,10 +557,7 @@ mod tests {
             )
                 .prop_map(|(first_seq, rs)| Frame::Data {
                     first_seq,
-                    records: rs
-                        .into_iter()
-                        .map(|(stream, payload)| DataRecord { stream, payload })
-                        .collect()
+                    records: rs.iter().map(|(stream, p)| (*stream, &p[..])).collect()
                 }),
             (any::<u64>(), any::<u64>()).prop_map(|(d, j)| Frame::Ack {
                 durable_seq: d,

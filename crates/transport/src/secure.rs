@@ -600,16 +600,7 @@ mod tests {
             },
             Frame::Data {
                 first_seq: 1,
-                records: vec![
-                    crate::DataRecord {
-                        stream: 1,
-                        payload: big.clone(),
-                    },
-                    crate::DataRecord {
-                        stream: 2,
-                        payload: b"x".to_vec(),
-                    },
-                ],
+                records: [(1, &big[..]), (2, &b"x"[..])].into_iter().collect(),
             },
             Frame::Heartbeat { sent_unix_nanos: 5 },
         ];
