@@ -171,6 +171,13 @@ fn main() {
         .unwrap();
     let (mut raw, mut mps, mut mbs, mut tro) = (vec![], vec![], vec![], vec![]);
     let (mut p50n, mut p99n, mut p50a, mut p99a) = (vec![], vec![], vec![], vec![]);
+    if std::env::var_os("BENCH_ONLY_TRANSPORT").is_some() {
+        println!(
+            "transport only {:.0} MB/s",
+            rt.block_on(transport_only(msgs))
+        );
+        return;
+    }
     if std::env::var_os("BENCH_ONLY_THROUGHPUT").is_some() {
         let d = tempfile::tempdir_in(&base).unwrap();
         let (m, mb) = rt.block_on(throughput(d.path(), msgs));

@@ -28,7 +28,7 @@ use crate::key::ClusterKey;
 use crate::{version_accepted, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// The Noise pattern and primitives. See `docs/wire-protocol.md` for why.
-pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
 const PREAMBLE_MAGIC: &[u8; 4] = b"USTD";
 const PROLOGUE_LABEL: &[u8] = b"understudy-wire";
 const NOISE_MAX: usize = 65535;
