@@ -23,10 +23,12 @@ pub enum Error {
         source: io::Error,
     },
     /// Another process (or another `Journal` in this one) holds the journal directory.
-    #[error("{dir}: journal is already open elsewhere (lock file held)")]
+    #[error("{dir}: journal is already open elsewhere (lock file held{})", holder.map_or_else(String::new, |p| format!(" by pid {p}")))]
     Locked {
         /// The journal directory.
         dir: PathBuf,
+        /// The pid recorded in the lock file by its holder, if readable.
+        holder: Option<u32>,
     },
     /// A record that is not the last one written is damaged: this is not a torn tail and is
     /// never repaired automatically.
@@ -80,6 +82,16 @@ pub enum Error {
         offset: usize,
         /// What is wrong.
         reason: Corruption,
+    },
+    /// A frame offered again for a seq already held differs from the stored one.
+    #[error("{dir}: frame for seq {seq} (batch byte {offset}) differs from the record already journaled")]
+    Conflict {
+        /// The journal directory.
+        dir: PathBuf,
+        /// The sequence number.
+        seq: u64,
+        /// Offset of the frame in the batch.
+        offset: usize,
     },
     /// The requested sequence number is no longer (or not yet) held.
     #[error("{dir}: seq {seq} is not held (journal holds {first}..={last})")]

@@ -30,33 +30,76 @@ pub const SEGMENT_SUFFIX: &str = ".seg";
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Corruption {
     /// The file ends inside the segment header.
-    ShortHeader { len: u64 },
+    ShortHeader {
+        /// Bytes the file has.
+        len: u64,
+    },
     /// The segment header does not start with [`SEGMENT_MAGIC`].
     BadMagic,
     /// The segment header checksum does not match.
     HeaderChecksum,
     /// The segment header has a valid checksum but a version this build does not read.
-    UnsupportedVersion { version: u16 },
+    UnsupportedVersion {
+        /// The version found.
+        version: u16,
+    },
     /// The segment header declares a length other than [`SEGMENT_HEADER_LEN`].
-    BadHeaderLength { len: u16 },
+    BadHeaderLength {
+        /// The length found.
+        len: u16,
+    },
     /// The file name says one first sequence number, the header another.
-    NameMismatch { name_seq: u64, header_seq: u64 },
+    NameMismatch {
+        /// From the file name.
+        name_seq: u64,
+        /// From the header.
+        header_seq: u64,
+    },
     /// The segment belongs to another journal (its journal id differs).
-    ForeignSegment { expected: u64, found: u64 },
+    ForeignSegment {
+        /// The journal id of the earlier segments.
+        expected: u64,
+        /// This segment's journal id.
+        found: u64,
+    },
     /// Segment indices must increase by one from segment to segment.
-    IndexMismatch { expected: u64, found: u64 },
+    IndexMismatch {
+        /// Previous index + 1.
+        expected: u64,
+        /// This segment's index.
+        found: u64,
+    },
     /// The file ends inside a record frame header.
-    ShortRecordHeader { have: u64 },
+    ShortRecordHeader {
+        /// Bytes left in the file.
+        have: u64,
+    },
     /// The length field is larger than [`MAX_PAYLOAD`].
-    LengthTooLarge { len: u32 },
+    LengthTooLarge {
+        /// The length found.
+        len: u32,
+    },
     /// The file ends inside the record payload.
-    ShortPayload { len: u32, have: u64 },
+    ShortPayload {
+        /// The declared payload length.
+        len: u32,
+        /// Bytes left in the file after the frame header.
+        have: u64,
+    },
     /// Reserved header bits (segment or record) are set.
-    ReservedBits { flags: u32 },
+    ReservedBits {
+        /// The bits found.
+        flags: u32,
+    },
     /// The record checksum does not match.
     RecordChecksum,
     /// A well-formed record carries an unexpected sequence number.
-    SeqMismatch { expected: u64, found: u64 },
+    SeqMismatch {
+        /// The seq that had to come next.
+        expected: u64,
+        /// The seq found.
+        found: u64,
+    },
 }
 
 impl fmt::Display for Corruption {
@@ -195,25 +238,25 @@ impl RecordHeader {
                 have: b.len() as u64,
             });
         }
-        let len = le_u32(&b[0..4]);
+        let len = le_u32(&b[4..8]);
         if len > MAX_PAYLOAD {
             return Err(Corruption::LengthTooLarge { len });
         }
-        let flags = le_u32(&b[16..20]);
+        let flags = le_u32(&b[12..16]);
         if flags != 0 {
             return Err(Corruption::ReservedBits { flags });
         }
         Ok(Self {
             len,
-            stream: le_u32(&b[4..8]),
-            seq: le_u64(&b[8..16]),
-            crc: le_u32(&b[20..24]),
+            stream: le_u32(&b[8..12]),
+            seq: le_u64(&b[16..24]),
+            crc: le_u32(&b[0..4]),
         })
     }
 
     /// Check the stored checksum against the header bytes and the payload.
     pub fn verify(&self, header: &[u8], payload: &[u8]) -> Result<(), Corruption> {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[0..20]), payload);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_LEN]), payload);
         if crc == self.crc {
             Ok(())
         } else {
@@ -231,14 +274,17 @@ impl RecordHeader {
 pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut h = [0u8; RECORD_HEADER_LEN];
-    h[0..4].copy_from_slice(&len.to_le_bytes());
-    h[4..8].copy_from_slice(&stream.to_le_bytes());
-    h[8..16].copy_from_slice(&seq.to_le_bytes());
-    // 16..20: flags, zero in version 1.
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..20]), payload);
-    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    // 0..4: crc, filled in below; 12..16: flags, zero in version 1.
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..12].copy_from_slice(&stream.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    let start = out.len();
+    out.reserve(RECORD_HEADER_LEN + payload.len());
     out.extend_from_slice(&h);
     out.extend_from_slice(payload);
+    // One pass over the contiguous bytes after the checksum field.
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A record decoded from a contiguous buffer of frames, borrowing its payload.
@@ -266,7 +312,10 @@ pub fn decode_frame(buf: &[u8]) -> Result<(FrameRef<'_>, usize), Corruption> {
         });
     }
     let payload = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
-    h.verify(buf, payload)?;
+    // Header and payload are contiguous here: one CRC pass over the frame after the field.
+    if crc32c::crc32c(&buf[4..RECORD_HEADER_LEN + len]) != h.crc {
+        return Err(Corruption::RecordChecksum);
+    }
     Ok((
         FrameRef {
             seq: h.seq,
@@ -384,7 +433,7 @@ mod tests {
     fn huge_length_is_refused_without_allocating() {
         let mut buf = Vec::new();
         encode_record(&mut buf, 1, 0, b"x");
-        buf[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        buf[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             decode_frame(&buf).unwrap_err(),
             Corruption::LengthTooLarge { len: u32::MAX }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{Corruption, FORMAT_VERSION};
 use crate::segment::{list_dir, scan_segment, ScanResult};
 use crate::TailCut;
@@ -49,6 +49,8 @@ pub struct SegmentSummary {
 /// prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Always `"journal"` (`understudy inspect` also prints images, whose `kind` is `"image"`).
+    pub kind: &'static str,
     /// The directory.
     pub dir: PathBuf,
     /// Segment format version this reader understands.
@@ -84,11 +86,46 @@ pub struct Summary {
     pub problems: Vec<String>,
 }
 
+/// True when `path` is a directory holding at least one journal segment file (lets
+/// `understudy inspect PATH` tell a journal from a checkpoint image).
+pub fn is_journal_dir(path: impl AsRef<Path>) -> bool {
+    list_dir(path.as_ref()).is_ok_and(|l| !l.segments.is_empty() || !l.tmp.is_empty())
+}
+
 /// Summarize the journal in `dir`, verifying every record. Read-only.
 pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
+    summarize_range(dir, 0, u64::MAX)
+}
+
+/// [`summarize`] restricted to the records with `from <= seq <= to`: `records`, `first_seq`,
+/// `last_seq`, `gaps`, `streams` and `digest` then cover only those (the segment list still
+/// shows every file). Two hosts whose retention differs compare digests over a range both
+/// hold.
+pub fn summarize_range(dir: impl AsRef<Path>, from: u64, to: u64) -> Result<Summary> {
     let dir = dir.as_ref();
+    // A live writer's retention may remove a listed segment before it is read; the listing
+    // is then stale and the pass starts over (retention is rare and quick).
+    let mut attempts = 0;
+    loop {
+        match summarize_once(dir, from, to)? {
+            Some(s) => return Ok(s),
+            None if attempts < 10 => attempts += 1,
+            None => {
+                return Err(Error::io(
+                    dir,
+                    "summarize",
+                    std::io::Error::other("segments kept vanishing while being read"),
+                ))
+            }
+        }
+    }
+}
+
+/// One pass; `None` when a listed segment vanished meanwhile.
+fn summarize_once(dir: &Path, from: u64, to: u64) -> Result<Option<Summary>> {
     let listing = list_dir(dir)?;
     let mut s = Summary {
+        kind: "journal",
         dir: dir.to_path_buf(),
         format_version: FORMAT_VERSION,
         records: 0,
@@ -128,6 +165,9 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
         let mut overlap = None;
         let mut first_in_seg = None;
         let result = scan_segment(seg, |seq, stream, payload| {
+            if seq < from || seq > to {
+                return;
+            }
             if last.is_some_and(|l| seq <= l) {
                 skipped += 1;
                 overlap.get_or_insert(seq);
@@ -151,7 +191,15 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
                 s.first_seq = Some(seq);
             }
             last = Some(seq);
-        })?;
+        });
+        let result = match result {
+            Ok(r) => r,
+            // Removed by the writer's retention since the listing.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         s.last_seq = last;
         if let Some(seq) = overlap {
             s.problems.push(format!(
@@ -220,7 +268,7 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
     }
     s.streams = s.stream_records.len();
     s.digest = hex::encode(hasher.finalize());
-    Ok(s)
+    Ok(Some(s))
 }
 
 impl fmt::Display for Summary {
@@ -239,11 +287,15 @@ impl fmt::Display for Summary {
         }
         writeln!(f)?;
         write!(f, "  streams   {}", self.streams)?;
-        for (st, n) in self.stream_records.iter().take(16) {
-            write!(f, " {st}:{n}")?;
-        }
-        if self.stream_records.len() > 16 {
-            write!(f, " ...")?;
+        if !self.stream_records.is_empty() {
+            write!(f, " (records per stream:")?;
+            for (st, n) in self.stream_records.iter().take(16) {
+                write!(f, " {st}={n}")?;
+            }
+            if self.stream_records.len() > 16 {
+                write!(f, " ...")?;
+            }
+            write!(f, ")")?;
         }
         writeln!(f)?;
         writeln!(f, "  digest    {} (sha256)", self.digest)?;

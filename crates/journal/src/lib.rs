@@ -24,37 +24,79 @@
 //! [`SharedJournal`], which adds group commit (one fsync covers every appender waiting).
 //!
 //! The layout and its version rules are documented in `docs/journal-format.md`.
+//!
+//! ```
+//! use journal::{FsyncPolicy, Journal, JournalOptions, RecordIter};
+//!
+//! # fn main() -> Result<(), journal::Error> {
+//! # let tmp = std::env::temp_dir().join(format!("journal-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&tmp);
+//! let opts = JournalOptions { fsync: FsyncPolicy::Always, ..JournalOptions::default() };
+//! let (mut j, recovery) = Journal::open(&tmp, opts.clone())?;
+//! if !recovery.is_clean() {
+//!     eprintln!("journal repaired: {recovery}"); // never silent
+//! }
+//! j.append(7, j.last_seq() + 1, b"first")?;
+//! let seq = j.append_next(7, b"second")?; // the journal picks last_seq() + 1
+//! assert_eq!(j.commit()?, seq); // durable (fsynced) up to `seq`
+//! assert!(j.append(7, 9, b"gap").is_err()); // typed error: seq must be last_seq() + 1
+//!
+//! // Primary -> backup: ship frames as stored, append them without re-encoding.
+//! let batch = j.read_raw_from(1, 64 << 10)?;
+//! # let backup_dir = tmp.join("backup");
+//! let (mut backup, _) = Journal::open(&backup_dir, opts)?;
+//! backup.append_raw(&batch.bytes)?;
+//! backup.commit()?;
+//!
+//! // Readers: on the open journal, or from another process without the lock.
+//! let records: Vec<_> = j.read_from(1)?.collect::<Result<_, _>>()?;
+//! assert_eq!(records[1].payload, b"second");
+//! assert_eq!(RecordIter::open_dir(&backup_dir, 1)?.count(), 2);
+//!
+//! // Same records on both sides: same digest.
+//! drop((j, backup));
+//! let (a, b) = (journal::inspect::summarize(&tmp)?, journal::inspect::summarize(&backup_dir)?);
+//! assert_eq!((a.records, a.gaps, &a.digest), (2, 0, &b.digest));
+//! # std::fs::remove_dir_all(&tmp).ok();
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod error;
 pub mod format;
 pub mod inspect;
+mod raw;
 mod reader;
+mod recover;
 mod segment;
 mod shared;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 pub use error::{Error, Result};
 pub use format::Corruption;
-pub use reader::RecordIter;
+pub use reader::{RecordIter, RecordRef};
 pub use shared::SharedJournal;
 
 use format::{
     encode_record, segment_file_name, SegmentHeader, MAX_PAYLOAD, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
 };
-use segment::{
-    list_dir, read_header, scan_segment, ScanResult, SegmentFile, INDEX_STRIDE, TMP_SUFFIX,
-};
+use segment::{INDEX_STRIDE, NEW_SUFFIX, TMP_SUFFIX};
+
+/// Upper bound on the bytes one [`Journal::read_raw_into`] call reads at once, whatever
+/// `max_bytes` says (a single larger frame is still returned whole).
+pub const MAX_RAW_BATCH: usize = 64 << 20;
 
 /// Name of the lock file inside a journal directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -99,6 +141,11 @@ pub struct JournalOptions {
     pub start_seq: u64,
     /// Buffered bytes that trigger a write to the kernel before `commit()`.
     pub write_buffer: usize,
+    /// Verify every record of the sealed segments on open (default). When false, `open`
+    /// checks only their headers and file-name continuity (fast for large journals); damage
+    /// inside a sealed segment then surfaces as [`Error::Corrupt`] when it is read. The last
+    /// segment is always verified record by record.
+    pub verify_sealed: bool,
 }
 
 impl Default for JournalOptions {
@@ -109,6 +156,7 @@ impl Default for JournalOptions {
             max_payload: 16 << 20,
             start_seq: 1,
             write_buffer: 1 << 20,
+            verify_sealed: true,
         }
     }
 }
@@ -144,6 +192,9 @@ pub struct Recovery {
     /// Files removed: a last segment whose header was torn, leftovers of an interrupted
     /// [`Journal::reset`].
     pub removed_files: Vec<PathBuf>,
+    /// Where a removed last segment that held more than a header was moved
+    /// (`NAME.seg.damaged`), rather than deleted.
+    pub set_aside: Vec<PathBuf>,
 }
 
 impl Recovery {
@@ -179,6 +230,9 @@ impl fmt::Display for Recovery {
         for p in &self.removed_files {
             write!(f, "; removed {}", p.display())?;
         }
+        for p in &self.set_aside {
+            write!(f, " (kept as {})", p.display())?;
+        }
         if self.bytes_cut > 0 {
             write!(f, "; {} byte(s) cut", self.bytes_cut)?;
         }
@@ -208,6 +262,28 @@ pub struct Stats {
     pub fsyncs: u64,
     /// Segments created since open.
     pub segments_created: u64,
+}
+
+/// What [`Journal::append_raw_idempotent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawAppend {
+    /// Frames already held (identical) and skipped.
+    pub skipped: u64,
+    /// Frames appended.
+    pub appended: u64,
+    /// `last_seq()` afterwards.
+    pub last_seq: u64,
+}
+
+/// What [`Journal::read_raw_into`] appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRange {
+    /// Sequence number of the first frame (0 when empty).
+    pub first_seq: u64,
+    /// Sequence number of the last frame (0 when empty).
+    pub last_seq: u64,
+    /// Number of frames.
+    pub records: u64,
 }
 
 /// A batch of whole record frames, exactly as stored, for shipping (see
@@ -263,233 +339,6 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Open (or create) the journal in `dir`, recovering its tail. See [`Recovery`].
-    pub fn open(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<(Journal, Recovery)> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, "open", e))?;
-        try_lock(&lock).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
-            _ => Error::io(&lock_path, "flock", e),
-        })?;
-        let mut rec = Recovery {
-            created: false,
-            segments_scanned: 0,
-            records: 0,
-            first_seq: 0,
-            last_valid_seq: 0,
-            bytes_cut: 0,
-            cut: None,
-            removed_files: Vec::new(),
-        };
-        let sync = opts.fsync != FsyncPolicy::Never;
-        let mut listing = list_dir(&dir)?;
-        complete_pending_reset(&dir, &mut listing, &mut rec, sync)?;
-
-        // A last segment whose header never made it to disk completely is a torn tail.
-        if let Some(last) = listing.segments.last() {
-            if let Err(reason) = read_header(&last.path)? {
-                if !matches!(reason, Corruption::UnsupportedVersion { .. }) {
-                    let len = file_len(&last.path)?;
-                    let last = listing.segments.pop().unwrap_or_else(|| unreachable!());
-                    remove_file(&last.path)?;
-                    rec.bytes_cut += len;
-                    rec.cut = Some(TailCut {
-                        file: last.path.clone(),
-                        offset: 0,
-                        reason,
-                    });
-                    rec.removed_files.push(last.path.clone());
-                    if listing.segments.is_empty() {
-                        // Keep the sequence numbering the file name promised.
-                        let (j, mut r) =
-                            Self::create(dir, opts, lock, last.name_seq, 0, new_journal_id(), 0)?;
-                        r.created = false;
-                        r.bytes_cut = rec.bytes_cut;
-                        r.cut = rec.cut;
-                        r.removed_files = rec.removed_files;
-                        r.segments_scanned = 1;
-                        return Ok((j, r));
-                    }
-                }
-            }
-        }
-        if listing.segments.is_empty() {
-            let start = opts.start_seq.max(1);
-            return Self::create(dir, opts, lock, start, 0, new_journal_id(), 0);
-        }
-
-        let n = listing.segments.len();
-        let mut segments: Vec<SegmentInfo> = Vec::with_capacity(n);
-        for (i, seg) in listing.segments.iter().enumerate() {
-            let is_last = i + 1 == n;
-            let scan = match scan_segment(seg, |_, _, _| {})? {
-                ScanResult::Scanned(s) => s,
-                ScanResult::BadHeader { reason, .. } => {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason,
-                    })
-                }
-            };
-            rec.segments_scanned += 1;
-            if let Some(prev) = segments.last() {
-                let h = &scan.header;
-                let p = &prev.header;
-                if h.journal_id != p.journal_id {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason: Corruption::ForeignSegment {
-                            expected: p.journal_id,
-                            found: h.journal_id,
-                        },
-                    });
-                }
-                if h.first_seq != prev.last_seq() + 1 {
-                    return Err(Error::SegmentGap {
-                        path: seg.path.clone(),
-                        found: h.first_seq,
-                        prev_last: prev.last_seq(),
-                    });
-                }
-                if h.index != p.index + 1 {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason: Corruption::IndexMismatch {
-                            expected: p.index + 1,
-                            found: h.index,
-                        },
-                    });
-                }
-            }
-            let mut len = scan.file_len;
-            if let Some((offset, reason)) = scan.problem {
-                if !is_last {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset,
-                        reason,
-                    });
-                }
-                cut_file(&seg.path, scan.valid_len, sync)?;
-                rec.bytes_cut += scan.file_len - scan.valid_len;
-                rec.cut = Some(TailCut {
-                    file: seg.path.clone(),
-                    offset,
-                    reason,
-                });
-                len = scan.valid_len;
-            }
-            rec.records += scan.records;
-            segments.push(SegmentInfo {
-                path: seg.path.clone(),
-                header: scan.header,
-                len,
-                records: scan.records,
-                index: scan.index,
-            });
-        }
-        let last = segments.last().unwrap_or_else(|| unreachable!());
-        let last_seq = last.last_seq();
-        let epoch = last.header.epoch;
-        rec.first_seq = segments[0].header.first_seq;
-        rec.last_valid_seq = last_seq;
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&last.path)
-            .map_err(|e| Error::io(&last.path, "open", e))?;
-        let mut stats = Stats::default();
-        if sync {
-            // Records written by a process that crashed may still sit in the page cache.
-            active
-                .sync_data()
-                .map_err(|e| Error::io(&last.path, "fdatasync", e))?;
-            stats.fsyncs += 1;
-            if !rec.removed_files.is_empty() {
-                sync_dir(&dir)?;
-            }
-        }
-        let j = Journal {
-            dir,
-            opts,
-            _lock: lock,
-            epoch,
-            segments,
-            active: Arc::new(active),
-            buf: Vec::new(),
-            last_seq,
-            written_seq: last_seq,
-            durable_seq: last_seq,
-            unsynced: 0,
-            last_sync: Instant::now(),
-            failed: None,
-            stats,
-        };
-        Ok((j, rec))
-    }
-
-    /// Create a journal (no segment exists) whose first record will be `first_seq`.
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        dir: PathBuf,
-        opts: JournalOptions,
-        lock: File,
-        first_seq: u64,
-        index: u64,
-        journal_id: u64,
-        epoch: u64,
-    ) -> Result<(Journal, Recovery)> {
-        let header = SegmentHeader {
-            first_seq,
-            index,
-            journal_id,
-            epoch,
-        };
-        let sync = opts.fsync != FsyncPolicy::Never;
-        let (info, file) = create_segment(&dir, header, sync, false)?;
-        let j = Journal {
-            dir,
-            opts,
-            _lock: lock,
-            epoch,
-            segments: vec![info],
-            active: Arc::new(file),
-            buf: Vec::new(),
-            last_seq: first_seq - 1,
-            written_seq: first_seq - 1,
-            durable_seq: first_seq - 1,
-            unsynced: 0,
-            last_sync: Instant::now(),
-            failed: None,
-            stats: Stats {
-                segments_created: 1,
-                bytes_written: SEGMENT_HEADER_LEN as u64,
-                fsyncs: u64::from(sync),
-                ..Stats::default()
-            },
-        };
-        let rec = Recovery {
-            created: true,
-            segments_scanned: 0,
-            records: 0,
-            first_seq,
-            last_valid_seq: first_seq - 1,
-            bytes_cut: 0,
-            cut: None,
-            removed_files: Vec::new(),
-        };
-        Ok((j, rec))
-    }
-
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -594,51 +443,6 @@ impl Journal {
         Ok(self.last_seq)
     }
 
-    /// Append whole frames exactly as produced by [`Journal::read_raw_from`] on another
-    /// journal (no re-encoding). Every frame is checked (length bound, CRC, `seq` continuing
-    /// `last_seq()`) before anything is appended, so a bad batch appends nothing.
-    /// Returns the last sequence number.
-    pub fn append_raw(&mut self, frames: &[u8]) -> Result<u64> {
-        self.check_ok()?;
-        let mut expected = self.last_seq + 1;
-        let mut off = 0usize;
-        let max = self.opts.max_payload.min(MAX_PAYLOAD);
-        let mut spans = Vec::new();
-        while off < frames.len() {
-            let (f, n) =
-                format::decode_frame(&frames[off..]).map_err(|reason| Error::BadFrame {
-                    dir: self.dir.clone(),
-                    offset: off,
-                    reason,
-                })?;
-            if f.seq != expected {
-                return Err(Error::OutOfOrder {
-                    dir: self.dir.clone(),
-                    expected,
-                    got: f.seq,
-                });
-            }
-            if f.payload.len() > usize::try_from(max).unwrap_or(usize::MAX) {
-                return Err(Error::TooLarge {
-                    dir: self.dir.clone(),
-                    seq: f.seq,
-                    len: f.payload.len(),
-                    max,
-                });
-            }
-            spans.push((f.seq, off, n));
-            expected += 1;
-            off += n;
-        }
-        for (seq, off, n) in spans {
-            let frame = n as u64;
-            self.before_frame(seq, frame)?;
-            self.buf.extend_from_slice(&frames[off..off + n]);
-            self.after_frame(seq, frame)?;
-        }
-        Ok(self.last_seq)
-    }
-
     fn check_next(&self, seq: u64) -> Result<()> {
         let expected = self.last_seq + 1;
         if seq != expected {
@@ -721,6 +525,10 @@ impl Journal {
         }
         self.stats.bytes_written += self.buf.len() as u64;
         self.buf.clear();
+        if self.buf.capacity() > 4 * self.opts.write_buffer.max(1 << 16) {
+            // One huge record must not pin its size in memory for the journal's lifetime.
+            self.buf = Vec::new();
+        }
         self.unsynced += self.last_seq - self.written_seq;
         self.written_seq = self.last_seq;
         if self.opts.fsync == FsyncPolicy::Never {
@@ -755,6 +563,24 @@ impl Journal {
             FsyncPolicy::EveryN(n) => self.unsynced >= n.max(1),
             FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
             FsyncPolicy::Never => false,
+        }
+    }
+
+    /// By when records appended but not yet durable should be made durable: `None` when
+    /// nothing is pending (or under [`FsyncPolicy::Never`]); under `Interval(d)` the end of the
+    /// interval, when `commit()` will fsync; under `Always` and `EveryN` an instant already
+    /// past (`EveryN` with fewer than n pending needs `sync()`). An agent that may go quiet
+    /// must act by then — `sync()`, or `commit()` under `Interval` — or its last records stay
+    /// non-durable (and unacknowledged) until the next append: schedule a timer on this.
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        if self.last_seq == self.durable_seq && self.unsynced == 0 {
+            return None;
+        }
+        match self.opts.fsync {
+            FsyncPolicy::Never => None,
+            FsyncPolicy::Always | FsyncPolicy::EveryN(_) => Some(self.last_sync),
+            // An interval too long to represent has no deadline in practice.
+            FsyncPolicy::Interval(d) => self.last_sync.checked_add(d),
         }
     }
 
@@ -812,128 +638,32 @@ impl Journal {
         }
     }
 
-    /// Read whole record frames starting at `seq`, exactly as stored, for shipping to a
-    /// backup that appends them with [`Journal::append_raw`]. Returns at most `max_bytes` of
-    /// frames (but always at least one frame if `seq` is held, so that a large record still
-    /// makes progress) and never crosses a segment boundary. Each frame's CRC is verified
-    /// before it is returned. An empty batch means `seq > last_seq()`.
-    pub fn read_raw_from(&mut self, seq: u64, max_bytes: usize) -> Result<RawBatch> {
-        self.flush()?;
-        let empty = RawBatch {
-            first_seq: 0,
-            last_seq: 0,
-            records: 0,
-            bytes: Vec::new(),
-        };
-        if seq > self.written_seq {
-            return Ok(empty);
-        }
-        if seq < self.first_seq() {
-            return Err(self.not_held(seq));
-        }
-        let seg = match self
-            .segments
-            .iter()
-            .find(|s| s.records > 0 && s.header.first_seq <= seq && s.last_seq() >= seq)
-        {
-            Some(s) => s.clone(),
-            None => return Err(self.not_held(seq)),
-        };
-        let end = seg.len;
-        let mut f = File::open(&seg.path).map_err(|e| Error::io(&seg.path, "open", e))?;
-        let start = segment::seek_to_seq(
-            &seg.path,
-            &mut f,
-            &seg.index,
-            seg.header.first_seq,
-            seq,
-            end,
-        )?;
-        let avail = end - start;
-        let want = u64::try_from(max_bytes).unwrap_or(u64::MAX).min(avail);
-        let mut bytes = vec![0u8; usize::try_from(want).unwrap_or(0)];
-        f.seek(SeekFrom::Start(start))
-            .map_err(|e| Error::io(&seg.path, "seek", e))?;
-        f.read_exact(&mut bytes)
-            .map_err(|e| Error::io(&seg.path, "read", e))?;
-        // Keep whole frames only; fetch the rest of the first frame if it is larger.
-        let mut used = 0usize;
-        let mut records = 0u64;
-        let mut next = seq;
-        loop {
-            if bytes.len() - used < RECORD_HEADER_LEN {
-                if records == 0 {
-                    // Need at least the header of the first frame.
-                    let more = usize::try_from(avail).unwrap_or(0).min(RECORD_HEADER_LEN);
-                    bytes.resize(more, 0);
-                    f.seek(SeekFrom::Start(start))
-                        .map_err(|e| Error::io(&seg.path, "seek", e))?;
-                    f.read_exact(&mut bytes)
-                        .map_err(|e| Error::io(&seg.path, "read", e))?;
-                    continue;
-                }
-                break;
-            }
-            let h =
-                format::RecordHeader::decode(&bytes[used..]).map_err(|reason| Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: start + used as u64,
-                    reason,
-                })?;
-            let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
-            if bytes.len() - used < flen {
-                if records == 0 && h.frame_len() <= avail {
-                    // A single frame larger than max_bytes: read it whole.
-                    let old = bytes.len();
-                    bytes.resize(flen, 0);
-                    f.read_exact(&mut bytes[old..])
-                        .map_err(|e| Error::io(&seg.path, "read", e))?;
-                } else {
-                    break;
-                }
-            }
-            let (fr, n) =
-                format::decode_frame(&bytes[used..]).map_err(|reason| Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: start + used as u64,
-                    reason,
-                })?;
-            if fr.seq != next {
-                return Err(Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: start + used as u64,
-                    reason: Corruption::SeqMismatch {
-                        expected: next,
-                        found: fr.seq,
-                    },
-                });
-            }
-            used += n;
-            records += 1;
-            next += 1;
-        }
-        bytes.truncate(used);
-        Ok(RawBatch {
-            first_seq: seq,
-            last_seq: next - 1,
-            records,
-            bytes,
-        })
-    }
-
     /// Retention: remove every segment whose records all have a sequence number below `seq`
     /// (typically the cut of a checkpoint the backups hold). Only whole sealed segments are
     /// removed; the active segment is always kept, so `last_seq()` is unchanged.
     pub fn truncate_before(&mut self, seq: u64) -> Result<Truncation> {
         self.check_ok()?;
+        // Segments [0, k) hold only seqs below `seq` (their successor starts at or before it).
+        let k = self
+            .segments
+            .windows(2)
+            .take_while(|w| w[1].header.first_seq <= seq)
+            .count();
         let mut removed = 0usize;
         let mut bytes = 0u64;
-        while self.segments.len() > 1 && self.segments[1].header.first_seq <= seq {
-            let s = self.segments.remove(0);
-            remove_file(&s.path).map_err(|e| self.fail(e))?;
+        let mut result = Ok(());
+        // Oldest first, so a crash or an error midway leaves a contiguous suffix; the list
+        // only drops what is really gone, so a failed removal leaves the journal usable.
+        for s in &self.segments[..k] {
+            if let Err(e) = remove_file(&s.path) {
+                result = Err(e);
+                break;
+            }
             removed += 1;
             bytes += s.len;
         }
+        self.segments.drain(..removed);
+        result?;
         if removed > 0 && self.opts.fsync != FsyncPolicy::Never {
             sync_dir(&self.dir)?;
         }
@@ -950,7 +680,6 @@ impl Journal {
     pub fn reset(&mut self, next_seq: u64) -> Result<()> {
         self.check_ok()?;
         let next_seq = next_seq.max(1);
-        self.buf.clear();
         let sync = self.opts.fsync != FsyncPolicy::Never;
         let prev = self
             .segments
@@ -963,31 +692,40 @@ impl Journal {
             journal_id: prev.journal_id,
             epoch: self.epoch + 1,
         };
-        let (mut info, file) =
-            create_segment(&self.dir, header, sync, true).map_err(|e| self.fail(e))?;
+        // Nothing has changed if this fails: the journal stays usable.
+        let (mut info, file) = create_segment(&self.dir, header, sync, true)?;
         let tmp = info.path.clone();
-        for s in std::mem::take(&mut self.segments) {
-            remove_file(&s.path).map_err(|e| self.fail(e))?;
+        // From here on a failure leaves a half-done reset that `open` completes: mark the
+        // journal failed, but keep `segments` describing what is still on disk.
+        for (removed, s) in self.segments.iter().enumerate() {
+            if let Err(e) = remove_file(&s.path) {
+                self.segments.drain(..removed);
+                return Err(self.fail(e));
+            }
         }
         let final_path = self.dir.join(segment_file_name(next_seq));
-        fs::rename(&tmp, &final_path).map_err(|e| self.fail(Error::io(&tmp, "rename", e)))?;
-        if sync {
-            sync_dir(&self.dir)?;
+        if let Err(e) = fs::rename(&tmp, &final_path) {
+            self.segments = vec![info];
+            return Err(self.fail(Error::io(&tmp, "rename", e)));
         }
         info.path = final_path;
-        self.segments.push(info);
+        self.segments = vec![info];
         self.active = Arc::new(file);
+        self.buf.clear();
         self.epoch += 1;
         self.last_seq = next_seq - 1;
         self.written_seq = next_seq - 1;
         self.durable_seq = next_seq - 1;
         self.unsynced = 0;
         self.stats.segments_created += 1;
+        if sync {
+            sync_dir(&self.dir).map_err(|e| self.fail(e))?;
+        }
         Ok(())
     }
 
     /// For [`SharedJournal`]: what an fsync outside the lock must cover.
-    fn sync_ticket(&mut self) -> Result<Option<(Arc<File>, u64, PathBuf)>> {
+    fn sync_ticket(&mut self) -> Result<Option<SyncTicket>> {
         self.flush()?;
         if self.durable_seq >= self.written_seq && self.unsynced == 0 {
             return Ok(None);
@@ -998,26 +736,42 @@ impl Journal {
             .unwrap_or_else(|| unreachable!())
             .path
             .clone();
-        Ok(Some((Arc::clone(&self.active), self.written_seq, path)))
+        Ok(Some(SyncTicket {
+            file: Arc::clone(&self.active),
+            upto: self.written_seq,
+            epoch: self.epoch,
+            path,
+        }))
     }
 
-    /// For [`SharedJournal`]: an fsync of the ticket's file finished (or failed).
-    fn sync_done(&mut self, upto: u64, result: std::io::Result<()>, path: PathBuf) -> Result<u64> {
-        match result {
-            Ok(()) => {
-                self.stats.fsyncs += 1;
-                if upto > self.durable_seq {
-                    self.durable_seq = upto;
-                }
-                if self.written_seq == upto {
-                    self.unsynced = 0;
-                }
-                self.last_sync = Instant::now();
-                Ok(self.durable_seq)
-            }
-            Err(e) => Err(self.fail(Error::io(path, "fdatasync", e))),
+    /// For [`SharedJournal`]: the fsync of a ticket's file finished (or failed).
+    fn sync_done(&mut self, ticket: SyncTicket, result: std::io::Result<()>) -> Result<u64> {
+        if let Err(e) = result {
+            return Err(self.fail(Error::io(ticket.path, "fdatasync", e)));
         }
+        self.stats.fsyncs += 1;
+        // A reset while the fsync ran makes the ticket's seqs meaningless: ignore them.
+        if ticket.epoch == self.epoch {
+            if ticket.upto > self.durable_seq {
+                self.durable_seq = ticket.upto;
+            }
+            if self.written_seq == ticket.upto {
+                self.unsynced = 0;
+            }
+            self.last_sync = Instant::now();
+        }
+        Ok(self.durable_seq)
     }
+}
+
+/// An fsync to run outside the journal lock ([`SharedJournal`]'s group commit).
+#[derive(Debug)]
+struct SyncTicket {
+    file: Arc<File>,
+    /// Every record up to this seq is in `file` or in an earlier, already synced, segment.
+    upto: u64,
+    epoch: u64,
+    path: PathBuf,
 }
 
 impl Drop for Journal {
@@ -1029,36 +783,18 @@ impl Drop for Journal {
     }
 }
 
-#[allow(clippy::incompatible_msrv)] // File::try_lock is stable since 1.89; the toolchain is newer.
-fn try_lock(f: &File) -> std::io::Result<()> {
-    match f.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::ErrorKind::WouldBlock.into()),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
-    }
-}
-
-#[allow(clippy::cast_possible_truncation)] // folding 128 bits into 64 on purpose
-fn new_journal_id() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mixed = t ^ (u128::from(std::process::id()) << 64);
-    // Fold 128 bits into 64 and scramble; uniqueness, not secrecy, is the goal.
-    let folded = (mixed as u64) ^ ((mixed >> 64) as u64);
-    folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
-}
-
+/// Create a segment holding only its header. A normal segment is written as `X.seg.new` and
+/// renamed into place, so that no reader (nor a crash) ever sees a `*.seg` without a complete
+/// header; with `reset_tmp` it stays `X.seg.tmp` for [`Journal::reset`] to rename.
 fn create_segment(
     dir: &Path,
     header: SegmentHeader,
     sync: bool,
-    tmp: bool,
+    reset_tmp: bool,
 ) -> Result<(SegmentInfo, File)> {
-    let mut name = segment_file_name(header.first_seq);
-    if tmp {
-        name = name.replace(format::SEGMENT_SUFFIX, TMP_SUFFIX);
-    }
+    let final_path = dir.join(segment_file_name(header.first_seq));
+    let suffix = if reset_tmp { TMP_SUFFIX } else { NEW_SUFFIX };
+    let name = segment_file_name(header.first_seq).replace(format::SEGMENT_SUFFIX, suffix);
     let path = dir.join(name);
     let mut f = OpenOptions::new()
         .create_new(true)
@@ -1071,6 +807,22 @@ fn create_segment(
     if sync {
         f.sync_data()
             .map_err(|e| Error::io(&path, "fdatasync", e))?;
+    }
+    let path = if reset_tmp {
+        path
+    } else {
+        if final_path.exists() {
+            let _ = fs::remove_file(&path);
+            return Err(Error::io(
+                &final_path,
+                "create segment",
+                std::io::ErrorKind::AlreadyExists.into(),
+            ));
+        }
+        fs::rename(&path, &final_path).map_err(|e| Error::io(&path, "rename", e))?;
+        final_path
+    };
+    if sync {
         sync_dir(dir)?;
     }
     Ok((
@@ -1083,62 +835,6 @@ fn create_segment(
         },
         f,
     ))
-}
-
-/// Finish (or discard) a `reset` that a crash interrupted.
-fn complete_pending_reset(
-    dir: &Path,
-    listing: &mut segment::Listing,
-    rec: &mut Recovery,
-    sync: bool,
-) -> Result<()> {
-    let mut best: Option<(PathBuf, SegmentHeader)> = None;
-    for tmp in std::mem::take(&mut listing.tmp) {
-        match read_header(&tmp)? {
-            Ok(h) if best.as_ref().is_none_or(|(_, b)| h.epoch > b.epoch) => {
-                if let Some((old, _)) = best.take() {
-                    rec.bytes_cut += file_len(&old)?;
-                    remove_file(&old)?;
-                    rec.removed_files.push(old);
-                }
-                best = Some((tmp, h));
-            }
-            _ => {
-                rec.bytes_cut += file_len(&tmp)?;
-                remove_file(&tmp)?;
-                rec.removed_files.push(tmp);
-            }
-        }
-    }
-    if let Some((tmp, h)) = best {
-        for s in std::mem::take(&mut listing.segments) {
-            rec.bytes_cut += file_len(&s.path)?;
-            remove_file(&s.path)?;
-            rec.removed_files.push(s.path);
-        }
-        let final_path = dir.join(segment_file_name(h.first_seq));
-        fs::rename(&tmp, &final_path).map_err(|e| Error::io(&tmp, "rename", e))?;
-        listing.segments.push(SegmentFile {
-            path: final_path,
-            name_seq: h.first_seq,
-        });
-    }
-    if sync && !rec.removed_files.is_empty() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-fn cut_file(path: &Path, len: u64, sync: bool) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, "open", e))?;
-    f.set_len(len).map_err(|e| Error::io(path, "truncate", e))?;
-    if sync {
-        f.sync_all().map_err(|e| Error::io(path, "fsync", e))?;
-    }
-    Ok(())
 }
 
 fn file_len(path: &Path) -> Result<u64> {

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -34,6 +34,7 @@ pub struct RecordIter {
     lenient_tail: bool,
     done: bool,
     payload_limit: u32,
+    buf: Vec<u8>,
 }
 
 impl RecordIter {
@@ -47,6 +48,7 @@ impl RecordIter {
             lenient_tail: false,
             done: false,
             payload_limit: crate::format::MAX_PAYLOAD,
+            buf: Vec::new(),
         }
     }
 
@@ -78,21 +80,18 @@ impl RecordIter {
         Ok(it)
     }
 
-    fn corrupt(
-        &mut self,
-        path: PathBuf,
-        offset: u64,
-        reason: Corruption,
-    ) -> Option<Result<Record>> {
+    /// A damaged frame ends the iteration: with an error, or quietly at the tail of a
+    /// journal read from outside.
+    fn corrupt(&mut self, path: PathBuf, offset: u64, reason: Corruption) -> Option<Error> {
         self.done = true;
         if self.lenient_tail && self.segs.is_empty() {
             return None;
         }
-        Some(Err(Error::Corrupt {
+        Some(Error::Corrupt {
             path,
             offset,
             reason,
-        }))
+        })
     }
 
     fn open_next(&mut self) -> Result<bool> {
@@ -114,11 +113,22 @@ impl RecordIter {
         };
         let mut hb = [0u8; SEGMENT_HEADER_LEN];
         let n = read_full(&mut f, &mut hb).map_err(|e| Error::io(&seg.path, "read", e))?;
-        let h = SegmentHeader::decode(&hb[..n]).map_err(|reason| Error::Corrupt {
-            path: seg.path.clone(),
-            offset: 0,
-            reason,
-        })?;
+        let h = match SegmentHeader::decode(&hb[..n]) {
+            Ok(h) => h,
+            // The newest segment of a live journal read from outside: a header not (yet)
+            // complete is the end of the data, like a torn tail.
+            Err(_) if self.lenient_tail && self.segs.is_empty() => {
+                self.done = true;
+                return Ok(false);
+            }
+            Err(reason) => {
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason,
+                })
+            }
+        };
         if h.first_seq != seg.first_seq {
             return Err(Error::Corrupt {
                 path: seg.path.clone(),
@@ -157,7 +167,7 @@ impl RecordIter {
                 .map_err(|e| Error::io(&seg.path, "seek", e))?;
             f
         };
-        self.cur = Some((BufReader::with_capacity(256 << 10, f2), seg.path, off));
+        self.cur = Some((BufReader::with_capacity(64 << 10, f2), seg.path, off));
         Ok(true)
     }
 }
@@ -175,10 +185,40 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(have)
 }
 
-impl Iterator for RecordIter {
-    type Item = Result<Record>;
+/// A record borrowed from a [`RecordIter`]'s buffer (see [`RecordIter::next_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Stream id.
+    pub stream: u32,
+    /// Payload, valid until the next call on the iterator.
+    pub payload: &'a [u8],
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl RecordIter {
+    /// Like `next()`, but the payload is borrowed from a buffer the iterator reuses, so
+    /// iterating allocates nothing per record (a lending iterator: the borrow ends at the
+    /// next call).
+    pub fn next_ref(&mut self) -> Option<Result<RecordRef<'_>>> {
+        match self.advance()? {
+            Ok((seq, stream)) => Some(Ok(RecordRef {
+                seq,
+                stream,
+                payload: &self.buf,
+            })),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn cur_path(&self) -> PathBuf {
+        self.cur
+            .as_ref()
+            .map_or_else(|| self.dir.clone(), |(_, p, _)| p.clone())
+    }
+
+    /// Read the next record's payload into `self.buf`; return its seq and stream.
+    fn advance(&mut self) -> Option<Result<(u64, u32)>> {
         loop {
             if self.done || self.next_seq > self.end_seq {
                 return None;
@@ -204,76 +244,124 @@ impl Iterator for RecordIter {
                     }
                 }
             }
-            let (r, path, off) = self.cur.as_mut().unwrap_or_else(|| unreachable!());
-            let mut hb = [0u8; RECORD_HEADER_LEN];
-            let n = match read_full(r, &mut hb) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(Error::io(path.clone(), "read", e)));
-                }
-            };
-            if n == 0 {
-                // End of this segment at a frame boundary: continue with the next one.
-                self.cur = None;
-                continue;
-            }
-            let (path, offset) = (path.clone(), *off);
-            if n < RECORD_HEADER_LEN {
-                return self.corrupt(
-                    path,
-                    offset,
-                    Corruption::ShortRecordHeader { have: n as u64 },
-                );
-            }
-            let h = match RecordHeader::decode(&hb) {
-                Ok(h) if h.len <= self.payload_limit => h,
-                Ok(h) => {
-                    return self.corrupt(path, offset, Corruption::LengthTooLarge { len: h.len })
-                }
-                Err(c) => return self.corrupt(path, offset, c),
-            };
-            let len = usize::try_from(h.len).unwrap_or(usize::MAX);
-            // Bounded by MAX_PAYLOAD; read in pieces so a lying length on a short file fails
-            // at end of file instead of allocating up front.
-            let mut payload = Vec::with_capacity(len.min(1 << 20));
             let (r, _, off) = self.cur.as_mut().unwrap_or_else(|| unreachable!());
-            match r.by_ref().take(u64::from(h.len)).read_to_end(&mut payload) {
-                Ok(_) => {}
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(Error::io(path, "read", e)));
+            let offset = *off;
+            let h = match read_frame(r, &mut self.buf, self.payload_limit) {
+                Step::Frame(h) => h,
+                Step::Eof => {
+                    // End of this segment at a frame boundary: continue with the next one.
+                    self.cur = None;
+                    continue;
                 }
+                Step::Bad(c) => return self.corrupt(self.cur_path(), offset, c).map(Err),
+                Step::Io(e) => {
+                    self.done = true;
+                    return Some(Err(Error::io(self.cur_path(), "read", e)));
+                }
+            };
+            if let Some((_, _, off)) = self.cur.as_mut() {
+                *off += h.frame_len();
             }
-            if payload.len() < len {
-                let have = payload.len() as u64;
-                return self.corrupt(path, offset, Corruption::ShortPayload { len: h.len, have });
-            }
-            if let Err(c) = h.verify(&hb, &payload) {
-                return self.corrupt(path, offset, c);
-            }
-            *off += h.frame_len();
             if h.seq < self.next_seq {
                 // Before the requested start (seek without an index lands on an earlier frame).
                 continue;
             }
             if h.seq != self.next_seq {
-                let expected = self.next_seq;
-                return self.corrupt(
-                    path,
-                    offset,
-                    Corruption::SeqMismatch {
-                        expected,
-                        found: h.seq,
-                    },
-                );
+                let c = Corruption::SeqMismatch {
+                    expected: self.next_seq,
+                    found: h.seq,
+                };
+                return self.corrupt(self.cur_path(), offset, c).map(Err);
             }
             self.next_seq += 1;
-            return Some(Ok(Record {
-                seq: h.seq,
-                stream: h.stream,
-                payload,
-            }));
+            return Some(Ok((h.seq, h.stream)));
         }
+    }
+}
+
+/// One step of reading a segment.
+enum Step {
+    /// A valid frame; its payload is in the caller's buffer.
+    Frame(RecordHeader),
+    /// End of file exactly at a frame boundary.
+    Eof,
+    /// A damaged or incomplete frame.
+    Bad(Corruption),
+    /// The read itself failed.
+    Io(io::Error),
+}
+
+/// Read the next frame of `r`, its payload into `buf`.
+fn read_frame(r: &mut BufReader<File>, buf: &mut Vec<u8>, limit: u32) -> Step {
+    // Fast path: the whole frame is already in the reader's buffer: verify it there and copy
+    // the payload once.
+    match r.fill_buf() {
+        Err(e) => return Step::Io(e),
+        Ok([]) => return Step::Eof,
+        Ok(avail) => {
+            if let Ok(h) = RecordHeader::decode(avail) {
+                let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
+                if h.len <= limit && avail.len() >= flen {
+                    if crc32c::crc32c(&avail[4..flen]) != h.crc {
+                        return Step::Bad(Corruption::RecordChecksum);
+                    }
+                    buf.clear();
+                    buf.extend_from_slice(&avail[RECORD_HEADER_LEN..flen]);
+                    r.consume(flen);
+                    return Step::Frame(h);
+                }
+            }
+        }
+    }
+    // Slow path: the frame spans the end of the buffer (or is invalid, which is diagnosed
+    // here).
+    let mut hb = [0u8; RECORD_HEADER_LEN];
+    let n = match read_full(r, &mut hb) {
+        Ok(n) => n,
+        Err(e) => return Step::Io(e),
+    };
+    if n < RECORD_HEADER_LEN {
+        return Step::Bad(Corruption::ShortRecordHeader { have: n as u64 });
+    }
+    let h = match RecordHeader::decode(&hb) {
+        Ok(h) if h.len <= limit => h,
+        Ok(h) => return Step::Bad(Corruption::LengthTooLarge { len: h.len }),
+        Err(c) => return Step::Bad(c),
+    };
+    let len = usize::try_from(h.len).unwrap_or(usize::MAX);
+    // Bounded by MAX_PAYLOAD, and read through `take` so a lying length on a short file ends
+    // at end of file instead of allocating up front.
+    buf.clear();
+    buf.reserve(len.min(1 << 20));
+    if let Err(e) = r.by_ref().take(u64::from(h.len)).read_to_end(buf) {
+        return Step::Io(e);
+    }
+    if buf.len() < len {
+        return Step::Bad(Corruption::ShortPayload {
+            len: h.len,
+            have: buf.len() as u64,
+        });
+    }
+    match h.verify(&hb, buf) {
+        Ok(()) => Step::Frame(h),
+        Err(c) => Step::Bad(c),
+    }
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (seq, stream) = match self.advance()? {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        // Hand the buffer over (no copy); the next record gets a fresh one.
+        let payload = std::mem::take(&mut self.buf);
+        Some(Ok(Record {
+            seq,
+            stream,
+            payload,
+        }))
     }
 }

@@ -118,10 +118,9 @@ impl SharedJournal {
             let result = self.lead_sync();
             *self.syncing.lock().unwrap_or_else(PoisonError::into_inner) = false;
             self.synced.notify_all();
-            let durable = result?;
-            if durable >= target {
-                return Ok(durable);
-            }
+            // The ticket covered everything written when it was taken, which includes
+            // `target` (unless a reset intervened, which makes `target` moot): done.
+            return result;
         }
     }
 
@@ -130,9 +129,9 @@ impl SharedJournal {
         let ticket = self.lock().sync_ticket()?;
         match ticket {
             None => Ok(self.lock().durable_seq()),
-            Some((file, upto, path)) => {
-                let r = file.sync_data();
-                self.lock().sync_done(upto, r, path)
+            Some(t) => {
+                let r = t.file.sync_data();
+                self.lock().sync_done(t, r)
             }
         }
     }
