@@ -160,7 +160,14 @@ pub fn core_readv(fd: i64, iov: *const libc::iovec, cnt: i64) -> i64 {
             left -= n;
             k += 1;
         }
-        emit(Kind::Readv, r, fd as u64, iov_total(v) as u64, 0, &parts[..k]);
+        emit(
+            Kind::Readv,
+            r,
+            fd as u64,
+            iov_total(v) as u64,
+            0,
+            &parts[..k],
+        );
         r
     } else {
         replay_input(Kind::Readv, fd, iov_total(v), |d| scatter(v, d))
@@ -212,7 +219,10 @@ pub fn core_recvfrom(
         let r = rec.h.ret;
         let n = r.max(0) as usize;
         if n > len || rec.data.len() < n {
-            diverge(&rec, &format!("room for {len} bytes, the journal recorded {r}"));
+            diverge(
+                &rec,
+                &format!("room for {len} bytes, the journal recorded {r}"),
+            );
         }
         copy_out(buf, &rec.data[..n]);
         let al = rec.h.a2 as usize;
@@ -320,7 +330,10 @@ fn output(
             let r = perform();
             if r != rr && r >= 0 {
                 // A short write where the recording wrote more (or vice versa): report it.
-                diverge(&rec, &format!("{}(fd {fd}) wrote {r} bytes now", kind.name()));
+                diverge(
+                    &rec,
+                    &format!("{}(fd {fd}) wrote {r} bytes now", kind.name()),
+                );
             }
             r
         } else {
@@ -364,7 +377,11 @@ pub fn core_writev(fd: i64, iov: *const libc::iovec, cnt: i64) -> i64 {
         iov_total(v),
         || sys3(libc::SYS_writev, fd, iov as i64, cnt),
         |n| iov_digest(v, n),
-        || v.first().map_or(String::new(), |e| preview(bytes(e.iov_base.cast(), e.iov_len as i64))),
+        || {
+            v.first().map_or(String::new(), |e| {
+                preview(bytes(e.iov_base.cast(), e.iov_len as i64))
+            })
+        },
     )
 }
 
@@ -423,12 +440,22 @@ fn filled(kind: Kind, a0: u64, out: *mut u8, out_len: usize, real: impl FnOnce()
         g.blocking();
         let r = real();
         g.unblocked();
-        emit(kind, r, a0, out_len as u64, 0, &[bytes(out, out_len as i64)]);
+        emit(
+            kind,
+            r,
+            a0,
+            out_len as u64,
+            0,
+            &[bytes(out, out_len as i64)],
+        );
         r
     } else {
         let rec = replay_next(kind, None);
         if rec.h.a0 != a0 || rec.data.len() != out_len {
-            diverge(&rec, &format!("{}({a0}, {out_len} bytes of state)", kind.name()));
+            diverge(
+                &rec,
+                &format!("{}({a0}, {out_len} bytes of state)", kind.name()),
+            );
         }
         copy_out(out, rec.data);
         replay_done(&rec);
@@ -606,7 +633,14 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
     let Some(_g) = enter() else { return real() };
     if mode() == RECORD {
         let r = real();
-        emit(kind, r, a0, 0, 0, &[bytes(out, if r >= 0 { n as i64 } else { 0 })]);
+        emit(
+            kind,
+            r,
+            a0,
+            0,
+            0,
+            &[bytes(out, if r >= 0 { n as i64 } else { 0 })],
+        );
         r
     } else {
         let rec = replay_next(kind, None);
@@ -626,7 +660,14 @@ pub fn core_getrandom(buf: *mut u8, len: usize, flags: i64) -> i64 {
         g.blocking();
         let r = real();
         g.unblocked();
-        emit(Kind::Getrandom, r, len as u64, flags as u64, 0, &[bytes(buf, r)]);
+        emit(
+            Kind::Getrandom,
+            r,
+            len as u64,
+            flags as u64,
+            0,
+            &[bytes(buf, r)],
+        );
         r
     } else {
         let rec = replay_next(Kind::Getrandom, None);
@@ -738,7 +779,14 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut libc::sockaddr,
     alen: *mut libc::socklen_t,
 ) -> ssize_t {
-    libc_ret(core_recvfrom(i64::from(fd), buf.cast(), n, i64::from(flags), addr, alen)) as ssize_t
+    libc_ret(core_recvfrom(
+        i64::from(fd),
+        buf.cast(),
+        n,
+        i64::from(flags),
+        addr,
+        alen,
+    )) as ssize_t
 }
 
 #[no_mangle]
@@ -897,14 +945,13 @@ static CHILDREN: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 
 fn remember_child(recorded: u32, real: u32) {
     for c in &CHILDREN {
-        if c
-            .compare_exchange(
-                0,
-                (u64::from(recorded) << 32) | u64::from(real),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_ok()
+        if c.compare_exchange(
+            0,
+            (u64::from(recorded) << 32) | u64::from(real),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .is_ok()
         {
             return;
         }
@@ -1018,8 +1065,11 @@ pub unsafe extern "C" fn vfork() -> libc::pid_t {
 }
 
 pub fn core_wait4(pid: i64, status: *mut c_int, options: i64, ru: *mut libc::rusage) -> i64 {
-    let real = |p: i64, st: *mut c_int, o: i64| sys(libc::SYS_wait4, p, st as i64, o, ru as i64, 0, 0);
-    let Some(g) = enter() else { return real(pid, status, options) };
+    let real =
+        |p: i64, st: *mut c_int, o: i64| sys(libc::SYS_wait4, p, st as i64, o, ru as i64, 0, 0);
+    let Some(g) = enter() else {
+        return real(pid, status, options);
+    };
     if mode() == RECORD {
         g.blocking();
         let mut st: c_int = 0;
@@ -1029,7 +1079,14 @@ pub fn core_wait4(pid: i64, status: *mut c_int, options: i64, ru: *mut libc::rus
             // SAFETY: the application's status out pointer.
             unsafe { *status = st };
         }
-        emit(Kind::Wait, r, st as u32 as u64, pid as u64, options as u64, &[]);
+        emit(
+            Kind::Wait,
+            r,
+            st as u32 as u64,
+            pid as u64,
+            options as u64,
+            &[],
+        );
         r
     } else {
         let rec = replay_next(Kind::Wait, None);

@@ -26,4 +26,3 @@ mod hooks;
 mod rt;
 mod seccomp;
 mod signals;
-

@@ -501,7 +501,10 @@ fn register(t: &Tls, r: &RingProducer<'static>, gen: u32) {
                 // SAFETY: key was created by pthread_key_create; the value is an integer
                 // smuggled as a pointer, never dereferenced.
                 unsafe {
-                    libc::pthread_setspecific(key as libc::pthread_key_t, (tok.index as usize + 1) as *const _);
+                    libc::pthread_setspecific(
+                        key as libc::pthread_key_t,
+                        (tok.index as usize + 1) as *const _,
+                    );
                 }
             }
         }

@@ -62,20 +62,38 @@ fn libc_text() -> Option<(u64, u64)> {
         let mut f = l.split_whitespace();
         let (range, perms) = (f.next()?, f.next()?);
         let path = l.split_whitespace().nth(5).unwrap_or("");
-        if perms.starts_with("r-x") && path.rsplit('/').next().is_some_and(|n| n.starts_with("libc.so")) {
+        if perms.starts_with("r-x")
+            && path
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("libc.so"))
+        {
             let (a, b) = range.split_once('-')?;
-            return Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?));
+            return Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ));
         }
     }
     None
 }
 
 fn stmt(code: u32, k: u32) -> sock_filter {
-    sock_filter { code: code as u16, jt: 0, jf: 0, k }
+    sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
-    sock_filter { code: code as u16, jt, jf, k }
+    sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
 }
 
 pub fn install() {
@@ -141,7 +159,15 @@ fn install_inner() -> Result<(), String> {
         return Err("sigaction(SIGSYS) failed".into());
     }
     if sys(libc::SYS_geteuid, 0, 0, 0, 0, 0, 0) != 0 {
-        sys(libc::SYS_prctl, i64::from(libc::PR_SET_NO_NEW_PRIVS), 1, 0, 0, 0, 0);
+        sys(
+            libc::SYS_prctl,
+            i64::from(libc::PR_SET_NO_NEW_PRIVS),
+            1,
+            0,
+            0,
+            0,
+            0,
+        );
     }
     let r = sys(
         libc::SYS_seccomp,

@@ -121,8 +121,7 @@ pub unsafe extern "C" fn sigaction(
     old: *mut libc::sigaction,
 ) -> c_int {
     let mode = MODE.load(Ordering::Relaxed);
-    if mode == rt::OFF || !(1..65).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP
-    {
+    if mode == rt::OFF || !(1..65).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
         return real_sigaction(sig, act, old);
     }
     if sig == libc::SIGSYS && crate::seccomp::active() {

@@ -13,6 +13,7 @@ pub mod logs;
 pub mod migrate;
 pub mod protect;
 pub mod record;
+pub mod recording;
 pub mod replay;
 pub mod restore;
 pub mod run;

@@ -1,12 +1,150 @@
-//! `understudy record`.
+//! `understudy record --journal DIR -- PROGRAM ARGS...`: run PROGRAM to completion with the
+//! interceptor preloaded in record mode, drain the shared-memory ring into a journal, and exit
+//! with PROGRAM's status.
 
-use std::process::ExitCode;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
+use journal::{FsyncPolicy, Journal, JournalOptions};
+use shmring::RingConsumer;
+
+use super::recording::{self, EndMeta, StartMeta, FORMAT, STREAM_META, STREAM_MSG};
 use crate::Cli;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+/// Ring data area (64 MiB: the largest single message is a quarter of it).
+const RING_CAPACITY: usize = 64 << 20;
 
-pub fn run(_cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`understudy record` is not implemented yet")
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Journal directory to create (must not hold a journal already).
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// The program and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Where the collector writes messages: the journal (kept behind a trait so tests or the agent
+/// can drain into something else).
+pub trait Sink {
+    fn append(&mut self, stream: u32, payload: &[u8]) -> anyhow::Result<u64>;
+    fn commit(&mut self) -> anyhow::Result<u64>;
+}
+
+impl Sink for Journal {
+    fn append(&mut self, stream: u32, payload: &[u8]) -> anyhow::Result<u64> {
+        Ok(self.append_next(stream, payload)?)
+    }
+    fn commit(&mut self) -> anyhow::Result<u64> {
+        Ok(Journal::commit(self)?)
+    }
+}
+
+pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let (prog, rest) = args.command.split_first().context("no PROGRAM given")?;
+    let path = recording::resolve_program(prog)?;
+    recording::check_dynamic(&path)?;
+    let lib = recording::find_lib()?;
+    if args.journal.exists()
+        && std::fs::read_dir(&args.journal)
+            .with_context(|| format!("reading {}", args.journal.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "journal directory {} is not empty; record into a new directory",
+            args.journal.display()
+        );
+    }
+    let opts = JournalOptions {
+        fsync: FsyncPolicy::Interval(Duration::from_millis(200)),
+        ..JournalOptions::default()
+    };
+    let (mut j, _) = Journal::open(&args.journal, opts)
+        .with_context(|| format!("creating journal {}", args.journal.display()))?;
+    let (exe_len, exe_digest) = recording::exe_identity(&path)?;
+    let start = StartMeta {
+        format: FORMAT.into(),
+        version: recording::RECORDING_VERSION,
+        msg_version: intercept::msg::VERSION,
+        program: prog.clone(),
+        program_path: path.clone(),
+        args: rest.to_vec(),
+        exe_len,
+        exe_digest,
+    };
+    j.append_next(STREAM_META, &serde_json::to_vec(&start)?)?;
+
+    let ring_path = recording::shm_path("ring");
+    let procs_path = recording::shm_path("procs");
+    let ring = RingConsumer::create(&ring_path, RING_CAPACITY)?;
+    let _cleanup = Cleanup(vec![ring_path.clone(), procs_path.clone()]);
+    let mut child = Command::new(prog)
+        .args(rest)
+        .env("LD_PRELOAD", recording::preload_value(&lib))
+        .env("UNDERSTUDY_MODE", "record")
+        .env("UNDERSTUDY_RING", &ring_path)
+        .env("UNDERSTUDY_PROCS", &procs_path)
+        .spawn()
+        .with_context(|| format!("starting {prog}"))?;
+
+    let mut messages = 0u64;
+    let mut drain = |ring: &RingConsumer, j: &mut Journal| -> anyhow::Result<usize> {
+        let mut err = None;
+        let mut last = 0;
+        let n = ring.poll(4096, |rs, payload| {
+            if err.is_none() {
+                if let Err(e) = Sink::append(j, STREAM_MSG, payload) {
+                    err = Some(e);
+                }
+                last = rs;
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if n > 0 {
+            messages += n as u64;
+            Sink::commit(j)?;
+            ring.set_ack(last);
+        }
+        Ok(n)
+    };
+    let status = loop {
+        ring.wait(Duration::from_millis(20));
+        drain(&ring, &mut j)?;
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+    };
+    // Descendants may still be finishing: drain until the ring stays quiet.
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(100) {
+        if ring.wait(Duration::from_millis(20)) && drain(&ring, &mut j)? > 0 {
+            quiet = Instant::now();
+        }
+    }
+    let (exit_code, signal, code) = recording::exit_status(status);
+    let end = EndMeta {
+        format: FORMAT.into(),
+        exit_code,
+        signal,
+        messages,
+    };
+    j.append_next(STREAM_META, &serde_json::to_vec(&end)?)?;
+    j.sync()?;
+    Ok(ExitCode::from(code))
+}
+
+/// Removes the run's shared-memory files.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
