@@ -42,7 +42,7 @@ extern "C" fn trampoline(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_voi
     if MODE.load(Ordering::Relaxed) == REPLAY {
         return; // replay delivers the recorded signals instead
     }
-    PENDING.fetch_or(1 << sig, Ordering::SeqCst);
+    PENDING.fetch_or(1 << (sig - 1), Ordering::SeqCst);
 }
 
 fn call_app(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
@@ -77,7 +77,7 @@ fn synth_info(sig: c_int) -> libc::siginfo_t {
 pub fn deliver_pending() {
     let bits = PENDING.swap(0, Ordering::SeqCst);
     for sig in 1..65 {
-        if bits & (1 << sig) == 0 {
+        if bits & (1 << (sig - 1)) == 0 {
             continue;
         }
         if let Some(_g) = enter() {
