@@ -20,7 +20,7 @@ int main(void) {
     signal(SIGUSR1, on_usr);
     struct sigaction sa; memset(&sa, 0, sizeof sa); sa.sa_handler = on_usr; sigaction(SIGUSR2, &sa, 0);
     signal(SIGTERM, on_term);
-    printf("ready\n"); fflush(stdout);
+    printf("ready %d\n", getpid()); fflush(stdout);
     struct timespec ts, slp = {0, 1000000};
     long acc = 0;
     for (it = 0; it < 1500 && !stop; it++) {

@@ -1082,7 +1082,7 @@ pub fn core_wait4(pid: i64, status: *mut c_int, options: i64, ru: *mut libc::rus
         emit(
             Kind::Wait,
             r,
-            st as u32 as u64,
+            u64::from(st as u32),
             pid as u64,
             options as u64,
             &[],
@@ -1165,10 +1165,10 @@ pub extern "C" fn getppid() -> libc::pid_t {
 fn on_exit(status: c_int) {
     if let Some(_g) = enter() {
         if mode() == RECORD {
-            emit(Kind::Exit, 0, status as u32 as u64, 0, 0, &[]);
+            emit(Kind::Exit, 0, u64::from(status as u32), 0, 0, &[]);
         } else {
             let rec = replay_next(Kind::Exit, None);
-            if rec.h.a0 != status as u32 as u64 {
+            if rec.h.a0 != u64::from(status as u32) {
                 diverge(&rec, &format!("exit({status})"));
             }
             replay_done(&rec);
@@ -1210,6 +1210,12 @@ struct Start {
     vtid: u64,
     ready: AtomicU32,
 }
+
+// SAFETY: `arg` is the application's opaque argument, handed to the new thread exactly as
+// pthread_create would; we never dereference it.
+unsafe impl Send for Start {}
+// SAFETY: as above; the only shared mutable state is the atomic `ready`.
+unsafe impl Sync for Start {}
 
 extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
     // SAFETY: p is the Arc<Start> leaked by pthread_create below, given to this thread only.

@@ -173,7 +173,7 @@ impl Shared {
 
     #[inline]
     pub fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off + 8 <= self.len && off % 8 == 0);
+        assert!(off + 8 <= self.len && off.is_multiple_of(8));
         // SAFETY: in bounds, 8-aligned (page-aligned base), valid for any bit pattern; the
         // mapping lives for the rest of the process.
         unsafe { &*((self.base + off) as *const AtomicU64) }
@@ -181,7 +181,7 @@ impl Shared {
 
     #[inline]
     pub fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off + 4 <= self.len && off % 4 == 0);
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: as for u64_at.
         unsafe { &*((self.base + off) as *const AtomicU32) }
     }
@@ -246,16 +246,6 @@ impl Procs {
 
     pub fn spawns(&self, off: usize) -> &AtomicU32 {
         self.0.u32_at(off + 4)
-    }
-
-    pub fn clear(&self, pid: u32) {
-        if let Some(o) = self.entry(pid, false) {
-            self.0.u64_at(o + 8).store(0, Ordering::SeqCst);
-            self.0.u32_at(o + 16).store(0, Ordering::SeqCst);
-            self.0.u32_at(o + 20).store(0, Ordering::SeqCst);
-            self.0.u32_at(o + 4).store(0, Ordering::SeqCst);
-            // The pid slot itself stays taken: linear probing needs no holes.
-        }
     }
 }
 
@@ -808,15 +798,6 @@ pub fn diverge_at(expected: Option<(u64, Header)>, actual: &Actual<'_>, fd: Opti
     futex_wake(f.futex());
     sys3(libc::SYS_exit_group, i64::from(DIVERGENCE_EXIT), 0, 0);
     unreachable!("exit_group returned")
-}
-
-/// Whether another process already reported a divergence (then everyone stops).
-pub fn diverged_elsewhere() -> bool {
-    FEED.get().is_some_and(|f| {
-        f.sh.u32_at(intercept::feed::OFF_DIVERGED)
-            .load(Ordering::Relaxed)
-            != 0
-    })
 }
 
 // ---------------------------------------------------------------- fd classes

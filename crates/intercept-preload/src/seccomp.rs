@@ -118,11 +118,12 @@ fn install_inner() -> Result<(), String> {
     let ld = BPF_LD | BPF_W | BPF_ABS;
     let jeq = BPF_JMP | BPF_JEQ | BPF_K;
     let jge = BPF_JMP | BPF_JGE | BPF_K;
-    let mut f: Vec<sock_filter> = Vec::new();
     // [0] arch
-    f.push(stmt(ld, 4));
-    f.push(jump(jeq, ARCH_X86_64, 1, 0));
-    f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
+    let mut f: Vec<sock_filter> = vec![
+        stmt(ld, 4),
+        jump(jeq, ARCH_X86_64, 1, 0),
+        stmt(BPF_RET | BPF_K, RET_ALLOW),
+    ];
     // nr: refused ones trap from anywhere
     f.push(stmt(ld, 0));
     for &nr in REFUSED {
@@ -153,7 +154,7 @@ fn install_inner() -> Result<(), String> {
     };
     // SAFETY: sigaction is plain data; zero is valid.
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-    sa.sa_sigaction = on_sigsys as usize;
+    sa.sa_sigaction = on_sigsys as *const () as usize;
     sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
     if crate::signals::real_sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
         return Err("sigaction(SIGSYS) failed".into());

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use intercept::msg::Kind;
 use libc::{c_int, c_void};
 
-use crate::rt::{self, emit, enter, MODE, RECORD, REPLAY, TLS};
+use crate::rt::{self, emit, enter, MODE, REPLAY, TLS};
 
 static HANDLER: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
 static FLAGS: [AtomicU64; 65] = [const { AtomicU64::new(0) }; 65];
@@ -146,7 +146,7 @@ pub unsafe extern "C" fn sigaction(
             HANDLER[sig as usize].store(a.sa_sigaction, Ordering::SeqCst);
             FLAGS[sig as usize].store(a.sa_flags as u64, Ordering::SeqCst);
             let mut ours = a;
-            ours.sa_sigaction = trampoline as usize;
+            ours.sa_sigaction = trampoline as *const () as usize;
             ours.sa_flags = (a.sa_flags | libc::SA_SIGINFO) & !libc::SA_RESETHAND;
             real_sigaction(sig, &ours, old)
         }
@@ -154,7 +154,7 @@ pub unsafe extern "C" fn sigaction(
     if r == 0 && !old.is_null() {
         // SAFETY: the kernel just filled the caller's out pointer.
         let o = unsafe { &mut *old };
-        if o.sa_sigaction == trampoline as usize {
+        if o.sa_sigaction == trampoline as *const () as usize {
             o.sa_sigaction = prev_h;
             o.sa_flags = prev_f as c_int;
         }
@@ -175,15 +175,4 @@ pub unsafe extern "C" fn signal(sig: c_int, h: libc::sighandler_t) -> libc::sigh
         return libc::SIG_ERR;
     }
     old.sa_sigaction
-}
-
-/// Unused in record mode; kept so replay can tell whether a handler exists.
-#[allow(dead_code)]
-pub fn has_handler(sig: c_int) -> bool {
-    (1..65).contains(&sig) && HANDLER[sig as usize].load(Ordering::SeqCst) != 0
-}
-
-#[allow(dead_code)]
-fn _unused() -> u8 {
-    RECORD
 }

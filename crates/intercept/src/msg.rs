@@ -230,7 +230,7 @@ mod tests {
                 Kind::EpollWait, Kind::Accept, Kind::Connect, Kind::Fork, Kind::Wait, Kind::ThreadCreate,
                 Kind::MutexLock, Kind::MutexTrylock, Kind::CondWait, Kind::RwlockRead, Kind::RwlockWrite,
                 Kind::Signal];
-            let h = Header { kind: kinds[kind], pid: 7, tid: 8, data_len: data.len() as u32, vtid, tseq: 3, ret, a0, a1: 1, a2: 2 };
+            let h = Header { kind: kinds[kind], pid: 7, tid: 8, data_len: u32::try_from(data.len()).unwrap(), vtid, tseq: 3, ret, a0, a1: 1, a2: 2 };
             let b = h.encode(&data);
             let (h2, d2) = decode(&b).unwrap();
             prop_assert_eq!(h2, h);
