@@ -9,8 +9,8 @@ use intercept::Digest;
 use libc::{c_int, c_void, size_t, ssize_t};
 
 use crate::rt::{
-    self, diverge, emit, enter, fd_forget, fd_kind, fd_set_kind, libc_ret, replay_done,
-    replay_next, sys, sys3, FD_FILE, FD_OUTSIDE, FD_OWN, MODE, RECORD, REPLAY, TLS, VPID,
+    self, diverge, enter, fd_forget, fd_kind, fd_set_kind, libc_ret, replay_done, replay_next, sys,
+    sys3, FD_FILE, FD_OUTSIDE, FD_OWN, MODE, RECORD, REPLAY, TLS, VPID,
 };
 
 /// Resolve the next definition of a libc symbol once and cache it.
@@ -128,7 +128,7 @@ pub fn core_read(fd: i64, buf: *mut u8, len: usize) -> i64 {
         g.blocking();
         let r = real();
         g.unblocked();
-        emit(Kind::Read, r, fd as u64, len as u64, 0, &[bytes(buf, r)]);
+        g.emit(Kind::Read, r, fd as u64, len as u64, 0, &[bytes(buf, r)]);
         r
     } else {
         replay_input(Kind::Read, fd, len, |d| copy_out(buf, d))
@@ -160,7 +160,7 @@ pub fn core_readv(fd: i64, iov: *const libc::iovec, cnt: i64) -> i64 {
             left -= n;
             k += 1;
         }
-        emit(
+        g.emit(
             Kind::Readv,
             r,
             fd as u64,
@@ -205,7 +205,7 @@ pub fn core_recvfrom(
             unsafe { *alen }
         };
         let ab = bytes(addr as *const u8, i64::from(al.min(128)));
-        emit(
+        g.emit(
             Kind::Recvfrom,
             r,
             fd as u64,
@@ -266,7 +266,7 @@ pub fn core_recvmsg(fd: i64, m: *mut libc::msghdr, flags: i64) -> i64 {
             left -= n;
             k += 1;
         }
-        emit(
+        g.emit(
             Kind::Recvmsg,
             r,
             fd as u64,
@@ -309,7 +309,7 @@ fn output(
         g.blocking();
         let r = perform();
         g.unblocked();
-        emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
+        g.emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
         r
     } else {
         let rec = replay_next(kind, Some(fd));
@@ -440,7 +440,7 @@ fn filled(kind: Kind, a0: u64, out: *mut u8, out_len: usize, real: impl FnOnce()
         g.blocking();
         let r = real();
         g.unblocked();
-        emit(
+        g.emit(
             kind,
             r,
             a0,
@@ -483,7 +483,7 @@ pub fn core_select(
         let ret = real();
         g.unblocked();
         let p: [&[u8]; 3] = sets.map(|s| bytes(s as *const u8, sz as i64));
-        emit(Kind::Select, ret, nfds as u64, 0, 0, &p);
+        g.emit(Kind::Select, ret, nfds as u64, 0, 0, &p);
         ret
     } else {
         let rec = replay_next(Kind::Select, None);
@@ -514,7 +514,7 @@ pub fn core_epoll(
         g.blocking();
         let r = real();
         g.unblocked();
-        emit(
+        g.emit(
             Kind::EpollWait,
             r,
             epfd as u64,
@@ -556,7 +556,7 @@ pub fn core_accept(
             // SAFETY: the application's in/out length.
             unsafe { *alen }
         };
-        emit(
+        g.emit(
             Kind::Accept,
             r,
             fd as u64,
@@ -612,7 +612,7 @@ pub fn core_connect(fd: i64, addr: *const libc::sockaddr, alen: i64) -> i64 {
         g.blocking();
         let r = real();
         g.unblocked();
-        emit(Kind::Connect, r, fd as u64, 0, 0, &[]);
+        g.emit(Kind::Connect, r, fd as u64, 0, 0, &[]);
         r
     } else {
         let rec = replay_next(Kind::Connect, Some(fd));
@@ -630,10 +630,10 @@ pub fn core_close(fd: i64) -> i64 {
 // ------------------------------------------------------------------ time and randomness
 
 fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> i64) -> i64 {
-    let Some(_g) = enter() else { return real() };
+    let Some(g) = enter() else { return real() };
     if mode() == RECORD {
         let r = real();
-        emit(
+        g.emit(
             kind,
             r,
             a0,
@@ -660,7 +660,7 @@ pub fn core_getrandom(buf: *mut u8, len: usize, flags: i64) -> i64 {
         g.blocking();
         let r = real();
         g.unblocked();
-        emit(
+        g.emit(
             Kind::Getrandom,
             r,
             len as u64,
@@ -1008,7 +1008,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             return 0;
         }
         let e = rt::errno();
-        emit(
+        g.emit(
             Kind::Fork,
             if r < 0 { -i64::from(e) } else { i64::from(r) },
             child_vtid,
@@ -1079,7 +1079,7 @@ pub fn core_wait4(pid: i64, status: *mut c_int, options: i64, ru: *mut libc::rus
             // SAFETY: the application's status out pointer.
             unsafe { *status = st };
         }
-        emit(
+        g.emit(
             Kind::Wait,
             r,
             u64::from(st as u32),
@@ -1163,9 +1163,9 @@ pub extern "C" fn getppid() -> libc::pid_t {
 }
 
 fn on_exit(status: c_int) {
-    if let Some(_g) = enter() {
+    if let Some(g) = enter() {
         if mode() == RECORD {
-            emit(Kind::Exit, 0, u64::from(status as u32), 0, 0, &[]);
+            g.emit(Kind::Exit, 0, u64::from(status as u32), 0, 0, &[]);
         } else {
             let rec = replay_next(Kind::Exit, None);
             if rec.h.a0 != u64::from(status as u32) {
@@ -1273,7 +1273,7 @@ pub unsafe extern "C" fn pthread_create(
     }
     match rec {
         None => {
-            emit(Kind::ThreadCreate, i64::from(r), vtid, 0, 0, &[]);
+            g.emit(Kind::ThreadCreate, i64::from(r), vtid, 0, 0, &[]);
             keep.ready.store(1, Ordering::SeqCst);
             rt::futex_wake(&keep.ready);
         }
@@ -1297,7 +1297,7 @@ fn acquire(kind: Kind, lock: impl Fn() -> c_int) -> c_int {
         g.blocking();
         let r = lock();
         g.unblocked();
-        emit(kind, i64::from(r), 0, 0, 0, &[]);
+        g.emit(kind, i64::from(r), 0, 0, 0, &[]);
         r
     } else {
         let rec = replay_next(kind, None);
@@ -1325,10 +1325,10 @@ pub unsafe extern "C" fn pthread_mutex_trylock(m: *mut libc::pthread_mutex_t) ->
     let lock = real!("pthread_mutex_lock", MutexFn);
     // SAFETY: libc's function with the application's mutex.
     let real_try = || unsafe { f(m) };
-    let Some(_g) = enter() else { return real_try() };
+    let Some(g) = enter() else { return real_try() };
     if mode() == RECORD {
         let r = real_try();
-        emit(Kind::MutexTrylock, i64::from(r), 0, 0, 0, &[]);
+        g.emit(Kind::MutexTrylock, i64::from(r), 0, 0, 0, &[]);
         r
     } else {
         let rec = replay_next(Kind::MutexTrylock, None);
@@ -1373,7 +1373,7 @@ fn cond_wait(m: *mut libc::pthread_mutex_t, wait: impl Fn() -> c_int) -> c_int {
         g.blocking();
         let r = wait();
         g.unblocked();
-        emit(Kind::CondWait, i64::from(r), 0, 0, 0, &[]);
+        g.emit(Kind::CondWait, i64::from(r), 0, 0, 0, &[]);
         r
     } else {
         // The wake-up is implied by the recorded order: release the mutex, wait for this

@@ -358,8 +358,8 @@ extern "C" fn init() {
             }
             MODE.store(RECORD, Ordering::SeqCst);
             TLS.with(|t| t.depth.set(0));
-            if let Some(_g) = enter() {
-                emit(
+            if let Some(g) = enter() {
+                g.emit(
                     Kind::ProcStart,
                     0,
                     u64::from(pid),
@@ -434,6 +434,9 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
 /// call made from inside the interceptor itself).
 pub struct Guard {
     token: Option<ThreadToken>,
+    /// This thread's `Tls` (saves a `__tls_get_addr` per use; valid while the thread lives,
+    /// and a guard never leaves its thread).
+    tls: *const Tls,
 }
 
 #[inline]
@@ -474,7 +477,10 @@ pub fn enter() -> Option<Guard> {
                 token = Some(tok);
             }
         }
-        Some(Guard { token })
+        Some(Guard {
+            token,
+            tls: t as *const Tls,
+        })
     })
 }
 
@@ -520,54 +526,61 @@ impl Guard {
     }
 }
 
+impl Guard {
+    #[inline]
+    fn tls(&self) -> &Tls {
+        // SAFETY: `tls` points to this thread's const-initialised thread-local (no destructor),
+        // which lives as long as the thread; Guard is !Send (raw pointer), so it stays here.
+        unsafe { &*self.tls }
+    }
+
+    /// Record one finished call. `data` parts are concatenated into the message.
+    #[inline]
+    pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
+        let Some(r) = RING.get() else { return 0 };
+        let mut len = 0;
+        for d in data {
+            len += d.len();
+        }
+        let t = self.tls();
+        let tseq = t.tseq.get() + 1;
+        t.tseq.set(tseq);
+        let h = Header {
+            kind,
+            pid: REAL_PID.load(Ordering::Relaxed),
+            tid: t.tid.get(),
+            data_len: len as u32,
+            vtid: t.vtid.get(),
+            tseq,
+            ret,
+            a0,
+            a1,
+            a2,
+        };
+        match r.push_with(HEADER_LEN + len, |buf| {
+            h.encode_into(buf);
+            let mut o = HEADER_LEN;
+            for d in data {
+                buf[o..o + d.len()].copy_from_slice(d);
+                o += d.len();
+            }
+        }) {
+            Ok(seq) => seq,
+            Err(e) => {
+                fatal_record(&e);
+                0
+            }
+        }
+    }
+}
+
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
         if let (Some(t), Some(r)) = (self.token, RING.get()) {
             r.leave(t);
         }
-        TLS.with(|t| t.depth.set(0));
-    }
-}
-
-/// Record one finished call. `data` parts are concatenated into the message.
-#[inline]
-pub fn emit(kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
-    let Some(r) = RING.get() else { return 0 };
-    let mut len = 0;
-    for d in data {
-        len += d.len();
-    }
-    let (vtid, tseq, tid) = TLS.with(|t| {
-        let s = t.tseq.get() + 1;
-        t.tseq.set(s);
-        (t.vtid.get(), s, t.tid.get())
-    });
-    let h = Header {
-        kind,
-        pid: REAL_PID.load(Ordering::Relaxed),
-        tid,
-        data_len: len as u32,
-        vtid,
-        tseq,
-        ret,
-        a0,
-        a1,
-        a2,
-    };
-    match r.push_with(HEADER_LEN + len, |buf| {
-        h.encode_into(buf);
-        let mut o = HEADER_LEN;
-        for d in data {
-            buf[o..o + d.len()].copy_from_slice(d);
-            o += d.len();
-        }
-    }) {
-        Ok(seq) => seq,
-        Err(e) => {
-            fatal_record(&e);
-            0
-        }
+        self.tls().depth.set(0);
     }
 }
 

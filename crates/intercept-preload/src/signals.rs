@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use intercept::msg::Kind;
 use libc::{c_int, c_void};
 
-use crate::rt::{self, emit, enter, MODE, REPLAY, TLS};
+use crate::rt::{self, enter, MODE, REPLAY, TLS};
 
 static HANDLER: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
 static FLAGS: [AtomicU64; 65] = [const { AtomicU64::new(0) }; 65];
@@ -80,8 +80,8 @@ pub fn deliver_pending() {
         if bits & (1 << (sig - 1)) == 0 {
             continue;
         }
-        if let Some(_g) = enter() {
-            emit(Kind::Signal, 0, sig as u64, 0, 0, &[]);
+        if let Some(g) = enter() {
+            g.emit(Kind::Signal, 0, sig as u64, 0, 0, &[]);
         }
         let mut si = synth_info(sig);
         call_app(sig, &mut si, std::ptr::null_mut());
