@@ -307,6 +307,10 @@ fn output(
     let k = fd_kind(fd);
     if mode() == RECORD {
         g.blocking();
+        if rt::sync_mode() && k != FD_FILE {
+            // Output commit: nothing leaves before every message so far is durable.
+            rt::wait_durable();
+        }
         let r = perform();
         g.unblocked();
         g.emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);

@@ -356,6 +356,9 @@ extern "C" fn init() {
                     return;
                 }
             }
+            if getenv("UNDERSTUDY_SYNC").as_deref() == Some("1") {
+                SYNC.store(1, Ordering::SeqCst);
+            }
             MODE.store(RECORD, Ordering::SeqCst);
             TLS.with(|t| t.depth.set(0));
             if let Some(g) = enter() {
@@ -581,6 +584,30 @@ impl Drop for Guard {
             r.leave(t);
         }
         self.tls().depth.set(0);
+    }
+}
+
+static SYNC: AtomicU8 = AtomicU8::new(0);
+
+/// Sync mode (`UNDERSTUDY_SYNC=1`): outputs leave only after the collector acknowledged every
+/// message before them.
+#[inline]
+pub fn sync_mode() -> bool {
+    SYNC.load(Ordering::Relaxed) != 0
+}
+
+/// Wait until `ack_seq` covers every message reserved so far (bounded: 60 s, then a warning).
+#[cold]
+pub fn wait_durable() {
+    if let Some(r) = RING.get() {
+        let last = r.last_seq();
+        if let Err(e) = r.wait_ack(last, std::time::Duration::from_secs(60)) {
+            let m = format!(
+                "understudy: pid {}: output released without acknowledgement of message {last}: {e}\n",
+                REAL_PID.load(Ordering::Relaxed)
+            );
+            say(&[m.as_bytes()]);
+        }
     }
 }
 

@@ -1018,6 +1018,14 @@ impl RingProducer<'_> {
             .load(Ordering::Acquire)
     }
 
+    /// `ring_seq` of the last record reserved so far by any producer (0 if none): what a
+    /// sync-mode output must wait for before it leaves the application.
+    pub fn last_seq(&self) -> u64 {
+        let h = self.map.get().header();
+        let w = h.head.0.word.load(Ordering::SeqCst);
+        full_seq(h, low32(w >> 32)) - 1
+    }
+
     /// Take a slot in the thread table for thread `tid` of process `pid` (state `Outside`).
     pub fn register_thread(&self, pid: u32, tid: u32) -> Result<ThreadToken> {
         let m = self.map.get();

@@ -331,3 +331,122 @@ fn io_uring_is_refused_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Function not implemented"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("io_uring refused"));
 }
+
+/// Start `prog` preloaded in record mode on a ring this test consumes itself (as the agent does).
+fn start_on_ring(
+    dir: &Path,
+    prog: &Path,
+    sync: bool,
+) -> (shmring::RingConsumer, std::process::Child, RmOnDrop) {
+    let lib = Path::new(env!("CARGO_BIN_EXE_understudy"))
+        .parent()
+        .unwrap()
+        .join("libunderstudy_intercept.so");
+    assert!(lib.is_file(), "{} missing", lib.display());
+    let ring_path = PathBuf::from(format!(
+        "/dev/shm/understudy-test-{}-{}",
+        std::process::id(),
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let ring = shmring::RingConsumer::create(&ring_path, 1 << 20).unwrap();
+    let child = Command::new(prog)
+        .env("LD_PRELOAD", &lib)
+        .env("UNDERSTUDY_MODE", "record")
+        .env("UNDERSTUDY_RING", &ring_path)
+        .env("UNDERSTUDY_PROCS", dir.join("procs"))
+        .env("UNDERSTUDY_SYNC", if sync { "1" } else { "0" })
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (ring, child, RmOnDrop(ring_path))
+}
+
+/// Removes the ring file at the end of a test.
+struct RmOnDrop(PathBuf);
+
+impl Drop for RmOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn sync_mode_holds_output_until_acknowledged() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(p) = compile(d.path(), "timerand") else {
+        return;
+    };
+    let (ring, mut child, _rm) = start_on_ring(d.path(), &p, true);
+    let mut out = child.stdout.take().unwrap();
+    // Drain without acknowledging: the program's output must not appear.
+    let reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut b).unwrap();
+        (Instant::now(), b)
+    });
+    let t0 = Instant::now();
+    let mut last = 0;
+    while t0.elapsed() < Duration::from_millis(300) {
+        ring.wait(Duration::from_millis(10));
+        ring.poll(usize::MAX, |s, _| last = s).unwrap();
+    }
+    assert!(
+        !reader.is_finished(),
+        "output left before its messages were acknowledged"
+    );
+    let acked_at = Instant::now();
+    // Acknowledge as messages arrive until the program ends.
+    while child.try_wait().unwrap().is_none() {
+        ring.wait(Duration::from_millis(5));
+        ring.poll(usize::MAX, |s, _| last = s).unwrap();
+        ring.set_ack(last);
+        assert!(acked_at.elapsed() < Duration::from_secs(20));
+    }
+    let (done_at, bytes) = reader.join().unwrap();
+    assert!(done_at >= acked_at);
+    assert!(String::from_utf8_lossy(&bytes).contains("getrandom"));
+}
+
+#[test]
+fn quiesce_parks_a_running_program_and_reports_the_cut() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(p) = compile(d.path(), "mutex4") else {
+        return;
+    };
+    // mutex4 is short; loop it in a shell so threads are busy when we quiesce.
+    let script = d.path().join("loop.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8; do {} >/dev/null; done\necho done\n",
+            p.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ring, mut child, _rm) = start_on_ring(d.path(), &script, false);
+    let mut seen = 0u64;
+    let t0 = Instant::now();
+    while seen < 2000 {
+        ring.wait(Duration::from_millis(5));
+        ring.poll(usize::MAX, |s, _| seen = s).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(30), "no traffic");
+    }
+    let report = ring.quiesce(Duration::from_secs(10)).unwrap();
+    // Everything up to the cut is committed; nothing is emitted beyond it while quiesced.
+    ring.poll(usize::MAX, |s, _| seen = s).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    ring.poll(usize::MAX, |s, _| seen = s).unwrap();
+    assert_eq!(seen, report.cut, "{report:?}");
+    assert!(!report.parked.is_empty() || !report.blocked.is_empty() || !report.outside.is_empty());
+    ring.resume();
+    while child.try_wait().unwrap().is_none() {
+        ring.wait(Duration::from_millis(5));
+        ring.poll(usize::MAX, |s, _| seen = s).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
+    assert!(seen > report.cut);
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut s).unwrap();
+    assert_eq!(s, "done\n");
+}

@@ -21,6 +21,10 @@ pub struct Args {
     /// Journal directory to create (must not hold a journal already).
     #[arg(long)]
     pub journal: PathBuf,
+    /// Sync mode: every output to the outside waits until the journal holds (fsynced) every
+    /// message before it — the output commit rule.
+    #[arg(long)]
+    pub sync: bool,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
@@ -59,7 +63,11 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         );
     }
     let opts = JournalOptions {
-        fsync: FsyncPolicy::Interval(Duration::from_millis(200)),
+        fsync: if args.sync {
+            FsyncPolicy::Always
+        } else {
+            FsyncPolicy::Interval(Duration::from_millis(200))
+        },
         ..JournalOptions::default()
     };
     let (mut j, _) = Journal::open(&args.journal, opts)
@@ -87,28 +95,41 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         .env("UNDERSTUDY_MODE", "record")
         .env("UNDERSTUDY_RING", &ring_path)
         .env("UNDERSTUDY_PROCS", &procs_path)
+        .env("UNDERSTUDY_SYNC", if args.sync { "1" } else { "0" })
         .spawn()
         .with_context(|| format!("starting {prog}"))?;
 
     let mut messages = 0u64;
+    // (journal seq, ring seq) of appended but not yet durable messages: a ring seq is
+    // acknowledged only once the journal says its record is durable.
+    let mut pending: std::collections::VecDeque<(u64, u64)> = Default::default();
     let mut drain = |ring: &RingConsumer, j: &mut Journal| -> anyhow::Result<usize> {
         let mut err = None;
-        let mut last = 0;
+        let mut last = None;
         let n = ring.poll(4096, |rs, payload| {
             if err.is_none() {
-                if let Err(e) = Sink::append(j, STREAM_MSG, payload) {
-                    err = Some(e);
+                match Sink::append(j, STREAM_MSG, payload) {
+                    Ok(js) => last = Some((js, rs)),
+                    Err(e) => err = Some(e),
                 }
-                last = rs;
             }
         })?;
         if let Some(e) = err {
             return Err(e);
         }
-        if n > 0 {
-            messages += n as u64;
-            Sink::commit(j)?;
-            ring.set_ack(last);
+        messages += n as u64;
+        if let Some(l) = last {
+            pending.push_back(l);
+        }
+        if !pending.is_empty() {
+            let durable = Sink::commit(j)?;
+            let mut ack = None;
+            while pending.front().is_some_and(|(js, _)| *js <= durable) {
+                ack = pending.pop_front().map(|(_, rs)| rs);
+            }
+            if let Some(rs) = ack {
+                ring.set_ack(rs);
+            }
         }
         Ok(n)
     };
