@@ -3,8 +3,8 @@
 //!
 //! In sync mode `ack_seq` only covers records that at least one backup has journaled
 //! ([`Primary::acked_seq`]); in async mode, records journaled locally. Each ring record becomes
-//! exactly one journal record (stream 0: the payload, encoded by the interceptor, says which
-//! process and thread it came from), in ring order.
+//! exactly one journal record (stream [`STREAM_MSG`]: the payload, encoded by the interceptor,
+//! says which process and thread it came from), in ring order.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,10 @@ use std::time::Duration;
 use shmring::RingConsumer;
 
 use crate::{AgentError, Primary};
+
+/// Journal stream of replication messages (the same as `understudy record` uses; stream 0 is
+/// its metadata).
+pub const STREAM_MSG: u32 = 1;
 
 /// Drain the ring into the primary until `stop` and the ring is empty; forward acks to the
 /// ring's `ack_seq`.
@@ -50,7 +54,7 @@ pub fn collect(
             let msgs = lens.iter().map(|&l| {
                 let s = &buf[off..off + l];
                 off += l;
-                (0u32, s)
+                (STREAM_MSG, s)
             });
             let j = p.submit_batch(msgs)?;
             pending.push_back((j, last_ring));

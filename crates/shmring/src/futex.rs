@@ -42,3 +42,22 @@ pub(crate) fn wake(word: &AtomicU32, n: i32) {
         );
     }
 }
+
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)`: every running thread of every process passes a full
+/// memory barrier before this returns. Lets the producers' fast path use plain stores where a
+/// Dekker handshake with the (rarely sleeping, rarely quiescing) consumer needs StoreLoad order.
+pub(crate) fn membarrier_global() -> bool {
+    // SAFETY: membarrier takes no pointers.
+    unsafe {
+        libc::syscall(libc::SYS_membarrier, 1 /* CMD_GLOBAL */, 0, 0) == 0
+    }
+}
+
+/// Whether `MEMBARRIER_CMD_GLOBAL` is available.
+pub(crate) fn membarrier_supported() -> bool {
+    // SAFETY: MEMBARRIER_CMD_QUERY takes no pointers.
+    let mask = unsafe {
+        libc::syscall(libc::SYS_membarrier, 0 /* CMD_QUERY */, 0, 0)
+    };
+    mask > 0 && mask & 1 != 0
+}

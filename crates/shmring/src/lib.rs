@@ -109,7 +109,13 @@ pub struct Fixed {
     pub max_threads: u32,
     /// Pid of the consumer; producers check it is alive when they wait.
     pub consumer_pid: u32,
+    /// [`FLAG_STRONG_FENCES`]: the consumer cannot issue `membarrier`, so producers must use
+    /// SeqCst read-modify-writes on their fast path.
+    pub flags: u32,
 }
+
+/// See [`Fixed::flags`].
+pub const FLAG_STRONG_FENCES: u32 = 1;
 
 /// Producers' reservation word: `(next ring_seq mod 2^32) << 32 | (next byte position mod 2^32)`.
 #[repr(C)]
@@ -260,7 +266,8 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                // Populate now: a first-touch fault on the fast path costs microseconds.
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 fd,
                 0,
             )
@@ -281,7 +288,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
                 0,
             )
@@ -355,6 +362,11 @@ fn init_header(m: &Mapping, capacity: usize) {
         (*fixed).capacity = capacity as u64;
         (*fixed).max_threads = u32::try_from(MAX_THREADS).expect("fits");
         (*fixed).consumer_pid = std::process::id();
+        (*fixed).flags = if futex::membarrier_supported() {
+            0
+        } else {
+            FLAG_STRONG_FENCES
+        };
     }
     h.head.0.word.store(1u64 << 32, Ordering::Release);
     h.tail.0.seq.store(1, Ordering::Release);
@@ -468,6 +480,9 @@ impl RingConsumer {
         RingProducer {
             map: MapRef::Borrowed(&self.map),
             capacity: self.capacity,
+            tail_pos: AtomicU64::new(0),
+            tail_seq: AtomicU64::new(1),
+            strong: self.map.header().fixed.0.flags & FLAG_STRONG_FENCES != 0,
         }
     }
 
@@ -563,6 +578,7 @@ impl RingConsumer {
         let wk = &self.map.header().wake.0;
         let v = wk.data_futex.load(Ordering::SeqCst);
         wk.consumer_sleeping.store(1, Ordering::SeqCst);
+        self.heavy_fence();
         if !self.has_data() {
             futex::wait(&wk.data_futex, v, Some(timeout));
         }
@@ -616,6 +632,7 @@ impl RingConsumer {
             q.gen.fetch_add(1, Ordering::SeqCst);
         }
         let start = Instant::now();
+        let mut fenced = false;
         loop {
             let mut report = QuiesceReport {
                 cut: 0,
@@ -650,6 +667,13 @@ impl RingConsumer {
                     ThreadState::Free => {}
                 }
             }
+            if active.is_empty() && !fenced {
+                // Producers store their state without a StoreLoad fence: make every running
+                // thread pass one, then look again.
+                self.heavy_fence();
+                fenced = true;
+                continue;
+            }
             if active.is_empty() {
                 // No thread is between boundaries, so every reserved record is committed and
                 // none will be reserved until resume: the head is the cut.
@@ -667,6 +691,16 @@ impl RingConsumer {
         }
     }
 
+    /// The consumer's half of the asymmetric Dekker handshake (see `docs/shmring.md`).
+    fn heavy_fence(&self) {
+        if self.map.header().fixed.0.flags & FLAG_STRONG_FENCES == 0 && !futex::membarrier_global()
+        {
+            // membarrier stopped working (seccomp?): nothing better than a pause, and the
+            // consumer's timed waits bound the cost of a missed wake-up.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// End an active quiesce and wake the parked threads.
     pub fn resume(&self) {
         let q = &self.map.header().quiesce.0;
@@ -676,6 +710,17 @@ impl RingConsumer {
             futex::wake(&q.gen, i32::MAX);
         }
     }
+}
+
+#[inline(always)]
+fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The low 32 bits of `x`: positions and sequence numbers in the head word are kept modulo 2^32.
@@ -709,6 +754,13 @@ impl MapRef<'_> {
 pub struct RingProducer<'a> {
     map: MapRef<'a>,
     capacity: usize,
+    /// Process-local, possibly stale copies of the consumer's tail (position, ring_seq). Stale
+    /// values are lower bounds, which is all the fast path needs; reading the consumer's cache
+    /// line on every push would cost a cross-core miss.
+    tail_pos: AtomicU64,
+    tail_seq: AtomicU64,
+    /// Use SeqCst read-modify-writes on the fast path ([`FLAG_STRONG_FENCES`]).
+    strong: bool,
 }
 
 impl std::fmt::Debug for RingProducer<'_> {
@@ -778,9 +830,18 @@ impl RingProducer<'static> {
                 ),
             });
         }
+        let strong = fx.flags & FLAG_STRONG_FENCES != 0;
+        let h = map.header();
+        let (tp, ts) = (
+            h.tail.0.pos.load(Ordering::SeqCst),
+            h.tail.0.seq.load(Ordering::SeqCst),
+        );
         Ok(Self {
             map: MapRef::Owned(map),
             capacity,
+            tail_pos: AtomicU64::new(tp),
+            tail_seq: AtomicU64::new(ts),
+            strong,
         })
     }
 }
@@ -816,11 +877,19 @@ impl RingProducer<'_> {
             let off = off_of(u64::from(pos), cap);
             let pad = if off + total > cap { cap - off } else { 0 };
             let need = u32::try_from(pad + total).expect("record fits u32");
-            let tail = low32(h.tail.0.pos.load(Ordering::Acquire));
-            let used = pos.wrapping_sub(tail);
-            if used as usize + need as usize > cap {
-                self.wait_space(tail)?;
-                continue;
+            let mut tail = low32(self.tail_pos.load(Ordering::Acquire));
+            if pos.wrapping_sub(tail) as usize + need as usize > cap {
+                // Refresh the cached tail from the header (Acquire: the consumer zeroed the
+                // bytes it gave back before publishing the tail).
+                let tp = h.tail.0.pos.load(Ordering::Acquire);
+                let ts = h.tail.0.seq.load(Ordering::Acquire);
+                self.tail_seq.store(ts, Ordering::Release);
+                self.tail_pos.store(tp, Ordering::Release);
+                tail = low32(tp);
+                if pos.wrapping_sub(tail) as usize + need as usize > cap {
+                    self.wait_space(tail)?;
+                    continue;
+                }
             }
             let new = (u64::from(seq_lo.wrapping_add(1)) << 32) | u64::from(pos.wrapping_add(need));
             if h.head
@@ -832,7 +901,10 @@ impl RingProducer<'_> {
                 break (seq_lo, off, pad);
             }
         };
-        let seq = full_seq(h, seq_lo);
+        // The record is not consumed yet, so it lies within 2^32 of any past value of the
+        // consumer's tail seq (the cached one is refreshed at least once per lap).
+        let t = self.tail_seq.load(Ordering::Acquire);
+        let seq = t + u64::from(seq_lo.wrapping_sub(low32(t)));
         let (roff, wrapped) = if pad > 0 { (0, true) } else { (off, false) };
         // SAFETY: [roff, roff+total) was reserved by our CAS: the consumer has zeroed it and no
         // other producer can reserve it until the consumer moves past it.
@@ -844,17 +916,35 @@ impl RingProducer<'_> {
         .encode_tail(rec);
         fill(&mut rec[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len]);
         let word = framing::COMMITTED | u32::try_from(total).expect("fits");
-        m.word(roff).swap(word, Ordering::SeqCst);
-        if wrapped {
-            // The pad is published after the record so the consumer, which stops at the pad
-            // until it is committed, then finds the record complete.
-            let pw = framing::COMMITTED | framing::PAD | u32::try_from(pad).expect("fits");
-            m.word(off).swap(pw, Ordering::SeqCst);
-        }
+        let pw = framing::COMMITTED | framing::PAD | u32::try_from(pad).expect("fits");
         let wk = &h.wake.0;
-        if wk.consumer_sleeping.load(Ordering::SeqCst) != 0 {
+        // Publish; the pad (if any) after the record, so the consumer, which stops at the pad
+        // until it is committed, then finds the record complete.
+        if self.strong {
+            m.word(roff).swap(word, Ordering::SeqCst);
+            if wrapped {
+                m.word(off).swap(pw, Ordering::SeqCst);
+            }
+        } else {
+            // Plain Release stores: the consumer issues membarrier before it sleeps, which
+            // orders these stores before our load of `consumer_sleeping` below.
+            m.word(roff).store(word, Ordering::Release);
+            if wrapped {
+                m.word(off).store(pw, Ordering::Release);
+            }
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        }
+        if wk.consumer_sleeping.load(Ordering::Relaxed) != 0 {
             wk.data_futex.fetch_add(1, Ordering::SeqCst);
             futex::wake(&wk.data_futex, 1);
+        }
+        // The next records will most likely go right after this one, into lines the consumer
+        // zeroed (and so owns) one lap ago: ask for them now, with write intent, so the
+        // ownership transfer overlaps with the application's work instead of stalling the next
+        // reservation's compare-and-swap.
+        let next = (roff + total) & (cap - 1);
+        for k in 0..3 {
+            prefetch_write(m.data().wrapping_add((next + 64 * k) & (cap - 1)));
         }
         Ok(seq)
     }
@@ -885,6 +975,14 @@ impl RingProducer<'_> {
             return Ok(());
         }
         let start = Instant::now();
+        // Our records may sit unnoticed if the consumer went to sleep in the window the fast
+        // path leaves open: make sure it is awake before we wait for it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let wk = &h.wake.0;
+        if wk.consumer_sleeping.load(Ordering::SeqCst) != 0 {
+            wk.data_futex.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&wk.data_futex, 1);
+        }
         a.ack_waiters.fetch_add(1, Ordering::SeqCst);
         let res = loop {
             let v = a.ack_futex.load(Ordering::SeqCst);
@@ -918,6 +1016,14 @@ impl RingProducer<'_> {
             .0
             .ack_seq
             .load(Ordering::Acquire)
+    }
+
+    /// `ring_seq` of the last record reserved so far by any producer (0 if none): what a
+    /// sync-mode output must wait for before it leaves the application.
+    pub fn last_seq(&self) -> u64 {
+        let h = self.map.get().header();
+        let w = h.head.0.word.load(Ordering::SeqCst);
+        full_seq(h, low32(w >> 32)) - 1
     }
 
     /// Take a slot in the thread table for thread `tid` of process `pid` (state `Outside`).
@@ -965,9 +1071,21 @@ impl RingProducer<'_> {
         let m = self.map.get();
         let s = m.slot(t.index as usize);
         let q = &m.header().quiesce.0;
-        s.state.swap(ThreadState::Active as u32, Ordering::SeqCst);
-        if q.gen.load(Ordering::SeqCst) & 1 == 1 {
+        self.set_active(s);
+        if q.gen.load(Ordering::Relaxed) & 1 == 1 {
             self.park(s, q);
+        }
+    }
+
+    /// State `Active`, ordered before the following load of the quiesce word: by a SeqCst swap,
+    /// or (normally) by the consumer's membarrier in `quiesce`.
+    #[inline]
+    fn set_active(&self, s: &ThreadSlot) {
+        if self.strong {
+            s.state.swap(ThreadState::Active as u32, Ordering::SeqCst);
+        } else {
+            s.state.store(ThreadState::Active as u32, Ordering::Relaxed);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
         }
     }
 
@@ -994,7 +1112,7 @@ impl RingProducer<'_> {
             .get()
             .slot(t.index as usize)
             .state
-            .store(ThreadState::Blocked as u32, Ordering::SeqCst);
+            .store(ThreadState::Blocked as u32, Ordering::Release);
     }
 
     /// Boundary: the thread leaves the interceptor (its message, if any, is committed).

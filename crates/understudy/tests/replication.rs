@@ -138,6 +138,7 @@ fn primary(prefix: &[&str], state: &Path, key: &Path, backup: &str, load: &[&str
         "never",
         "--drain-timeout",
         "20",
+        "--no-intercept",
         "--",
         LOADGEN,
     ];

@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod progress;
 pub mod protect;
 pub mod record;
+pub mod recording;
 pub mod replay;
 pub mod restore;
 pub mod run;

@@ -1,7 +1,8 @@
 //! The replication side of `understudy run --backup HOST:PORT...`: the primary agent.
 //!
-//! It creates the application's shared-memory ring (path in `UNDERSTUDY_RING`, mode in
-//! `UNDERSTUDY_MODE` for the interceptors), launches PROGRAM through [`crate::launch`], drains
+//! It creates the application's shared-memory ring (path in `UNDERSTUDY_RING`; with
+//! `UNDERSTUDY_MODE=record`, `UNDERSTUDY_SYNC=0|1` and `LD_PRELOAD` as `understudy record` sets
+//! them for the interceptor), launches PROGRAM through [`crate::launch`], drains
 //! the ring into the local journal (`STATE_DIR/apps/NAME/journal`) and streams it to every
 //! backup ([`agent::Primary`]). In sync mode it moves the ring's `ack_seq` only as far as at
 //! least one backup has journaled; in async mode as far as the local journal holds.
@@ -38,6 +39,10 @@ pub struct ReplicationArgs {
     /// After PROGRAM exits, wait this many seconds for backups to catch up.
     #[arg(long, default_value_t = 10)]
     pub drain_timeout: u64,
+    /// Do not preload the interceptor (PROGRAM writes replication records to the ring itself,
+    /// like the `understudy-loadgen` test workload).
+    #[arg(long)]
+    pub no_intercept: bool,
     #[command(flatten)]
     pub key: KeyArgs,
     #[command(flatten)]
@@ -60,16 +65,29 @@ pub fn run(
     ));
     let ring = RingConsumer::create(&ring_path, RING_CAPACITY)
         .with_context(|| format!("cannot create the ring {}", ring_path.display()))?;
+    // The interceptor's environment (as `understudy record` sets it): preloaded when the
+    // library is found, otherwise PROGRAM runs without it (only messages written to the ring by
+    // the program itself are replicated, e.g. the test workload).
+    let procs_path = PathBuf::from(format!("/dev/shm/understudy-{name}-{}.procs", std::process::id()));
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("UNDERSTUDY_RING".into(), ring_path.clone().into_os_string()),
+        ("UNDERSTUDY_PROCS".into(), procs_path.clone().into_os_string()),
+        ("UNDERSTUDY_MODE".into(), "record".into()),
+        ("UNDERSTUDY_SYNC".into(), if rep.mode == Mode::Sync { "1" } else { "0" }.into()),
+    ];
+    if !rep.no_intercept {
+        match super::recording::find_lib() {
+            Ok(lib) => env.push(("LD_PRELOAD".into(), super::recording::preload_value(&lib))),
+            Err(e) => eprintln!("understudy: {name}: running without the interceptor: {e:#}"),
+        }
+    }
     let spec = LaunchSpec {
         name: name.to_owned(),
         state_dir: cli.state_dir.clone(),
         program: program.clone(),
         args: args.to_vec(),
         detach: false,
-        env: vec![
-            ("UNDERSTUDY_RING".into(), ring_path.clone().into_os_string()),
-            ("UNDERSTUDY_MODE".into(), rep.mode.to_string().into()),
-        ],
+        env,
     };
     // `launch::spawn` unshares a PID namespace for its children, after which this thread can
     // no longer create threads: start the runtime and the collector first. Block the signals
@@ -127,6 +145,7 @@ pub fn run(
         .join()
         .map_err(|_| anyhow::anyhow!("collector thread panicked"))?;
     let _ = std::fs::remove_file(&ring_path);
+    let _ = std::fs::remove_file(&procs_path);
     let drained = rt.block_on(primary.wait_all_acked(Duration::from_secs(rep.drain_timeout)));
     if let Err(e) = &drained {
         eprintln!("understudy: {name}: not every backup caught up: {e}");
