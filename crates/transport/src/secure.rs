@@ -631,6 +631,50 @@ mod tests {
         ));
     }
 
+    /// Authenticated but malformed streams: a frame cut short by EOF, and a frame with a bad
+    /// checksum, each end the connection with a typed error (never a panic or a hang).
+    #[tokio::test]
+    async fn truncated_and_corrupt_frames_after_the_handshake_are_refused() {
+        let k = ClusterKey::generate();
+        let (c, s) = pair(k.clone(), k.clone(), PROTOCOL_VERSION).await;
+        let (_cr, mut cw) = c.unwrap();
+        let (mut sr, _sw) = s.unwrap();
+        let mut whole = Vec::new();
+        frame::encode(
+            &Frame::Goodbye {
+                reason: "x".repeat(100),
+            },
+            PROTOCOL_VERSION,
+            &mut whole,
+        )
+        .unwrap();
+        cw.plain.extend_from_slice(&whole[..whole.len() / 2]);
+        cw.flush().await.unwrap();
+        cw.shutdown().await;
+        let e = sr.next_frame().await.unwrap_err();
+        assert!(matches!(e, TransportError::Truncated { .. }), "{e}");
+
+        let (c, s) = pair(k.clone(), k, PROTOCOL_VERSION).await;
+        let (_cr, mut cw) = c.unwrap();
+        let (mut sr, _sw) = s.unwrap();
+        let mut bad = whole.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        cw.plain.extend_from_slice(&bad);
+        cw.flush().await.unwrap();
+        let e = sr.next_frame().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TransportError::Frame {
+                    source: FrameError::Checksum { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn wrong_key_is_refused_on_both_sides() {
         let (c, s) = pair(

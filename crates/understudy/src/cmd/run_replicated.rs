@@ -68,12 +68,21 @@ pub fn run(
     // The interceptor's environment (as `understudy record` sets it): preloaded when the
     // library is found, otherwise PROGRAM runs without it (only messages written to the ring by
     // the program itself are replicated, e.g. the test workload).
-    let procs_path = PathBuf::from(format!("/dev/shm/understudy-{name}-{}.procs", std::process::id()));
+    let procs_path = PathBuf::from(format!(
+        "/dev/shm/understudy-{name}-{}.procs",
+        std::process::id()
+    ));
     let mut env: Vec<(OsString, OsString)> = vec![
         ("UNDERSTUDY_RING".into(), ring_path.clone().into_os_string()),
-        ("UNDERSTUDY_PROCS".into(), procs_path.clone().into_os_string()),
+        (
+            "UNDERSTUDY_PROCS".into(),
+            procs_path.clone().into_os_string(),
+        ),
         ("UNDERSTUDY_MODE".into(), "record".into()),
-        ("UNDERSTUDY_SYNC".into(), if rep.mode == Mode::Sync { "1" } else { "0" }.into()),
+        (
+            "UNDERSTUDY_SYNC".into(),
+            if rep.mode == Mode::Sync { "1" } else { "0" }.into(),
+        ),
     ];
     if !rep.no_intercept {
         match super::recording::find_lib() {
