@@ -56,6 +56,16 @@ impl MemStore {
             durable: 0,
         }
     }
+    /// An empty store whose first record will be `first` (as after retention dropped
+    /// everything before it).
+    pub fn starting_at(first: u64) -> Self {
+        Self {
+            first,
+            recs: Vec::new(),
+            durable: first - 1,
+        }
+    }
+
     /// A factory for [`OpenStore`] that gives a fresh in-memory store per directory.
     pub fn factory() -> OpenStore {
         Arc::new(|_| Ok(Box::new(MemStore::new()) as Box<dyn Store>))

@@ -295,3 +295,125 @@ async fn sync_mode_ring_ack_waits_for_the_backup() {
     Arc::try_unwrap(p).unwrap().stop().await;
     b.stop().await;
 }
+
+fn mem_factory(first: u64, prefill: u64) -> agent::OpenStore {
+    Arc::new(move |_: &Path| {
+        let mut s = agent::MemStore::starting_at(first);
+        for i in 0..prefill {
+            agent::Store::append(&mut s, first + i, 1, b"old").unwrap();
+        }
+        agent::Store::commit(&mut s).unwrap();
+        Ok(Box::new(s) as Box<dyn agent::Store>)
+    })
+}
+
+async fn wait_peer_state(p: &Primary, state: &str) -> agent::status::PeerStatus {
+    for _ in 0..200 {
+        let st = p.status().apps[0].peers[0].clone();
+        if st.state == state {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("peer never reached state {state}: {:?}", p.status());
+}
+
+/// The primary's journal starts at seq 1000 (retention dropped the rest); a fresh backup holds
+/// nothing, so it cannot be resumed: it is told so, and status says it needs a re-seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_too_far_behind_is_told_so() {
+    let (pd, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = ClusterKey::generate();
+    let b = BackupAgent::start(backup_cfg(bd.path(), &key, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let mut cfg = primary_cfg(
+        pd.path(),
+        &key,
+        vec![b.local_addr().to_string()],
+        Mode::Async,
+    );
+    cfg.open_store = mem_factory(1000, 0);
+    let p = Primary::start(cfg).await.unwrap();
+    p.submit(1, b"after retention").unwrap();
+    let st = wait_peer_state(&p, "too-far-behind").await;
+    let e = st.error.unwrap();
+    assert!(e.contains("too far behind") && e.contains("re-seed"), "{e}");
+    assert_eq!(
+        b.status().apps[0].last_seq_journaled,
+        0,
+        "nothing may be written with a gap"
+    );
+    p.stop().await;
+    b.stop().await;
+}
+
+/// The backup holds more of the application than the primary: refused as diverged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diverged_backup_is_refused() {
+    let (pd, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = ClusterKey::generate();
+    let mut bc = backup_cfg(bd.path(), &key, "127.0.0.1:0");
+    bc.open_store = mem_factory(1, 50);
+    let b = BackupAgent::start(bc).await.unwrap();
+    let mut cfg = primary_cfg(
+        pd.path(),
+        &key,
+        vec![b.local_addr().to_string()],
+        Mode::Async,
+    );
+    cfg.open_store = mem_factory(1, 0);
+    let p = Primary::start(cfg).await.unwrap();
+    p.submit(1, b"new history").unwrap();
+    let st = wait_peer_state(&p, "refused").await;
+    assert!(st.error.unwrap().contains("diverged"));
+    p.stop().await;
+    b.stop().await;
+}
+
+/// Async mode: a backup that stops acknowledging while too much is in flight is dropped (the
+/// primary's memory stays bounded by its window) and resumed from its watermark once it acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backup_is_dropped_then_resumed_in_async_mode() {
+    let (pd, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = ClusterKey::generate();
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(true);
+    let mut bc = backup_cfg(bd.path(), &key, "127.0.0.1:0");
+    bc.hold_acks = Some(hold_rx);
+    let b = BackupAgent::start(bc).await.unwrap();
+    let mut cfg = primary_cfg(
+        pd.path(),
+        &key,
+        vec![b.local_addr().to_string()],
+        Mode::Async,
+    );
+    cfg.max_inflight_bytes = 64 << 10;
+    cfg.window_bytes = 256 << 10;
+    cfg.timing.stall = Duration::from_millis(300);
+    let p = Primary::start(cfg).await.unwrap();
+    let payload = [7u8; 1000];
+    for _ in 0..100 {
+        let batch: Vec<(u32, &[u8])> = (0..10).map(|s| (s, &payload[..])).collect();
+        p.submit_batch(batch).unwrap();
+    }
+    // Never blocked: all 1000 messages (1 MB, four times the window) were accepted at once.
+    assert_eq!(p.last_seq(), 1000);
+    let mut dropped = false;
+    for _ in 0..200 {
+        let st = p.status().apps[0].peers[0].clone();
+        if st.error.as_deref().is_some_and(|e| e.contains("too slow")) {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(dropped, "slow backup was not dropped: {:?}", p.status());
+    hold_tx.send(false).unwrap();
+    p.wait_all_acked(Duration::from_secs(20)).await.unwrap();
+    assert!(p.status().apps[0].peers[0].reconnects >= 1);
+    p.stop().await;
+    b.stop().await;
+    let (sp, sb) = (summary(pd.path()), summary(bd.path()));
+    assert_eq!((sp.records, sb.gaps), (1000, 0));
+    assert_eq!(sp.digest, sb.digest);
+}
