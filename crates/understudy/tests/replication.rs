@@ -480,3 +480,66 @@ fn protect_adds_a_second_backup_to_a_running_application() {
     assert_eq!(sp.digest, s1.digest);
     assert_eq!(sp.digest, s2.digest);
 }
+
+/// Heartbeats and timeouts: a backup that stops answering (SIGSTOP, so its TCP connection stays
+/// open) is dropped by the primary after the peer timeout; once it runs again the primary
+/// reconnects and resumes, and both journals end identical.
+#[test]
+fn silent_backup_is_dropped_by_timeout_and_resumed() {
+    if !is_root() {
+        return;
+    }
+    let (pd, bd, kd) = (Dir::new("stop-p"), Dir::new("stop-b"), Dir::new("stop-k"));
+    let key = kd.0.join("cluster.key");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut b = backup(&[], &bd.0, &key, &addr, &[]);
+    let mut p = primary(
+        &[],
+        &pd.0,
+        &key,
+        &addr,
+        &[
+            "--threads",
+            "2",
+            "--messages",
+            "4000",
+            "--pause-us",
+            "50000",
+        ],
+    );
+    sleep(Duration::from_millis(500));
+    let bpid = nix::unistd::Pid::from_raw(i32::try_from(b.0.id()).unwrap());
+    nix::sys::signal::kill(bpid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The primary notices the silence (3 s timeout) and says so in its status.
+    let start = Instant::now();
+    let mut seen = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        let out = Command::new(UNDERSTUDY)
+            .arg("--state-dir")
+            .arg(&pd.0)
+            .args(["status", "w", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let err = v["apps"][0]["peers"][0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if err.contains("silent") {
+            seen = err;
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(bpid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        seen.contains("silent"),
+        "primary never reported the silent backup"
+    );
+    assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.stderr());
+    b.kill();
+    let (sp, sb) = (summary(&pd.0, "w"), summary(&bd.0, "w"));
+    assert_eq!(sp.records, 8000);
+    assert_eq!((sp.gaps, sb.gaps), (0, 0));
+    assert_eq!(sp.digest, sb.digest);
+}
