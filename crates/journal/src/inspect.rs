@@ -84,6 +84,9 @@ pub struct Summary {
     pub tail: Option<TailCut>,
     /// Damage that `open` would refuse (corrupt sealed segments, overlaps, foreign segments).
     pub problems: Vec<String>,
+    /// Files an earlier `open` set aside (a newest segment whose header was damaged), kept for
+    /// forensics; not part of the journal.
+    pub set_aside: Vec<PathBuf>,
 }
 
 /// True when `path` is a directory holding at least one journal segment file (lets
@@ -142,6 +145,7 @@ fn summarize_once(dir: &Path, from: u64, to: u64) -> Result<Option<Summary>> {
         segments: Vec::new(),
         tail: None,
         problems: Vec::new(),
+        set_aside: listing.damaged.clone(),
     };
     for tmp in &listing.tmp {
         s.problems.push(format!(
@@ -330,6 +334,13 @@ impl fmt::Display for Summary {
         }
         for p in &self.problems {
             writeln!(f, "  problem   {p}")?;
+        }
+        for p in &self.set_aside {
+            writeln!(
+                f,
+                "  set aside {} (damaged header, kept by open)",
+                p.display()
+            )?;
         }
         Ok(())
     }

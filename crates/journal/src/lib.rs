@@ -20,8 +20,14 @@
 //! - **Bounded reads**: a length field is checked against [`format::MAX_PAYLOAD`] and the bytes
 //!   left in the file before anything is allocated.
 //!
+//! - **Shipping without re-encoding**: [`Journal::read_raw_into`] hands out whole frames as
+//!   stored (verified), [`Journal::append_raw`] / [`Journal::append_raw_idempotent`] append
+//!   them on the other side; [`inspect::summarize`] gives a digest that is equal on two hosts
+//!   holding the same records.
+//!
 //! Thread safety: [`Journal`] has a `&mut self` API; share it between threads with
-//! [`SharedJournal`], which adds group commit (one fsync covers every appender waiting).
+//! [`SharedJournal`], which adds group commit (one fsync covers every appender waiting) and
+//! an optional syncer thread for quiet tails ([`SharedJournal::spawn_syncer`]).
 //!
 //! The layout and its version rules are documented in `docs/journal-format.md`.
 //!

@@ -37,6 +37,8 @@ pub(crate) struct Listing {
     pub tmp: Vec<PathBuf>,
     /// Leftover `*.seg.new` files (a crash while creating a segment).
     pub partial: Vec<PathBuf>,
+    /// Segments `open` set aside because their header was damaged (`*.seg.damaged*`).
+    pub damaged: Vec<PathBuf>,
 }
 
 pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
@@ -55,6 +57,8 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
             out.tmp.push(ent.path());
         } else if name.ends_with(NEW_SUFFIX) {
             out.partial.push(ent.path());
+        } else if name.contains(".seg.damaged") {
+            out.damaged.push(ent.path());
         }
     }
     out.segments.sort_by_key(|s| s.name_seq);

@@ -88,7 +88,7 @@ fn sigkilled_writer_loses_nothing_it_reported_durable() {
                 .unwrap();
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
             // Let it run for a random number of commits, then kill it mid-stream.
-            let commits = 20 + rng.below(400);
+            let commits = 20 + rng.below(200);
             for _ in 0..commits {
                 let Some(Ok(line)) = lines.next() else { break };
                 if let Ok(d) = line.trim().parse::<u64>() {

@@ -777,3 +777,27 @@ fn outside_reader_sees_a_clean_prefix_of_a_live_journal() {
     let seen = reader.join().unwrap();
     assert!(seen <= 3000);
 }
+
+#[test]
+fn syncer_thread_makes_a_quiet_tail_durable_and_ends_with_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = FsyncPolicy::Interval(std::time::Duration::from_millis(30));
+    let (j, _) = SharedJournal::open(dir.path(), opts(1 << 20, policy)).unwrap();
+    let j = Arc::new(j);
+    j.append_next(0, b"a").unwrap();
+    j.commit().unwrap(); // may or may not fsync, depending on the time since open
+    j.append_next(0, b"b").unwrap();
+    j.commit().unwrap();
+    let syncer = j.spawn_syncer(std::time::Duration::from_millis(5));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while j.durable_seq() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the quiet tail never became durable"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(j.sync_deadline(), None);
+    drop(j);
+    syncer.join().unwrap(); // ends by itself once the journal is gone
+}
