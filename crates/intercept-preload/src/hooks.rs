@@ -126,7 +126,12 @@ pub fn core_read(fd: i64, buf: *mut u8, len: usize) -> i64 {
     }
     if mode() == RECORD {
         g.blocking();
-        let r = real();
+        let r = sys3(
+            libc::SYS_read,
+            fd,
+            buf as i64,
+            len.min(intercept::msg::MAX_READ) as i64,
+        );
         g.unblocked();
         g.emit(Kind::Read, r, fd as u64, len as u64, 0, &[bytes(buf, r)]);
         r
@@ -196,7 +201,15 @@ pub fn core_recvfrom(
     let Some(g) = enter() else { return real() };
     if mode() == RECORD {
         g.blocking();
-        let r = real();
+        let r = sys(
+            libc::SYS_recvfrom,
+            fd,
+            buf as i64,
+            len.min(intercept::msg::MAX_READ) as i64,
+            flags,
+            addr as i64,
+            alen as i64,
+        );
         g.unblocked();
         let al = if alen.is_null() || addr.is_null() || r < 0 {
             0
