@@ -1427,3 +1427,81 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
     // SAFETY: libc's function with the application's arguments.
     cond_wait(m, || unsafe { f(c, m, t) })
 }
+
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    tmo: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    libc_ret(core_poll(fds, n, || {
+        sys(
+            libc::SYS_ppoll,
+            fds as i64,
+            n as i64,
+            tmo as i64,
+            mask as i64,
+            8,
+            0,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    libc_ret(core_epoll(i64::from(epfd), ev, i64::from(max), || {
+        sys(
+            libc::SYS_epoll_pwait,
+            i64::from(epfd),
+            ev as i64,
+            i64::from(max),
+            i64::from(timeout),
+            mask as i64,
+            8,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tmo: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // pselect6's sixth argument: { const sigset_t *ss; size_t ss_len; }
+    let data: [usize; 2] = [mask as usize, 8];
+    let dp = if mask.is_null() {
+        0
+    } else {
+        data.as_ptr() as i64
+    };
+    libc_ret(core_select(i64::from(nfds), r, w, e, || {
+        // pselect6 may write the remaining time: pass a copy, as glibc does.
+        let mut t = if tmo.is_null() {
+            None
+        } else {
+            // SAFETY: the application's timeout for this call.
+            Some(unsafe { *tmo })
+        };
+        let tp = t.as_mut().map_or(0, |t| t as *mut libc::timespec as i64);
+        sys(
+            libc::SYS_pselect6,
+            i64::from(nfds),
+            r as i64,
+            w as i64,
+            e as i64,
+            tp,
+            dp,
+        )
+    })) as c_int
+}
