@@ -1505,3 +1505,23 @@ pub unsafe extern "C" fn pselect(
         )
     })) as c_int
 }
+
+/// In replay the program sees recorded pids: translate them back before signalling, so that
+/// `kill(getpid(), ...)` or `kill(child, ...)` reach this run's processes and never a stranger
+/// that happens to hold the recorded number.
+#[no_mangle]
+pub unsafe extern "C" fn kill(pid: libc::pid_t, sig: c_int) -> c_int {
+    let mut target = i64::from(pid);
+    if mode() == REPLAY && pid != 0 && pid != -1 {
+        let abs = pid.unsigned_abs();
+        let real = if abs == VPID.load(Ordering::Relaxed) {
+            Some(rt::REAL_PID.load(Ordering::Relaxed))
+        } else {
+            real_child(abs)
+        };
+        if let Some(r) = real {
+            target = if pid < 0 { -i64::from(r) } else { i64::from(r) };
+        }
+    }
+    libc_ret(sys3(libc::SYS_kill, target, i64::from(sig), 0)) as c_int
+}
