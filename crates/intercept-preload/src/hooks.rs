@@ -126,7 +126,12 @@ pub fn core_read(fd: i64, buf: *mut u8, len: usize) -> i64 {
     }
     if mode() == RECORD {
         g.blocking();
-        let r = real();
+        let r = sys3(
+            libc::SYS_read,
+            fd,
+            buf as i64,
+            len.min(intercept::msg::MAX_READ) as i64,
+        );
         g.unblocked();
         g.emit(Kind::Read, r, fd as u64, len as u64, 0, &[bytes(buf, r)]);
         r
@@ -196,7 +201,15 @@ pub fn core_recvfrom(
     let Some(g) = enter() else { return real() };
     if mode() == RECORD {
         g.blocking();
-        let r = real();
+        let r = sys(
+            libc::SYS_recvfrom,
+            fd,
+            buf as i64,
+            len.min(intercept::msg::MAX_READ) as i64,
+            flags,
+            addr as i64,
+            alen as i64,
+        );
         g.unblocked();
         let al = if alen.is_null() || addr.is_null() || r < 0 {
             0
@@ -1413,4 +1426,102 @@ pub unsafe extern "C" fn pthread_cond_timedwait(
     let f = real!("pthread_cond_timedwait", CondTFn);
     // SAFETY: libc's function with the application's arguments.
     cond_wait(m, || unsafe { f(c, m, t) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    tmo: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    libc_ret(core_poll(fds, n, || {
+        sys(
+            libc::SYS_ppoll,
+            fds as i64,
+            n as i64,
+            tmo as i64,
+            mask as i64,
+            8,
+            0,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    libc_ret(core_epoll(i64::from(epfd), ev, i64::from(max), || {
+        sys(
+            libc::SYS_epoll_pwait,
+            i64::from(epfd),
+            ev as i64,
+            i64::from(max),
+            i64::from(timeout),
+            mask as i64,
+            8,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tmo: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // pselect6's sixth argument: { const sigset_t *ss; size_t ss_len; }
+    let data: [usize; 2] = [mask as usize, 8];
+    let dp = if mask.is_null() {
+        0
+    } else {
+        data.as_ptr() as i64
+    };
+    libc_ret(core_select(i64::from(nfds), r, w, e, || {
+        // pselect6 may write the remaining time: pass a copy, as glibc does.
+        let mut t = if tmo.is_null() {
+            None
+        } else {
+            // SAFETY: the application's timeout for this call.
+            Some(unsafe { *tmo })
+        };
+        let tp = t.as_mut().map_or(0, |t| t as *mut libc::timespec as i64);
+        sys(
+            libc::SYS_pselect6,
+            i64::from(nfds),
+            r as i64,
+            w as i64,
+            e as i64,
+            tp,
+            dp,
+        )
+    })) as c_int
+}
+
+/// In replay the program sees recorded pids: translate them back before signalling, so that
+/// `kill(getpid(), ...)` or `kill(child, ...)` reach this run's processes and never a stranger
+/// that happens to hold the recorded number.
+#[no_mangle]
+pub unsafe extern "C" fn kill(pid: libc::pid_t, sig: c_int) -> c_int {
+    let mut target = i64::from(pid);
+    if mode() == REPLAY && pid != 0 && pid != -1 {
+        let abs = pid.unsigned_abs();
+        let real = if abs == VPID.load(Ordering::Relaxed) {
+            Some(rt::REAL_PID.load(Ordering::Relaxed))
+        } else {
+            real_child(abs)
+        };
+        if let Some(r) = real {
+            target = if pid < 0 { -i64::from(r) } else { i64::from(r) };
+        }
+    }
+    libc_ret(sys3(libc::SYS_kill, target, i64::from(sig), 0)) as c_int
 }

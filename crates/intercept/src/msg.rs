@@ -32,8 +32,12 @@ pub const MAGIC: u8 = 0xA7;
 pub const VERSION: u8 = 1;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 64;
-/// Largest `data_len` accepted by the decoder (1 MiB).
-pub const MAX_DATA: usize = 1 << 20;
+/// Largest `data_len` accepted by the decoder (the journal's default payload cap).
+pub const MAX_DATA: usize = (16 << 20) - HEADER_LEN;
+/// Largest read the interceptor asks the kernel for in record mode: a longer `read` or
+/// `recvfrom` on a stream is shortened (a short read is always allowed there), so one message
+/// stays well below the ring's and the journal's caps.
+pub const MAX_READ: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MsgError {

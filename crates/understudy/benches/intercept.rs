@@ -118,6 +118,27 @@ fn redis_bench(port: u16, n: u32) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// utime + stime of a process, in seconds (clock ticks of 10 ms).
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// The redis-server process: the child itself, or the recorded child of `understudy record`.
+fn redis_pid(child: &Child, recorded: bool) -> u32 {
+    if !recorded {
+        return child.id();
+    }
+    let p = format!("/proc/{0}/task/{0}/children", child.id());
+    std::fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn stop_redis(port: u16, mut child: Child) {
     let _ = Command::new("redis-cli")
         .args(["-p", &port.to_string(), "shutdown", "nosave"])
@@ -141,6 +162,10 @@ fn server(dir: &Path, rounds: usize) {
     let n = 100_000;
     let tests = ["SET", "GET"];
     let mut v = vec![vec![vec![]; tests.len()]; 2];
+    // CPU time per request (µs) of the server, native and recorded, and of the collector: on a
+    // machine shared with other work this is steadier than requests per second.
+    let mut cpu = vec![vec![]; 2];
+    let mut collector = vec![];
     for r in 0..rounds {
         for (m, rec) in [false, true].into_iter().enumerate() {
             let port = 17_000 + u16::try_from(r * 2 + m).unwrap();
@@ -171,10 +196,17 @@ fn server(dir: &Path, rounds: usize) {
                     .unwrap()
             };
             assert!(wait_port(port), "redis did not start");
+            let rp = redis_pid(&child, rec);
+            let (c0, k0) = (cpu_secs(rp), cpu_secs(child.id()));
             for (k, val) in redis_bench(port, n) {
                 if let Some(i) = tests.iter().position(|t| *t == k) {
                     v[m][i].push(val);
                 }
+            }
+            let per_req = 1e6 / f64::from(n * 2);
+            cpu[m].push((cpu_secs(rp) - c0) * per_req);
+            if rec {
+                collector.push((cpu_secs(child.id()) - k0) * per_req);
             }
             stop_redis(port, child);
             let _ = std::fs::remove_dir_all(&j);
@@ -191,6 +223,16 @@ fn server(dir: &Path, rounds: usize) {
             (rec - nat) / nat * 100.0
         );
     }
+    let cn = median(&mut cpu[0]);
+    let cr = median(&mut cpu[1]);
+    let cc = median(&mut collector);
+    println!("\nCPU per request, µs (server process; collector = `understudy record` draining into the journal)");
+    println!("| native server | recorded server | added | collector |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {cn:.2} | {cr:.2} | {:+.1}% | {cc:.2} |",
+        (cr - cn) / cn * 100.0
+    );
 }
 
 fn main() {
@@ -210,5 +252,5 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     calls(dir.path(), rounds);
-    server(dir.path(), rounds.min(3));
+    server(dir.path(), rounds);
 }

@@ -450,3 +450,55 @@ fn quiesce_parks_a_running_program_and_reports_the_cut() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut s).unwrap();
     assert_eq!(s, "done\n");
 }
+
+#[test]
+fn epoll_server_replays_its_clients_without_them() {
+    use std::io::{Read, Write};
+    let d = tempfile::tempdir().unwrap();
+    let Some(p) = compile(d.path(), "epollserver") else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let j = d.path().join("journal");
+    let out_path = d.path().join("record.out");
+    let mut rec = understudy()
+        .arg("record")
+        .arg("--journal")
+        .arg(&j)
+        .arg("--")
+        .arg(&p)
+        .arg(&port)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&out_path)
+        .unwrap_or_default()
+        .contains("listening")
+    {
+        assert!(Instant::now() < deadline, "server never listened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for client in 0..2 {
+        let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for q in 0..3 {
+            s.write_all(format!("client {client} question {q}\n").as_bytes())
+                .unwrap();
+            let mut b = [0u8; 128];
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0);
+        }
+    }
+    assert!(rec.wait().unwrap().success());
+    let recorded = std::fs::read_to_string(&out_path).unwrap();
+    assert!(recorded.contains("served 2 clients"), "{recorded}");
+    let rep = run("replay", &j, &[p.to_str().unwrap(), &port]);
+    assert!(rep.status.success());
+    assert_eq!(recorded, String::from_utf8_lossy(&rep.stdout));
+}
