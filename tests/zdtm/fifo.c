@@ -14,9 +14,10 @@ int main(int argc, char **argv)
 	char path[4096];
 	zdtm_path(path, sizeof(path), "fifo");
 	ZCHECK(mkfifo(path, 0600) == 0, "mkfifo");
-	/* O_RDWR opens without waiting for a writer; reading happens only through rfd. */
-	int rfd = open(path, O_RDWR);
+	/* O_NONBLOCK opens the read end without waiting for a writer; then block again. */
+	int rfd = open(path, O_RDONLY | O_NONBLOCK);
 	ZCHECK(rfd >= 0, "open fifo");
+	ZCHECK(fcntl(rfd, F_SETFL, 0) == 0, "clear O_NONBLOCK");
 	struct stat fst;
 	ZCHECK(fstat(rfd, &fst) == 0, "fstat");
 	pid_t child = fork();

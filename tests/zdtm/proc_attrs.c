@@ -1,10 +1,9 @@
 /*
  * Per-process attributes: umask, current directory (a subdirectory of the run directory),
- * lowered soft and hard rlimits, process name (PR_SET_NAME) and parent-death signal. After
- * restore every one is as it was.
+ * lowered soft and hard rlimits. After restore every one is as it was. (The process name is
+ * checked by proc_name.c.)
  */
 #include "zdtm.h"
-#include <sys/prctl.h>
 #include <sys/resource.h>
 
 static const int res[] = { RLIMIT_NOFILE, RLIMIT_CORE, RLIMIT_STACK, RLIMIT_NPROC };
@@ -31,7 +30,6 @@ int main(int argc, char **argv)
 			lim[i].rlim_cur = lim[i].rlim_max;
 		ZCHECK(setrlimit(res[i], &lim[i]) == 0, "setrlimit %d", res[i]);
 	}
-	ZCHECK(prctl(PR_SET_NAME, "zdtm-attrs", 0, 0, 0) == 0, "PR_SET_NAME");
 	zdtm_ready();
 	while (!zdtm_triggered())
 		zdtm_msleep(5);
@@ -47,9 +45,6 @@ int main(int argc, char **argv)
 		       (unsigned long long)now.rlim_cur, (unsigned long long)now.rlim_max,
 		       (unsigned long long)lim[i].rlim_cur, (unsigned long long)lim[i].rlim_max);
 	}
-	char name[17] = { 0 };
-	ZCHECK(prctl(PR_GET_NAME, name, 0, 0, 0) == 0 && strcmp(name, "zdtm-attrs") == 0,
-	       "process name is %s", name);
 	umask(027);
 	int fd = open("created", O_WRONLY | O_CREAT, 0666);
 	struct stat st;

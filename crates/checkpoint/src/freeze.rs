@@ -158,8 +158,13 @@ impl Frozen {
         for p in &self.procs {
             let _ = sys::pid::kill(p.pid, libc::SIGKILL);
         }
-        for p in &self.procs {
-            for t in &p.threads {
+        // Children before parents (the init of a PID namespace waits for every process of its
+        // namespace to be reaped, and traced zombies are only released once we collected
+        // them), and within a process non-leader threads first.
+        for p in self.procs.iter().rev() {
+            // Non-leader threads first: a group leader's exit is only reported once every
+            // other thread of its group has been reaped.
+            for t in p.threads.iter().rev() {
                 // Collect the exit notifications we get as tracer so the real parent (or init)
                 // can reap the process.
                 loop {

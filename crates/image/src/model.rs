@@ -80,6 +80,13 @@ pub struct Thread {
     pub sigaltstack: (u64, i32, u64),
     /// Signals pending for this thread (raw `siginfo_t`, hex).
     pub pending: Vec<Hex>,
+    /// `clear_child_tid` (`set_tid_address`): where the kernel clears the tid and wakes
+    /// joiners when the thread exits.
+    #[serde(default)]
+    pub clear_child_tid: u64,
+    /// The thread's name (`PR_SET_NAME`, `/proc/PID/task/TID/comm`).
+    #[serde(default)]
+    pub comm: String,
 }
 
 /// Bytes stored as a hex string in JSON.
@@ -215,6 +222,8 @@ pub enum FileKind {
     Path { path: String, pos: u64, size: u64 },
     /// A character device (`/dev/null`, `/dev/zero`, `/dev/urandom`, a tty), reopened by path.
     Device { path: String, rdev: u64 },
+    /// A memfd (its content is the shared memory object `shmem` of [`Tree::shmem`]).
+    Memfd { shmem: u32, pos: u64 },
     /// One end of a pipe or FIFO; `pipe` identifies the pipe (both ends share it).
     Pipe {
         pipe: u32,

@@ -20,6 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -221,6 +222,24 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Marks every fd above stderr close-on-exec, so the application gets only stdin, stdout and
+/// stderr: descriptors leaked to us by whoever started `understudy run` (a make jobserver pipe,
+/// say) would otherwise be part of the application and tie it to processes outside its tree.
+fn close_stray_fds_on_exec() {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // The fd of the read_dir above is gone by now (EBADF), which is fine.
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
 /// Starts the application: a new PID namespace, the init as its PID 1, PROGRAM as PID 2.
 /// Writes `app.json` before returning.
 pub fn spawn(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
@@ -264,6 +283,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
             .unwrap_or_else(|_| "stdout".to_string())
     };
 
+    close_stray_fds_on_exec();
     // Only children created after this call enter the new namespace; the first becomes PID 1.
     unshare(CloneFlags::CLONE_NEWPID).map_err(LaunchError::Unshare)?;
     let child = cmd.spawn().map_err(|source| LaunchError::Spawn {

@@ -87,87 +87,52 @@ macro_rules! zdtm {
     };
 }
 
-zdtm!(
-    mem_patterns,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    threads_mutex,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    pipe_children,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    shm_memfd,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    signals,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    sleep_read,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    file_offsets,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    sigaltstack,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    itimer,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    fifo,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    proc_attrs,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
-zdtm!(
-    bigmem,
-    ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-);
+zdtm!(mem_patterns);
+zdtm!(threads_mutex);
+zdtm!(pipe_children);
+zdtm!(shm_memfd);
+zdtm!(signals);
+zdtm!(sleep_read);
+zdtm!(file_offsets);
+zdtm!(sigaltstack);
+zdtm!(itimer);
+zdtm!(fifo);
+zdtm!(proc_attrs);
+zdtm!(proc_name);
+zdtm!(bigmem);
+zdtm!(vdso_rseq);
+zdtm!(creds);
+zdtm!(sessions);
+zdtm!(sparse_mem);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
-    zdtm!(
-        pipe_children,
-        mode = Twice,
-        ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-    );
-    zdtm!(
-        threads_mutex,
-        mode = Twice,
-        ignore = "needs the checkpoint engine (branch ckpt): not merged yet"
-    );
+    zdtm!(pipe_children, mode = Twice);
+    zdtm!(threads_mutex, mode = Twice);
     use super::{baseline, checkpoint_restore, Mode};
 }
 
-/// A process holding an io_uring instance: `checkpoint` must refuse it, naming the process and
-/// the fd, and leave it running and untouched (not stopped, not traced, state intact).
-#[test]
-#[ignore = "needs the checkpoint engine (branch ckpt): not merged yet"]
-fn unsupported_io_uring_is_refused_and_left_running() {
-    if !can_run("io_uring") {
+/// A child holding a resource the engine cannot checkpoint yet: `checkpoint` must refuse it,
+/// naming the process and the resource, and leave the whole tree running and untouched (same
+/// processes, not stopped, not traced, state intact: the workload's own check passes).
+fn refused_and_left_running(kind: &str, word: &str) {
+    if !can_run(kind) {
         return;
     }
-    let mut w = match Workload::start("io_uring") {
+    let mut w = match Workload::start_with("unsupported", &[kind]) {
         Ok(w) => w,
         Err(harness::StartError::Launcher(3, _)) => {
-            eprintln!("skipped: io_uring is unavailable on this kernel");
+            eprintln!("skipped: {kind} is unavailable on this kernel");
             return;
         }
-        Err(e) => panic!("io_uring: could not start: {e:?}"),
+        Err(e) => panic!("{kind}: could not start: {e:?}"),
     };
     let before = w.snapshot();
+    let holder = before
+        .iter()
+        .map(|p| p.pid)
+        .find(|&p| p != w.root)
+        .expect("the child");
     let image = w.image_dir("refused");
     let root = w.root.to_string();
     let run = understudy(
@@ -176,18 +141,18 @@ fn unsupported_io_uring_is_refused_and_left_running() {
     );
     assert!(
         !run.status.success(),
-        "checkpoint of an io_uring holder succeeded: {}",
+        "checkpoint of a {kind} holder succeeded: {}",
         run.describe()
     );
     let msg = run.stderr.to_lowercase();
     assert!(
-        msg.contains("io_uring"),
-        "message does not name io_uring: {}",
+        msg.contains(word),
+        "message does not name {word}: {}",
         run.describe()
     );
     assert!(
-        msg.contains(&root),
-        "message does not name pid {root}: {}",
+        msg.contains(&holder.to_string()),
+        "message does not name the holder, pid {holder}: {}",
         run.describe()
     );
     // Untouched: same tree, running (not stopped), not traced.
@@ -210,6 +175,48 @@ fn unsupported_io_uring_is_refused_and_left_running() {
             p.pid
         );
     }
+    w.expect_pass();
+}
+
+#[test]
+fn unsupported_io_uring_is_refused_and_left_running() {
+    refused_and_left_running("io_uring", "io_uring");
+}
+
+#[test]
+fn unsupported_socket_is_refused_and_left_running() {
+    refused_and_left_running("socket", "socket");
+}
+
+#[test]
+fn unsupported_epoll_is_refused_and_left_running() {
+    refused_and_left_running("epoll", "epoll");
+}
+
+#[test]
+fn unsupported_eventfd_is_refused_and_left_running() {
+    refused_and_left_running("eventfd", "eventfd");
+}
+
+/// A 1 GiB sparse mapping with 3 touched pages must not make a big image: only present pages
+/// are dumped.
+#[test]
+fn sparse_memory_makes_a_small_image() {
+    if !can_run("sparse image") {
+        return;
+    }
+    let mut w = start("sparse_mem");
+    let image = w.image_dir("sparse");
+    let before = checkpoint(&mut w, &image);
+    let size: u64 = walk(&image)
+        .iter()
+        .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        size < 16 << 20,
+        "image of a mostly untouched 1 GiB mapping holds {size} bytes"
+    );
+    restore(&mut w, &image, &before);
     w.expect_pass();
 }
 
@@ -248,7 +255,6 @@ fn path(p: &Path) -> &str {
 /// A damaged image must be refused with a message naming the file, and nothing of the tree
 /// may be left running; the intact image then restores and passes.
 #[test]
-#[ignore = "needs the checkpoint engine (branch ckpt): not merged yet"]
 fn damaged_images_are_refused_and_nothing_is_half_restored() {
     if !can_run("damaged images") {
         return;
@@ -333,7 +339,6 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
 /// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids, in the
 /// caller's namespace and in its own.
 #[test]
-#[ignore = "needs the checkpoint engine (branch ckpt): not merged yet"]
 fn run_launched_app_checkpointed_by_name() {
     if !can_run("run + checkpoint NAME") {
         return;

@@ -158,6 +158,11 @@ pub enum StartError {
 
 impl Workload {
     pub fn start(name: &str) -> Result<Workload, StartError> {
+        Workload::start_with(name, &[])
+    }
+
+    /// Like [`Workload::start`], with extra arguments after DIR.
+    pub fn start_with(name: &str, args: &[&str]) -> Result<Workload, StartError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bin = build(name);
         let dir = std::env::temp_dir().join(format!(
@@ -169,6 +174,7 @@ impl Workload {
         fs::create_dir_all(&dir).expect("create run dir");
         let out = Command::new(&bin)
             .arg(&dir)
+            .args(args)
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
@@ -463,6 +469,29 @@ pub fn checkpoint(w: &mut Workload, image: &Path) -> Vec<ProcSnapshot> {
                 .map(|p| format!("{p}:{:?}", proc_state(*p)))
                 .collect::<Vec<_>>()
                 .join(" ")
+        );
+    }
+    // The image must be readable by `inspect --json` (one JSON object naming every process).
+    let inspect = understudy(&w.dir, &["inspect", path_str(image), "--json"]);
+    assert!(
+        inspect.status.success(),
+        "{}: inspect failed: {}",
+        w.name,
+        inspect.describe()
+    );
+    let json: serde_json::Value = serde_json::from_str(&inspect.stdout)
+        .unwrap_or_else(|e| panic!("{}: inspect --json is not one JSON object: {e}", w.name));
+    assert!(
+        json.is_object(),
+        "{}: inspect --json printed {json}",
+        w.name
+    );
+    for p in &before {
+        assert!(
+            inspect.stdout.contains(&p.pid.to_string()),
+            "{}: inspect --json does not mention pid {}",
+            w.name,
+            p.pid
         );
     }
     before
