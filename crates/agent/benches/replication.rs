@@ -158,6 +158,50 @@ async fn ack_latency(dir: &Path, n: usize, fsync: FsyncPolicy) -> (f64, f64) {
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
 }
 
+/// Sync mode through the ring, as an application sees it: a producer pushes one 64-byte record
+/// and waits for the ring's `ack_seq` to cover it (what the interceptor does before an output
+/// call leaves), via the collector, both journals and the backup's ack.
+async fn ring_ack_latency(dir: &Path, n: usize, fsync: FsyncPolicy) -> (f64, f64) {
+    let (b, p) = pair(dir, Mode::Sync, fsync).await;
+    let p = std::sync::Arc::new(p);
+    let ring_path = dir.join("ring");
+    let ring_path = std::path::PathBuf::from(format!(
+        "/dev/shm/understudy-bench-{}-{}.ring",
+        std::process::id(),
+        ring_path.to_string_lossy().len()
+    ));
+    let ring = shmring::RingConsumer::create(&ring_path, 1 << 20).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || agent::collector::collect(&ring, &p, &stop, true))
+    };
+    let lat = tokio::task::block_in_place(|| {
+        let producer = shmring::RingProducer::open(&ring_path).unwrap();
+        let payload = [0x44u8; 64];
+        let s = producer.push(&payload).unwrap();
+        producer.wait_ack(s, Duration::from_secs(10)).unwrap();
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let s = producer.push(&payload).unwrap();
+            producer.wait_ack(s, Duration::from_secs(10)).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        lat
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    collector.join().unwrap().unwrap();
+    let _ = std::fs::remove_file(&ring_path);
+    if let Ok(p) = std::sync::Arc::try_unwrap(p) {
+        p.stop().await;
+    }
+    b.stop().await;
+    let mut lat = lat;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
 fn main() {
     let runs = env_u64("BENCH_RUNS", 5);
     let msgs = env_u64("BENCH_MSGS", 2_000_000);
@@ -171,6 +215,7 @@ fn main() {
         .unwrap();
     let (mut raw, mut mps, mut mbs, mut tro) = (vec![], vec![], vec![], vec![]);
     let (mut p50n, mut p99n, mut p50a, mut p99a) = (vec![], vec![], vec![], vec![]);
+    let (mut r50, mut r99) = (vec![], vec![]);
     if std::env::var_os("BENCH_ONLY_TRANSPORT").is_some() {
         println!(
             "transport only {:.0} MB/s",
@@ -193,9 +238,12 @@ fn main() {
         let (a50, a99) = rt.block_on(ack_latency(d.path(), 5000, FsyncPolicy::Never));
         let d = tempfile::tempdir_in(&base).unwrap();
         let (f50, f99) = rt.block_on(ack_latency(d.path(), 1000, FsyncPolicy::Always));
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (g50, g99) = rt.block_on(ring_ack_latency(d.path(), 5000, FsyncPolicy::Never));
         println!(
             "run {run}: raw tcp {r:.0} MB/s | encrypted transport only {t:.0} MB/s | replication {m:.0} msg/s {mb:.1} MB/s ({:.1}% of raw) | \
-             sync ack fsync=never p50 {a50:.0} us p99 {a99:.0} us | fsync=always p50 {f50:.0} us p99 {f99:.0} us",
+             sync ack fsync=never p50 {a50:.0} us p99 {a99:.0} us | fsync=always p50 {f50:.0} us p99 {f99:.0} us | \
+             ring output commit fsync=never p50 {g50:.0} us p99 {g99:.0} us",
             mb / r * 100.0
         );
         raw.push(r);
@@ -206,6 +254,8 @@ fn main() {
         p99n.push(a99);
         p50a.push(f50);
         p99a.push(f99);
+        r50.push(g50);
+        r99.push(g99);
     }
     let (r, mb) = (median(&mut raw), median(&mut mbs));
     println!("median of {runs} runs ({msgs} x 64-byte messages, batches of 1024):");
@@ -226,5 +276,10 @@ fn main() {
         "  sync ack latency, fsync=always: p50 {:.0} us, p99 {:.0} us",
         median(&mut p50a),
         median(&mut p99a)
+    );
+    println!(
+        "  sync output commit through the ring (push -> wait_ack), fsync=never: p50 {:.0} us, p99 {:.0} us",
+        median(&mut r50),
+        median(&mut r99)
     );
 }

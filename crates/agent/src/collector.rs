@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shmring::RingConsumer;
 
@@ -30,6 +30,7 @@ pub fn collect(
     let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut lens: Vec<usize> = Vec::with_capacity(4096);
+    let mut last_data = Instant::now();
     loop {
         let acked = if sync { p.acked_seq() } else { p.last_seq() };
         let mut release = None;
@@ -50,6 +51,7 @@ pub fn collect(
             })
             .map_err(|e| AgentError::Ring(e.to_string()))?;
         if n > 0 {
+            last_data = Instant::now();
             let mut off = 0;
             let msgs = lens.iter().map(|&l| {
                 let s = &buf[off..off + l];
@@ -63,11 +65,17 @@ pub fn collect(
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        // Waiting for acks: poll the primary often; idle: sleep on the ring.
-        ring.wait(if pending.is_empty() {
-            Duration::from_millis(20)
+        // Waiting for acks: poll the primary often. Records flowing recently: poll the ring
+        // without announcing sleep (a sleeping consumer costs every producer a wake-up and
+        // the ring's sleep path a global memory barrier, milliseconds here). Idle for 20 ms:
+        // sleep on the ring's futex.
+        // In sync mode every poll interval adds to an output's latency: poll tighter.
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_micros(if sync { 20 } else { 50 }));
+        } else if last_data.elapsed() < Duration::from_millis(20) {
+            std::thread::sleep(Duration::from_micros(if sync { 20 } else { 200 }));
         } else {
-            Duration::from_micros(100)
-        });
+            ring.wait(Duration::from_millis(20));
+        }
     }
 }
