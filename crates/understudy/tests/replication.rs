@@ -348,6 +348,17 @@ impl NetPair {
                 .unwrap_or(false)
         };
         let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+        // Leftovers of an earlier run that was killed (same pid reused): remove them first.
+        for ns in [&n.a, &n.b] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &va])
+            .stderr(Stdio::null())
+            .status();
         let ok = ip(&["netns", "add", &n.a])
             && ip(&["netns", "add", &n.b])
             && ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])
