@@ -116,7 +116,9 @@ struct Peer {
     state: Mutex<(String, Option<String>)>,
     sent: AtomicU64,
     acked: AtomicU64,
+    /// Connections re-established after the first one.
     reconnects: AtomicU64,
+    connected_once: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -127,6 +129,7 @@ impl Peer {
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            connected_once: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -508,7 +511,6 @@ fn set_state(p: &Peer, state: &str, error: Option<String>) {
 async fn peer_loop(s: Arc<Shared>, p: Arc<Peer>, mut stop: watch::Receiver<bool>) {
     let t = s.cfg.timing.clone();
     let mut backoff = t.reconnect_min;
-    let mut attempts = 0u64;
     loop {
         if *stop.borrow() {
             return;
@@ -517,8 +519,7 @@ async fn peer_loop(s: Arc<Shared>, p: Arc<Peer>, mut stop: watch::Receiver<bool>
         set_state(&p, "connecting", prev_error);
         let started = tokio::time::Instant::now();
         let r = session(&s, &p, &mut stop).await;
-        attempts += 1;
-        match r {
+        let refused = match r {
             Ok(()) => return,
             Err(e) => {
                 let state = match &e {
@@ -535,20 +536,23 @@ async fn peer_loop(s: Arc<Shared>, p: Arc<Peer>, mut stop: watch::Receiver<bool>
                 };
                 tracing::warn!("app {} backup {}: {e}", s.cfg.app, p.addr);
                 set_state(&p, state, Some(e.to_string()));
+                state != "disconnected"
             }
-        }
+        };
         if started.elapsed() > Duration::from_secs(1) {
             backoff = t.reconnect_min;
         }
+        // A refusal will not change by itself soon: retry it slowly.
+        let wait = if refused {
+            backoff.max(Duration::from_secs(5))
+        } else {
+            backoff
+        };
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         backoff = (backoff * 2).min(t.reconnect_max);
-        if attempts > 0 {
-            p.reconnects.fetch_add(1, Relaxed);
-            Metrics::add(&s.metrics.reconnects, 1);
-        }
     }
 }
 
@@ -648,6 +652,10 @@ async fn session(
         durable + 1
     );
     set_state(p, "streaming", None);
+    if p.connected_once.swap(true, Relaxed) {
+        p.reconnects.fetch_add(1, Relaxed);
+        Metrics::add(&s.metrics.reconnects, 1);
+    }
     p.sent.store(durable, Relaxed);
     publish_ack(s, p, durable);
 
