@@ -604,8 +604,12 @@ fn sync_mode_holds_outputs_of_an_intercepted_program_without_a_backup() {
         let _ = tx.send(String::from_utf8_lossy(&b[..n]).into_owned());
     });
     let released = rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+    let pid = child.id();
     let _ = child.kill();
     let _ = child.wait();
+    for ext in ["ring", "procs"] {
+        let _ = std::fs::remove_file(format!("/dev/shm/understudy-w-{pid}.{ext}"));
+    }
     assert_eq!(
         released, "",
         "an output left the application without a backup's acknowledgement"
