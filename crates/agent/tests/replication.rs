@@ -417,3 +417,44 @@ async fn slow_backup_is_dropped_then_resumed_in_async_mode() {
     assert_eq!((sp.records, sb.gaps), (1000, 0));
     assert_eq!(sp.digest, sb.digest);
 }
+
+/// One backup agent serves several primaries (one per application) at once, each into its own
+/// journal under `apps/NAME/journal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_backup_serves_several_applications() {
+    let bd = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let b = BackupAgent::start(backup_cfg(bd.path(), &key, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = b.local_addr().to_string();
+    let mut prims = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["alpha", "beta", "gamma"] {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = primary_cfg(d.path(), &key, vec![addr.clone()], Mode::Async);
+        c.app = name.into();
+        let p = Primary::start(c).await.unwrap();
+        for i in 0..300u32 {
+            p.submit(i % 3, format!("{name} {i}").as_bytes()).unwrap();
+        }
+        prims.push(p);
+        dirs.push((name, d));
+    }
+    for p in &prims {
+        p.wait_all_acked(Duration::from_secs(20)).await.unwrap();
+    }
+    assert_eq!(b.status().apps.len(), 3);
+    for p in prims {
+        p.stop().await;
+    }
+    b.stop().await;
+    for (name, d) in &dirs {
+        let j = |root: &Path| {
+            journal::inspect::summarize(root.join("apps").join(name).join("journal")).unwrap()
+        };
+        let (sp, sb) = (j(d.path()), j(bd.path()));
+        assert_eq!((sp.records, sb.gaps), (300, 0));
+        assert_eq!(sp.digest, sb.digest, "{name}");
+    }
+}
