@@ -1020,11 +1020,18 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
                         rt::futex_wait(p.ready(o), 0, 10);
                         waited += 10;
                     }
+                    // Leave the flag clear for the next process that gets this pid.
+                    p.ready(o).store(0, Ordering::SeqCst);
                 }
             }
             return 0;
         }
         let e = rt::errno();
+        let entry = if r > 0 {
+            procs.and_then(|p| p.reset(r as u32, child_vtid))
+        } else {
+            None
+        };
         g.emit(
             Kind::Fork,
             if r < 0 { -i64::from(e) } else { i64::from(r) },
@@ -1033,13 +1040,9 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             0,
             &[],
         );
-        if r > 0 {
-            if let Some(p) = procs {
-                if let Some(o) = p.set(r as u32, child_vtid) {
-                    p.ready(o).store(1, Ordering::SeqCst);
-                    rt::futex_wake(p.ready(o));
-                }
-            }
+        if let (Some(p), Some(o)) = (procs, entry) {
+            p.ready(o).store(1, Ordering::SeqCst);
+            rt::futex_wake(p.ready(o));
         }
         drop(g);
         rt::set_errno(e);
@@ -1057,7 +1060,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             TLS.with(|t| t.depth.set(0));
             rt::after_fork_child(child_vtid, rp as u32, parent_vpid);
             if let Some(p) = procs {
-                p.set(rt::REAL_PID.load(Ordering::SeqCst), child_vtid);
+                p.reset(rt::REAL_PID.load(Ordering::SeqCst), child_vtid);
             }
             return 0;
         }
@@ -1065,9 +1068,6 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             diverge(&rec, "fork failed during replay");
         }
         remember_child(rp as u32, r as u32);
-        if let Some(p) = procs {
-            p.set(r as u32, child_vtid);
-        }
         replay_done(&rec);
         rp as libc::pid_t
     }

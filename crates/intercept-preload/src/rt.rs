@@ -236,6 +236,15 @@ impl Procs {
         Some(o)
     }
 
+    /// A new process (fork child) takes `pid`'s entry: its name, no execs or spawns yet.
+    /// The `ready` flag is left alone (the fork handshake owns it).
+    pub fn reset(&self, pid: u32, vtid: u64) -> Option<usize> {
+        let o = self.set(pid, vtid)?;
+        self.execs(o).store(0, Ordering::SeqCst);
+        self.spawns(o).store(0, Ordering::SeqCst);
+        Some(o)
+    }
+
     pub fn ready(&self, off: usize) -> &AtomicU32 {
         self.0.u32_at(off + 16)
     }
