@@ -223,6 +223,11 @@ fn shell_pipeline() {
                   (echo from-subshell; sleep 0.01; date +%N) | cat -n";
     let out = record_replay(d.path(), &["sh", "-c", script]);
     assert!(String::from_utf8_lossy(&out).contains("from-subshell"));
+    // The program's exit status comes out of both commands.
+    let j = d.path().join("j-exit");
+    let prog = ["sh", "-c", "date +%N; exit 3"];
+    assert_eq!(run("record", &j, &prog).status.code(), Some(3));
+    assert_eq!(run("replay", &j, &prog).status.code(), Some(3));
 }
 
 #[test]
