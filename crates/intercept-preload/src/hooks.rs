@@ -102,7 +102,7 @@ fn iov_total(iov: &[libc::iovec]) -> usize {
 
 /// Replay a recorded input: check it fits, copy it with `put`, return the recorded result.
 fn replay_input(kind: Kind, fd: i64, cap: usize, put: impl FnOnce(&[u8])) -> i64 {
-    let rec = replay_next(kind, Some(fd));
+    let rec = rt::replay_next_with(kind, Some(fd), || format!("room for {cap} bytes"));
     let r = rec.h.ret;
     if r > 0 {
         if r as usize > cap || rec.data.len() < r as usize {
@@ -329,7 +329,9 @@ fn output(
         g.emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
         r
     } else {
-        let rec = replay_next(kind, Some(fd));
+        let rec = rt::replay_next_with(kind, Some(fd), || {
+            format!("{len} bytes, digest {:016x}: \"{}\"", dg(len), show())
+        });
         let rr = rec.h.ret;
         let want = rr.max(0) as usize;
         if rec.h.a1 != len as u64 || (want > 0 && dg(want) != rec.h.a2) {

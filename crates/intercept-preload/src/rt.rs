@@ -686,6 +686,11 @@ pub struct Actual<'a> {
 /// Wait for this thread's turn in the recorded order and take its next message, which must be
 /// a `kind` call (on `fd`, when given). Recorded signals due before the call are delivered here.
 pub fn replay_next(kind: Kind, fd: Option<i64>) -> Rec {
+    replay_next_with(kind, fd, String::new)
+}
+
+/// [`replay_next`], with a description of the call for the divergence report.
+pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> String) -> Rec {
     let f = FEED.get().expect("replay feed mapped");
     let my = TLS.with(|t| t.vtid.get());
     let limit_ms: i64 = getenv_ms();
@@ -723,7 +728,8 @@ pub fn replay_next(kind: Kind, fd: Option<i64>) -> Rec {
                 continue;
             }
             if h.kind != kind || fd.is_some_and(|fd| fd as u64 != h.a0) {
-                diverge_at(Some((jseq, h)), &Actual { kind, what: "" }, fd);
+                let d = describe();
+                diverge_at(Some((jseq, h)), &Actual { kind, what: &d }, fd);
             }
             let _ = jseq;
             return Rec { idx: c, h, data };
