@@ -5,13 +5,15 @@
 //! For each record size (64 B and 1 KiB) and batch of 64 records, it measures:
 //! - `raw write`: `write(2)` of the same bytes per batch into a plain file (the limit for
 //!   `journal never`), and `raw write+fdatasync`: the same plus `fdatasync` per batch (the
-//!   limit for `journal always`);
+//!   limit for `journal always`); each raw run and its journal run go in lockstep, batch by
+//!   batch (`paired_run`);
 //! - `journal never|always`: `append` x64 then `commit()` under that fsync policy;
 //! - `4 thr, group commit`: 4 threads on a `SharedJournal` (policy `Always`), each appending
 //!   16 records then `commit()` (as many records in all as `journal always`), so one fsync can
 //!   cover several threads' batches; `4 thr, commit in lock`: the same through the lock
 //!   (one fsync per commit). Their limit is `raw write+fdatasync/16`: one fdatasync per 16
-//!   records, what committing each thread's batch alone costs.
+//!   records, what committing each thread's batch alone costs. These three run in lockstep
+//!   chunk by chunk (`paired_threaded_run`).
 //!
 //! Prints the median of `--reps` runs of each (runs interleaved so drift hits all alike), its
 //! ratio to its limit's median, and the median of the per-rep ratios.
@@ -76,83 +78,81 @@ fn fresh(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-fn raw(dir: &Path, rec_len: usize, batch_records: usize, batches: usize, fsync: bool) -> Run {
+/// A raw file and a journal (`Always` if `fsync`, else `Never`) written in lockstep: batch i
+/// of the raw file (plus `fdatasync` if `fsync`), then batch i of the journal, each timed on
+/// its own. Both see the disk in the same state at nearly the same moment, which matters when
+/// other jobs share the disk (fsync latency then swings by 10x within a second).
+fn paired_run(dir: &Path, rec_len: usize, batches: usize, fsync: bool) -> (Run, Run) {
     let path = fresh(dir, "raw.bin");
-    let batch = vec![0x5au8; batch_records * (RECORD_HEADER_LEN + rec_len)];
+    let jdir = fresh(dir, "bench-journal-paired");
+    let batch = vec![0x5au8; BATCH * (RECORD_HEADER_LEN + rec_len)];
+    let payload = vec![0xa5u8; rec_len];
     let mut f: File = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .open(&path)
         .unwrap();
-    let mut fsyncs = 0;
-    let t = Instant::now();
-    for _ in 0..batches {
-        f.write_all(&batch).unwrap();
-        if fsync {
-            f.sync_data().unwrap();
-            fsyncs += 1;
-        }
-    }
-    let elapsed = t.elapsed();
-    drop(f);
-    std::fs::remove_file(&path).unwrap();
-    Run {
-        records: (batches * batch_records) as u64,
-        bytes: (batches * batch.len()) as u64,
-        elapsed,
-        fsyncs,
-    }
-}
-
-fn journal_run(dir: &Path, rec_len: usize, batches: usize, fsync: FsyncPolicy) -> Run {
-    let jdir = fresh(dir, "bench-journal");
-    let payload = vec![0xa5u8; rec_len];
     let opts = JournalOptions {
-        fsync,
+        fsync: if fsync {
+            FsyncPolicy::Always
+        } else {
+            FsyncPolicy::Never
+        },
         ..JournalOptions::default()
     };
     let (mut j, _) = Journal::open(&jdir, opts).unwrap();
-    let t = Instant::now();
+    let fsyncs0 = j.stats().fsyncs;
+    let (mut t_raw, mut t_journal) = (Duration::ZERO, Duration::ZERO);
     let mut seq = 0;
     for _ in 0..batches {
+        let t = Instant::now();
+        f.write_all(&batch).unwrap();
+        if fsync {
+            f.sync_data().unwrap();
+        }
+        t_raw += t.elapsed();
+        let t = Instant::now();
         for _ in 0..BATCH {
             seq += 1;
             j.append(1, seq, &payload).unwrap();
         }
         j.commit().unwrap();
+        t_journal += t.elapsed();
     }
-    let elapsed = t.elapsed();
-    let fsyncs = j.stats().fsyncs;
+    let fsyncs = j.stats().fsyncs - fsyncs0;
     drop(j);
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
     std::fs::remove_dir_all(&jdir).unwrap();
-    Run {
-        records: seq,
-        bytes: seq * (RECORD_HEADER_LEN + rec_len) as u64,
-        elapsed,
-        fsyncs,
-    }
+    let bytes = (batches * batch.len()) as u64;
+    (
+        Run {
+            records: seq,
+            bytes,
+            elapsed: t_raw,
+            fsyncs: if fsync { batches as u64 } else { 0 },
+        },
+        Run {
+            records: seq,
+            bytes,
+            elapsed: t_journal,
+            fsyncs,
+        },
+    )
 }
 
 const THREADS: usize = 4;
 const PER_COMMIT: usize = BATCH / THREADS;
 
-/// 4 threads, each `append` x16 + `commit()`; `group` selects `SharedJournal::commit`
-/// (fsync outside the lock, shared) over committing while holding the lock (one fsync per
-/// commit, the naive `Mutex<Journal>`).
-fn threaded_run(dir: &Path, rec_len: usize, batches: usize, group: bool) -> Run {
-    let jdir = fresh(dir, "bench-journal-group");
-    let opts = JournalOptions {
-        fsync: FsyncPolicy::Always,
-        ..JournalOptions::default()
-    };
-    let (j, _) = SharedJournal::open(&jdir, opts).unwrap();
-    let j = Arc::new(j);
-    let fsyncs0 = j.lock().stats().fsyncs;
+/// 4 threads, each `append` x16 + `commit()`, `batches` times, on `j`; `group` selects
+/// `SharedJournal::commit` (fsync outside the lock, shared) over committing while holding the
+/// lock (one fsync per commit, the naive `Mutex<Journal>`). Returns the elapsed time.
+fn threaded_chunk(j: &Arc<SharedJournal>, rec_len: usize, batches: usize, group: bool) -> Duration {
     let t = Instant::now();
     let handles: Vec<_> = (0..THREADS)
         .map(|i| {
-            let j = Arc::clone(&j);
+            let j = Arc::clone(j);
             std::thread::spawn(move || {
                 let payload = vec![0xa5u8; rec_len];
                 let stream = u32::try_from(i).unwrap();
@@ -176,17 +176,72 @@ fn threaded_run(dir: &Path, rec_len: usize, batches: usize, group: bool) -> Run 
     for h in handles {
         h.join().unwrap();
     }
-    let elapsed = t.elapsed();
-    let records = j.last_seq();
-    let fsyncs = j.lock().stats().fsyncs - fsyncs0;
-    drop(j);
-    std::fs::remove_dir_all(&jdir).unwrap();
-    Run {
-        records,
-        bytes: records * (RECORD_HEADER_LEN + rec_len) as u64,
-        elapsed,
-        fsyncs,
+    t.elapsed()
+}
+
+/// The three multi-threaded rows in lockstep, chunk by chunk (10 chunks): the raw file with
+/// one fdatasync per 16 records, then the commit-in-lock journal, then the group-commit
+/// journal, each timed on its own, so all three see the shared disk in similar states.
+fn paired_threaded_run(dir: &Path, rec_len: usize, batches: usize) -> [Run; 3] {
+    const CHUNKS: usize = 10;
+    let per_chunk = batches.div_ceil(CHUNKS);
+    let path = fresh(dir, "raw16.bin");
+    let chunk16 = vec![0x5au8; PER_COMMIT * (RECORD_HEADER_LEN + rec_len)];
+    let mut f: File = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let opts = JournalOptions {
+        fsync: FsyncPolicy::Always,
+        ..JournalOptions::default()
+    };
+    let open = |name: &str| {
+        let (j, _) = SharedJournal::open(fresh(dir, name), opts.clone()).unwrap();
+        Arc::new(j)
+    };
+    let (jl, jg) = (open("bench-journal-lock"), open("bench-journal-group"));
+    let (fl0, fg0) = (jl.lock().stats().fsyncs, jg.lock().stats().fsyncs);
+    let mut t = [Duration::ZERO; 3];
+    let mut raw_writes = 0u64;
+    for _ in 0..CHUNKS {
+        let t0 = Instant::now();
+        for _ in 0..THREADS * per_chunk {
+            f.write_all(&chunk16).unwrap();
+            f.sync_data().unwrap();
+            raw_writes += 1;
+        }
+        t[0] += t0.elapsed();
+        t[1] += threaded_chunk(&jl, rec_len, per_chunk, false);
+        t[2] += threaded_chunk(&jg, rec_len, per_chunk, true);
     }
+    let frame = (RECORD_HEADER_LEN + rec_len) as u64;
+    let run = |j: &Arc<SharedJournal>, fsyncs0: u64, elapsed: Duration| {
+        let records = j.last_seq();
+        Run {
+            records,
+            bytes: records * frame,
+            elapsed,
+            fsyncs: j.lock().stats().fsyncs - fsyncs0,
+        }
+    };
+    let out = [
+        Run {
+            records: raw_writes * PER_COMMIT as u64,
+            bytes: raw_writes * chunk16.len() as u64,
+            elapsed: t[0],
+            fsyncs: raw_writes,
+        },
+        run(&jl, fl0, t[1]),
+        run(&jg, fg0, t[2]),
+    ];
+    drop((jl, jg, f));
+    for name in ["bench-journal-lock", "bench-journal-group"] {
+        std::fs::remove_dir_all(dir.join(name)).unwrap();
+    }
+    std::fs::remove_file(&path).unwrap();
+    out
 }
 
 fn median(mut runs: Vec<Run>) -> Run {
@@ -196,9 +251,10 @@ fn median(mut runs: Vec<Run>) -> Run {
 
 /// Reading back for shipping: `read_raw_into` (frames as stored, 256 KiB batches into one
 /// reused buffer) and `read_from` (records decoded one by one, as owned `Record`s or borrowed
-/// with `next_ref`) over a journal of 64-byte
-/// records, beside plain `read(2)` of the same segment files in 256 KiB chunks; all from the
-/// page cache (each file is read once before timing).
+/// with `next_ref`) over a journal of 64-byte records, beside plain `read(2)` of the same
+/// segment files in 256 KiB chunks; then `Journal::open` (which verifies every record) and
+/// `inspect::summarize` (verify + SHA-256) of that journal; all from the page cache (each
+/// file is read once before timing).
 fn read_section(dir: &Path, args: &Args) {
     use std::io::Read;
     const CHUNK: usize = 256 << 10;
@@ -295,6 +351,32 @@ fn read_section(dir: &Path, args: &Args) {
         });
     }
     drop(j);
+    // Opening (every record verified) and summarizing the same journal.
+    let mut open_runs = Vec::new();
+    let mut summary_runs = Vec::new();
+    let opts = JournalOptions {
+        fsync: FsyncPolicy::Never,
+        ..JournalOptions::default()
+    };
+    for _ in 0..args.reps {
+        let t = Instant::now();
+        let (j, rec) = Journal::open(&jdir, opts.clone()).unwrap();
+        open_runs.push(Run {
+            records: rec.records,
+            bytes: frame_bytes,
+            elapsed: t.elapsed(),
+            fsyncs: 0,
+        });
+        drop(j);
+        let t = Instant::now();
+        let s = journal::inspect::summarize(&jdir).unwrap();
+        summary_runs.push(Run {
+            records: s.records,
+            bytes: frame_bytes,
+            elapsed: t.elapsed(),
+            fsyncs: 0,
+        });
+    }
     std::fs::remove_dir_all(&jdir).unwrap();
     let raw = median(raw_runs);
     println!();
@@ -309,6 +391,8 @@ fn read_section(dir: &Path, args: &Args) {
         ("read_raw_into", median(ship_runs)),
         ("read_from (Record)", median(iter_runs)),
         ("read_from + next_ref", median(ref_runs)),
+        ("open (verify all)", median(open_runs)),
+        ("inspect::summarize", median(summary_runs)),
     ] {
         println!(
             "| {:<22} | {:>12.0} | {:>9.1} | {:>13.0}% |",
@@ -349,33 +433,16 @@ fn main() {
             ("4 thr, group commit", Vec::new()),
         ];
         for _ in 0..args.reps {
-            let nofsync = nofsync_batches;
-            rows[0].1.push(raw(&dir, rec_len, BATCH, nofsync, false));
-            rows[1]
-                .1
-                .push(journal_run(&dir, rec_len, nofsync, FsyncPolicy::Never));
-            rows[2]
-                .1
-                .push(raw(&dir, rec_len, BATCH, fsync_batches, true));
-            rows[3].1.push(journal_run(
-                &dir,
-                rec_len,
-                fsync_batches,
-                FsyncPolicy::Always,
-            ));
-            rows[4].1.push(raw(
-                &dir,
-                rec_len,
-                PER_COMMIT,
-                THREADS * fsync_batches,
-                true,
-            ));
-            rows[5]
-                .1
-                .push(threaded_run(&dir, rec_len, fsync_batches, false));
-            rows[6]
-                .1
-                .push(threaded_run(&dir, rec_len, fsync_batches, true));
+            let (raw_write, journal_never) = paired_run(&dir, rec_len, nofsync_batches, false);
+            rows[0].1.push(raw_write);
+            rows[1].1.push(journal_never);
+            let (raw_fsync, journal_always) = paired_run(&dir, rec_len, fsync_batches, true);
+            rows[2].1.push(raw_fsync);
+            rows[3].1.push(journal_always);
+            let [raw16, in_lock, group] = paired_threaded_run(&dir, rec_len, fsync_batches);
+            rows[4].1.push(raw16);
+            rows[5].1.push(in_lock);
+            rows[6].1.push(group);
         }
         // Each row's limit, and the median of per-rep ratios (a journal run and its limit
         // run are adjacent in time, so their ratio is less exposed to drift on a shared host).

@@ -23,10 +23,12 @@ pub enum Error {
         source: io::Error,
     },
     /// Another process (or another `Journal` in this one) holds the journal directory.
-    #[error("{dir}: journal is already open elsewhere (lock file held)")]
+    #[error("{dir}: journal is already open elsewhere (lock file held{})", holder.map_or_else(String::new, |p| format!(" by pid {p}")))]
     Locked {
         /// The journal directory.
         dir: PathBuf,
+        /// The pid recorded in the lock file by its holder, if readable.
+        holder: Option<u32>,
     },
     /// A record that is not the last one written is damaged: this is not a torn tail and is
     /// never repaired automatically.

@@ -30,33 +30,76 @@ pub const SEGMENT_SUFFIX: &str = ".seg";
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Corruption {
     /// The file ends inside the segment header.
-    ShortHeader { len: u64 },
+    ShortHeader {
+        /// Bytes the file has.
+        len: u64,
+    },
     /// The segment header does not start with [`SEGMENT_MAGIC`].
     BadMagic,
     /// The segment header checksum does not match.
     HeaderChecksum,
     /// The segment header has a valid checksum but a version this build does not read.
-    UnsupportedVersion { version: u16 },
+    UnsupportedVersion {
+        /// The version found.
+        version: u16,
+    },
     /// The segment header declares a length other than [`SEGMENT_HEADER_LEN`].
-    BadHeaderLength { len: u16 },
+    BadHeaderLength {
+        /// The length found.
+        len: u16,
+    },
     /// The file name says one first sequence number, the header another.
-    NameMismatch { name_seq: u64, header_seq: u64 },
+    NameMismatch {
+        /// From the file name.
+        name_seq: u64,
+        /// From the header.
+        header_seq: u64,
+    },
     /// The segment belongs to another journal (its journal id differs).
-    ForeignSegment { expected: u64, found: u64 },
+    ForeignSegment {
+        /// The journal id of the earlier segments.
+        expected: u64,
+        /// This segment's journal id.
+        found: u64,
+    },
     /// Segment indices must increase by one from segment to segment.
-    IndexMismatch { expected: u64, found: u64 },
+    IndexMismatch {
+        /// Previous index + 1.
+        expected: u64,
+        /// This segment's index.
+        found: u64,
+    },
     /// The file ends inside a record frame header.
-    ShortRecordHeader { have: u64 },
+    ShortRecordHeader {
+        /// Bytes left in the file.
+        have: u64,
+    },
     /// The length field is larger than [`MAX_PAYLOAD`].
-    LengthTooLarge { len: u32 },
+    LengthTooLarge {
+        /// The length found.
+        len: u32,
+    },
     /// The file ends inside the record payload.
-    ShortPayload { len: u32, have: u64 },
+    ShortPayload {
+        /// The declared payload length.
+        len: u32,
+        /// Bytes left in the file after the frame header.
+        have: u64,
+    },
     /// Reserved header bits (segment or record) are set.
-    ReservedBits { flags: u32 },
+    ReservedBits {
+        /// The bits found.
+        flags: u32,
+    },
     /// The record checksum does not match.
     RecordChecksum,
     /// A well-formed record carries an unexpected sequence number.
-    SeqMismatch { expected: u64, found: u64 },
+    SeqMismatch {
+        /// The seq that had to come next.
+        expected: u64,
+        /// The seq found.
+        found: u64,
+    },
 }
 
 impl fmt::Display for Corruption {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{Corruption, FORMAT_VERSION};
 use crate::segment::{list_dir, scan_segment, ScanResult};
 use crate::TailCut;
@@ -84,6 +84,9 @@ pub struct Summary {
     pub tail: Option<TailCut>,
     /// Damage that `open` would refuse (corrupt sealed segments, overlaps, foreign segments).
     pub problems: Vec<String>,
+    /// Files an earlier `open` set aside (a newest segment whose header was damaged), kept for
+    /// forensics; not part of the journal.
+    pub set_aside: Vec<PathBuf>,
 }
 
 /// True when `path` is a directory holding at least one journal segment file (lets
@@ -94,7 +97,35 @@ pub fn is_journal_dir(path: impl AsRef<Path>) -> bool {
 
 /// Summarize the journal in `dir`, verifying every record. Read-only.
 pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
+    summarize_range(dir, 0, u64::MAX)
+}
+
+/// [`summarize`] restricted to the records with `from <= seq <= to`: `records`, `first_seq`,
+/// `last_seq`, `gaps`, `streams` and `digest` then cover only those (the segment list still
+/// shows every file). Two hosts whose retention differs compare digests over a range both
+/// hold.
+pub fn summarize_range(dir: impl AsRef<Path>, from: u64, to: u64) -> Result<Summary> {
     let dir = dir.as_ref();
+    // A live writer's retention may remove a listed segment before it is read; the listing
+    // is then stale and the pass starts over (retention is rare and quick).
+    let mut attempts = 0;
+    loop {
+        match summarize_once(dir, from, to)? {
+            Some(s) => return Ok(s),
+            None if attempts < 10 => attempts += 1,
+            None => {
+                return Err(Error::io(
+                    dir,
+                    "summarize",
+                    std::io::Error::other("segments kept vanishing while being read"),
+                ))
+            }
+        }
+    }
+}
+
+/// One pass; `None` when a listed segment vanished meanwhile.
+fn summarize_once(dir: &Path, from: u64, to: u64) -> Result<Option<Summary>> {
     let listing = list_dir(dir)?;
     let mut s = Summary {
         kind: "journal",
@@ -114,6 +145,7 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
         segments: Vec::new(),
         tail: None,
         problems: Vec::new(),
+        set_aside: listing.damaged.clone(),
     };
     for tmp in &listing.tmp {
         s.problems.push(format!(
@@ -123,6 +155,7 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
     }
     let mut hasher = Sha256::new();
     let mut journal_id = None;
+    let mut prev_index: Option<u64> = None;
     let n = listing.segments.len();
     for (i, seg) in listing.segments.iter().enumerate() {
         let is_last = i + 1 == n;
@@ -137,6 +170,9 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
         let mut overlap = None;
         let mut first_in_seg = None;
         let result = scan_segment(seg, |seq, stream, payload| {
+            if seq < from || seq > to {
+                return;
+            }
             if last.is_some_and(|l| seq <= l) {
                 skipped += 1;
                 overlap.get_or_insert(seq);
@@ -160,7 +196,15 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
                 s.first_seq = Some(seq);
             }
             last = Some(seq);
-        })?;
+        });
+        let result = match result {
+            Ok(r) => r,
+            // Removed by the writer's retention since the listing.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         s.last_seq = last;
         if let Some(seq) = overlap {
             s.problems.push(format!(
@@ -206,6 +250,19 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
                     )),
                     Some(_) => {}
                 }
+                if let Some(prev) = prev_index {
+                    if scan.header.index != prev + 1 {
+                        s.problems.push(format!(
+                            "{}: {}",
+                            seg.path.display(),
+                            Corruption::IndexMismatch {
+                                expected: prev + 1,
+                                found: scan.header.index
+                            }
+                        ));
+                    }
+                }
+                prev_index = Some(scan.header.index);
                 scan.problem
             }
         };
@@ -229,7 +286,7 @@ pub fn summarize(dir: impl AsRef<Path>) -> Result<Summary> {
     }
     s.streams = s.stream_records.len();
     s.digest = hex::encode(hasher.finalize());
-    Ok(s)
+    Ok(Some(s))
 }
 
 impl fmt::Display for Summary {
@@ -248,11 +305,15 @@ impl fmt::Display for Summary {
         }
         writeln!(f)?;
         write!(f, "  streams   {}", self.streams)?;
-        for (st, n) in self.stream_records.iter().take(16) {
-            write!(f, " {st}:{n}")?;
-        }
-        if self.stream_records.len() > 16 {
-            write!(f, " ...")?;
+        if !self.stream_records.is_empty() {
+            write!(f, " (records per stream:")?;
+            for (st, n) in self.stream_records.iter().take(16) {
+                write!(f, " {st}={n}")?;
+            }
+            if self.stream_records.len() > 16 {
+                write!(f, " ...")?;
+            }
+            write!(f, ")")?;
         }
         writeln!(f)?;
         writeln!(f, "  digest    {} (sha256)", self.digest)?;
@@ -287,6 +348,13 @@ impl fmt::Display for Summary {
         }
         for p in &self.problems {
             writeln!(f, "  problem   {p}")?;
+        }
+        for p in &self.set_aside {
+            writeln!(
+                f,
+                "  set aside {} (damaged header, kept by open)",
+                p.display()
+            )?;
         }
         Ok(())
     }

@@ -20,8 +20,14 @@
 //! - **Bounded reads**: a length field is checked against [`format::MAX_PAYLOAD`] and the bytes
 //!   left in the file before anything is allocated.
 //!
+//! - **Shipping without re-encoding**: [`Journal::read_raw_into`] hands out whole frames as
+//!   stored (verified), [`Journal::append_raw`] / [`Journal::append_raw_idempotent`] append
+//!   them on the other side; [`inspect::summarize`] gives a digest that is equal on two hosts
+//!   holding the same records.
+//!
 //! Thread safety: [`Journal`] has a `&mut self` API; share it between threads with
-//! [`SharedJournal`], which adds group commit (one fsync covers every appender waiting).
+//! [`SharedJournal`], which adds group commit (one fsync covers every appender waiting) and
+//! an optional syncer thread for quiet tails ([`SharedJournal::spawn_syncer`]).
 //!
 //! The layout and its version rules are documented in `docs/journal-format.md`.
 //!
@@ -63,20 +69,23 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod error;
 pub mod format;
 pub mod inspect;
+mod raw;
 mod reader;
+mod recover;
 mod segment;
 mod shared;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -89,9 +98,7 @@ use format::{
     encode_record, segment_file_name, SegmentHeader, MAX_PAYLOAD, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
 };
-use segment::{
-    list_dir, read_header, scan_segment, ScanResult, SegmentFile, INDEX_STRIDE, TMP_SUFFIX,
-};
+use segment::{INDEX_STRIDE, NEW_SUFFIX, TMP_SUFFIX};
 
 /// Upper bound on the bytes one [`Journal::read_raw_into`] call reads at once, whatever
 /// `max_bytes` says (a single larger frame is still returned whole).
@@ -197,6 +204,11 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// Why the tail was cut, if it was.
+    pub fn reason(&self) -> Option<&Corruption> {
+        self.cut.as_ref().map(|c| &c.reason)
+    }
+
     /// True when nothing had to be cut or removed.
     pub fn is_clean(&self) -> bool {
         self.bytes_cut == 0 && self.cut.is_none() && self.removed_files.is_empty()
@@ -338,272 +350,6 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Open (or create) the journal in `dir`, recovering its tail. See [`Recovery`].
-    pub fn open(dir: impl AsRef<Path>, opts: JournalOptions) -> Result<(Journal, Recovery)> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, "open", e))?;
-        try_lock(&lock).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
-            _ => Error::io(&lock_path, "flock", e),
-        })?;
-        let mut rec = Recovery {
-            created: false,
-            segments_scanned: 0,
-            records: 0,
-            first_seq: 0,
-            last_valid_seq: 0,
-            bytes_cut: 0,
-            cut: None,
-            removed_files: Vec::new(),
-            set_aside: Vec::new(),
-        };
-        let sync = opts.fsync != FsyncPolicy::Never;
-        let mut listing = list_dir(&dir)?;
-        complete_pending_reset(&dir, &mut listing, &mut rec, sync)?;
-
-        // A last segment whose header never made it to disk completely is a torn tail.
-        if let Some(last) = listing.segments.last() {
-            if let Err(reason) = read_header(&last.path)? {
-                if !matches!(reason, Corruption::UnsupportedVersion { .. }) {
-                    let len = file_len(&last.path)?;
-                    let last = listing.segments.pop().unwrap_or_else(|| unreachable!());
-                    if len > SEGMENT_HEADER_LEN as u64 {
-                        // It may hold records written before its header got damaged: keep the
-                        // bytes for forensics instead of deleting them.
-                        let aside = aside_path(&last.path);
-                        fs::rename(&last.path, &aside)
-                            .map_err(|e| Error::io(&last.path, "rename", e))?;
-                        rec.set_aside.push(aside);
-                    } else {
-                        remove_file(&last.path)?;
-                    }
-                    rec.bytes_cut += len;
-                    rec.cut = Some(TailCut {
-                        file: last.path.clone(),
-                        offset: 0,
-                        reason,
-                    });
-                    rec.removed_files.push(last.path.clone());
-                    if listing.segments.is_empty() {
-                        // Keep the sequence numbering the file name promised.
-                        let (j, mut r) =
-                            Self::create(dir, opts, lock, last.name_seq, 0, new_journal_id(), 0)?;
-                        r.created = false;
-                        r.bytes_cut = rec.bytes_cut;
-                        r.cut = rec.cut;
-                        r.removed_files = rec.removed_files;
-                        r.set_aside = rec.set_aside;
-                        r.segments_scanned = 1;
-                        return Ok((j, r));
-                    }
-                }
-            }
-        }
-        if listing.segments.is_empty() {
-            let start = opts.start_seq.max(1);
-            return Self::create(dir, opts, lock, start, 0, new_journal_id(), 0);
-        }
-
-        let n = listing.segments.len();
-        let mut segments: Vec<SegmentInfo> = Vec::with_capacity(n);
-        for (i, seg) in listing.segments.iter().enumerate() {
-            let is_last = i + 1 == n;
-            if !is_last && !opts.verify_sealed {
-                let header = read_header(&seg.path)?.map_err(|reason| Error::Corrupt {
-                    path: seg.path.clone(),
-                    offset: 0,
-                    reason,
-                })?;
-                let next_first = listing.segments[i + 1].name_seq;
-                let prev_last = segments.last().map(SegmentInfo::last_seq);
-                let continues = prev_last.is_none_or(|l| header.first_seq == l + 1);
-                if header.first_seq != seg.name_seq || !continues || next_first < header.first_seq {
-                    return Err(Error::SegmentGap {
-                        path: seg.path.clone(),
-                        found: header.first_seq,
-                        prev_last: prev_last.unwrap_or(0),
-                    });
-                }
-                rec.segments_scanned += 1;
-                rec.records += next_first - header.first_seq;
-                segments.push(SegmentInfo {
-                    path: seg.path.clone(),
-                    header,
-                    len: file_len(&seg.path)?,
-                    records: next_first - header.first_seq,
-                    index: Vec::new(),
-                });
-                continue;
-            }
-            let scan = match scan_segment(seg, |_, _, _| {})? {
-                ScanResult::Scanned(s) => s,
-                ScanResult::BadHeader { reason, .. } => {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason,
-                    })
-                }
-            };
-            rec.segments_scanned += 1;
-            if let Some(prev) = segments.last() {
-                let h = &scan.header;
-                let p = &prev.header;
-                if h.journal_id != p.journal_id {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason: Corruption::ForeignSegment {
-                            expected: p.journal_id,
-                            found: h.journal_id,
-                        },
-                    });
-                }
-                if h.first_seq != prev.last_seq() + 1 {
-                    return Err(Error::SegmentGap {
-                        path: seg.path.clone(),
-                        found: h.first_seq,
-                        prev_last: prev.last_seq(),
-                    });
-                }
-                if h.index != p.index + 1 {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason: Corruption::IndexMismatch {
-                            expected: p.index + 1,
-                            found: h.index,
-                        },
-                    });
-                }
-            }
-            let mut len = scan.file_len;
-            if let Some((offset, reason)) = scan.problem {
-                if !is_last {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset,
-                        reason,
-                    });
-                }
-                cut_file(&seg.path, scan.valid_len, sync)?;
-                rec.bytes_cut += scan.file_len - scan.valid_len;
-                rec.cut = Some(TailCut {
-                    file: seg.path.clone(),
-                    offset,
-                    reason,
-                });
-                len = scan.valid_len;
-            }
-            rec.records += scan.records;
-            segments.push(SegmentInfo {
-                path: seg.path.clone(),
-                header: scan.header,
-                len,
-                records: scan.records,
-                index: scan.index,
-            });
-        }
-        let last = segments.last().unwrap_or_else(|| unreachable!());
-        let last_seq = last.last_seq();
-        let epoch = last.header.epoch;
-        rec.first_seq = segments[0].header.first_seq;
-        rec.last_valid_seq = last_seq;
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&last.path)
-            .map_err(|e| Error::io(&last.path, "open", e))?;
-        let mut stats = Stats::default();
-        if sync {
-            // Records written by a process that crashed may still sit in the page cache.
-            active
-                .sync_data()
-                .map_err(|e| Error::io(&last.path, "fdatasync", e))?;
-            stats.fsyncs += 1;
-            if !rec.removed_files.is_empty() {
-                sync_dir(&dir)?;
-            }
-        }
-        let j = Journal {
-            dir,
-            opts,
-            _lock: lock,
-            epoch,
-            segments,
-            active: Arc::new(active),
-            buf: Vec::new(),
-            last_seq,
-            written_seq: last_seq,
-            durable_seq: last_seq,
-            unsynced: 0,
-            last_sync: Instant::now(),
-            failed: None,
-            stats,
-        };
-        Ok((j, rec))
-    }
-
-    /// Create a journal (no segment exists) whose first record will be `first_seq`.
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        dir: PathBuf,
-        opts: JournalOptions,
-        lock: File,
-        first_seq: u64,
-        index: u64,
-        journal_id: u64,
-        epoch: u64,
-    ) -> Result<(Journal, Recovery)> {
-        let header = SegmentHeader {
-            first_seq,
-            index,
-            journal_id,
-            epoch,
-        };
-        let sync = opts.fsync != FsyncPolicy::Never;
-        let (info, file) = create_segment(&dir, header, sync, false)?;
-        let j = Journal {
-            dir,
-            opts,
-            _lock: lock,
-            epoch,
-            segments: vec![info],
-            active: Arc::new(file),
-            buf: Vec::new(),
-            last_seq: first_seq - 1,
-            written_seq: first_seq - 1,
-            durable_seq: first_seq - 1,
-            unsynced: 0,
-            last_sync: Instant::now(),
-            failed: None,
-            stats: Stats {
-                segments_created: 1,
-                bytes_written: SEGMENT_HEADER_LEN as u64,
-                fsyncs: u64::from(sync),
-                ..Stats::default()
-            },
-        };
-        let rec = Recovery {
-            created: true,
-            segments_scanned: 0,
-            records: 0,
-            first_seq,
-            last_valid_seq: first_seq - 1,
-            bytes_cut: 0,
-            cut: None,
-            removed_files: Vec::new(),
-            set_aside: Vec::new(),
-        };
-        Ok((j, rec))
-    }
-
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -708,119 +454,6 @@ impl Journal {
         Ok(self.last_seq)
     }
 
-    /// Append whole frames exactly as produced by [`Journal::read_raw_from`] on another
-    /// journal (no re-encoding). Every frame is checked (length bound, CRC, `seq` continuing
-    /// `last_seq()`) before anything is appended, so a bad batch appends nothing.
-    /// Returns the last sequence number.
-    pub fn append_raw(&mut self, frames: &[u8]) -> Result<u64> {
-        self.check_ok()?;
-        let mut expected = self.last_seq + 1;
-        let mut off = 0usize;
-        let max = self.opts.max_payload.min(MAX_PAYLOAD);
-        let mut spans = Vec::new();
-        while off < frames.len() {
-            let (f, n) =
-                format::decode_frame(&frames[off..]).map_err(|reason| Error::BadFrame {
-                    dir: self.dir.clone(),
-                    offset: off,
-                    reason,
-                })?;
-            if f.seq != expected {
-                return Err(Error::OutOfOrder {
-                    dir: self.dir.clone(),
-                    expected,
-                    got: f.seq,
-                });
-            }
-            if f.payload.len() > usize::try_from(max).unwrap_or(usize::MAX) {
-                return Err(Error::TooLarge {
-                    dir: self.dir.clone(),
-                    seq: f.seq,
-                    len: f.payload.len(),
-                    max,
-                });
-            }
-            spans.push((f.seq, off, n));
-            expected += 1;
-            off += n;
-        }
-        for (seq, off, n) in spans {
-            let frame = n as u64;
-            self.before_frame(seq, frame)?;
-            self.buf.extend_from_slice(&frames[off..off + n]);
-            self.after_frame(seq, frame)?;
-        }
-        Ok(self.last_seq)
-    }
-
-    /// Like [`Journal::append_raw`], but frames whose seq the journal already holds are
-    /// accepted when they are byte-for-byte the stored frames (same seq, stream and payload)
-    /// and skipped; a differing one is [`Error::Conflict`]. For a receiver that may be sent an
-    /// overlap after a reconnect. Nothing is appended unless the whole batch is acceptable.
-    pub fn append_raw_idempotent(&mut self, frames: &[u8]) -> Result<RawAppend> {
-        self.check_ok()?;
-        self.flush()?;
-        // Length of the prefix of frames already held.
-        let mut overlap = 0usize;
-        let mut first_seq = None;
-        while overlap < frames.len() {
-            let (f, n) =
-                format::decode_frame(&frames[overlap..]).map_err(|reason| Error::BadFrame {
-                    dir: self.dir.clone(),
-                    offset: overlap,
-                    reason,
-                })?;
-            if f.seq > self.last_seq {
-                break;
-            }
-            first_seq.get_or_insert(f.seq);
-            overlap += n;
-        }
-        let mut skipped = 0u64;
-        if let Some(mut seq) = first_seq {
-            let mut checked = 0usize;
-            let mut stored = Vec::new();
-            while checked < overlap {
-                stored.clear();
-                let r = self.read_raw_into(seq, overlap - checked, &mut stored)?;
-                let theirs = &frames[checked..];
-                let same = stored.len() <= theirs.len() && theirs[..stored.len()] == stored[..];
-                if r.records == 0 || !same {
-                    // Find the first differing frame for the message.
-                    let mut at = checked;
-                    for (mine, other) in format::frames(&stored).zip(format::frames(theirs)) {
-                        match (mine, other) {
-                            (Ok(m), Ok(o)) if m == o => at += RECORD_HEADER_LEN + o.payload.len(),
-                            (_, Ok(o)) => {
-                                return Err(Error::Conflict {
-                                    dir: self.dir.clone(),
-                                    seq: o.seq,
-                                    offset: at,
-                                })
-                            }
-                            _ => break,
-                        }
-                    }
-                    return Err(Error::Conflict {
-                        dir: self.dir.clone(),
-                        seq,
-                        offset: at,
-                    });
-                }
-                checked += stored.len();
-                skipped += r.records;
-                seq = r.last_seq + 1;
-            }
-        }
-        let appended_from = self.last_seq;
-        let last = self.append_raw(&frames[overlap..])?;
-        Ok(RawAppend {
-            skipped,
-            appended: last - appended_from,
-            last_seq: last,
-        })
-    }
-
     fn check_next(&self, seq: u64) -> Result<()> {
         let expected = self.last_seq + 1;
         if seq != expected {
@@ -903,6 +536,10 @@ impl Journal {
         }
         self.stats.bytes_written += self.buf.len() as u64;
         self.buf.clear();
+        if self.buf.capacity() > 4 * self.opts.write_buffer.max(1 << 16) {
+            // One huge record must not pin its size in memory for the journal's lifetime.
+            self.buf = Vec::new();
+        }
         self.unsynced += self.last_seq - self.written_seq;
         self.written_seq = self.last_seq;
         if self.opts.fsync == FsyncPolicy::Never {
@@ -937,6 +574,24 @@ impl Journal {
             FsyncPolicy::EveryN(n) => self.unsynced >= n.max(1),
             FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
             FsyncPolicy::Never => false,
+        }
+    }
+
+    /// By when records appended but not yet durable should be made durable: `None` when
+    /// nothing is pending (or under [`FsyncPolicy::Never`]); under `Interval(d)` the end of the
+    /// interval, when `commit()` will fsync; under `Always` and `EveryN` an instant already
+    /// past (`EveryN` with fewer than n pending needs `sync()`). An agent that may go quiet
+    /// must act by then — `sync()`, or `commit()` under `Interval` — or its last records stay
+    /// non-durable (and unacknowledged) until the next append: schedule a timer on this.
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        if self.last_seq == self.durable_seq && self.unsynced == 0 {
+            return None;
+        }
+        match self.opts.fsync {
+            FsyncPolicy::Never => None,
+            FsyncPolicy::Always | FsyncPolicy::EveryN(_) => Some(self.last_sync),
+            // An interval too long to represent has no deadline in practice.
+            FsyncPolicy::Interval(d) => self.last_sync.checked_add(d),
         }
     }
 
@@ -994,69 +649,6 @@ impl Journal {
         }
     }
 
-    /// Read whole record frames starting at `seq`, exactly as stored, for shipping to a
-    /// backup that appends them with [`Journal::append_raw`]. Returns at most `max_bytes` of
-    /// frames (capped at [`MAX_RAW_BATCH`]), but always at least one frame if `seq` is held,
-    /// so that a large record still makes progress, and never crosses a segment boundary. Each frame's CRC is verified
-    /// before it is returned. An empty batch means `seq > last_seq()`.
-    pub fn read_raw_from(&mut self, seq: u64, max_bytes: usize) -> Result<RawBatch> {
-        let mut bytes = Vec::new();
-        let r = self.read_raw_into(seq, max_bytes, &mut bytes)?;
-        Ok(RawBatch {
-            first_seq: r.first_seq,
-            last_seq: r.last_seq,
-            records: r.records,
-            bytes,
-        })
-    }
-
-    /// [`Journal::read_raw_from`] into the caller's buffer: the frames are *appended* to `out`
-    /// (after whatever it holds, e.g. a transport frame header), read from the segment file
-    /// straight into it, with no intermediate copy and no decoding into records. With a
-    /// reused buffer the steady state allocates nothing. On error `out` is left as it was.
-    pub fn read_raw_into(
-        &mut self,
-        seq: u64,
-        max_bytes: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<RawRange> {
-        self.flush()?;
-        let empty = RawRange {
-            first_seq: 0,
-            last_seq: 0,
-            records: 0,
-        };
-        if seq > self.written_seq {
-            return Ok(empty);
-        }
-        if seq < self.first_seq() {
-            return Err(self.not_held(seq));
-        }
-        let Some(seg) = self
-            .segments
-            .iter()
-            .find(|s| s.records > 0 && s.header.first_seq <= seq && s.last_seq() >= seq)
-        else {
-            return Err(self.not_held(seq));
-        };
-        let path = seg.path.clone();
-        let end = seg.len;
-        let mut f = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-        let start =
-            segment::seek_to_seq(&path, &mut f, &seg.index, seg.header.first_seq, seq, end)?;
-        f.seek(SeekFrom::Start(start))
-            .map_err(|e| Error::io(&path, "seek", e))?;
-        let base = out.len();
-        let result = read_frames(&path, &mut f, start, end - start, seq, max_bytes, out, base);
-        match result {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                out.truncate(base);
-                Err(e)
-            }
-        }
-    }
-
     /// Retention: remove every segment whose records all have a sequence number below `seq`
     /// (typically the cut of a checkpoint the backups hold). Only whole sealed segments are
     /// removed; the active segment is always kept, so `last_seq()` is unchanged.
@@ -1099,7 +691,6 @@ impl Journal {
     pub fn reset(&mut self, next_seq: u64) -> Result<()> {
         self.check_ok()?;
         let next_seq = next_seq.max(1);
-        self.buf.clear();
         let sync = self.opts.fsync != FsyncPolicy::Never;
         let prev = self
             .segments
@@ -1112,31 +703,40 @@ impl Journal {
             journal_id: prev.journal_id,
             epoch: self.epoch + 1,
         };
-        let (mut info, file) =
-            create_segment(&self.dir, header, sync, true).map_err(|e| self.fail(e))?;
+        // Nothing has changed if this fails: the journal stays usable.
+        let (mut info, file) = create_segment(&self.dir, header, sync, true)?;
         let tmp = info.path.clone();
-        for s in std::mem::take(&mut self.segments) {
-            remove_file(&s.path).map_err(|e| self.fail(e))?;
+        // From here on a failure leaves a half-done reset that `open` completes: mark the
+        // journal failed, but keep `segments` describing what is still on disk.
+        for (removed, s) in self.segments.iter().enumerate() {
+            if let Err(e) = remove_file(&s.path) {
+                self.segments.drain(..removed);
+                return Err(self.fail(e));
+            }
         }
         let final_path = self.dir.join(segment_file_name(next_seq));
-        fs::rename(&tmp, &final_path).map_err(|e| self.fail(Error::io(&tmp, "rename", e)))?;
-        if sync {
-            sync_dir(&self.dir)?;
+        if let Err(e) = fs::rename(&tmp, &final_path) {
+            self.segments = vec![info];
+            return Err(self.fail(Error::io(&tmp, "rename", e)));
         }
         info.path = final_path;
-        self.segments.push(info);
+        self.segments = vec![info];
         self.active = Arc::new(file);
+        self.buf.clear();
         self.epoch += 1;
         self.last_seq = next_seq - 1;
         self.written_seq = next_seq - 1;
         self.durable_seq = next_seq - 1;
         self.unsynced = 0;
         self.stats.segments_created += 1;
+        if sync {
+            sync_dir(&self.dir).map_err(|e| self.fail(e))?;
+        }
         Ok(())
     }
 
     /// For [`SharedJournal`]: what an fsync outside the lock must cover.
-    fn sync_ticket(&mut self) -> Result<Option<(Arc<File>, u64, PathBuf)>> {
+    fn sync_ticket(&mut self) -> Result<Option<SyncTicket>> {
         self.flush()?;
         if self.durable_seq >= self.written_seq && self.unsynced == 0 {
             return Ok(None);
@@ -1147,26 +747,42 @@ impl Journal {
             .unwrap_or_else(|| unreachable!())
             .path
             .clone();
-        Ok(Some((Arc::clone(&self.active), self.written_seq, path)))
+        Ok(Some(SyncTicket {
+            file: Arc::clone(&self.active),
+            upto: self.written_seq,
+            epoch: self.epoch,
+            path,
+        }))
     }
 
-    /// For [`SharedJournal`]: an fsync of the ticket's file finished (or failed).
-    fn sync_done(&mut self, upto: u64, result: std::io::Result<()>, path: PathBuf) -> Result<u64> {
-        match result {
-            Ok(()) => {
-                self.stats.fsyncs += 1;
-                if upto > self.durable_seq {
-                    self.durable_seq = upto;
-                }
-                if self.written_seq == upto {
-                    self.unsynced = 0;
-                }
-                self.last_sync = Instant::now();
-                Ok(self.durable_seq)
-            }
-            Err(e) => Err(self.fail(Error::io(path, "fdatasync", e))),
+    /// For [`SharedJournal`]: the fsync of a ticket's file finished (or failed).
+    fn sync_done(&mut self, ticket: SyncTicket, result: std::io::Result<()>) -> Result<u64> {
+        if let Err(e) = result {
+            return Err(self.fail(Error::io(ticket.path, "fdatasync", e)));
         }
+        self.stats.fsyncs += 1;
+        // A reset while the fsync ran makes the ticket's seqs meaningless: ignore them.
+        if ticket.epoch == self.epoch {
+            if ticket.upto > self.durable_seq {
+                self.durable_seq = ticket.upto;
+            }
+            if self.written_seq == ticket.upto {
+                self.unsynced = 0;
+            }
+            self.last_sync = Instant::now();
+        }
+        Ok(self.durable_seq)
     }
+}
+
+/// An fsync to run outside the journal lock ([`SharedJournal`]'s group commit).
+#[derive(Debug)]
+struct SyncTicket {
+    file: Arc<File>,
+    /// Every record up to this seq is in `file` or in an earlier, already synced, segment.
+    upto: u64,
+    epoch: u64,
+    path: PathBuf,
 }
 
 impl Drop for Journal {
@@ -1178,36 +794,18 @@ impl Drop for Journal {
     }
 }
 
-#[allow(clippy::incompatible_msrv)] // File::try_lock is stable since 1.89; the toolchain is newer.
-fn try_lock(f: &File) -> std::io::Result<()> {
-    match f.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::ErrorKind::WouldBlock.into()),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
-    }
-}
-
-#[allow(clippy::cast_possible_truncation)] // folding 128 bits into 64 on purpose
-fn new_journal_id() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mixed = t ^ (u128::from(std::process::id()) << 64);
-    // Fold 128 bits into 64 and scramble; uniqueness, not secrecy, is the goal.
-    let folded = (mixed as u64) ^ ((mixed >> 64) as u64);
-    folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
-}
-
+/// Create a segment holding only its header. A normal segment is written as `X.seg.new` and
+/// renamed into place, so that no reader (nor a crash) ever sees a `*.seg` without a complete
+/// header; with `reset_tmp` it stays `X.seg.tmp` for [`Journal::reset`] to rename.
 fn create_segment(
     dir: &Path,
     header: SegmentHeader,
     sync: bool,
-    tmp: bool,
+    reset_tmp: bool,
 ) -> Result<(SegmentInfo, File)> {
-    let mut name = segment_file_name(header.first_seq);
-    if tmp {
-        name = name.replace(format::SEGMENT_SUFFIX, TMP_SUFFIX);
-    }
+    let final_path = dir.join(segment_file_name(header.first_seq));
+    let suffix = if reset_tmp { TMP_SUFFIX } else { NEW_SUFFIX };
+    let name = segment_file_name(header.first_seq).replace(format::SEGMENT_SUFFIX, suffix);
     let path = dir.join(name);
     let mut f = OpenOptions::new()
         .create_new(true)
@@ -1220,6 +818,22 @@ fn create_segment(
     if sync {
         f.sync_data()
             .map_err(|e| Error::io(&path, "fdatasync", e))?;
+    }
+    let path = if reset_tmp {
+        path
+    } else {
+        if final_path.exists() {
+            let _ = fs::remove_file(&path);
+            return Err(Error::io(
+                &final_path,
+                "create segment",
+                std::io::ErrorKind::AlreadyExists.into(),
+            ));
+        }
+        fs::rename(&path, &final_path).map_err(|e| Error::io(&path, "rename", e))?;
+        final_path
+    };
+    if sync {
         sync_dir(dir)?;
     }
     Ok((
@@ -1232,161 +846,6 @@ fn create_segment(
         },
         f,
     ))
-}
-
-/// Finish (or discard) a `reset` that a crash interrupted.
-fn complete_pending_reset(
-    dir: &Path,
-    listing: &mut segment::Listing,
-    rec: &mut Recovery,
-    sync: bool,
-) -> Result<()> {
-    let mut best: Option<(PathBuf, SegmentHeader)> = None;
-    for tmp in std::mem::take(&mut listing.tmp) {
-        match read_header(&tmp)? {
-            Ok(h) if best.as_ref().is_none_or(|(_, b)| h.epoch > b.epoch) => {
-                if let Some((old, _)) = best.take() {
-                    rec.bytes_cut += file_len(&old)?;
-                    remove_file(&old)?;
-                    rec.removed_files.push(old);
-                }
-                best = Some((tmp, h));
-            }
-            _ => {
-                rec.bytes_cut += file_len(&tmp)?;
-                remove_file(&tmp)?;
-                rec.removed_files.push(tmp);
-            }
-        }
-    }
-    if let Some((tmp, h)) = best {
-        for s in std::mem::take(&mut listing.segments) {
-            rec.bytes_cut += file_len(&s.path)?;
-            remove_file(&s.path)?;
-            rec.removed_files.push(s.path);
-        }
-        let final_path = dir.join(segment_file_name(h.first_seq));
-        fs::rename(&tmp, &final_path).map_err(|e| Error::io(&tmp, "rename", e))?;
-        listing.segments.push(SegmentFile {
-            path: final_path,
-            name_seq: h.first_seq,
-        });
-    }
-    if sync && !rec.removed_files.is_empty() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// Read whole frames of `path` from `start` (the frame of `seq`) into `out[base..]`: up to
-/// `max_bytes` of them, at least one, never past `avail` bytes; verify each.
-#[allow(clippy::too_many_arguments)]
-fn read_frames(
-    path: &Path,
-    f: &mut File,
-    start: u64,
-    avail: u64,
-    seq: u64,
-    max_bytes: usize,
-    out: &mut Vec<u8>,
-    base: usize,
-) -> Result<RawRange> {
-    let corrupt = |at: usize, reason| Error::Corrupt {
-        path: path.to_path_buf(),
-        offset: start + at as u64,
-        reason,
-    };
-    let avail_usize = usize::try_from(avail).unwrap_or(usize::MAX);
-    // Read at least one frame header, at most max_bytes (bounded by what the segment holds).
-    let want = max_bytes
-        .clamp(RECORD_HEADER_LEN, MAX_RAW_BATCH)
-        .min(avail_usize);
-    out.resize(base + want, 0);
-    f.read_exact(&mut out[base..])
-        .map_err(|e| Error::io(path, "read", e))?;
-    let mut used = 0usize;
-    let mut records = 0u64;
-    let mut next = seq;
-    loop {
-        let have = out.len() - base - used;
-        if have < RECORD_HEADER_LEN {
-            if records == 0 {
-                return Err(corrupt(
-                    used,
-                    Corruption::ShortRecordHeader { have: have as u64 },
-                ));
-            }
-            break;
-        }
-        let h = format::RecordHeader::decode(&out[base + used..]).map_err(|c| corrupt(used, c))?;
-        let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
-        if have < flen {
-            if records > 0 {
-                break;
-            }
-            // A single frame larger than max_bytes: read the rest of it (bounded by the
-            // segment's valid length, itself bounded by MAX_PAYLOAD per frame).
-            if flen > avail_usize {
-                return Err(corrupt(
-                    used,
-                    Corruption::ShortPayload {
-                        len: h.len,
-                        have: avail - RECORD_HEADER_LEN as u64,
-                    },
-                ));
-            }
-            let old = out.len();
-            out.resize(base + flen, 0);
-            f.read_exact(&mut out[old..])
-                .map_err(|e| Error::io(path, "read", e))?;
-        }
-        let (fr, n) = format::decode_frame(&out[base + used..]).map_err(|c| corrupt(used, c))?;
-        if fr.seq != next {
-            return Err(corrupt(
-                used,
-                Corruption::SeqMismatch {
-                    expected: next,
-                    found: fr.seq,
-                },
-            ));
-        }
-        used += n;
-        records += 1;
-        next += 1;
-    }
-    out.truncate(base + used);
-    Ok(RawRange {
-        first_seq: seq,
-        last_seq: next - 1,
-        records,
-    })
-}
-
-/// `X.seg` -> `X.seg.damaged` (or `X.seg.damaged.N` if that exists).
-fn aside_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".damaged");
-    let mut p = PathBuf::from(&name);
-    let mut n = 1;
-    while p.exists() {
-        let mut alt = name.clone();
-        alt.push(format!(".{n}"));
-        p = PathBuf::from(alt);
-        n += 1;
-    }
-    p
-}
-
-fn cut_file(path: &Path, len: u64, sync: bool) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, "open", e))?;
-    f.set_len(len).map_err(|e| Error::io(path, "truncate", e))?;
-    if sync {
-        f.sync_all().map_err(|e| Error::io(path, "fsync", e))?;
-    }
-    Ok(())
 }
 
 fn file_len(path: &Path) -> Result<u64> {

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -113,11 +113,22 @@ impl RecordIter {
         };
         let mut hb = [0u8; SEGMENT_HEADER_LEN];
         let n = read_full(&mut f, &mut hb).map_err(|e| Error::io(&seg.path, "read", e))?;
-        let h = SegmentHeader::decode(&hb[..n]).map_err(|reason| Error::Corrupt {
-            path: seg.path.clone(),
-            offset: 0,
-            reason,
-        })?;
+        let h = match SegmentHeader::decode(&hb[..n]) {
+            Ok(h) => h,
+            // The newest segment of a live journal read from outside: a header not (yet)
+            // complete is the end of the data, like a torn tail.
+            Err(_) if self.lenient_tail && self.segs.is_empty() => {
+                self.done = true;
+                return Ok(false);
+            }
+            Err(reason) => {
+                return Err(Error::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason,
+                })
+            }
+        };
         if h.first_seq != seg.first_seq {
             return Err(Error::Corrupt {
                 path: seg.path.clone(),
@@ -235,49 +246,21 @@ impl RecordIter {
             }
             let (r, _, off) = self.cur.as_mut().unwrap_or_else(|| unreachable!());
             let offset = *off;
-            let mut hb = [0u8; RECORD_HEADER_LEN];
-            let n = match read_full(r, &mut hb) {
-                Ok(n) => n,
-                Err(e) => {
+            let h = match read_frame(r, &mut self.buf, self.payload_limit) {
+                Step::Frame(h) => h,
+                Step::Eof => {
+                    // End of this segment at a frame boundary: continue with the next one.
+                    self.cur = None;
+                    continue;
+                }
+                Step::Bad(c) => return self.corrupt(self.cur_path(), offset, c).map(Err),
+                Step::Io(e) => {
                     self.done = true;
                     return Some(Err(Error::io(self.cur_path(), "read", e)));
                 }
             };
-            if n == 0 {
-                // End of this segment at a frame boundary: continue with the next one.
-                self.cur = None;
-                continue;
-            }
-            if n < RECORD_HEADER_LEN {
-                let c = Corruption::ShortRecordHeader { have: n as u64 };
-                return self.corrupt(self.cur_path(), offset, c).map(Err);
-            }
-            let h = match RecordHeader::decode(&hb) {
-                Ok(h) if h.len <= self.payload_limit => h,
-                Ok(h) => {
-                    let c = Corruption::LengthTooLarge { len: h.len };
-                    return self.corrupt(self.cur_path(), offset, c).map(Err);
-                }
-                Err(c) => return self.corrupt(self.cur_path(), offset, c).map(Err),
-            };
-            let len = usize::try_from(h.len).unwrap_or(usize::MAX);
-            // Bounded by MAX_PAYLOAD, and read through `take` so a lying length on a short
-            // file ends at end of file instead of allocating up front.
-            self.buf.clear();
-            self.buf.reserve(len.min(1 << 20));
-            let (r, _, off) = self.cur.as_mut().unwrap_or_else(|| unreachable!());
-            if let Err(e) = r.by_ref().take(u64::from(h.len)).read_to_end(&mut self.buf) {
-                self.done = true;
-                return Some(Err(Error::io(self.cur_path(), "read", e)));
-            }
-            *off += h.frame_len();
-            if self.buf.len() < len {
-                let have = self.buf.len() as u64;
-                let c = Corruption::ShortPayload { len: h.len, have };
-                return self.corrupt(self.cur_path(), offset, c).map(Err);
-            }
-            if let Err(c) = h.verify(&hb, &self.buf) {
-                return self.corrupt(self.cur_path(), offset, c).map(Err);
+            if let Some((_, _, off)) = self.cur.as_mut() {
+                *off += h.frame_len();
             }
             if h.seq < self.next_seq {
                 // Before the requested start (seek without an index lands on an earlier frame).
@@ -293,6 +276,75 @@ impl RecordIter {
             self.next_seq += 1;
             return Some(Ok((h.seq, h.stream)));
         }
+    }
+}
+
+/// One step of reading a segment.
+enum Step {
+    /// A valid frame; its payload is in the caller's buffer.
+    Frame(RecordHeader),
+    /// End of file exactly at a frame boundary.
+    Eof,
+    /// A damaged or incomplete frame.
+    Bad(Corruption),
+    /// The read itself failed.
+    Io(io::Error),
+}
+
+/// Read the next frame of `r`, its payload into `buf`.
+fn read_frame(r: &mut BufReader<File>, buf: &mut Vec<u8>, limit: u32) -> Step {
+    // Fast path: the whole frame is already in the reader's buffer: verify it there and copy
+    // the payload once.
+    match r.fill_buf() {
+        Err(e) => return Step::Io(e),
+        Ok([]) => return Step::Eof,
+        Ok(avail) => {
+            if let Ok(h) = RecordHeader::decode(avail) {
+                let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
+                if h.len <= limit && avail.len() >= flen {
+                    if crc32c::crc32c(&avail[4..flen]) != h.crc {
+                        return Step::Bad(Corruption::RecordChecksum);
+                    }
+                    buf.clear();
+                    buf.extend_from_slice(&avail[RECORD_HEADER_LEN..flen]);
+                    r.consume(flen);
+                    return Step::Frame(h);
+                }
+            }
+        }
+    }
+    // Slow path: the frame spans the end of the buffer (or is invalid, which is diagnosed
+    // here).
+    let mut hb = [0u8; RECORD_HEADER_LEN];
+    let n = match read_full(r, &mut hb) {
+        Ok(n) => n,
+        Err(e) => return Step::Io(e),
+    };
+    if n < RECORD_HEADER_LEN {
+        return Step::Bad(Corruption::ShortRecordHeader { have: n as u64 });
+    }
+    let h = match RecordHeader::decode(&hb) {
+        Ok(h) if h.len <= limit => h,
+        Ok(h) => return Step::Bad(Corruption::LengthTooLarge { len: h.len }),
+        Err(c) => return Step::Bad(c),
+    };
+    let len = usize::try_from(h.len).unwrap_or(usize::MAX);
+    // Bounded by MAX_PAYLOAD, and read through `take` so a lying length on a short file ends
+    // at end of file instead of allocating up front.
+    buf.clear();
+    buf.reserve(len.min(1 << 20));
+    if let Err(e) = r.by_ref().take(u64::from(h.len)).read_to_end(buf) {
+        return Step::Io(e);
+    }
+    if buf.len() < len {
+        return Step::Bad(Corruption::ShortPayload {
+            len: h.len,
+            have: buf.len() as u64,
+        });
+    }
+    match h.verify(&hb, buf) {
+        Ok(()) => Step::Frame(h),
+        Err(c) => Step::Bad(c),
     }
 }
 

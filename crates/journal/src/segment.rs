@@ -4,7 +4,7 @@
 //! checked against both [`MAX_PAYLOAD`] and the bytes left in the file before any allocation.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -15,6 +15,8 @@ use crate::format::{
 
 /// Suffix of a segment being created by `Journal::reset` (see there).
 pub(crate) const TMP_SUFFIX: &str = ".seg.tmp";
+/// Suffix of a segment being created (header written, then renamed to `*.seg`).
+pub(crate) const NEW_SUFFIX: &str = ".seg.new";
 
 /// Sample the offset of a record into the in-memory index every this many bytes.
 pub(crate) const INDEX_STRIDE: u64 = 64 << 10;
@@ -33,6 +35,10 @@ pub(crate) struct Listing {
     pub segments: Vec<SegmentFile>,
     /// Leftover `*.seg.tmp` files.
     pub tmp: Vec<PathBuf>,
+    /// Leftover `*.seg.new` files (a crash while creating a segment).
+    pub partial: Vec<PathBuf>,
+    /// Segments `open` set aside because their header was damaged (`*.seg.damaged*`).
+    pub damaged: Vec<PathBuf>,
 }
 
 pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
@@ -49,6 +55,10 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
             });
         } else if name.ends_with(TMP_SUFFIX) {
             out.tmp.push(ent.path());
+        } else if name.ends_with(NEW_SUFFIX) {
+            out.partial.push(ent.path());
+        } else if name.contains(".seg.damaged") {
+            out.damaged.push(ent.path());
         }
     }
     out.segments.sort_by_key(|s| s.name_seq);
@@ -147,6 +157,31 @@ pub(crate) fn scan_segment(
         if left < RECORD_HEADER_LEN as u64 {
             break Some((off, Corruption::ShortRecordHeader { have: left }));
         }
+        // Fast path: a whole, valid frame inside the read buffer (and inside the length the
+        // file had when the scan began: a live writer may be appending) is verified and
+        // visited in place.
+        let avail = r.fill_buf().map_err(|e| Error::io(path, "read", e))?;
+        if let Ok(h) = RecordHeader::decode(avail) {
+            let flen = usize::try_from(h.frame_len()).unwrap_or(usize::MAX);
+            if avail.len() >= flen
+                && h.frame_len() <= left
+                && h.seq == expected
+                && crc32c::crc32c(&avail[4..flen]) == h.crc
+            {
+                if off >= next_sample {
+                    index.push((h.seq, off));
+                    next_sample = off + INDEX_STRIDE;
+                }
+                visit(h.seq, h.stream, &avail[RECORD_HEADER_LEN..flen]);
+                r.consume(flen);
+                records += 1;
+                expected += 1;
+                off += h.frame_len();
+                continue;
+            }
+        }
+        // Slow path: the frame spans the buffer's end, or something is wrong with it (the
+        // checks below say what).
         let mut rh = [0u8; RECORD_HEADER_LEN];
         r.read_exact(&mut rh)
             .map_err(|e| Error::io(path, "read", e))?;

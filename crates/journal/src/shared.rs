@@ -1,7 +1,8 @@
 //! [`SharedJournal`]: a journal shared between threads, with group commit.
 
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::{Journal, JournalOptions, Recovery};
@@ -85,6 +86,27 @@ impl SharedJournal {
         self.sync_to(target)
     }
 
+    /// [`Journal::sync_deadline`].
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        self.lock().sync_deadline()
+    }
+
+    /// Start a thread that makes a quiet tail durable: every `tick` it checks
+    /// [`Journal::sync_deadline`] and calls [`SharedJournal::sync`] once it has passed. For
+    /// `EveryN` and `Interval` policies, whose last records otherwise wait for the next
+    /// commit. The thread holds only a weak reference and ends once the journal is dropped
+    /// (within one tick); an fsync error marks the journal failed, for its next caller to see.
+    pub fn spawn_syncer(self: &Arc<Self>, tick: Duration) -> std::thread::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(tick);
+            let Some(j) = weak.upgrade() else { break };
+            if j.sync_deadline().is_some_and(|d| d <= Instant::now()) && j.sync().is_err() {
+                break;
+            }
+        })
+    }
+
     /// Make every record appended so far durable, whatever the policy.
     pub fn sync(&self) -> Result<u64> {
         let target = {
@@ -118,10 +140,9 @@ impl SharedJournal {
             let result = self.lead_sync();
             *self.syncing.lock().unwrap_or_else(PoisonError::into_inner) = false;
             self.synced.notify_all();
-            let durable = result?;
-            if durable >= target {
-                return Ok(durable);
-            }
+            // The ticket covered everything written when it was taken, which includes
+            // `target` (unless a reset intervened, which makes `target` moot): done.
+            return result;
         }
     }
 
@@ -130,9 +151,9 @@ impl SharedJournal {
         let ticket = self.lock().sync_ticket()?;
         match ticket {
             None => Ok(self.lock().durable_seq()),
-            Some((file, upto, path)) => {
-                let r = file.sync_data();
-                self.lock().sync_done(upto, r, path)
+            Some(t) => {
+                let r = t.file.sync_data();
+                self.lock().sync_done(t, r)
             }
         }
     }

@@ -144,6 +144,8 @@ fn one_case(case: u64) -> (bool, bool) {
             "case {case}: damaged segment kept aside: {rec}"
         );
         assert!(rec.set_aside[0].exists());
+        let s = inspect::summarize(dir.path()).unwrap();
+        assert_eq!(s.set_aside, rec.set_aside, "case {case}: inspect lists it");
     }
     let reported_cut = rec.cut.is_some();
     let got = read_all(&mut j);
