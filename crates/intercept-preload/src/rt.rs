@@ -930,6 +930,14 @@ fn classify(fd: i64) -> u8 {
         }
     }
     if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFBLK {
+        // /proc and /sys files are the kernel talking, not stored data: record their reads.
+        // SAFETY: zeroed statfs is a valid out-buffer.
+        let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+        if sys3(libc::SYS_fstatfs, fd, std::ptr::addr_of_mut!(sf) as i64, 0) == 0
+            && (sf.f_type == libc::PROC_SUPER_MAGIC || sf.f_type == libc::SYSFS_MAGIC)
+        {
+            return FD_OUTSIDE;
+        }
         FD_FILE
     } else {
         FD_OUTSIDE
