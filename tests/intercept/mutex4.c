@@ -1,6 +1,7 @@
 /* 4 threads contend for a mutex and append to a shared log, update a value under a rwlock, and
  * a condition variable hands a token around (every shared variable has one lock: no data race). The log order depends on scheduling; replay must reproduce it. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -15,7 +16,8 @@ static char logbuf[T * N * 8 + 64]; static int loglen, turn, shared, rwshared;
 static void *worker(void *arg) {
     long id = (long)arg;
     for (int i = 0; i < N; i++) {
-        pthread_mutex_lock(&m);
+        if (i % 25 == 0) { while (pthread_mutex_trylock(&m) != 0) sched_yield(); }
+        else pthread_mutex_lock(&m);
         loglen += snprintf(logbuf + loglen, sizeof logbuf - loglen, "%ld", id);
         shared = shared * 31 + (int)id;
         pthread_mutex_unlock(&m);

@@ -1320,6 +1320,15 @@ fn acquire(kind: Kind, lock: impl Fn() -> c_int) -> c_int {
         r
     } else {
         let rec = replay_next(kind, None);
+        if rec.h.a0 != 0 {
+            diverge(
+                &rec,
+                &format!(
+                    "{} (unconditional) where a try/timed variant was recorded",
+                    kind.name()
+                ),
+            );
+        }
         // The previous holder (earlier in the journal) has released it or is about to, without
         // needing a turn: unlocks are not ordered.
         let r = lock();
@@ -1338,29 +1347,76 @@ pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_
     acquire(Kind::MutexLock, || unsafe { f(m) })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn pthread_mutex_trylock(m: *mut libc::pthread_mutex_t) -> c_int {
-    let f = real!("pthread_mutex_trylock", MutexFn);
-    let lock = real!("pthread_mutex_lock", MutexFn);
-    // SAFETY: libc's function with the application's mutex.
-    let real_try = || unsafe { f(m) };
-    let Some(g) = enter() else { return real_try() };
+/// A conditional acquisition (trylock, timedlock): its recorded outcome decides at replay —
+/// success takes the lock (blocking until its previous holder, earlier in the journal, lets
+/// go), failure returns the recorded error without touching the lock.
+fn conditional(kind: Kind, attempt: impl Fn() -> c_int, lock: impl Fn() -> c_int) -> c_int {
+    let Some(g) = enter() else { return attempt() };
     if mode() == RECORD {
-        let r = real_try();
-        g.emit(Kind::MutexTrylock, i64::from(r), 0, 0, 0, &[]);
+        g.blocking();
+        let r = attempt();
+        g.unblocked();
+        g.emit(kind, i64::from(r), 1, 0, 0, &[]);
         r
     } else {
-        let rec = replay_next(Kind::MutexTrylock, None);
+        let rec = replay_next(kind, None);
         let r = if rec.h.ret == 0 {
-            // It succeeded when recorded: take it (the holder is releasing it).
-            // SAFETY: libc's lock with the application's mutex.
-            unsafe { lock(m) }
+            lock()
         } else {
             rec.h.ret as c_int
         };
         replay_done(&rec);
         r
     }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_trylock(m: *mut libc::pthread_mutex_t) -> c_int {
+    let f = real!("pthread_mutex_trylock", MutexFn);
+    let real_lock = real!("pthread_mutex_lock", MutexFn);
+    // SAFETY: libc's functions with the application's mutex.
+    let attempt = || unsafe { f(m) };
+    // SAFETY: libc's functions with the application's mutex.
+    let lock = || unsafe { real_lock(m) };
+    conditional(Kind::MutexTrylock, attempt, lock)
+}
+
+type MutexTFn = unsafe extern "C" fn(*mut libc::pthread_mutex_t, *const libc::timespec) -> c_int;
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_timedlock(
+    m: *mut libc::pthread_mutex_t,
+    t: *const libc::timespec,
+) -> c_int {
+    let f = real!("pthread_mutex_timedlock", MutexTFn);
+    let real_lock = real!("pthread_mutex_lock", MutexFn);
+    // SAFETY: libc's function with the application's arguments.
+    let attempt = || unsafe { f(m, t) };
+    // SAFETY: libc's function with the application's mutex.
+    let lock = || unsafe { real_lock(m) };
+    conditional(Kind::MutexTrylock, attempt, lock)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_tryrdlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    let f = real!("pthread_rwlock_tryrdlock", RwFn);
+    let real_lock = real!("pthread_rwlock_rdlock", RwFn);
+    // SAFETY: libc's function with the application's lock.
+    let attempt = || unsafe { f(l) };
+    // SAFETY: libc's function with the application's lock.
+    let lock = || unsafe { real_lock(l) };
+    conditional(Kind::RwlockRead, attempt, lock)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_trywrlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    let f = real!("pthread_rwlock_trywrlock", RwFn);
+    let real_lock = real!("pthread_rwlock_wrlock", RwFn);
+    // SAFETY: libc's function with the application's lock.
+    let attempt = || unsafe { f(l) };
+    // SAFETY: libc's function with the application's lock.
+    let lock = || unsafe { real_lock(l) };
+    conditional(Kind::RwlockWrite, attempt, lock)
 }
 
 type RwFn = unsafe extern "C" fn(*mut libc::pthread_rwlock_t) -> c_int;
