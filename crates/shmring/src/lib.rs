@@ -633,6 +633,23 @@ impl RingConsumer {
         }
         let start = Instant::now();
         let mut fenced = false;
+        // Slots of threads that are gone (exited without unregistering, or lost in an execve)
+        // are freed first, so they neither clutter the report nor fill the table.
+        for i in 0..MAX_THREADS {
+            let s = self.map.slot(i);
+            let tid = s.tid.load(Ordering::SeqCst);
+            if tid != 0
+                && !thread_alive(ThreadId {
+                    pid: s.pid.load(Ordering::SeqCst),
+                    tid,
+                })
+            {
+                s.state.store(0, Ordering::SeqCst);
+                let _ = s
+                    .tid
+                    .compare_exchange(tid, 0, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
         loop {
             let mut report = QuiesceReport {
                 cut: 0,
