@@ -587,13 +587,62 @@ impl Guard {
 }
 
 impl Drop for Guard {
+    /// The exit boundary. Signals that arrived during the call are delivered here, before the
+    /// call returns (so a handler runs before the program sees `EINTR`, as natively): recorded
+    /// as `signal` messages with `a1 = 1` right after the call's own message, and replayed at
+    /// the same place.
     #[inline]
     fn drop(&mut self) {
+        let mut run = 0u64;
+        match MODE.load(Ordering::Relaxed) {
+            RECORD if crate::signals::pending() => {
+                run = crate::signals::take_pending();
+                for sig in 1..65u64 {
+                    if run & (1 << (sig - 1)) != 0 {
+                        self.emit(Kind::Signal, 0, sig, 1, 0, &[]);
+                    }
+                }
+            }
+            REPLAY => {
+                while let Some(sig) = exit_signal_next() {
+                    let r = replay_next(Kind::Signal, None);
+                    replay_done(&r);
+                    run |= 1 << (sig - 1);
+                }
+            }
+            _ => {}
+        }
         if let (Some(t), Some(r)) = (self.token, RING.get()) {
             r.leave(t);
         }
         self.tls().depth.set(0);
+        if run != 0 {
+            crate::signals::run_handlers(run);
+        }
     }
+}
+
+/// Replay: whether this thread's next message is a signal delivered at an exit boundary
+/// (`a1 = 1`), and which. Such a message was emitted right after the thread's previous one, so
+/// it is found within a short window after the cursor.
+fn exit_signal_next() -> Option<u64> {
+    let f = FEED.get()?;
+    let my = TLS.with(|t| t.vtid.get());
+    let c = f.cursor().load(Ordering::Acquire);
+    let end = f.n.min(c + 4096);
+    for i in c..end {
+        let (_, b) = f.at(i);
+        if b.len() < HEADER_LEN {
+            return None;
+        }
+        let vtid = u64::from_le_bytes(b[16..24].try_into().ok()?);
+        if vtid == my {
+            let (h, _) = msg::decode(b).ok()?;
+            return (h.kind == Kind::Signal && h.a1 == 1 && (1..65).contains(&h.a0))
+                .then_some(h.a0);
+        }
+    }
+    None
 }
 
 static SYNC: AtomicU8 = AtomicU8::new(0);
