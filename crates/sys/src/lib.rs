@@ -1,1 +1,7 @@
 //! Every raw kernel interface understudy touches: ptrace, remote syscalls, process_vm_readv/writev, pidfds, clone3, userfaultfd, PAGEMAP_SCAN, TCP_REPAIR.
+
+pub mod dirty;
+pub mod fdpull;
+mod ioc;
+pub mod pagemap;
+pub mod uffd;

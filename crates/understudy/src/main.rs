@@ -12,7 +12,12 @@ mod cmd;
 pub struct Cli {
     /// Where agents keep their control socket and each application's files
     /// (`apps/NAME/journal`, `apps/NAME/images`).
-    #[arg(long, global = true, env = "UNDERSTUDY_STATE_DIR", default_value = "/var/lib/understudy")]
+    #[arg(
+        long,
+        global = true,
+        env = "UNDERSTUDY_STATE_DIR",
+        default_value = "/var/lib/understudy"
+    )]
     pub state_dir: PathBuf,
 
     #[command(subcommand)]
