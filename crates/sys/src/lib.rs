@@ -3,5 +3,7 @@
 pub mod dirty;
 pub mod fdpull;
 mod ioc;
+pub mod netns;
 pub mod pagemap;
+pub mod tcp_repair;
 pub mod uffd;
