@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use sys::tcp_repair::{self, Repair, TcpConnState, TcpRepairError};
@@ -174,8 +174,8 @@ fn established_connection_survives_dump_close_restore() {
         tcp_repair::finish_restore(c2.as_fd(), &ci).unwrap();
         tcp_repair::finish_restore(s2.as_fd(), &si).unwrap();
         assert_eq!(tcp_state(c2.as_raw_fd()), 1);
-        let mut c2 = TcpStream::from(OwnedFd::from(c2));
-        let mut s2 = TcpStream::from(OwnedFd::from(s2));
+        let mut c2 = TcpStream::from(c2);
+        let mut s2 = TcpStream::from(s2);
 
         // both streams continue byte-exact
         c2.write_all(b"PING").unwrap();
