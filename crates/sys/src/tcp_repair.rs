@@ -648,6 +648,16 @@ pub fn restore_in_repair(st: &TcpConnState) -> Result<OwnedFd, TcpRepairError> {
     // SAFETY: a fresh fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let tcp = libc::IPPROTO_TCP;
+    // SO_REUSEADDR first: entering repair mode then upgrades reuse to "force" (the kernel's
+    // SK_FORCE_REUSE), which lets the bind share the port with live sockets (a listener, other
+    // connections); setting SO_REUSEADDR after repair-on would downgrade it again.
+    setopt_i32(
+        raw,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        1,
+        "setsockopt SO_REUSEADDR",
+    )?;
     setopt_i32(
         raw,
         tcp,
@@ -684,13 +694,6 @@ pub fn restore_in_repair(st: &TcpConnState) -> Result<OwnedFd, TcpRepairError> {
         TCP_QUEUE_SEQ,
         &st.send_seq.wrapping_sub(outq),
         "setsockopt TCP_QUEUE_SEQ send",
-    )?;
-    setopt_i32(
-        raw,
-        libc::SOL_SOCKET,
-        libc::SO_REUSEADDR,
-        1,
-        "setsockopt SO_REUSEADDR",
     )?;
     if st.local.is_ipv6() {
         // a v6 socket bound to a v4-mapped address must allow v4

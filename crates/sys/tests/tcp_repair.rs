@@ -220,3 +220,43 @@ fn established_connection_survives_dump_close_restore() {
         assert_eq!(got_s, 100_004, "server received");
     });
 }
+
+/// Which restores succeed next to live sockets bound to the same port (a restored listener,
+/// or connections already live again).
+#[test]
+fn restore_next_to_live_sockets_on_same_port() {
+    in_private_netns("restore_next_to_live_sockets_on_same_port", || {
+        let ls = TcpListener::bind("127.0.0.1:0").unwrap(); // std sets SO_REUSEADDR
+        let addr = ls.local_addr().unwrap();
+        let mut pairs = Vec::new();
+        for _ in 0..3 {
+            let c = TcpStream::connect(addr).unwrap();
+            let (s, _) = ls.accept().unwrap();
+            pairs.push((c, s));
+        }
+        let mut states = Vec::new();
+        let mut clients = Vec::new();
+        for (c, s) in pairs {
+            states.push(tcp_repair::dump_and_freeze(s.as_fd()).unwrap());
+            drop(s);
+            clients.push(c);
+        }
+        // one at a time, each made live before the next is created, listener alive
+        let mut servers = Vec::new();
+        for (i, st) in states.iter().enumerate() {
+            match tcp_repair::restore(st) {
+                Ok(fd) => servers.push(TcpStream::from(fd)),
+                Err(e) => panic!(
+                    "restore {i} next to the live listener and {} live connections: {e}",
+                    servers.len()
+                ),
+            }
+        }
+        for (c, s) in clients.iter_mut().zip(&mut servers) {
+            c.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.read_exact(&mut b).unwrap();
+        }
+    });
+}
