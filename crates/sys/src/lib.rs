@@ -9,3 +9,4 @@ pub mod pagemap;
 pub mod sockdiag;
 pub mod tcp_repair;
 pub mod uffd;
+pub mod uffd_lazy;

@@ -110,10 +110,15 @@ pub fn kill_and_reap(pid: i32) {
 
 /// Forks a child that runs `body` (which must not allocate or take locks: the parent is
 /// multi-threaded) and then `_exit(0)`s.
+///
+/// Uses the raw `fork` syscall, not glibc's `fork()`: glibc holds its malloc locks across the
+/// syscall, and with userfaultfd `EVENT_FORK` the syscall waits until a monitor reads the fork
+/// event — a monitor thread of this same process that allocates would deadlock.
 pub fn fork_child(body: impl FnOnce()) -> i32 {
-    // SAFETY: fork in a multi-threaded process; the child only runs `body`, which by contract
-    // uses async-signal-safe operations only, then _exit.
-    let pid = unsafe { libc::fork() };
+    // SAFETY: raw fork in a multi-threaded process; the child only runs `body`, which by
+    // contract uses async-signal-safe operations and raw syscalls only, then _exit.
+    let pid = unsafe { libc::syscall(libc::SYS_fork) };
+    let pid = i32::try_from(pid).unwrap_or(-1);
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         body();
