@@ -1,0 +1,339 @@
+//! The dump itself: freeze, collect every process, write the image, then kill or release.
+
+use std::time::{Duration, Instant};
+
+use image::{Creds, Hex, MmInfo, Process, SigAction, Thread, Tree, Vma, FORMAT_VERSION};
+use sys::remote::nr;
+use sys::{ptrace, RemoteSyscalls};
+
+use crate::files::FileTable;
+use crate::freeze::{Frozen, FrozenProcess};
+use crate::memory::{classify, MemoryDumper};
+use crate::{CheckpointError, DumpOptions, DumpReport, PidCtx, Result};
+
+/// How long `dump` waits for the pids of a killed tree to be free.
+const REAP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Dumps the tree rooted at `opts.root_pid` into `opts.image_dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
+    if opts.parent.is_some() {
+        return Err(CheckpointError::ImageDir {
+            path: opts.image_dir.clone(),
+            why: "incremental dumps (--parent) are not supported yet".into(),
+        });
+    }
+    prepare_dir(&opts.image_dir)?;
+    let t_freeze = Instant::now();
+    let frozen = Frozen::freeze(opts.root_pid)?;
+    let mut report = DumpReport {
+        root_pid: opts.root_pid,
+        processes: frozen.procs.len(),
+        threads: frozen.thread_count(),
+        ..Default::default()
+    };
+    // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
+    let tree = match collect(opts, &frozen, &mut report) {
+        Ok(t) => t,
+        Err(e) => {
+            cleanup_dir(&opts.image_dir);
+            return Err(e);
+        }
+    };
+    if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
+        cleanup_dir(&opts.image_dir);
+        return Err(e.into());
+    }
+    report.frozen = t_freeze.elapsed();
+    if opts.leave_running {
+        frozen.detach();
+    } else {
+        let t = Instant::now();
+        let left = frozen.kill_and_wait(REAP_TIMEOUT);
+        report.reap_wait = t.elapsed();
+        if !left.is_empty() {
+            return Err(CheckpointError::Tree {
+                pid: left[0],
+                why: format!(
+                    "the image is complete, but pids {left:?} are still taken {}s after the kill (a parent outside the tree has not reaped them)",
+                    REAP_TIMEOUT.as_secs()
+                ),
+            });
+        }
+    }
+    Ok(report)
+}
+
+fn prepare_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CheckpointError::ImageDir {
+        path: dir.to_path_buf(),
+        why: format!("cannot create: {e}"),
+    })?;
+    if dir.join(image::TREE_FILE).exists() {
+        return Err(CheckpointError::ImageDir {
+            path: dir.to_path_buf(),
+            why: "already holds an image".into(),
+        });
+    }
+    Ok(())
+}
+
+fn cleanup_dir(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("pages-") || n.starts_with(".tree") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn collect(opts: &DumpOptions, frozen: &Frozen, report: &mut DumpReport) -> Result<Tree> {
+    let mut files = FileTable::default();
+    let mut processes = Vec::with_capacity(frozen.procs.len());
+    let mut copied = 0u64;
+    for (i, fp) in frozen.procs.iter().enumerate() {
+        let mut p = dump_process(opts, fp, copied, report)?;
+        if i == 0 {
+            p.ppid = 0;
+        }
+        p.fds = files.add_process(fp.pid)?;
+        copied += p.pages.len;
+        processes.push(p);
+    }
+    report.pages_bytes = copied;
+    let pipes = files.pipe_data()?;
+    let root_ns = if opts.pidns { 1 } else { opts.root_pid };
+    let _ = root_ns;
+    Ok(Tree {
+        format_version: FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        root_pid: opts.root_pid,
+        pidns: opts.pidns,
+        parent: None,
+        processes,
+        files: files.files,
+        shmem: Vec::new(),
+        pipes,
+    })
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn dump_process(
+    opts: &DumpOptions,
+    fp: &FrozenProcess,
+    copied_before: u64,
+    report: &mut DumpReport,
+) -> Result<Process> {
+    let pid = fp.pid;
+    let status = sys::proc::status(pid).pid(pid)?;
+    let stat = sys::proc::stat(pid).pid(pid)?;
+    let maps = sys::proc::maps(pid).pid(pid)?;
+    let ns_pid = if opts.pidns {
+        status.nspid.last().copied().unwrap_or(pid)
+    } else {
+        pid
+    };
+
+    // Threads first, before any injected call touches registers.
+    let mut threads = Vec::with_capacity(fp.threads.len());
+    for t in &fp.threads {
+        let tid = t.tid;
+        let regs = ptrace::get_regs(tid).pid(pid)?;
+        let xstate = ptrace::get_xstate(tid).pid(pid)?;
+        let sigmask = ptrace::get_sigmask(tid).pid(pid)?;
+        let rseq = ptrace::get_rseq(tid).pid(pid)?;
+        let mut pending: Vec<Hex> = ptrace::peek_siginfo(tid, 0)
+            .pid(pid)?
+            .into_iter()
+            .map(|s| Hex(s.to_vec()))
+            .collect();
+        if let Some((_, si)) = t.stolen {
+            pending.push(Hex(si.to_vec()));
+        }
+        let ns_tid = if opts.pidns {
+            sys::proc::read_to_string(&format!("/proc/{pid}/task/{tid}/status"))
+                .ok()
+                .and_then(|s| sys::proc::parse_status(&s).ok())
+                .and_then(|s| s.nspid.last().copied())
+                .unwrap_or(tid)
+        } else {
+            tid
+        };
+        threads.push(Thread {
+            tid,
+            ns_tid,
+            regs,
+            xstate: Hex(xstate),
+            sigmask,
+            rseq,
+            sigaltstack: (0, libc::SS_DISABLE, 0),
+            pending,
+            clear_child_tid: 0,
+        });
+    }
+
+    let mut vmas = Vec::new();
+    for m in &maps {
+        if let Some(kind) = classify(pid, m)? {
+            vmas.push(Vma {
+                start: m.start,
+                end: m.end,
+                prot: m.prot(),
+                kind,
+                pages: Vec::new(),
+            });
+        }
+    }
+    let vdso =
+        maps.iter()
+            .find(|m| m.path == "[vdso]")
+            .ok_or_else(|| CheckpointError::Unsupported {
+                pid,
+                what: "address space".into(),
+                why: "has no [vdso]".into(),
+            })?;
+    let insn = sys::remote::find_syscall_insn(pid, vdso.start, vdso.end).pid(pid)?;
+
+    // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
+    let mut sigactions = Vec::with_capacity(64);
+    let mut itimers = Vec::with_capacity(3);
+    let brk;
+    {
+        let mut rs = RemoteSyscalls::new(pid, insn).pid(pid)?;
+        let scratch = rs.map_scratch(None, 4096).pid(pid)?.addr();
+        let mut b = [0u8; 32];
+        for sig in 1..=64u64 {
+            rs.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])
+                .pid(pid)?;
+            rs.get(0, &mut b).pid(pid)?;
+            sigactions.push(SigAction {
+                handler: le_u64(&b, 0),
+                flags: le_u64(&b, 8),
+                restorer: le_u64(&b, 16),
+                mask: le_u64(&b, 24),
+            });
+        }
+        brk = rs.syscall("brk(0)", nr::BRK, [0; 6]).pid(pid)?;
+        for which in 0..3u64 {
+            rs.syscall("getitimer", nr::GETITIMER, [which, scratch, 0, 0, 0, 0])
+                .pid(pid)?;
+            rs.get(0, &mut b).pid(pid)?;
+            let us = |at: usize| {
+                le_u64(&b, at)
+                    .saturating_mul(1_000_000)
+                    .saturating_add(le_u64(&b, at + 8))
+            };
+            itimers.push((us(0), us(16)));
+        }
+        for (i, t) in fp.threads.iter().enumerate() {
+            let mut sb = [0u8; 24];
+            let mut ct = [0u8; 8];
+            {
+                let mut own;
+                let trs: &mut RemoteSyscalls = if i == 0 {
+                    &mut rs
+                } else {
+                    own = RemoteSyscalls::new(t.tid, insn).pid(pid)?;
+                    &mut own
+                };
+                trs.syscall("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0])
+                    .pid(pid)?;
+                // PR_GET_TID_ADDRESS = 40
+                trs.syscall(
+                    "prctl(PR_GET_TID_ADDRESS)",
+                    nr::PRCTL,
+                    [40, scratch + 64, 0, 0, 0, 0],
+                )
+                .pid(pid)?;
+            }
+            rs.get(0, &mut sb).pid(pid)?;
+            rs.get(64, &mut ct).pid(pid)?;
+            threads[i].clear_child_tid = u64::from_le_bytes(ct);
+            let flags = i32::from_le_bytes([sb[8], sb[9], sb[10], sb[11]]);
+            threads[i].sigaltstack = (le_u64(&sb, 0), flags, le_u64(&sb, 16));
+        }
+        let deferred = rs.take_deferred_signals();
+        rs.finish().pid(pid)?;
+        if !deferred.is_empty() {
+            return Err(CheckpointError::Tree {
+                pid,
+                why: format!("signals {deferred:?} arrived during the dump; retry"),
+            });
+        }
+    }
+    let shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED)
+        .pid(pid)?
+        .into_iter()
+        .map(|s| Hex(s.to_vec()))
+        .collect();
+
+    let md = MemoryDumper {
+        pid,
+        dir: &opts.image_dir,
+        progress: opts.progress.as_ref(),
+        done_before: copied_before,
+        total_hint: 0,
+    };
+    let (pages, _bytes, took) = md.dump(&mut vmas)?;
+    report.memory_copy += took;
+
+    let mm = MmInfo {
+        start_code: stat.start_code,
+        end_code: stat.end_code,
+        start_data: stat.start_data,
+        end_data: stat.end_data,
+        start_brk: stat.start_brk,
+        brk,
+        start_stack: stat.start_stack,
+        arg_start: stat.arg_start,
+        arg_end: stat.arg_end,
+        env_start: stat.env_start,
+        env_end: stat.env_end,
+        auxv: sys::proc::auxv(pid).pid(pid)?,
+    };
+    Ok(Process {
+        pid,
+        ns_pid,
+        ppid: stat.ppid,
+        pgid: if opts.pidns {
+            status.nspgid.last().copied().unwrap_or(stat.pgrp)
+        } else {
+            stat.pgrp
+        },
+        sid: if opts.pidns {
+            status.nssid.last().copied().unwrap_or(stat.session)
+        } else {
+            stat.session
+        },
+        comm: status.name.clone(),
+        exe: sys::proc::read_link(&format!("/proc/{pid}/exe")).unwrap_or_default(),
+        threads,
+        mm,
+        vmas,
+        pages,
+        sigactions,
+        shared_pending,
+        fds: Vec::new(),
+        cwd: sys::proc::read_link(&format!("/proc/{pid}/cwd")).pid(pid)?,
+        root: sys::proc::read_link(&format!("/proc/{pid}/root")).pid(pid)?,
+        umask: status.umask,
+        rlimits: sys::proc::rlimits(pid).pid(pid)?,
+        creds: Creds {
+            uid: status.uid,
+            gid: status.gid,
+            groups: status.groups.clone(),
+        },
+        itimers,
+        exit_signal: stat.exit_signal,
+    })
+}
