@@ -336,6 +336,20 @@ impl DirtyTracker {
         Ok(t)
     }
 
+    /// [`arm`](Self::arm) through the engine's remote-syscall guard (the target's thread must be
+    /// stopped under ptrace and `rs` made for it).
+    pub fn arm_remote(
+        pid: i32,
+        rs: &mut crate::RemoteSyscalls,
+        opts: &TrackOptions,
+    ) -> Result<Self, DirtyError> {
+        let mut inject = |nr: i64, args: [u64; 6]| -> Result<i64, InjectError> {
+            let nr = u64::try_from(nr).map_err(|_| format!("bad syscall number {nr}"))?;
+            rs.syscall_raw(nr, args).map_err(Into::into)
+        };
+        Self::arm(pid, &mut inject, opts)
+    }
+
     /// Re-attaches to a userfaultfd left in the target by an earlier
     /// `arm(.., leave_fd_in_target: true)`; `tracked` are the ranges that tracker reported as
     /// tracked ([`tracked`](Self::tracked)), recorded with the parent image.

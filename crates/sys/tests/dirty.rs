@@ -255,3 +255,82 @@ fn cross_process_tracker_via_injection() {
     // SAFETY: closing our read end.
     unsafe { libc::close(ack_r) };
 }
+
+/// The same through the engine's own ptrace helpers and remote-syscall guard
+/// (`DirtyTracker::arm_remote`), with the fd left in the target and re-attached later.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn arm_remote_and_reattach_with_engine_guard() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root (ptrace)");
+        return;
+    }
+    if skip_unless_supported() {
+        return;
+    }
+    let len = 16 << 20;
+    let m = Map::new(len);
+    let (cmd_r, cmd_w) = common::pipe();
+    let (ack_r, ack_w) = common::pipe();
+    let (base, pages) = (m.ptr as usize, len / PAGE);
+    let child = common::fork_child(|| {
+        // SAFETY: the inherited mapping is writable.
+        unsafe { std::ptr::write_bytes(base as *mut u8, 1, len) };
+        common::write_byte(ack_w, b'r');
+        while let Some(c) = common::read_byte(cmd_r) {
+            if c == b'w' {
+                for i in [0usize, 7, pages - 1] {
+                    // SAFETY: in bounds of the child's writable mapping.
+                    unsafe { std::ptr::write_volatile((base + i * PAGE) as *mut u8, 5) };
+                }
+            }
+            common::write_byte(ack_w, b'k');
+        }
+    });
+    assert_eq!(common::read_byte(ack_r), Some(b'r'));
+    let maps = sys::proc::maps(child).unwrap();
+    let vdso = maps.iter().find(|e| e.path == "[vdso]").expect("vdso");
+    let insn = sys::remote::find_syscall_insn(child, vdso.start, vdso.end).unwrap();
+    sys::ptrace::seize(child, 0).unwrap();
+    sys::ptrace::interrupt(child).unwrap();
+    sys::ptrace::wait_stop(child).unwrap();
+    let opts = TrackOptions {
+        leave_fd_in_target: true,
+        ..TrackOptions::default()
+    };
+    let armed = {
+        let mut rs = sys::RemoteSyscalls::new(child, insn).unwrap();
+        let t = DirtyTracker::arm_remote(child, &mut rs, &opts);
+        rs.finish().unwrap();
+        t
+    };
+    sys::ptrace::detach(child, 0).unwrap();
+    let t = armed.unwrap();
+    let remote_fd = t.remote_fd().expect("fd left in target");
+    let tracked = t.tracked().to_vec();
+    drop(t); // another invocation re-attaches later: tracking continues meanwhile
+
+    common::write_byte(cmd_w, b'w');
+    assert_eq!(common::read_byte(ack_r), Some(b'k'));
+    let mut t2 = DirtyTracker::reattach(child, remote_fd, tracked, Selection::default()).unwrap();
+    let r = t2.collect().unwrap();
+    let inside: Vec<u64> = r
+        .written
+        .iter()
+        .filter(|x| x.start >= m.addr() && x.end <= m.end())
+        .map(|x| (x.start - m.addr()) / PAGE as u64)
+        .collect();
+    assert_eq!(inside, vec![0, 7, pages as u64 - 1]);
+    // a wrong fd is refused clearly
+    let e = DirtyTracker::reattach(child, 0, vec![], Selection::default()).unwrap_err();
+    assert!(e.to_string().contains("not a userfaultfd"), "{e}");
+    // SAFETY: closing our pipe ends.
+    unsafe {
+        libc::close(cmd_w);
+        libc::close(cmd_r);
+        libc::close(ack_w);
+    }
+    common::kill_and_reap(child);
+    // SAFETY: closing our read end.
+    unsafe { libc::close(ack_r) };
+}
