@@ -75,7 +75,7 @@ fn main() {
     let mut last = (0u64, 0u64, 0u64);
     // the copy target is allocated and touched once: a fresh buffer would add a first-touch
     // fault per page (~3 us here, kernel-facts q2) that a dumper reusing its buffer never pays
-    let mut buf = vec![1u8; (want as usize + 64) * common::PAGE];
+    let mut buf = vec![1u8; (usize::try_from(want).unwrap() + 64) * common::PAGE];
     for _ in 0..rounds {
         common::write_byte(cmd_w, b'w');
         assert_eq!(common::read_byte(ack_r), Some(b'k'));
