@@ -24,6 +24,7 @@ mod ioc;
 pub mod netns;
 pub mod pagemap;
 pub mod sockdiag;
+pub mod sockqueue;
 pub mod tcp_repair;
 pub mod uffd;
 pub mod uffd_lazy;
