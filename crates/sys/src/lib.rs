@@ -23,9 +23,11 @@ pub mod fdpull;
 mod ioc;
 pub mod netns;
 pub mod pagemap;
+pub mod seccomp;
 pub mod sockdiag;
 pub mod sockqueue;
 pub mod tcp_repair;
+pub mod timers;
 pub mod uffd;
 pub mod uffd_lazy;
 

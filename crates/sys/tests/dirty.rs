@@ -178,6 +178,7 @@ fn cross_process_tracker_via_injection() {
             common::write_byte(ack_w, b'k');
         }
     });
+    let _guard = common::ChildGuard(child);
     assert_eq!(common::read_byte(ack_r), Some(b'r'));
     let mut inj = common::inject::Injector::attach(child).unwrap();
     let mut injected = |nr: i64, a: [u64; 6]| inj.syscall(nr, a);
@@ -186,7 +187,6 @@ fn cross_process_tracker_via_injection() {
     let mut t = match tracker {
         Ok(t) => t,
         Err(e) => {
-            common::kill_and_reap(child);
             panic!("arm failed: {e}");
         }
     };
@@ -251,7 +251,6 @@ fn cross_process_tracker_via_injection() {
         libc::close(cmd_r);
         libc::close(ack_w);
     }
-    common::kill_and_reap(child);
     // SAFETY: closing our read end.
     unsafe { libc::close(ack_r) };
 }
@@ -287,6 +286,7 @@ fn arm_remote_and_reattach_with_engine_guard() {
             common::write_byte(ack_w, b'k');
         }
     });
+    let _guard = common::ChildGuard(child);
     assert_eq!(common::read_byte(ack_r), Some(b'r'));
     let maps = sys::proc::maps(child).unwrap();
     let vdso = maps.iter().find(|e| e.path == "[vdso]").expect("vdso");
@@ -330,7 +330,6 @@ fn arm_remote_and_reattach_with_engine_guard() {
         libc::close(cmd_r);
         libc::close(ack_w);
     }
-    common::kill_and_reap(child);
     // SAFETY: closing our read end.
     unsafe { libc::close(ack_r) };
 }

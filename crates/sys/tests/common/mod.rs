@@ -100,6 +100,15 @@ pub fn read_byte(fd: i32) -> Option<u8> {
     }
 }
 
+/// Kills and reaps a child when dropped (so a failing test leaves no process behind).
+pub struct ChildGuard(pub i32);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        kill_and_reap(self.0);
+    }
+}
+
 pub fn kill_and_reap(pid: i32) {
     // SAFETY: signals and reaps our own child.
     unsafe {
