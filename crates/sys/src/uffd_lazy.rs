@@ -42,6 +42,12 @@ pub trait PageSource: Send {
     /// `image_addr` (the address the pages had when dumped). Pages absent from the image must
     /// be filled with zeros.
     fn read_pages(&mut self, image_addr: u64, buf: &mut [u8]) -> std::io::Result<()>;
+
+    /// The same pages without a copy, if the source holds them in memory (an `mmap`ed image
+    /// file, a buffer); `None` (the default) makes the server use [`read_pages`](Self::read_pages).
+    fn borrow_pages(&self, _image_addr: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// Why lazy serving failed.
@@ -470,18 +476,39 @@ impl<S: PageSource> LazyServer<S> {
             ZERO => self.zero(mi, addr, run, wake)?,
             _ => {
                 let bytes = run * usize::try_from(page).unwrap_or(4096);
-                let buf = &mut self.buf[..bytes];
-                self.source
-                    .read_pages(image, buf)
-                    .map_err(|source| LazyError::Source {
-                        addr: image,
-                        pages: run,
-                        source,
-                    })?;
-                if buf.iter().all(|&b| b == 0) {
-                    self.zero(mi, addr, run, wake)?
-                } else {
-                    match self.mms[mi].uffd.copy(addr, &self.buf[..bytes], wake) {
+                // zero-copy when the source holds the pages in memory, else read into our buffer
+                let borrowed = self.source.borrow_pages(image, bytes).is_some();
+                if !borrowed {
+                    self.source
+                        .read_pages(image, &mut self.buf[..bytes])
+                        .map_err(|source| LazyError::Source {
+                            addr: image,
+                            pages: run,
+                            source,
+                        })?;
+                }
+                let copied = {
+                    let data: &[u8] = if borrowed {
+                        self.source.borrow_pages(image, bytes).unwrap_or(&[])
+                    } else {
+                        &self.buf[..bytes]
+                    };
+                    // (stops at the first non-zero byte, so cheap for data pages)
+                    if data.len() != bytes {
+                        return Err(LazyError::Source {
+                            addr: image,
+                            pages: run,
+                            source: std::io::Error::other("source lent a short buffer"),
+                        });
+                    }
+                    if data.iter().all(|&b| b == 0) {
+                        None
+                    } else {
+                        Some(self.mms[mi].uffd.copy(addr, data, wake))
+                    }
+                };
+                if let Some(copied) = copied {
+                    match copied {
                         Ok(n) => usize::try_from(n / page).unwrap_or(0).max(1).min(run),
                         Err(e) if is_errno(&e, libc::EEXIST) => {
                             self.stats.races += 1;
@@ -503,6 +530,8 @@ impl<S: PageSource> LazyServer<S> {
                         }
                         Err(e) => return Err(e.into()),
                     }
+                } else {
+                    self.zero(mi, addr, run, wake)?
                 }
             }
         };
@@ -593,6 +622,11 @@ pub struct MemSource<'a> {
 }
 
 impl PageSource for MemSource<'_> {
+    fn borrow_pages(&self, image_addr: u64, len: usize) -> Option<&[u8]> {
+        let off = usize::try_from(image_addr.checked_sub(self.base)?).ok()?;
+        self.data.get(off..off.checked_add(len)?)
+    }
+
     fn read_pages(&mut self, image_addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let off = image_addr
             .checked_sub(self.base)
