@@ -9,6 +9,7 @@ use sys::{ptrace, RemoteSyscalls};
 use crate::files::FileTable;
 use crate::freeze::{Frozen, FrozenProcess};
 use crate::memory::{classify, MemoryDumper};
+use crate::shmem::ShmemTable;
 use crate::{CheckpointError, DumpOptions, DumpReport, PidCtx, Result};
 
 /// How long `dump` waits for the pids of a killed tree to be free.
@@ -23,6 +24,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         });
     }
     prepare_dir(&opts.image_dir)?;
+    // The init of its own PID namespace (an application started by `understudy run`) is
+    // dumped as a namespace tree even when named by --pid.
+    let mut eff = opts.clone();
+    if !eff.pidns {
+        let me = sys::proc::status(i32::try_from(std::process::id()).unwrap_or(0))
+            .map(|s| s.nspid.len())
+            .unwrap_or(1);
+        if let Ok(st) = sys::proc::status(opts.root_pid) {
+            eff.pidns = st.nspid.len() > me && st.nspid.last() == Some(&1);
+        }
+    }
+    let opts = &eff;
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     let mut report = DumpReport {
@@ -32,7 +45,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
-    let tree = match collect(opts, &frozen, &mut report) {
+    let mut redeliver = Vec::new();
+    let tree = match collect(opts, &frozen, &mut report, &mut redeliver) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -46,6 +60,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     report.frozen = t_freeze.elapsed();
     if opts.leave_running {
         frozen.detach();
+        for (pid, tid, sig) in redeliver {
+            let _ = sys::pid::tgkill(pid, tid, sig);
+        }
     } else {
         let t = Instant::now();
         let left = frozen.kill_and_wait(REAP_TIMEOUT);
@@ -82,30 +99,34 @@ fn cleanup_dir(dir: &std::path::Path) {
         for e in rd.flatten() {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            if n.starts_with("pages-") || n.starts_with(".tree") {
+            if n.starts_with("pages-") || n.starts_with("shmem-") || n.starts_with(".tree") {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
 }
 
-fn collect(opts: &DumpOptions, frozen: &Frozen, report: &mut DumpReport) -> Result<Tree> {
+fn collect(
+    opts: &DumpOptions,
+    frozen: &Frozen,
+    report: &mut DumpReport,
+    redeliver: &mut Vec<(i32, i32, i32)>,
+) -> Result<Tree> {
     let mut files = FileTable::default();
+    let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report)?;
+        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver)?;
         if i == 0 {
             p.ppid = 0;
         }
-        p.fds = files.add_process(fp.pid)?;
+        p.fds = files.add_process(fp.pid, &mut shm, &opts.image_dir)?;
         copied += p.pages.len;
         processes.push(p);
     }
     report.pages_bytes = copied;
     let pipes = files.pipe_data()?;
-    let root_ns = if opts.pidns { 1 } else { opts.root_pid };
-    let _ = root_ns;
     Ok(Tree {
         format_version: FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -117,7 +138,7 @@ fn collect(opts: &DumpOptions, frozen: &Frozen, report: &mut DumpReport) -> Resu
         parent: None,
         processes,
         files: files.files,
-        shmem: Vec::new(),
+        shmem: shm.objects,
         pipes,
     })
 }
@@ -133,6 +154,8 @@ fn dump_process(
     fp: &FrozenProcess,
     copied_before: u64,
     report: &mut DumpReport,
+    shm: &mut ShmemTable,
+    redeliver: &mut Vec<(i32, i32, i32)>,
 ) -> Result<Process> {
     let pid = fp.pid;
     let status = sys::proc::status(pid).pid(pid)?;
@@ -179,12 +202,24 @@ fn dump_process(
             sigaltstack: (0, libc::SS_DISABLE, 0),
             pending,
             clear_child_tid: 0,
+            comm: sys::proc::read_to_string(&format!("/proc/{pid}/task/{tid}/comm"))
+                .map(|c| c.trim_end_matches('\n').to_string())
+                .unwrap_or_default(),
         });
     }
 
     let mut vmas = Vec::new();
     for m in &maps {
-        if let Some(kind) = classify(pid, m)? {
+        if let Some(mut kind) = classify(pid, m)? {
+            if let image::VmaKind::Shmem { id, .. } = &mut kind {
+                let key = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
+                let name = match m.path.trim_end_matches(" (deleted)") {
+                    "/dev/zero" => "shared-anon".to_string(),
+                    other => other.trim_start_matches('/').to_string(),
+                };
+                let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                *id = shm.object(&opts.image_dir, pid, key, &via, &name)?;
+            }
             vmas.push(Vma {
                 start: m.start,
                 end: m.end,
@@ -255,6 +290,12 @@ fn dump_process(
                     [40, scratch + 64, 0, 0, 0, 0],
                 )
                 .pid(pid)?;
+                if i != 0 {
+                    for (sig, info) in trs.take_deferred_signals() {
+                        threads[i].pending.push(Hex(info.to_vec()));
+                        redeliver.push((pid, t.tid, sig));
+                    }
+                }
             }
             rs.get(0, &mut sb).pid(pid)?;
             rs.get(64, &mut ct).pid(pid)?;
@@ -262,14 +303,13 @@ fn dump_process(
             let flags = i32::from_le_bytes([sb[8], sb[9], sb[10], sb[11]]);
             threads[i].sigaltstack = (le_u64(&sb, 0), flags, le_u64(&sb, 16));
         }
-        let deferred = rs.take_deferred_signals();
-        rs.finish().pid(pid)?;
-        if !deferred.is_empty() {
-            return Err(CheckpointError::Tree {
-                pid,
-                why: format!("signals {deferred:?} arrived during the dump; retry"),
-            });
+        // Signals that arrived while a call was injected were held back: they are pending in
+        // the image and sent again if the tree runs on.
+        for (sig, info) in rs.take_deferred_signals() {
+            threads[0].pending.push(Hex(info.to_vec()));
+            redeliver.push((pid, pid, sig));
         }
+        rs.finish().pid(pid)?;
     }
     let shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED)
         .pid(pid)?

@@ -2,9 +2,11 @@
 //! (`kcmp(KCMP_FILE)`), record pipe contents without consuming them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use image::{Fd, FileKind, Hex, OpenFile, PipeData};
 
+use crate::shmem::ShmemTable;
 use crate::{CheckpointError, PidCtx, Result};
 
 const O_CLOEXEC: u32 = 0o2000000;
@@ -34,19 +36,20 @@ pub struct FileTable {
     /// For each pipe id, one (pid, fd) of its read end if any.
     pipe_readers: BTreeMap<u32, (i32, i32)>,
     pipe_any: BTreeMap<u32, (i32, i32)>,
+    fifo_paths: BTreeMap<u32, String>,
 }
 
 impl FileTable {
     /// Records every fd of `pid`.
-    pub fn add_process(&mut self, pid: i32) -> Result<Vec<Fd>> {
+    pub fn add_process(&mut self, pid: i32, shm: &mut ShmemTable, dir: &Path) -> Result<Vec<Fd>> {
         let mut out = Vec::new();
         for fd in sys::proc::fds(pid).pid(pid)? {
-            out.push(self.add_fd(pid, fd)?);
+            out.push(self.add_fd(pid, fd, shm, dir)?);
         }
         Ok(out)
     }
 
-    fn add_fd(&mut self, pid: i32, fd: i32) -> Result<Fd> {
+    fn add_fd(&mut self, pid: i32, fd: i32, shm: &mut ShmemTable, dir: &Path) -> Result<Fd> {
         let unsupported = |what: &str, why: &str| CheckpointError::Unsupported {
             pid,
             what: format!("fd {fd} ({what})"),
@@ -67,7 +70,7 @@ impl FileTable {
             };
             return Err(unsupported(&link, why));
         }
-        if link.ends_with(" (deleted)") {
+        if link.ends_with(" (deleted)") && !link.starts_with("/memfd:") {
             return Err(unsupported(&link, "the file was deleted"));
         }
         let st = sys::proc::stat_path(&format!("/proc/{pid}/fd/{fd}")).pid(pid)?;
@@ -87,8 +90,11 @@ impl FileTable {
             let next = u32::try_from(self.pipes.len()).unwrap_or(u32::MAX);
             let pipe = *self.pipes.entry(st.st_ino).or_insert(next);
             let write_end = flags & 3 == 1;
-            if flags & 3 == 0 {
+            if flags & 3 != 1 {
                 self.pipe_readers.entry(pipe).or_insert((pid, fd));
+            }
+            if link.starts_with('/') {
+                self.fifo_paths.entry(pipe).or_insert(link.clone());
             }
             self.pipe_any.entry(pipe).or_insert((pid, fd));
             let fifo_path = if link.starts_with('/') {
@@ -96,11 +102,8 @@ impl FileTable {
             } else {
                 None
             };
-            if flags & 3 == 2 {
-                return Err(unsupported(
-                    &link,
-                    "a FIFO opened read-write cannot be checkpointed yet",
-                ));
+            if flags & 3 == 2 && fifo_path.is_none() {
+                return Err(unsupported(&link, "a pipe opened read-write is not a pipe"));
             }
             FileKind::Pipe {
                 pipe,
@@ -112,15 +115,21 @@ impl FileTable {
                 return Err(unsupported(&link, "not reachable by a path"));
             }
             if link.starts_with("/memfd:") {
-                return Err(unsupported(
-                    &link,
-                    "memfd file descriptors are not supported yet",
-                ));
-            }
-            FileKind::Path {
-                path: link.clone(),
-                pos: info.pos,
-                size: u64::try_from(st.st_size).unwrap_or(0),
+                let name = link
+                    .trim_start_matches('/')
+                    .trim_end_matches(" (deleted)")
+                    .to_string();
+                let id = shm.object(dir, pid, key, &format!("/proc/{pid}/fd/{fd}"), &name)?;
+                FileKind::Memfd {
+                    shmem: id,
+                    pos: info.pos,
+                }
+            } else {
+                FileKind::Path {
+                    path: link.clone(),
+                    pos: info.pos,
+                    size: u64::try_from(st.st_size).unwrap_or(0),
+                }
             }
         } else if fmt == libc::S_IFCHR {
             if !simple_device(&link) {
@@ -147,6 +156,21 @@ impl FileTable {
     pub fn pipe_data(&self) -> Result<Vec<PipeData>> {
         let mut out = Vec::new();
         for (&pipe, &(pid, fd)) in &self.pipe_any {
+            if !self.pipe_readers.contains_key(&pipe) {
+                if let Some(path) = self.fifo_paths.get(&pipe) {
+                    // A FIFO whose readers are all outside the tree: peek through a
+                    // non-blocking read end of our own.
+                    let local = sys::files::open(path, 0o4000).pid(pid)?;
+                    let capacity = sys::pipe::capacity(&local).pid(pid)?;
+                    let data = sys::pipe::peek(&local).pid(pid)?;
+                    out.push(PipeData {
+                        pipe,
+                        capacity,
+                        data: Hex(data),
+                    });
+                    continue;
+                }
+            }
             let Some(&(rpid, rfd)) = self.pipe_readers.get(&pipe) else {
                 return Err(CheckpointError::Unsupported {
                     pid,

@@ -158,7 +158,10 @@ impl Frozen {
         for p in &self.procs {
             let _ = sys::pid::kill(p.pid, libc::SIGKILL);
         }
-        for p in &self.procs {
+        // Children before parents (the init of a PID namespace waits for every process of its
+        // namespace to be reaped, and traced zombies are only released once we collected
+        // them), and within a process non-leader threads first.
+        for p in self.procs.iter().rev() {
             // Non-leader threads first: a group leader's exit is only reported once every
             // other thread of its group has been reaped.
             for t in p.threads.iter().rev() {

@@ -11,6 +11,7 @@ mod dump;
 mod files;
 mod freeze;
 mod memory;
+mod shmem;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,12 +69,8 @@ pub struct DumpReport {
 /// Everything that makes a checkpoint fail.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("pid {pid}: {source}")]
-    Sys {
-        pid: i32,
-        #[source]
-        source: sys::Error,
-    },
+    #[error("pid {pid}: {err}")]
+    Sys { pid: i32, err: sys::Error },
     #[error("pid {pid} {what}: {why}")]
     Unsupported { pid: i32, what: String, why: String },
     #[error(transparent)]
@@ -92,6 +89,6 @@ pub(crate) trait PidCtx<T> {
 
 impl<T> PidCtx<T> for std::result::Result<T, sys::Error> {
     fn pid(self, pid: i32) -> Result<T> {
-        self.map_err(|source| CheckpointError::Sys { pid, source })
+        self.map_err(|err| CheckpointError::Sys { pid, err })
     }
 }

@@ -30,14 +30,12 @@ pub fn classify(pid: i32, m: &MapEntry) -> Result<Option<VmaKind>> {
             name: p.to_string(),
         },
         "[stack]" => VmaKind::Stack,
-        _ if m.shared
-            && (p.starts_with("/dev/zero")
-                || p.starts_with("/memfd:")
-                || p.starts_with("/SYSV")) =>
-        {
-            return Err(unsupported(
-                "shared anonymous memory and memfd mappings are not supported yet",
-            ))
+        _ if m.shared && crate::shmem::is_shmem_path(p) => {
+            // Resolved to an object id by the caller (see `dump_process`).
+            VmaKind::Shmem {
+                id: u32::MAX,
+                offset: m.offset,
+            }
         }
         "" | "[heap]" => {
             if m.shared {
@@ -100,20 +98,121 @@ struct Batch {
     ranges: Vec<RemoteRange>,
 }
 
+/// The reading side of the copy pipeline: fills buffers with `process_vm_readv` and hands them
+/// to the writer thread, which appends them to the pages file (and checksums them) while the
+/// next buffer is being read.
+struct Reader<'a> {
+    pid: i32,
+    batch: Batch,
+    /// Bytes handed to the writer so far (the file offset of the batch's first byte).
+    pos: u64,
+    full: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+    empty: &'a std::sync::mpsc::Receiver<Vec<u8>>,
+    progress: Option<&'a ProgressFn>,
+    done_before: u64,
+    total_hint: u64,
+}
+
+impl Reader<'_> {
+    fn offset(&self) -> u64 {
+        self.pos + self.batch.used as u64
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let b = &mut self.batch;
+        if b.used == 0 {
+            return Ok(());
+        }
+        sys::mem::read_vectored(self.pid, &mut b.buf[..b.used], &b.ranges).pid(self.pid)?;
+        self.hand_over()
+    }
+
+    fn hand_over(&mut self) -> Result<()> {
+        let next = self.empty.recv().unwrap_or_else(|_| vec![0u8; BATCH]);
+        let buf = std::mem::replace(&mut self.batch.buf, next);
+        let used = self.batch.used;
+        if self.full.send((buf, used)).is_err() {
+            // The writer failed; its error is reported when it is joined.
+            return Err(CheckpointError::Tree {
+                pid: self.pid,
+                why: "image writer stopped".into(),
+            });
+        }
+        self.pos += used as u64;
+        self.batch.used = 0;
+        self.batch.ranges.clear();
+        if let Some(p) = self.progress {
+            p(self.done_before + self.pos, self.total_hint);
+        }
+        Ok(())
+    }
+
+    /// Appends bytes read by other means (`/proc/PID/mem`).
+    fn push_bytes(&mut self, data: &[u8]) -> Result<()> {
+        self.flush()?;
+        for part in data.chunks(BATCH) {
+            self.batch.buf[..part.len()].copy_from_slice(part);
+            self.batch.used = part.len();
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+}
+
 impl MemoryDumper<'_> {
     pub fn dump(&self, vmas: &mut [Vma]) -> Result<(PagesRef, u64, std::time::Duration)> {
         let pid = self.pid;
         let t0 = Instant::now();
         let name = format!("pages-{pid}.img");
         let mut w = PagesWriter::create(self.dir, &name)?;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..2 {
+            let _ = empty_tx.send(vec![0u8; BATCH]);
+        }
+        let (res, wres) = std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<PagesWriter> {
+                while let Ok((buf, used)) = full_rx.recv() {
+                    w.write(&buf[..used])?;
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(w)
+            });
+            let mut r = Reader {
+                pid,
+                batch: Batch {
+                    buf: vec![0u8; BATCH],
+                    used: 0,
+                    ranges: Vec::new(),
+                },
+                pos: 0,
+                full: full_tx,
+                empty: &empty_rx,
+                progress: self.progress,
+                done_before: self.done_before,
+                total_hint: self.total_hint,
+            };
+            let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            drop(r);
+            let wres = writer.join().unwrap_or_else(|_| {
+                Err(CheckpointError::Tree {
+                    pid,
+                    why: "image writer thread panicked".into(),
+                })
+            });
+            (res, wres)
+        });
+        let w = wres?;
+        res?;
+        let copied = w.len();
+        let r = w.finish()?;
+        Ok((r, copied, t0.elapsed()))
+    }
+
+    fn read_all(&self, r: &mut Reader<'_>, vmas: &mut [Vma]) -> Result<()> {
+        let pid = self.pid;
         let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
         let mut procmem: Option<ProcMem> = None;
-        let mut batch = Batch {
-            buf: vec![0u8; BATCH],
-            used: 0,
-            ranges: Vec::new(),
-        };
-        let mut copied: u64 = 0;
         for v in vmas.iter_mut() {
             let anon_only = match &v.kind {
                 VmaKind::Anon { .. } | VmaKind::Stack => false,
@@ -126,32 +225,31 @@ impl MemoryDumper<'_> {
             let runs = scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?;
             for (s, e) in runs {
                 if !readable {
-                    self.flush(&mut batch, &mut w, &mut copied)?;
                     let pm = match &procmem {
                         Some(p) => p,
                         None => procmem.insert(ProcMem::open(pid, false).pid(pid)?),
                     };
                     let mut data = vec![0u8; usize::try_from(e - s).unwrap_or(0)];
                     pm.read_exact_at(&mut data, s).pid(pid)?;
+                    r.flush()?;
                     v.pages.push(PageRun {
                         vaddr: s,
                         npages: (e - s) / PAGE_SIZE,
-                        offset: w.len(),
+                        offset: r.offset(),
                         in_parent: false,
                     });
-                    w.write(&data)?;
-                    copied += e - s;
+                    r.push_bytes(&data)?;
                     continue;
                 }
                 let mut a = s;
                 while a < e {
-                    let room = (BATCH - batch.used) as u64;
+                    let room = (BATCH - r.batch.used) as u64;
                     if room == 0 {
-                        self.flush(&mut batch, &mut w, &mut copied)?;
+                        r.flush()?;
                         continue;
                     }
                     let len = (e - a).min(room);
-                    let offset = w.len() + batch.used as u64;
+                    let offset = r.offset();
                     match v.pages.last_mut() {
                         Some(last)
                             if last.vaddr + last.npages * PAGE_SIZE == a
@@ -166,29 +264,11 @@ impl MemoryDumper<'_> {
                             in_parent: false,
                         }),
                     }
-                    batch.ranges.push(RemoteRange { addr: a, len });
-                    batch.used += usize::try_from(len).unwrap_or(0);
+                    r.batch.ranges.push(RemoteRange { addr: a, len });
+                    r.batch.used += usize::try_from(len).unwrap_or(0);
                     a += len;
                 }
             }
-        }
-        self.flush(&mut batch, &mut w, &mut copied)?;
-        let r = w.finish()?;
-        Ok((r, copied, t0.elapsed()))
-    }
-
-    fn flush(&self, b: &mut Batch, w: &mut PagesWriter, copied: &mut u64) -> Result<()> {
-        if b.used == 0 {
-            return Ok(());
-        }
-        let data = &mut b.buf[..b.used];
-        sys::mem::read_vectored(self.pid, data, &b.ranges).pid(self.pid)?;
-        w.write(data)?;
-        *copied += b.used as u64;
-        b.used = 0;
-        b.ranges.clear();
-        if let Some(p) = self.progress {
-            p(self.done_before + *copied, self.total_hint);
         }
         Ok(())
     }

@@ -22,12 +22,8 @@ pub const PAGES_DATA_CAP: u64 = 1 << 40;
 /// Everything that can be wrong with an image file.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{file}: {source}")]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{file}: {err}")]
+    Io { file: PathBuf, err: std::io::Error },
     #[error("{file}: truncated: {what}")]
     Truncated { file: PathBuf, what: String },
     #[error("{file}: corrupt: {what}")]
@@ -50,9 +46,9 @@ pub enum ImageError {
 pub type Result<T> = std::result::Result<T, ImageError>;
 
 fn io_err(file: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
+    move |err| ImageError::Io {
         file: file.to_path_buf(),
-        source,
+        err,
     }
 }
 
@@ -394,6 +390,7 @@ mod tests {
                     sigaltstack: (0, 2, 0),
                     pending: vec![],
                     clear_child_tid: 0,
+                    comm: "x".into(),
                 }],
                 mm: MmInfo::default(),
                 vmas: vec![Vma {

@@ -84,6 +84,9 @@ pub struct Thread {
     /// joiners when the thread exits.
     #[serde(default)]
     pub clear_child_tid: u64,
+    /// The thread's name (`PR_SET_NAME`, `/proc/PID/task/TID/comm`).
+    #[serde(default)]
+    pub comm: String,
 }
 
 /// Bytes stored as a hex string in JSON.
@@ -219,6 +222,8 @@ pub enum FileKind {
     Path { path: String, pos: u64, size: u64 },
     /// A character device (`/dev/null`, `/dev/zero`, `/dev/urandom`, a tty), reopened by path.
     Device { path: String, rdev: u64 },
+    /// A memfd (its content is the shared memory object `shmem` of [`Tree::shmem`]).
+    Memfd { shmem: u32, pos: u64 },
     /// One end of a pipe or FIFO; `pipe` identifies the pipe (both ends share it).
     Pipe {
         pipe: u32,

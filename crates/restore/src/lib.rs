@@ -59,12 +59,8 @@ pub struct RestoreReport {
 pub enum RestoreError {
     #[error(transparent)]
     Image(#[from] image::ImageError),
-    #[error("pid {pid}: {source}")]
-    Sys {
-        pid: i32,
-        #[source]
-        source: sys::Error,
-    },
+    #[error("pid {pid}: {err}")]
+    Sys { pid: i32, err: sys::Error },
     #[error("pid {pid}: {why}")]
     Invalid { pid: i32, why: String },
     #[error("pid {pid} is already taken by a running process; a tree can only be restored with its own pids")]
@@ -79,11 +75,11 @@ pub(crate) trait PidCtx<T> {
 
 impl<T> PidCtx<T> for std::result::Result<T, sys::Error> {
     fn pid(self, pid: i32) -> Result<T> {
-        self.map_err(|source| match source.errno() {
-            Some(libc::EEXIST) if source.to_string().contains("clone3") => {
+        self.map_err(|err| match err.errno() {
+            Some(libc::EEXIST) if err.to_string().contains("clone3") => {
                 RestoreError::PidTaken { pid }
             }
-            _ => RestoreError::Sys { pid, source },
+            _ => RestoreError::Sys { pid, err },
         })
     }
 }
@@ -94,7 +90,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
     let loaded = process::Loaded::load(&opts.image_dir)?;
     let verify = t0.elapsed();
     let t1 = Instant::now();
-    let mut report = process::restore_tree(&loaded, opts)?;
+    let mut report = std::thread::scope(|s| {
+        let check = s.spawn(|| loaded.verify());
+        process::restore_tree(&loaded, opts, move || {
+            check.join().unwrap_or_else(|_| {
+                Err(RestoreError::Invalid {
+                    pid: 0,
+                    why: "image verification panicked".into(),
+                })
+            })
+        })
+    })?;
     report.verify = verify;
     report.restore = t1.elapsed();
     Ok(report)

@@ -35,10 +35,11 @@ fn u(v: i32) -> u64 {
 
 /// A verified image, with every pages file mapped.
 pub struct Loaded {
-    #[allow(dead_code)] // kept for error messages of later stages
     pub dir: PathBuf,
     pub tree: Tree,
     pub pages: Vec<MappedFile>,
+    /// Data of each shared memory object, by index in `tree.shmem`.
+    pub shmem: Vec<MappedFile>,
 }
 
 impl Loaded {
@@ -107,14 +108,35 @@ impl Loaded {
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
             let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
-            image::check_pages_data(dir, &p.pages, m.as_slice())?;
             pages.push(m);
+        }
+        let mut shmem = Vec::with_capacity(tree.shmem.len());
+        for (i, o) in tree.shmem.iter().enumerate() {
+            if usize::try_from(o.id).ok() != Some(i) {
+                return Err(bad(format!("shared memory object {i} has id {}", o.id)));
+            }
+            let f = image::open_pages(dir, &o.data)?;
+            shmem
+                .push(MappedFile::map(&f, image::PAGES_HEADER_LEN, o.data.len).pid(tree.root_pid)?);
         }
         Ok(Loaded {
             dir: dir.to_path_buf(),
             tree,
             pages,
+            shmem,
         })
+    }
+
+    /// Checks the CRC32C of every pages file (runs while the stubs are being built; the
+    /// restored tree only starts running after it succeeded).
+    pub fn verify(&self) -> Result<()> {
+        for (p, m) in self.tree.processes.iter().zip(&self.pages) {
+            image::check_pages_data(&self.dir, &p.pages, m.as_slice())?;
+        }
+        for (o, m) in self.tree.shmem.iter().zip(&self.shmem) {
+            image::check_pages_data(&self.dir, &o.data, m.as_slice())?;
+        }
+        Ok(())
     }
 }
 
@@ -122,10 +144,12 @@ impl Loaded {
 /// (forked from the restorer) inherits them at known numbers.
 struct PreparedFiles {
     base: i32,
+    shm_base: i32,
     _fds: Vec<OwnedFd>,
 }
 
-fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
+fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
+    let tree = &l.tree;
     let root = tree.processes[0].pid;
     let max_fd = tree
         .processes
@@ -135,8 +159,38 @@ fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
         .unwrap_or(0);
     let base = (max_fd + 1).max(256);
     let n = i32::try_from(tree.files.len()).unwrap_or(i32::MAX);
-    sys::files::ensure_nofile(u64::try_from(base + n + 1).unwrap_or(u64::MAX)).pid(root)?;
+    let shm_base = base + n;
+    let ns = i32::try_from(tree.shmem.len()).unwrap_or(i32::MAX);
+    sys::files::ensure_nofile(u64::try_from(shm_base + ns + 1).unwrap_or(u64::MAX)).pid(root)?;
+    // Shared memory objects first: memfds filled with their pages, at shm_base + id.
+    let mut shm_fds = Vec::with_capacity(tree.shmem.len());
+    for (o, data) in tree.shmem.iter().zip(&l.shmem) {
+        let name = o
+            .name
+            .strip_prefix("memfd:")
+            .unwrap_or("understudy-shared-anon");
+        let f = std::fs::File::from(sys::files::memfd(name).pid(root)?);
+        let io = |e: std::io::Error| RestoreError::Invalid {
+            pid: root,
+            why: format!("filling shared memory {}: {e}", o.name),
+        };
+        f.set_len(o.size).map_err(io)?;
+        let d = data.as_slice();
+        for r in &o.pages {
+            let len = (r.npages * PAGE_SIZE).min(o.size.saturating_sub(r.vaddr));
+            let from = usize::try_from(r.offset).unwrap_or(usize::MAX);
+            let to = from.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            let chunk = d.get(from..to).ok_or_else(|| RestoreError::Invalid {
+                pid: root,
+                why: format!("shared memory {}: page run outside its data", o.name),
+            })?;
+            std::os::unix::fs::FileExt::write_all_at(&f, chunk, r.vaddr).map_err(io)?;
+        }
+        let id = i32::try_from(o.id).unwrap_or(i32::MAX);
+        shm_fds.push(sys::files::dup_to(&OwnedFd::from(f), shm_base + id).pid(root)?);
+    }
     let mut pipes: BTreeMap<u32, (Option<OwnedFd>, Option<OwnedFd>)> = BTreeMap::new();
+    let mut fifo_keepers: BTreeMap<u32, OwnedFd> = BTreeMap::new();
     let mut out = Vec::with_capacity(tree.files.len());
     for f in &tree.files {
         let fd = match &f.kind {
@@ -148,16 +202,36 @@ fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
                 fd
             }
             FileKind::Device { path, .. } => sys::files::open(path, f.flags).pid(root)?,
+            FileKind::Memfd { shmem, pos } => {
+                // A new open file description of the same memfd (own offset and flags).
+                let fd_no = shm_base + i32::try_from(*shmem).unwrap_or(0);
+                let fd = sys::files::open(&format!("/proc/self/fd/{fd_no}"), f.flags).pid(root)?;
+                if *pos != 0 {
+                    sys::files::seek(&fd, *pos).pid(root)?;
+                }
+                fd
+            }
             FileKind::Pipe {
                 pipe,
                 write_end,
                 fifo_path,
             } => {
-                if fifo_path.is_some() {
-                    return Err(RestoreError::Invalid {
-                        pid: root,
-                        why: "FIFOs opened by path are not supported yet".into(),
-                    });
+                if let Some(path) = fifo_path {
+                    // A FIFO: a keeper opened read-write holds the pipe (and its queued bytes)
+                    // while every end is opened by path, without blocking.
+                    if !fifo_keepers.contains_key(pipe) {
+                        let keeper = sys::files::open(path, 0o2 | 0o4000).pid(root)?;
+                        let pd = tree.pipes.iter().find(|d| d.pipe == *pipe);
+                        if let Some(d) = pd {
+                            sys::pipe::fill(&keeper, &d.data.0, d.capacity).pid(root)?;
+                        }
+                        fifo_keepers.insert(*pipe, keeper);
+                    }
+                    let fd = sys::files::open(path, f.flags | 0o4000).pid(root)?;
+                    sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+                    let id = i32::try_from(f.id).unwrap_or(i32::MAX);
+                    out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
+                    continue;
                 }
                 let e = match pipes.get_mut(pipe) {
                     Some(e) => e,
@@ -188,7 +262,13 @@ fn prepare_files(tree: &Tree) -> Result<PreparedFiles> {
         let id = i32::try_from(f.id).unwrap_or(i32::MAX);
         out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
     }
-    Ok(PreparedFiles { base, _fds: out })
+    out.extend(shm_fds);
+    out.extend(fifo_keepers.into_values());
+    Ok(PreparedFiles {
+        base,
+        shm_base,
+        _fds: out,
+    })
 }
 
 struct Placed {
@@ -228,7 +308,11 @@ fn set_tid_bytes(p_ns: i32, p_outer: i32, pidns: bool) -> (Vec<u8>, u64) {
     )
 }
 
-pub fn restore_tree(l: &Loaded, opts: &RestoreOptions) -> Result<RestoreReport> {
+pub fn restore_tree(
+    l: &Loaded,
+    opts: &RestoreOptions,
+    verified: impl FnOnce() -> Result<()>,
+) -> Result<RestoreReport> {
     let tree = &l.tree;
     for p in &tree.processes {
         for t in &p.threads {
@@ -237,7 +321,7 @@ pub fn restore_tree(l: &Loaded, opts: &RestoreOptions) -> Result<RestoreReport> 
             }
         }
     }
-    let files = prepare_files(tree)?;
+    let files = prepare_files(l)?;
     let mut stubs = Stubs::default();
     let root = &tree.processes[0];
     let (flags, ids): (u64, Vec<i32>) = if tree.pidns {
@@ -288,8 +372,12 @@ pub fn restore_tree(l: &Loaded, opts: &RestoreOptions) -> Result<RestoreReport> 
         placed.push(Placed { pid: p.pid });
     }
     // Process groups, now that every leader exists.
-    for (i, p) in tree.processes.iter().enumerate() {
-        if p.sid == p.ns_pid || (i == 0 && p.pgid != p.ns_pid) {
+    // A group led from outside the tree (0 when outside the tree's PID namespace) cannot be
+    // joined: such processes keep the group they inherited from the restored root.
+    let outside_pgid = root.pgid;
+    let in_tree = |g: i32| tree.processes.iter().any(|q| q.ns_pid == g);
+    for p in tree.processes.iter() {
+        if p.sid == p.ns_pid || p.pgid == 0 || (p.pgid == outside_pgid && !in_tree(p.pgid)) {
             continue;
         }
         let target = if p.pgid == p.ns_pid { 0 } else { u(p.pgid) };
@@ -310,6 +398,7 @@ pub fn restore_tree(l: &Loaded, opts: &RestoreOptions) -> Result<RestoreReport> 
             tree.pidns,
             &l.pages[i],
             files.base,
+            files.shm_base,
             &mut stubs,
             opts,
             &mut done,
@@ -319,6 +408,8 @@ pub fn restore_tree(l: &Loaded, opts: &RestoreOptions) -> Result<RestoreReport> 
             finals.push((t.tid, t));
         }
     }
+    // Nothing has run yet: a corrupt image still kills every stub here.
+    verified()?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -388,6 +479,7 @@ fn rebuild(
     pidns: bool,
     pages: &MappedFile,
     files_base: i32,
+    shm_base: i32,
     stubs: &mut Stubs,
     opts: &RestoreOptions,
     done: &mut u64,
@@ -518,12 +610,18 @@ fn rebuild(
                     [v.start, len, prot, ms | mf, fd, *offset],
                 )
             }
-            VmaKind::Shmem { .. } => {
-                return Err(RestoreError::Invalid {
-                    pid: p.pid,
-                    why: "shared memory objects are not supported yet".into(),
-                })
-            }
+            VmaKind::Shmem { id, offset } => rs.syscall(
+                "mmap(shared memory)",
+                nr::MMAP,
+                [
+                    v.start,
+                    len,
+                    prot,
+                    ms | mf,
+                    u(shm_base) + u64::from(*id),
+                    *offset,
+                ],
+            ),
         };
         let r = r.pid(pid)?;
         if r != v.start {
@@ -551,18 +649,7 @@ fn rebuild(
             len: r.npages * PAGE_SIZE,
         })
         .collect();
-    let mut off = 0usize;
-    let chunk = 4096; // ranges per progress step
-    for rr in ranges.chunks(chunk) {
-        let bytes: u64 = rr.iter().map(|r| r.len).sum();
-        let n = usize::try_from(bytes).unwrap_or(0);
-        sys::mem::write_vectored(pid, &data[off..off + n], rr).pid(pid)?;
-        off += n;
-        *done += bytes;
-        if let Some(pf) = &opts.progress {
-            pf(*done, total);
-        }
-    }
+    write_pages(pid, data, &ranges, opts, done, total)?;
     for v in reprotect {
         rs.syscall(
             "mprotect",
@@ -776,6 +863,18 @@ fn rebuild(
             own = RemoteSyscalls::new(t.tid, insn).pid(t.tid)?;
             &mut own
         };
+        if !t.comm.is_empty() {
+            let mut name = t.comm.as_bytes()[..t.comm.len().min(15)].to_vec();
+            name.push(0);
+            mem_put(t.tid, scratch + SCR_PATH, &name)?;
+            // PR_SET_NAME = 15
+            trs.syscall(
+                "prctl(PR_SET_NAME)",
+                nr::PRCTL,
+                [15, scratch + SCR_PATH, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
         if t.clear_child_tid != 0 {
             trs.syscall(
                 "set_tid_address",
@@ -885,6 +984,80 @@ fn open_remote(
         .pid(pid)?;
     cache.insert((path.to_string(), flags != 0), fd);
     Ok(fd)
+}
+
+/// Writes the pages with two threads when there is enough to share (page allocation in the
+/// target dominates, and it runs in parallel on two CPUs).
+fn write_pages(
+    pid: i32,
+    data: &[u8],
+    ranges: &[RemoteRange],
+    opts: &RestoreOptions,
+    done: &mut u64,
+    total: u64,
+) -> Result<()> {
+    let bytes: u64 = ranges.iter().map(|r| r.len).sum();
+    let step = |rr: &[RemoteRange], d: &[u8]| sys::mem::write_vectored(pid, d, rr).pid(pid);
+    if bytes < (32 << 20) || ranges.len() < 2 {
+        step(ranges, data)?;
+    } else {
+        // Split at the range boundary nearest to half of the bytes.
+        let mut acc = 0u64;
+        let mut cut = 0;
+        for (i, r) in ranges.iter().enumerate() {
+            if acc >= bytes / 2 {
+                cut = i;
+                break;
+            }
+            acc += r.len;
+        }
+        if cut == 0 {
+            // One huge range: split it.
+            let r0 = ranges[0];
+            let half = (r0.len / 2) & !(PAGE_SIZE - 1);
+            let a = [RemoteRange {
+                addr: r0.addr,
+                len: half,
+            }];
+            let mut b = vec![RemoteRange {
+                addr: r0.addr + half,
+                len: r0.len - half,
+            }];
+            b.extend_from_slice(&ranges[1..]);
+            let (d0, d1) = data.split_at(usize::try_from(half).unwrap_or(0));
+            std::thread::scope(|s| {
+                let h = s.spawn(|| step(&b, d1));
+                let r = step(&a, d0);
+                h.join()
+                    .unwrap_or_else(|_| {
+                        Err(RestoreError::Invalid {
+                            pid,
+                            why: "page writer panicked".into(),
+                        })
+                    })
+                    .and(r)
+            })?;
+        } else {
+            let (d0, d1) = data.split_at(usize::try_from(acc).unwrap_or(0));
+            std::thread::scope(|s| {
+                let h = s.spawn(|| step(&ranges[cut..], d1));
+                let r = step(&ranges[..cut], d0);
+                h.join()
+                    .unwrap_or_else(|_| {
+                        Err(RestoreError::Invalid {
+                            pid,
+                            why: "page writer panicked".into(),
+                        })
+                    })
+                    .and(r)
+            })?;
+        }
+    }
+    *done += bytes;
+    if let Some(pf) = &opts.progress {
+        pf(*done, total);
+    }
+    Ok(())
 }
 
 fn mem_put(tid: i32, addr: u64, data: &[u8]) -> Result<()> {

@@ -76,3 +76,49 @@ pub fn ensure_nofile(need: u64) -> Result<u64> {
     }
     Ok(n.rlim_cur)
 }
+
+/// `memfd_create(name, MFD_CLOEXEC)`.
+pub fn memfd(name: &str) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(name).map_err(|_| Error::invalid(name, "contains NUL"))?;
+    // SAFETY: c is a NUL-terminated name; no other memory arguments.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::last(format!("memfd_create {name}")));
+    }
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Data ranges `[start, end)` of a file (`SEEK_DATA`/`SEEK_HOLE`), up to `size`.
+pub fn data_ranges(fd: &OwnedFd, size: u64) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < size {
+        let p =
+            libc::off_t::try_from(pos).map_err(|_| Error::invalid("lseek", "offset too large"))?;
+        // SAFETY: lseek on a valid fd with integer arguments.
+        let d = unsafe { libc::lseek(fd.as_raw_fd(), p, libc::SEEK_DATA) };
+        if d < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(Error::io("lseek(SEEK_DATA)", e));
+        }
+        // SAFETY: as above.
+        let h = unsafe { libc::lseek(fd.as_raw_fd(), d, libc::SEEK_HOLE) };
+        if h < 0 {
+            return Err(Error::last("lseek(SEEK_HOLE)"));
+        }
+        let (d, h) = (
+            u64::try_from(d).unwrap_or(0),
+            u64::try_from(h).unwrap_or(0).min(size),
+        );
+        if h <= d {
+            break;
+        }
+        out.push((d, h));
+        pos = h;
+    }
+    Ok(out)
+}

@@ -37,12 +37,8 @@ pub use remote::{RemotePtr, RemoteSyscalls};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call failed.
-    #[error("{what}: {source}")]
-    Os {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {err}")]
+    Os { what: String, err: std::io::Error },
     /// The kernel answered something this crate cannot make sense of.
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
@@ -52,7 +48,7 @@ impl Error {
     /// The errno of a failed system call, if this error is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Os { source, .. } => source.raw_os_error(),
+            Error::Os { err, .. } => err.raw_os_error(),
             Error::Invalid { .. } => None,
         }
     }
@@ -60,21 +56,21 @@ impl Error {
     pub(crate) fn last(what: impl Into<String>) -> Self {
         Error::Os {
             what: what.into(),
-            source: std::io::Error::last_os_error(),
+            err: std::io::Error::last_os_error(),
         }
     }
 
     pub(crate) fn from_errno(what: impl Into<String>, errno: i32) -> Self {
         Error::Os {
             what: what.into(),
-            source: std::io::Error::from_raw_os_error(errno),
+            err: std::io::Error::from_raw_os_error(errno),
         }
     }
 
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, err: std::io::Error) -> Self {
         Error::Os {
             what: what.into(),
-            source,
+            err,
         }
     }
 

@@ -289,6 +289,12 @@ impl MappedFile {
     }
 }
 
+// SAFETY: the mapping is read-only and never changed after creation; sharing `&[u8]` views of
+// it across threads is as safe as sharing any immutable byte slice.
+unsafe impl Sync for MappedFile {}
+// SAFETY: the mapping belongs to the process, not to a thread; moving the owner is fine.
+unsafe impl Send for MappedFile {}
+
 impl Drop for MappedFile {
     fn drop(&mut self) {
         if self.len != 0 {

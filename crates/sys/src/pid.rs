@@ -141,3 +141,13 @@ pub fn kill(pid: i32, sig: i32) -> Result<()> {
 pub fn pid_exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Sends a signal to one thread (`tgkill`).
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+    if r != 0 {
+        return Err(Error::last(format!("tgkill({pid}, {tid}, {sig})")));
+    }
+    Ok(())
+}

@@ -84,3 +84,29 @@ pub fn filled(data: &[u8], capacity_wanted: u64) -> Result<(OwnedFd, OwnedFd)> {
     f.write_all(data).map_err(|e| Error::io("fill pipe", e))?;
     Ok((r, OwnedFd::from(f)))
 }
+
+/// Queues `data` into an existing pipe through `w` (a write end, or a FIFO opened read-write),
+/// growing its buffer to `capacity_wanted` first when allowed.
+pub fn fill(w: &OwnedFd, data: &[u8], capacity_wanted: u64) -> Result<()> {
+    let need = capacity_wanted.max(data.len() as u64);
+    if capacity(w)? < need {
+        let _ = set_capacity(w, need);
+    }
+    if (data.len() as u64) > capacity(w)? {
+        return Err(Error::invalid(
+            format!("pipe with {} queued bytes", data.len()),
+            "the pipe buffer cannot hold them",
+        ));
+    }
+    let mut done = 0;
+    while done < data.len() {
+        let part = &data[done..];
+        // SAFETY: writing from a live local buffer to a valid fd.
+        let n = unsafe { libc::write(w.as_raw_fd(), part.as_ptr().cast(), part.len()) };
+        if n <= 0 {
+            return Err(Error::last("write queued pipe data"));
+        }
+        done += usize::try_from(n).unwrap_or(0);
+    }
+    Ok(())
+}

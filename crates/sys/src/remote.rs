@@ -134,7 +134,7 @@ pub struct RemoteSyscalls {
     events: Vec<RemoteEvent>,
     /// Signals that arrived while a call was injected; they are delivered again on detach by
     /// the caller (see [`RemoteSyscalls::take_deferred_signals`]).
-    deferred: Vec<i32>,
+    deferred: Vec<(i32, ptrace::RawSiginfo)>,
 }
 
 impl std::fmt::Debug for RemoteSyscalls {
@@ -190,7 +190,7 @@ impl RemoteSyscalls {
     }
 
     /// Signals that arrived during injected calls; drains the list.
-    pub fn take_deferred_signals(&mut self) -> Vec<i32> {
+    pub fn take_deferred_signals(&mut self) -> Vec<(i32, ptrace::RawSiginfo)> {
         std::mem::take(&mut self.deferred)
     }
 
@@ -214,7 +214,8 @@ impl RemoteSyscalls {
                 WaitStatus::Stopped { sig, event: 0 } if sig == libc::SIGTRAP => break,
                 WaitStatus::Stopped { event: 0, sig } => {
                     // A real signal arrived; keep it for later and finish the step.
-                    self.deferred.push(sig);
+                    let info = ptrace::get_siginfo(tid)?;
+                    self.deferred.push((sig, info));
                     ptrace::singlestep(tid)?;
                 }
                 WaitStatus::Stopped { event, .. } => {

@@ -1,10 +1,12 @@
 //! `understudy`: the one binary users run. Each subcommand lives in its own module under `cmd/`.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod launch;
 
 /// Live migration and hot-standby replication for unmodified Linux applications.
 #[derive(Debug, Parser)]

@@ -126,6 +126,7 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             let what = match &of.kind {
                 FileKind::Path { path, pos, .. } => format!("{path} pos {pos}"),
                 FileKind::Device { path, .. } => path.clone(),
+                FileKind::Memfd { shmem, pos } => format!("memfd (shmem #{shmem}) pos {pos}"),
                 FileKind::Pipe {
                     pipe, write_end, ..
                 } => format!(
@@ -141,6 +142,17 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 of.id
             );
         }
+    }
+    for o in &tree.shmem {
+        let dumped: u64 = o.pages.iter().map(|r| r.npages * sys_page()).sum();
+        println!(
+            "shmem #{} {}: {} KiB, {} KiB dumped in {}",
+            o.id,
+            o.name,
+            o.size >> 10,
+            dumped >> 10,
+            o.data.file
+        );
     }
     for d in &tree.pipes {
         println!(

@@ -163,3 +163,42 @@ pub fn verdict(w: &Workload) -> String {
     }
     std::fs::read_to_string(res).unwrap()
 }
+
+/// Starts `prog DIR` as PID 1 of a new PID namespace (`unshare --pid --fork`) and returns it
+/// with its pid in the caller's namespace.
+pub fn start_in_pidns(prog: &Path) -> Workload {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cmd = format!(
+        "setsid unshare --pid --fork {} {} </dev/null >/dev/null 2>&1 &",
+        prog.display(),
+        dir.path().display()
+    );
+    let st = Command::new("sh").args(["-c", &cmd]).status().expect("sh");
+    assert!(st.success());
+    let t = Instant::now();
+    while !dir.path().join("pid").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "workload did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let want = dir.path().to_string_lossy().into_owned();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let init = status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"));
+        if init
+            && String::from_utf8_lossy(&cmdline).contains(&want)
+            && !String::from_utf8_lossy(&cmdline).starts_with("unshare")
+        {
+            return Workload { dir, pid };
+        }
+    }
+    panic!("cannot find the namespace's init");
+}
