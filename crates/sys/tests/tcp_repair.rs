@@ -303,3 +303,43 @@ fn ipv6_connection_survives() {
         assert_eq!(&a, b"after");
     });
 }
+
+/// The server end lives in another process: pulled with pidfd_getfd, dumped, the process killed
+/// (the socket closes silently, still in repair mode), re-created here; the client never notices.
+#[test]
+fn socket_pulled_from_another_process() {
+    in_private_netns("socket_pulled_from_another_process", || {
+        let ls = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(ls.local_addr().unwrap()).unwrap();
+        let (s, _) = ls.accept().unwrap();
+        c.write_all(b"queued for the server").unwrap();
+        let sfd = s.as_raw_fd();
+        let (hold_r, hold_w) = common::pipe();
+        let child = common::fork_child(move || {
+            common::read_byte(hold_r);
+        });
+        let guard = common::ChildGuard(child);
+        drop(s); // only the child holds the server socket now
+        std::thread::sleep(Duration::from_millis(50));
+        let pulled = sys::fdpull::pull_fd(child, sfd).unwrap();
+        let st = tcp_repair::dump_and_freeze(pulled.as_fd()).unwrap();
+        assert_eq!(st.recv_queue, b"queued for the server");
+        drop(guard); // kill the owner
+        drop(pulled); // last reference: closed in repair mode, nothing sent to the client
+        let mut s2 = TcpStream::from(tcp_repair::restore(&st).unwrap());
+        s2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 21];
+        s2.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"queued for the server");
+        s2.write_all(b"pong").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut p = [0u8; 4];
+        c.read_exact(&mut p).unwrap();
+        assert_eq!(&p, b"pong");
+        // SAFETY: closing pipe ends we own.
+        unsafe {
+            libc::close(hold_r);
+            libc::close(hold_w);
+        }
+    });
+}
