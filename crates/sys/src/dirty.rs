@@ -331,9 +331,20 @@ impl DirtyTracker {
             }
         }
         let fd = pulled?;
-        let mut t = Self::with_uffd(pid, fd, opts.selection.clone())?;
-        t.remote_fd = keep.then_some(rfd);
-        Ok(t)
+        match Self::with_uffd(pid, fd, opts.selection.clone()) {
+            Ok(mut t) => {
+                t.remote_fd = keep.then_some(rfd);
+                Ok(t)
+            }
+            Err(e) => {
+                if keep {
+                    // do not leave a useless userfaultfd in the target's table
+                    let rfd_arg = u64::try_from(rfd).unwrap_or(0);
+                    let _ = inject(libc::SYS_close, [rfd_arg, 0, 0, 0, 0, 0]);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// [`arm`](Self::arm) through the engine's remote-syscall guard (the target's thread must be
