@@ -333,3 +333,108 @@ fn arm_remote_and_reattach_with_engine_guard() {
     // SAFETY: closing our read end.
     unsafe { libc::close(ack_r) };
 }
+
+/// A mapping created after arming is reported whole once, then tracked page by page.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn new_mapping_reported_whole_then_tracked() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root (ptrace)");
+        return;
+    }
+    if skip_unless_supported() {
+        return;
+    }
+    // one shared page to learn the child's new mapping address
+    // SAFETY: anonymous shared mapping of one page; checked below.
+    let shared = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(shared, libc::MAP_FAILED);
+    let shared_addr = shared as usize;
+    let (cmd_r, cmd_w) = common::pipe();
+    let (ack_r, ack_w) = common::pipe();
+    const NEW_LEN: usize = 64 * PAGE;
+    let child = common::fork_child(move || {
+        let mut newmap = 0usize;
+        while let Some(c) = common::read_byte(cmd_r) {
+            match c {
+                b'm' => {
+                    // SAFETY: raw anonymous mapping in the child; address published via the
+                    // shared page; all pages written once.
+                    unsafe {
+                        let p = libc::mmap(
+                            std::ptr::null_mut(),
+                            NEW_LEN,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                            -1,
+                            0,
+                        );
+                        std::ptr::write_bytes(p.cast::<u8>(), 3, NEW_LEN);
+                        newmap = p as usize;
+                        std::ptr::write_volatile(shared_addr as *mut usize, newmap);
+                    }
+                }
+                b'w' => {
+                    // SAFETY: in bounds of the child's new mapping.
+                    unsafe { std::ptr::write_volatile((newmap + 5 * PAGE) as *mut u8, 9) };
+                }
+                _ => {}
+            }
+            common::write_byte(ack_w, b'k');
+        }
+    });
+    let _guard = common::ChildGuard(child);
+    let mut inj = common::inject::Injector::attach(child).unwrap();
+    let mut f = |nr: i64, a: [u64; 6]| inj.syscall(nr, a);
+    let t = DirtyTracker::arm(child, &mut f, &TrackOptions::default());
+    inj.detach();
+    let mut t = t.unwrap();
+    common::write_byte(cmd_w, b'm');
+    assert_eq!(common::read_byte(ack_r), Some(b'k'));
+    // SAFETY: the child wrote the address into the shared page before acknowledging.
+    let newmap = unsafe { std::ptr::read_volatile(shared as *const usize) } as u64;
+    let r = t.collect().unwrap();
+    assert!(
+        r.whole
+            .iter()
+            .any(|&(s, e)| s <= newmap && e >= newmap + NEW_LEN as u64),
+        "new mapping {newmap:#x} not in whole {:x?}",
+        r.whole
+    );
+    assert!(t
+        .tracked()
+        .iter()
+        .any(|&(s, e)| s <= newmap && e >= newmap + NEW_LEN as u64));
+    common::write_byte(cmd_w, b'w');
+    assert_eq!(common::read_byte(ack_r), Some(b'k'));
+    let r = t.collect().unwrap();
+    let inside: Vec<u64> = r
+        .written
+        .iter()
+        .filter(|x| x.start >= newmap && x.end <= newmap + NEW_LEN as u64)
+        .map(|x| (x.start - newmap) / PAGE as u64)
+        .collect();
+    assert_eq!(inside, vec![5]);
+    assert!(
+        !r.whole.iter().any(|&(s, e)| s <= newmap && e > newmap),
+        "{:x?}",
+        r.whole
+    );
+    // SAFETY: closing our pipe ends and unmapping the shared page.
+    unsafe {
+        libc::close(cmd_w);
+        libc::close(cmd_r);
+        libc::close(ack_w);
+        libc::close(ack_r);
+        libc::munmap(shared, PAGE);
+    }
+}
