@@ -17,6 +17,7 @@
 //! All anonymous-inode descriptors share one inode number (`ino` is the same for every
 //! eventfd, epoll, …): identify shared open file descriptions with `kcmp(KCMP_FILE)`, not `ino`.
 
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -62,7 +63,7 @@ pub enum FdInfoError {
 }
 
 /// The kind of an anonymous-inode descriptor (`anon_inode:[NAME]` / `anon_inode:NAME`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnonKind {
     /// `[eventpoll]`
     Epoll,
@@ -91,7 +92,7 @@ pub enum AnonKind {
 }
 
 /// What `/proc/PID/fd/N` points to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FdKind {
     /// A path (file, directory, device); `deleted` if the link ends with ` (deleted)`.
     Path {
@@ -203,7 +204,7 @@ pub fn classify_link(link: &str) -> FdKind {
 }
 
 /// One registration of an epoll instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpollEntry {
     /// the registered fd number (in the owner's table at registration time)
     pub tfd: i32,
@@ -220,7 +221,7 @@ pub struct EpollEntry {
 }
 
 /// An eventfd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventFdInfo {
     /// current counter
     pub count: u64,
@@ -231,7 +232,7 @@ pub struct EventFdInfo {
 }
 
 /// A `(seconds, nanoseconds)` pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Timespec {
     /// seconds
     pub sec: u64,
@@ -240,7 +241,7 @@ pub struct Timespec {
 }
 
 /// A timerfd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimerFdInfo {
     /// `CLOCK_*`
     pub clockid: i32,
@@ -255,7 +256,7 @@ pub struct TimerFdInfo {
 }
 
 /// One inotify watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InotifyWatch {
     /// watch descriptor
     pub wd: i32,
@@ -274,7 +275,7 @@ pub struct InotifyWatch {
 }
 
 /// Kind-specific fdinfo contents.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FdInfoExtra {
     /// nothing beyond the common fields
     None,
@@ -315,7 +316,7 @@ pub enum FdInfoExtra {
 }
 
 /// A parsed `/proc/PID/fdinfo/N`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdInfo {
     /// file position
     pub pos: i64,
@@ -330,7 +331,7 @@ pub struct FdInfo {
 }
 
 /// A descriptor: what it points to and its fdinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdDesc {
     /// the fd number
     pub fd: i32,

@@ -8,6 +8,7 @@
 //! netlink socket was *created* in: [`SockDiag::open_in_netns_of`] creates it inside a target's
 //! namespace.
 
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -64,7 +65,7 @@ pub enum SockDiagError {
 }
 
 /// A unix socket as sock_diag reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnixSock {
     /// socket inode (`socket:[INO]` in /proc/PID/fd)
     pub ino: u64,
@@ -91,7 +92,7 @@ pub struct UnixSock {
 }
 
 /// An inet (TCP/UDP) socket as sock_diag reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InetSock {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`
     pub protocol: u8,

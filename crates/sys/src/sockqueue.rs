@@ -15,6 +15,7 @@
 //! ([`QueuedMessage::from`]); refilling through the peer cannot reproduce a sender other than the
 //! peer.
 
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Largest queue this module reads (a bound against corrupt sizes).
@@ -62,7 +63,7 @@ pub enum SockQueueError {
 }
 
 /// One queued message (for a stream socket: the whole queue).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedMessage {
     /// the bytes
     pub data: Vec<u8>,
@@ -71,7 +72,7 @@ pub struct QueuedMessage {
 }
 
 /// A dumped receive queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueDump {
     /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`
     pub sock_type: i32,
