@@ -20,6 +20,7 @@ pub mod remote;
 pub mod dirty;
 pub mod fdinfo;
 pub mod fdpull;
+pub mod inetsock;
 mod ioc;
 pub mod netns;
 pub mod pagemap;
