@@ -22,6 +22,11 @@ pub(crate) const fn iowr(ty: Ioctl, nr: Ioctl, size: usize) -> Ioctl {
     ioc(READ | WRITE, ty, nr, size)
 }
 
+/// `_IOW(ty, nr, size)`.
+pub(crate) const fn iow(ty: Ioctl, nr: Ioctl, size: usize) -> Ioctl {
+    ioc(WRITE, ty, nr, size)
+}
+
 /// `_IOR(ty, nr, size)`.
 pub(crate) const fn ior(ty: Ioctl, nr: Ioctl, size: usize) -> Ioctl {
     ioc(READ, ty, nr, size)
@@ -39,5 +44,7 @@ mod tests {
         assert_eq!(iowr(0xAA, 0x3F, 24), 0xc018_aa3f);
         // UFFDIO_UNREGISTER = _IOR(0xAA, 0x01, struct uffdio_range)
         assert_eq!(ior(0xAA, 0x01, 16), 0x8010_aa01);
+        // TFD_IOC_SET_TICKS = _IOW('T', 0, u64)
+        assert_eq!(iow(0x54, 0, 8), 0x4008_5400);
     }
 }

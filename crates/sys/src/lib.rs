@@ -18,6 +18,7 @@ pub mod remote;
 
 // Issue 3 building blocks (branch ckptnet), see docs/issue3-building-blocks.md
 pub mod dirty;
+pub mod evfd;
 pub mod fdinfo;
 pub mod fdpull;
 pub mod inetsock;
