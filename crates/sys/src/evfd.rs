@@ -192,3 +192,68 @@ pub fn restore_epoll(
     }
     Ok(ep)
 }
+
+/// Bytes of events queued in an inotify (or any) descriptor (`FIONREAD`): an inotify instance
+/// with queued events cannot be checkpointed honestly (they would be lost).
+pub fn queued_bytes(fd: std::os::fd::BorrowedFd<'_>) -> Result<usize, EvfdError> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the valid pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) } != 0 {
+        return Err(sys("ioctl(FIONREAD)"));
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Re-creates an inotify instance with `watches` (each path found with
+/// [`crate::fdinfo::InotifyWatch::resolve_path`], or given by `path_of`), in watch-descriptor
+/// order. The kernel numbers watches itself (1, 2, … for a fresh instance), so an original whose
+/// numbers have gaps cannot be reproduced: that is a [`EvfdError::Sys`] naming both numbers.
+pub fn restore_inotify(
+    watches: &[crate::fdinfo::InotifyWatch],
+    file_flags: u32,
+    path_of: impl Fn(
+        &crate::fdinfo::InotifyWatch,
+    ) -> Result<std::path::PathBuf, crate::fdinfo::FdInfoError>,
+) -> Result<OwnedFd, EvfdError> {
+    let mut fl = libc::IN_CLOEXEC;
+    if nonblock(file_flags) {
+        fl |= libc::IN_NONBLOCK;
+    }
+    // SAFETY: inotify_init1 takes integers only.
+    let fd = owned(unsafe { libc::inotify_init1(fl) }, "inotify_init1")?;
+    let mut sorted: Vec<&crate::fdinfo::InotifyWatch> = watches.iter().collect();
+    sorted.sort_by_key(|w| w.wd);
+    for w in sorted {
+        let path = path_of(w).map_err(|e| EvfdError::Sys {
+            what: format!("inotify watch {}", w.wd),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            EvfdError::Sys {
+                what: format!("inotify watch {}: path {}", w.wd, path.display()),
+                source: std::io::Error::other("path contains a NUL byte"),
+            }
+        })?;
+        // SAFETY: valid NUL-terminated path; mask is an integer.
+        let wd = unsafe {
+            libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), w.mask & !libc::IN_MASK_ADD)
+        };
+        if wd < 0 {
+            return Err(sys(format!(
+                "inotify_add_watch({}) for watch {}",
+                path.display(),
+                w.wd
+            )));
+        }
+        if wd != w.wd {
+            return Err(EvfdError::Sys {
+                what: format!("inotify watch on {}", path.display()),
+                source: std::io::Error::other(format!(
+                    "the kernel numbered it {wd}, the application knows it as {}: watch numbers with gaps cannot be reproduced",
+                    w.wd
+                )),
+            });
+        }
+    }
+    Ok(fd)
+}

@@ -217,3 +217,62 @@ fn epoll_round_trip_with_remapped_descriptors() {
     let e = evfd::restore_epoll(&entries, |_| None).unwrap_err();
     assert!(e.to_string().contains("no restored descriptor"), "{e}");
 }
+
+#[test]
+fn inotify_round_trip_and_gaps_refused() {
+    let base = std::env::temp_dir().join(format!("evfd-inotify-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let add = |fd: &OwnedFd, p: &std::path::Path, mask: u32| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) }
+    };
+    // SAFETY: inotify_init1 takes integers only.
+    let i = owned(unsafe { libc::inotify_init1(libc::IN_NONBLOCK) });
+    assert_eq!(add(&i, &a, libc::IN_CREATE), 1);
+    assert_eq!(add(&i, &b, libc::IN_DELETE | libc::IN_CREATE), 2);
+    use std::os::fd::AsFd;
+    assert_eq!(evfd::queued_bytes(i.as_fd()).unwrap(), 0);
+    let d = info(&i);
+    let FdInfoExtra::Inotify(w) = d.extra else {
+        panic!()
+    };
+    let r = match evfd::restore_inotify(&w, d.flags, |x| x.resolve_path()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("skipped: watched paths not resolvable here: {e}");
+            return;
+        }
+    };
+    let FdInfoExtra::Inotify(w2) = info(&r).extra else {
+        panic!()
+    };
+    let key =
+        |v: &[fdinfo::InotifyWatch]| v.iter().map(|x| (x.wd, x.mask, x.ino)).collect::<Vec<_>>();
+    assert_eq!(key(&w2), key(&w));
+    // events reach the restored instance with the original watch numbers
+    std::fs::write(b.join("f"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(evfd::queued_bytes(r.as_fd()).unwrap() > 0);
+    let mut buf = [0u8; 256];
+    // SAFETY: reads into a live buffer of its length.
+    let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 16);
+    assert_eq!(
+        i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+        2,
+        "event for watch 2"
+    );
+
+    // a gap (watch 1 removed) cannot be reproduced
+    // SAFETY: removes watch 1 of our instance.
+    assert_eq!(unsafe { libc::inotify_rm_watch(i.as_raw_fd(), 1) }, 0);
+    let FdInfoExtra::Inotify(w3) = info(&i).extra else {
+        panic!()
+    };
+    let e = evfd::restore_inotify(&w3, 0, |x| x.resolve_path()).unwrap_err();
+    assert!(e.to_string().contains("cannot be reproduced"), "{e}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
