@@ -81,7 +81,7 @@ fn timerfds_round_trip() {
         (ti.clockid, 0, ti.it_interval)
     );
     assert!(
-        ti.it_value.sec.abs_diff(tr.it_value.sec) <= 1,
+        ti.it_value.sec.abs_diff(tr.it_value.sec) <= 5, // slack for a loaded machine
         "{ti:?} vs {tr:?}"
     );
 
@@ -117,7 +117,7 @@ fn timerfds_round_trip() {
     };
     assert_eq!((tr.clockid, tr.settime_flags), (libc::CLOCK_REALTIME, 3));
     assert!(
-        ti.it_value.sec.abs_diff(tr.it_value.sec) <= 1,
+        ti.it_value.sec.abs_diff(tr.it_value.sec) <= 5, // slack for a loaded machine
         "{ti:?} vs {tr:?}"
     );
 

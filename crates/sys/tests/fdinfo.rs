@@ -129,7 +129,7 @@ fn timerfds_and_signalfd() {
         (ti.clockid, ti.settime_flags, ti.ticks),
         (libc::CLOCK_MONOTONIC, 0, 0)
     );
-    assert!(ti.it_value.sec >= 98 && ti.it_value.sec <= 100, "{ti:?}");
+    assert!(ti.it_value.sec >= 90 && ti.it_value.sec <= 100, "{ti:?}");
     assert_eq!((ti.it_interval.sec, ti.it_interval.nsec), (1, 500_000_000));
 
     // an absolute realtime timer: fdinfo shows the remaining time, flags say ABSTIME
@@ -167,7 +167,7 @@ fn timerfds_and_signalfd() {
         panic!()
     };
     assert_eq!((ti.clockid, ti.settime_flags), (libc::CLOCK_REALTIME, 1));
-    assert!(ti.it_value.sec > 990 && ti.it_value.sec <= 1000, "{ti:?}");
+    assert!(ti.it_value.sec > 980 && ti.it_value.sec <= 1000, "{ti:?}");
 
     // SAFETY: sigset manipulation on a local, zero-initialised set.
     let mask = unsafe {
