@@ -10,7 +10,7 @@
 //!
 //! What is reported and what the caller must do:
 //! - [`DirtyRound::written`]: regions written since the last round; those with
-//!   [`Categories::PRESENT`] clear were dropped (`MADV_DONTNEED`) and now read as zeros;
+//!   [`crate::pagemap::Categories::PRESENT`] clear were dropped (`MADV_DONTNEED`) and now read as zeros;
 //! - [`DirtyRound::whole`]: ranges that were not tracked during the whole round (new mappings,
 //!   grown mappings, mappings made writable, a mapping replaced at the same address): dump
 //!   them whole; they are tracked from now on;
@@ -26,8 +26,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use crate::fdpull::{FdPullError, PidFd};
-#[allow(unused_imports)] // Categories is referenced by the docs
-use crate::pagemap::{Categories, Pagemap, PagemapError, Region};
+use crate::pagemap::{Pagemap, PagemapError, Region};
 use crate::uffd::{Features, RegisterMode, UffdError, Userfaultfd};
 
 /// The error an injector returns when it could not run the syscall at all (ptrace failure).
