@@ -438,3 +438,112 @@ fn new_mapping_reported_whole_then_tracked() {
         libc::munmap(shared, PAGE);
     }
 }
+
+/// An incremental chain: a full copy, then 5 rounds in which the child writes 1% of its pages
+/// at random (anywhere inside each page) and drops a few; applying each round's reported pages
+/// to the copy reproduces the child's memory page for page at every link.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn incremental_chain_reproduces_memory_page_for_page() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root (ptrace)");
+        return;
+    }
+    if skip_unless_supported() {
+        return;
+    }
+    let len = 64 << 20;
+    let m = Map::new(len);
+    let (cmd_r, cmd_w) = common::pipe();
+    let (ack_r, ack_w) = common::pipe();
+    let (base, pages) = (m.ptr as usize, len / PAGE);
+    let child = common::fork_child(move || {
+        // SAFETY: the inherited mapping is writable.
+        unsafe { std::ptr::write_bytes(base as *mut u8, 0x11, len) };
+        common::write_byte(ack_w, b'r');
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        while let Some(round) = common::read_byte(cmd_r) {
+            for _ in 0..pages / 100 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let page = usize::try_from(x >> 33).unwrap_or(0) % pages;
+                let off = usize::try_from((x >> 13) & 0xfff).unwrap_or(0);
+                // SAFETY: in bounds of the child's writable mapping.
+                unsafe { std::ptr::write_volatile((base + page * PAGE + off) as *mut u8, round) };
+            }
+            for _ in 0..3 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let page = usize::try_from(x >> 33).unwrap_or(0) % pages;
+                // SAFETY: drops one page of the child's private anonymous mapping.
+                unsafe {
+                    libc::madvise(
+                        (base + page * PAGE) as *mut libc::c_void,
+                        PAGE,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+            }
+            common::write_byte(ack_w, b'k');
+        }
+    });
+    let _guard = common::ChildGuard(child);
+    assert_eq!(common::read_byte(ack_r), Some(b'r'));
+    let mut inj = common::inject::Injector::attach(child).unwrap();
+    let mut f = |nr: i64, a: [u64; 6]| inj.syscall(nr, a);
+    let t = DirtyTracker::arm(child, &mut f, &TrackOptions::default());
+    inj.detach();
+    let mut t = t.unwrap();
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{child}/mem")).unwrap();
+    // link 0: full copy (taken after arming, while the child is idle)
+    let mut image = vec![0u8; len];
+    mem.read_exact_at(&mut image, m.addr()).unwrap();
+    let mut actual = vec![0u8; len];
+    for round in 1..=5u8 {
+        common::write_byte(cmd_w, round);
+        assert_eq!(common::read_byte(ack_r), Some(b'k'));
+        let r = t.collect().unwrap();
+        let mut applied = 0u64;
+        for reg in r
+            .written
+            .iter()
+            .filter(|x| x.end > m.addr() && x.start < m.end())
+        {
+            let (s, e) = (reg.start.max(m.addr()), reg.end.min(m.end()));
+            let off = usize::try_from(s - m.addr()).unwrap();
+            let n = usize::try_from(e - s).unwrap();
+            if reg.categories.contains(Categories::PRESENT) {
+                mem.read_exact_at(&mut image[off..off + n], s).unwrap();
+            } else {
+                image[off..off + n].fill(0); // dropped: reads as zero
+            }
+            applied += (e - s) / PAGE as u64;
+        }
+        assert!(
+            r.whole.iter().all(|&(s, e)| e <= m.addr() || s >= m.end()),
+            "map reported whole"
+        );
+        mem.read_exact_at(&mut actual, m.addr()).unwrap();
+        let bad = (0..pages)
+            .filter(|&p| image[p * PAGE..(p + 1) * PAGE] != actual[p * PAGE..(p + 1) * PAGE])
+            .count();
+        assert_eq!(
+            bad, 0,
+            "round {round}: {bad} page(s) differ after applying {applied} reported pages"
+        );
+        assert!(
+            applied <= (pages / 100 + 3) as u64,
+            "round {round}: {applied} pages reported"
+        );
+    }
+    // SAFETY: closing our pipe ends.
+    unsafe {
+        libc::close(cmd_w);
+        libc::close(cmd_r);
+        libc::close(ack_w);
+        libc::close(ack_r);
+    }
+}
