@@ -319,3 +319,77 @@ fn failing_source_leaves_target_blocked() {
         unsafe { libc::close(fd) };
     }
 }
+
+/// Cross-process, as a restorer would run it: the userfaultfd belongs to the child (created
+/// there, pulled with pidfd_getfd), the server runs here and fills the child's pages.
+#[test]
+fn child_faults_served_from_another_process() {
+    let _serial = serial();
+    if !common::is_root() {
+        eprintln!("skipped: needs root (pidfd_getfd from a child)");
+        return;
+    }
+    if uffd().is_none() {
+        return;
+    }
+    let len = 16 << 20;
+    let pages = len / PAGE;
+    let img: Vec<u8> = (0..len)
+        .map(|i| u8::try_from((i / PAGE) % 251).unwrap())
+        .collect();
+    let m = Map::new(len);
+    let (fd_r, fd_w) = common::pipe();
+    let (go_r, go_w) = common::pipe();
+    let base = m.ptr as usize;
+    let child = common::fork_child(move || {
+        // SAFETY: raw userfaultfd syscall in the child; the number is reported to the parent.
+        let u = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        common::write_byte(fd_w, u8::try_from(u).unwrap_or(255));
+        common::read_byte(go_r);
+        let mut ok = true;
+        for p in (0..pages).rev() {
+            // SAFETY: in bounds of the inherited mapping; faults are served by the parent.
+            let b = unsafe { std::ptr::read_volatile((base + p * PAGE + 17) as *const u8) };
+            ok &= usize::from(b) == p % 251;
+        }
+        // SAFETY: exit status reports the check.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    });
+    let remote = common::read_byte(fd_r).unwrap();
+    let fd = sys::fdpull::pull_fd(child, i32::from(remote)).unwrap();
+    let u = Userfaultfd::from_unconfigured(fd, LAZY_FEATURES).unwrap();
+    let mut server = LazyServer::new(
+        u,
+        MemSource {
+            base: m.addr(),
+            data: &img,
+        },
+        LazyOptions {
+            prefetch_pages: 8,
+            push_pages: 0,
+        },
+    );
+    server.register(m.addr(), len as u64, m.addr()).unwrap();
+    common::write_byte(go_w, b'g');
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = 0;
+    loop {
+        server.step(Duration::from_millis(10)).unwrap();
+        // SAFETY: non-blocking reap of our child; `status` is a valid out pointer.
+        let r = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+        if r == child {
+            break;
+        }
+        assert!(Instant::now() < deadline, "child did not finish");
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child saw wrong memory: {status:#x}"
+    );
+    let st = server.stats();
+    assert!(st.faults > 0 && st.fault_pages >= pages as u64, "{st:?}");
+    for fd in [fd_r, fd_w, go_r, go_w] {
+        // SAFETY: closing pipe ends we own.
+        unsafe { libc::close(fd) };
+    }
+}
