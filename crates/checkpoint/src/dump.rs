@@ -68,12 +68,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         let left = frozen.kill_and_wait(REAP_TIMEOUT);
         report.reap_wait = t.elapsed();
         if !left.is_empty() {
-            return Err(CheckpointError::Tree {
-                pid: left[0],
-                why: format!(
-                    "the image is complete, but pids {left:?} are still taken {}s after the kill (a parent outside the tree has not reaped them)",
-                    REAP_TIMEOUT.as_secs()
-                ),
+            return Err(CheckpointError::PidsNotFreed {
+                pids: left,
+                secs: REAP_TIMEOUT.as_secs(),
             });
         }
     }
@@ -207,6 +204,30 @@ fn dump_process(
                 .unwrap_or_default(),
         });
     }
+
+    // Seccomp: filters are read from the main thread; every thread must have the same ones.
+    if status.seccomp == 1 {
+        return Err(CheckpointError::Unsupported {
+            pid,
+            what: "seccomp".into(),
+            why: "strict mode cannot be checkpointed".into(),
+        });
+    }
+    let seccomp_filters: Vec<Hex> = if status.seccomp == 2 {
+        let main = ptrace::seccomp_filters(pid).pid(pid)?;
+        for t in fp.threads.iter().skip(1) {
+            if ptrace::seccomp_filters(t.tid).pid(pid)? != main {
+                return Err(CheckpointError::Unsupported {
+                    pid,
+                    what: format!("thread {} seccomp filters", t.tid),
+                    why: "threads with different seccomp filters cannot be checkpointed yet".into(),
+                });
+            }
+        }
+        main.into_iter().map(Hex).collect()
+    } else {
+        Vec::new()
+    };
 
     let mut vmas = Vec::new();
     for m in &maps {
@@ -375,5 +396,7 @@ fn dump_process(
         },
         itimers,
         exit_signal: stat.exit_signal,
+        seccomp_filters,
+        no_new_privs: status.no_new_privs,
     })
 }

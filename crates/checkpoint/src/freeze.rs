@@ -31,7 +31,7 @@ pub struct Frozen {
 }
 
 fn freeze_thread(pid: i32, tid: i32) -> Result<Option<FrozenThread>> {
-    if let Err(e) = ptrace::seize(tid, 0) {
+    if let Err(e) = ptrace::seize(tid, ptrace::options::SUSPEND_SECCOMP) {
         if e.errno() == Some(libc::ESRCH) {
             return Ok(None); // exited meanwhile
         }

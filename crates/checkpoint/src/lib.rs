@@ -79,6 +79,16 @@ pub enum CheckpointError {
     ImageDir { path: PathBuf, why: String },
     #[error("pid {pid}: {why}")]
     Tree { pid: i32, why: String },
+    #[error("the image is complete, but pids {pids:?} are still taken {secs}s after the tree was killed (a parent outside the tree has not reaped them)")]
+    PidsNotFreed { pids: Vec<i32>, secs: u64 },
+}
+
+impl CheckpointError {
+    /// Whether the tree was left running untouched (every error before the kill), as opposed
+    /// to a failure after a complete dump (the killed tree's pids not freed in time).
+    pub fn tree_left_running(&self) -> bool {
+        !matches!(self, CheckpointError::PidsNotFreed { .. })
+    }
 }
 
 pub type Result<T> = std::result::Result<T, CheckpointError>;

@@ -426,6 +426,8 @@ mod tests {
                 creds: Creds::default(),
                 itimers: vec![(0, 0); 3],
                 exit_signal: 17,
+                seccomp_filters: vec![Hex(vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f])],
+                no_new_privs: true,
             }],
             files: vec![OpenFile {
                 id: 0,

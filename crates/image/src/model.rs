@@ -65,6 +65,13 @@ pub struct Process {
     /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF as (interval, value) in microseconds.
     pub itimers: Vec<(u64, u64)>,
     pub exit_signal: i32,
+    /// Seccomp filters of the process (every thread has the same), oldest first, raw
+    /// `struct sock_filter` arrays (hex).
+    #[serde(default)]
+    pub seccomp_filters: Vec<Hex>,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ const SCR_TID: u64 = 128;
 const SCR_PATH: u64 = 256;
 const SCR_MM: u64 = 8192;
 const SCR_AUXV: u64 = 8192 + 256;
+const SCR_FILTER: u64 = 16384;
 
 const CLONE_VM: u64 = 0x100;
 const CLONE_FS: u64 = 0x200;
@@ -278,7 +279,7 @@ struct Placed {
 
 fn seize_stub(pid: i32) -> Result<()> {
     use sys::ptrace::options::*;
-    ptrace::seize(pid, TRACEFORK | TRACECLONE | EXITKILL).pid(pid)?;
+    ptrace::seize(pid, TRACEFORK | TRACECLONE | EXITKILL | SUSPEND_SECCOMP).pid(pid)?;
     ptrace::interrupt(pid).pid(pid)?;
     ptrace::wait_stop(pid).pid(pid)?;
     Ok(())
@@ -824,6 +825,32 @@ fn rebuild(
                 soft.min(cur_hard)
             );
         }
+    }
+
+    // Seccomp filters (oldest first) before the threads, which inherit them; our own injected
+    // calls are not filtered (PTRACE_O_SUSPEND_SECCOMP).
+    if p.no_new_privs {
+        rs.syscall("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, [38, 1, 0, 0, 0, 0])
+            .pid(pid)?;
+    }
+    for f in &p.seccomp_filters {
+        if f.0.len() % 8 != 0 || f.0.len() > 4096 * 8 {
+            return Err(RestoreError::Invalid {
+                pid: p.pid,
+                why: format!("seccomp filter of {} bytes", f.0.len()),
+            });
+        }
+        rs.put(SCR_FILTER, &f.0).pid(pid)?;
+        let mut prog = (f.0.len() as u64 / 8).to_ne_bytes().to_vec(); // u16 len + padding
+        prog.extend_from_slice(&(scratch + SCR_FILTER).to_ne_bytes());
+        rs.put(SCR_GEN, &prog).pid(pid)?;
+        // SECCOMP_SET_MODE_FILTER = 1
+        rs.syscall(
+            "seccomp(SET_MODE_FILTER)",
+            nr::SECCOMP,
+            [1, 0, scratch + SCR_GEN, 0, 0, 0],
+        )
+        .pid(pid)?;
     }
 
     // Threads, with their own TIDs.

@@ -160,6 +160,9 @@ pub struct Status {
     pub sig_ignored: u64,
     pub sig_caught: u64,
     pub threads: u32,
+    /// `Seccomp:` 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+    pub no_new_privs: bool,
 }
 
 /// Parses the text of a status file.
@@ -216,6 +219,8 @@ pub fn parse_status(text: &str) -> Result<Status> {
             "SigIgn" => st.sig_ignored = hexv(v),
             "SigCgt" => st.sig_caught = hexv(v),
             "Threads" => st.threads = v.parse().unwrap_or(0),
+            "Seccomp" => st.seccomp = v.parse().unwrap_or(0),
+            "NoNewPrivs" => st.no_new_privs = v == "1",
             _ => {}
         }
     }

@@ -76,6 +76,9 @@ pub mod options {
     pub const TRACEVFORK: u64 = 0x4;
     pub const TRACECLONE: u64 = 0x8;
     pub const EXITKILL: u64 = 0x100000;
+    /// Seccomp filters do not apply to the tracee while we trace it (needs CAP_SYS_ADMIN):
+    /// injected calls are never filtered.
+    pub const SUSPEND_SECCOMP: u64 = 0x200000;
 }
 
 /// `PTRACE_EVENT_*` values found in bits 16.. of a wait status.
@@ -384,4 +387,45 @@ pub fn get_siginfo(tid: i32) -> Result<RawSiginfo> {
         format!("ptrace(GETSIGINFO) of tid {tid}")
     })?;
     Ok(buf)
+}
+
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// The seccomp filters of a thread, oldest first, each as raw `struct sock_filter` bytes
+/// (needs CAP_SYS_ADMIN). Empty when the thread has none.
+pub fn seccomp_filters(tid: i32) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for index in 0usize.. {
+        let n = ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, index, 0);
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                // ENOENT: no more filters; EINVAL: none at all (not in filter mode).
+                Some(libc::ENOENT) | Some(libc::EINVAL) => break,
+                _ => {
+                    return Err(Error::io(
+                        format!("ptrace(SECCOMP_GET_FILTER {index}) of tid {tid}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        let count = usize::try_from(n).unwrap_or(0);
+        let mut buf = vec![0u8; count * 8];
+        let r = ptrace_raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index,
+            buf.as_mut_ptr() as usize,
+        );
+        if r < 0 {
+            return Err(Error::last(format!(
+                "ptrace(SECCOMP_GET_FILTER {index}) of tid {tid}"
+            )));
+        }
+        out.push(buf);
+    }
+    // Index 0 is the most recently installed filter.
+    out.reverse();
+    Ok(out)
 }

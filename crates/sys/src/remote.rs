@@ -103,6 +103,7 @@ pub mod nr {
     pub const PIDFD_GETFD: u64 = 438;
     pub const OPENAT: u64 = 257;
     pub const SET_TID_ADDRESS: u64 = 218;
+    pub const SECCOMP: u64 = 317;
 }
 
 /// Finds a `syscall` instruction (0f 05) in the given vDSO range of `pid`.

@@ -62,9 +62,20 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         pidns,
         progress,
     };
-    let report = checkpoint::dump(&opts).with_context(|| {
-        format!("checkpoint of pid {root_pid} failed; the tree was left running")
-    })?;
+    let report = match checkpoint::dump(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let what = if e.tree_left_running() {
+                format!("checkpoint of pid {root_pid} failed; the tree was left running")
+            } else {
+                format!("checkpoint of pid {root_pid} failed after the dump")
+            };
+            return Err(anyhow::Error::new(e).context(what));
+        }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
