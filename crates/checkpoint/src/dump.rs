@@ -124,6 +124,8 @@ fn collect(
     }
     report.pages_bytes = copied;
     let pipes = files.pipe_data()?;
+    files.sockets.check(&files.files)?;
+    std::mem::take(&mut files.epolls).resolve(&mut processes)?;
     Ok(Tree {
         format_version: FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -409,5 +411,6 @@ fn dump_process(
         exit_signal: stat.exit_signal,
         seccomp_filters,
         no_new_privs: status.no_new_privs,
+        epoll_regs: Vec::new(),
     })
 }

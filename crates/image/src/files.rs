@@ -429,15 +429,62 @@ mod tests {
                 exit_signal: 17,
                 seccomp_filters: vec![Hex(vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f])],
                 no_new_privs: true,
+                epoll_regs: vec![EpollReg {
+                    epfd: 3,
+                    tfd: 4,
+                    events: 0x8000_0001,
+                    data: 77,
+                }],
             }],
-            files: vec![OpenFile {
-                id: 0,
-                flags: 2,
-                kind: FileKind::Device {
-                    path: "/dev/null".into(),
-                    rdev: 0x103,
+            files: vec![
+                OpenFile {
+                    id: 0,
+                    flags: 2,
+                    kind: FileKind::Device {
+                        path: "/dev/null".into(),
+                        rdev: 0x103,
+                    },
                 },
-            }],
+                OpenFile {
+                    id: 1,
+                    flags: 0o4002,
+                    kind: FileKind::EventFd {
+                        count: 5,
+                        semaphore: true,
+                    },
+                },
+                OpenFile {
+                    id: 2,
+                    flags: 2,
+                    kind: FileKind::TimerFd {
+                        clockid: 1,
+                        value_ns: 1_500_000,
+                        interval_ns: 10_000_000,
+                        settime_flags: 0,
+                        ticks: 2,
+                    },
+                },
+                OpenFile {
+                    id: 3,
+                    flags: 2,
+                    kind: FileKind::SignalFd { sigmask: 1 << 9 },
+                },
+                OpenFile {
+                    id: 4,
+                    flags: 2,
+                    kind: FileKind::Epoll,
+                },
+                OpenFile {
+                    id: 5,
+                    flags: 2,
+                    kind: FileKind::UnixPair {
+                        pair: 0,
+                        end: 1,
+                        sock_type: 5,
+                        queue: vec![Hex(b"ping".to_vec()), Hex(vec![])],
+                    },
+                },
+            ],
             shmem: vec![],
             pipes: vec![PipeData {
                 pipe: 0,

@@ -193,7 +193,13 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
     let mut pipes: BTreeMap<u32, (Option<OwnedFd>, Option<OwnedFd>)> = BTreeMap::new();
     let mut fifo_keepers: BTreeMap<u32, OwnedFd> = BTreeMap::new();
     let mut out = Vec::with_capacity(tree.files.len());
+    let mut pair_ends = crate::evfd::PairEnds::default();
     for f in &tree.files {
+        if let Some(fd) = crate::evfd::create(f, tree, &mut pair_ends, root)? {
+            let id = i32::try_from(f.id).unwrap_or(i32::MAX);
+            out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
+            continue;
+        }
         let fd = match &f.kind {
             FileKind::Path { path, pos, .. } => {
                 let fd = sys::files::open(path, f.flags).pid(root)?;
@@ -258,6 +264,12 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
                 };
                 sys::files::set_status_flags(&fd, f.flags).pid(root)?;
                 fd
+            }
+            other => {
+                return Err(RestoreError::Invalid {
+                    pid: root,
+                    why: format!("file {}: kind {other:?} not handled", f.id),
+                })
             }
         };
         let id = i32::try_from(f.id).unwrap_or(i32::MAX);
@@ -780,6 +792,7 @@ fn rebuild(
         [base, u64::from(u32::MAX), 0, 0, 0, 0],
     )
     .pid(pid)?;
+    crate::evfd::register_epolls(&mut rs, p, pid, SCR_GEN)?;
 
     // cwd, root, umask.
     let put_path = |rs: &mut RemoteSyscalls, s: &str| -> Result<u64> {

@@ -133,6 +133,36 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                     "pipe #{pipe} {}",
                     if *write_end { "write end" } else { "read end" }
                 ),
+                FileKind::EventFd { count, semaphore } => {
+                    format!(
+                        "eventfd count {count}{}",
+                        if *semaphore { " (semaphore)" } else { "" }
+                    )
+                }
+                FileKind::TimerFd {
+                    clockid,
+                    value_ns,
+                    interval_ns,
+                    ..
+                } => format!("timerfd clock {clockid} in {value_ns} ns every {interval_ns} ns"),
+                FileKind::SignalFd { sigmask } => format!("signalfd mask {sigmask:#x}"),
+                FileKind::Epoll => {
+                    let regs = p.epoll_regs.iter().filter(|r| r.epfd == f.fd);
+                    let tfds: Vec<String> = regs
+                        .map(|r| format!("{} ({:#x})", r.tfd, r.events))
+                        .collect();
+                    format!("epoll watching [{}]", tfds.join(", "))
+                }
+                FileKind::UnixPair {
+                    pair,
+                    end,
+                    sock_type,
+                    queue,
+                } => format!(
+                    "unix pair #{pair} end {end} type {sock_type}, {} queued message(s), {} bytes",
+                    queue.len(),
+                    queue.iter().map(|m| m.0.len()).sum::<usize>()
+                ),
             };
             println!(
                 "  fd {:>3}{} flags {:#o} file #{}: {what}",
