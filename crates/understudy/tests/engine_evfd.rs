@@ -20,3 +20,16 @@ fn eventfd_timerfd_signalfd_in_one_epoll_loop_survive() {
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+#[test]
+fn unix_socketpair_request_response_with_messages_in_flight_survives() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("unixpair", &[]);
+    let w = start(&prog);
+    cycle(&w, 2);
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}
