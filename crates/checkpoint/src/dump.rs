@@ -36,6 +36,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     let opts = &eff;
+    let pool = crate::memory::buffer_pool();
+    if std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
+        reserve_space(opts);
+    }
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     let mut report = DumpReport {
@@ -46,7 +50,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
     let mut redeliver = Vec::new();
-    let tree = match collect(opts, &frozen, &mut report, &mut redeliver) {
+    let tree = match collect(opts, &frozen, &mut report, &mut redeliver, &pool) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -58,6 +62,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         return Err(e.into());
     }
     report.frozen = t_freeze.elapsed();
+    // Space reserved for processes that were not dumped (they exited meanwhile).
+    if let Ok(rd) = std::fs::read_dir(&opts.image_dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("pages-") && !tree.processes.iter().any(|p| p.pages.file == n) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     if opts.leave_running {
         frozen.detach();
         for (pid, tid, sig) in redeliver {
@@ -75,6 +88,32 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     Ok(report)
+}
+
+/// Reserves each process's pages file at about its resident anonymous size while the tree
+/// still runs (best effort: a wrong estimate only costs the time it would have cost anyway).
+fn reserve_space(opts: &DumpOptions) {
+    let mut queue = vec![opts.root_pid];
+    let mut n = 0;
+    while let Some(pid) = queue.pop() {
+        n += 1;
+        if n > 4096 {
+            break;
+        }
+        let rss = sys::proc::read_to_string(&format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("RssAnon:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            });
+        if let Some(kib) = rss {
+            let name = format!("pages-{pid}.img");
+            let _ = image::reserve_pages(&opts.image_dir, &name, kib * 1024, sys::files::fallocate);
+        }
+        queue.extend(sys::proc::children(pid).unwrap_or_default());
+    }
 }
 
 fn prepare_dir(dir: &std::path::Path) -> Result<()> {
@@ -108,13 +147,14 @@ fn collect(
     frozen: &Frozen,
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver)?;
+        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver, pool)?;
         if i == 0 {
             p.ppid = 0;
         }
@@ -155,6 +195,7 @@ fn dump_process(
     report: &mut DumpReport,
     shm: &mut ShmemTable,
     redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
 ) -> Result<Process> {
     let pid = fp.pid;
     let status = sys::proc::status(pid).pid(pid)?;
@@ -352,6 +393,7 @@ fn dump_process(
         .collect();
 
     let md = MemoryDumper {
+        pool,
         pid,
         dir: &opts.image_dir,
         progress: opts.progress.as_ref(),
