@@ -1,6 +1,6 @@
 /*
  * A resource understudy cannot checkpoint yet, held by a CHILD of the root: usage
- * `unsupported DIR KIND` with KIND one of io_uring, socket (a UDP socket), epoll (an epoll
+ * `unsupported DIR KIND` with KIND one of io_uring, socket (a netlink socket), epoll (an epoll
  * instance whose registered fd number was closed while the file stays open under another
  * number: its registration cannot be re-created), inotify. `checkpoint` must fail naming the child and the resource and leave the whole tree
  * running and untouched; the check then proves the resource still works and memory is intact.
@@ -12,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 
 static const char *kind;
 static int fds[2] = { -1, -1 };
@@ -25,7 +26,7 @@ static int make(void)
 		return fds[0];
 	}
 	if (strcmp(kind, "socket") == 0)
-		return fds[0] = socket(AF_INET, SOCK_DGRAM, 0);
+		return fds[0] = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
 	if (strcmp(kind, "epoll") == 0) {
 		fds[0] = epoll_create1(0);
 		fds[1] = eventfd(0, 0);
@@ -52,7 +53,7 @@ static void use(void)
 	if (strcmp(kind, "socket") == 0) {
 		int t = 0;
 		socklen_t l = sizeof(t);
-		ZCHECK(getsockopt(fds[0], SOL_SOCKET, SO_TYPE, &t, &l) == 0 && t == SOCK_DGRAM, "udp socket");
+		ZCHECK(getsockopt(fds[0], SOL_SOCKET, SO_TYPE, &t, &l) == 0 && t == SOCK_RAW, "netlink socket");
 	} else if (strcmp(kind, "epoll") == 0) {
 		uint64_t one = 1;
 		struct epoll_event ev;

@@ -1,5 +1,6 @@
-//! Unix sockets: connected pairs whose two ends are both open in the tree, with the bytes
-//! queued in each end (peeked, not consumed). Everything else is refused with the reason.
+//! Sockets: unix pairs whose two ends are both open in the tree, with the bytes queued in each
+//! end (peeked, not consumed); unix listeners bound to a name; TCP listeners; UDP sockets.
+//! Everything else is refused with the reason.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,8 @@ struct End {
 pub struct Sockets {
     /// sock_diag's view of the unix sockets of the tree's network namespace, by inode.
     unix: Option<BTreeMap<u64, UnixSock>>,
+    /// sock_diag's view of the TCP and UDP sockets, by inode.
+    inet: Option<BTreeMap<u64, sys::sockdiag::InetSock>>,
     /// Recorded ends by socket inode.
     ends: BTreeMap<u64, End>,
     next_pair: u32,
@@ -52,29 +55,28 @@ impl Sockets {
     /// The kind of socket fd `fd` of `pid` (link `socket:[ino]`), which gets file id `file`.
     pub fn kind(&mut self, pid: i32, fd: i32, link: &str, ino: u64, file: u32) -> Result<FileKind> {
         let Some(s) = self.table(pid)?.get(&ino).cloned() else {
+            return self.inet_kind(pid, fd, link, ino);
+        };
+        if s.state == 10 {
+            return self.unix_listener(pid, fd, link, &s);
+        }
+        if s.state != 1 || s.peer == 0 {
             return Err(unsupported(
                 pid,
                 fd,
                 link,
-                "only unix sockets can be checkpointed yet (TCP, UDP, netlink, ... are not)",
-            ));
-        };
-        if s.state != 1 || s.peer == 0 {
-            let why = match s.state {
-                10 => "listening unix sockets cannot be checkpointed yet".to_string(),
-                _ => format!(
-                    "only connected unix socket pairs can be checkpointed yet (state {}, peer inode {})",
+                format!(
+                    "only connected unix socket pairs and listeners can be checkpointed yet (state {}, peer inode {})",
                     s.state, s.peer
                 ),
-            };
-            return Err(unsupported(pid, fd, link, why));
+            ));
         }
-        if let Some(name) = &s.name {
+        if s.name.is_some() && s.sock_type == 2 {
             return Err(unsupported(
                 pid,
                 fd,
                 link,
-                format!("sockets bound to a name ({name}) cannot be checkpointed yet"),
+                "bound unix datagram sockets cannot be checkpointed yet",
             ));
         }
         if s.shutdown != 0 {
@@ -132,6 +134,121 @@ impl Sockets {
             sock_type: q.sock_type,
             queue: q.messages.into_iter().map(|m| Hex(m.data)).collect(),
         })
+    }
+
+    fn unix_listener(&mut self, pid: i32, fd: i32, link: &str, s: &UnixSock) -> Result<FileKind> {
+        let Some(name) = s.name.clone() else {
+            return Err(unsupported(
+                pid,
+                fd,
+                link,
+                "an unbound listening unix socket",
+            ));
+        };
+        if !s.icons.is_empty() {
+            return Err(unsupported(
+                pid,
+                fd,
+                link,
+                format!(
+                    "{} connection(s) wait in the accept queue of {name} (they cannot be carried)",
+                    s.icons.len()
+                ),
+            ));
+        }
+        let (name, mode) = if name.starts_with('@') {
+            (name, None)
+        } else {
+            // sock_diag reports the name as given to bind(): a relative one is resolved against
+            // the current directory and must lead to the bound socket file (same inode).
+            let path = if name.starts_with('/') {
+                name.clone()
+            } else {
+                let cwd = sys::proc::read_link(&format!("/proc/{pid}/cwd")).pid(pid)?;
+                format!("{}/{name}", cwd.trim_end_matches('/'))
+            };
+            let st = sys::proc::stat_path(&path)
+                .map_err(|e| unsupported(pid, fd, link, format!("its socket file {path}: {e}")))?;
+            if let Some((ino, _)) = s.vfs {
+                // unix_diag reports the inode number truncated to 32 bits.
+                if st.st_ino & 0xffff_ffff != u64::from(ino) {
+                    return Err(unsupported(
+                        pid,
+                        fd,
+                        link,
+                        format!("{path} is no longer the socket file it was bound to"),
+                    ));
+                }
+            }
+            (path, Some(st.st_mode & 0o7777))
+        };
+        Ok(FileKind::UnixListen {
+            sock_type: i32::from(s.sock_type),
+            name,
+            backlog: s.wqueue,
+            mode,
+        })
+    }
+
+    fn inet_kind(&mut self, pid: i32, fd: i32, link: &str, ino: u64) -> Result<FileKind> {
+        if self.inet.is_none() {
+            let diag = |e: sys::sockdiag::SockDiagError| CheckpointError::Tree {
+                pid,
+                why: format!("sock_diag: {e}"),
+            };
+            let mut d = SockDiag::open_in_netns_of(pid).map_err(diag)?;
+            let list = d.all_inet().map_err(diag)?;
+            self.inet = Some(list.into_iter().map(|s| (s.ino, s)).collect());
+        }
+        let Some(s) = self
+            .inet
+            .get_or_insert_with(BTreeMap::new)
+            .get(&ino)
+            .cloned()
+        else {
+            return Err(unsupported(
+                pid,
+                fd,
+                link,
+                "only unix, TCP listening and UDP sockets can be checkpointed yet (netlink, raw, packet, ... are not)",
+            ));
+        };
+        let pidfd = sys::pid::pidfd_open(pid).pid(pid)?;
+        let local = sys::pid::pidfd_getfd(&pidfd, fd).pid(pid)?;
+        let bad = |e: sys::inetsock::InetSockError| unsupported(pid, fd, link, e.to_string());
+        match (i32::from(s.protocol), s.state) {
+            (libc::IPPROTO_TCP, 10) => Ok(FileKind::TcpListen {
+                state: sys::inetsock::dump_listener(
+                    std::os::fd::AsFd::as_fd(&local),
+                    s.wqueue,
+                    s.rqueue,
+                    false,
+                )
+                .map_err(bad)?,
+            }),
+            (libc::IPPROTO_TCP, st) => Err(unsupported(
+                pid,
+                fd,
+                link,
+                format!(
+                    "TCP sockets in state {st} ({} -> {}) cannot be checkpointed yet (only listeners)",
+                    s.local, s.remote
+                ),
+            )),
+            (libc::IPPROTO_UDP, _) => {
+                if s.rqueue > 0 {
+                    tracing::warn!(
+                        "pid {pid} fd {fd}: {} bytes of queued UDP datagrams are dropped",
+                        s.rqueue
+                    );
+                }
+                Ok(FileKind::Udp {
+                    state: sys::inetsock::dump_udp(std::os::fd::AsFd::as_fd(&local))
+                        .map_err(bad)?,
+                })
+            }
+            (p, _) => Err(unsupported(pid, fd, link, format!("inet protocol {p}"))),
+        }
     }
 
     /// Checks that the peer of every recorded end is recorded too and points back.

@@ -6,7 +6,7 @@ pub use sys::ptrace::{RseqConfig, UserRegs};
 /// Version of the image format. Readers accept exactly the versions listed in
 /// [`SUPPORTED_VERSIONS`]; a change that old readers cannot skip bumps it.
 pub const FORMAT_VERSION: u32 = 2;
-/// Version 2 added event descriptor and unix socket file kinds (a version-1 image is a valid
+/// Version 2 added event descriptor and socket file kinds (a version-1 image is a valid
 /// version-2 image without them).
 pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2];
 
@@ -283,6 +283,18 @@ pub enum FileKind {
         sock_type: i32,
         queue: Vec<Hex>,
     },
+    /// A listening unix socket bound to `name` (a path, or `@name` in the abstract namespace);
+    /// `mode` is the permission bits of the socket file (path names).
+    UnixListen {
+        sock_type: i32,
+        name: String,
+        backlog: u32,
+        mode: Option<u32>,
+    },
+    /// A listening TCP socket (address, backlog, reuse options).
+    TcpListen { state: sys::inetsock::ListenState },
+    /// A UDP socket, bound and possibly connected (queued datagrams are not carried).
+    Udp { state: sys::inetsock::UdpState },
 }
 
 /// Pipes of the tree with the bytes queued in them at dump time.

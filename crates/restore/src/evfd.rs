@@ -123,6 +123,28 @@ pub fn create(
             pairs.waiting.insert(*pair, theirs);
             mine
         }
+        FileKind::UnixListen {
+            sock_type,
+            name,
+            backlog,
+            mode,
+        } => {
+            let fd = sys::unixpair::listen(*sock_type, name, *backlog, *mode).pid(root)?;
+            sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+            fd
+        }
+        FileKind::TcpListen { state } => {
+            let fd = sys::inetsock::restore_listener(state)
+                .map_err(|e| invalid(root, format!("file {} ({}): {e}", f.id, state.addr)))?;
+            sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+            fd
+        }
+        FileKind::Udp { state } => {
+            let fd = sys::inetsock::restore_udp(state)
+                .map_err(|e| invalid(root, format!("file {} ({}): {e}", f.id, state.local)))?;
+            sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+            fd
+        }
         _ => return Ok(None),
     }))
 }

@@ -33,3 +33,16 @@ fn unix_socketpair_request_response_with_messages_in_flight_survives() {
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+#[test]
+fn unix_and_tcp_listeners_and_udp_sockets_are_rebound() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("listeners", &[]);
+    let w = start(&prog);
+    cycle(&w, 2);
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}

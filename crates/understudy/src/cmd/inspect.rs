@@ -163,6 +163,19 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                     queue.len(),
                     queue.iter().map(|m| m.0.len()).sum::<usize>()
                 ),
+                FileKind::UnixListen {
+                    sock_type,
+                    name,
+                    backlog,
+                    ..
+                } => format!("unix listener type {sock_type} on {name} backlog {backlog}"),
+                FileKind::TcpListen { state } => {
+                    format!("tcp listener on {} backlog {}", state.addr, state.backlog)
+                }
+                FileKind::Udp { state } => match &state.peer {
+                    Some(p) => format!("udp {} connected to {p}", state.local),
+                    None => format!("udp {}", state.local),
+                },
             };
             println!(
                 "  fd {:>3}{} flags {:#o} file #{}: {what}",
