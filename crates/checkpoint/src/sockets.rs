@@ -36,6 +36,36 @@ pub struct Sockets {
     next_pair: u32,
     /// pair id of each recorded end's inode
     pair_of: BTreeMap<u64, (u32, u8)>,
+    /// Established TCP connections put in repair mode.
+    pub repaired: RepairGuard,
+}
+
+/// Established TCP connections of the tree in repair mode (the dumper's copies). Dropped
+/// without [`RepairGuard::keep`] it takes them out of repair mode again, so the connections
+/// go on (a failed dump, or `--leave-running`); kept, the tree can be killed without the
+/// peers noticing (closing a socket in repair mode sends nothing).
+#[derive(Default)]
+pub struct RepairGuard {
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl RepairGuard {
+    /// Leaves every socket in repair mode (call just before killing the tree).
+    pub fn keep(mut self) {
+        self.fds.clear();
+    }
+}
+
+impl Drop for RepairGuard {
+    fn drop(&mut self) {
+        for fd in &self.fds {
+            let back = sys::tcp_repair::Repair::enter(std::os::fd::AsFd::as_fd(fd))
+                .and_then(sys::tcp_repair::Repair::leave);
+            if let Err(e) = back {
+                tracing::warn!("leaving TCP repair mode: {e}");
+            }
+        }
+    }
 }
 
 impl Sockets {
@@ -226,12 +256,24 @@ impl Sockets {
                 )
                 .map_err(bad)?,
             }),
+            (libc::IPPROTO_TCP, 1) => {
+                let bad = |e: sys::tcp_repair::TcpRepairError| {
+                    unsupported(pid, fd, link, format!("TCP_REPAIR: {e}"))
+                };
+                let r = sys::tcp_repair::Repair::enter(std::os::fd::AsFd::as_fd(&local))
+                    .map_err(bad)?;
+                // On error `r` is dropped here, which leaves repair mode.
+                let state = r.dump().map_err(bad)?;
+                r.keep();
+                self.repaired.fds.push(local);
+                Ok(FileKind::TcpEstablished { state })
+            }
             (libc::IPPROTO_TCP, st) => Err(unsupported(
                 pid,
                 fd,
                 link,
                 format!(
-                    "TCP sockets in state {st} ({} -> {}) cannot be checkpointed yet (only listeners)",
+                    "TCP sockets in state {st} ({} -> {}) cannot be checkpointed yet (only listening and established ones)",
                     s.local, s.remote
                 ),
             )),

@@ -515,6 +515,42 @@ mod tests {
                         queue: vec![Hex(b"ping".to_vec()), Hex(vec![])],
                     },
                 },
+                OpenFile {
+                    id: 6,
+                    flags: 2,
+                    kind: FileKind::UnixListen {
+                        sock_type: 1,
+                        name: "/run/x.sock".into(),
+                        backlog: 128,
+                        mode: Some(0o640),
+                    },
+                },
+                OpenFile {
+                    id: 7,
+                    flags: 2,
+                    kind: FileKind::TcpListen {
+                        state: sys::inetsock::ListenState {
+                            addr: "127.0.0.1:8080".parse().unwrap(),
+                            backlog: 16,
+                            opts: sys::inetsock::ReuseOpts {
+                                reuseaddr: true,
+                                reuseport: false,
+                                v6only: false,
+                            },
+                        },
+                    },
+                },
+                OpenFile {
+                    id: 8,
+                    flags: 2,
+                    kind: FileKind::Udp {
+                        state: sys::inetsock::UdpState {
+                            local: "[::1]:53".parse().unwrap(),
+                            peer: Some("[::1]:5353".parse().unwrap()),
+                            opts: sys::inetsock::ReuseOpts::default(),
+                        },
+                    },
+                },
             ],
             shmem: vec![],
             pipes: vec![PipeData {

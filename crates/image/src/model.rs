@@ -295,6 +295,11 @@ pub enum FileKind {
     TcpListen { state: sys::inetsock::ListenState },
     /// A UDP socket, bound and possibly connected (queued datagrams are not carried).
     Udp { state: sys::inetsock::UdpState },
+    /// An established TCP connection as `TCP_REPAIR` read it (sequence numbers, queues,
+    /// window, options), restored without the peer noticing.
+    TcpEstablished {
+        state: sys::tcp_repair::TcpConnState,
+    },
 }
 
 /// Pipes of the tree with the bytes queued in them at dump time.

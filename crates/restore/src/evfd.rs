@@ -22,6 +22,22 @@ fn invalid(pid: i32, why: String) -> RestoreError {
 #[derive(Default)]
 pub struct PairEnds {
     waiting: BTreeMap<u32, OwnedFd>,
+    /// Established TCP connections still in repair mode (the restorer's copies).
+    pub tcp: Vec<(OwnedFd, sys::tcp_repair::TcpConnState)>,
+}
+
+/// Takes every restored TCP connection out of repair mode (queues the never-sent data):
+/// called once every process is rebuilt, just before they resume.
+pub fn finish_tcp(pending: &[(OwnedFd, sys::tcp_repair::TcpConnState)], root: i32) -> Result<()> {
+    for (fd, st) in pending {
+        sys::tcp_repair::finish_restore(fd.as_fd(), st).map_err(|e| {
+            invalid(
+                root,
+                format!("TCP connection {} -> {}: {e}", st.local, st.peer),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Creates the restorer's copy of an event descriptor or unix socket file; `None` for any
@@ -143,6 +159,20 @@ pub fn create(
             let fd = sys::inetsock::restore_udp(state)
                 .map_err(|e| invalid(root, format!("file {} ({}): {e}", f.id, state.local)))?;
             sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+            fd
+        }
+        FileKind::TcpEstablished { state } => {
+            let fd = sys::tcp_repair::restore_in_repair(state).map_err(|e| {
+                invalid(
+                    root,
+                    format!("TCP connection {} -> {}: {e}", state.local, state.peer),
+                )
+            })?;
+            sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+            let keep = fd
+                .try_clone()
+                .map_err(|e| invalid(root, format!("TCP connection {}: dup: {e}", state.local)))?;
+            pairs.tcp.push((keep, state.clone()));
             fd
         }
         _ => return Ok(None),

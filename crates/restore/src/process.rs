@@ -147,6 +147,8 @@ struct PreparedFiles {
     base: i32,
     shm_base: i32,
     _fds: Vec<OwnedFd>,
+    /// Sockets and connections that need a last step before the tree resumes.
+    extra: crate::evfd::PairEnds,
 }
 
 fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
@@ -281,6 +283,7 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
         base,
         shm_base,
         _fds: out,
+        extra: pair_ends,
     })
 }
 
@@ -431,6 +434,7 @@ pub fn restore_tree(
     // Nothing has run yet: a corrupt image still kills every stub here.
     tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
+    crate::evfd::finish_tcp(&files.extra.tcp, root.pid)?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;

@@ -46,3 +46,65 @@ fn unix_and_tcp_listeners_and_udp_sockets_are_rebound() {
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+/// An echo server outside the tree: echoes everything until EOF; returns the bytes echoed, or
+/// the error that ended the connection (a reset would mean the checkpoint was noticed).
+fn echo_server() -> (u16, std::thread::JoinHandle<Result<usize, String>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo server");
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let mut total = 0;
+        let mut b = [0u8; 4096];
+        loop {
+            let n = s
+                .read(&mut b)
+                .map_err(|e| format!("after {total} bytes: {e}"))?;
+            if n == 0 {
+                return Ok(total);
+            }
+            s.write_all(&b[..n])
+                .map_err(|e| format!("after {total} bytes: {e}"))?;
+            total += n;
+        }
+    });
+    (port, h)
+}
+
+#[test]
+fn established_tcp_connections_inside_and_to_outside_the_tree_survive() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("tcpconn", &[]);
+    let (port, echo) = echo_server();
+    let w = start_with_arg(&prog, &port.to_string());
+    cycle(&w, 2);
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+    drop(w);
+    let echoed = echo.join().expect("echo thread");
+    assert_eq!(echoed, Ok(53 * 16), "the outside peer's view of the stream");
+}
+
+#[test]
+fn leave_running_takes_tcp_connections_out_of_repair_mode() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("tcpconn", &[]);
+    let (port, echo) = echo_server();
+    let w = start_with_arg(&prog, &port.to_string());
+    let img = w.dir.path().join("img");
+    ok(&checkpoint(w.pid, &img, true), "checkpoint --leave-running");
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+    drop(w);
+    let echoed = echo.join().expect("echo thread");
+    assert_eq!(echoed, Ok(53 * 16), "the outside peer's view of the stream");
+}

@@ -172,6 +172,13 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 FileKind::TcpListen { state } => {
                     format!("tcp listener on {} backlog {}", state.addr, state.backlog)
                 }
+                FileKind::TcpEstablished { state } => format!(
+                    "tcp {} -> {}, {} bytes to send, {} received",
+                    state.local,
+                    state.peer,
+                    state.send_queue.len(),
+                    state.recv_queue.len()
+                ),
                 FileKind::Udp { state } => match &state.peer {
                     Some(p) => format!("udp {} connected to {p}", state.local),
                     None => format!("udp {}", state.local),
