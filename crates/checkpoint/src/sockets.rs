@@ -240,7 +240,7 @@ impl Sockets {
                 pid,
                 fd,
                 link,
-                "only unix, TCP listening and UDP sockets can be checkpointed yet (netlink, raw, packet, ... are not)",
+                "only unix, TCP (listening, established) and UDP sockets can be checkpointed yet (netlink, raw, packet, ... are not)",
             ));
         };
         let pidfd = sys::pid::pidfd_open(pid).pid(pid)?;

@@ -108,3 +108,30 @@ fn leave_running_takes_tcp_connections_out_of_repair_mode() {
     let echoed = echo.join().expect("echo thread");
     assert_eq!(echoed, Ok(53 * 16), "the outside peer's view of the stream");
 }
+
+#[test]
+fn refused_dump_takes_tcp_connections_out_of_repair_mode() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("tcpconn", &[]);
+    let (port, echo) = echo_server();
+    let w = start_with_arg(&prog, &format!("{port} netlink"));
+    let img = w.dir.path().join("img");
+    let o = checkpoint(w.pid, &img, false);
+    assert!(
+        !o.status.success(),
+        "checkpoint of a netlink socket holder succeeded"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("pid {} fd", w.pid)) && err.contains("netlink"),
+        "{err}"
+    );
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+    drop(w);
+    let echoed = echo.join().expect("echo thread");
+    assert_eq!(echoed, Ok(53 * 16), "the outside peer's view of the stream");
+}

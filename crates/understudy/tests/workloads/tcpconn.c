@@ -3,9 +3,13 @@
  * its own listener, the child connects).
  * Usage: tcpconn DIR PORT (protocol as mem_single.c). Before DIR/pid: 3 messages sent to the
  * echo server whose echoes are not read yet, and 2 messages child -> root not read yet. After
- * restore: those are read and checked, then 50 more echo rounds and 20 in-tree rounds. */
+ * restore: those are read and checked, then 50 more echo rounds and 20 in-tree rounds.
+ * With a third argument "netlink" the root also holds a netlink socket (opened after the
+ * connections, so it is met after they were put in repair mode): checkpoint must refuse it and
+ * the connections must go on untouched. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <linux/netlink.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -90,6 +94,7 @@ int main(int argc, char **argv) {
         q1 = p[0].revents & POLLIN; q2 = p[1].revents & POLLIN;
         if (q1 && q2) break;
     }
+    if (argc > 3 && !strcmp(argv[3], "netlink") && socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE) < 0) return 3;
     FILE *pf = fopen("pid.tmp", "w"); fprintf(pf, "%d\n", getpid()); fclose(pf); rename("pid.tmp", "pid");
     wait_go();
     for (int n = 1; n <= 53; n++) {
