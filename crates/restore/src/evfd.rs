@@ -18,6 +18,51 @@ fn invalid(pid: i32, why: String) -> RestoreError {
     RestoreError::Invalid { pid, why }
 }
 
+/// Structure checks of the version-2 records (before anything is created): every epoll
+/// registration names an epoll fd and an open fd of its process, every unix pair has exactly
+/// its two ends, every TCP connection state is consistent.
+pub fn check(tree: &Tree) -> std::result::Result<(), String> {
+    let kind = |file: u32| tree.files.get(usize::try_from(file).unwrap_or(usize::MAX));
+    for p in &tree.processes {
+        for r in &p.epoll_regs {
+            let ep = p.fds.iter().find(|f| f.fd == r.epfd);
+            if !ep.is_some_and(|f| matches!(kind(f.file).map(|o| &o.kind), Some(FileKind::Epoll))) {
+                return Err(format!(
+                    "pid {}: epoll registration on fd {} which is not an epoll instance",
+                    p.pid, r.epfd
+                ));
+            }
+            if !p.fds.iter().any(|f| f.fd == r.tfd) {
+                return Err(format!(
+                    "pid {}: epoll fd {} registers fd {} which is not open",
+                    p.pid, r.epfd, r.tfd
+                ));
+            }
+        }
+    }
+    let mut ends: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    for f in &tree.files {
+        match &f.kind {
+            FileKind::UnixPair { pair, end, .. } => ends.entry(*pair).or_default().push(*end),
+            FileKind::TcpEstablished { state } => {
+                state
+                    .validate()
+                    .map_err(|e| format!("file {}: {e}", f.id))?;
+            }
+            _ => {}
+        }
+    }
+    for (pair, mut e) in ends {
+        e.sort_unstable();
+        if e != [0, 1] {
+            return Err(format!(
+                "unix socket pair {pair} has ends {e:?}, expected [0, 1]"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The other ends of unix pairs created for an earlier file record, by pair id.
 #[derive(Default)]
 pub struct PairEnds {

@@ -105,6 +105,7 @@ impl Loaded {
                 )));
             }
         }
+        crate::evfd::check(&tree).map_err(bad)?;
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
