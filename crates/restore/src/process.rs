@@ -708,7 +708,15 @@ fn rebuild(
             len: r.npages * PAGE_SIZE,
         })
         .collect();
-    write_pages(pid, data, &ranges, opts, done, total)?;
+    let uffd = if std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
+        None
+    } else {
+        remote_uffd(&mut rs, pid)
+    };
+    match uffd {
+        Some(u) => fill_with_uffd(pid, p, data, &u, opts, done, total)?,
+        None => write_pages(pid, data, &ranges, opts, done, total)?,
+    }
     for v in reprotect {
         rs.syscall(
             "mprotect",
@@ -1076,6 +1084,101 @@ fn open_remote(
         .pid(pid)?;
     cache.insert((path.to_string(), flags != 0), fd);
     Ok(fd)
+}
+
+/// Creates a userfaultfd inside the target (injected) and takes it; `None` when the kernel
+/// or the configuration refuses (the caller falls back to `process_vm_writev`).
+fn remote_uffd(rs: &mut RemoteSyscalls, pid: i32) -> Option<sys::uffd_fill::RemoteUffd> {
+    let fd = rs
+        .syscall("userfaultfd", nr::USERFAULTFD, [0o2000000, 0, 0, 0, 0, 0])
+        .ok()?;
+    let got = sys::pid::pidfd_open(pid)
+        .and_then(|pidfd| sys::pid::pidfd_getfd(&pidfd, i32::try_from(fd).unwrap_or(-1)));
+    let _ = rs.syscall("close(userfaultfd)", nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+    match got.and_then(sys::uffd_fill::RemoteUffd::new) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::debug!("pid {pid}: no userfaultfd fill ({e}); using process_vm_writev");
+            None
+        }
+    }
+}
+
+/// Fills private anonymous mappings with `UFFDIO_COPY` (no zeroing of the new pages) and the
+/// rest with `process_vm_writev`, on two threads.
+fn fill_with_uffd(
+    pid: i32,
+    p: &Process,
+    data: &[u8],
+    uffd: &sys::uffd_fill::RemoteUffd,
+    opts: &RestoreOptions,
+    done: &mut u64,
+    total: u64,
+) -> Result<()> {
+    const PIECE: u64 = 4 << 20;
+    // (dst, offset in data, len, via uffd)
+    let mut jobs: Vec<(u64, usize, usize, bool)> = Vec::new();
+    let mut registered = Vec::new();
+    for v in &p.vmas {
+        if v.pages.is_empty() {
+            continue;
+        }
+        let anon = matches!(v.kind, VmaKind::Anon { .. } | VmaKind::Stack);
+        let via = anon && uffd.register(v.start, v.end - v.start).is_ok();
+        if via {
+            registered.push((v.start, v.end - v.start));
+        }
+        for r in &v.pages {
+            let mut off = 0u64;
+            let len = r.npages * PAGE_SIZE;
+            while off < len {
+                let n = PIECE.min(len - off);
+                let at = usize::try_from(r.offset + off).unwrap_or(usize::MAX);
+                jobs.push((r.vaddr + off, at, usize::try_from(n).unwrap_or(0), via));
+                off += n;
+            }
+        }
+    }
+    let run = |js: &[(u64, usize, usize, bool)]| -> Result<()> {
+        for &(dst, at, n, via) in js {
+            let src = data.get(at..at + n).ok_or_else(|| RestoreError::Invalid {
+                pid,
+                why: "page run outside the pages file".into(),
+            })?;
+            if via {
+                if let Err(e) = uffd.copy(dst, src) {
+                    // Fall back for this piece (pages already copied are simply overwritten).
+                    tracing::debug!("pid {pid}: {e}; falling back to process_vm_writev");
+                    sys::mem::write_exact(pid, src, dst).pid(pid)?;
+                }
+            } else {
+                sys::mem::write_exact(pid, src, dst).pid(pid)?;
+            }
+        }
+        Ok(())
+    };
+    let half = jobs.len() / 2;
+    let (a, b) = jobs.split_at(half);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| run(b));
+        let r = run(a);
+        h.join()
+            .unwrap_or_else(|_| {
+                Err(RestoreError::Invalid {
+                    pid,
+                    why: "page writer panicked".into(),
+                })
+            })
+            .and(r)
+    })?;
+    for (start, len) in registered {
+        uffd.unregister(start, len).pid(pid)?;
+    }
+    *done += data.len() as u64;
+    if let Some(pf) = &opts.progress {
+        pf(*done, total);
+    }
+    Ok(())
 }
 
 /// Writes the pages with two threads when there is enough to share (page allocation in the
