@@ -50,7 +50,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
     let mut redeliver = Vec::new();
-    let tree = match collect(opts, &frozen, &mut report, &mut redeliver, &pool) {
+    let mut repaired = crate::sockets::RepairGuard::default();
+    let tree = match collect(
+        opts,
+        &frozen,
+        &mut report,
+        &mut redeliver,
+        &pool,
+        &mut repaired,
+    ) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -72,12 +80,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     if opts.leave_running {
+        drop(repaired);
         frozen.detach();
         for (pid, tid, sig) in redeliver {
             let _ = sys::pid::tgkill(pid, tid, sig);
         }
     } else {
         let t = Instant::now();
+        repaired.keep();
         let left = frozen.kill_and_wait(REAP_TIMEOUT);
         report.reap_wait = t.elapsed();
         if !left.is_empty() {
@@ -148,6 +158,7 @@ fn collect(
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    repaired: &mut crate::sockets::RepairGuard,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
@@ -164,6 +175,9 @@ fn collect(
     }
     report.pages_bytes = copied;
     let pipes = files.pipe_data()?;
+    std::mem::swap(repaired, &mut files.sockets.repaired);
+    files.sockets.check(&files.files)?;
+    std::mem::take(&mut files.epolls).resolve(&mut processes)?;
     Ok(Tree {
         format_version: FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -451,5 +465,6 @@ fn dump_process(
         exit_signal: stat.exit_signal,
         seccomp_filters,
         no_new_privs: status.no_new_privs,
+        epoll_regs: Vec::new(),
     })
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use image::{Fd, FileKind, Hex, OpenFile, PipeData};
 
+use crate::evfd::Epolls;
 use crate::shmem::ShmemTable;
+use crate::sockets::Sockets;
 use crate::{CheckpointError, PidCtx, Result};
 
 const O_CLOEXEC: u32 = 0o2000000;
@@ -37,6 +39,8 @@ pub struct FileTable {
     pipe_readers: BTreeMap<u32, (i32, i32)>,
     pipe_any: BTreeMap<u32, (i32, i32)>,
     fifo_paths: BTreeMap<u32, String>,
+    pub epolls: Epolls,
+    pub sockets: Sockets,
 }
 
 impl FileTable {
@@ -59,17 +63,6 @@ impl FileTable {
         let info = sys::proc::fdinfo(pid, fd).pid(pid)?;
         let cloexec = info.flags & O_CLOEXEC != 0;
         let flags = info.flags & !(O_CLOEXEC | O_LARGEFILE);
-        if link.starts_with("socket:") {
-            return Err(unsupported(&link, "sockets cannot be checkpointed yet"));
-        }
-        if link.starts_with("anon_inode:") {
-            let why = if link.contains("io_uring") {
-                "io_uring instances cannot be checkpointed"
-            } else {
-                "this kind of anonymous inode (eventfd, epoll, signalfd, timerfd, ...) cannot be checkpointed yet"
-            };
-            return Err(unsupported(&link, why));
-        }
         if link.ends_with(" (deleted)") && !link.starts_with("/memfd:") {
             return Err(unsupported(&link, "the file was deleted"));
         }
@@ -78,6 +71,7 @@ impl FileTable {
         // Same open file description as an fd seen before?
         for k in self.known.iter().filter(|k| k.key == key) {
             if sys::pid::same_file(k.pid, k.fd, pid, fd).pid(pid)? {
+                self.epolls.also_held(k.id, pid, fd);
                 return Ok(Fd {
                     fd,
                     cloexec,
@@ -86,7 +80,12 @@ impl FileTable {
             }
         }
         let fmt = st.st_mode & libc::S_IFMT;
-        let kind = if link.starts_with("pipe:") || fmt == libc::S_IFIFO {
+        let next_id = u32::try_from(self.files.len()).unwrap_or(u32::MAX);
+        let kind = if link.starts_with("socket:") {
+            self.sockets.kind(pid, fd, &link, st.st_ino, next_id)?
+        } else if link.starts_with("anon_inode:") {
+            self.epolls.kind(pid, fd, &link, next_id)?
+        } else if link.starts_with("pipe:") || fmt == libc::S_IFIFO {
             let next = u32::try_from(self.pipes.len()).unwrap_or(u32::MAX);
             let pipe = *self.pipes.entry(st.st_ino).or_insert(next);
             let write_end = flags & 3 == 1;

@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 mod dump;
+mod evfd;
 mod files;
 mod freeze;
 mod memory;
 mod shmem;
+mod sockets;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -460,15 +460,98 @@ mod tests {
                 exit_signal: 17,
                 seccomp_filters: vec![Hex(vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f])],
                 no_new_privs: true,
+                epoll_regs: vec![EpollReg {
+                    epfd: 3,
+                    tfd: 4,
+                    events: 0x8000_0001,
+                    data: 77,
+                }],
             }],
-            files: vec![OpenFile {
-                id: 0,
-                flags: 2,
-                kind: FileKind::Device {
-                    path: "/dev/null".into(),
-                    rdev: 0x103,
+            files: vec![
+                OpenFile {
+                    id: 0,
+                    flags: 2,
+                    kind: FileKind::Device {
+                        path: "/dev/null".into(),
+                        rdev: 0x103,
+                    },
                 },
-            }],
+                OpenFile {
+                    id: 1,
+                    flags: 0o4002,
+                    kind: FileKind::EventFd {
+                        count: 5,
+                        semaphore: true,
+                    },
+                },
+                OpenFile {
+                    id: 2,
+                    flags: 2,
+                    kind: FileKind::TimerFd {
+                        clockid: 1,
+                        value_ns: 1_500_000,
+                        interval_ns: 10_000_000,
+                        settime_flags: 0,
+                        ticks: 2,
+                    },
+                },
+                OpenFile {
+                    id: 3,
+                    flags: 2,
+                    kind: FileKind::SignalFd { sigmask: 1 << 9 },
+                },
+                OpenFile {
+                    id: 4,
+                    flags: 2,
+                    kind: FileKind::Epoll,
+                },
+                OpenFile {
+                    id: 5,
+                    flags: 2,
+                    kind: FileKind::UnixPair {
+                        pair: 0,
+                        end: 1,
+                        sock_type: 5,
+                        queue: vec![Hex(b"ping".to_vec()), Hex(vec![])],
+                    },
+                },
+                OpenFile {
+                    id: 6,
+                    flags: 2,
+                    kind: FileKind::UnixListen {
+                        sock_type: 1,
+                        name: "/run/x.sock".into(),
+                        backlog: 128,
+                        mode: Some(0o640),
+                    },
+                },
+                OpenFile {
+                    id: 7,
+                    flags: 2,
+                    kind: FileKind::TcpListen {
+                        state: sys::inetsock::ListenState {
+                            addr: "127.0.0.1:8080".parse().unwrap(),
+                            backlog: 16,
+                            opts: sys::inetsock::ReuseOpts {
+                                reuseaddr: true,
+                                reuseport: false,
+                                v6only: false,
+                            },
+                        },
+                    },
+                },
+                OpenFile {
+                    id: 8,
+                    flags: 2,
+                    kind: FileKind::Udp {
+                        state: sys::inetsock::UdpState {
+                            local: "[::1]:53".parse().unwrap(),
+                            peer: Some("[::1]:5353".parse().unwrap()),
+                            opts: sys::inetsock::ReuseOpts::default(),
+                        },
+                    },
+                },
+            ],
             shmem: vec![],
             pipes: vec![PipeData {
                 pipe: 0,

@@ -5,8 +5,10 @@ pub use sys::ptrace::{RseqConfig, UserRegs};
 
 /// Version of the image format. Readers accept exactly the versions listed in
 /// [`SUPPORTED_VERSIONS`]; a change that old readers cannot skip bumps it.
-pub const FORMAT_VERSION: u32 = 1;
-pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 added event descriptor and socket file kinds (a version-1 image is a valid
+/// version-2 image without them).
+pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2];
 
 /// The whole dumped tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,20 @@ pub struct Process {
     /// `PR_SET_NO_NEW_PRIVS`.
     #[serde(default)]
     pub no_new_privs: bool,
+    /// epoll registrations made in this process once its fds are installed (the fd numbers
+    /// of `epfd` and `tfd` are this process's).
+    #[serde(default)]
+    pub epoll_regs: Vec<EpollReg>,
+}
+
+/// One registration of an epoll instance: `epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, {events, data})`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollReg {
+    pub epfd: i32,
+    pub tfd: i32,
+    /// `EPOLL*` bits as the kernel holds them (incl. `EPOLLET`, `EPOLLONESHOT`, ...).
+    pub events: u32,
+    pub data: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +257,48 @@ pub enum FileKind {
         pipe: u32,
         write_end: bool,
         fifo_path: Option<String>,
+    },
+    /// An eventfd with its counter.
+    EventFd { count: u64, semaphore: bool },
+    /// A timerfd: remaining time and interval in nanoseconds (0 = disarmed), `settime_flags`
+    /// (`TFD_TIMER_ABSTIME` = 1, `TFD_TIMER_CANCEL_ON_SET` = 2), expirations not yet read.
+    TimerFd {
+        clockid: i32,
+        value_ns: u64,
+        interval_ns: u64,
+        settime_flags: u32,
+        ticks: u64,
+    },
+    /// A signalfd and its mask (bit `sig - 1`).
+    SignalFd { sigmask: u64 },
+    /// An epoll instance; its registrations are [`Process::epoll_regs`] of one process.
+    Epoll,
+    /// One end of a connected pair of unix sockets inside the tree (`socketpair`, or two
+    /// unnamed sockets connected to each other); `end` is 0 or 1 and both ends share `pair`.
+    /// `queue` is this end's receive queue (one message for a stream socket).
+    UnixPair {
+        pair: u32,
+        end: u8,
+        /// `SOCK_STREAM` (1), `SOCK_DGRAM` (2), `SOCK_SEQPACKET` (5).
+        sock_type: i32,
+        queue: Vec<Hex>,
+    },
+    /// A listening unix socket bound to `name` (a path, or `@name` in the abstract namespace);
+    /// `mode` is the permission bits of the socket file (path names).
+    UnixListen {
+        sock_type: i32,
+        name: String,
+        backlog: u32,
+        mode: Option<u32>,
+    },
+    /// A listening TCP socket (address, backlog, reuse options).
+    TcpListen { state: sys::inetsock::ListenState },
+    /// A UDP socket, bound and possibly connected (queued datagrams are not carried).
+    Udp { state: sys::inetsock::UdpState },
+    /// An established TCP connection as `TCP_REPAIR` read it (sequence numbers, queues,
+    /// window, options), restored without the peer noticing.
+    TcpEstablished {
+        state: sys::tcp_repair::TcpConnState,
     },
 }
 

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod evfd;
 mod process;
 mod stubs;
 

@@ -105,6 +105,7 @@ impl Loaded {
                 )));
             }
         }
+        crate::evfd::check(&tree).map_err(bad)?;
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
@@ -147,6 +148,8 @@ struct PreparedFiles {
     base: i32,
     shm_base: i32,
     _fds: Vec<OwnedFd>,
+    /// Sockets and connections that need a last step before the tree resumes.
+    extra: crate::evfd::PairEnds,
 }
 
 fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
@@ -193,7 +196,13 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
     let mut pipes: BTreeMap<u32, (Option<OwnedFd>, Option<OwnedFd>)> = BTreeMap::new();
     let mut fifo_keepers: BTreeMap<u32, OwnedFd> = BTreeMap::new();
     let mut out = Vec::with_capacity(tree.files.len());
+    let mut pair_ends = crate::evfd::PairEnds::default();
     for f in &tree.files {
+        if let Some(fd) = crate::evfd::create(f, tree, &mut pair_ends, root)? {
+            let id = i32::try_from(f.id).unwrap_or(i32::MAX);
+            out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
+            continue;
+        }
         let fd = match &f.kind {
             FileKind::Path { path, pos, .. } => {
                 let fd = sys::files::open(path, f.flags).pid(root)?;
@@ -259,6 +268,12 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
                 sys::files::set_status_flags(&fd, f.flags).pid(root)?;
                 fd
             }
+            other => {
+                return Err(RestoreError::Invalid {
+                    pid: root,
+                    why: format!("file {}: kind {other:?} not handled", f.id),
+                })
+            }
         };
         let id = i32::try_from(f.id).unwrap_or(i32::MAX);
         out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
@@ -269,6 +284,7 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
         base,
         shm_base,
         _fds: out,
+        extra: pair_ends,
     })
 }
 
@@ -419,6 +435,7 @@ pub fn restore_tree(
     // Nothing has run yet: a corrupt image still kills every stub here.
     tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
+    crate::evfd::finish_tcp(&files.extra.tcp, root.pid)?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -788,6 +805,7 @@ fn rebuild(
         [base, u64::from(u32::MAX), 0, 0, 0, 0],
     )
     .pid(pid)?;
+    crate::evfd::register_epolls(&mut rs, p, pid, SCR_GEN)?;
 
     // cwd, root, umask.
     let put_path = |rs: &mut RemoteSyscalls, s: &str| -> Result<u64> {

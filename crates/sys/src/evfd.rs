@@ -102,7 +102,15 @@ pub fn restore_timerfd(
         tv_nsec: libc::c_long::try_from(t.nsec).unwrap_or(0),
     };
     let mut value = ts(&info.it_value);
-    let armed = info.it_value.sec != 0 || info.it_value.nsec != 0;
+    let mut armed = info.it_value.sec != 0 || info.it_value.nsec != 0;
+    let periodic = info.it_interval.sec != 0 || info.it_interval.nsec != 0;
+    if !armed && periodic {
+        // A periodic timer that expired with its expirations not read yet: the kernel re-arms
+        // it only on the next read, so fdinfo shows it_value 0. Its next expiry is one interval
+        // on; the pending expirations are `ticks`.
+        value = ts(&info.it_interval);
+        armed = true;
+    }
     let abs = info.settime_flags & 1 != 0;
     if armed && abs {
         // SAFETY: zeroed timespec is valid; clock_gettime writes into it.

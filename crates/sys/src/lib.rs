@@ -33,6 +33,7 @@ pub mod tcp_repair;
 pub mod timers;
 pub mod uffd;
 pub mod uffd_lazy;
+pub mod unixpair;
 
 pub use remote::{RemotePtr, RemoteSyscalls};
 

@@ -1,5 +1,5 @@
 /* Holds a resource the engine refuses (a socket, or an io_uring instance with argument
- * "uring") while counting; checkpoint must fail and leave it running untouched.
+ * "uring"; the socket is a netlink socket) while counting; checkpoint must fail and leave it running untouched.
  * Usage: unsupported DIR [uring]. Writes DIR/fd with the fd number of the resource. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,7 +20,7 @@ int main(int argc, char **argv) {
         unsigned char params[120]; memset(params, 0, sizeof params);
         fd = syscall(425 /* io_uring_setup */, 4, params);
     } else {
-        fd = socket(AF_INET, SOCK_DGRAM, 0);
+        fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
     }
     FILE *f = fopen("fd", "w"); fprintf(f, "%d\n", fd); fclose(f);
     unsigned long n = 0;
