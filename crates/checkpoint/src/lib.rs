@@ -1,1 +1,104 @@
-//! Dumping a running process tree into an image.
+//! The checkpoint engine: freeze a process tree with ptrace, dump every process and thread into
+//! an image, then either let the tree run on or kill it and wait until its pids are free.
+//!
+//! Guarantees: on any error every tracee is put back (registers, borrowed memory) and detached,
+//! so a failed checkpoint leaves the tree running and untouched. Nothing in the tree runs
+//! between the start of the freeze and the end of the dump.
+
+#![forbid(unsafe_code)]
+
+mod dump;
+mod files;
+mod freeze;
+mod memory;
+mod shmem;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use dump::dump;
+
+/// Progress callback: bytes of memory copied so far, and the total expected.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// What to dump and how.
+#[derive(Clone, Default)]
+pub struct DumpOptions {
+    /// Root of the tree, in the dumper's PID namespace.
+    pub root_pid: i32,
+    /// Image directory (created if missing; must not already hold an image).
+    pub image_dir: PathBuf,
+    /// Keep the tree running after the dump instead of killing it.
+    pub leave_running: bool,
+    /// Parent image for an incremental dump (not yet supported: refused).
+    pub parent: Option<PathBuf>,
+    /// The root is the init of its own PID namespace (launched by `understudy run`).
+    pub pidns: bool,
+    /// Called while memory is copied.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for DumpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DumpOptions")
+            .field("root_pid", &self.root_pid)
+            .field("image_dir", &self.image_dir)
+            .field("leave_running", &self.leave_running)
+            .field("parent", &self.parent)
+            .field("pidns", &self.pidns)
+            .finish()
+    }
+}
+
+/// What a dump did and how long each part took.
+#[derive(Debug, Clone, Default)]
+pub struct DumpReport {
+    pub root_pid: i32,
+    pub processes: usize,
+    pub threads: usize,
+    /// Bytes of memory pages written.
+    pub pages_bytes: u64,
+    /// Time from the first freeze to the end of the dump (the tree was stopped that long).
+    pub frozen: std::time::Duration,
+    /// Time spent copying memory.
+    pub memory_copy: std::time::Duration,
+    /// Time waiting for the killed tree's pids to be free (zero with `leave_running`).
+    pub reap_wait: std::time::Duration,
+}
+
+/// Everything that makes a checkpoint fail.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("pid {pid}: {err}")]
+    Sys { pid: i32, err: sys::Error },
+    #[error("pid {pid} {what}: {why}")]
+    Unsupported { pid: i32, what: String, why: String },
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("{path}: {why}")]
+    ImageDir { path: PathBuf, why: String },
+    #[error("pid {pid}: {why}")]
+    Tree { pid: i32, why: String },
+    #[error("the image is complete, but pids {pids:?} are still taken {secs}s after the tree was killed (a parent outside the tree has not reaped them)")]
+    PidsNotFreed { pids: Vec<i32>, secs: u64 },
+}
+
+impl CheckpointError {
+    /// Whether the tree was left running untouched (every error before the kill), as opposed
+    /// to a failure after a complete dump (the killed tree's pids not freed in time).
+    pub fn tree_left_running(&self) -> bool {
+        !matches!(self, CheckpointError::PidsNotFreed { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CheckpointError>;
+
+pub(crate) trait PidCtx<T> {
+    fn pid(self, pid: i32) -> Result<T>;
+}
+
+impl<T> PidCtx<T> for std::result::Result<T, sys::Error> {
+    fn pid(self, pid: i32) -> Result<T> {
+        self.map_err(|err| CheckpointError::Sys { pid, err })
+    }
+}

@@ -1,10 +1,12 @@
 //! `understudy`: the one binary users run. Each subcommand lives in its own module under `cmd/`.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod launch;
 
 /// Live migration and hot-standby replication for unmodified Linux applications.
 #[derive(Debug, Parser)]
@@ -12,7 +14,12 @@ mod cmd;
 pub struct Cli {
     /// Where agents keep their control socket and each application's files
     /// (`apps/NAME/journal`, `apps/NAME/images`).
-    #[arg(long, global = true, env = "UNDERSTUDY_STATE_DIR", default_value = "/var/lib/understudy")]
+    #[arg(
+        long,
+        global = true,
+        env = "UNDERSTUDY_STATE_DIR",
+        default_value = "/var/lib/understudy"
+    )]
     pub state_dir: PathBuf,
 
     #[command(subcommand)]

@@ -1,12 +1,364 @@
-//! `understudy demo`.
+//! `understudy demo`: runs a real multi-process workload through understudy's mechanisms and
+//! prints what it measured.
+//!
+//! The workload (`demo/counter.c`, compiled with `cc` at run time) is a parent and three workers
+//! that count in shared memory and stream every count to the parent through pipes; the parent
+//! checks each stream arrives gapless and publishes its totals. The demo is a list of [`Step`]s
+//! run in order over one [`Stage`]; later issues append steps (migration to another simulated
+//! host, failover) without changing the earlier ones.
 
-use std::process::ExitCode;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::Cli;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+const COUNTER_C: &str = include_str!("../../demo/counter.c");
 
-pub fn run(_cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`understudy demo` is not implemented yet")
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long to let the workload run between steps, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    pub settle_ms: u64,
+    /// Keep the work directory (workload, images) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Let each worker count in its own memory instead of in one page of MAP_SHARED memory
+    /// shared by the four processes.
+    #[arg(long)]
+    pub private_memory: bool,
+}
+
+/// What the workload publishes in its `progress` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Progress {
+    pids: Vec<i32>,
+    total: u64,
+    workers: Vec<u64>,
+    anomalies: u64,
+}
+
+impl Progress {
+    fn read(dir: &Path) -> anyhow::Result<Progress> {
+        let text = fs::read_to_string(dir.join("progress")).context("workload progress")?;
+        let mut p = Progress {
+            pids: vec![],
+            total: 0,
+            workers: vec![],
+            anomalies: 0,
+        };
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            let key = it.next().unwrap_or("");
+            let nums: Vec<&str> = it.collect();
+            match key {
+                "pids" => p.pids = nums.iter().filter_map(|s| s.parse().ok()).collect(),
+                "total" => p.total = nums.first().and_then(|s| s.parse().ok()).unwrap_or(0),
+                "workers" => p.workers = nums.iter().filter_map(|s| s.parse().ok()).collect(),
+                "anomalies" => p.anomalies = nums.first().and_then(|s| s.parse().ok()).unwrap_or(0),
+                _ => {}
+            }
+        }
+        ensure!(
+            p.pids.len() == 4 && p.workers.len() == 3,
+            "malformed progress file: {text}"
+        );
+        Ok(p)
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "pids {:?}, total {} (workers {:?}), lost or repeated messages: {}",
+            self.pids, self.total, self.workers, self.anomalies
+        )
+    }
+}
+
+/// Everything the steps share.
+struct Stage {
+    dir: PathBuf,
+    shared_memory: bool,
+    settle: Duration,
+    root: i32,
+    last: Option<Progress>,
+    image_seq: u32,
+    /// (what, value) pairs for the closing summary.
+    measured: Vec<(&'static str, String)>,
+}
+
+impl Stage {
+    fn wait_progress(&mut self, newer_than: u64) -> anyhow::Result<Progress> {
+        let start = Instant::now();
+        loop {
+            if let Ok(p) = Progress::read(&self.dir) {
+                if p.total > newer_than {
+                    return Ok(p);
+                }
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("the workload made no progress for 20 s");
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn next_image(&mut self) -> PathBuf {
+        self.image_seq += 1;
+        self.dir.join(format!("image-{}", self.image_seq))
+    }
+
+    fn note(&mut self, line: String) {
+        println!("    {line}");
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if self.root > 0 {
+            let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
+            if let Some(p) = &self.last {
+                for &pid in &p.pids {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// One step of the demo.
+struct Step {
+    title: &'static str,
+    run: fn(&mut Stage) -> anyhow::Result<()>,
+}
+
+fn steps() -> Vec<Step> {
+    vec![
+        Step {
+            title: "start a workload: a parent and 3 workers counting in shared memory, streaming every count through pipes",
+            run: start,
+        },
+        Step { title: "checkpoint it (the tree is dumped, then killed)", run: checkpoint_kill },
+        Step { title: "restore it from the image", run: restore_it },
+        Step { title: "check it continued where it was", run: check_continued },
+    ]
+}
+
+fn du(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        du(&p)
+                    } else {
+                        p.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[allow(clippy::cast_precision_loss)] // sizes far below 2^52
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn start(st: &mut Stage) -> anyhow::Result<()> {
+    let src = st.dir.join("counter.c");
+    let bin = st.dir.join("counter");
+    fs::write(&src, COUNTER_C).context("write the workload source")?;
+    let cc = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .context("run cc (the demo compiles its workload; scripts/setup.sh installs gcc)")?;
+    ensure!(
+        cc.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let mut cmd = Command::new(&bin);
+    cmd.arg(&st.dir);
+    if st.shared_memory {
+        cmd.arg("--shared");
+    }
+    let out = cmd.output().context("start the workload")?;
+    ensure!(out.status.success(), "the workload did not start: {out:?}");
+    st.root = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("workload pid")?;
+    sleep(st.settle);
+    let p = st.wait_progress(0)?;
+    st.note(format!("running: {}", p.show()));
+    st.last = Some(p);
+    Ok(())
+}
+
+fn checkpoint_kill(st: &mut Stage) -> anyhow::Result<()> {
+    let image = st.next_image();
+    let before = st.wait_progress(0)?;
+    let t0 = Instant::now();
+    let rep = checkpoint::dump(&checkpoint::DumpOptions {
+        root_pid: st.root,
+        image_dir: image.clone(),
+        leave_running: false,
+        ..Default::default()
+    })
+    .with_context(|| format!("checkpoint of pid {}", st.root))?;
+    let wall = t0.elapsed();
+    let free = before
+        .pids
+        .iter()
+        .all(|p| !Path::new(&format!("/proc/{p}")).exists());
+    ensure!(
+        free,
+        "pids {:?} still taken after the checkpoint",
+        before.pids
+    );
+    st.note(format!(
+        "{} processes, {} threads; frozen {:.1} ms (memory copy {:.1} ms, {:.1} MiB of pages); \
+         dump {:.1} ms + {:.1} ms waiting for the killed pids to be reaped",
+        rep.processes,
+        rep.threads,
+        ms(rep.frozen),
+        ms(rep.memory_copy),
+        mib(rep.pages_bytes),
+        ms(wall.saturating_sub(rep.reap_wait)),
+        ms(rep.reap_wait)
+    ));
+    let image_mib = mib(du(&image));
+    st.note(format!(
+        "image {}: {image_mib:.1} MiB; pids {:?} are free again",
+        image.display(),
+        before.pids
+    ));
+    st.measured
+        .push(("freeze (tree stopped)", format!("{:.1} ms", ms(rep.frozen))));
+    st.measured.push((
+        "dump",
+        format!(
+            "{:.1} ms (+ {:.0} ms waiting for PID 1 to reap the killed tree)",
+            ms(wall.saturating_sub(rep.reap_wait)),
+            ms(rep.reap_wait)
+        ),
+    ));
+    st.measured
+        .push(("image size", format!("{image_mib:.2} MiB")));
+    st.last = Some(Progress::read(&st.dir)?);
+    Ok(())
+}
+
+fn restore_it(st: &mut Stage) -> anyhow::Result<()> {
+    let image = st.dir.join(format!("image-{}", st.image_seq));
+    let t0 = Instant::now();
+    let rep = restore::restore(&restore::RestoreOptions {
+        image_dir: image,
+        ..Default::default()
+    })
+    .context("restore")?;
+    let wall = t0.elapsed();
+    ensure!(
+        rep.root_pid == st.root,
+        "restored root pid {} is not {}",
+        rep.root_pid,
+        st.root
+    );
+    st.measured.push((
+        "restore (until the tree runs)",
+        format!("{:.1} ms", ms(wall)),
+    ));
+    st.note(format!(
+        "restored root pid {} ({} processes, {} threads) in {:.1} ms (image verified in {:.1} ms)",
+        rep.root_pid,
+        rep.processes,
+        rep.threads,
+        ms(wall),
+        ms(rep.verify)
+    ));
+    Ok(())
+}
+
+fn check_continued(st: &mut Stage) -> anyhow::Result<()> {
+    let last = st
+        .last
+        .clone()
+        .context("no progress recorded before the checkpoint")?;
+    sleep(st.settle);
+    let now = st.wait_progress(last.total)?;
+    st.note(format!("now: {}", now.show()));
+    ensure!(
+        now.pids == last.pids,
+        "pids changed: {:?} -> {:?}",
+        last.pids,
+        now.pids
+    );
+    ensure!(
+        now.anomalies == 0,
+        "{} messages were lost or repeated",
+        now.anomalies
+    );
+    for (i, (a, b)) in last.workers.iter().zip(&now.workers).enumerate() {
+        ensure!(b > a, "worker {i} did not continue: {a} -> {b}");
+    }
+    st.note(format!(
+        "same pids, counters continued from {} to {} with no message lost or repeated",
+        last.total, now.total
+    ));
+    st.last = Some(now);
+    Ok(())
+}
+
+pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the demo needs root (it checkpoints with ptrace and restores pids)");
+    }
+    let dir = std::env::temp_dir().join(format!("understudy-demo-{}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut st = Stage {
+        dir: dir.clone(),
+        shared_memory: !args.private_memory,
+        settle: Duration::from_millis(args.settle_ms),
+        root: 0,
+        last: None,
+        image_seq: 0,
+        measured: Vec::new(),
+    };
+    let steps = steps();
+    let mut result = Ok(());
+    for (i, step) in steps.iter().enumerate() {
+        println!("[{}/{}] {}", i + 1, steps.len(), step.title);
+        if let Err(e) = (step.run)(&mut st) {
+            result = Err(e.context(format!("step {}: {}", i + 1, step.title)));
+            break;
+        }
+    }
+    let measured = std::mem::take(&mut st.measured);
+    // Kills the workload (whatever step it reached) before its directory goes.
+    drop(st);
+    if args.keep {
+        println!("work directory kept: {}", dir.display());
+    } else {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    result?;
+    println!();
+    println!("what was measured:");
+    for (what, value) in measured {
+        println!("  {what:<30} {value}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

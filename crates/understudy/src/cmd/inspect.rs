@@ -1,12 +1,170 @@
-//! `understudy inspect`.
+//! `understudy inspect PATH [--json]`: what an image (or a journal) holds.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::Context;
+use image::{FileKind, VmaKind};
 
 use crate::Cli;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// An image directory (holds tree.img) or a journal directory.
+    pub path: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also read every pages file and check its CRC32C.
+    #[arg(long)]
+    pub verify: bool,
+}
 
-pub fn run(_cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`understudy inspect` is not implemented yet")
+pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    if args.path.join(image::TREE_FILE).exists() {
+        return inspect_image(&args.path, args);
+    }
+    inspect_journal(&args.path, args)
+}
+
+/// Hook for journals: the journal team provides `journal::inspect::summarize(dir)`; until that
+/// crate is merged here, a directory without `tree.img` is reported as not an image.
+fn inspect_journal(path: &Path, _args: &Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "{}: not a checkpoint image (no {}); journal inspection is provided by the journal crate",
+        path.display(),
+        image::TREE_FILE
+    )
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
+    let tree = image::read_tree(dir).context("reading the image")?;
+    if args.verify {
+        for p in &tree.processes {
+            image::read_pages(dir, &p.pages)?;
+        }
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&tree)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("kind".into(), "image".into());
+            o.insert("verified".into(), args.verify.into());
+        }
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "image {} (format {}, written by understudy {}), root pid {}{}",
+        dir.display(),
+        tree.format_version,
+        tree.tool_version,
+        tree.root_pid,
+        if tree.pidns {
+            " (own pid namespace)"
+        } else {
+            ""
+        }
+    );
+    for p in &tree.processes {
+        println!(
+            "process {} ({}) ppid {} pgid {} sid {} exe {} cwd {} — {} thread(s), {:.1} MiB in {}",
+            p.pid,
+            p.comm,
+            p.ppid,
+            p.pgid,
+            p.sid,
+            p.exe,
+            p.cwd,
+            p.threads.len(),
+            mib(p.pages.len),
+            p.pages.file
+        );
+        for t in &p.threads {
+            println!(
+                "  thread {} rip {:#x} rsp {:#x} sigmask {:#x}{}",
+                t.tid,
+                t.regs.rip,
+                t.regs.rsp,
+                t.sigmask,
+                if t.pending.is_empty() {
+                    String::new()
+                } else {
+                    format!(" pending {}", t.pending.len())
+                }
+            );
+        }
+        for v in &p.vmas {
+            let prot = format!(
+                "{}{}{}",
+                if v.prot & 1 != 0 { 'r' } else { '-' },
+                if v.prot & 2 != 0 { 'w' } else { '-' },
+                if v.prot & 4 != 0 { 'x' } else { '-' }
+            );
+            let dumped: u64 = v.pages.iter().map(|r| r.npages * sys_page()).sum();
+            let kind = match &v.kind {
+                VmaKind::Anon { name } => format!("anon {name}"),
+                VmaKind::Stack => "stack".into(),
+                VmaKind::Vdso { name } => name.clone(),
+                VmaKind::FilePrivate { path, offset } => format!("private {path} +{offset:#x}"),
+                VmaKind::FileShared { path, offset } => format!("shared {path} +{offset:#x}"),
+                VmaKind::Shmem { id, offset } => format!("shmem #{id} +{offset:#x}"),
+            };
+            println!(
+                "  {:#014x}-{:#014x} {prot} {:>10} KiB, {:>10} KiB dumped  {kind}",
+                v.start,
+                v.end,
+                (v.end - v.start) >> 10,
+                dumped >> 10
+            );
+        }
+        for f in &p.fds {
+            let of = &tree.files[usize::try_from(f.file).unwrap_or(0)];
+            let what = match &of.kind {
+                FileKind::Path { path, pos, .. } => format!("{path} pos {pos}"),
+                FileKind::Device { path, .. } => path.clone(),
+                FileKind::Memfd { shmem, pos } => format!("memfd (shmem #{shmem}) pos {pos}"),
+                FileKind::Pipe {
+                    pipe, write_end, ..
+                } => format!(
+                    "pipe #{pipe} {}",
+                    if *write_end { "write end" } else { "read end" }
+                ),
+            };
+            println!(
+                "  fd {:>3}{} flags {:#o} file #{}: {what}",
+                f.fd,
+                if f.cloexec { " (cloexec)" } else { "" },
+                of.flags,
+                of.id
+            );
+        }
+    }
+    for o in &tree.shmem {
+        let dumped: u64 = o.pages.iter().map(|r| r.npages * sys_page()).sum();
+        println!(
+            "shmem #{} {}: {} KiB, {} KiB dumped in {}",
+            o.id,
+            o.name,
+            o.size >> 10,
+            dumped >> 10,
+            o.data.file
+        );
+    }
+    for d in &tree.pipes {
+        println!(
+            "pipe #{}: {} byte(s) queued, capacity {}",
+            d.pipe,
+            d.data.0.len(),
+            d.capacity
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sys_page() -> u64 {
+    4096
 }

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod keygen;
 pub mod logs;
 pub mod migrate;
+pub mod progress;
 pub mod protect;
 pub mod record;
 pub mod replay;

@@ -1,0 +1,158 @@
+//! Dump/restore benchmark: trees with N MiB of touched anonymous memory, dumped and restored
+//! with the library entry points, next to raw `process_vm_readv` throughput measured in the
+//! same run. Usage (as root): `cargo bench -p checkpoint --bench dump_restore -- [MiB...]`
+//! (default 64 256 1024; `UNDERSTUDY_BENCH_RUNS` runs per size, default 5; `UNDERSTUDY_BENCH_DIR`
+//! image location, default a temporary directory).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn start_hog(bin: &Path, mib: u64, dir: &Path) -> (i32, u64) {
+    let pidf = dir.join("hog.pid");
+    let _ = std::fs::remove_file(&pidf);
+    let cmd = format!(
+        "setsid {} {mib} {} </dev/null >/dev/null 2>&1 &",
+        bin.display(),
+        pidf.display()
+    );
+    Command::new("sh").args(["-c", &cmd]).status().expect("sh");
+    let t = Instant::now();
+    while !pidf.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "memhog did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = std::fs::read_to_string(&pidf).unwrap();
+    let mut it = s.split_whitespace();
+    (
+        it.next().unwrap().parse().unwrap(),
+        it.next().unwrap().parse().unwrap(),
+    )
+}
+
+fn raw_readv(pid: i32, addr: u64, len: u64) -> f64 {
+    let chunk = 8u64 << 20;
+    let mut buf = vec![1u8; usize::try_from(chunk).unwrap()];
+    let t = Instant::now();
+    let mut off = 0;
+    while off < len {
+        let n = chunk.min(len - off);
+        sys::mem::read_vectored(
+            pid,
+            &mut buf[..usize::try_from(n).unwrap()],
+            &[sys::mem::RemoteRange {
+                addr: addr + off,
+                len: n,
+            }],
+        )
+        .unwrap();
+        off += n;
+    }
+    len as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let sizes: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![64, 256, 1024]
+    } else {
+        sizes
+    };
+    let runs: usize = std::env::var("UNDERSTUDY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    // Images go to tmpfs by default (what a checkpoint-to-memory or a migration uses); set
+    // UNDERSTUDY_BENCH_DIR to measure a disk.
+    let base: PathBuf = std::env::var_os("UNDERSTUDY_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if Path::new("/dev/shm").is_dir() {
+                PathBuf::from("/dev/shm")
+            } else {
+                std::env::temp_dir()
+            }
+        });
+    let work = base.join(format!("understudy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let hog = work.join("memhog");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/memhog.c");
+    assert!(Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&hog)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    println!("| MiB | raw readv GB/s | dump s | dump GB/s | % of raw | frozen s | restore s | image MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &mib in &sizes {
+        let (mut raw, mut dumps, mut frozen, mut restores, mut img) =
+            (vec![], vec![], vec![], vec![], 0u64);
+        for run in 0..runs {
+            let (pid, addr) = start_hog(&hog, mib, &work);
+            raw.push(raw_readv(pid, addr, mib << 20));
+            let dir = work.join(format!("img-{mib}-{run}"));
+            let t = Instant::now();
+            let rep = checkpoint::dump(&checkpoint::DumpOptions {
+                root_pid: pid,
+                image_dir: dir.clone(),
+                ..Default::default()
+            })
+            .expect("dump");
+            // Dump time excludes waiting for init to reap the killed tree.
+            dumps.push((t.elapsed() - rep.reap_wait).as_secs_f64());
+            frozen.push(rep.frozen.as_secs_f64());
+            img = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.metadata().unwrap().len())
+                .sum();
+            let t = Instant::now();
+            let r = restore::restore(&restore::RestoreOptions {
+                image_dir: dir.clone(),
+                progress: None,
+            })
+            .expect("restore");
+            restores.push(t.elapsed().as_secs_f64());
+            let _ = sys::pid::kill(r.root_pid, libc::SIGKILL);
+            let _ = std::fs::remove_dir_all(&dir);
+            let t = Instant::now();
+            while sys::pid::pid_exists(pid) && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let (raw, dump) = (median(raw), median(dumps));
+        let bytes = (mib << 20) as f64;
+        println!(
+            "| {mib} | {:.2} | {:.3} | {:.2} | {:.0}% | {:.3} | {:.3} | {:.1} |",
+            raw / 1e9,
+            dump,
+            bytes / dump / 1e9,
+            100.0 * (bytes / dump) / raw,
+            median(frozen),
+            median(restores),
+            img as f64 / (1u64 << 20) as f64
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}

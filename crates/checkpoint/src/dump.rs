@@ -1,0 +1,455 @@
+//! The dump itself: freeze, collect every process, write the image, then kill or release.
+
+use std::time::{Duration, Instant};
+
+use image::{Creds, Hex, MmInfo, Process, SigAction, Thread, Tree, Vma, FORMAT_VERSION};
+use sys::remote::nr;
+use sys::{ptrace, RemoteSyscalls};
+
+use crate::files::FileTable;
+use crate::freeze::{Frozen, FrozenProcess};
+use crate::memory::{classify, MemoryDumper};
+use crate::shmem::ShmemTable;
+use crate::{CheckpointError, DumpOptions, DumpReport, PidCtx, Result};
+
+/// How long `dump` waits for the pids of a killed tree to be free.
+const REAP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Dumps the tree rooted at `opts.root_pid` into `opts.image_dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
+    if opts.parent.is_some() {
+        return Err(CheckpointError::ImageDir {
+            path: opts.image_dir.clone(),
+            why: "incremental dumps (--parent) are not supported yet".into(),
+        });
+    }
+    prepare_dir(&opts.image_dir)?;
+    // The init of its own PID namespace (an application started by `understudy run`) is
+    // dumped as a namespace tree even when named by --pid.
+    let mut eff = opts.clone();
+    if !eff.pidns {
+        let me = sys::proc::status(i32::try_from(std::process::id()).unwrap_or(0))
+            .map(|s| s.nspid.len())
+            .unwrap_or(1);
+        if let Ok(st) = sys::proc::status(opts.root_pid) {
+            eff.pidns = st.nspid.len() > me && st.nspid.last() == Some(&1);
+        }
+    }
+    let opts = &eff;
+    let pool = crate::memory::buffer_pool();
+    if std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
+        reserve_space(opts);
+    }
+    let t_freeze = Instant::now();
+    let frozen = Frozen::freeze(opts.root_pid)?;
+    let mut report = DumpReport {
+        root_pid: opts.root_pid,
+        processes: frozen.procs.len(),
+        threads: frozen.thread_count(),
+        ..Default::default()
+    };
+    // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
+    let mut redeliver = Vec::new();
+    let tree = match collect(opts, &frozen, &mut report, &mut redeliver, &pool) {
+        Ok(t) => t,
+        Err(e) => {
+            cleanup_dir(&opts.image_dir);
+            return Err(e);
+        }
+    };
+    if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
+        cleanup_dir(&opts.image_dir);
+        return Err(e.into());
+    }
+    report.frozen = t_freeze.elapsed();
+    // Space reserved for processes that were not dumped (they exited meanwhile).
+    if let Ok(rd) = std::fs::read_dir(&opts.image_dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("pages-") && !tree.processes.iter().any(|p| p.pages.file == n) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if opts.leave_running {
+        frozen.detach();
+        for (pid, tid, sig) in redeliver {
+            let _ = sys::pid::tgkill(pid, tid, sig);
+        }
+    } else {
+        let t = Instant::now();
+        let left = frozen.kill_and_wait(REAP_TIMEOUT);
+        report.reap_wait = t.elapsed();
+        if !left.is_empty() {
+            return Err(CheckpointError::PidsNotFreed {
+                pids: left,
+                secs: REAP_TIMEOUT.as_secs(),
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Reserves each process's pages file at about its resident anonymous size while the tree
+/// still runs (best effort: a wrong estimate only costs the time it would have cost anyway).
+fn reserve_space(opts: &DumpOptions) {
+    let mut queue = vec![opts.root_pid];
+    let mut n = 0;
+    while let Some(pid) = queue.pop() {
+        n += 1;
+        if n > 4096 {
+            break;
+        }
+        let rss = sys::proc::read_to_string(&format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("RssAnon:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            });
+        if let Some(kib) = rss {
+            let name = format!("pages-{pid}.img");
+            let _ = image::reserve_pages(&opts.image_dir, &name, kib * 1024, sys::files::fallocate);
+        }
+        queue.extend(sys::proc::children(pid).unwrap_or_default());
+    }
+}
+
+fn prepare_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CheckpointError::ImageDir {
+        path: dir.to_path_buf(),
+        why: format!("cannot create: {e}"),
+    })?;
+    if dir.join(image::TREE_FILE).exists() {
+        return Err(CheckpointError::ImageDir {
+            path: dir.to_path_buf(),
+            why: "already holds an image".into(),
+        });
+    }
+    Ok(())
+}
+
+fn cleanup_dir(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("pages-") || n.starts_with("shmem-") || n.starts_with(".tree") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn collect(
+    opts: &DumpOptions,
+    frozen: &Frozen,
+    report: &mut DumpReport,
+    redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+) -> Result<Tree> {
+    let mut files = FileTable::default();
+    let mut shm = ShmemTable::default();
+    let mut processes = Vec::with_capacity(frozen.procs.len());
+    let mut copied = 0u64;
+    for (i, fp) in frozen.procs.iter().enumerate() {
+        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver, pool)?;
+        if i == 0 {
+            p.ppid = 0;
+        }
+        p.fds = files.add_process(fp.pid, &mut shm, &opts.image_dir)?;
+        copied += p.pages.len;
+        processes.push(p);
+    }
+    report.pages_bytes = copied;
+    let pipes = files.pipe_data()?;
+    Ok(Tree {
+        format_version: FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        root_pid: opts.root_pid,
+        pidns: opts.pidns,
+        parent: None,
+        processes,
+        files: files.files,
+        shmem: shm.objects,
+        pipes,
+    })
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn dump_process(
+    opts: &DumpOptions,
+    fp: &FrozenProcess,
+    copied_before: u64,
+    report: &mut DumpReport,
+    shm: &mut ShmemTable,
+    redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+) -> Result<Process> {
+    let pid = fp.pid;
+    let status = sys::proc::status(pid).pid(pid)?;
+    let stat = sys::proc::stat(pid).pid(pid)?;
+    let maps = sys::proc::maps(pid).pid(pid)?;
+    let ns_pid = if opts.pidns {
+        status.nspid.last().copied().unwrap_or(pid)
+    } else {
+        pid
+    };
+
+    // Threads first, before any injected call touches registers.
+    let mut threads = Vec::with_capacity(fp.threads.len());
+    for t in &fp.threads {
+        let tid = t.tid;
+        let regs = ptrace::get_regs(tid).pid(pid)?;
+        let xstate = ptrace::get_xstate(tid).pid(pid)?;
+        let sigmask = ptrace::get_sigmask(tid).pid(pid)?;
+        let rseq = ptrace::get_rseq(tid).pid(pid)?;
+        let mut pending: Vec<Hex> = ptrace::peek_siginfo(tid, 0)
+            .pid(pid)?
+            .into_iter()
+            .map(|s| Hex(s.to_vec()))
+            .collect();
+        if let Some((_, si)) = t.stolen {
+            pending.push(Hex(si.to_vec()));
+        }
+        let ns_tid = if opts.pidns {
+            sys::proc::read_to_string(&format!("/proc/{pid}/task/{tid}/status"))
+                .ok()
+                .and_then(|s| sys::proc::parse_status(&s).ok())
+                .and_then(|s| s.nspid.last().copied())
+                .unwrap_or(tid)
+        } else {
+            tid
+        };
+        threads.push(Thread {
+            tid,
+            ns_tid,
+            regs,
+            xstate: Hex(xstate),
+            sigmask,
+            rseq,
+            sigaltstack: (0, libc::SS_DISABLE, 0),
+            pending,
+            clear_child_tid: 0,
+            comm: sys::proc::read_to_string(&format!("/proc/{pid}/task/{tid}/comm"))
+                .map(|c| c.trim_end_matches('\n').to_string())
+                .unwrap_or_default(),
+        });
+    }
+
+    // Seccomp: filters are read from the main thread; every thread must have the same ones.
+    if status.seccomp == 1 {
+        return Err(CheckpointError::Unsupported {
+            pid,
+            what: "seccomp".into(),
+            why: "strict mode cannot be checkpointed".into(),
+        });
+    }
+    let seccomp_filters: Vec<Hex> = if status.seccomp == 2 {
+        let main = ptrace::seccomp_filters(pid).pid(pid)?;
+        for t in fp.threads.iter().skip(1) {
+            if ptrace::seccomp_filters(t.tid).pid(pid)? != main {
+                return Err(CheckpointError::Unsupported {
+                    pid,
+                    what: format!("thread {} seccomp filters", t.tid),
+                    why: "threads with different seccomp filters cannot be checkpointed yet".into(),
+                });
+            }
+        }
+        main.into_iter().map(Hex).collect()
+    } else {
+        Vec::new()
+    };
+
+    const KEPT_FLAGS: [&str; 5] = ["hg", "nh", "dc", "wf", "dd"];
+    let flags = sys::proc::vm_flags(pid).pid(pid)?;
+    let mut vmas = Vec::new();
+    for m in &maps {
+        if let Some(mut kind) = classify(pid, m)? {
+            if let image::VmaKind::Shmem { id, .. } = &mut kind {
+                let key = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
+                let name = match m.path.trim_end_matches(" (deleted)") {
+                    "/dev/zero" => "shared-anon".to_string(),
+                    other => other.trim_start_matches('/').to_string(),
+                };
+                let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                *id = shm.object(&opts.image_dir, pid, key, &via, &name)?;
+            }
+            vmas.push(Vma {
+                start: m.start,
+                end: m.end,
+                prot: m.prot(),
+                kind,
+                pages: Vec::new(),
+                madvise: flags
+                    .get(&m.start)
+                    .map(|f| {
+                        f.iter()
+                            .filter(|x| KEPT_FLAGS.contains(&x.as_str()))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    let vdso =
+        maps.iter()
+            .find(|m| m.path == "[vdso]")
+            .ok_or_else(|| CheckpointError::Unsupported {
+                pid,
+                what: "address space".into(),
+                why: "has no [vdso]".into(),
+            })?;
+    let insn = sys::remote::find_syscall_insn(pid, vdso.start, vdso.end).pid(pid)?;
+
+    // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
+    let mut sigactions = Vec::with_capacity(64);
+    let mut itimers = Vec::with_capacity(3);
+    let brk;
+    {
+        let mut rs = RemoteSyscalls::new(pid, insn).pid(pid)?;
+        let scratch = rs.map_scratch(None, 4096).pid(pid)?.addr();
+        let mut b = [0u8; 32];
+        for sig in 1..=64u64 {
+            rs.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])
+                .pid(pid)?;
+            rs.get(0, &mut b).pid(pid)?;
+            sigactions.push(SigAction {
+                handler: le_u64(&b, 0),
+                flags: le_u64(&b, 8),
+                restorer: le_u64(&b, 16),
+                mask: le_u64(&b, 24),
+            });
+        }
+        brk = rs.syscall("brk(0)", nr::BRK, [0; 6]).pid(pid)?;
+        for which in 0..3u64 {
+            rs.syscall("getitimer", nr::GETITIMER, [which, scratch, 0, 0, 0, 0])
+                .pid(pid)?;
+            rs.get(0, &mut b).pid(pid)?;
+            let us = |at: usize| {
+                le_u64(&b, at)
+                    .saturating_mul(1_000_000)
+                    .saturating_add(le_u64(&b, at + 8))
+            };
+            itimers.push((us(0), us(16)));
+        }
+        for (i, t) in fp.threads.iter().enumerate() {
+            let mut sb = [0u8; 24];
+            let mut ct = [0u8; 8];
+            {
+                let mut own;
+                let trs: &mut RemoteSyscalls = if i == 0 {
+                    &mut rs
+                } else {
+                    own = RemoteSyscalls::new(t.tid, insn).pid(pid)?;
+                    &mut own
+                };
+                trs.syscall("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0])
+                    .pid(pid)?;
+                // PR_GET_TID_ADDRESS = 40
+                trs.syscall(
+                    "prctl(PR_GET_TID_ADDRESS)",
+                    nr::PRCTL,
+                    [40, scratch + 64, 0, 0, 0, 0],
+                )
+                .pid(pid)?;
+                if i != 0 {
+                    for (sig, info) in trs.take_deferred_signals() {
+                        threads[i].pending.push(Hex(info.to_vec()));
+                        redeliver.push((pid, t.tid, sig));
+                    }
+                }
+            }
+            rs.get(0, &mut sb).pid(pid)?;
+            rs.get(64, &mut ct).pid(pid)?;
+            threads[i].clear_child_tid = u64::from_le_bytes(ct);
+            let flags = i32::from_le_bytes([sb[8], sb[9], sb[10], sb[11]]);
+            threads[i].sigaltstack = (le_u64(&sb, 0), flags, le_u64(&sb, 16));
+        }
+        // Signals that arrived while a call was injected were held back: they are pending in
+        // the image and sent again if the tree runs on.
+        for (sig, info) in rs.take_deferred_signals() {
+            threads[0].pending.push(Hex(info.to_vec()));
+            redeliver.push((pid, pid, sig));
+        }
+        rs.finish().pid(pid)?;
+    }
+    let shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED)
+        .pid(pid)?
+        .into_iter()
+        .map(|s| Hex(s.to_vec()))
+        .collect();
+
+    let md = MemoryDumper {
+        pool,
+        pid,
+        dir: &opts.image_dir,
+        progress: opts.progress.as_ref(),
+        done_before: copied_before,
+        total_hint: 0,
+    };
+    let (pages, _bytes, took) = md.dump(&mut vmas)?;
+    report.memory_copy += took;
+
+    let mm = MmInfo {
+        start_code: stat.start_code,
+        end_code: stat.end_code,
+        start_data: stat.start_data,
+        end_data: stat.end_data,
+        start_brk: stat.start_brk,
+        brk,
+        start_stack: stat.start_stack,
+        arg_start: stat.arg_start,
+        arg_end: stat.arg_end,
+        env_start: stat.env_start,
+        env_end: stat.env_end,
+        auxv: sys::proc::auxv(pid).pid(pid)?,
+    };
+    Ok(Process {
+        pid,
+        ns_pid,
+        ppid: stat.ppid,
+        pgid: if opts.pidns {
+            status.nspgid.last().copied().unwrap_or(stat.pgrp)
+        } else {
+            stat.pgrp
+        },
+        sid: if opts.pidns {
+            status.nssid.last().copied().unwrap_or(stat.session)
+        } else {
+            stat.session
+        },
+        comm: status.name.clone(),
+        exe: sys::proc::read_link(&format!("/proc/{pid}/exe")).unwrap_or_default(),
+        threads,
+        mm,
+        vmas,
+        pages,
+        sigactions,
+        shared_pending,
+        fds: Vec::new(),
+        cwd: sys::proc::read_link(&format!("/proc/{pid}/cwd")).pid(pid)?,
+        root: sys::proc::read_link(&format!("/proc/{pid}/root")).pid(pid)?,
+        umask: status.umask,
+        rlimits: sys::proc::rlimits(pid).pid(pid)?,
+        creds: Creds {
+            uid: status.uid,
+            gid: status.gid,
+            groups: status.groups.clone(),
+        },
+        itimers,
+        exit_signal: stat.exit_signal,
+        seccomp_filters,
+        no_new_privs: status.no_new_privs,
+    })
+}

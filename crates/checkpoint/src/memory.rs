@@ -1,0 +1,310 @@
+//! Dumping an address space: classify every mapping, find the pages that hold data
+//! (`PAGEMAP_SCAN`), copy them with large `process_vm_readv` batches (or `/proc/PID/mem` for
+//! unreadable mappings) straight into the process's pages file.
+
+use std::path::Path;
+use std::time::Instant;
+
+use image::{PageRun, PagesRef, PagesWriter, Vma, VmaKind};
+use sys::mem::{ProcMem, RemoteRange};
+use sys::proc::MapEntry;
+use sys::PAGE_SIZE;
+
+use crate::{CheckpointError, PidCtx, ProgressFn, Result};
+
+/// Copy buffer size: large batches amortise the per-call cost of `process_vm_readv`.
+const BATCH: usize = 8 << 20;
+
+/// Classifies one mapping, or refuses it with a reason.
+pub fn classify(pid: i32, m: &MapEntry) -> Result<Option<VmaKind>> {
+    let what = || format!("mapping {:#x}-{:#x} {}", m.start, m.end, m.path);
+    let unsupported = |why: &str| CheckpointError::Unsupported {
+        pid,
+        what: what(),
+        why: why.to_string(),
+    };
+    let p = m.path.as_str();
+    Ok(Some(match p {
+        "[vsyscall]" => return Ok(None),
+        "[vvar]" | "[vvar_vclock]" | "[vdso]" => VmaKind::Vdso {
+            name: p.to_string(),
+        },
+        "[stack]" => VmaKind::Stack,
+        _ if m.shared && crate::shmem::is_shmem_path(p) => {
+            // Resolved to an object id by the caller (see `dump_process`).
+            VmaKind::Shmem {
+                id: u32::MAX,
+                offset: m.offset,
+            }
+        }
+        "" | "[heap]" => {
+            if m.shared {
+                return Err(unsupported("unnamed shared mapping"));
+            }
+            VmaKind::Anon {
+                name: p.to_string(),
+            }
+        }
+        _ if p.starts_with("[anon:") || p.starts_with("[anon_shmem:") => {
+            if m.shared {
+                return Err(unsupported("named shared anonymous mapping"));
+            }
+            VmaKind::Anon {
+                name: p.to_string(),
+            }
+        }
+        _ if p.ends_with(" (deleted)") => return Err(unsupported("the mapped file was deleted")),
+        _ if p.starts_with('/') => {
+            let st = sys::proc::stat_path(p).pid(pid)?;
+            let fmt = st.st_mode & libc::S_IFMT;
+            if fmt != libc::S_IFREG {
+                return Err(unsupported(
+                    "only regular files can be mapped (devices are not supported)",
+                ));
+            }
+            if st.st_ino != m.inode {
+                return Err(unsupported(
+                    "the file at this path was replaced since it was mapped",
+                ));
+            }
+            if m.shared {
+                VmaKind::FileShared {
+                    path: p.to_string(),
+                    offset: m.offset,
+                }
+            } else {
+                VmaKind::FilePrivate {
+                    path: p.to_string(),
+                    offset: m.offset,
+                }
+            }
+        }
+        _ => return Err(unsupported("unknown kind of mapping")),
+    }))
+}
+
+/// Copies the data pages of every mapping into `dir/pages-PID.img`; fills each `Vma::pages`.
+/// A pool of copy buffers, faulted in (allocate it before freezing).
+pub fn buffer_pool() -> std::sync::Mutex<Vec<Vec<u8>>> {
+    std::sync::Mutex::new((0..3).map(|_| vec![1u8; BATCH]).collect())
+}
+
+pub struct MemoryDumper<'a> {
+    /// Copy buffers, allocated and faulted in before the freeze and reused for every process.
+    pub pool: &'a std::sync::Mutex<Vec<Vec<u8>>>,
+    pub pid: i32,
+    pub dir: &'a Path,
+    pub progress: Option<&'a ProgressFn>,
+    pub done_before: u64,
+    pub total_hint: u64,
+}
+
+struct Batch {
+    buf: Vec<u8>,
+    used: usize,
+    ranges: Vec<RemoteRange>,
+}
+
+/// The reading side of the copy pipeline: fills buffers with `process_vm_readv` and hands them
+/// to the writer thread, which appends them to the pages file (and checksums them) while the
+/// next buffer is being read.
+struct Reader<'a> {
+    pid: i32,
+    batch: Batch,
+    /// Bytes handed to the writer so far (the file offset of the batch's first byte).
+    pos: u64,
+    full: std::sync::mpsc::SyncSender<(Vec<u8>, usize, u32)>,
+    /// Running CRC32C of everything handed over (computed here, to balance the pipeline: the
+    /// writer's page-cache allocation is the slower side).
+    crc: u32,
+    empty: &'a std::sync::mpsc::Receiver<Vec<u8>>,
+    progress: Option<&'a ProgressFn>,
+    done_before: u64,
+    total_hint: u64,
+    /// Time spent in `process_vm_readv`.
+    busy: std::time::Duration,
+}
+
+impl Reader<'_> {
+    fn offset(&self) -> u64 {
+        self.pos + self.batch.used as u64
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let b = &mut self.batch;
+        if b.used == 0 {
+            return Ok(());
+        }
+        let t = Instant::now();
+        sys::mem::read_vectored(self.pid, &mut b.buf[..b.used], &b.ranges).pid(self.pid)?;
+        self.busy += t.elapsed();
+        self.hand_over()
+    }
+
+    fn hand_over(&mut self) -> Result<()> {
+        let next = self.empty.recv().unwrap_or_else(|_| vec![0u8; BATCH]);
+        let buf = std::mem::replace(&mut self.batch.buf, next);
+        let used = self.batch.used;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..used]);
+        if self.full.send((buf, used, self.crc)).is_err() {
+            // The writer failed; its error is reported when it is joined.
+            return Err(CheckpointError::Tree {
+                pid: self.pid,
+                why: "image writer stopped".into(),
+            });
+        }
+        self.pos += used as u64;
+        self.batch.used = 0;
+        self.batch.ranges.clear();
+        if let Some(p) = self.progress {
+            p(self.done_before + self.pos, self.total_hint);
+        }
+        Ok(())
+    }
+
+    /// Appends bytes read by other means (`/proc/PID/mem`).
+    fn push_bytes(&mut self, data: &[u8]) -> Result<()> {
+        self.flush()?;
+        for part in data.chunks(BATCH) {
+            self.batch.buf[..part.len()].copy_from_slice(part);
+            self.batch.used = part.len();
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+}
+
+impl MemoryDumper<'_> {
+    pub fn dump(&self, vmas: &mut [Vma]) -> Result<(PagesRef, u64, std::time::Duration)> {
+        let pid = self.pid;
+        let t0 = Instant::now();
+        let name = format!("pages-{pid}.img");
+        let mut w = PagesWriter::create(self.dir, &name)?;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let take = || {
+            self.pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_else(|| vec![0u8; BATCH])
+        };
+        for _ in 0..2 {
+            let _ = empty_tx.send(take());
+        }
+        let first = take();
+        let (res, wres, last) = std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<PagesWriter> {
+                let mut busy = std::time::Duration::ZERO;
+                while let Ok((buf, used, crc)) = full_rx.recv() {
+                    let t = Instant::now();
+                    w.write_checksummed(&buf[..used], crc)?;
+                    busy += t.elapsed();
+                    let _ = empty_tx.send(buf);
+                }
+                tracing::debug!("pid {pid}: image writer busy {busy:?}");
+                Ok(w)
+            });
+            let mut r = Reader {
+                pid,
+                batch: Batch {
+                    buf: first,
+                    used: 0,
+                    ranges: Vec::new(),
+                },
+                pos: 0,
+                full: full_tx,
+                empty: &empty_rx,
+                progress: self.progress,
+                done_before: self.done_before,
+                total_hint: self.total_hint,
+                busy: std::time::Duration::ZERO,
+                crc: 0,
+            };
+            let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            tracing::debug!("pid {pid}: process_vm_readv busy {:?}", r.busy);
+            let last = std::mem::take(&mut r.batch.buf);
+            drop(r);
+            let wres = writer.join().unwrap_or_else(|_| {
+                Err(CheckpointError::Tree {
+                    pid,
+                    why: "image writer thread panicked".into(),
+                })
+            });
+            (res, wres, last)
+        });
+        if let Ok(mut p) = self.pool.lock() {
+            p.push(last);
+            p.extend(empty_rx.try_iter());
+        }
+        let w = wres?;
+        res?;
+        let copied = w.len();
+        let r = w.finish()?;
+        Ok((r, copied, t0.elapsed()))
+    }
+
+    fn read_all(&self, r: &mut Reader<'_>, vmas: &mut [Vma]) -> Result<()> {
+        let pid = self.pid;
+        let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
+        let mut procmem: Option<ProcMem> = None;
+        for v in vmas.iter_mut() {
+            let anon_only = match &v.kind {
+                VmaKind::Anon { .. } | VmaKind::Stack => false,
+                VmaKind::FilePrivate { .. } => true,
+                VmaKind::Vdso { .. } | VmaKind::FileShared { .. } | VmaKind::Shmem { .. } => {
+                    continue
+                }
+            };
+            let readable = v.prot & 1 != 0;
+            let runs = scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?;
+            for (s, e) in runs {
+                if !readable {
+                    let pm = match &procmem {
+                        Some(p) => p,
+                        None => procmem.insert(ProcMem::open(pid, false).pid(pid)?),
+                    };
+                    let mut data = vec![0u8; usize::try_from(e - s).unwrap_or(0)];
+                    pm.read_exact_at(&mut data, s).pid(pid)?;
+                    r.flush()?;
+                    v.pages.push(PageRun {
+                        vaddr: s,
+                        npages: (e - s) / PAGE_SIZE,
+                        offset: r.offset(),
+                        in_parent: false,
+                    });
+                    r.push_bytes(&data)?;
+                    continue;
+                }
+                let mut a = s;
+                while a < e {
+                    let room = (BATCH - r.batch.used) as u64;
+                    if room == 0 {
+                        r.flush()?;
+                        continue;
+                    }
+                    let len = (e - a).min(room);
+                    let offset = r.offset();
+                    match v.pages.last_mut() {
+                        Some(last)
+                            if last.vaddr + last.npages * PAGE_SIZE == a
+                                && last.offset + last.npages * PAGE_SIZE == offset =>
+                        {
+                            last.npages += len / PAGE_SIZE
+                        }
+                        _ => v.pages.push(PageRun {
+                            vaddr: a,
+                            npages: len / PAGE_SIZE,
+                            offset,
+                            in_parent: false,
+                        }),
+                    }
+                    r.batch.ranges.push(RemoteRange { addr: a, len });
+                    r.batch.used += usize::try_from(len).unwrap_or(0);
+                    a += len;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,548 @@
+//! Reading and writing the files of an image, with magic, version, CRC32C and size caps.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::model::{PagesRef, Tree, FORMAT_VERSION, SUPPORTED_VERSIONS};
+
+pub const TREE_FILE: &str = "tree.img";
+pub const TREE_MAGIC: [u8; 8] = *b"USTDTREE";
+pub const PAGES_MAGIC: [u8; 8] = *b"USTDPAGE";
+/// Header of `tree.img`.
+pub const TREE_HEADER_LEN: u64 = 32;
+/// Header of a pages file; data starts page-aligned after it.
+pub const PAGES_HEADER_LEN: u64 = 4096;
+/// Largest `tree.img` payload accepted.
+pub const TREE_PAYLOAD_CAP: u64 = 256 << 20;
+/// Largest pages file accepted (1 TiB).
+pub const PAGES_DATA_CAP: u64 = 1 << 40;
+
+/// Everything that can be wrong with an image file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{file}: {err}")]
+    Io { file: PathBuf, err: std::io::Error },
+    #[error("{file}: truncated: {what}")]
+    Truncated { file: PathBuf, what: String },
+    #[error("{file}: corrupt: {what}")]
+    Corrupt { file: PathBuf, what: String },
+    #[error("{file}: format version {version} is not supported (this build reads {supported:?})")]
+    Version {
+        file: PathBuf,
+        version: u32,
+        supported: &'static [u32],
+    },
+    #[error("{file}: {what} of {size} bytes exceeds the limit of {cap} bytes")]
+    TooLarge {
+        file: PathBuf,
+        what: &'static str,
+        size: u64,
+        cap: u64,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ImageError>;
+
+fn io_err(file: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |err| ImageError::Io {
+        file: file.to_path_buf(),
+        err,
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Encodes a tree into the bytes of `tree.img`.
+pub fn encode_tree(tree: &Tree) -> Vec<u8> {
+    let payload = serde_json::to_vec(tree).unwrap_or_default();
+    let mut out = Vec::with_capacity(payload.len() + 32);
+    out.extend_from_slice(&TREE_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    let hcrc = crc32c::crc32c(&out[..28]);
+    out.extend_from_slice(&hcrc.to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Decodes the bytes of `tree.img`; `file` names it in errors.
+pub fn decode_tree(file: &Path, bytes: &[u8]) -> Result<Tree> {
+    let f = || file.to_path_buf();
+    if bytes.len() < 32 {
+        return Err(ImageError::Truncated {
+            file: f(),
+            what: format!("{} bytes, the header alone is 32", bytes.len()),
+        });
+    }
+    if bytes[..8] != TREE_MAGIC {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: "bad magic (not a tree.img)".into(),
+        });
+    }
+    if crc32c::crc32c(&bytes[..28]) != u32_at(bytes, 28) {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: "header checksum mismatch".into(),
+        });
+    }
+    let version = u32_at(bytes, 8);
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(ImageError::Version {
+            file: f(),
+            version,
+            supported: SUPPORTED_VERSIONS,
+        });
+    }
+    let len = u64_at(bytes, 16);
+    if len > TREE_PAYLOAD_CAP {
+        return Err(ImageError::TooLarge {
+            file: f(),
+            what: "payload",
+            size: len,
+            cap: TREE_PAYLOAD_CAP,
+        });
+    }
+    let have = bytes.len() as u64 - 32;
+    if have < len {
+        return Err(ImageError::Truncated {
+            file: f(),
+            what: format!("payload has {have} of {len} bytes"),
+        });
+    }
+    if have > len {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: format!("{} bytes after the payload", have - len),
+        });
+    }
+    let payload = &bytes[32..];
+    let want = u32_at(bytes, 24);
+    let got = crc32c::crc32c(payload);
+    if want != got {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: format!("payload checksum {got:#010x}, header says {want:#010x}"),
+        });
+    }
+    let tree: Tree = serde_json::from_slice(payload).map_err(|e| ImageError::Corrupt {
+        file: f(),
+        what: format!("payload does not decode: {e}"),
+    })?;
+    if tree.format_version != version {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: "payload and header disagree on the version".into(),
+        });
+    }
+    Ok(tree)
+}
+
+/// Writes `tree.img` into `dir` (through a temporary file renamed into place).
+pub fn write_tree(dir: &Path, tree: &Tree) -> Result<()> {
+    let path = dir.join(TREE_FILE);
+    let tmp = dir.join(".tree.img.tmp");
+    let bytes = encode_tree(tree);
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(())
+}
+
+/// Reads and checks `tree.img` of `dir`.
+pub fn read_tree(dir: &Path) -> Result<Tree> {
+    let path = dir.join(TREE_FILE);
+    let f = File::open(&path).map_err(io_err(&path))?;
+    let size = f.metadata().map_err(io_err(&path))?.len();
+    if size > TREE_PAYLOAD_CAP + TREE_HEADER_LEN {
+        return Err(ImageError::TooLarge {
+            file: path,
+            what: "file",
+            size,
+            cap: TREE_PAYLOAD_CAP + TREE_HEADER_LEN,
+        });
+    }
+    let mut bytes = Vec::new();
+    f.take(TREE_PAYLOAD_CAP + TREE_HEADER_LEN)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(&path))?;
+    decode_tree(&path, &bytes)
+}
+
+fn pages_header(data_len: u64, crc: u32) -> Vec<u8> {
+    let mut h = vec![0u8; 4096]; // PAGES_HEADER_LEN
+    h[..8].copy_from_slice(&PAGES_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&data_len.to_le_bytes());
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&h[..28]);
+    h[28..32].copy_from_slice(&hcrc.to_le_bytes());
+    h
+}
+
+/// Appends page data to a new pages file, computing its CRC32C on the way.
+#[derive(Debug)]
+pub struct PagesWriter {
+    path: PathBuf,
+    name: String,
+    file: File,
+    len: u64,
+    crc: u32,
+}
+
+impl PagesWriter {
+    /// Creates `dir/name`.
+    /// Creates `dir/name`, or reuses a file of that name whose space was reserved beforehand
+    /// (see [`reserve_pages`]): its content is overwritten and its length set by `finish`.
+    pub fn create(dir: &Path, name: &str) -> Result<Self> {
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.write_all_at(&pages_header(0, 0), 0)
+            .map_err(io_err(&path))?;
+        Ok(PagesWriter {
+            path,
+            name: name.to_string(),
+            file,
+            len: 0,
+            crc: 0,
+        })
+    }
+
+    /// Current length of the data part (the offset the next write lands at).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let crc = crc32c::crc32c_append(self.crc, data);
+        self.write_checksummed(data, crc)
+    }
+
+    /// Appends `data` whose running CRC32C (over all data so far, this included) the caller
+    /// already computed, e.g. on another thread of a copy pipeline.
+    pub fn write_checksummed(&mut self, data: &[u8], running_crc: u32) -> Result<()> {
+        self.crc = running_crc;
+        self.file
+            .write_all_at(data, PAGES_HEADER_LEN + self.len)
+            .map_err(io_err(&self.path))?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the final header and returns the reference `tree.img` keeps.
+    pub fn finish(self) -> Result<PagesRef> {
+        self.file
+            .set_len(PAGES_HEADER_LEN + self.len)
+            .map_err(io_err(&self.path))?;
+        self.file
+            .write_all_at(&pages_header(self.len, self.crc), 0)
+            .map_err(io_err(&self.path))?;
+        Ok(PagesRef {
+            file: self.name,
+            len: self.len,
+            crc32c: self.crc,
+        })
+    }
+}
+
+/// Reserves space for about `bytes` of page data in `dir/name` before a dump, with `reserve`
+/// (e.g. `fallocate`) applied to the new file: the page cache (or blocks) is allocated while
+/// the tree still runs, so the frozen copy only has to fill it.
+pub fn reserve_pages(
+    dir: &Path,
+    name: &str,
+    bytes: u64,
+    reserve: impl FnOnce(&File, u64) -> std::io::Result<()>,
+) -> Result<()> {
+    let path = dir.join(name);
+    let file = File::create(&path).map_err(io_err(&path))?;
+    reserve(&file, PAGES_HEADER_LEN + bytes).map_err(io_err(&path))
+}
+
+/// Checks a pages file header against its reference and returns the open file.
+pub fn open_pages(dir: &Path, r: &PagesRef) -> Result<File> {
+    if r.file.contains('/') || r.file.starts_with('.') {
+        return Err(ImageError::Corrupt {
+            file: dir.join(TREE_FILE),
+            what: format!("bad pages file name {:?}", r.file),
+        });
+    }
+    let path = dir.join(&r.file);
+    let f = File::open(&path).map_err(io_err(&path))?;
+    let size = f.metadata().map_err(io_err(&path))?.len();
+    if size < PAGES_HEADER_LEN {
+        return Err(ImageError::Truncated {
+            file: path,
+            what: format!("{size} bytes, the header alone is 4096"),
+        });
+    }
+    let mut h = vec![0u8; 32];
+    f.read_exact_at(&mut h, 0).map_err(io_err(&path))?;
+    if h[..8] != PAGES_MAGIC {
+        return Err(ImageError::Corrupt {
+            file: path,
+            what: "bad magic (not a pages file)".into(),
+        });
+    }
+    if crc32c::crc32c(&h[..28]) != u32_at(&h, 28) {
+        return Err(ImageError::Corrupt {
+            file: path,
+            what: "header checksum mismatch".into(),
+        });
+    }
+    let version = u32_at(&h, 8);
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(ImageError::Version {
+            file: path,
+            version,
+            supported: SUPPORTED_VERSIONS,
+        });
+    }
+    let len = u64_at(&h, 16);
+    if len > PAGES_DATA_CAP {
+        return Err(ImageError::TooLarge {
+            file: path,
+            what: "page data",
+            size: len,
+            cap: PAGES_DATA_CAP,
+        });
+    }
+    if len != r.len || u32_at(&h, 24) != r.crc32c {
+        return Err(ImageError::Corrupt {
+            file: path,
+            what: format!(
+                "header says {len} bytes crc {:#010x}, tree.img says {} bytes crc {:#010x}",
+                u32_at(&h, 24),
+                r.len,
+                r.crc32c
+            ),
+        });
+    }
+    if size - PAGES_HEADER_LEN < len {
+        return Err(ImageError::Truncated {
+            file: path,
+            what: format!("data has {} of {len} bytes", size - PAGES_HEADER_LEN),
+        });
+    }
+    Ok(f)
+}
+
+/// Verifies the data CRC of a pages file given its data bytes.
+pub fn check_pages_data(dir: &Path, r: &PagesRef, data: &[u8]) -> Result<()> {
+    let got = crc32c::crc32c(data);
+    if got != r.crc32c || data.len() as u64 != r.len {
+        return Err(ImageError::Corrupt {
+            file: dir.join(&r.file),
+            what: format!(
+                "page data checksum {got:#010x}, expected {:#010x}",
+                r.crc32c
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads a whole pages file's data (bounded by its checked header) and verifies it; for
+/// `inspect --verify` and tests. Restore maps the file instead.
+pub fn read_pages(dir: &Path, r: &PagesRef) -> Result<Vec<u8>> {
+    let f = open_pages(dir, r)?;
+    let path = dir.join(&r.file);
+    let len = usize::try_from(r.len).map_err(|_| ImageError::TooLarge {
+        file: path.clone(),
+        what: "page data",
+        size: r.len,
+        cap: PAGES_DATA_CAP,
+    })?;
+    let mut data = vec![0u8; len];
+    f.read_exact_at(&mut data, PAGES_HEADER_LEN)
+        .map_err(io_err(&path))?;
+    check_pages_data(dir, r, &data)?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn sample() -> Tree {
+        Tree {
+            format_version: FORMAT_VERSION,
+            tool_version: "test".into(),
+            created_unix: 1,
+            root_pid: 42,
+            pidns: false,
+            parent: None,
+            processes: vec![Process {
+                pid: 42,
+                ns_pid: 42,
+                ppid: 0,
+                pgid: 42,
+                sid: 42,
+                comm: "x".into(),
+                exe: "/bin/x".into(),
+                threads: vec![Thread {
+                    tid: 42,
+                    ns_tid: 42,
+                    regs: UserRegs {
+                        rip: 0x1234,
+                        ..Default::default()
+                    },
+                    xstate: Hex(vec![1, 2, 3]),
+                    sigmask: 5,
+                    rseq: Some(RseqConfig {
+                        ptr: 1,
+                        size: 32,
+                        signature: 0x53053053,
+                        flags: 0,
+                    }),
+                    sigaltstack: (0, 2, 0),
+                    pending: vec![],
+                    clear_child_tid: 0,
+                    comm: "x".into(),
+                }],
+                mm: MmInfo::default(),
+                vmas: vec![Vma {
+                    start: 0x1000,
+                    end: 0x3000,
+                    prot: 3,
+                    kind: VmaKind::Anon {
+                        name: String::new(),
+                    },
+                    pages: vec![PageRun {
+                        vaddr: 0x1000,
+                        npages: 1,
+                        offset: 0,
+                        in_parent: false,
+                    }],
+                    madvise: vec!["dc".into()],
+                }],
+                pages: PagesRef {
+                    file: "pages-42.img".into(),
+                    len: 4096,
+                    crc32c: 7,
+                },
+                sigactions: vec![],
+                shared_pending: vec![],
+                fds: vec![Fd {
+                    fd: 0,
+                    cloexec: false,
+                    file: 0,
+                }],
+                cwd: "/".into(),
+                root: "/".into(),
+                umask: 0o22,
+                rlimits: vec![(1, 2)],
+                creds: Creds::default(),
+                itimers: vec![(0, 0); 3],
+                exit_signal: 17,
+                seccomp_filters: vec![Hex(vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f])],
+                no_new_privs: true,
+            }],
+            files: vec![OpenFile {
+                id: 0,
+                flags: 2,
+                kind: FileKind::Device {
+                    path: "/dev/null".into(),
+                    rdev: 0x103,
+                },
+            }],
+            shmem: vec![],
+            pipes: vec![PipeData {
+                pipe: 0,
+                capacity: 65536,
+                data: Hex(b"abc".to_vec()),
+            }],
+        }
+    }
+
+    #[test]
+    fn tree_round_trips_byte_for_byte() {
+        let t = sample();
+        let b = encode_tree(&t);
+        let back = decode_tree(Path::new("tree.img"), &b).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(encode_tree(&back), b);
+    }
+
+    #[test]
+    fn truncated_and_corrupt_trees_are_refused_with_the_file_named() {
+        let b = encode_tree(&sample());
+        for cut in [0, 10, 31, 32, b.len() - 1] {
+            let e = decode_tree(Path::new("/img/tree.img"), &b[..cut]).unwrap_err();
+            assert!(matches!(e, ImageError::Truncated { .. }), "cut {cut}: {e}");
+            assert!(e.to_string().starts_with("/img/tree.img: truncated"), "{e}");
+        }
+        let mut c = b.clone();
+        let n = c.len();
+        c[n - 3] ^= 0x40;
+        let e = decode_tree(Path::new("tree.img"), &c).unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+        let mut m = b.clone();
+        m[0] = b'X';
+        assert!(decode_tree(Path::new("t"), &m)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        let mut v = b;
+        v[8] = 99;
+        let h = crc32c::crc32c(&v[..28]);
+        v[28..32].copy_from_slice(&h.to_le_bytes());
+        assert!(matches!(
+            decode_tree(Path::new("t"), &v).unwrap_err(),
+            ImageError::Version { version: 99, .. }
+        ));
+    }
+
+    #[test]
+    fn pages_file_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PagesWriter::create(dir.path(), "pages-1.img").unwrap();
+        w.write(&[7u8; 4096]).unwrap();
+        w.write(&[9u8; 8192]).unwrap();
+        let r = w.finish().unwrap();
+        assert_eq!(r.len, 12288);
+        let data = read_pages(dir.path(), &r).unwrap();
+        assert_eq!(&data[..4096], &[7u8; 4096][..]);
+        assert_eq!(&data[4096..], &[9u8; 8192][..]);
+        // flip one data byte
+        let p = dir.path().join("pages-1.img");
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&[1], PAGES_HEADER_LEN + 5000).unwrap();
+        let e = read_pages(dir.path(), &r).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pages-1.img: corrupt: page data checksum"),
+            "{e}"
+        );
+        // truncate
+        f.set_len(PAGES_HEADER_LEN + 100).unwrap();
+        let e = read_pages(dir.path(), &r).unwrap_err();
+        assert!(matches!(e, ImageError::Truncated { .. }), "{e}");
+        let tr = Tree { ..sample() };
+        write_tree(dir.path(), &tr).unwrap();
+        assert_eq!(read_tree(dir.path()).unwrap(), tr);
+    }
+}

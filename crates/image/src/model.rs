@@ -1,0 +1,254 @@
+//! The serde model of `tree.img`.
+
+use serde::{Deserialize, Serialize};
+pub use sys::ptrace::{RseqConfig, UserRegs};
+
+/// Version of the image format. Readers accept exactly the versions listed in
+/// [`SUPPORTED_VERSIONS`]; a change that old readers cannot skip bumps it.
+pub const FORMAT_VERSION: u32 = 1;
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// The whole dumped tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub format_version: u32,
+    /// `understudy` version that wrote the image.
+    pub tool_version: String,
+    /// Seconds since the epoch when the dump finished.
+    pub created_unix: u64,
+    /// Pid of the root in the dumper's namespace.
+    pub root_pid: i32,
+    /// The tree lives in its own PID namespace whose init is `root_pid` (pids inside are the
+    /// `ns_pid` of each process).
+    pub pidns: bool,
+    /// Image this one is incremental against (relative or absolute path), if any.
+    pub parent: Option<String>,
+    /// Processes, parents before children.
+    pub processes: Vec<Process>,
+    /// Open file descriptions, referenced by [`Fd::file`]; shared ones appear once.
+    pub files: Vec<OpenFile>,
+    /// Shared memory objects (MAP_SHARED anonymous, memfd), referenced by [`VmaKind::Shmem`].
+    pub shmem: Vec<ShmemObject>,
+    /// Bytes queued in the pipes of the tree.
+    #[serde(default)]
+    pub pipes: Vec<PipeData>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// Pid in the dumper's namespace.
+    pub pid: i32,
+    /// Pid inside the tree's namespace (same as `pid` without one).
+    pub ns_pid: i32,
+    /// Parent pid (dumper's namespace); 0 for the root.
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    pub exe: String,
+    pub threads: Vec<Thread>,
+    pub mm: MmInfo,
+    pub vmas: Vec<Vma>,
+    /// The pages file of this process.
+    pub pages: PagesRef,
+    /// Signal handlers for signals 1..=64 (index 0 is signal 1).
+    pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process (raw `siginfo_t`, hex).
+    pub shared_pending: Vec<Hex>,
+    pub fds: Vec<Fd>,
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+    /// 16 rlimits (soft, hard), `u64::MAX` is unlimited.
+    pub rlimits: Vec<(u64, u64)>,
+    pub creds: Creds,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF as (interval, value) in microseconds.
+    pub itimers: Vec<(u64, u64)>,
+    pub exit_signal: i32,
+    /// Seccomp filters of the process (every thread has the same), oldest first, raw
+    /// `struct sock_filter` arrays (hex).
+    #[serde(default)]
+    pub seccomp_filters: Vec<Hex>,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    #[serde(default)]
+    pub no_new_privs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    pub tid: i32,
+    pub ns_tid: i32,
+    pub regs: UserRegs,
+    /// XSAVE area as `PTRACE_GETREGSET NT_X86_XSTATE` returned it.
+    pub xstate: Hex,
+    pub sigmask: u64,
+    pub rseq: Option<RseqConfig>,
+    /// (ss_sp, ss_flags, ss_size)
+    pub sigaltstack: (u64, i32, u64),
+    /// Signals pending for this thread (raw `siginfo_t`, hex).
+    pub pending: Vec<Hex>,
+    /// `clear_child_tid` (`set_tid_address`): where the kernel clears the tid and wakes
+    /// joiners when the thread exits.
+    #[serde(default)]
+    pub clear_child_tid: u64,
+    /// The thread's name (`PR_SET_NAME`, `/proc/PID/task/TID/comm`).
+    #[serde(default)]
+    pub comm: String,
+}
+
+/// Bytes stored as a hex string in JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hex(pub Vec<u8>);
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map(Hex).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The mm fields restored with `PR_SET_MM_MAP`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmInfo {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    pub kind: VmaKind,
+    /// Runs of dumped pages, ascending and disjoint.
+    pub pages: Vec<PageRun>,
+    /// `madvise` state restored with the mapping, as `VmFlags` names: `hg` (MADV_HUGEPAGE),
+    /// `nh` (MADV_NOHUGEPAGE), `dc` (MADV_DONTFORK), `wf` (MADV_WIPEONFORK), `dd`
+    /// (MADV_DONTDUMP).
+    #[serde(default)]
+    pub madvise: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum VmaKind {
+    /// Private anonymous memory (incl. `[heap]`).
+    Anon { name: String },
+    /// The main thread's stack (`MAP_GROWSDOWN`).
+    Stack,
+    /// The `[vvar]`/`[vvar_vclock]`/`[vdso]` block; not dumped, placed at its address.
+    Vdso { name: String },
+    /// A private mapping of a file; only privately modified pages are dumped.
+    FilePrivate { path: String, offset: u64 },
+    /// A shared mapping of a file on a filesystem; nothing dumped (the file holds the data).
+    FileShared { path: String, offset: u64 },
+    /// A shared memory object (`MAP_SHARED|MAP_ANONYMOUS` or memfd) of [`Tree::shmem`].
+    Shmem { id: u32, offset: u64 },
+}
+
+/// Contiguous dumped pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub vaddr: u64,
+    pub npages: u64,
+    /// Byte offset in the data part of the pages file.
+    pub offset: u64,
+    /// The data is in the parent image (incremental dump), not in this one.
+    #[serde(default)]
+    pub in_parent: bool,
+}
+
+/// Reference to a pages/shmem file with what its header must say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagesRef {
+    pub file: String,
+    pub len: u64,
+    pub crc32c: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmemObject {
+    pub id: u32,
+    /// `memfd:NAME` or `shared-anon`.
+    pub name: String,
+    pub size: u64,
+    pub data: PagesRef,
+    /// Pages present in the object, as runs of its offset space (vaddr = offset).
+    pub pages: Vec<PageRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+}
+
+/// A file descriptor of a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fd {
+    pub fd: i32,
+    pub cloexec: bool,
+    /// Index into [`Tree::files`].
+    pub file: u32,
+}
+
+/// An open file description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    pub id: u32,
+    /// `O_*` status flags (access mode, `O_APPEND`, `O_NONBLOCK`, ...), without `O_CLOEXEC`.
+    pub flags: u32,
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum FileKind {
+    /// A regular file or a directory, reopened by path; `pos` is the file offset.
+    Path { path: String, pos: u64, size: u64 },
+    /// A character device (`/dev/null`, `/dev/zero`, `/dev/urandom`, a tty), reopened by path.
+    Device { path: String, rdev: u64 },
+    /// A memfd (its content is the shared memory object `shmem` of [`Tree::shmem`]).
+    Memfd { shmem: u32, pos: u64 },
+    /// One end of a pipe or FIFO; `pipe` identifies the pipe (both ends share it).
+    Pipe {
+        pipe: u32,
+        write_end: bool,
+        fifo_path: Option<String>,
+    },
+}
+
+/// Pipes of the tree with the bytes queued in them at dump time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeData {
+    pub pipe: u32,
+    /// Pipe buffer size (`F_GETPIPE_SZ`).
+    pub capacity: u64,
+    pub data: Hex,
+}

@@ -1,0 +1,1242 @@
+//! Loading an image and rebuilding every process of it.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use image::{FileKind, Process, Tree, VmaKind};
+use sys::mem::{MappedFile, RemoteRange};
+use sys::ptrace::{self, UserRegs};
+use sys::remote::nr;
+use sys::{i64_to_reg, reg_to_i64, RemoteSyscalls, PAGE_SIZE};
+
+use crate::stubs::Stubs;
+use crate::{PidCtx, RestoreError, RestoreOptions, RestoreReport, Result};
+
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+const SCRATCH_LEN: u64 = 64 << 10;
+const SCR_GEN: u64 = 0;
+const SCR_TID: u64 = 128;
+const SCR_PATH: u64 = 256;
+const SCR_MM: u64 = 8192;
+const SCR_AUXV: u64 = 8192 + 256;
+const SCR_FILTER: u64 = 16384;
+
+const CLONE_VM: u64 = 0x100;
+const CLONE_FS: u64 = 0x200;
+const CLONE_FILES: u64 = 0x400;
+const CLONE_SIGHAND: u64 = 0x800;
+const CLONE_THREAD: u64 = 0x10000;
+const CLONE_SYSVSEM: u64 = 0x40000;
+const CLONE_NEWPID: u64 = 0x2000_0000;
+
+fn u(v: i32) -> u64 {
+    i64_to_reg(i64::from(v))
+}
+
+/// A verified image, with every pages file mapped.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub tree: Tree,
+    pub pages: Vec<MappedFile>,
+    /// Data of each shared memory object, by index in `tree.shmem`.
+    pub shmem: Vec<MappedFile>,
+}
+
+impl Loaded {
+    pub fn load(dir: &Path) -> Result<Loaded> {
+        let tree = image::read_tree(dir)?;
+        let tf = dir.join(image::TREE_FILE);
+        let bad = |why: String| {
+            RestoreError::Image(image::ImageError::Corrupt {
+                file: tf.clone(),
+                what: why,
+            })
+        };
+        if tree.processes.is_empty() {
+            return Err(bad("no processes".into()));
+        }
+        let mut seen = BTreeMap::new();
+        for (i, p) in tree.processes.iter().enumerate() {
+            if i > 0 && !seen.contains_key(&p.ppid) {
+                return Err(bad(format!(
+                    "pid {} comes before its parent {}",
+                    p.pid, p.ppid
+                )));
+            }
+            seen.insert(p.pid, i);
+            if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+                return Err(bad(format!(
+                    "pid {}: first thread is not the main thread",
+                    p.pid
+                )));
+            }
+            if p.sigactions.len() != 64 || p.rlimits.len() != 16 || p.itimers.len() != 3 {
+                return Err(bad(format!(
+                    "pid {}: signal, limit or timer tables have the wrong size",
+                    p.pid
+                )));
+            }
+            for f in &p.fds {
+                if usize::try_from(f.file).map_or(true, |i| i >= tree.files.len()) {
+                    return Err(bad(format!(
+                        "pid {} fd {}: no such open file {}",
+                        p.pid, f.fd, f.file
+                    )));
+                }
+            }
+            let mut expect = 0u64;
+            for v in &p.vmas {
+                for r in &v.pages {
+                    let end = r.vaddr + r.npages * PAGE_SIZE;
+                    if r.in_parent || r.vaddr < v.start || end > v.end || r.offset != expect {
+                        return Err(bad(format!(
+                            "pid {}: page run at {:#x} does not fit its mapping or file",
+                            p.pid, r.vaddr
+                        )));
+                    }
+                    expect += r.npages * PAGE_SIZE;
+                }
+            }
+            if expect != p.pages.len {
+                return Err(bad(format!(
+                    "pid {}: page runs cover {expect} bytes, pages file has {}",
+                    p.pid, p.pages.len
+                )));
+            }
+        }
+        let mut pages = Vec::with_capacity(tree.processes.len());
+        for p in &tree.processes {
+            let f = image::open_pages(dir, &p.pages)?;
+            let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
+            pages.push(m);
+        }
+        let mut shmem = Vec::with_capacity(tree.shmem.len());
+        for (i, o) in tree.shmem.iter().enumerate() {
+            if usize::try_from(o.id).ok() != Some(i) {
+                return Err(bad(format!("shared memory object {i} has id {}", o.id)));
+            }
+            let f = image::open_pages(dir, &o.data)?;
+            shmem
+                .push(MappedFile::map(&f, image::PAGES_HEADER_LEN, o.data.len).pid(tree.root_pid)?);
+        }
+        Ok(Loaded {
+            dir: dir.to_path_buf(),
+            tree,
+            pages,
+            shmem,
+        })
+    }
+
+    /// Checks the CRC32C of every pages file (runs while the stubs are being built; the
+    /// restored tree only starts running after it succeeded).
+    pub fn verify(&self) -> Result<()> {
+        for (p, m) in self.tree.processes.iter().zip(&self.pages) {
+            image::check_pages_data(&self.dir, &p.pages, m.as_slice())?;
+        }
+        for (o, m) in self.tree.shmem.iter().zip(&self.shmem) {
+            image::check_pages_data(&self.dir, &o.data, m.as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+/// The restorer's copies of every open file description, placed at `base + id` so every stub
+/// (forked from the restorer) inherits them at known numbers.
+struct PreparedFiles {
+    base: i32,
+    shm_base: i32,
+    _fds: Vec<OwnedFd>,
+}
+
+fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
+    let tree = &l.tree;
+    let root = tree.processes[0].pid;
+    let max_fd = tree
+        .processes
+        .iter()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(0);
+    let base = (max_fd + 1).max(256);
+    let n = i32::try_from(tree.files.len()).unwrap_or(i32::MAX);
+    let shm_base = base + n;
+    let ns = i32::try_from(tree.shmem.len()).unwrap_or(i32::MAX);
+    sys::files::ensure_nofile(u64::try_from(shm_base + ns + 1).unwrap_or(u64::MAX)).pid(root)?;
+    // Shared memory objects first: memfds filled with their pages, at shm_base + id.
+    let mut shm_fds = Vec::with_capacity(tree.shmem.len());
+    for (o, data) in tree.shmem.iter().zip(&l.shmem) {
+        let name = o
+            .name
+            .strip_prefix("memfd:")
+            .unwrap_or("understudy-shared-anon");
+        let f = std::fs::File::from(sys::files::memfd(name).pid(root)?);
+        let io = |e: std::io::Error| RestoreError::Invalid {
+            pid: root,
+            why: format!("filling shared memory {}: {e}", o.name),
+        };
+        f.set_len(o.size).map_err(io)?;
+        let d = data.as_slice();
+        for r in &o.pages {
+            let len = (r.npages * PAGE_SIZE).min(o.size.saturating_sub(r.vaddr));
+            let from = usize::try_from(r.offset).unwrap_or(usize::MAX);
+            let to = from.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            let chunk = d.get(from..to).ok_or_else(|| RestoreError::Invalid {
+                pid: root,
+                why: format!("shared memory {}: page run outside its data", o.name),
+            })?;
+            std::os::unix::fs::FileExt::write_all_at(&f, chunk, r.vaddr).map_err(io)?;
+        }
+        let id = i32::try_from(o.id).unwrap_or(i32::MAX);
+        shm_fds.push(sys::files::dup_to(&OwnedFd::from(f), shm_base + id).pid(root)?);
+    }
+    let mut pipes: BTreeMap<u32, (Option<OwnedFd>, Option<OwnedFd>)> = BTreeMap::new();
+    let mut fifo_keepers: BTreeMap<u32, OwnedFd> = BTreeMap::new();
+    let mut out = Vec::with_capacity(tree.files.len());
+    for f in &tree.files {
+        let fd = match &f.kind {
+            FileKind::Path { path, pos, .. } => {
+                let fd = sys::files::open(path, f.flags).pid(root)?;
+                if *pos != 0 {
+                    sys::files::seek(&fd, *pos).pid(root)?;
+                }
+                fd
+            }
+            FileKind::Device { path, .. } => sys::files::open(path, f.flags).pid(root)?,
+            FileKind::Memfd { shmem, pos } => {
+                // A new open file description of the same memfd (own offset and flags).
+                let fd_no = shm_base + i32::try_from(*shmem).unwrap_or(0);
+                let fd = sys::files::open(&format!("/proc/self/fd/{fd_no}"), f.flags).pid(root)?;
+                if *pos != 0 {
+                    sys::files::seek(&fd, *pos).pid(root)?;
+                }
+                fd
+            }
+            FileKind::Pipe {
+                pipe,
+                write_end,
+                fifo_path,
+            } => {
+                if let Some(path) = fifo_path {
+                    // A FIFO: a keeper opened read-write holds the pipe (and its queued bytes)
+                    // while every end is opened by path, without blocking.
+                    if !fifo_keepers.contains_key(pipe) {
+                        let keeper = sys::files::open(path, 0o2 | 0o4000).pid(root)?;
+                        let pd = tree.pipes.iter().find(|d| d.pipe == *pipe);
+                        if let Some(d) = pd {
+                            sys::pipe::fill(&keeper, &d.data.0, d.capacity).pid(root)?;
+                        }
+                        fifo_keepers.insert(*pipe, keeper);
+                    }
+                    let fd = sys::files::open(path, f.flags | 0o4000).pid(root)?;
+                    sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+                    let id = i32::try_from(f.id).unwrap_or(i32::MAX);
+                    out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
+                    continue;
+                }
+                let e = match pipes.get_mut(pipe) {
+                    Some(e) => e,
+                    None => {
+                        let pd = tree.pipes.iter().find(|d| d.pipe == *pipe);
+                        let data = pd.map_or(&[][..], |d| &d.data.0[..]);
+                        let cap = pd.map_or(0, |d| d.capacity);
+                        let (r, w) = sys::pipe::filled(data, cap).pid(root)?;
+                        pipes.entry(*pipe).or_insert((Some(r), Some(w)))
+                    }
+                };
+                let end = if *write_end { e.1.take() } else { e.0.take() };
+                let fd = match end {
+                    Some(fd) => fd,
+                    None => {
+                        // Two open file descriptions of one end (a FIFO opened twice): not
+                        // representable with an anonymous pipe.
+                        return Err(RestoreError::Invalid {
+                            pid: root,
+                            why: format!("pipe {pipe}: end opened twice"),
+                        });
+                    }
+                };
+                sys::files::set_status_flags(&fd, f.flags).pid(root)?;
+                fd
+            }
+        };
+        let id = i32::try_from(f.id).unwrap_or(i32::MAX);
+        out.push(sys::files::dup_to(&fd, base + id).pid(root)?);
+    }
+    out.extend(shm_fds);
+    out.extend(fifo_keepers.into_values());
+    Ok(PreparedFiles {
+        base,
+        shm_base,
+        _fds: out,
+    })
+}
+
+struct Placed {
+    /// Outer pid.
+    pid: i32,
+}
+
+fn seize_stub(pid: i32) -> Result<()> {
+    use sys::ptrace::options::*;
+    ptrace::seize(pid, TRACEFORK | TRACECLONE | EXITKILL | SUSPEND_SECCOMP).pid(pid)?;
+    ptrace::interrupt(pid).pid(pid)?;
+    ptrace::wait_stop(pid).pid(pid)?;
+    Ok(())
+}
+
+fn vdso_insn(pid: i32) -> Result<u64> {
+    let maps = sys::proc::maps(pid).pid(pid)?;
+    let v = maps
+        .iter()
+        .find(|m| m.path == "[vdso]")
+        .ok_or_else(|| RestoreError::Invalid {
+            pid,
+            why: "stub has no [vdso]".into(),
+        })?;
+    sys::remote::find_syscall_insn(pid, v.start, v.end).pid(pid)
+}
+
+fn set_tid_bytes(p_ns: i32, p_outer: i32, pidns: bool) -> (Vec<u8>, u64) {
+    let ids: Vec<i32> = if pidns {
+        vec![p_ns, p_outer]
+    } else {
+        vec![p_outer]
+    };
+    (
+        ids.iter().flat_map(|v| v.to_ne_bytes()).collect(),
+        ids.len() as u64,
+    )
+}
+
+pub fn restore_tree(
+    l: &Loaded,
+    opts: &RestoreOptions,
+    verified: impl FnOnce() -> Result<()>,
+) -> Result<RestoreReport> {
+    let tree = &l.tree;
+    for p in &tree.processes {
+        for t in &p.threads {
+            if sys::pid::pid_exists(t.tid) {
+                return Err(RestoreError::PidTaken { pid: t.tid });
+            }
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let files = prepare_files(l)?;
+    let mut stubs = Stubs::default();
+    let root = &tree.processes[0];
+    let (flags, ids): (u64, Vec<i32>) = if tree.pidns {
+        (CLONE_NEWPID, vec![root.ns_pid, root.pid])
+    } else {
+        (0, vec![root.pid])
+    };
+    tracing::debug!("restore: files prepared at {:?}", t0.elapsed());
+    let rpid = sys::pid::spawn_stub(&ids, flags).pid(root.pid)?;
+    stubs.add_process(rpid);
+    seize_stub(rpid)?;
+    let insn = vdso_insn(rpid)?;
+    let mut placed = vec![Placed { pid: rpid }];
+    if root.sid == root.ns_pid {
+        let mut rs = RemoteSyscalls::new(rpid, insn).pid(rpid)?;
+        rs.syscall("setsid", nr::SETSID, [0; 6]).pid(rpid)?;
+        rs.finish().pid(rpid)?;
+    }
+    // Children, by a clone3 injected into their (still stub) parent.
+    for p in &tree.processes[1..] {
+        let parent = p.ppid;
+        let mut rs = RemoteSyscalls::new(parent, insn).pid(parent)?;
+        let scratch = rs.map_scratch(None, 4096).pid(parent)?.addr();
+        let (tids, n) = set_tid_bytes(p.ns_pid, p.pid, tree.pidns);
+        rs.put(SCR_TID, &tids).pid(parent)?;
+        let args = sys::pid::clone_args_bytes(0, u(p.exit_signal), scratch + SCR_TID, n);
+        rs.put(SCR_GEN, &args).pid(parent)?;
+        let r = rs
+            .syscall_raw(nr::CLONE3, [scratch, sys::pid::CLONE_ARGS_SIZE, 0, 0, 0, 0])
+            .pid(parent)?;
+        if r == -i64::from(libc::EEXIST) {
+            return Err(RestoreError::PidTaken { pid: p.pid });
+        }
+        if r < 0 {
+            return Err(RestoreError::Invalid {
+                pid: p.pid,
+                why: format!("clone3 in parent {parent} failed: errno {}", -r),
+            });
+        }
+        rs.take_events();
+        rs.finish().pid(parent)?;
+        stubs.add_process(p.pid);
+        ptrace::wait_stop(p.pid).pid(p.pid)?;
+        if p.sid == p.ns_pid {
+            let mut cs = RemoteSyscalls::new(p.pid, insn).pid(p.pid)?;
+            cs.syscall("setsid", nr::SETSID, [0; 6]).pid(p.pid)?;
+            cs.finish().pid(p.pid)?;
+        }
+        placed.push(Placed { pid: p.pid });
+    }
+    // Process groups, now that every leader exists.
+    // A group led from outside the tree (0 when outside the tree's PID namespace) cannot be
+    // joined: such processes keep the group they inherited from the restored root.
+    let outside_pgid = root.pgid;
+    let in_tree = |g: i32| tree.processes.iter().any(|q| q.ns_pid == g);
+    for p in tree.processes.iter() {
+        if p.sid == p.ns_pid || p.pgid == 0 || (p.pgid == outside_pgid && !in_tree(p.pgid)) {
+            continue;
+        }
+        let target = if p.pgid == p.ns_pid { 0 } else { u(p.pgid) };
+        let mut rs = RemoteSyscalls::new(p.pid, insn).pid(p.pid)?;
+        if let Err(e) = rs.syscall("setpgid", nr::SETPGID, [0, target, 0, 0, 0, 0]) {
+            tracing::warn!("pid {}: process group {} not restored: {e}", p.pid, p.pgid);
+        }
+        rs.finish().pid(p.pid)?;
+    }
+    let total: u64 = tree.processes.iter().map(|p| p.pages.len).sum();
+    let mut done = 0u64;
+    let mut finals: Vec<(i32, &image::Thread)> = Vec::new();
+    for (i, p) in tree.processes.iter().enumerate() {
+        let pid = placed[i].pid;
+        tracing::debug!(
+            "restore: pid {} rebuild starts at {:?}",
+            p.pid,
+            t0.elapsed()
+        );
+        rebuild(
+            p,
+            pid,
+            tree.pidns,
+            &l.pages[i],
+            files.base,
+            files.shm_base,
+            &mut stubs,
+            opts,
+            &mut done,
+            total,
+        )?;
+        for t in &p.threads {
+            finals.push((t.tid, t));
+        }
+    }
+    // Nothing has run yet: a corrupt image still kills every stub here.
+    tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
+    verified()?;
+    // Registers last, then let everything run.
+    for (tid, t) in &finals {
+        let mut regs = t.regs;
+        restart_syscall(&mut regs);
+        ptrace::set_xstate(*tid, &t.xstate.0).pid(*tid)?;
+        ptrace::set_regs(*tid, &regs).pid(*tid)?;
+        ptrace::set_sigmask(*tid, t.sigmask).pid(*tid)?;
+    }
+    for (tid, _) in finals.iter().rev() {
+        ptrace::detach(*tid, 0).pid(*tid)?;
+    }
+    let threads = finals.len();
+    stubs.commit();
+    drop(files);
+    Ok(RestoreReport {
+        root_pid: rpid,
+        processes: tree.processes.len(),
+        threads,
+        pages_bytes: total,
+        ..Default::default()
+    })
+}
+
+/// A thread stopped inside an interrupted system call must re-issue it: rewind to the
+/// `syscall` instruction and put the call number back (what the kernel does for
+/// `-ERESTARTSYS` and friends). `-ERESTART_RESTARTBLOCK` (sleeps) re-issues the original call
+/// too: its restart block died with the old process; a relative sleep starts over.
+fn restart_syscall(regs: &mut UserRegs) {
+    let orig = reg_to_i64(regs.orig_rax);
+    if orig >= 0 {
+        let rax = reg_to_i64(regs.rax);
+        if matches!(rax, -512 | -513 | -514 | -516) {
+            regs.rax = regs.orig_rax;
+            regs.rip -= 2;
+        }
+    }
+    regs.orig_rax = i64_to_reg(-1);
+}
+
+fn vdso_parts_img(p: &Process) -> Vec<(String, u64, u64)> {
+    p.vmas
+        .iter()
+        .filter_map(|v| match &v.kind {
+            VmaKind::Vdso { name } => Some((name.clone(), v.start, v.end)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn find_gap(p: &Process, len: u64) -> u64 {
+    let mut cand = 0x10_0000u64;
+    let mut spans: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+    spans.sort_unstable();
+    for (s, e) in spans {
+        if cand + len <= s {
+            return cand;
+        }
+        cand = cand.max(e);
+    }
+    cand
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rebuild(
+    p: &Process,
+    pid: i32,
+    pidns: bool,
+    pages: &MappedFile,
+    files_base: i32,
+    shm_base: i32,
+    stubs: &mut Stubs,
+    opts: &RestoreOptions,
+    done: &mut u64,
+    total: u64,
+) -> Result<()> {
+    ptrace::set_sigmask(pid, u64::MAX).pid(pid)?;
+    let stub_maps = sys::proc::maps(pid).pid(pid)?;
+    let stub_parts: Vec<(String, u64, u64)> = stub_maps
+        .iter()
+        .filter(|m| matches!(m.path.as_str(), "[vvar]" | "[vvar_vclock]" | "[vdso]"))
+        .map(|m| (m.path.clone(), m.start, m.end))
+        .collect();
+    let img_parts = vdso_parts_img(p);
+    let shape = |v: &[(String, u64, u64)]| -> Vec<(String, u64, u64)> {
+        let b = v.first().map_or(0, |x| x.1);
+        v.iter()
+            .map(|(n, s, e)| (n.clone(), s - b, e - b))
+            .collect()
+    };
+    if img_parts.is_empty() || shape(&stub_parts) != shape(&img_parts) {
+        return Err(RestoreError::Invalid {
+            pid: p.pid,
+            why: format!("the vDSO layout differs from this kernel's ({img_parts:?} vs {stub_parts:?}): image from another kernel"),
+        });
+    }
+    let stub_vdso = stub_parts
+        .iter()
+        .find(|x| x.0 == "[vdso]")
+        .map_or(0, |x| x.1);
+    let insn0 = sys::remote::find_syscall_insn(pid, stub_vdso, stub_vdso + PAGE_SIZE).pid(pid)?;
+    let mut rs = RemoteSyscalls::new(pid, insn0).pid(pid)?;
+    if let Some(r) = ptrace::get_rseq(pid).pid(pid)? {
+        rs.syscall(
+            "rseq(unregister)",
+            nr::RSEQ,
+            [r.ptr, u64::from(r.size), 1, u64::from(r.signature), 0, 0],
+        )
+        .pid(pid)?;
+    }
+    let (bs, be) = (stub_parts[0].1, stub_parts[stub_parts.len() - 1].2);
+    if bs > 0 {
+        rs.syscall("munmap", nr::MUNMAP, [0, bs, 0, 0, 0, 0])
+            .pid(pid)?;
+    }
+    rs.syscall("munmap", nr::MUNMAP, [be, TASK_SIZE - be, 0, 0, 0, 0])
+        .pid(pid)?;
+    let (is, ie) = (img_parts[0].1, img_parts[img_parts.len() - 1].2);
+    if is != bs {
+        let mremap = |rs: &mut RemoteSyscalls, from: u64, to: u64| -> Result<()> {
+            for (_, s, e) in &stub_parts {
+                let len = e - s;
+                let src = s - bs + from;
+                let dst = s - bs + to;
+                rs.syscall("mremap(vdso)", nr::MREMAP, [src, len, len, 3, dst, 0])
+                    .pid(pid)?;
+            }
+            Ok(())
+        };
+        if is < be && bs < ie {
+            let mut tmp = 0x1000_0000_0000u64;
+            while p
+                .vmas
+                .iter()
+                .any(|v| v.start < tmp + (be - bs) && tmp < v.end)
+            {
+                tmp += 0x1000_0000;
+            }
+            mremap(&mut rs, bs, tmp)?;
+            mremap(&mut rs, tmp, is)?;
+        } else {
+            mremap(&mut rs, bs, is)?;
+        }
+        rs.set_syscall_insn(insn0 - bs + is);
+    }
+    let insn = rs.syscall_insn();
+    let scratch_at = find_gap(p, SCRATCH_LEN);
+    let scratch = rs
+        .map_scratch(Some(scratch_at), SCRATCH_LEN)
+        .pid(pid)?
+        .addr();
+
+    let tr = std::time::Instant::now();
+    // Address space.
+    let mut path_fds: BTreeMap<(String, bool), u64> = BTreeMap::new();
+    let (mp, ma, mf, mg, ms) = (
+        u(libc::MAP_PRIVATE),
+        u(libc::MAP_ANONYMOUS),
+        u(libc::MAP_FIXED),
+        u(libc::MAP_GROWSDOWN),
+        u(libc::MAP_SHARED),
+    );
+    let mut reprotect = Vec::new();
+    for v in &p.vmas {
+        let len = v.end - v.start;
+        let need_w = !v.pages.is_empty() && v.prot & 2 == 0;
+        let prot = u64::from(v.prot | if need_w { 2 } else { 0 });
+        let r = match &v.kind {
+            VmaKind::Vdso { .. } => continue,
+            VmaKind::Anon { .. } => rs.syscall(
+                "mmap",
+                nr::MMAP,
+                [v.start, len, prot, mp | ma | mf, i64_to_reg(-1), 0],
+            ),
+            VmaKind::Stack => rs.syscall(
+                "mmap(stack)",
+                nr::MMAP,
+                [v.start, len, prot, mp | ma | mf | mg, i64_to_reg(-1), 0],
+            ),
+            VmaKind::FilePrivate { path, offset } => {
+                let fd = open_remote(&mut rs, &mut path_fds, pid, scratch, path, 0)?;
+                rs.syscall(
+                    "mmap(file)",
+                    nr::MMAP,
+                    [v.start, len, prot, mp | mf, fd, *offset],
+                )
+            }
+            VmaKind::FileShared { path, offset } => {
+                let fd = open_remote(
+                    &mut rs,
+                    &mut path_fds,
+                    pid,
+                    scratch,
+                    path,
+                    if v.prot & 2 != 0 { 2 } else { 0 },
+                )?;
+                rs.syscall(
+                    "mmap(shared file)",
+                    nr::MMAP,
+                    [v.start, len, prot, ms | mf, fd, *offset],
+                )
+            }
+            VmaKind::Shmem { id, offset } => rs.syscall(
+                "mmap(shared memory)",
+                nr::MMAP,
+                [
+                    v.start,
+                    len,
+                    prot,
+                    ms | mf,
+                    u(shm_base) + u64::from(*id),
+                    *offset,
+                ],
+            ),
+        };
+        let r = r.pid(pid)?;
+        for f in &v.madvise {
+            let advice = match f.as_str() {
+                "hg" => 14,
+                "nh" => 15,
+                "dc" => 10,
+                "wf" => 18,
+                "dd" => 16,
+                _ => continue,
+            };
+            rs.syscall(
+                &format!("madvise({f})"),
+                nr::MADVISE,
+                [v.start, len, advice, 0, 0, 0],
+            )
+            .pid(pid)?;
+        }
+        if let VmaKind::Anon { name } = &v.kind {
+            if let Some(n) = name
+                .strip_prefix("[anon:")
+                .and_then(|n| n.strip_suffix(']'))
+            {
+                let mut b = n.as_bytes().to_vec();
+                b.push(0);
+                rs.put(SCR_PATH, &b).pid(pid)?;
+                // PR_SET_VMA, PR_SET_VMA_ANON_NAME: best effort (needs CONFIG_ANON_VMA_NAME).
+                let _ = rs.syscall_raw(
+                    nr::PRCTL,
+                    [0x5356_4d41, 0, v.start, len, scratch + SCR_PATH, 0],
+                );
+            }
+        }
+        if r != v.start {
+            return Err(RestoreError::Invalid {
+                pid: p.pid,
+                why: format!("mmap at {:#x} landed at {r:#x}", v.start),
+            });
+        }
+        if need_w {
+            reprotect.push(v);
+        }
+    }
+    for (_, fd) in std::mem::take(&mut path_fds) {
+        rs.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])
+            .pid(pid)?;
+    }
+    tracing::debug!("restore: pid {}: mapped at {:?}", p.pid, tr.elapsed());
+    // Pages: one pass over the mapped pages file, in file order.
+    let data = pages.as_slice();
+    let ranges: Vec<RemoteRange> = p
+        .vmas
+        .iter()
+        .flat_map(|v| v.pages.iter())
+        .map(|r| RemoteRange {
+            addr: r.vaddr,
+            len: r.npages * PAGE_SIZE,
+        })
+        .collect();
+    let uffd = if std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
+        None
+    } else {
+        remote_uffd(&mut rs, pid)
+    };
+    match uffd {
+        Some(u) => fill_with_uffd(pid, p, data, &u, opts, done, total)?,
+        None => write_pages(pid, data, &ranges, opts, done, total)?,
+    }
+    for v in reprotect {
+        rs.syscall(
+            "mprotect",
+            nr::MPROTECT,
+            [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
+        )
+        .pid(pid)?;
+    }
+
+    tracing::debug!(
+        "restore: pid {}: pages written at {:?}",
+        p.pid,
+        tr.elapsed()
+    );
+    // mm fields: brk, arg/env, auxv, exe.
+    let mm = &p.mm;
+    let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    rs.put(SCR_AUXV, &auxv).pid(pid)?;
+    let exe_fd = if p.exe.is_empty() {
+        None
+    } else {
+        open_remote(&mut rs, &mut BTreeMap::new(), pid, scratch, &p.exe, 0).ok()
+    };
+    let set_mm = |rs: &mut RemoteSyscalls, exe: Option<u64>| -> Result<i64> {
+        let mut b: Vec<u8> = [
+            mm.start_code,
+            mm.end_code,
+            mm.start_data,
+            mm.end_data,
+            mm.start_brk,
+            mm.brk,
+            mm.start_stack,
+            mm.arg_start,
+            mm.arg_end,
+            mm.env_start,
+            mm.env_end,
+            scratch + SCR_AUXV,
+        ]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+        b.extend_from_slice(&u32::try_from(auxv.len()).unwrap_or(0).to_ne_bytes());
+        b.extend_from_slice(
+            &exe.map_or(u32::MAX, |f| u32::try_from(f).unwrap_or(u32::MAX))
+                .to_ne_bytes(),
+        );
+        rs.put(SCR_MM, &b).pid(pid)?;
+        rs.syscall_raw(nr::PRCTL, [35, 14, scratch + SCR_MM, b.len() as u64, 0, 0])
+            .pid(pid)
+    };
+    let mut r = set_mm(&mut rs, exe_fd)?;
+    if r < 0 && exe_fd.is_some() {
+        tracing::warn!(
+            "pid {}: PR_SET_MM_MAP with exe failed ({r}); keeping the stub's exe link",
+            p.pid
+        );
+        r = set_mm(&mut rs, None)?;
+    }
+    if r < 0 {
+        return Err(RestoreError::Invalid {
+            pid: p.pid,
+            why: format!("prctl(PR_SET_MM_MAP) failed: errno {}", -r),
+        });
+    }
+    if let Some(fd) = exe_fd {
+        rs.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])
+            .pid(pid)?;
+    }
+
+    // File descriptors: the stub inherited the restorer's prepared files at base + id.
+    let base = u(files_base);
+    rs.syscall("close_range", nr::CLOSE_RANGE, [0, base - 1, 0, 0, 0, 0])
+        .pid(pid)?;
+    for f in &p.fds {
+        let cloexec = if f.cloexec { 0o2000000 } else { 0 };
+        rs.syscall(
+            &format!("dup3 to fd {}", f.fd),
+            nr::DUP3,
+            [base + u64::from(f.file), u(f.fd), cloexec, 0, 0, 0],
+        )
+        .pid(pid)?;
+    }
+    rs.syscall(
+        "close_range",
+        nr::CLOSE_RANGE,
+        [base, u64::from(u32::MAX), 0, 0, 0, 0],
+    )
+    .pid(pid)?;
+
+    // cwd, root, umask.
+    let put_path = |rs: &mut RemoteSyscalls, s: &str| -> Result<u64> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        rs.put(SCR_PATH, &b).pid(pid)?;
+        Ok(scratch + SCR_PATH)
+    };
+    if p.root != "/" {
+        let a = put_path(&mut rs, &p.root)?;
+        rs.syscall("chroot", nr::CHROOT, [a, 0, 0, 0, 0, 0])
+            .pid(pid)?;
+    }
+    let a = put_path(&mut rs, &p.cwd)?;
+    rs.syscall(&format!("chdir {}", p.cwd), nr::CHDIR, [a, 0, 0, 0, 0, 0])
+        .pid(pid)?;
+    rs.syscall("umask", nr::UMASK, [u64::from(p.umask), 0, 0, 0, 0, 0])
+        .pid(pid)?;
+
+    // Signal handlers.
+    for (i, sa) in p.sigactions.iter().enumerate() {
+        let sig = i as u64 + 1;
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        let b: Vec<u8> = [sa.handler, sa.flags, sa.restorer, sa.mask]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        rs.put(SCR_GEN, &b).pid(pid)?;
+        rs.syscall(
+            &format!("rt_sigaction({sig})"),
+            nr::RT_SIGACTION,
+            [sig, scratch + SCR_GEN, 0, 8, 0, 0],
+        )
+        .pid(pid)?;
+    }
+    // Interval timers.
+    for (which, &(interval, value)) in p.itimers.iter().enumerate() {
+        if value == 0 && interval == 0 {
+            continue;
+        }
+        let b: Vec<u8> = [
+            interval / 1_000_000,
+            interval % 1_000_000,
+            value / 1_000_000,
+            value % 1_000_000,
+        ]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+        rs.put(SCR_GEN, &b).pid(pid)?;
+        rs.syscall(
+            "setitimer",
+            nr::SETITIMER,
+            [which as u64, scratch + SCR_GEN, 0, 0, 0, 0],
+        )
+        .pid(pid)?;
+    }
+    // Resource limits, within what this restorer may set.
+    for (res, &(soft, hard)) in p.rlimits.iter().enumerate() {
+        let b: Vec<u8> = [soft, hard].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        rs.put(SCR_GEN, &b).pid(pid)?;
+        let r = rs
+            .syscall_raw(nr::PRLIMIT64, [0, res as u64, scratch + SCR_GEN, 0, 0, 0])
+            .pid(pid)?;
+        if r < 0 {
+            // Raising a hard limit needs CAP_SYS_RESOURCE: keep the current hard limit.
+            rs.syscall(
+                "prlimit64(get)",
+                nr::PRLIMIT64,
+                [0, res as u64, 0, scratch + SCR_GEN + 16, 0, 0],
+            )
+            .pid(pid)?;
+            let mut cur = [0u8; 16];
+            rs.get(SCR_GEN + 16, &mut cur).pid(pid)?;
+            let cur_hard = u64::from_ne_bytes(cur[8..16].try_into().unwrap_or([0; 8]));
+            let b: Vec<u8> = [soft.min(cur_hard), cur_hard]
+                .iter()
+                .flat_map(|v| v.to_ne_bytes())
+                .collect();
+            rs.put(SCR_GEN, &b).pid(pid)?;
+            let r2 = rs
+                .syscall_raw(nr::PRLIMIT64, [0, res as u64, scratch + SCR_GEN, 0, 0, 0])
+                .pid(pid)?;
+            tracing::warn!(
+                "pid {}: rlimit {res} ({soft}, {hard}) not allowed; set ({}, {cur_hard}) -> {r2}",
+                p.pid,
+                soft.min(cur_hard)
+            );
+        }
+    }
+
+    // Seccomp filters (oldest first) before the threads, which inherit them; our own injected
+    // calls are not filtered (PTRACE_O_SUSPEND_SECCOMP).
+    if p.no_new_privs {
+        rs.syscall("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, [38, 1, 0, 0, 0, 0])
+            .pid(pid)?;
+    }
+    for f in &p.seccomp_filters {
+        if f.0.len() % 8 != 0 || f.0.len() > 4096 * 8 {
+            return Err(RestoreError::Invalid {
+                pid: p.pid,
+                why: format!("seccomp filter of {} bytes", f.0.len()),
+            });
+        }
+        rs.put(SCR_FILTER, &f.0).pid(pid)?;
+        let mut prog = (f.0.len() as u64 / 8).to_ne_bytes().to_vec(); // u16 len + padding
+        prog.extend_from_slice(&(scratch + SCR_FILTER).to_ne_bytes());
+        rs.put(SCR_GEN, &prog).pid(pid)?;
+        // SECCOMP_SET_MODE_FILTER = 1
+        rs.syscall(
+            "seccomp(SET_MODE_FILTER)",
+            nr::SECCOMP,
+            [1, 0, scratch + SCR_GEN, 0, 0, 0],
+        )
+        .pid(pid)?;
+    }
+
+    tracing::debug!("restore: pid {}: state set at {:?}", p.pid, tr.elapsed());
+    // Threads, with their own TIDs.
+    for t in &p.threads[1..] {
+        let (tids, n) = set_tid_bytes(t.ns_tid, t.tid, pidns);
+        rs.put(SCR_TID, &tids).pid(pid)?;
+        let flags =
+            CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+        let args = sys::pid::clone_args_bytes(flags, 0, scratch + SCR_TID, n);
+        rs.put(SCR_GEN, &args).pid(pid)?;
+        let r = rs
+            .syscall_raw(
+                nr::CLONE3,
+                [scratch + SCR_GEN, sys::pid::CLONE_ARGS_SIZE, 0, 0, 0, 0],
+            )
+            .pid(pid)?;
+        if r == -i64::from(libc::EEXIST) {
+            return Err(RestoreError::PidTaken { pid: t.tid });
+        }
+        if r < 0 {
+            return Err(RestoreError::Invalid {
+                pid: p.pid,
+                why: format!("clone3 of thread {} failed: errno {}", t.tid, -r),
+            });
+        }
+        rs.take_events();
+        stubs.add_thread(t.tid);
+        ptrace::wait_stop(t.tid).pid(t.tid)?;
+    }
+    // Per-thread state that only the thread itself can set: rseq, alternate stack, pending
+    // signals, credentials.
+    for (i, t) in p.threads.iter().enumerate() {
+        let mut own;
+        let trs: &mut RemoteSyscalls = if i == 0 {
+            &mut rs
+        } else {
+            own = RemoteSyscalls::new(t.tid, insn).pid(t.tid)?;
+            &mut own
+        };
+        if !t.comm.is_empty() {
+            let mut name = t.comm.as_bytes()[..t.comm.len().min(15)].to_vec();
+            name.push(0);
+            mem_put(t.tid, scratch + SCR_PATH, &name)?;
+            // PR_SET_NAME = 15
+            trs.syscall(
+                "prctl(PR_SET_NAME)",
+                nr::PRCTL,
+                [15, scratch + SCR_PATH, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
+        if t.clear_child_tid != 0 {
+            trs.syscall(
+                "set_tid_address",
+                nr::SET_TID_ADDRESS,
+                [t.clear_child_tid, 0, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
+        if let Some(r) = t.rseq {
+            trs.syscall(
+                "rseq",
+                nr::RSEQ,
+                [r.ptr, u64::from(r.size), 0, u64::from(r.signature), 0, 0],
+            )
+            .pid(t.tid)?;
+        }
+        let (sp, flags, size) = t.sigaltstack;
+        if flags & libc::SS_DISABLE == 0 {
+            let b: Vec<u8> = [sp, 0, size].iter().flat_map(|v| v.to_ne_bytes()).collect();
+            mem_put(t.tid, scratch + SCR_GEN, &b)?;
+            trs.syscall(
+                "sigaltstack",
+                nr::SIGALTSTACK,
+                [scratch + SCR_GEN, 0, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
+        for si in &t.pending {
+            let sig = i32::from_ne_bytes(si.0[..4].try_into().unwrap_or([0; 4]));
+            mem_put(t.tid, scratch + SCR_PATH, &si.0)?;
+            trs.syscall(
+                "rt_tgsigqueueinfo",
+                nr::RT_TGSIGQUEUEINFO,
+                [u(p.ns_pid), u(t.ns_tid), u(sig), scratch + SCR_PATH, 0, 0],
+            )
+            .pid(t.tid)?;
+        }
+        if i == 0 {
+            for si in &p.shared_pending {
+                let sig = i32::from_ne_bytes(si.0[..4].try_into().unwrap_or([0; 4]));
+                mem_put(t.tid, scratch + SCR_PATH, &si.0)?;
+                trs.syscall(
+                    "rt_sigqueueinfo",
+                    nr::RT_SIGQUEUEINFO,
+                    [u(p.ns_pid), u(sig), scratch + SCR_PATH, 0, 0, 0],
+                )
+                .pid(t.tid)?;
+            }
+        }
+        let c = &p.creds;
+        if c.uid != [0; 4] || c.gid != [0; 4] || !c.groups.is_empty() {
+            let g: Vec<u8> = c.groups.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            mem_put(t.tid, scratch + SCR_PATH, &g)?;
+            trs.syscall(
+                "setgroups",
+                nr::SETGROUPS,
+                [c.groups.len() as u64, scratch + SCR_PATH, 0, 0, 0, 0],
+            )
+            .pid(t.tid)?;
+            let (g0, g1, g2) = (
+                u64::from(c.gid[0]),
+                u64::from(c.gid[1]),
+                u64::from(c.gid[2]),
+            );
+            trs.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])
+                .pid(t.tid)?;
+            let (u0, u1, u2) = (
+                u64::from(c.uid[0]),
+                u64::from(c.uid[1]),
+                u64::from(c.uid[2]),
+            );
+            trs.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])
+                .pid(t.tid)?;
+        }
+    }
+    rs.finish().pid(pid)?;
+    Ok(())
+}
+
+fn open_remote(
+    rs: &mut RemoteSyscalls,
+    cache: &mut BTreeMap<(String, bool), u64>,
+    pid: i32,
+    scratch: u64,
+    path: &str,
+    flags: u64,
+) -> Result<u64> {
+    if let Some(&fd) = cache.get(&(path.to_string(), flags != 0)) {
+        return Ok(fd);
+    }
+    let mut b = path.as_bytes().to_vec();
+    b.push(0);
+    rs.put(SCR_PATH, &b).pid(pid)?;
+    let fd = rs
+        .syscall(
+            &format!("open {path}"),
+            nr::OPENAT,
+            [
+                u(libc::AT_FDCWD),
+                scratch + SCR_PATH,
+                flags | 0o2000000,
+                0,
+                0,
+                0,
+            ],
+        )
+        .pid(pid)?;
+    cache.insert((path.to_string(), flags != 0), fd);
+    Ok(fd)
+}
+
+/// Creates a userfaultfd inside the target (injected) and takes it; `None` when the kernel
+/// or the configuration refuses (the caller falls back to `process_vm_writev`).
+fn remote_uffd(rs: &mut RemoteSyscalls, pid: i32) -> Option<sys::uffd_fill::RemoteUffd> {
+    let fd = rs
+        .syscall("userfaultfd", nr::USERFAULTFD, [0o2000000, 0, 0, 0, 0, 0])
+        .ok()?;
+    let got = sys::pid::pidfd_open(pid)
+        .and_then(|pidfd| sys::pid::pidfd_getfd(&pidfd, i32::try_from(fd).unwrap_or(-1)));
+    let _ = rs.syscall("close(userfaultfd)", nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+    match got.and_then(sys::uffd_fill::RemoteUffd::new) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::debug!("pid {pid}: no userfaultfd fill ({e}); using process_vm_writev");
+            None
+        }
+    }
+}
+
+/// Fills private anonymous mappings with `UFFDIO_COPY` (no zeroing of the new pages) and the
+/// rest with `process_vm_writev`, on two threads.
+fn fill_with_uffd(
+    pid: i32,
+    p: &Process,
+    data: &[u8],
+    uffd: &sys::uffd_fill::RemoteUffd,
+    opts: &RestoreOptions,
+    done: &mut u64,
+    total: u64,
+) -> Result<()> {
+    const PIECE: u64 = 4 << 20;
+    // (dst, offset in data, len, via uffd)
+    let mut jobs: Vec<(u64, usize, usize, bool)> = Vec::new();
+    let mut registered = Vec::new();
+    for v in &p.vmas {
+        if v.pages.is_empty() {
+            continue;
+        }
+        let anon = matches!(v.kind, VmaKind::Anon { .. } | VmaKind::Stack);
+        let via = anon && uffd.register(v.start, v.end - v.start).is_ok();
+        if via {
+            registered.push((v.start, v.end - v.start));
+        }
+        for r in &v.pages {
+            let mut off = 0u64;
+            let len = r.npages * PAGE_SIZE;
+            while off < len {
+                let n = PIECE.min(len - off);
+                let at = usize::try_from(r.offset + off).unwrap_or(usize::MAX);
+                jobs.push((r.vaddr + off, at, usize::try_from(n).unwrap_or(0), via));
+                off += n;
+            }
+        }
+    }
+    let run = |js: &[(u64, usize, usize, bool)]| -> Result<()> {
+        for &(dst, at, n, via) in js {
+            let src = data.get(at..at + n).ok_or_else(|| RestoreError::Invalid {
+                pid,
+                why: "page run outside the pages file".into(),
+            })?;
+            if via {
+                if let Err(e) = uffd.copy(dst, src) {
+                    // Fall back for this piece (pages already copied are simply overwritten).
+                    tracing::debug!("pid {pid}: {e}; falling back to process_vm_writev");
+                    sys::mem::write_exact(pid, src, dst).pid(pid)?;
+                }
+            } else {
+                sys::mem::write_exact(pid, src, dst).pid(pid)?;
+            }
+        }
+        Ok(())
+    };
+    let half = jobs.len() / 2;
+    let (a, b) = jobs.split_at(half);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| run(b));
+        let r = run(a);
+        h.join()
+            .unwrap_or_else(|_| {
+                Err(RestoreError::Invalid {
+                    pid,
+                    why: "page writer panicked".into(),
+                })
+            })
+            .and(r)
+    })?;
+    for (start, len) in registered {
+        uffd.unregister(start, len).pid(pid)?;
+    }
+    *done += data.len() as u64;
+    if let Some(pf) = &opts.progress {
+        pf(*done, total);
+    }
+    Ok(())
+}
+
+/// Writes the pages with two threads when there is enough to share (page allocation in the
+/// target dominates, and it runs in parallel on two CPUs).
+fn write_pages(
+    pid: i32,
+    data: &[u8],
+    ranges: &[RemoteRange],
+    opts: &RestoreOptions,
+    done: &mut u64,
+    total: u64,
+) -> Result<()> {
+    let bytes: u64 = ranges.iter().map(|r| r.len).sum();
+    let step = |rr: &[RemoteRange], d: &[u8]| sys::mem::write_vectored(pid, d, rr).pid(pid);
+    if bytes < (32 << 20) || ranges.len() < 2 {
+        step(ranges, data)?;
+    } else {
+        // Split at the range boundary nearest to half of the bytes.
+        let mut acc = 0u64;
+        let mut cut = 0;
+        for (i, r) in ranges.iter().enumerate() {
+            if acc >= bytes / 2 {
+                cut = i;
+                break;
+            }
+            acc += r.len;
+        }
+        if cut == 0 {
+            // One huge range: split it.
+            let r0 = ranges[0];
+            let half = (r0.len / 2) & !(PAGE_SIZE - 1);
+            let a = [RemoteRange {
+                addr: r0.addr,
+                len: half,
+            }];
+            let mut b = vec![RemoteRange {
+                addr: r0.addr + half,
+                len: r0.len - half,
+            }];
+            b.extend_from_slice(&ranges[1..]);
+            let (d0, d1) = data.split_at(usize::try_from(half).unwrap_or(0));
+            std::thread::scope(|s| {
+                let h = s.spawn(|| step(&b, d1));
+                let r = step(&a, d0);
+                h.join()
+                    .unwrap_or_else(|_| {
+                        Err(RestoreError::Invalid {
+                            pid,
+                            why: "page writer panicked".into(),
+                        })
+                    })
+                    .and(r)
+            })?;
+        } else {
+            let (d0, d1) = data.split_at(usize::try_from(acc).unwrap_or(0));
+            std::thread::scope(|s| {
+                let h = s.spawn(|| step(&ranges[cut..], d1));
+                let r = step(&ranges[..cut], d0);
+                h.join()
+                    .unwrap_or_else(|_| {
+                        Err(RestoreError::Invalid {
+                            pid,
+                            why: "page writer panicked".into(),
+                        })
+                    })
+                    .and(r)
+            })?;
+        }
+    }
+    *done += bytes;
+    if let Some(pf) = &opts.progress {
+        pf(*done, total);
+    }
+    Ok(())
+}
+
+fn mem_put(tid: i32, addr: u64, data: &[u8]) -> Result<()> {
+    sys::mem::write_exact(tid, data, addr).pid(tid)
+}

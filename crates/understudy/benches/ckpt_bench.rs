@@ -1,0 +1,294 @@
+//! Checkpoint/restore benchmark (issue 2).
+//!
+//! For each size (default 64, 256 and 1024 MiB) it starts a tree (a root holding that much
+//! touched anonymous memory, plus one small child), measures raw `process_vm_readv` throughput
+//! on that very memory, then dumps (killing the tree) and restores it RUNS times through the
+//! library (`checkpoint::dump`, `restore::restore`), and finally lets the workload verify every
+//! page. Prints one markdown table of medians, each next to its target.
+//!
+//! ```sh
+//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5]
+//! ```
+//! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::IoSliceMut;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::Pid;
+
+const WORKLOAD: &str = include_str!("bench_mem.c");
+
+struct Args {
+    sizes: Vec<u64>,
+    runs: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        sizes: vec![64, 256, 1024],
+        runs: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--sizes" => {
+                let v = it.next().expect("--sizes needs a value");
+                args.sizes = v
+                    .split(',')
+                    .map(|s| s.trim().parse().expect("size in MiB"))
+                    .collect();
+            }
+            "--runs" => args.runs = it.next().expect("--runs N").parse().expect("--runs N"),
+            // `cargo bench` passes --bench; anything else is a filter we do not use.
+            _ => {}
+        }
+    }
+    args
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                total += du(&p);
+            } else if let Ok(m) = p.metadata() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// The running workload tree; killed on drop.
+struct Tree {
+    root: i32,
+    dir: PathBuf,
+    addr: usize,
+    len: usize,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        // The whole tree is one session led by the root: kill its process group.
+        let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(self.root), Signal::SIGKILL);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_file(p: &Path, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = fs::read_to_string(p) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{} did not appear within {timeout:?}",
+            p.display()
+        );
+        sleep(Duration::from_millis(10));
+    }
+}
+
+fn start_tree(bin: &Path, base: &Path, mib: u64) -> Tree {
+    let dir = base.join(format!("tree-{mib}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("tree dir");
+    let out = Command::new(bin)
+        .arg(&dir)
+        .arg(mib.to_string())
+        .output()
+        .expect("start workload");
+    assert!(out.status.success(), "workload failed to start: {out:?}");
+    let root: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("root pid");
+    let mut tree = Tree {
+        root,
+        dir,
+        addr: 0,
+        len: 0,
+    };
+    wait_file(&tree.dir.join("ready"), Duration::from_secs(120));
+    let region = wait_file(&tree.dir.join("region"), Duration::from_secs(5));
+    let mut it = region
+        .split_whitespace()
+        .map(|s| s.parse::<usize>().expect("region"));
+    tree.addr = it.next().expect("addr");
+    tree.len = it.next().expect("len");
+    tree
+}
+
+/// Raw process_vm_readv throughput (bytes/s) over the whole region, into a 64 MiB buffer.
+fn raw_readv(tree: &Tree, buf: &mut [u8]) -> f64 {
+    let start = Instant::now();
+    let mut off = 0;
+    while off < tree.len {
+        let n = buf.len().min(tree.len - off);
+        let mut local = [IoSliceMut::new(&mut buf[..n])];
+        let remote = [RemoteIoVec {
+            base: tree.addr + off,
+            len: n,
+        }];
+        let got = process_vm_readv(Pid::from_raw(tree.root), &mut local, &remote)
+            .expect("process_vm_readv");
+        assert_eq!(got, n, "short process_vm_readv");
+        off += n;
+    }
+    #[allow(clippy::cast_precision_loss)] // byte counts far below 2^52
+    let bytes = tree.len as f64;
+    bytes / start.elapsed().as_secs_f64()
+}
+
+#[derive(Default)]
+struct Samples {
+    raw: Vec<f64>,
+    dump_wall: Vec<f64>,
+    dump: Vec<f64>,
+    frozen: Vec<f64>,
+    copy: Vec<f64>,
+    reap: Vec<f64>,
+    restore_wall: Vec<f64>,
+    image: Vec<f64>,
+    pages: Vec<f64>,
+}
+
+#[allow(clippy::cast_precision_loss)] // sizes and counts far below 2^52
+fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize) -> Samples {
+    let mut s = Samples::default();
+    let tree = start_tree(bin, base, mib);
+    let mut buf = vec![1u8; 64 << 20];
+    for _ in 0..runs {
+        s.raw.push(raw_readv(&tree, &mut buf));
+    }
+    drop(buf);
+    for run in 0..runs {
+        let image = base.join(format!("image-{mib}-{run}"));
+        let _ = fs::remove_dir_all(&image);
+        let opts = checkpoint::DumpOptions {
+            root_pid: tree.root,
+            image_dir: image.clone(),
+            leave_running: false,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let rep = checkpoint::dump(&opts).unwrap_or_else(|e| panic!("dump {mib} MiB: {e}"));
+        let wall = t0.elapsed();
+        s.dump_wall.push(wall.as_secs_f64());
+        s.dump
+            .push(wall.saturating_sub(rep.reap_wait).as_secs_f64());
+        s.frozen.push(rep.frozen.as_secs_f64());
+        s.copy.push(rep.memory_copy.as_secs_f64());
+        s.reap.push(rep.reap_wait.as_secs_f64());
+        s.pages.push(rep.pages_bytes as f64);
+        s.image.push(du(&image) as f64);
+        let t1 = Instant::now();
+        let rr = restore::restore(&restore::RestoreOptions {
+            image_dir: image.clone(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("restore {mib} MiB: {e}"));
+        s.restore_wall.push(t1.elapsed().as_secs_f64());
+        eprintln!(
+            "{mib} MiB run {}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, reap wait {:.3} s), restore {:.3} s",
+            run + 1,
+            wall.as_secs_f64(),
+            rep.frozen.as_secs_f64(),
+            rep.memory_copy.as_secs_f64(),
+            rep.reap_wait.as_secs_f64(),
+            t1.elapsed().as_secs_f64()
+        );
+        assert_eq!(rr.root_pid, tree.root, "restored root pid");
+        let _ = fs::remove_dir_all(&image);
+    }
+    fs::write(tree.dir.join("check"), "check\n").expect("trigger");
+    let verdict = wait_file(&tree.dir.join("result"), Duration::from_secs(120));
+    assert_eq!(
+        verdict.trim(),
+        "PASS",
+        "{mib} MiB workload after {runs} dump/restore cycles"
+    );
+    s
+}
+
+fn main() {
+    let args = parse_args();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: ckpt_bench needs root");
+        return;
+    }
+    let base = std::env::var_os("UNDERSTUDY_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("understudy-ckpt-bench-{}", std::process::id()));
+    fs::create_dir_all(&base).expect("bench dir");
+    let src = base.join("bench_mem.c");
+    fs::write(&src, WORKLOAD).expect("write workload");
+    let bin = base.join("bench_mem");
+    let cc = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("run cc");
+    assert!(cc.success(), "cc failed");
+
+    println!("runs per size: {}; medians; dump time excludes waiting for PID 1 to reap the killed tree (shown apart)", args.runs);
+    println!();
+    println!("| memory | raw readv | dump | dump rate (target >= 70% of raw) | freeze (target: no longer than the copy) | memory copy | reap wait | restore (1 GiB target < 0.5 s) | image size |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &mib in &args.sizes {
+        let mut s = bench_size(&bin, &base, mib, args.runs);
+        let raw = median(&mut s.raw);
+        let dump = median(&mut s.dump);
+        let pages = median(&mut s.pages);
+        let rate = pages / dump;
+        let frozen = median(&mut s.frozen);
+        let copy = median(&mut s.copy);
+        let reap = median(&mut s.reap);
+        let restore = median(&mut s.restore_wall);
+        let image = median(&mut s.image);
+        let _ = median(&mut s.dump_wall);
+        let gb = 1e9;
+        println!(
+            "| {mib} MiB | {:.2} GB/s | {:.3} s | {:.2} GB/s ({:.0}% of raw: {}) | {:.3} s (copy + {:.0} ms) | {:.3} s | {:.3} s | {:.3} s{} | {:.1} MiB |",
+            raw / gb,
+            dump,
+            rate / gb,
+            100.0 * rate / raw,
+            if rate >= 0.7 * raw { "met" } else { "missed" },
+            frozen,
+            (frozen - copy) * 1e3,
+            copy,
+            reap,
+            restore,
+            if mib == 1024 { if restore < 0.5 { " (met)" } else { " (missed)" } } else { "" },
+            image / (1u64 << 20) as f64,
+        );
+    }
+    let _ = fs::remove_dir_all(&base);
+}

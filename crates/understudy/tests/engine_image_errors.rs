@@ -1,0 +1,75 @@
+//! A corrupted or truncated image is refused with a message naming the file and what is wrong,
+//! nothing of it is left running, and the intact image still restores.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn corrupt_and_truncated_images_are_refused() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("mem_single", &[]);
+    let w = start(&prog);
+    let img = w.dir.path().join("img");
+    ok(&checkpoint(w.pid, &img, false), "checkpoint");
+
+    // One flipped byte in the page data.
+    let bad = w.dir.path().join("bad-pages");
+    copy_dir(&img, &bad);
+    let pages = bad.join(format!("pages-{}.img", w.pid));
+    let mut b = std::fs::read(&pages).unwrap();
+    let n = b.len();
+    b[n - 100] ^= 0x01;
+    std::fs::write(&pages, b).unwrap();
+    let o = restore(&bad);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("pages-{}.img: corrupt", w.pid)),
+        "{err}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{}", w.pid)).exists(),
+        "a stub was left behind"
+    );
+
+    // A truncated tree.img.
+    let trunc = w.dir.path().join("bad-tree");
+    copy_dir(&img, &trunc);
+    let t = trunc.join("tree.img");
+    let len = std::fs::metadata(&t).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let o = restore(&trunc);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("tree.img: truncated"), "{err}");
+    let o = std::process::Command::new(BIN)
+        .arg("inspect")
+        .arg(&trunc)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+
+    // The intact image still works.
+    let o = restore(&img);
+    ok(&o, "restore");
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}

@@ -1,0 +1,246 @@
+//! `understudy run` and `understudy logs`: a supervised launch in its own PID namespace.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const UNDERSTUDY: &str = env!("CARGO_BIN_EXE_understudy");
+
+fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (creating a PID namespace)");
+        return false;
+    }
+    true
+}
+
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(tag: &str) -> StateDir {
+        let p = std::env::temp_dir().join(format!("understudy-run-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("state dir");
+        StateDir(p)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        // Kill whatever a failed test left running (the init takes its namespace with it).
+        if let Ok(text) = fs::read_to_string(self.0.join("apps/app/app.json")) {
+            if let Some(pid) = json_field(&text, "root_pid").and_then(|v| v.as_i64()) {
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains("--init") {
+                    let pid = i32::try_from(pid).expect("pid");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn json_field(text: &str, field: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get(field).cloned()
+}
+
+/// Runs `understudy --state-dir DIR ARGS` with a deadline.
+fn understudy(state: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(UNDERSTUDY)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn understudy");
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("`understudy {}` did not finish within 30 s", args.join(" "));
+        }
+        sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn attached_run_gives_pid_namespace_and_exit_status() {
+    if !can_run() {
+        return;
+    }
+    let st = StateDir::new("attached");
+    let out = understudy(
+        &st.0,
+        &[
+            "run",
+            "--name",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo pid=$$ ppid=$PPID; exit 7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    // PROGRAM is PID 2 of its namespace, its parent the init (PID 1).
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pid=2 ppid=1\n");
+    let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
+    assert_eq!(json_field(&rec, "name"), Some("app".into()));
+    assert_eq!(json_field(&rec, "pidns"), Some(true.into()));
+    assert!(json_field(&rec, "root_pid")
+        .and_then(|v| v.as_i64())
+        .is_some_and(|p| p > 1));
+    assert!(json_field(&rec, "output").is_some_and(|v| v.is_string()));
+    assert_eq!(json_field(&rec, "state"), Some("exited".into()));
+    assert_eq!(json_field(&rec, "exit_code"), Some(7.into()));
+}
+
+#[test]
+fn killed_program_reports_128_plus_signal() {
+    if !can_run() {
+        return;
+    }
+    let st = StateDir::new("signal");
+    let out = understudy(
+        &st.0,
+        &[
+            "run",
+            "--name",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "kill -TERM $$; sleep 5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(128 + 15), "{out:?}");
+}
+
+#[test]
+fn init_reaps_orphans() {
+    if !can_run() {
+        return;
+    }
+    let st = StateDir::new("orphans");
+    // Ten orphans (their parent subshell exits at once) exit while PROGRAM still runs: they
+    // were reparented to the init, which must reap them.
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.05 &) ; done; sleep 1.5";
+    let out = understudy(
+        &st.0,
+        &["run", "--detach", "--name", "app", "--", "sh", "-c", script],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let init: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("init pid");
+    sleep(Duration::from_millis(600));
+    let mut zombies = Vec::new();
+    let mut children = 0;
+    for e in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(init) {
+            children += 1;
+            if fields[0] == "Z" {
+                zombies.push(e.file_name());
+            }
+        }
+    }
+    assert!(children >= 1, "PROGRAM is not a child of the init");
+    assert!(zombies.is_empty(), "the init left zombies: {zombies:?}");
+}
+
+#[test]
+fn detached_run_writes_log_and_logs_prints_it() {
+    if !can_run() {
+        return;
+    }
+    let st = StateDir::new("detached");
+    let out = understudy(
+        &st.0,
+        &[
+            "run",
+            "--detach",
+            "--name",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo out-line; echo err-line >&2; sleep 0.3; echo last",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("prints the init pid");
+    let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
+    assert_eq!(json_field(&rec, "root_pid"), Some(pid.into()));
+    assert_eq!(json_field(&rec, "detached"), Some(true.into()));
+    let log = st.0.join("apps/app/output.log");
+    assert_eq!(
+        json_field(&rec, "output"),
+        Some(log.to_string_lossy().into_owned().into())
+    );
+    // A second launch under the same name is refused while the first runs.
+    let again = understudy(&st.0, &["run", "--detach", "--name", "app", "--", "true"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "{again:?}"
+    );
+    // `logs --follow` returns once the application has exited, with everything it wrote.
+    let logs = understudy(&st.0, &["logs", "--follow", "app"]);
+    assert!(logs.status.success(), "{logs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "out-line\nerr-line\nlast\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
+        if json_field(&rec, "state") == Some("exited".into()) {
+            assert_eq!(json_field(&rec, "exit_code"), Some(0.into()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "app.json never says exited: {rec}"
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_names_and_unknown_apps_are_refused() {
+    let st = StateDir::new("names");
+    let out = understudy(&st.0, &["run", "--name", "../escape", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not usable"),
+        "{out:?}"
+    );
+    let out = understudy(&st.0, &["logs", "nothing-here"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing-here"),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,67 @@
+/*
+ * Time and CPU through the vDSO and rseq after restore: clock_gettime (vDSO) keeps working and
+ * CLOCK_MONOTONIC never goes backwards, gettimeofday and time agree with the raw syscalls, the
+ * vDSO is where the auxiliary vector says, and sched_getcpu (glibc reads the rseq area the kernel
+ * updates) agrees with the getcpu syscall, i.e. rseq is still registered.
+ */
+#include "zdtm.h"
+#include <sched.h>
+#include <sys/auxv.h>
+#include <sys/time.h>
+
+static int vdso_mapped_at(unsigned long addr)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	int ok = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo == addr && strstr(line, "[vdso]"))
+			ok = 1;
+	}
+	if (f)
+		fclose(f);
+	return ok;
+}
+
+int main(int argc, char **argv)
+{
+	zdtm_start(argc, argv);
+	unsigned long vdso = getauxval(AT_SYSINFO_EHDR);
+	ZCHECK(vdso && vdso_mapped_at(vdso), "vDSO not at AT_SYSINFO_EHDR before checkpoint");
+	struct timespec last;
+	clock_gettime(CLOCK_MONOTONIC, &last);
+	zdtm_ready();
+	while (!zdtm_triggered()) {
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		ZCHECK(now.tv_sec > last.tv_sec || (now.tv_sec == last.tv_sec && now.tv_nsec >= last.tv_nsec),
+		       "CLOCK_MONOTONIC went backwards");
+		last = now;
+		zdtm_msleep(2);
+	}
+	ZCHECK(vdso_mapped_at(vdso), "vDSO no longer at AT_SYSINFO_EHDR %#lx", vdso);
+	for (int i = 0; i < 100; i++) {
+		struct timespec v, k;
+		ZCHECK(clock_gettime(CLOCK_MONOTONIC, &v) == 0, "vDSO clock_gettime");
+		ZCHECK(syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &k) == 0, "raw clock_gettime");
+		int64_t d = (int64_t)(k.tv_sec - v.tv_sec) * 1000000000LL + (k.tv_nsec - v.tv_nsec);
+		ZCHECK(d >= 0 && d < 100000000LL, "vDSO and syscall monotonic clocks differ by %lld ns",
+		       (long long)d);
+		ZCHECK(v.tv_sec > last.tv_sec || (v.tv_sec == last.tv_sec && v.tv_nsec >= last.tv_nsec),
+		       "CLOCK_MONOTONIC went backwards after restore");
+		struct timeval tv;
+		ZCHECK(gettimeofday(&tv, NULL) == 0, "gettimeofday");
+		time_t t = time(NULL), kt = (time_t)syscall(SYS_time, NULL);
+		ZCHECK(t >= kt - 1 && t <= kt + 1, "time() %ld vs syscall %ld", (long)t, (long)kt);
+		unsigned cpu = 0;
+		int g = sched_getcpu();
+		ZCHECK(syscall(SYS_getcpu, &cpu, NULL, NULL) == 0, "getcpu");
+		/* A migration between the two calls is possible: retry a few times before failing. */
+		if (g != (int)cpu && i < 99)
+			continue;
+		ZCHECK(g == (int)cpu || i < 99, "sched_getcpu %d vs getcpu %u (rseq lost?)", g, cpu);
+		break;
+	}
+	zdtm_pass();
+}
