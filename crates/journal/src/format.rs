@@ -1,0 +1,453 @@
+//! The on-disk format of a journal: segment headers and record frames.
+//!
+//! Everything here is pure encoding and decoding over byte slices, with no I/O, so the same
+//! code validates records read from disk, records shipped over the wire as raw frames
+//! ([`crate::Journal::read_raw_from`]) and records handed to [`crate::Journal::append_raw`].
+//! All integers are little-endian. See `docs/journal-format.md` for the layout and the
+//! version rules.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// The first eight bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"USTJRNL\0";
+/// The segment format version this crate writes. Readers accept exactly this version; any
+/// other version with a valid header checksum is refused (never cut as a torn tail).
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of the segment header in bytes.
+pub const SEGMENT_HEADER_LEN: usize = 56;
+/// Size of a record frame header in bytes (the payload follows it).
+pub const RECORD_HEADER_LEN: usize = 24;
+/// Hard upper bound on a record payload. A length field above this is corruption, so a
+/// damaged length can never make a reader allocate more than this.
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+/// File-name suffix of segment files.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+
+/// Why a segment header or a record frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Corruption {
+    /// The file ends inside the segment header.
+    ShortHeader {
+        /// Bytes the file has.
+        len: u64,
+    },
+    /// The segment header does not start with [`SEGMENT_MAGIC`].
+    BadMagic,
+    /// The segment header checksum does not match.
+    HeaderChecksum,
+    /// The segment header has a valid checksum but a version this build does not read.
+    UnsupportedVersion {
+        /// The version found.
+        version: u16,
+    },
+    /// The segment header declares a length other than [`SEGMENT_HEADER_LEN`].
+    BadHeaderLength {
+        /// The length found.
+        len: u16,
+    },
+    /// The file name says one first sequence number, the header another.
+    NameMismatch {
+        /// From the file name.
+        name_seq: u64,
+        /// From the header.
+        header_seq: u64,
+    },
+    /// The segment belongs to another journal (its journal id differs).
+    ForeignSegment {
+        /// The journal id of the earlier segments.
+        expected: u64,
+        /// This segment's journal id.
+        found: u64,
+    },
+    /// Segment indices must increase by one from segment to segment.
+    IndexMismatch {
+        /// Previous index + 1.
+        expected: u64,
+        /// This segment's index.
+        found: u64,
+    },
+    /// The file ends inside a record frame header.
+    ShortRecordHeader {
+        /// Bytes left in the file.
+        have: u64,
+    },
+    /// The length field is larger than [`MAX_PAYLOAD`].
+    LengthTooLarge {
+        /// The length found.
+        len: u32,
+    },
+    /// The file ends inside the record payload.
+    ShortPayload {
+        /// The declared payload length.
+        len: u32,
+        /// Bytes left in the file after the frame header.
+        have: u64,
+    },
+    /// Reserved header bits (segment or record) are set.
+    ReservedBits {
+        /// The bits found.
+        flags: u32,
+    },
+    /// The record checksum does not match.
+    RecordChecksum,
+    /// A well-formed record carries an unexpected sequence number.
+    SeqMismatch {
+        /// The seq that had to come next.
+        expected: u64,
+        /// The seq found.
+        found: u64,
+    },
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ShortHeader { len } => write!(
+                f,
+                "file of {len} bytes ends inside the {SEGMENT_HEADER_LEN}-byte segment header"
+            ),
+            Self::BadMagic => write!(f, "segment header has a bad magic"),
+            Self::HeaderChecksum => write!(f, "segment header checksum mismatch"),
+            Self::UnsupportedVersion { version } => write!(
+                f,
+                "segment format version {version} is not supported (this build reads {FORMAT_VERSION})"
+            ),
+            Self::BadHeaderLength { len } => write!(f, "segment header length {len} is not {SEGMENT_HEADER_LEN}"),
+            Self::NameMismatch { name_seq, header_seq } => write!(
+                f,
+                "file name says first seq {name_seq} but the header says {header_seq}"
+            ),
+            Self::ForeignSegment { expected, found } => write!(
+                f,
+                "segment belongs to journal {found:016x}, not {expected:016x}"
+            ),
+            Self::IndexMismatch { expected, found } => {
+                write!(f, "segment index {found}, expected {expected}")
+            }
+            Self::ShortRecordHeader { have } => write!(
+                f,
+                "only {have} bytes left for a {RECORD_HEADER_LEN}-byte record header (torn write)"
+            ),
+            Self::LengthTooLarge { len } => {
+                write!(f, "record length {len} exceeds the limit of {MAX_PAYLOAD} bytes")
+            }
+            Self::ShortPayload { len, have } => write!(
+                f,
+                "record payload of {len} bytes but only {have} bytes left (torn write)"
+            ),
+            Self::ReservedBits { flags } => write!(f, "reserved flags {flags:#x} are set"),
+            Self::RecordChecksum => write!(f, "record checksum mismatch"),
+            Self::SeqMismatch { expected, found } => {
+                write!(f, "record has seq {found}, expected {expected}")
+            }
+        }
+    }
+}
+
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SegmentHeader {
+    /// Sequence number of the first record the segment holds (or would hold, when empty).
+    pub first_seq: u64,
+    /// Position of the segment in the journal: 0 for the first segment ever written, then +1.
+    pub index: u64,
+    /// Random identity of the journal, shared by all its segments.
+    pub journal_id: u64,
+    /// Incremented by every `Journal::reset`; all live segments share it.
+    pub epoch: u64,
+}
+
+impl SegmentHeader {
+    /// Encode the header into its fixed-size on-disk form.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        // The header length always fits in u16 (it is a small constant).
+        let hl = u16::try_from(SEGMENT_HEADER_LEN).unwrap_or(u16::MAX);
+        b[10..12].copy_from_slice(&hl.to_le_bytes());
+        // 12..16: flags, zero in version 1.
+        b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[24..32].copy_from_slice(&self.index.to_le_bytes());
+        b[32..40].copy_from_slice(&self.journal_id.to_le_bytes());
+        b[40..48].copy_from_slice(&self.epoch.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..48]);
+        b[48..52].copy_from_slice(&crc.to_le_bytes());
+        // 52..56: reserved, zero.
+        b
+    }
+
+    /// Decode and validate a segment header from the start of a segment file.
+    pub fn decode(b: &[u8]) -> Result<Self, Corruption> {
+        if b.len() < SEGMENT_HEADER_LEN {
+            return Err(Corruption::ShortHeader {
+                len: b.len() as u64,
+            });
+        }
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err(Corruption::BadMagic);
+        }
+        if crc32c::crc32c(&b[0..48]) != le_u32(&b[48..52]) {
+            return Err(Corruption::HeaderChecksum);
+        }
+        let version = le_u16(&b[8..10]);
+        if version != FORMAT_VERSION {
+            return Err(Corruption::UnsupportedVersion { version });
+        }
+        let len = le_u16(&b[10..12]);
+        if usize::from(len) != SEGMENT_HEADER_LEN {
+            return Err(Corruption::BadHeaderLength { len });
+        }
+        // Flags (covered by the checksum) and the trailing reserved word (not covered) must be
+        // zero in version 1.
+        let flags = le_u32(&b[12..16]) | le_u32(&b[52..56]);
+        if flags != 0 {
+            return Err(Corruption::ReservedBits { flags });
+        }
+        Ok(Self {
+            first_seq: le_u64(&b[16..24]),
+            index: le_u64(&b[24..32]),
+            journal_id: le_u64(&b[32..40]),
+            epoch: le_u64(&b[40..48]),
+        })
+    }
+}
+
+/// The fixed header in front of every record payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Payload length in bytes.
+    pub len: u32,
+    /// Stream the record belongs to (opaque to the journal).
+    pub stream: u32,
+    /// Sequence number.
+    pub seq: u64,
+    /// Stored checksum.
+    pub crc: u32,
+}
+
+impl RecordHeader {
+    /// Parse a record header. Checks the length bound and the reserved bits; the checksum is
+    /// checked by [`RecordHeader::verify`] once the payload is at hand.
+    pub fn decode(b: &[u8]) -> Result<Self, Corruption> {
+        if b.len() < RECORD_HEADER_LEN {
+            return Err(Corruption::ShortRecordHeader {
+                have: b.len() as u64,
+            });
+        }
+        let len = le_u32(&b[4..8]);
+        if len > MAX_PAYLOAD {
+            return Err(Corruption::LengthTooLarge { len });
+        }
+        let flags = le_u32(&b[12..16]);
+        if flags != 0 {
+            return Err(Corruption::ReservedBits { flags });
+        }
+        Ok(Self {
+            len,
+            stream: le_u32(&b[8..12]),
+            seq: le_u64(&b[16..24]),
+            crc: le_u32(&b[0..4]),
+        })
+    }
+
+    /// Check the stored checksum against the header bytes and the payload.
+    pub fn verify(&self, header: &[u8], payload: &[u8]) -> Result<(), Corruption> {
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_LEN]), payload);
+        if crc == self.crc {
+            Ok(())
+        } else {
+            Err(Corruption::RecordChecksum)
+        }
+    }
+
+    /// Total frame size (header plus payload).
+    pub fn frame_len(&self) -> u64 {
+        RECORD_HEADER_LEN as u64 + u64::from(self.len)
+    }
+}
+
+/// Append one framed record to `out`. The caller has checked `payload.len() <= MAX_PAYLOAD`.
+pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    // 0..4: crc, filled in below; 12..16: flags, zero in version 1.
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..12].copy_from_slice(&stream.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    let start = out.len();
+    out.reserve(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    // One pass over the contiguous bytes after the checksum field.
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A record decoded from a contiguous buffer of frames, borrowing its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Stream id.
+    pub stream: u32,
+    /// Payload bytes.
+    pub payload: &'a [u8],
+}
+
+/// Decode the first frame of `buf`, returning it and its total length in bytes.
+///
+/// Used on raw frame batches ([`crate::RawBatch`]); never allocates.
+pub fn decode_frame(buf: &[u8]) -> Result<(FrameRef<'_>, usize), Corruption> {
+    let h = RecordHeader::decode(buf)?;
+    let have = buf.len() - RECORD_HEADER_LEN;
+    let len = usize::try_from(h.len).unwrap_or(usize::MAX);
+    if have < len {
+        return Err(Corruption::ShortPayload {
+            len: h.len,
+            have: have as u64,
+        });
+    }
+    let payload = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    // Header and payload are contiguous here: one CRC pass over the frame after the field.
+    if crc32c::crc32c(&buf[4..RECORD_HEADER_LEN + len]) != h.crc {
+        return Err(Corruption::RecordChecksum);
+    }
+    Ok((
+        FrameRef {
+            seq: h.seq,
+            stream: h.stream,
+            payload,
+        },
+        RECORD_HEADER_LEN + len,
+    ))
+}
+
+/// Iterate over the frames of a contiguous buffer, stopping at the first invalid one
+/// (which is returned as an error item; iteration then ends).
+pub fn frames(buf: &[u8]) -> Frames<'_> {
+    Frames { buf, failed: false }
+}
+
+/// Iterator returned by [`frames`].
+#[derive(Debug)]
+pub struct Frames<'a> {
+    buf: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<FrameRef<'a>, Corruption>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.buf.is_empty() {
+            return None;
+        }
+        match decode_frame(self.buf) {
+            Ok((f, n)) => {
+                self.buf = &self.buf[n..];
+                Some(Ok(f))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The file name of the segment whose first record has sequence number `first_seq`.
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{SEGMENT_SUFFIX}")
+}
+
+/// Parse a segment file name back into its first sequence number.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn le_u16(b: &[u8]) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[..2]);
+    u16::from_le_bytes(a)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let h = SegmentHeader {
+            first_seq: 42,
+            index: 3,
+            journal_id: 0xdead_beef_0123_4567,
+            epoch: 2,
+        };
+        assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        let mut b = h.encode();
+        b[20] ^= 1;
+        assert_eq!(SegmentHeader::decode(&b), Err(Corruption::HeaderChecksum));
+        assert_eq!(
+            SegmentHeader::decode(&b[..10]),
+            Err(Corruption::ShortHeader { len: 10 })
+        );
+    }
+
+    #[test]
+    fn frame_round_trip_and_every_bit_flip_is_caught() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 7, 3, b"hello world");
+        let (f, n) = decode_frame(&buf).unwrap();
+        assert_eq!(
+            (f.seq, f.stream, f.payload, n),
+            (7, 3, &b"hello world"[..], buf.len())
+        );
+        for bit in 0..buf.len() * 8 {
+            let mut b = buf.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_frame(&b).is_err(), "flip of bit {bit} not detected");
+        }
+    }
+
+    #[test]
+    fn huge_length_is_refused_without_allocating() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 1, 0, b"x");
+        buf[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode_frame(&buf).unwrap_err(),
+            Corruption::LengthTooLarge { len: u32::MAX }
+        );
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(segment_file_name(1), "00000000000000000001.seg");
+        assert_eq!(parse_segment_file_name("00000000000000000001.seg"), Some(1));
+        assert_eq!(parse_segment_file_name("1.seg"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000001.seg.tmp"),
+            None
+        );
+    }
+}
