@@ -1,5 +1,5 @@
 /*
- * Interval timers: ITIMER_REAL firing every 100 ms into a SIGALRM handler, and a long
+ * Interval timers: ITIMER_REAL firing every 20 ms into a SIGALRM handler, and a long
  * ITIMER_VIRTUAL. After restore: both intervals are unchanged, the remaining time is within
  * the interval, and SIGALRM keeps firing.
  */
@@ -22,20 +22,20 @@ int main(int argc, char **argv)
 	sa.sa_flags = SA_RESTART;
 	sigemptyset(&sa.sa_mask);
 	ZCHECK(sigaction(SIGALRM, &sa, NULL) == 0, "sigaction");
-	struct itimerval real = { { 0, 100000 }, { 0, 100000 } };
+	struct itimerval real = { { 0, 20000 }, { 0, 20000 } };
 	struct itimerval virt = { { 30, 0 }, { 40, 0 } };
 	ZCHECK(setitimer(ITIMER_REAL, &real, NULL) == 0, "setitimer real");
 	ZCHECK(setitimer(ITIMER_VIRTUAL, &virt, NULL) == 0, "setitimer virtual");
-	while (ticks < 2)
+	while (ticks < 3)
 		zdtm_msleep(5);
 	zdtm_ready();
 	zdtm_wait_trigger();
 	struct itimerval got;
 	ZCHECK(getitimer(ITIMER_REAL, &got) == 0, "getitimer real");
-	ZCHECK(got.it_interval.tv_sec == 0 && got.it_interval.tv_usec == 100000,
+	ZCHECK(got.it_interval.tv_sec == 0 && got.it_interval.tv_usec == 20000,
 	       "ITIMER_REAL interval %ld.%06ld", (long)got.it_interval.tv_sec,
 	       (long)got.it_interval.tv_usec);
-	ZCHECK(got.it_value.tv_sec == 0 && got.it_value.tv_usec <= 100000, "ITIMER_REAL value %ld.%06ld",
+	ZCHECK(got.it_value.tv_sec == 0 && got.it_value.tv_usec <= 20000, "ITIMER_REAL value %ld.%06ld",
 	       (long)got.it_value.tv_sec, (long)got.it_value.tv_usec);
 	ZCHECK(getitimer(ITIMER_VIRTUAL, &got) == 0, "getitimer virtual");
 	ZCHECK(got.it_interval.tv_sec == 30 && got.it_interval.tv_usec == 0,

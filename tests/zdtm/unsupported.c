@@ -1,7 +1,7 @@
 /*
  * A resource understudy cannot checkpoint yet, held by a CHILD of the root: usage
  * `unsupported DIR KIND` with KIND one of io_uring, socket (an AF_UNIX socketpair), epoll,
- * eventfd. `checkpoint` must fail naming the child and the resource and leave the whole tree
+ * eventfd, timerfd, signalfd. `checkpoint` must fail naming the child and the resource and leave the whole tree
  * running and untouched; the check then proves the resource still works and memory is intact.
  * Exit status 3 before zdtm_start's fork means KIND is unavailable here (the test skips).
  */
@@ -9,7 +9,9 @@
 #include <linux/io_uring.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 
 static const char *kind;
 static int fds[2] = { -1, -1 };
@@ -34,6 +36,20 @@ static int make(void)
 	}
 	if (strcmp(kind, "eventfd") == 0)
 		return fds[0] = eventfd(5, 0);
+	if (strcmp(kind, "timerfd") == 0) {
+		fds[0] = timerfd_create(CLOCK_MONOTONIC, 0);
+		struct itimerspec its = { { 0, 10000000 }, { 0, 10000000 } };
+		if (fds[0] >= 0 && timerfd_settime(fds[0], 0, &its, NULL) != 0)
+			return -1;
+		return fds[0];
+	}
+	if (strcmp(kind, "signalfd") == 0) {
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGUSR1);
+		sigprocmask(SIG_BLOCK, &set, NULL);
+		return fds[0] = signalfd(-1, &set, 0);
+	}
 	return -1;
 }
 
@@ -51,6 +67,13 @@ static void use(void)
 	} else if (strcmp(kind, "eventfd") == 0) {
 		uint64_t v = 0;
 		ZCHECK(read(fds[0], &v, 8) == 8 && v == 5, "eventfd value %llu", (unsigned long long)v);
+	} else if (strcmp(kind, "timerfd") == 0) {
+		uint64_t expirations = 0;
+		ZCHECK(read(fds[0], &expirations, 8) == 8 && expirations > 0, "timerfd read");
+	} else if (strcmp(kind, "signalfd") == 0) {
+		struct signalfd_siginfo si;
+		ZCHECK(kill(getpid(), SIGUSR1) == 0, "kill");
+		ZCHECK(read(fds[0], &si, sizeof(si)) == sizeof(si) && si.ssi_signo == SIGUSR1, "signalfd read");
 	} else {
 		char link[128] = { 0 }, proc[64];
 		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fds[0]);

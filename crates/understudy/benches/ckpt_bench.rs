@@ -28,12 +28,16 @@ const WORKLOAD: &str = include_str!("bench_mem.c");
 struct Args {
     sizes: Vec<u64>,
     runs: usize,
+    /// `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and must not start
+    /// a benchmark that dumps gigabytes.
+    bench: bool,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         sizes: vec![64, 256, 1024],
         runs: 5,
+        bench: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -46,7 +50,8 @@ fn parse_args() -> Args {
                     .collect();
             }
             "--runs" => args.runs = it.next().expect("--runs N").parse().expect("--runs N"),
-            // `cargo bench` passes --bench; anything else is a filter we do not use.
+            "--bench" => args.bench = true,
+            // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
     }
@@ -237,6 +242,12 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize) -> Samples {
 
 fn main() {
     let args = parse_args();
+    if !args.bench {
+        eprintln!(
+            "ckpt_bench: skipped (run it with `cargo bench -p understudy --bench ckpt_bench`)"
+        );
+        return;
+    }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: ckpt_bench needs root");
         return;

@@ -4,8 +4,8 @@
  * new count to the parent through its own pipe; the parent checks
  * that each worker's counts arrive exactly once and in order, and twice a second rewrites
  * DIR/progress with the totals and the number of gaps or repeats seen (0 when nothing was lost
- * or replayed). Usage: counter DIR [--shared]  (prints the parent's pid, then runs in the
- * background).
+ * or replayed). Usage: counter DIR [--shared] [--foreground]: prints the parent's pid and runs
+ * in the background, or with --foreground (under `understudy run`) simply runs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,21 +49,28 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		return 2;
 	const char *dir = argv[1];
-	pid_t pid = fork();
-	if (pid < 0)
-		return 2;
-	if (pid > 0) {
-		printf("%d\n", (int)pid);
-		return 0;
+	int shared = 0, foreground = 0;
+	for (int i = 2; i < argc; i++) {
+		shared |= strcmp(argv[i], "--shared") == 0;
+		foreground |= strcmp(argv[i], "--foreground") == 0;
 	}
-	setsid();
+	/* In the foreground (under `understudy run`) the supervisor gives us our session. */
+	if (!foreground) {
+		pid_t pid = fork();
+		if (pid < 0)
+			return 2;
+		if (pid > 0) {
+			printf("%d\n", (int)pid);
+			return 0;
+		}
+		setsid();
+	}
 	/* Fds inherited from whoever started us (e.g. a jobserver pipe) are not ours. */
 	syscall(SYS_close_range, 3, ~0U, 0);
 	int nul = open("/dev/null", O_RDWR);
 	dup2(nul, 0);
 	dup2(nul, 1);
 	dup2(nul, 2);
-	int shared = argc > 2 && strcmp(argv[2], "--shared") == 0;
 	struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
 				 (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
 	if (sh == MAP_FAILED)

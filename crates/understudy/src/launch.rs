@@ -108,9 +108,7 @@ pub struct Launched {
     pub name: String,
     /// The init's PID in the caller's namespace.
     pub root_pid: i32,
-    pub app_dir: PathBuf,
     pub record: AppRecord,
-    state_dir: PathBuf,
     child: Child,
 }
 
@@ -317,9 +315,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     Ok(Launched {
         name: spec.name.clone(),
         root_pid,
-        app_dir: dir,
         record,
-        state_dir: spec.state_dir.clone(),
         child,
     })
 }
@@ -327,21 +323,23 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
 impl Launched {
     /// Supervises an attached application until its init exits: forwards termination signals
     /// to the init (not terminal ones, which the terminal already delivered to PROGRAM) and
-    /// returns PROGRAM's exit code (128+N for a signal).
+    /// returns PROGRAM's exit code (128+N for a signal; 137 when the init itself was killed,
+    /// e.g. by a checkpoint).
     pub fn wait(mut self) -> Result<i32, LaunchError> {
         let set = handled_signals();
         loop {
             if let Some(st) = self.child.try_wait().map_err(io_err(Path::new("init")))? {
-                let code = exit_code_of(st);
-                // The init records the exit too; this covers an init that died abnormally.
-                if let Ok(mut rec) = AppRecord::load(&self.state_dir, &self.name) {
-                    if rec.state != "exited" {
-                        rec.state = "exited".to_string();
-                        rec.exit_code = Some(code);
-                        let _ = rec.store(&self.app_dir);
-                    }
+                // The init records PROGRAM's exit itself. An init killed by a signal was most
+                // likely checkpointed (`understudy checkpoint NAME` kills the tree after the
+                // dump) and may be restored under the same pid: its record stays as it is.
+                if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&st) {
+                    eprintln!(
+                        "understudy: the init of {} (pid {}) was killed by signal {sig}; if it was \
+                         checkpointed, `understudy restore` brings it back",
+                        self.name, self.root_pid
+                    );
                 }
-                return Ok(code);
+                return Ok(exit_code_of(st));
             }
             let sig = set.wait().map_err(LaunchError::Signals)?;
             if sig != Signal::SIGCHLD && !is_terminal_signal(sig) {

@@ -244,3 +244,88 @@ fn bad_names_and_unknown_apps_are_refused() {
         "{out:?}"
     );
 }
+
+/// An attached application checkpointed by name: the supervising `understudy run` exits 137
+/// saying so, app.json keeps the application as running, and `understudy restore` brings it
+/// back with the same init pid, counting on.
+#[test]
+fn attached_app_checkpointed_by_name_and_restored() {
+    if !can_run() {
+        return;
+    }
+    let st = StateDir::new("attached-ckpt");
+    let count = st.0.join("count");
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.02; done",
+        count.display()
+    );
+    let mut sup = Command::new(UNDERSTUDY)
+        .arg("--state-dir")
+        .arg(&st.0)
+        .args(["run", "--name", "app", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // A file, not a pipe: the application inherits it, and a pipe to the test would be a
+        // resource outside the checkpointed tree.
+        .stderr(fs::File::create(st.0.join("supervisor.err")).expect("stderr file"))
+        .spawn()
+        .expect("understudy run");
+    let read_count = || {
+        fs::read_to_string(&count)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_count().unwrap_or(0) < 5 {
+        assert!(Instant::now() < deadline, "the application never counted");
+        sleep(Duration::from_millis(20));
+    }
+    let image = st.0.join("image");
+    let ck = understudy(
+        &st.0,
+        &[
+            "checkpoint",
+            "app",
+            "--image",
+            image.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(ck.status.success(), "checkpoint by name: {ck:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sup.try_wait().expect("try_wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor did not exit after the checkpoint"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    let status = sup.wait().expect("supervisor status");
+    let err = fs::read_to_string(st.0.join("supervisor.err")).unwrap_or_default();
+    assert_eq!(status.code(), Some(137), "{err}");
+    assert!(err.contains("killed by signal 9"), "{err}");
+    let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
+    assert_eq!(json_field(&rec, "state"), Some("running".into()));
+    let at_checkpoint = read_count().expect("count");
+    let rs = understudy(
+        &st.0,
+        &["restore", "--image", image.to_str().expect("utf-8")],
+    );
+    assert!(rs.status.success(), "restore: {rs:?}");
+    let printed: i64 = String::from_utf8_lossy(&rs.stdout)
+        .trim()
+        .parse()
+        .expect("root pid");
+    assert_eq!(
+        Some(printed),
+        json_field(&rec, "root_pid").and_then(|v| v.as_i64())
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_count().unwrap_or(0) < at_checkpoint + 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the restored application does not count on"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    // StateDir's drop kills the restored init (and with it the namespace).
+}

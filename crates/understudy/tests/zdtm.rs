@@ -24,6 +24,9 @@ enum Mode {
     Once,
     /// checkpoint, restore, let it run, checkpoint again, restore again, check.
     Twice,
+    /// checkpoint --leave-running (the tree runs on untouched), let it run, kill it, restore
+    /// the image (back to the checkpointed state), check.
+    LeaveRunning,
 }
 
 fn baseline(name: &str) {
@@ -50,6 +53,14 @@ fn checkpoint_restore(name: &str, mode: Mode) {
     // Let it run a little past readiness, so it is caught in the middle of its work.
     sleep(Duration::from_millis(100));
     let image = w.image_dir("1");
+    if let Mode::LeaveRunning = mode {
+        let before = harness::checkpoint_leave_running(&mut w, &image);
+        sleep(Duration::from_millis(200));
+        harness::kill_and_wait_free(&w, &before);
+        restore(&mut w, &image, &before);
+        w.expect_pass();
+        return;
+    }
     let before = checkpoint(&mut w, &image);
     restore(&mut w, &image, &before);
     if let Mode::Twice = mode {
@@ -96,21 +107,20 @@ zdtm!(sleep_read);
 zdtm!(file_offsets);
 zdtm!(sigaltstack);
 zdtm!(itimer);
-zdtm!(
-    fifo,
-    ignore = "needs FIFO restore in the engine (dump succeeds, restore refuses: FIFOs opened by path are not supported yet)"
-);
+zdtm!(fifo);
 zdtm!(proc_attrs);
-zdtm!(
-    proc_name,
-    ignore =
-        "needs comm (PR_SET_NAME) restore in the engine (restored processes are named understudy)"
-);
+zdtm!(proc_name);
 zdtm!(bigmem);
 zdtm!(vdso_rseq);
 zdtm!(creds);
 zdtm!(sessions);
 zdtm!(sparse_mem);
+zdtm!(seccomp);
+zdtm!(exe_link);
+zdtm!(
+    posix_timer,
+    ignore = "needs POSIX timers (timer_create) in the engine: the dump succeeds but the restored process has no timers (timer_gettime: EINVAL); they must be restored or the dump refused"
+);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
@@ -119,14 +129,68 @@ mod twice {
     use super::{baseline, checkpoint_restore, Mode};
 }
 
+/// `checkpoint --leave-running`: the tree runs on untouched, and the image restores later.
+mod leave_running {
+    zdtm!(pipe_children, mode = LeaveRunning);
+    zdtm!(threads_mutex, mode = LeaveRunning);
+    zdtm!(shm_memfd, mode = LeaveRunning);
+    use super::{baseline, checkpoint_restore, Mode};
+}
+
+/// Restoring an image while its tree still runs (pids taken) must fail with a message naming a
+/// taken pid, restore nothing, and leave the running tree untouched.
+#[test]
+fn restore_refuses_taken_pids() {
+    if !can_run("taken pids") {
+        return;
+    }
+    let mut w = start("pipe_children");
+    let image = w.image_dir("live");
+    let before = harness::checkpoint_leave_running(&mut w, &image);
+    let run = understudy(&w.dir, &["restore", "--image", path(&image)]);
+    assert!(
+        !run.status.success(),
+        "restore over a running tree succeeded: {}",
+        run.describe()
+    );
+    let named = before
+        .iter()
+        .any(|p| run.stderr.contains(&p.pid.to_string()));
+    assert!(
+        named,
+        "the refusal names no pid of the tree: {}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("taken"),
+        "the refusal does not say the pid is taken: {}",
+        run.describe()
+    );
+    assert_eq!(w.snapshot(), before, "the running tree changed");
+    w.expect_pass();
+}
+
 /// A child holding a resource the engine cannot checkpoint yet: `checkpoint` must refuse it,
 /// naming the process and the resource, and leave the whole tree running and untouched (same
 /// processes, not stopped, not traced, state intact: the workload's own check passes).
 fn refused_and_left_running(kind: &str, word: &str) {
+    refused_workload_left_running("unsupported", &[kind], kind, word, true);
+}
+
+/// Runs `workload ARGS`, expects `checkpoint` to refuse it with a message containing `word` and
+/// naming the holder (the root's child when `child_holds`, else any process of the tree), and
+/// the tree to be left exactly as it was.
+fn refused_workload_left_running(
+    workload: &str,
+    args: &[&str],
+    kind: &str,
+    word: &str,
+    child_holds: bool,
+) {
     if !can_run(kind) {
         return;
     }
-    let mut w = match Workload::start_with("unsupported", &[kind]) {
+    let mut w = match Workload::start_with(workload, args) {
         Ok(w) => w,
         Err(harness::StartError::Launcher(3, _)) => {
             eprintln!("skipped: {kind} is unavailable on this kernel");
@@ -135,11 +199,12 @@ fn refused_and_left_running(kind: &str, word: &str) {
         Err(e) => panic!("{kind}: could not start: {e:?}"),
     };
     let before = w.snapshot();
-    let holder = before
+    // Who may be named as the holder: the root's child, or any process of the tree.
+    let holders: Vec<i32> = before
         .iter()
         .map(|p| p.pid)
-        .find(|&p| p != w.root)
-        .expect("the child");
+        .filter(|&p| !child_holds || p != w.root)
+        .collect();
     let image = w.image_dir("refused");
     let root = w.root.to_string();
     let run = understudy(
@@ -158,8 +223,8 @@ fn refused_and_left_running(kind: &str, word: &str) {
         run.describe()
     );
     assert!(
-        msg.contains(&holder.to_string()),
-        "message does not name the holder, pid {holder}: {}",
+        holders.iter().any(|h| msg.contains(&h.to_string())),
+        "message does not name the holder (one of {holders:?}): {}",
         run.describe()
     );
     // Untouched: same tree, running (not stopped), not traced.
@@ -186,6 +251,11 @@ fn refused_and_left_running(kind: &str, word: &str) {
 }
 
 #[test]
+fn unsupported_sysv_shm_is_refused_and_left_running() {
+    refused_workload_left_running("sysv_shm", &[], "SysV shared memory", "sysv", false);
+}
+
+#[test]
 fn unsupported_io_uring_is_refused_and_left_running() {
     refused_and_left_running("io_uring", "io_uring");
 }
@@ -198,6 +268,16 @@ fn unsupported_socket_is_refused_and_left_running() {
 #[test]
 fn unsupported_epoll_is_refused_and_left_running() {
     refused_and_left_running("epoll", "epoll");
+}
+
+#[test]
+fn unsupported_timerfd_is_refused_and_left_running() {
+    refused_and_left_running("timerfd", "timerfd");
+}
+
+#[test]
+fn unsupported_signalfd_is_refused_and_left_running() {
+    refused_and_left_running("signalfd", "signalfd");
 }
 
 #[test]
@@ -346,7 +426,6 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
 /// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids, in the
 /// caller's namespace and in its own.
 #[test]
-#[ignore = "needs pid-namespace trees in the engine: `checkpoint NAME` hangs killing the tree (the tracer waits for the init, which waits to reap a still-traced zombie)"]
 fn run_launched_app_checkpointed_by_name() {
     if !can_run("run + checkpoint NAME") {
         return;

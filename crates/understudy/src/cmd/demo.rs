@@ -17,7 +17,11 @@ use anyhow::{bail, ensure, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::launch;
 use crate::Cli;
+
+/// The demo application's name under `understudy run`.
+const APP: &str = "demo-counter";
 
 const COUNTER_C: &str = include_str!("../../demo/counter.c");
 
@@ -33,6 +37,10 @@ pub struct Args {
     /// shared by the four processes.
     #[arg(long)]
     pub private_memory: bool,
+    /// Start the workload as a plain process tree instead of with `understudy run` (its own PID
+    /// namespace, checkpointed as an application).
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// What the workload publishes in its `progress` file.
@@ -74,7 +82,7 @@ impl Progress {
 
     fn show(&self) -> String {
         format!(
-            "pids {:?}, total {} (workers {:?}), lost or repeated messages: {}",
+            "pids {:?} (as the workload sees them), total {} (workers {:?}), lost or repeated messages: {}",
             self.pids, self.total, self.workers, self.anomalies
         )
     }
@@ -84,12 +92,16 @@ impl Progress {
 struct Stage {
     dir: PathBuf,
     shared_memory: bool,
+    /// The workload runs under `understudy run` in its own PID namespace; `root` is its init.
+    pidns: bool,
+    /// Pids (in our namespace) of the tree's processes at the last checkpoint.
+    host_pids: Vec<i32>,
     settle: Duration,
     root: i32,
     last: Option<Progress>,
     image_seq: u32,
     /// (what, value) pairs for the closing summary.
-    measured: Vec<(&'static str, String)>,
+    measured: Vec<(String, String)>,
 }
 
 impl Stage {
@@ -120,15 +132,30 @@ impl Stage {
 
 impl Drop for Stage {
     fn drop(&mut self) {
+        // Killing a namespace's init kills the namespace; a plain tree is found by its argv.
         if self.root > 0 {
-            let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
-            if let Some(p) = &self.last {
-                for &pid in &p.pids {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
+            let _ = kill(Pid::from_raw(self.root), Signal::SIGKILL);
+        }
+        for pid in tree_host_pids(&self.dir) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+}
+
+/// Live processes whose argv names the demo's work directory (the workload and its init), by
+/// their pids in our namespace.
+fn tree_host_pids(dir: &Path) -> Vec<i32> {
+    let marker = dir.to_string_lossy().into_owned();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        })
+        .collect()
 }
 
 /// One step of the demo.
@@ -146,6 +173,9 @@ fn steps() -> Vec<Step> {
         Step { title: "checkpoint it (the tree is dumped, then killed)", run: checkpoint_kill },
         Step { title: "restore it from the image", run: restore_it },
         Step { title: "check it continued where it was", run: check_continued },
+        Step { title: "checkpoint the restored tree again", run: checkpoint_kill },
+        Step { title: "restore it again", run: restore_it },
+        Step { title: "check it continued again", run: check_continued },
     ]
 }
 
@@ -190,17 +220,41 @@ fn start(st: &mut Stage) -> anyhow::Result<()> {
         "cc failed: {}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    let mut cmd = Command::new(&bin);
-    cmd.arg(&st.dir);
+    let mut workload = vec![bin.into_os_string(), st.dir.clone().into_os_string()];
     if st.shared_memory {
-        cmd.arg("--shared");
+        workload.push("--shared".into());
     }
-    let out = cmd.output().context("start the workload")?;
-    ensure!(out.status.success(), "the workload did not start: {out:?}");
-    st.root = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .context("workload pid")?;
+    if st.pidns {
+        // Exactly what a user would type: `understudy run --detach --name demo-counter -- ...`.
+        workload.push("--foreground".into());
+        let state = st.dir.join("state");
+        let exe = std::env::current_exe().context("locate understudy itself")?;
+        let out = Command::new(exe)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["run", "--detach", "--name", APP, "--"])
+            .args(&workload)
+            .output()
+            .context("understudy run")?;
+        ensure!(out.status.success(), "understudy run failed: {out:?}");
+        let app = launch::AppRecord::load(&state, APP)?;
+        st.root = app.root_pid;
+        st.note(format!(
+            "`understudy run --detach --name {APP}`: init pid {} (pid 1 of the application's own PID namespace), app.json in {}",
+            app.root_pid,
+            launch::app_dir(&state, APP).display()
+        ));
+    } else {
+        let out = Command::new(&workload[0])
+            .args(&workload[1..])
+            .output()
+            .context("start the workload")?;
+        ensure!(out.status.success(), "the workload did not start: {out:?}");
+        st.root = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("workload pid")?;
+    }
     sleep(st.settle);
     let p = st.wait_progress(0)?;
     st.note(format!("running: {}", p.show()));
@@ -210,24 +264,27 @@ fn start(st: &mut Stage) -> anyhow::Result<()> {
 
 fn checkpoint_kill(st: &mut Stage) -> anyhow::Result<()> {
     let image = st.next_image();
-    let before = st.wait_progress(0)?;
+    st.wait_progress(0)?;
+    let mut host_pids = tree_host_pids(&st.dir);
+    host_pids.sort_unstable();
     let t0 = Instant::now();
     let rep = checkpoint::dump(&checkpoint::DumpOptions {
         root_pid: st.root,
         image_dir: image.clone(),
         leave_running: false,
+        pidns: st.pidns,
         ..Default::default()
     })
     .with_context(|| format!("checkpoint of pid {}", st.root))?;
     let wall = t0.elapsed();
-    let free = before
-        .pids
+    let taken: Vec<i32> = host_pids
         .iter()
-        .all(|p| !Path::new(&format!("/proc/{p}")).exists());
+        .copied()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .collect();
     ensure!(
-        free,
-        "pids {:?} still taken after the checkpoint",
-        before.pids
+        taken.is_empty(),
+        "pids {taken:?} still taken after the checkpoint"
     );
     st.note(format!(
         "{} processes, {} threads; frozen {:.1} ms (memory copy {:.1} ms, {:.1} MiB of pages); \
@@ -242,23 +299,28 @@ fn checkpoint_kill(st: &mut Stage) -> anyhow::Result<()> {
     ));
     let image_mib = mib(du(&image));
     st.note(format!(
-        "image {}: {image_mib:.1} MiB; pids {:?} are free again",
-        image.display(),
-        before.pids
+        "image {}: {image_mib:.1} MiB; pids {host_pids:?} are free again",
+        image.display()
     ));
-    st.measured
-        .push(("freeze (tree stopped)", format!("{:.1} ms", ms(rep.frozen))));
+    let round = st.image_seq;
     st.measured.push((
-        "dump",
+        format!("#{round} freeze (tree stopped)"),
+        format!("{:.1} ms", ms(rep.frozen)),
+    ));
+    st.measured.push((
+        format!("#{round} dump"),
         format!(
-            "{:.1} ms (+ {:.0} ms waiting for PID 1 to reap the killed tree)",
+            "{:.1} ms (+ {:.0} ms until the killed pids were reaped)",
             ms(wall.saturating_sub(rep.reap_wait)),
             ms(rep.reap_wait)
         ),
     ));
-    st.measured
-        .push(("image size", format!("{image_mib:.2} MiB")));
+    st.measured.push((
+        format!("#{round} image size"),
+        format!("{image_mib:.2} MiB"),
+    ));
     st.last = Some(Progress::read(&st.dir)?);
+    st.host_pids = host_pids;
     Ok(())
 }
 
@@ -278,11 +340,18 @@ fn restore_it(st: &mut Stage) -> anyhow::Result<()> {
         st.root
     );
     st.measured.push((
-        "restore (until the tree runs)",
+        format!("#{} restore (until the tree runs)", st.image_seq),
         format!("{:.1} ms", ms(wall)),
     ));
+    let mut now = tree_host_pids(&st.dir);
+    now.sort_unstable();
+    ensure!(
+        now == st.host_pids,
+        "restored pids {now:?}, dumped {:?}",
+        st.host_pids
+    );
     st.note(format!(
-        "restored root pid {} ({} processes, {} threads) in {:.1} ms (image verified in {:.1} ms)",
+        "restored root pid {} ({} processes, {} threads) in {:.1} ms (image verified in {:.1} ms): same pids {now:?}",
         rep.root_pid,
         rep.processes,
         rep.threads,
@@ -331,6 +400,8 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let mut st = Stage {
         dir: dir.clone(),
         shared_memory: !args.private_memory,
+        pidns: !args.plain,
+        host_pids: Vec::new(),
         settle: Duration::from_millis(args.settle_ms),
         root: 0,
         last: None,
@@ -358,7 +429,7 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     println!();
     println!("what was measured:");
     for (what, value) in measured {
-        println!("  {what:<30} {value}");
+        println!("  {what:<33} {value}");
     }
     Ok(ExitCode::SUCCESS)
 }

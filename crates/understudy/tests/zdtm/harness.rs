@@ -26,8 +26,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(90);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts when the engine refuses a dump as transient (its message says "retry").
-pub const CHECKPOINT_ATTEMPTS: u32 = 5;
 
 /// True when the tests can run; prints why not otherwise (they then return early: a skip).
 pub fn can_run(what: &str) -> bool {
@@ -443,29 +441,11 @@ pub fn checkpoint(w: &mut Workload, image: &Path) -> Vec<ProcSnapshot> {
         w.name
     );
     let root = w.root.to_string();
-    // The engine refuses a dump during which a signal arrived and says to retry (a transient
-    // refusal, e.g. a timer firing): do what a user would, a few times, visibly.
-    let mut attempt = 1;
-    loop {
-        let run = understudy(
-            &w.dir,
-            &["checkpoint", "--pid", &root, "--image", path_str(image)],
-        );
-        if run.status.success() {
-            break;
-        }
-        if attempt < CHECKPOINT_ATTEMPTS && run.stderr.contains("retry") {
-            eprintln!(
-                "{}: checkpoint attempt {attempt} refused, retrying: {}",
-                w.name,
-                run.stderr.trim()
-            );
-            attempt += 1;
-            let _ = fs::remove_dir_all(image);
-            fs::create_dir_all(image).expect("recreate image dir");
-            sleep(Duration::from_millis(20));
-            continue;
-        }
+    let run = understudy(
+        &w.dir,
+        &["checkpoint", "--pid", &root, "--image", path_str(image)],
+    );
+    if !run.status.success() {
         w.keep();
         panic!(
             "{}: checkpoint failed: {}\nlog:\n{}",
@@ -569,4 +549,72 @@ pub fn restore(w: &mut Workload, image: &Path, before: &[ProcSnapshot]) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// Checkpoints with `--leave-running` and checks the tree runs on untouched: same processes and
+/// threads, none stopped or traced.
+pub fn checkpoint_leave_running(w: &mut Workload, image: &Path) -> Vec<ProcSnapshot> {
+    let before = w.snapshot();
+    let root = w.root.to_string();
+    let run = understudy(
+        &w.dir,
+        &[
+            "checkpoint",
+            "--pid",
+            &root,
+            "--image",
+            path_str(image),
+            "--leave-running",
+        ],
+    );
+    if !run.status.success() {
+        w.keep();
+        panic!(
+            "{}: checkpoint --leave-running failed: {}",
+            w.name,
+            run.describe()
+        );
+    }
+    assert_eq!(
+        w.snapshot(),
+        before,
+        "{}: tree changed by checkpoint --leave-running",
+        w.name
+    );
+    for p in &before {
+        for tid in &p.tids {
+            let state = proc_state(*tid);
+            assert!(
+                matches!(state, Some('S' | 'R' | 'D')),
+                "{}: tid {tid} left in state {state:?} by checkpoint --leave-running",
+                w.name
+            );
+        }
+        let status = fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+        assert!(
+            status.contains("TracerPid:\t0\n"),
+            "{}: pid {} still traced",
+            w.name,
+            p.pid
+        );
+    }
+    before
+}
+
+/// Kills the run's processes and waits (bounded) until every pid and tid of `tree` is free.
+pub fn kill_and_wait_free(w: &Workload, tree: &[ProcSnapshot]) {
+    kill_run(&w.dir, &w.bin);
+    let start = Instant::now();
+    let ids: Vec<i32> = tree
+        .iter()
+        .flat_map(|p| std::iter::once(p.pid).chain(p.tids.iter().copied()))
+        .collect();
+    while !ids.iter().all(|&id| pid_free(id)) {
+        assert!(
+            start.elapsed() < EXIT_TIMEOUT,
+            "{}: pids of the killed tree still taken after {EXIT_TIMEOUT:?}",
+            w.name
+        );
+        sleep(Duration::from_millis(20));
+    }
 }
