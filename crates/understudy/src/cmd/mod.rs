@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::{Cli, Command};
 
+pub mod agentopts;
 pub mod backup;
 pub mod checkpoint;
 pub mod demo;
@@ -14,9 +15,11 @@ pub mod migrate;
 pub mod progress;
 pub mod protect;
 pub mod record;
+pub mod recording;
 pub mod replay;
 pub mod restore;
 pub mod run;
+pub mod run_replicated;
 pub mod status;
 
 pub fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {

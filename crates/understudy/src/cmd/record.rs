@@ -1,12 +1,180 @@
-//! `understudy record`.
+//! `understudy record --journal DIR -- PROGRAM ARGS...`: run PROGRAM to completion with the
+//! interceptor preloaded in record mode, drain the shared-memory ring into a journal, and exit
+//! with PROGRAM's status.
 
-use std::process::ExitCode;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
+use journal::{FsyncPolicy, Journal, JournalOptions};
+use shmring::RingConsumer;
+
+use super::recording::{self, EndMeta, StartMeta, FORMAT, STREAM_META, STREAM_MSG};
 use crate::Cli;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+/// Ring data area (16 MiB, small enough to stay in cache; the largest message is 4 MiB).
+const RING_CAPACITY: usize = 16 << 20;
 
-pub fn run(_cli: &Cli, _args: &Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`understudy record` is not implemented yet")
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Journal directory to create (must not hold a journal already).
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// Sync mode: every output to the outside waits until the journal holds (fsynced) every
+    /// message before it — the output commit rule.
+    #[arg(long)]
+    pub sync: bool,
+    /// The program and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Where the collector writes messages: the journal (kept behind a trait so tests or the agent
+/// can drain into something else).
+pub trait Sink {
+    fn append(&mut self, stream: u32, payload: &[u8]) -> anyhow::Result<u64>;
+    fn commit(&mut self) -> anyhow::Result<u64>;
+}
+
+impl Sink for Journal {
+    fn append(&mut self, stream: u32, payload: &[u8]) -> anyhow::Result<u64> {
+        Ok(self.append_next(stream, payload)?)
+    }
+    fn commit(&mut self) -> anyhow::Result<u64> {
+        Ok(Journal::commit(self)?)
+    }
+}
+
+pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let (prog, rest) = args.command.split_first().context("no PROGRAM given")?;
+    let path = recording::resolve_program(prog)?;
+    recording::check_dynamic(&path)?;
+    let lib = recording::find_lib()?;
+    if args.journal.exists()
+        && std::fs::read_dir(&args.journal)
+            .with_context(|| format!("reading {}", args.journal.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "journal directory {} is not empty; record into a new directory",
+            args.journal.display()
+        );
+    }
+    let opts = JournalOptions {
+        fsync: if args.sync {
+            FsyncPolicy::Always
+        } else {
+            FsyncPolicy::Interval(Duration::from_millis(200))
+        },
+        ..JournalOptions::default()
+    };
+    let (mut j, _) = Journal::open(&args.journal, opts)
+        .with_context(|| format!("creating journal {}", args.journal.display()))?;
+    let (exe_len, exe_digest) = recording::exe_identity(&path)?;
+    let start = StartMeta {
+        format: FORMAT.into(),
+        version: recording::RECORDING_VERSION,
+        msg_version: intercept::msg::VERSION,
+        program: prog.clone(),
+        program_path: path.clone(),
+        args: rest.to_vec(),
+        exe_len,
+        exe_digest,
+    };
+    j.append_next(STREAM_META, &serde_json::to_vec(&start)?)?;
+
+    let ring_path = recording::shm_path("ring");
+    let procs_path = recording::shm_path("procs");
+    let ring = RingConsumer::create(&ring_path, RING_CAPACITY)?;
+    let _cleanup = Cleanup(vec![ring_path.clone(), procs_path.clone()]);
+    let mut child = Command::new(prog)
+        .args(rest)
+        .env("LD_PRELOAD", recording::preload_value(&lib))
+        .env("UNDERSTUDY_MODE", "record")
+        .env("UNDERSTUDY_RING", &ring_path)
+        .env("UNDERSTUDY_PROCS", &procs_path)
+        .env("UNDERSTUDY_SYNC", if args.sync { "1" } else { "0" })
+        .spawn()
+        .with_context(|| format!("starting {prog}"))?;
+
+    let mut messages = 0u64;
+    // (journal seq, ring seq) of appended but not yet durable messages: a ring seq is
+    // acknowledged only once the journal says its record is durable.
+    let mut pending: std::collections::VecDeque<(u64, u64)> = Default::default();
+    let mut drain = |ring: &RingConsumer, j: &mut Journal| -> anyhow::Result<usize> {
+        let mut err = None;
+        let mut last = None;
+        let n = ring.poll(4096, |rs, payload| {
+            if err.is_none() {
+                match Sink::append(j, STREAM_MSG, payload) {
+                    Ok(js) => last = Some((js, rs)),
+                    Err(e) => err = Some(e),
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        messages += n as u64;
+        if let Some(l) = last {
+            pending.push_back(l);
+        }
+        if !pending.is_empty() {
+            let durable = Sink::commit(j)?;
+            let mut ack = None;
+            while pending.front().is_some_and(|(js, _)| *js <= durable) {
+                ack = pending.pop_front().map(|(_, rs)| rs);
+            }
+            if let Some(rs) = ack {
+                ring.set_ack(rs);
+            }
+        }
+        Ok(n)
+    };
+    // While messages flow, poll every 200 µs without announcing sleep, so producers never pay
+    // for a futex wake; after 20 ms of silence, sleep on the ring's futex.
+    let mut last_data = Instant::now();
+    let status = loop {
+        if last_data.elapsed() < Duration::from_millis(20) {
+            std::thread::sleep(Duration::from_micros(200));
+        } else {
+            ring.wait(Duration::from_millis(20));
+        }
+        if drain(&ring, &mut j)? > 0 {
+            last_data = Instant::now();
+        }
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+    };
+    // Descendants may still be finishing: drain until the ring stays quiet.
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(100) {
+        if ring.wait(Duration::from_millis(20)) && drain(&ring, &mut j)? > 0 {
+            quiet = Instant::now();
+        }
+    }
+    let (exit_code, signal, code) = recording::exit_status(status);
+    let end = EndMeta {
+        format: FORMAT.into(),
+        exit_code,
+        signal,
+        messages,
+    };
+    j.append_next(STREAM_META, &serde_json::to_vec(&end)?)?;
+    j.sync()?;
+    Ok(ExitCode::from(code))
+}
+
+/// Removes the run's shared-memory files.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

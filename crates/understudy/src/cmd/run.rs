@@ -22,6 +22,9 @@ pub struct Args {
     /// Internal: act as the application's init (PID 1 of its namespace).
     #[arg(long, hide = true)]
     pub init: bool,
+    /// Replication: `--backup HOST:PORT`..., `--mode`, `--key`, `--fsync`, `--metrics`.
+    #[command(flatten)]
+    pub replication: super::run_replicated::ReplicationArgs,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub command: Vec<OsString>,
@@ -43,6 +46,10 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if args.init {
         let code = launch::init_main(&cli.state_dir, &name, args.detach, program, rest)?;
         return Ok(exit_code(code));
+    }
+    if !args.replication.backups.is_empty() {
+        anyhow::ensure!(!args.detach, "--detach with --backup is not supported yet");
+        return super::run_replicated::run(cli, &args.replication, &name, program, rest);
     }
     let spec = LaunchSpec {
         name: name.clone(),

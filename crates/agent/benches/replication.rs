@@ -1,0 +1,285 @@
+//! Replication benchmark (issue 5): primary → backup throughput on loopback beside raw TCP
+//! loopback throughput measured in the same run, and sync-mode acknowledgement latency.
+//!
+//! `cargo bench -p agent --bench replication` (env `BENCH_RUNS`, default 5; `BENCH_MSGS`,
+//! default 2,000,000; `BENCH_DIR`, default the system temp dir, where both journals go).
+//! Prints one line per measurement and the medians.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent::{BackupAgent, BackupConfig, JournalStore, Mode, Primary, PrimaryConfig, Timing};
+use journal::{FsyncPolicy, JournalOptions};
+use transport::ClusterKey;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Raw TCP loopback: one thread writes `total` bytes in 256 KiB writes, another reads them.
+fn raw_tcp(total: u64) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = 0u64;
+        while got < total {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "raw tcp: early eof");
+            got += n as u64;
+        }
+    });
+    let mut s = TcpStream::connect(addr).unwrap();
+    let buf = vec![7u8; 256 << 10];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        s.write_all(&buf).unwrap();
+        sent += buf.len() as u64;
+    }
+    rx.join().unwrap();
+    total as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// The encrypted transport alone (no journals): 64-byte records, 1024 per data frame.
+async fn transport_only(msgs: u64) -> f64 {
+    let key = ClusterKey::generate();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let k2 = key.clone();
+    let rx = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let (mut r, _w) = transport::accept(s, &k2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut got = 0u64;
+        while got < msgs {
+            if let transport::Frame::Data { records, .. } = r.next_frame().await.unwrap() {
+                got += records.len() as u64;
+            }
+        }
+    });
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (_r, mut w) =
+        transport::connect(s, &key, transport::PROTOCOL_VERSION, Duration::from_secs(5))
+            .await
+            .unwrap();
+    let payload = [0x5au8; 64];
+    let start = Instant::now();
+    let mut seq = 1;
+    while seq <= msgs {
+        w.queue_data(seq, (0..1024).map(|i| (i % 8, &payload[..])));
+        w.flush().await.unwrap();
+        seq += 1024;
+    }
+    rx.await.unwrap();
+    (seq - 1) as f64 * 64.0 / start.elapsed().as_secs_f64() / 1e6
+}
+
+fn opts(fsync: FsyncPolicy) -> JournalOptions {
+    JournalOptions {
+        fsync,
+        ..Default::default()
+    }
+}
+
+async fn pair(dir: &Path, mode: Mode, fsync: FsyncPolicy) -> (BackupAgent, Primary) {
+    let key = ClusterKey::generate();
+    let b = BackupAgent::start(BackupConfig {
+        listen: "127.0.0.1:0".into(),
+        state_dir: dir.join("b"),
+        key: key.clone(),
+        open_store: JournalStore::factory(opts(fsync)),
+        timing: Timing::default(),
+        control_socket: false,
+        metrics: None,
+        hold_acks: None,
+    })
+    .await
+    .unwrap();
+    let mut c = PrimaryConfig::new(
+        "bench",
+        vec![b.local_addr().to_string()],
+        key,
+        dir.join("p"),
+        JournalStore::factory(opts(fsync)),
+    );
+    c.mode = mode;
+    let p = Primary::start(c).await.unwrap();
+    (b, p)
+}
+
+/// Stream `msgs` 64-byte messages, submitted in batches of 1024; time until all are acked.
+async fn throughput(dir: &Path, msgs: u64) -> (f64, f64) {
+    let (b, p) = pair(dir, Mode::Async, FsyncPolicy::Never).await;
+    let payload = [0x5au8; 64];
+    let batch: Vec<(u32, &[u8])> = (0..1024).map(|i| (i % 8, &payload[..])).collect();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < msgs {
+        p.submit_batch(batch.iter().copied()).unwrap();
+        n += 1024;
+    }
+    p.wait_all_acked(Duration::from_secs(300)).await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    p.stop().await;
+    b.stop().await;
+    (n as f64 / secs, n as f64 * 64.0 / secs / 1e6)
+}
+
+/// Sync mode: submit one 64-byte message, wait until a backup has journaled it; `n` times.
+async fn ack_latency(dir: &Path, n: usize, fsync: FsyncPolicy) -> (f64, f64) {
+    let (b, p) = pair(dir, Mode::Sync, fsync).await;
+    let payload = [0x33u8; 64];
+    // Warm up the connection.
+    let s = p.submit(1, &payload).unwrap();
+    p.wait_acked(s, Duration::from_secs(10)).await.unwrap();
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = p.submit(1, &payload).unwrap();
+        p.wait_acked(s, Duration::from_secs(10)).await.unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    p.stop().await;
+    b.stop().await;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
+/// Sync mode through the ring, as an application sees it: a producer pushes one 64-byte record
+/// and waits for the ring's `ack_seq` to cover it (what the interceptor does before an output
+/// call leaves), via the collector, both journals and the backup's ack.
+async fn ring_ack_latency(dir: &Path, n: usize, fsync: FsyncPolicy) -> (f64, f64) {
+    let (b, p) = pair(dir, Mode::Sync, fsync).await;
+    let p = std::sync::Arc::new(p);
+    let ring_path = dir.join("ring");
+    let ring_path = std::path::PathBuf::from(format!(
+        "/dev/shm/understudy-bench-{}-{}.ring",
+        std::process::id(),
+        ring_path.to_string_lossy().len()
+    ));
+    let ring = shmring::RingConsumer::create(&ring_path, 1 << 20).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || agent::collector::collect(&ring, &p, &stop, true))
+    };
+    let lat = tokio::task::block_in_place(|| {
+        let producer = shmring::RingProducer::open(&ring_path).unwrap();
+        let payload = [0x44u8; 64];
+        let s = producer.push(&payload).unwrap();
+        producer.wait_ack(s, Duration::from_secs(10)).unwrap();
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let s = producer.push(&payload).unwrap();
+            producer.wait_ack(s, Duration::from_secs(10)).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        lat
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    collector.join().unwrap().unwrap();
+    let _ = std::fs::remove_file(&ring_path);
+    if let Ok(p) = std::sync::Arc::try_unwrap(p) {
+        p.stop().await;
+    }
+    b.stop().await;
+    let mut lat = lat;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
+fn main() {
+    let runs = env_u64("BENCH_RUNS", 5);
+    let msgs = env_u64("BENCH_MSGS", 2_000_000);
+    let base = std::env::var_os("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut raw, mut mps, mut mbs, mut tro) = (vec![], vec![], vec![], vec![]);
+    let (mut p50n, mut p99n, mut p50a, mut p99a) = (vec![], vec![], vec![], vec![]);
+    let (mut r50, mut r99) = (vec![], vec![]);
+    if std::env::var_os("BENCH_ONLY_TRANSPORT").is_some() {
+        println!(
+            "transport only {:.0} MB/s",
+            rt.block_on(transport_only(msgs))
+        );
+        return;
+    }
+    if std::env::var_os("BENCH_ONLY_THROUGHPUT").is_some() {
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (m, mb) = rt.block_on(throughput(d.path(), msgs));
+        println!("replication {m:.0} msg/s {mb:.1} MB/s");
+        return;
+    }
+    for run in 0..runs {
+        let r = raw_tcp(2 << 30);
+        let t = rt.block_on(transport_only(msgs));
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (m, mb) = rt.block_on(throughput(d.path(), msgs));
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (a50, a99) = rt.block_on(ack_latency(d.path(), 5000, FsyncPolicy::Never));
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (f50, f99) = rt.block_on(ack_latency(d.path(), 1000, FsyncPolicy::Always));
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (g50, g99) = rt.block_on(ring_ack_latency(d.path(), 5000, FsyncPolicy::Never));
+        println!(
+            "run {run}: raw tcp {r:.0} MB/s | encrypted transport only {t:.0} MB/s | replication {m:.0} msg/s {mb:.1} MB/s ({:.1}% of raw) | \
+             sync ack fsync=never p50 {a50:.0} us p99 {a99:.0} us | fsync=always p50 {f50:.0} us p99 {f99:.0} us | \
+             ring output commit fsync=never p50 {g50:.0} us p99 {g99:.0} us",
+            mb / r * 100.0
+        );
+        raw.push(r);
+        tro.push(t);
+        mps.push(m);
+        mbs.push(mb);
+        p50n.push(a50);
+        p99n.push(a99);
+        p50a.push(f50);
+        p99a.push(f99);
+        r50.push(g50);
+        r99.push(g99);
+    }
+    let (r, mb) = (median(&mut raw), median(&mut mbs));
+    println!("median of {runs} runs ({msgs} x 64-byte messages, batches of 1024):");
+    println!("  raw TCP loopback           {r:.0} MB/s");
+    let t = median(&mut tro);
+    println!("  encrypted transport only (64-byte records, no journals) {t:.0} MB/s payload = {:.1}% of raw TCP", t / r * 100.0);
+    println!(
+        "  replication primary->backup {:.0} msg/s, {mb:.1} MB/s payload = {:.1}% of raw TCP",
+        median(&mut mps),
+        mb / r * 100.0
+    );
+    println!(
+        "  sync ack latency, fsync=never:  p50 {:.0} us, p99 {:.0} us",
+        median(&mut p50n),
+        median(&mut p99n)
+    );
+    println!(
+        "  sync ack latency, fsync=always: p50 {:.0} us, p99 {:.0} us",
+        median(&mut p50a),
+        median(&mut p99a)
+    );
+    println!(
+        "  sync output commit through the ring (push -> wait_ack), fsync=never: p50 {:.0} us, p99 {:.0} us",
+        median(&mut r50),
+        median(&mut r99)
+    );
+}

@@ -1,0 +1,1527 @@
+//! The exported wrappers and the `core_*` functions that both the wrappers and the seccomp
+//! SIGSYS handler use. `core_*` functions take and return syscall-convention values.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use intercept::msg::Kind;
+use intercept::Digest;
+use libc::{c_int, c_void, size_t, ssize_t};
+
+use crate::rt::{
+    self, diverge, enter, fd_forget, fd_kind, fd_set_kind, libc_ret, replay_done, replay_next, sys,
+    sys3, FD_FILE, FD_OUTSIDE, FD_OWN, MODE, RECORD, REPLAY, TLS, VPID,
+};
+
+/// Resolve the next definition of a libc symbol once and cache it.
+macro_rules! real {
+    ($name:literal, $ty:ty) => {{
+        static P: AtomicUsize = AtomicUsize::new(0);
+        let mut p = P.load(Ordering::Relaxed);
+        if p == 0 {
+            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition.
+            p = unsafe { libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) }
+                as usize;
+            if p == 0 {
+                rt::say(&[b"understudy: cannot resolve ", $name.as_bytes(), b"\n"]);
+                sys3(libc::SYS_exit_group, 127, 0, 0);
+            }
+            P.store(p, Ordering::Relaxed);
+        }
+        // SAFETY: p is the address of libc's function with this exact C signature.
+        unsafe { std::mem::transmute::<usize, $ty>(p) }
+    }};
+}
+
+#[inline]
+fn mode() -> u8 {
+    MODE.load(Ordering::Relaxed)
+}
+
+/// Bytes at `p` (empty for null or non-positive lengths).
+#[inline]
+fn bytes<'a>(p: *const u8, n: i64) -> &'a [u8] {
+    if p.is_null() || n <= 0 {
+        return &[];
+    }
+    // SAFETY: the application handed us `p` valid for at least `n` bytes for this call (the
+    // kernel just read or wrote them).
+    unsafe { std::slice::from_raw_parts(p, n as usize) }
+}
+
+#[inline]
+fn copy_out(dst: *mut u8, src: &[u8]) {
+    if dst.is_null() || src.is_empty() {
+        return;
+    }
+    // SAFETY: dst is the application's buffer for this call, checked by the caller to be at
+    // least src.len() bytes (the recorded result never exceeds the requested size).
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+}
+
+fn preview(b: &[u8]) -> String {
+    let mut s = String::new();
+    for &c in b.iter().take(48) {
+        match c {
+            b'\n' => s.push_str("\\n"),
+            0x20..=0x7e => s.push(c as char),
+            _ => s.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    if b.len() > 48 {
+        s.push_str("...");
+    }
+    s
+}
+
+// ------------------------------------------------------------------ reads
+
+fn iov_slice<'a>(iov: *const libc::iovec, n: i64) -> &'a [libc::iovec] {
+    if iov.is_null() || n <= 0 {
+        return &[];
+    }
+    // SAFETY: the application's iovec array of n entries for this call.
+    unsafe { std::slice::from_raw_parts(iov, n as usize) }
+}
+
+/// Scatter `data` over an iovec array.
+fn scatter(iov: &[libc::iovec], mut data: &[u8]) {
+    for v in iov {
+        if data.is_empty() {
+            break;
+        }
+        let n = v.iov_len.min(data.len());
+        copy_out(v.iov_base.cast(), &data[..n]);
+        data = &data[n..];
+    }
+}
+
+fn iov_total(iov: &[libc::iovec]) -> usize {
+    iov.iter().map(|v| v.iov_len).sum()
+}
+
+/// Replay a recorded input: check it fits, copy it with `put`, return the recorded result.
+fn replay_input(kind: Kind, fd: i64, cap: usize, put: impl FnOnce(&[u8])) -> i64 {
+    let rec = replay_next(kind, Some(fd));
+    let r = rec.h.ret;
+    if r > 0 {
+        if r as usize > cap || rec.data.len() < r as usize {
+            diverge(
+                &rec,
+                &format!("room for {cap} bytes, the journal recorded {r}"),
+            );
+        }
+        put(&rec.data[..r as usize]);
+    }
+    replay_done(&rec);
+    r
+}
+
+pub fn core_read(fd: i64, buf: *mut u8, len: usize) -> i64 {
+    let real = || sys3(libc::SYS_read, fd, buf as i64, len as i64);
+    let Some(g) = enter() else { return real() };
+    if fd_kind(fd) == FD_FILE {
+        drop(g);
+        return real();
+    }
+    if mode() == RECORD {
+        g.blocking();
+        let r = sys3(
+            libc::SYS_read,
+            fd,
+            buf as i64,
+            len.min(intercept::msg::MAX_READ) as i64,
+        );
+        g.unblocked();
+        g.emit(Kind::Read, r, fd as u64, len as u64, 0, &[bytes(buf, r)]);
+        r
+    } else {
+        replay_input(Kind::Read, fd, len, |d| copy_out(buf, d))
+    }
+}
+
+pub fn core_readv(fd: i64, iov: *const libc::iovec, cnt: i64) -> i64 {
+    let real = || sys3(libc::SYS_readv, fd, iov as i64, cnt);
+    let Some(g) = enter() else { return real() };
+    if fd_kind(fd) == FD_FILE {
+        drop(g);
+        return real();
+    }
+    let v = iov_slice(iov, cnt);
+    if mode() == RECORD {
+        g.blocking();
+        let r = real();
+        g.unblocked();
+        // Gather what was read, at most 16 iovecs as separate parts (no allocation).
+        let mut parts: [&[u8]; 16] = [&[]; 16];
+        let mut left = r.max(0) as usize;
+        let mut k = 0;
+        for e in v {
+            if left == 0 || k == 16 {
+                break;
+            }
+            let n = e.iov_len.min(left);
+            parts[k] = bytes(e.iov_base.cast(), n as i64);
+            left -= n;
+            k += 1;
+        }
+        g.emit(
+            Kind::Readv,
+            r,
+            fd as u64,
+            iov_total(v) as u64,
+            0,
+            &parts[..k],
+        );
+        r
+    } else {
+        replay_input(Kind::Readv, fd, iov_total(v), |d| scatter(v, d))
+    }
+}
+
+pub fn core_recvfrom(
+    fd: i64,
+    buf: *mut u8,
+    len: usize,
+    flags: i64,
+    addr: *mut libc::sockaddr,
+    alen: *mut libc::socklen_t,
+) -> i64 {
+    let real = || {
+        sys(
+            libc::SYS_recvfrom,
+            fd,
+            buf as i64,
+            len as i64,
+            flags,
+            addr as i64,
+            alen as i64,
+        )
+    };
+    let Some(g) = enter() else { return real() };
+    if mode() == RECORD {
+        g.blocking();
+        let r = sys(
+            libc::SYS_recvfrom,
+            fd,
+            buf as i64,
+            len.min(intercept::msg::MAX_READ) as i64,
+            flags,
+            addr as i64,
+            alen as i64,
+        );
+        g.unblocked();
+        let al = if alen.is_null() || addr.is_null() || r < 0 {
+            0
+        } else {
+            // SAFETY: alen is the application's in/out length for this call.
+            unsafe { *alen }
+        };
+        let ab = bytes(addr as *const u8, i64::from(al.min(128)));
+        g.emit(
+            Kind::Recvfrom,
+            r,
+            fd as u64,
+            len as u64,
+            u64::from(al),
+            &[bytes(buf, r), ab],
+        );
+        r
+    } else {
+        let rec = replay_next(Kind::Recvfrom, Some(fd));
+        let r = rec.h.ret;
+        let n = r.max(0) as usize;
+        if n > len || rec.data.len() < n {
+            diverge(
+                &rec,
+                &format!("room for {len} bytes, the journal recorded {r}"),
+            );
+        }
+        copy_out(buf, &rec.data[..n]);
+        let al = rec.h.a2 as usize;
+        if !addr.is_null() && !alen.is_null() {
+            // SAFETY: alen is the application's in/out length for this call.
+            let room = unsafe { *alen } as usize;
+            let ab = &rec.data[n..];
+            copy_out(addr.cast(), &ab[..ab.len().min(room)]);
+            // SAFETY: as above.
+            unsafe { *alen = al as libc::socklen_t };
+        }
+        replay_done(&rec);
+        r
+    }
+}
+
+pub fn core_recvmsg(fd: i64, m: *mut libc::msghdr, flags: i64) -> i64 {
+    let mp = m as i64;
+    let real = || sys3(libc::SYS_recvmsg, fd, mp, flags);
+    let Some(g) = enter() else { return real() };
+    if m.is_null() {
+        drop(g);
+        return real();
+    }
+    // SAFETY: the application's msghdr for this call.
+    let mh = unsafe { &mut *m };
+    let v = iov_slice(mh.msg_iov, mh.msg_iovlen as i64);
+    if mode() == RECORD {
+        g.blocking();
+        let r = real();
+        g.unblocked();
+        let mut parts: [&[u8]; 16] = [&[]; 16];
+        let mut left = r.max(0) as usize;
+        let mut k = 0;
+        for e in v {
+            if left == 0 || k == 16 {
+                break;
+            }
+            let n = e.iov_len.min(left);
+            parts[k] = bytes(e.iov_base.cast(), n as i64);
+            left -= n;
+            k += 1;
+        }
+        g.emit(
+            Kind::Recvmsg,
+            r,
+            fd as u64,
+            iov_total(v) as u64,
+            mh.msg_flags as u64,
+            &parts[..k],
+        );
+        r
+    } else {
+        let rec = replay_next(Kind::Recvmsg, Some(fd));
+        let r = rec.h.ret;
+        let n = r.max(0) as usize;
+        if n > iov_total(v) || rec.data.len() < n {
+            diverge(&rec, "receive buffer smaller than the recorded message");
+        }
+        scatter(v, &rec.data[..n]);
+        mh.msg_flags = rec.h.a2 as c_int;
+        mh.msg_controllen = 0;
+        mh.msg_namelen = 0;
+        replay_done(&rec);
+        r
+    }
+}
+
+// ------------------------------------------------------------------ writes
+
+/// Shared logic of every output call. `perform` makes the real call; `dg` digests the first `n`
+/// bytes the application asked to write.
+fn output(
+    kind: Kind,
+    fd: i64,
+    len: usize,
+    perform: impl Fn() -> i64,
+    dg: impl Fn(usize) -> u64,
+    show: impl Fn() -> String,
+) -> i64 {
+    let Some(g) = enter() else { return perform() };
+    let k = fd_kind(fd);
+    if mode() == RECORD {
+        g.blocking();
+        if rt::sync_mode() && k != FD_FILE {
+            // Output commit: nothing leaves before every message so far is durable.
+            rt::wait_durable();
+        }
+        let r = perform();
+        g.unblocked();
+        g.emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
+        r
+    } else {
+        let rec = replay_next(kind, Some(fd));
+        let rr = rec.h.ret;
+        let want = rr.max(0) as usize;
+        if rec.h.a1 != len as u64 || (want > 0 && dg(want) != rec.h.a2) {
+            diverge(
+                &rec,
+                &format!(
+                    "{}(fd {fd}, {len} bytes, digest {:016x}): \"{}\"",
+                    kind.name(),
+                    dg(want.min(len)),
+                    show()
+                ),
+            );
+        }
+        let r = if (k == FD_FILE || k == FD_OWN) && rr >= 0 {
+            let r = perform();
+            if r != rr && r >= 0 {
+                // A short write where the recording wrote more (or vice versa): report it.
+                diverge(
+                    &rec,
+                    &format!("{}(fd {fd}) wrote {r} bytes now", kind.name()),
+                );
+            }
+            r
+        } else {
+            rr
+        };
+        replay_done(&rec);
+        r
+    }
+}
+
+pub fn core_write(fd: i64, buf: *const u8, len: usize) -> i64 {
+    output(
+        Kind::Write,
+        fd,
+        len,
+        || sys3(libc::SYS_write, fd, buf as i64, len as i64),
+        |n| intercept::digest(bytes(buf, n.min(len) as i64)),
+        || preview(bytes(buf, len as i64)),
+    )
+}
+
+fn iov_digest(v: &[libc::iovec], n: usize) -> u64 {
+    let mut d = Digest::new();
+    let mut left = n;
+    for e in v {
+        if left == 0 {
+            break;
+        }
+        let k = e.iov_len.min(left);
+        d.update(bytes(e.iov_base.cast(), k as i64));
+        left -= k;
+    }
+    d.finish()
+}
+
+pub fn core_writev(fd: i64, iov: *const libc::iovec, cnt: i64) -> i64 {
+    let v = iov_slice(iov, cnt);
+    output(
+        Kind::Writev,
+        fd,
+        iov_total(v),
+        || sys3(libc::SYS_writev, fd, iov as i64, cnt),
+        |n| iov_digest(v, n),
+        || {
+            v.first().map_or(String::new(), |e| {
+                preview(bytes(e.iov_base.cast(), e.iov_len as i64))
+            })
+        },
+    )
+}
+
+pub fn core_sendto(
+    fd: i64,
+    buf: *const u8,
+    len: usize,
+    flags: i64,
+    addr: *const libc::sockaddr,
+    alen: i64,
+) -> i64 {
+    output(
+        Kind::Sendto,
+        fd,
+        len,
+        || {
+            sys(
+                libc::SYS_sendto,
+                fd,
+                buf as i64,
+                len as i64,
+                flags,
+                addr as i64,
+                alen,
+            )
+        },
+        |n| intercept::digest(bytes(buf, n.min(len) as i64)),
+        || preview(bytes(buf, len as i64)),
+    )
+}
+
+pub fn core_sendmsg(fd: i64, m: *const libc::msghdr, flags: i64) -> i64 {
+    if m.is_null() {
+        return sys3(libc::SYS_sendmsg, fd, m as i64, flags);
+    }
+    // SAFETY: the application's msghdr for this call.
+    let mh = unsafe { &*m };
+    let v = iov_slice(mh.msg_iov, mh.msg_iovlen as i64);
+    output(
+        Kind::Sendmsg,
+        fd,
+        iov_total(v),
+        || sys3(libc::SYS_sendmsg, fd, m as i64, flags),
+        |n| iov_digest(v, n),
+        String::new,
+    )
+}
+
+// ------------------------------------------------------------------ readiness
+
+/// Record/replay a call whose result is a buffer the kernel fills (`out`, `out_len` bytes) and a
+/// return value. `real` makes the call.
+fn filled(kind: Kind, a0: u64, out: *mut u8, out_len: usize, real: impl FnOnce() -> i64) -> i64 {
+    let Some(g) = enter() else { return real() };
+    if mode() == RECORD {
+        g.blocking();
+        let r = real();
+        g.unblocked();
+        g.emit(
+            kind,
+            r,
+            a0,
+            out_len as u64,
+            0,
+            &[bytes(out, out_len as i64)],
+        );
+        r
+    } else {
+        let rec = replay_next(kind, None);
+        if rec.h.a0 != a0 || rec.data.len() != out_len {
+            diverge(
+                &rec,
+                &format!("{}({a0}, {out_len} bytes of state)", kind.name()),
+            );
+        }
+        copy_out(out, rec.data);
+        replay_done(&rec);
+        rec.h.ret
+    }
+}
+
+pub fn core_poll(fds: *mut libc::pollfd, nfds: u64, real: impl FnOnce() -> i64) -> i64 {
+    let n = (nfds as usize).min(4096) * std::mem::size_of::<libc::pollfd>();
+    filled(Kind::Poll, nfds, fds.cast(), n, real)
+}
+
+pub fn core_select(
+    nfds: i64,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    real: impl FnOnce() -> i64,
+) -> i64 {
+    let Some(g) = enter() else { return real() };
+    let sz = std::mem::size_of::<libc::fd_set>();
+    let sets = [r, w, e];
+    if mode() == RECORD {
+        g.blocking();
+        let ret = real();
+        g.unblocked();
+        let p: [&[u8]; 3] = sets.map(|s| bytes(s as *const u8, sz as i64));
+        g.emit(Kind::Select, ret, nfds as u64, 0, 0, &p);
+        ret
+    } else {
+        let rec = replay_next(Kind::Select, None);
+        let mut d = rec.data;
+        for s in sets {
+            if !s.is_null() {
+                if d.len() < sz || rec.h.a0 != nfds as u64 {
+                    diverge(&rec, &format!("select(nfds {nfds}) with other sets"));
+                }
+                copy_out(s.cast(), &d[..sz]);
+                d = &d[sz..];
+            }
+        }
+        replay_done(&rec);
+        rec.h.ret
+    }
+}
+
+pub fn core_epoll(
+    epfd: i64,
+    events: *mut libc::epoll_event,
+    max: i64,
+    real: impl FnOnce() -> i64,
+) -> i64 {
+    let Some(g) = enter() else { return real() };
+    let es = std::mem::size_of::<libc::epoll_event>();
+    if mode() == RECORD {
+        g.blocking();
+        let r = real();
+        g.unblocked();
+        g.emit(
+            Kind::EpollWait,
+            r,
+            epfd as u64,
+            max as u64,
+            0,
+            &[bytes(events as *const u8, r.max(0) * es as i64)],
+        );
+        r
+    } else {
+        let rec = replay_next(Kind::EpollWait, None);
+        let r = rec.h.ret;
+        if r > max || rec.data.len() != r.max(0) as usize * es {
+            diverge(&rec, &format!("epoll_wait(epfd {epfd}, max {max})"));
+        }
+        copy_out(events.cast(), rec.data);
+        replay_done(&rec);
+        r
+    }
+}
+
+// ------------------------------------------------------------------ connections
+
+pub fn core_accept(
+    fd: i64,
+    addr: *mut libc::sockaddr,
+    alen: *mut libc::socklen_t,
+    flags: i64,
+) -> i64 {
+    let real = || sys(libc::SYS_accept4, fd, addr as i64, alen as i64, flags, 0, 0);
+    let Some(g) = enter() else { return real() };
+    if mode() == RECORD {
+        g.blocking();
+        let r = real();
+        g.unblocked();
+        fd_forget(r);
+        let al = if alen.is_null() || addr.is_null() || r < 0 {
+            0
+        } else {
+            // SAFETY: the application's in/out length.
+            unsafe { *alen }
+        };
+        g.emit(
+            Kind::Accept,
+            r,
+            fd as u64,
+            flags as u64,
+            u64::from(al),
+            &[bytes(addr as *const u8, i64::from(al.min(128)))],
+        );
+        r
+    } else {
+        let rec = replay_next(Kind::Accept, Some(fd));
+        let r = rec.h.ret;
+        if r >= 0 {
+            // The peer is gone: put a placeholder socket at the recorded number so the
+            // program's fd numbering stays as recorded.
+            if sys3(libc::SYS_fcntl, r, i64::from(libc::F_GETFD), 0) >= 0 {
+                diverge(&rec, &format!("fd {r} is already open in replay"));
+            }
+            let mut sv = [0i32; 2];
+            sys(
+                libc::SYS_socketpair,
+                i64::from(libc::AF_UNIX),
+                i64::from(libc::SOCK_STREAM),
+                0,
+                sv.as_mut_ptr() as i64,
+                0,
+                0,
+            );
+            sys3(libc::SYS_dup2, i64::from(sv[0]), r, 0);
+            for s in sv {
+                if i64::from(s) != r {
+                    sys3(libc::SYS_close, i64::from(s), 0, 0);
+                }
+            }
+            fd_set_kind(r, FD_OUTSIDE);
+            if !addr.is_null() && !alen.is_null() {
+                // SAFETY: the application's in/out length.
+                let room = unsafe { *alen } as usize;
+                copy_out(addr.cast(), &rec.data[..rec.data.len().min(room)]);
+                // SAFETY: as above.
+                unsafe { *alen = rec.h.a2 as libc::socklen_t };
+            }
+        }
+        replay_done(&rec);
+        r
+    }
+}
+
+pub fn core_connect(fd: i64, addr: *const libc::sockaddr, alen: i64) -> i64 {
+    let real = || sys3(libc::SYS_connect, fd, addr as i64, alen);
+    let Some(g) = enter() else { return real() };
+    fd_forget(fd);
+    if mode() == RECORD {
+        g.blocking();
+        let r = real();
+        g.unblocked();
+        g.emit(Kind::Connect, r, fd as u64, 0, 0, &[]);
+        r
+    } else {
+        let rec = replay_next(Kind::Connect, Some(fd));
+        replay_done(&rec);
+        fd_set_kind(fd, FD_OUTSIDE);
+        rec.h.ret
+    }
+}
+
+pub fn core_close(fd: i64) -> i64 {
+    fd_forget(fd);
+    sys3(libc::SYS_close, fd, 0, 0)
+}
+
+// ------------------------------------------------------------------ time and randomness
+
+fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> i64) -> i64 {
+    let Some(g) = enter() else { return real() };
+    if mode() == RECORD {
+        let r = real();
+        g.emit(
+            kind,
+            r,
+            a0,
+            0,
+            0,
+            &[bytes(out, if r >= 0 { n as i64 } else { 0 })],
+        );
+        r
+    } else {
+        let rec = replay_next(kind, None);
+        if rec.h.a0 != a0 {
+            diverge(&rec, &format!("{}({a0})", kind.name()));
+        }
+        copy_out(out, &rec.data[..rec.data.len().min(n)]);
+        replay_done(&rec);
+        rec.h.ret
+    }
+}
+
+pub fn core_getrandom(buf: *mut u8, len: usize, flags: i64) -> i64 {
+    let real = || sys3(libc::SYS_getrandom, buf as i64, len as i64, flags);
+    let Some(g) = enter() else { return real() };
+    if mode() == RECORD {
+        g.blocking();
+        let r = real();
+        g.unblocked();
+        g.emit(
+            Kind::Getrandom,
+            r,
+            len as u64,
+            flags as u64,
+            0,
+            &[bytes(buf, r)],
+        );
+        r
+    } else {
+        let rec = replay_next(Kind::Getrandom, None);
+        let r = rec.h.ret;
+        if r as usize > len || rec.h.a0 != len as u64 {
+            diverge(&rec, &format!("getrandom({len} bytes)"));
+        }
+        copy_out(buf, &rec.data[..r.max(0) as usize]);
+        replay_done(&rec);
+        r
+    }
+}
+
+type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> c_int;
+
+#[no_mangle]
+pub unsafe extern "C" fn clock_gettime(clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
+    let f = real!("clock_gettime", ClockFn);
+    let r = timelike(Kind::ClockGettime, clk as u64, ts.cast(), 16, || {
+        // SAFETY: libc's clock_gettime with the application's arguments.
+        let r = unsafe { f(clk, ts) };
+        if r < 0 {
+            -i64::from(rt::errno())
+        } else {
+            i64::from(r)
+        }
+    });
+    libc_ret(r) as c_int
+}
+
+type TodFn = unsafe extern "C" fn(*mut libc::timeval, *mut c_void) -> c_int;
+
+#[no_mangle]
+pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
+    let f = real!("gettimeofday", TodFn);
+    let n = if tv.is_null() { 0 } else { 16 };
+    let r = timelike(Kind::Gettimeofday, 0, tv.cast(), n, || {
+        // SAFETY: libc's gettimeofday with the application's arguments.
+        i64::from(unsafe { f(tv, tz) })
+    });
+    libc_ret(r) as c_int
+}
+
+type TimeFn = unsafe extern "C" fn(*mut libc::time_t) -> libc::time_t;
+
+#[no_mangle]
+pub unsafe extern "C" fn time(t: *mut libc::time_t) -> libc::time_t {
+    let f = real!("time", TimeFn);
+    let r = timelike(Kind::Time, 0, std::ptr::null_mut(), 0, || {
+        // SAFETY: libc's time without an out pointer.
+        unsafe { f(std::ptr::null_mut()) }
+    });
+    if !t.is_null() {
+        // SAFETY: the application's out pointer.
+        unsafe { *t = r };
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getrandom(buf: *mut c_void, len: size_t, flags: libc::c_uint) -> ssize_t {
+    libc_ret(core_getrandom(buf.cast(), len, i64::from(flags))) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn getentropy(buf: *mut c_void, len: size_t) -> c_int {
+    if len > 256 {
+        rt::set_errno(libc::EIO);
+        return -1;
+    }
+    let r = core_getrandom(buf.cast(), len, 0);
+    if r < 0 {
+        libc_ret(r) as c_int
+    } else {
+        0
+    }
+}
+
+// ------------------------------------------------------------------ exported I/O wrappers
+
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    libc_ret(core_read(i64::from(fd), buf.cast(), n)) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    libc_ret(core_readv(i64::from(fd), iov, i64::from(cnt))) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    libc_ret(core_recvfrom(
+        i64::from(fd),
+        buf.cast(),
+        n,
+        i64::from(flags),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut libc::sockaddr,
+    alen: *mut libc::socklen_t,
+) -> ssize_t {
+    libc_ret(core_recvfrom(
+        i64::from(fd),
+        buf.cast(),
+        n,
+        i64::from(flags),
+        addr,
+        alen,
+    )) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, m: *mut libc::msghdr, flags: c_int) -> ssize_t {
+    libc_ret(core_recvmsg(i64::from(fd), m, i64::from(flags))) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    libc_ret(core_write(i64::from(fd), buf.cast(), n)) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    libc_ret(core_writev(i64::from(fd), iov, i64::from(cnt))) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    libc_ret(core_sendto(
+        i64::from(fd),
+        buf.cast(),
+        n,
+        i64::from(flags),
+        std::ptr::null(),
+        0,
+    )) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const libc::sockaddr,
+    alen: libc::socklen_t,
+) -> ssize_t {
+    libc_ret(core_sendto(
+        i64::from(fd),
+        buf.cast(),
+        n,
+        i64::from(flags),
+        addr,
+        i64::from(alen),
+    )) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, m: *const libc::msghdr, flags: c_int) -> ssize_t {
+    libc_ret(core_sendmsg(i64::from(fd), m, i64::from(flags))) as ssize_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    libc_ret(core_poll(fds, n, || {
+        sys3(libc::SYS_poll, fds as i64, n as i64, i64::from(timeout))
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
+    libc_ret(core_select(i64::from(nfds), r, w, e, || {
+        sys(
+            libc::SYS_select,
+            i64::from(nfds),
+            r as i64,
+            w as i64,
+            e as i64,
+            tv as i64,
+            0,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    libc_ret(core_epoll(i64::from(epfd), ev, i64::from(max), || {
+        sys(
+            libc::SYS_epoll_wait,
+            i64::from(epfd),
+            ev as i64,
+            i64::from(max),
+            i64::from(timeout),
+            0,
+            0,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    alen: *mut libc::socklen_t,
+) -> c_int {
+    libc_ret(core_accept(i64::from(fd), addr, alen, 0)) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    alen: *mut libc::socklen_t,
+    flags: c_int,
+) -> c_int {
+    libc_ret(core_accept(i64::from(fd), addr, alen, i64::from(flags))) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn connect(
+    fd: c_int,
+    addr: *const libc::sockaddr,
+    alen: libc::socklen_t,
+) -> c_int {
+    libc_ret(core_connect(i64::from(fd), addr, i64::from(alen))) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    libc_ret(core_close(i64::from(fd))) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    fd_forget(i64::from(new));
+    libc_ret(sys3(libc::SYS_dup2, i64::from(old), i64::from(new), 0)) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    fd_forget(i64::from(new));
+    libc_ret(sys3(
+        libc::SYS_dup3,
+        i64::from(old),
+        i64::from(new),
+        i64::from(flags),
+    )) as c_int
+}
+
+// ------------------------------------------------------------------ processes
+
+/// Children of this process: recorded pid -> real pid (replay translates wait results).
+static CHILDREN: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+fn remember_child(recorded: u32, real: u32) {
+    for c in &CHILDREN {
+        if c.compare_exchange(
+            0,
+            (u64::from(recorded) << 32) | u64::from(real),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+fn real_child(recorded: u32) -> Option<u32> {
+    CHILDREN.iter().find_map(|c| {
+        let v = c.load(Ordering::SeqCst);
+        (v != 0 && (v >> 32) as u32 == recorded).then_some(v as u32)
+    })
+}
+
+pub fn forget_children() {
+    for c in &CHILDREN {
+        c.store(0, Ordering::SeqCst);
+    }
+}
+
+type ForkFn = unsafe extern "C" fn() -> libc::pid_t;
+
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    let f = real!("fork", ForkFn);
+    // SAFETY: libc's fork.
+    let real_fork = || unsafe { f() };
+    let Some(g) = enter() else { return real_fork() };
+    let (my, n) = TLS.with(|t| {
+        let n = t.children.get() + 1;
+        t.children.set(n);
+        (t.vtid.get(), n)
+    });
+    let child_vtid = intercept::vtid::child(my, n);
+    let parent_vpid = VPID.load(Ordering::Relaxed);
+    let procs = rt::PROCS.get();
+    if mode() == RECORD {
+        let r = real_fork();
+        if r == 0 {
+            std::mem::forget(g);
+            TLS.with(|t| t.depth.set(0));
+            rt::after_fork_child(child_vtid, 0, parent_vpid);
+            // Wait until the parent has emitted its fork message, so that every message of
+            // this child comes after it in the journal.
+            if let Some(p) = procs {
+                let me = rt::REAL_PID.load(Ordering::SeqCst);
+                if let Some(o) = p.set(me, child_vtid) {
+                    let mut waited = 0;
+                    while p.ready(o).load(Ordering::SeqCst) == 0 && waited < 10_000 {
+                        rt::futex_wait(p.ready(o), 0, 10);
+                        waited += 10;
+                    }
+                }
+            }
+            return 0;
+        }
+        let e = rt::errno();
+        g.emit(
+            Kind::Fork,
+            if r < 0 { -i64::from(e) } else { i64::from(r) },
+            child_vtid,
+            0,
+            0,
+            &[],
+        );
+        if r > 0 {
+            if let Some(p) = procs {
+                if let Some(o) = p.set(r as u32, child_vtid) {
+                    p.ready(o).store(1, Ordering::SeqCst);
+                    rt::futex_wake(p.ready(o));
+                }
+            }
+        }
+        drop(g);
+        rt::set_errno(e);
+        r
+    } else {
+        let rec = replay_next(Kind::Fork, None);
+        let rp = rec.h.ret;
+        if rp < 0 {
+            replay_done(&rec);
+            return libc_ret(rp) as libc::pid_t;
+        }
+        let r = real_fork();
+        if r == 0 {
+            std::mem::forget(g);
+            TLS.with(|t| t.depth.set(0));
+            rt::after_fork_child(child_vtid, rp as u32, parent_vpid);
+            if let Some(p) = procs {
+                p.set(rt::REAL_PID.load(Ordering::SeqCst), child_vtid);
+            }
+            return 0;
+        }
+        if r < 0 {
+            diverge(&rec, "fork failed during replay");
+        }
+        remember_child(rp as u32, r as u32);
+        if let Some(p) = procs {
+            p.set(r as u32, child_vtid);
+        }
+        replay_done(&rec);
+        rp as libc::pid_t
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn vfork() -> libc::pid_t {
+    // A vfork child shares our memory and stack: run a real fork instead, which the program
+    // cannot tell apart except by speed.
+    // SAFETY: our own fork wrapper.
+    unsafe { fork() }
+}
+
+pub fn core_wait4(pid: i64, status: *mut c_int, options: i64, ru: *mut libc::rusage) -> i64 {
+    let real =
+        |p: i64, st: *mut c_int, o: i64| sys(libc::SYS_wait4, p, st as i64, o, ru as i64, 0, 0);
+    let Some(g) = enter() else {
+        return real(pid, status, options);
+    };
+    if mode() == RECORD {
+        g.blocking();
+        let mut st: c_int = 0;
+        let r = real(pid, &mut st, options);
+        g.unblocked();
+        if !status.is_null() && r > 0 {
+            // SAFETY: the application's status out pointer.
+            unsafe { *status = st };
+        }
+        g.emit(
+            Kind::Wait,
+            r,
+            u64::from(st as u32),
+            pid as u64,
+            options as u64,
+            &[],
+        );
+        r
+    } else {
+        let rec = replay_next(Kind::Wait, None);
+        let r = rec.h.ret;
+        if rec.h.a1 != pid as u64 {
+            diverge(&rec, &format!("wait for pid {pid}"));
+        }
+        if r > 0 {
+            // Reap the real child that stands for the recorded one.
+            let target = real_child(r as u32).map_or(-1, i64::from);
+            let mut st: c_int = 0;
+            sys(
+                libc::SYS_wait4,
+                target,
+                std::ptr::addr_of_mut!(st) as i64,
+                options & !i64::from(libc::WNOHANG),
+                0,
+                0,
+                0,
+            );
+            if !status.is_null() {
+                // SAFETY: the application's status out pointer.
+                unsafe { *status = rec.h.a0 as u32 as c_int };
+            }
+        }
+        if !ru.is_null() {
+            // SAFETY: the application's rusage out pointer.
+            unsafe { std::ptr::write_bytes(ru, 0, 1) };
+        }
+        replay_done(&rec);
+        r
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn waitpid(pid: libc::pid_t, st: *mut c_int, options: c_int) -> libc::pid_t {
+    libc_ret(core_wait4(
+        i64::from(pid),
+        st,
+        i64::from(options),
+        std::ptr::null_mut(),
+    )) as libc::pid_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn wait(st: *mut c_int) -> libc::pid_t {
+    libc_ret(core_wait4(-1, st, 0, std::ptr::null_mut())) as libc::pid_t
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn wait4(
+    pid: libc::pid_t,
+    st: *mut c_int,
+    options: c_int,
+    ru: *mut libc::rusage,
+) -> libc::pid_t {
+    libc_ret(core_wait4(i64::from(pid), st, i64::from(options), ru)) as libc::pid_t
+}
+
+#[no_mangle]
+pub extern "C" fn getpid() -> libc::pid_t {
+    if mode() == rt::OFF {
+        return sys3(libc::SYS_getpid, 0, 0, 0) as libc::pid_t;
+    }
+    VPID.load(Ordering::Relaxed) as libc::pid_t
+}
+
+#[no_mangle]
+pub extern "C" fn getppid() -> libc::pid_t {
+    if mode() == rt::OFF {
+        return sys3(libc::SYS_getppid, 0, 0, 0) as libc::pid_t;
+    }
+    rt::VPPID.load(Ordering::Relaxed) as libc::pid_t
+}
+
+fn on_exit(status: c_int) {
+    if let Some(g) = enter() {
+        if mode() == RECORD {
+            g.emit(Kind::Exit, 0, u64::from(status as u32), 0, 0, &[]);
+        } else {
+            let rec = replay_next(Kind::Exit, None);
+            if rec.h.a0 != u64::from(status as u32) {
+                diverge(&rec, &format!("exit({status})"));
+            }
+            replay_done(&rec);
+        }
+    }
+}
+
+type ExitFn = unsafe extern "C" fn(c_int) -> !;
+
+#[no_mangle]
+pub unsafe extern "C" fn exit(status: c_int) -> ! {
+    on_exit(status);
+    let f = real!("exit", ExitFn);
+    // SAFETY: libc's exit.
+    unsafe { f(status) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn _exit(status: c_int) -> ! {
+    on_exit(status);
+    let f = real!("_exit", ExitFn);
+    // SAFETY: libc's _exit.
+    unsafe { f(status) }
+}
+
+// ------------------------------------------------------------------ threads and locks
+
+type StartFn = extern "C" fn(*mut c_void) -> *mut c_void;
+type CreateFn = unsafe extern "C" fn(
+    *mut libc::pthread_t,
+    *const libc::pthread_attr_t,
+    StartFn,
+    *mut c_void,
+) -> c_int;
+
+struct Start {
+    f: StartFn,
+    arg: *mut c_void,
+    vtid: u64,
+    ready: AtomicU32,
+}
+
+// SAFETY: `arg` is the application's opaque argument, handed to the new thread exactly as
+// pthread_create would; we never dereference it.
+unsafe impl Send for Start {}
+// SAFETY: as above; the only shared mutable state is the atomic `ready`.
+unsafe impl Sync for Start {}
+
+extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
+    // SAFETY: p is the Arc<Start> leaked by pthread_create below, given to this thread only.
+    let s = unsafe { Arc::from_raw(p as *const Start) };
+    TLS.with(|t| {
+        t.vtid.set(s.vtid);
+        t.tseq.set(0);
+        t.children.set(0);
+        t.token.set(0);
+    });
+    if mode() == RECORD {
+        // Every message of this thread must follow its creation message in the journal.
+        let mut waited = 0;
+        while s.ready.load(Ordering::SeqCst) == 0 && waited < 10_000 {
+            rt::futex_wait(&s.ready, 0, 10);
+            waited += 10;
+        }
+    }
+    let (f, arg) = (s.f, s.arg);
+    drop(s);
+    f(arg)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_create(
+    th: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    f: StartFn,
+    arg: *mut c_void,
+) -> c_int {
+    let real = real!("pthread_create", CreateFn);
+    let Some(g) = enter() else {
+        // SAFETY: libc's pthread_create with the application's arguments.
+        return unsafe { real(th, attr, f, arg) };
+    };
+    let (my, n) = TLS.with(|t| {
+        let n = t.children.get() + 1;
+        t.children.set(n);
+        (t.vtid.get(), n)
+    });
+    let vtid = intercept::vtid::child(my, n);
+    let rec = (mode() == REPLAY).then(|| replay_next(Kind::ThreadCreate, None));
+    let s = Arc::new(Start {
+        f,
+        arg,
+        vtid,
+        ready: AtomicU32::new(0),
+    });
+    let keep = Arc::clone(&s);
+    // SAFETY: libc's pthread_create; the Arc is handed to the new thread (or reclaimed below).
+    let r = unsafe { real(th, attr, thread_start, Arc::into_raw(s) as *mut c_void) };
+    if r != 0 {
+        // SAFETY: the thread was not created, so its reference is still ours to drop.
+        drop(unsafe { Arc::from_raw(Arc::as_ptr(&keep)) });
+    }
+    match rec {
+        None => {
+            g.emit(Kind::ThreadCreate, i64::from(r), vtid, 0, 0, &[]);
+            keep.ready.store(1, Ordering::SeqCst);
+            rt::futex_wake(&keep.ready);
+        }
+        Some(rec) => {
+            if rec.h.ret != i64::from(r) {
+                diverge(&rec, &format!("pthread_create returned {r}"));
+            }
+            replay_done(&rec);
+        }
+    }
+    drop(g);
+    r
+}
+
+type MutexFn = unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int;
+
+/// A lock acquisition: recorded in the order it happened, replayed in that order.
+fn acquire(kind: Kind, lock: impl Fn() -> c_int) -> c_int {
+    let Some(g) = enter() else { return lock() };
+    if mode() == RECORD {
+        g.blocking();
+        let r = lock();
+        g.unblocked();
+        g.emit(kind, i64::from(r), 0, 0, 0, &[]);
+        r
+    } else {
+        let rec = replay_next(kind, None);
+        // The previous holder (earlier in the journal) has released it or is about to, without
+        // needing a turn: unlocks are not ordered.
+        let r = lock();
+        if i64::from(r) != rec.h.ret {
+            diverge(&rec, &format!("{} returned {r}", kind.name()));
+        }
+        replay_done(&rec);
+        r
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_int {
+    let f = real!("pthread_mutex_lock", MutexFn);
+    // SAFETY: libc's function with the application's mutex.
+    acquire(Kind::MutexLock, || unsafe { f(m) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_trylock(m: *mut libc::pthread_mutex_t) -> c_int {
+    let f = real!("pthread_mutex_trylock", MutexFn);
+    let lock = real!("pthread_mutex_lock", MutexFn);
+    // SAFETY: libc's function with the application's mutex.
+    let real_try = || unsafe { f(m) };
+    let Some(g) = enter() else { return real_try() };
+    if mode() == RECORD {
+        let r = real_try();
+        g.emit(Kind::MutexTrylock, i64::from(r), 0, 0, 0, &[]);
+        r
+    } else {
+        let rec = replay_next(Kind::MutexTrylock, None);
+        let r = if rec.h.ret == 0 {
+            // It succeeded when recorded: take it (the holder is releasing it).
+            // SAFETY: libc's lock with the application's mutex.
+            unsafe { lock(m) }
+        } else {
+            rec.h.ret as c_int
+        };
+        replay_done(&rec);
+        r
+    }
+}
+
+type RwFn = unsafe extern "C" fn(*mut libc::pthread_rwlock_t) -> c_int;
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_rdlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    let f = real!("pthread_rwlock_rdlock", RwFn);
+    // SAFETY: libc's function with the application's lock.
+    acquire(Kind::RwlockRead, || unsafe { f(l) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_wrlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    let f = real!("pthread_rwlock_wrlock", RwFn);
+    // SAFETY: libc's function with the application's lock.
+    acquire(Kind::RwlockWrite, || unsafe { f(l) })
+}
+
+type CondFn = unsafe extern "C" fn(*mut libc::pthread_cond_t, *mut libc::pthread_mutex_t) -> c_int;
+type CondTFn = unsafe extern "C" fn(
+    *mut libc::pthread_cond_t,
+    *mut libc::pthread_mutex_t,
+    *const libc::timespec,
+) -> c_int;
+
+fn cond_wait(m: *mut libc::pthread_mutex_t, wait: impl Fn() -> c_int) -> c_int {
+    let Some(g) = enter() else { return wait() };
+    if mode() == RECORD {
+        g.blocking();
+        let r = wait();
+        g.unblocked();
+        g.emit(Kind::CondWait, i64::from(r), 0, 0, 0, &[]);
+        r
+    } else {
+        // The wake-up is implied by the recorded order: release the mutex, wait for this
+        // thread's turn, take the mutex back.
+        let unlock = real!("pthread_mutex_unlock", MutexFn);
+        let lock = real!("pthread_mutex_lock", MutexFn);
+        // SAFETY: the application holds m, as pthread_cond_wait requires.
+        unsafe { unlock(m) };
+        let rec = replay_next(Kind::CondWait, None);
+        // SAFETY: libc's lock with the application's mutex.
+        unsafe { lock(m) };
+        replay_done(&rec);
+        rec.h.ret as c_int
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_cond_wait(
+    c: *mut libc::pthread_cond_t,
+    m: *mut libc::pthread_mutex_t,
+) -> c_int {
+    let f = real!("pthread_cond_wait", CondFn);
+    // SAFETY: libc's function with the application's arguments.
+    cond_wait(m, || unsafe { f(c, m) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_cond_timedwait(
+    c: *mut libc::pthread_cond_t,
+    m: *mut libc::pthread_mutex_t,
+    t: *const libc::timespec,
+) -> c_int {
+    let f = real!("pthread_cond_timedwait", CondTFn);
+    // SAFETY: libc's function with the application's arguments.
+    cond_wait(m, || unsafe { f(c, m, t) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    tmo: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    libc_ret(core_poll(fds, n, || {
+        sys(
+            libc::SYS_ppoll,
+            fds as i64,
+            n as i64,
+            tmo as i64,
+            mask as i64,
+            8,
+            0,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    libc_ret(core_epoll(i64::from(epfd), ev, i64::from(max), || {
+        sys(
+            libc::SYS_epoll_pwait,
+            i64::from(epfd),
+            ev as i64,
+            i64::from(max),
+            i64::from(timeout),
+            mask as i64,
+            8,
+        )
+    })) as c_int
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tmo: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // pselect6's sixth argument: { const sigset_t *ss; size_t ss_len; }
+    let data: [usize; 2] = [mask as usize, 8];
+    let dp = if mask.is_null() {
+        0
+    } else {
+        data.as_ptr() as i64
+    };
+    libc_ret(core_select(i64::from(nfds), r, w, e, || {
+        // pselect6 may write the remaining time: pass a copy, as glibc does.
+        let mut t = if tmo.is_null() {
+            None
+        } else {
+            // SAFETY: the application's timeout for this call.
+            Some(unsafe { *tmo })
+        };
+        let tp = t.as_mut().map_or(0, |t| t as *mut libc::timespec as i64);
+        sys(
+            libc::SYS_pselect6,
+            i64::from(nfds),
+            r as i64,
+            w as i64,
+            e as i64,
+            tp,
+            dp,
+        )
+    })) as c_int
+}
+
+/// In replay the program sees recorded pids: translate them back before signalling, so that
+/// `kill(getpid(), ...)` or `kill(child, ...)` reach this run's processes and never a stranger
+/// that happens to hold the recorded number.
+#[no_mangle]
+pub unsafe extern "C" fn kill(pid: libc::pid_t, sig: c_int) -> c_int {
+    let mut target = i64::from(pid);
+    if mode() == REPLAY && pid != 0 && pid != -1 {
+        let abs = pid.unsigned_abs();
+        let real = if abs == VPID.load(Ordering::Relaxed) {
+            Some(rt::REAL_PID.load(Ordering::Relaxed))
+        } else {
+            real_child(abs)
+        };
+        if let Some(r) = real {
+            target = if pid < 0 { -i64::from(r) } else { i64::from(r) };
+        }
+    }
+    libc_ret(sys3(libc::SYS_kill, target, i64::from(sig), 0)) as c_int
+}

@@ -1,0 +1,922 @@
+//! Runtime of the preloaded library: mode, per-thread state, the syscall gate, emission into the
+//! ring (record) and the ordered feed (replay), divergence reports.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use intercept::msg::{self, Header, Kind, HEADER_LEN};
+use shmring::{RingProducer, ThreadToken};
+
+pub const OFF: u8 = 0;
+pub const RECORD: u8 = 1;
+pub const REPLAY: u8 = 2;
+
+/// Exit status of a process that departs from the journal during replay.
+pub const DIVERGENCE_EXIT: i32 = 86;
+
+pub static MODE: AtomicU8 = AtomicU8::new(OFF);
+
+// The syscall gate: the only code outside libc's text whose system calls the seccomp filter lets
+// through untouched. `long understudy_gate(long nr, long a1, ..., long a6)`.
+std::arch::global_asm!(
+    ".text",
+    ".globl understudy_gate",
+    ".hidden understudy_gate",
+    ".type understudy_gate,@function",
+    "understudy_gate:",
+    "mov rax, rdi",
+    "mov rdi, rsi",
+    "mov rsi, rdx",
+    "mov rdx, rcx",
+    "mov r10, r8",
+    "mov r8, r9",
+    "mov r9, [rsp+8]",
+    "syscall",
+    "ret",
+    ".size understudy_gate, .-understudy_gate",
+);
+
+extern "C" {
+    fn understudy_gate(nr: i64, a1: i64, a2: i64, a3: i64, a4: i64, a5: i64, a6: i64) -> i64;
+}
+
+/// A raw system call through the gate; returns the kernel's value (`-errno` on failure).
+#[inline]
+pub fn sys(nr: i64, a1: i64, a2: i64, a3: i64, a4: i64, a5: i64, a6: i64) -> i64 {
+    // SAFETY: the gate executes one `syscall` instruction with the given registers. Pointer
+    // arguments are the caller's responsibility exactly as with libc's syscall(); every caller
+    // passes pointers it received from the application for the same call, or its own buffers.
+    unsafe { understudy_gate(nr, a1, a2, a3, a4, a5, a6) }
+}
+
+#[inline]
+pub fn sys3(nr: i64, a1: i64, a2: i64, a3: i64) -> i64 {
+    sys(nr, a1, a2, a3, 0, 0, 0)
+}
+
+/// Convert a syscall-convention result to libc's (-1 and errno).
+#[inline]
+pub fn libc_ret(r: i64) -> i64 {
+    if (-4095..0).contains(&r) {
+        set_errno(-r as i32);
+        -1
+    } else {
+        r
+    }
+}
+
+#[inline]
+pub fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() = e };
+}
+
+#[inline]
+pub fn errno() -> i32 {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Write a message to stderr without allocating (and without interception).
+pub fn say(parts: &[&[u8]]) {
+    for p in parts {
+        sys3(libc::SYS_write, 2, p.as_ptr() as i64, p.len() as i64);
+    }
+}
+
+/// Per-thread state. `const` initialised, no destructor: safe in signal handlers, no lazy
+/// registration on first access.
+pub struct Tls {
+    pub depth: Cell<u32>,
+    pub vtid: Cell<u64>,
+    pub tseq: Cell<u64>,
+    pub children: Cell<u64>,
+    /// Ring slot index + 1 (0: not registered in this process generation).
+    pub token: Cell<u32>,
+    pub gen: Cell<u32>,
+    pub tid: Cell<u32>,
+}
+
+thread_local! {
+    pub static TLS: Tls = const {
+        Tls {
+            depth: Cell::new(0),
+            vtid: Cell::new(0),
+            tseq: Cell::new(0),
+            children: Cell::new(0),
+            token: Cell::new(0),
+            gen: Cell::new(0),
+            tid: Cell::new(0),
+        }
+    };
+}
+
+/// Bumped in the child of every fork: threads re-register and re-read their tid.
+pub static PROC_GEN: AtomicU32 = AtomicU32::new(1);
+pub static REAL_PID: AtomicU32 = AtomicU32::new(0);
+/// The pid the application sees (recorded pid in replay).
+pub static VPID: AtomicU32 = AtomicU32::new(0);
+pub static VPPID: AtomicU32 = AtomicU32::new(0);
+pub static PROC_VTID: AtomicU64 = AtomicU64::new(0);
+static UNKNOWN_THREADS: AtomicU64 = AtomicU64::new(0);
+static KEY: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+pub static RING: OnceLock<RingProducer<'static>> = OnceLock::new();
+pub static FEED: OnceLock<Feed> = OnceLock::new();
+pub static PROCS: OnceLock<Procs> = OnceLock::new();
+
+/// A read-write shared mapping of a file (feed, process table).
+pub struct Shared {
+    pub base: usize,
+    pub len: usize,
+}
+
+impl Shared {
+    fn map(path: &str, min_len: usize, create: bool) -> Option<Shared> {
+        let c = std::ffi::CString::new(path).ok()?;
+        let flags = libc::O_RDWR | libc::O_CLOEXEC | if create { libc::O_CREAT } else { 0 };
+        let fd = sys3(libc::SYS_open, c.as_ptr() as i64, i64::from(flags), 0o600);
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a zeroed stat is a valid out-buffer for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        sys3(libc::SYS_fstat, fd, std::ptr::addr_of_mut!(st) as i64, 0);
+        let mut len = st.st_size as usize;
+        if len < min_len {
+            if !create {
+                sys3(libc::SYS_close, fd, 0, 0);
+                return None;
+            }
+            sys3(libc::SYS_ftruncate, fd, min_len as i64, 0);
+            len = min_len;
+        }
+        let p = sys(
+            libc::SYS_mmap,
+            0,
+            len as i64,
+            i64::from(libc::PROT_READ | libc::PROT_WRITE),
+            i64::from(libc::MAP_SHARED),
+            fd,
+            0,
+        );
+        sys3(libc::SYS_close, fd, 0, 0);
+        if p < 0 {
+            return None;
+        }
+        Some(Shared {
+            base: p as usize,
+            len,
+        })
+    }
+
+    #[inline]
+    pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(off + 8 <= self.len && off.is_multiple_of(8));
+        // SAFETY: in bounds, 8-aligned (page-aligned base), valid for any bit pattern; the
+        // mapping lives for the rest of the process.
+        unsafe { &*((self.base + off) as *const AtomicU64) }
+    }
+
+    #[inline]
+    pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
+        // SAFETY: as for u64_at.
+        unsafe { &*((self.base + off) as *const AtomicU32) }
+    }
+
+    pub fn bytes(&self, off: usize, len: usize) -> &'static [u8] {
+        assert!(off + len <= self.len);
+        // SAFETY: in bounds of a mapping never unmapped; feed message bytes are never written
+        // after the file is created.
+        unsafe { std::slice::from_raw_parts((self.base + off) as *const u8, len) }
+    }
+}
+
+/// Table of the application's processes, shared by all of them: real pid -> vtid. Lets a
+/// process find its name after `execve` (and a posix_spawn child its parent's).
+pub struct Procs(Shared);
+
+const PROC_SLOTS: usize = 4096;
+const PROC_ENTRY: usize = 32; // pid u32, spawns u32, vtid u64, ready u32, execs u32, pad
+
+impl Procs {
+    fn entry(&self, pid: u32, create: bool) -> Option<usize> {
+        let start = (pid as usize).wrapping_mul(2_654_435_761) % PROC_SLOTS;
+        for k in 0..PROC_SLOTS {
+            let off = ((start + k) % PROC_SLOTS) * PROC_ENTRY;
+            let p = self.0.u32_at(off);
+            let cur = p.load(Ordering::SeqCst);
+            if cur == pid {
+                return Some(off);
+            }
+            if cur == 0 {
+                if !create {
+                    return None;
+                }
+                match p.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => return Some(off),
+                    Err(now) if now == pid => return Some(off),
+                    Err(_) => {}
+                }
+            }
+        }
+        None
+    }
+
+    pub fn vtid_of(&self, pid: u32) -> Option<(usize, u64)> {
+        self.entry(pid, false)
+            .map(|o| (o, self.0.u64_at(o + 8).load(Ordering::SeqCst)))
+    }
+
+    pub fn set(&self, pid: u32, vtid: u64) -> Option<usize> {
+        let o = self.entry(pid, true)?;
+        self.0.u64_at(o + 8).store(vtid, Ordering::SeqCst);
+        Some(o)
+    }
+
+    pub fn ready(&self, off: usize) -> &AtomicU32 {
+        self.0.u32_at(off + 16)
+    }
+
+    pub fn execs(&self, off: usize) -> &AtomicU32 {
+        self.0.u32_at(off + 20)
+    }
+
+    pub fn spawns(&self, off: usize) -> &AtomicU32 {
+        self.0.u32_at(off + 4)
+    }
+}
+
+pub fn futex_wait(w: &AtomicU32, v: u32, ms: i64) {
+    let ts = libc::timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
+    };
+    sys(
+        libc::SYS_futex,
+        w.as_ptr() as i64,
+        i64::from(libc::FUTEX_WAIT),
+        i64::from(v),
+        std::ptr::addr_of!(ts) as i64,
+        0,
+        0,
+    );
+}
+
+pub fn futex_wake(w: &AtomicU32) {
+    sys(
+        libc::SYS_futex,
+        w.as_ptr() as i64,
+        i64::from(libc::FUTEX_WAKE),
+        i64::from(i32::MAX),
+        0,
+        0,
+        0,
+    );
+}
+
+pub fn getenv(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Library constructor: decide the mode and name this process.
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+extern "C" fn init() {
+    TLS.with(|t| t.depth.set(1));
+    let mode = match getenv("UNDERSTUDY_MODE").as_deref() {
+        Some("record") => RECORD,
+        Some("replay") => REPLAY,
+        _ => {
+            TLS.with(|t| t.depth.set(0));
+            return;
+        }
+    };
+    let pid = sys3(libc::SYS_getpid, 0, 0, 0) as u32;
+    let ppid = sys3(libc::SYS_getppid, 0, 0, 0) as u32;
+    REAL_PID.store(pid, Ordering::SeqCst);
+    VPID.store(pid, Ordering::SeqCst);
+    VPPID.store(ppid, Ordering::SeqCst);
+    let Some(procs_path) = getenv("UNDERSTUDY_PROCS") else {
+        say(&[b"understudy: UNDERSTUDY_PROCS not set; interceptor disabled\n"]);
+        TLS.with(|t| t.depth.set(0));
+        return;
+    };
+    let Some(procs) = Shared::map(&procs_path, PROC_SLOTS * PROC_ENTRY, true) else {
+        say(&[b"understudy: cannot map the process table; interceptor disabled\n"]);
+        TLS.with(|t| t.depth.set(0));
+        return;
+    };
+    let procs = PROCS.get_or_init(|| Procs(procs));
+    // Name this process: after execve it keeps its entry; a posix_spawn child takes one from
+    // its parent; otherwise it is the root.
+    let (vtid, execs) = if let Some((o, v)) = procs.vtid_of(pid).filter(|(_, v)| *v != 0) {
+        let n = procs.execs(o).fetch_add(1, Ordering::SeqCst) + 1;
+        (intercept::vtid::exec(v, u64::from(n)), n)
+    } else if let Some((o, pv)) = procs.vtid_of(ppid).filter(|(_, v)| *v != 0) {
+        let n = procs.spawns(o).fetch_add(1, Ordering::SeqCst) + 1;
+        (intercept::vtid::spawn(pv, u64::from(n)), 0)
+    } else {
+        (intercept::vtid::ROOT, 0)
+    };
+    if let Some(o) = procs.set(pid, vtid) {
+        procs.execs(o).store(execs, Ordering::SeqCst);
+    }
+    PROC_VTID.store(vtid, Ordering::SeqCst);
+    TLS.with(|t| {
+        t.vtid.set(vtid);
+        t.tseq.set(0);
+    });
+    // SAFETY: plain key creation with a C destructor; key stored for later setspecific.
+    unsafe {
+        let mut key: libc::pthread_key_t = 0;
+        if libc::pthread_key_create(&mut key, Some(thread_exit)) == 0 {
+            KEY.store(key as usize, Ordering::SeqCst);
+        }
+    }
+    match mode {
+        RECORD => {
+            let Some(ring_path) = getenv("UNDERSTUDY_RING") else {
+                say(&[b"understudy: UNDERSTUDY_RING not set; interceptor disabled\n"]);
+                TLS.with(|t| t.depth.set(0));
+                return;
+            };
+            match RingProducer::open(std::path::Path::new(&ring_path)) {
+                Ok(r) => {
+                    let _ = RING.set(r);
+                }
+                Err(e) => {
+                    let m = format!("understudy: cannot open ring: {e}; interceptor disabled\n");
+                    say(&[m.as_bytes()]);
+                    TLS.with(|t| t.depth.set(0));
+                    return;
+                }
+            }
+            if getenv("UNDERSTUDY_SYNC").as_deref() == Some("1") {
+                SYNC.store(1, Ordering::SeqCst);
+            }
+            MODE.store(RECORD, Ordering::SeqCst);
+            TLS.with(|t| t.depth.set(0));
+            if let Some(g) = enter() {
+                g.emit(
+                    Kind::ProcStart,
+                    0,
+                    u64::from(pid),
+                    u64::from(ppid),
+                    u64::from(execs),
+                    &[],
+                );
+            }
+        }
+        _ => {
+            let Some(feed_path) = getenv("UNDERSTUDY_FEED") else {
+                say(&[b"understudy: UNDERSTUDY_FEED not set; interceptor disabled\n"]);
+                TLS.with(|t| t.depth.set(0));
+                return;
+            };
+            let Some(f) = Feed::open(&feed_path) else {
+                say(&[b"understudy: cannot map the replay feed; interceptor disabled\n"]);
+                TLS.with(|t| t.depth.set(0));
+                return;
+            };
+            let _ = FEED.set(f);
+            parse_own_out();
+            MODE.store(REPLAY, Ordering::SeqCst);
+            TLS.with(|t| t.depth.set(0));
+            if let Some(_g) = enter() {
+                let r = replay_next(Kind::ProcStart, None);
+                VPID.store(r.h.a0 as u32, Ordering::SeqCst);
+                VPPID.store(r.h.a1 as u32, Ordering::SeqCst);
+                replay_done(&r);
+            }
+        }
+    }
+    if getenv("UNDERSTUDY_SECCOMP").as_deref() != Some("0") {
+        crate::seccomp::install();
+    }
+}
+
+extern "C" fn thread_exit(v: *mut libc::c_void) {
+    let idx = v as usize;
+    if idx == 0 {
+        return;
+    }
+    if let Some(r) = RING.get() {
+        r.unregister_thread(ThreadToken {
+            index: (idx - 1) as u32,
+        });
+    }
+}
+
+/// Called in the child of a fork: new pid, new process generation.
+pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
+    let pid = sys3(libc::SYS_getpid, 0, 0, 0) as u32;
+    REAL_PID.store(pid, Ordering::SeqCst);
+    PROC_GEN.fetch_add(1, Ordering::SeqCst);
+    PROC_VTID.store(vtid, Ordering::SeqCst);
+    if MODE.load(Ordering::Relaxed) == REPLAY {
+        VPID.store(vpid, Ordering::SeqCst);
+    } else {
+        VPID.store(pid, Ordering::SeqCst);
+    }
+    VPPID.store(parent_vpid, Ordering::SeqCst);
+    TLS.with(|t| {
+        t.vtid.set(vtid);
+        t.tseq.set(0);
+        t.children.set(0);
+        t.token.set(0);
+    });
+    crate::hooks::forget_children();
+}
+
+/// The barrier's entry side. `None`: pass the call through untouched (interceptor off, or a
+/// call made from inside the interceptor itself).
+pub struct Guard {
+    token: Option<ThreadToken>,
+    /// This thread's `Tls` (saves a `__tls_get_addr` per use; valid while the thread lives,
+    /// and a guard never leaves its thread).
+    tls: *const Tls,
+}
+
+#[inline]
+pub fn enter() -> Option<Guard> {
+    let mode = MODE.load(Ordering::Relaxed);
+    if mode == OFF {
+        return None;
+    }
+    TLS.with(|t| {
+        if t.depth.get() != 0 {
+            return None;
+        }
+        if mode == RECORD && crate::signals::pending() {
+            crate::signals::deliver_pending();
+        }
+        t.depth.set(1);
+        if t.vtid.get() == 0 {
+            // A thread not created through pthread_create (raw clone): named in order of
+            // appearance, which is not guaranteed to repeat in replay.
+            let n = UNKNOWN_THREADS.fetch_add(1, Ordering::SeqCst) + 1;
+            t.vtid.set(intercept::vtid::child(
+                PROC_VTID.load(Ordering::Relaxed),
+                (1 << 40) + n,
+            ));
+        }
+        let mut token = None;
+        if mode == RECORD {
+            let r = RING.get()?;
+            let gen = PROC_GEN.load(Ordering::Relaxed);
+            if t.token.get() == 0 || t.gen.get() != gen {
+                register(t, r, gen);
+            }
+            if t.token.get() != 0 {
+                let tok = ThreadToken {
+                    index: t.token.get() - 1,
+                };
+                r.enter(tok);
+                token = Some(tok);
+            }
+        }
+        Some(Guard {
+            token,
+            tls: t as *const Tls,
+        })
+    })
+}
+
+#[cold]
+fn register(t: &Tls, r: &RingProducer<'static>, gen: u32) {
+    let tid = sys3(libc::SYS_gettid, 0, 0, 0) as u32;
+    t.tid.set(tid);
+    t.gen.set(gen);
+    match r.register_thread(REAL_PID.load(Ordering::Relaxed), tid) {
+        Ok(tok) => {
+            t.token.set(tok.index + 1);
+            let key = KEY.load(Ordering::Relaxed);
+            if key != usize::MAX {
+                // SAFETY: key was created by pthread_key_create; the value is an integer
+                // smuggled as a pointer, never dereferenced.
+                unsafe {
+                    libc::pthread_setspecific(
+                        key as libc::pthread_key_t,
+                        (tok.index as usize + 1) as *const _,
+                    );
+                }
+            }
+        }
+        Err(_) => t.token.set(0),
+    }
+}
+
+impl Guard {
+    /// The thread is about to make a real call that may block.
+    #[inline]
+    pub fn blocking(&self) {
+        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+            r.blocking(t);
+        }
+    }
+
+    /// The blocking call returned: pass the boundary again (parks if a quiesce is active).
+    #[inline]
+    pub fn unblocked(&self) {
+        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+            r.enter(t);
+        }
+    }
+}
+
+impl Guard {
+    #[inline]
+    fn tls(&self) -> &Tls {
+        // SAFETY: `tls` points to this thread's const-initialised thread-local (no destructor),
+        // which lives as long as the thread; Guard is !Send (raw pointer), so it stays here.
+        unsafe { &*self.tls }
+    }
+
+    /// Record one finished call. `data` parts are concatenated into the message.
+    #[inline]
+    pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
+        let Some(r) = RING.get() else { return 0 };
+        let mut len = 0;
+        for d in data {
+            len += d.len();
+        }
+        let t = self.tls();
+        let tseq = t.tseq.get() + 1;
+        t.tseq.set(tseq);
+        let h = Header {
+            kind,
+            pid: REAL_PID.load(Ordering::Relaxed),
+            tid: t.tid.get(),
+            data_len: len as u32,
+            vtid: t.vtid.get(),
+            tseq,
+            ret,
+            a0,
+            a1,
+            a2,
+        };
+        match r.push_with(HEADER_LEN + len, |buf| {
+            h.encode_into(buf);
+            let mut o = HEADER_LEN;
+            for d in data {
+                buf[o..o + d.len()].copy_from_slice(d);
+                o += d.len();
+            }
+        }) {
+            Ok(seq) => seq,
+            Err(e) => {
+                fatal_record(&e);
+                0
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    #[inline]
+    fn drop(&mut self) {
+        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+            r.leave(t);
+        }
+        self.tls().depth.set(0);
+    }
+}
+
+static SYNC: AtomicU8 = AtomicU8::new(0);
+
+/// Sync mode (`UNDERSTUDY_SYNC=1`): outputs leave only after the collector acknowledged every
+/// message before them.
+#[inline]
+pub fn sync_mode() -> bool {
+    SYNC.load(Ordering::Relaxed) != 0
+}
+
+/// Wait until `ack_seq` covers every message reserved so far (bounded: 60 s, then a warning).
+#[cold]
+pub fn wait_durable() {
+    if let Some(r) = RING.get() {
+        let last = r.last_seq();
+        if let Err(e) = r.wait_ack(last, std::time::Duration::from_secs(60)) {
+            let m = format!(
+                "understudy: pid {}: output released without acknowledgement of message {last}: {e}\n",
+                REAL_PID.load(Ordering::Relaxed)
+            );
+            say(&[m.as_bytes()]);
+        }
+    }
+}
+
+#[cold]
+fn fatal_record(e: &shmring::RingError) {
+    let m = format!(
+        "understudy: pid {}: cannot record a call: {e}; recording stops here, the journal is incomplete\n",
+        REAL_PID.load(Ordering::Relaxed)
+    );
+    say(&[m.as_bytes()]);
+    MODE.store(OFF, Ordering::SeqCst);
+}
+
+// ---------------------------------------------------------------- replay
+
+pub struct Feed {
+    sh: Shared,
+    n: u64,
+    data_off: usize,
+}
+
+/// One message of the feed, taken by the thread whose turn it is.
+pub struct Rec {
+    pub idx: u64,
+    pub h: Header,
+    pub data: &'static [u8],
+}
+
+impl Feed {
+    fn open(path: &str) -> Option<Feed> {
+        let sh = Shared::map(path, 4096, false)?;
+        if sh.bytes(0, 8) != intercept::feed::MAGIC {
+            return None;
+        }
+        let n = sh.u64_at(intercept::feed::OFF_N).load(Ordering::SeqCst);
+        let data_off = sh.u64_at(32).load(Ordering::SeqCst) as usize;
+        Some(Feed { sh, n, data_off })
+    }
+
+    fn cursor(&self) -> &AtomicU64 {
+        self.sh.u64_at(intercept::feed::OFF_CURSOR)
+    }
+
+    fn futex(&self) -> &AtomicU32 {
+        self.sh.u32_at(intercept::feed::OFF_FUTEX)
+    }
+
+    fn waiters(&self) -> &AtomicU32 {
+        self.sh.u32_at(intercept::feed::OFF_WAITERS)
+    }
+
+    fn at(&self, i: u64) -> (u64, &'static [u8]) {
+        let e = intercept::feed::INDEX_OFF as usize + i as usize * 24;
+        let off = self.sh.u64_at(e).load(Ordering::Relaxed) as usize;
+        let len = self.sh.u32_at(e + 8).load(Ordering::Relaxed) as usize;
+        let jseq = self.sh.u64_at(e + 16).load(Ordering::Relaxed);
+        (jseq, self.sh.bytes(self.data_off + off, len))
+    }
+}
+
+/// What this thread is doing, for a divergence report.
+pub struct Actual<'a> {
+    pub kind: Kind,
+    pub what: &'a str,
+}
+
+/// Wait for this thread's turn in the recorded order and take its next message, which must be
+/// a `kind` call (on `fd`, when given). Recorded signals due before the call are delivered here.
+pub fn replay_next(kind: Kind, fd: Option<i64>) -> Rec {
+    let f = FEED.get().expect("replay feed mapped");
+    let my = TLS.with(|t| t.vtid.get());
+    let limit_ms: i64 = getenv_ms();
+    let mut waited_ms = 0i64;
+    loop {
+        let c = f.cursor().load(Ordering::Acquire);
+        if c >= f.n {
+            diverge_at(
+                None,
+                &Actual {
+                    kind,
+                    what: "a call after the end of the journal",
+                },
+                fd,
+            );
+        }
+        let (jseq, bytes) = f.at(c);
+        let (h, data) = match msg::decode(bytes) {
+            Ok(x) => x,
+            Err(_) => diverge_at(
+                None,
+                &Actual {
+                    kind,
+                    what: "the journal holds an undecodable message here",
+                },
+                fd,
+            ),
+        };
+        if h.vtid == my {
+            TLS.with(|t| t.tseq.set(h.tseq));
+            if h.kind == Kind::Signal && kind != Kind::Signal {
+                let r = Rec { idx: c, h, data };
+                replay_done(&r);
+                crate::signals::deliver_recorded(h.a0 as i32);
+                continue;
+            }
+            if h.kind != kind || fd.is_some_and(|fd| fd as u64 != h.a0) {
+                diverge_at(Some((jseq, h)), &Actual { kind, what: "" }, fd);
+            }
+            let _ = jseq;
+            return Rec { idx: c, h, data };
+        }
+        // Not this thread's turn.
+        let v = f.futex().load(Ordering::SeqCst);
+        f.waiters().fetch_add(1, Ordering::SeqCst);
+        if f.cursor().load(Ordering::SeqCst) == c {
+            futex_wait(f.futex(), v, 100);
+            waited_ms += 100;
+        }
+        f.waiters().fetch_sub(1, Ordering::SeqCst);
+        if f.cursor().load(Ordering::SeqCst) != c {
+            waited_ms = 0;
+        } else if waited_ms >= limit_ms {
+            let m = format!(
+                "waited {} s for its turn while the journal's next message (#{c}, journal seq {jseq}) belongs to thread {:x}: {h}",
+                limit_ms / 1000,
+                h.vtid
+            );
+            diverge_at(None, &Actual { kind, what: &m }, fd);
+        }
+    }
+}
+
+fn getenv_ms() -> i64 {
+    static MS: AtomicU64 = AtomicU64::new(0);
+    let v = MS.load(Ordering::Relaxed);
+    if v != 0 {
+        return v as i64;
+    }
+    let s = getenv("UNDERSTUDY_REPLAY_WAIT_SECS")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(10)
+        * 1000;
+    MS.store(s, Ordering::Relaxed);
+    s as i64
+}
+
+/// The message is consumed: let the next call in the recorded order go.
+pub fn replay_done(r: &Rec) {
+    let f = FEED.get().expect("feed");
+    f.cursor().store(r.idx + 1, Ordering::SeqCst);
+    f.futex().fetch_add(1, Ordering::SeqCst);
+    if f.waiters().load(Ordering::SeqCst) > 0 {
+        futex_wake(f.futex());
+    }
+}
+
+/// Report a departure from the journal and end this process with [`DIVERGENCE_EXIT`].
+pub fn diverge(r: &Rec, what: &str) -> ! {
+    let f = FEED.get().expect("feed");
+    let (jseq, _) = f.at(r.idx);
+    diverge_at(
+        Some((jseq, r.h)),
+        &Actual {
+            kind: r.h.kind,
+            what,
+        },
+        None,
+    )
+}
+
+pub fn diverge_at(expected: Option<(u64, Header)>, actual: &Actual<'_>, fd: Option<i64>) -> ! {
+    TLS.with(|t| t.depth.set(1));
+    let f = FEED.get().expect("feed");
+    let (vtid, tseq) = TLS.with(|t| (t.vtid.get(), t.tseq.get()));
+    let tid = sys3(libc::SYS_gettid, 0, 0, 0);
+    let cursor = f.cursor().load(Ordering::SeqCst);
+    let fd_s = fd.map(|fd| format!(" on fd {fd}")).unwrap_or_default();
+    let mut m = String::new();
+    use std::fmt::Write;
+    match expected {
+        Some((jseq, h)) => {
+            let _ = write!(
+                m,
+                "divergence at journal seq {jseq}: process {} (recorded pid {}, now pid {}), thread {vtid:x} (recorded tid {}, now tid {tid}), call #{}\n  expected: {h}\n  actual:   {}{fd_s}{}{}\n",
+                VPID.load(Ordering::Relaxed),
+                h.pid,
+                REAL_PID.load(Ordering::Relaxed),
+                h.tid,
+                h.tseq,
+                actual.kind.name(),
+                if actual.what.is_empty() { "" } else { ": " },
+                actual.what
+            );
+        }
+        None => {
+            let _ = write!(
+                m,
+                "divergence at replay step {cursor}: process {} (now pid {}), thread {vtid:x} (now tid {tid}) after call #{tseq}\n  expected: nothing more from this thread here\n  actual:   {}{fd_s}: {}\n",
+                VPID.load(Ordering::Relaxed),
+                REAL_PID.load(Ordering::Relaxed),
+                actual.kind.name(),
+                actual.what
+            );
+        }
+    }
+    let dv = f.sh.u32_at(intercept::feed::OFF_DIVERGED);
+    if dv
+        .compare_exchange(0, 2, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        let b = m.as_bytes();
+        let n = b.len().min(intercept::feed::REPORT_MAX);
+        // SAFETY: the report area lies inside the mapping (header page) and only the thread
+        // that won the CAS above writes it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                b.as_ptr(),
+                (f.sh.base + intercept::feed::OFF_REPORT) as *mut u8,
+                n,
+            );
+        }
+        f.sh.u32_at(intercept::feed::OFF_REPORT_LEN)
+            .store(n as u32, Ordering::SeqCst);
+        dv.store(1, Ordering::SeqCst);
+    }
+    // Wake every waiting thread so the whole replay ends promptly.
+    f.futex().fetch_add(1, Ordering::SeqCst);
+    futex_wake(f.futex());
+    sys3(libc::SYS_exit_group, i64::from(DIVERGENCE_EXIT), 0, 0);
+    unreachable!("exit_group returned")
+}
+
+// ---------------------------------------------------------------- fd classes
+
+/// Kinds of file descriptor, cached per fd number.
+pub const FD_UNKNOWN: u8 = 0;
+/// Regular file, directory, block device: reads are not recorded (the file is assumed to be
+/// there at replay); writes are recorded as digests and performed in replay.
+pub const FD_FILE: u8 = 1;
+/// Socket, pipe, FIFO, terminal, character device: leads outside; reads recorded, writes
+/// suppressed in replay.
+pub const FD_OUTSIDE: u8 = 2;
+/// Replay only: the replaying command's own stdout/stderr: writes performed.
+pub const FD_OWN: u8 = 3;
+
+const FD_CACHE: usize = 4096;
+static FDK: [AtomicU8; FD_CACHE] = [const { AtomicU8::new(0) }; FD_CACHE];
+static OWN_OUT: [AtomicU64; 4] = [const { AtomicU64::new(u64::MAX) }; 4];
+
+fn parse_own_out() {
+    let Some(s) = getenv("UNDERSTUDY_OWN_OUT") else {
+        return;
+    };
+    for (i, part) in s.split(',').take(2).enumerate() {
+        let mut it = part.split(':');
+        if let (Some(d), Some(n)) = (it.next(), it.next()) {
+            if let (Ok(d), Ok(n)) = (d.parse::<u64>(), n.parse::<u64>()) {
+                OWN_OUT[2 * i].store(d, Ordering::SeqCst);
+                OWN_OUT[2 * i + 1].store(n, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+pub fn fd_kind(fd: i64) -> u8 {
+    if (0..FD_CACHE as i64).contains(&fd) {
+        let k = FDK[fd as usize].load(Ordering::Relaxed);
+        if k != FD_UNKNOWN {
+            return k;
+        }
+        let k = classify(fd);
+        FDK[fd as usize].store(k, Ordering::Relaxed);
+        k
+    } else {
+        classify(fd)
+    }
+}
+
+pub fn fd_forget(fd: i64) {
+    if (0..FD_CACHE as i64).contains(&fd) {
+        FDK[fd as usize].store(FD_UNKNOWN, Ordering::Relaxed);
+    }
+}
+
+pub fn fd_set_kind(fd: i64, k: u8) {
+    if (0..FD_CACHE as i64).contains(&fd) {
+        FDK[fd as usize].store(k, Ordering::Relaxed);
+    }
+}
+
+fn classify(fd: i64) -> u8 {
+    // SAFETY: zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if sys3(libc::SYS_fstat, fd, std::ptr::addr_of_mut!(st) as i64, 0) < 0 {
+        return FD_OUTSIDE;
+    }
+    let fmt = st.st_mode & libc::S_IFMT;
+    if MODE.load(Ordering::Relaxed) == REPLAY {
+        for i in 0..2 {
+            if OWN_OUT[2 * i].load(Ordering::Relaxed) == st.st_dev
+                && OWN_OUT[2 * i + 1].load(Ordering::Relaxed) == st.st_ino
+            {
+                return FD_OWN;
+            }
+        }
+    }
+    if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFBLK {
+        FD_FILE
+    } else {
+        FD_OUTSIDE
+    }
+}

@@ -1,0 +1,270 @@
+//! Replication message payload, version 1.
+//!
+//! Every finished intercepted call becomes one message: a fixed 64-byte header followed by
+//! `data_len` bytes of call data (what the call gave the process: bytes read, a timespec, random
+//! bytes, revents...). Outputs carry only a digest of what was written.
+//!
+//! ```text
+//! off size field
+//!  0   1   magic 0xA7
+//!  1   1   version (1)
+//!  2   2   kind (Kind)
+//!  4   4   pid   real pid at record time (reports only)
+//!  8   4   tid   real tid at record time (reports only)
+//! 12   4   data_len
+//! 16   8   vtid  deterministic thread name (crate::vtid)
+//! 24   8   tseq  per-thread call number, from 1
+//! 32   8   ret   result, syscall convention (negative errno) or pthread error code
+//! 40   8   a0    call-specific (fd, clock id, signal, status...)
+//! 48   8   a1    call-specific (requested length, flags...)
+//! 56   8   a2    call-specific (digest of output bytes...)
+//! 64   ..  data
+//! ```
+//! Integrity is the carrier's job (the ring is shared memory; the journal has a CRC per record).
+//!
+//! Version rules: a decoder accepts exactly the versions it knows (today: 1). Adding a `Kind` or
+//! giving meaning to a spare field bumps the version; a reader meeting a newer version refuses
+//! with [`MsgError::Version`] rather than guessing.
+
+/// First byte of every message.
+pub const MAGIC: u8 = 0xA7;
+/// Current message version.
+pub const VERSION: u8 = 1;
+/// Bytes of the fixed header.
+pub const HEADER_LEN: usize = 64;
+/// Largest `data_len` accepted by the decoder (the journal's default payload cap).
+pub const MAX_DATA: usize = (16 << 20) - HEADER_LEN;
+/// Largest read the interceptor asks the kernel for in record mode: a longer `read` or
+/// `recvfrom` on a stream is shortened (a short read is always allowed there), so one message
+/// stays well below the ring's and the journal's caps.
+pub const MAX_READ: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MsgError {
+    #[error("message of {0} bytes is shorter than its 64-byte header")]
+    Short(usize),
+    #[error("bad message magic {0:#04x}")]
+    Magic(u8),
+    #[error("message version {0} is not supported (this build reads version {VERSION})")]
+    Version(u8),
+    #[error("unknown message kind {0}")]
+    Kind(u16),
+    #[error("message data length {declared} does not match the {actual} bytes present")]
+    Length { declared: usize, actual: usize },
+}
+
+macro_rules! kinds {
+    ($($name:ident = $v:expr, $s:expr;)*) => {
+        /// What call a message records.
+        #[repr(u16)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Kind { $($name = $v,)* }
+        impl Kind {
+            pub fn from_u16(v: u16) -> Option<Self> {
+                match v { $($v => Some(Self::$name),)* _ => None }
+            }
+            /// The libc name of the call.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$name => $s,)* }
+            }
+        }
+    };
+}
+
+kinds! {
+    ProcStart = 1, "process-start";
+    Exit = 2, "exit";
+    ClockGettime = 10, "clock_gettime";
+    Gettimeofday = 11, "gettimeofday";
+    Time = 12, "time";
+    Getrandom = 13, "getrandom";
+    Getentropy = 14, "getentropy";
+    Read = 20, "read";
+    Readv = 21, "readv";
+    Recvfrom = 22, "recvfrom";
+    Recvmsg = 23, "recvmsg";
+    Write = 30, "write";
+    Writev = 31, "writev";
+    Sendto = 32, "sendto";
+    Sendmsg = 33, "sendmsg";
+    Poll = 40, "poll";
+    Select = 41, "select";
+    EpollWait = 42, "epoll_wait";
+    Accept = 50, "accept";
+    Connect = 51, "connect";
+    Fork = 60, "fork";
+    Wait = 61, "wait";
+    ThreadCreate = 62, "pthread_create";
+    MutexLock = 70, "pthread_mutex_lock";
+    MutexTrylock = 71, "pthread_mutex_trylock";
+    CondWait = 72, "pthread_cond_wait";
+    RwlockRead = 75, "pthread_rwlock_rdlock";
+    RwlockWrite = 76, "pthread_rwlock_wrlock";
+    Signal = 80, "signal";
+}
+
+/// The fixed part of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub pid: u32,
+    pub tid: u32,
+    pub data_len: u32,
+    pub vtid: u64,
+    pub tseq: u64,
+    pub ret: i64,
+    pub a0: u64,
+    pub a1: u64,
+    pub a2: u64,
+}
+
+impl Header {
+    /// Write the header into `out[..64]` (no allocation: used on the interceptor's fast path).
+    pub fn encode_into(&self, out: &mut [u8]) {
+        out[0] = MAGIC;
+        out[1] = VERSION;
+        out[2..4].copy_from_slice(&(self.kind as u16).to_le_bytes());
+        out[4..8].copy_from_slice(&self.pid.to_le_bytes());
+        out[8..12].copy_from_slice(&self.tid.to_le_bytes());
+        out[12..16].copy_from_slice(&self.data_len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.vtid.to_le_bytes());
+        out[24..32].copy_from_slice(&self.tseq.to_le_bytes());
+        out[32..40].copy_from_slice(&self.ret.to_le_bytes());
+        out[40..48].copy_from_slice(&self.a0.to_le_bytes());
+        out[48..56].copy_from_slice(&self.a1.to_le_bytes());
+        out[56..64].copy_from_slice(&self.a2.to_le_bytes());
+    }
+
+    /// Encode header and data into a new buffer.
+    pub fn encode(&self, data: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; HEADER_LEN + data.len()];
+        let mut h = *self;
+        h.data_len = u32::try_from(data.len()).expect("message data fits u32");
+        h.encode_into(&mut v);
+        v[HEADER_LEN..].copy_from_slice(data);
+        v
+    }
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Decode a message: its header and a borrowed slice of its data.
+pub fn decode(b: &[u8]) -> Result<(Header, &[u8]), MsgError> {
+    if b.len() < HEADER_LEN {
+        return Err(MsgError::Short(b.len()));
+    }
+    if b[0] != MAGIC {
+        return Err(MsgError::Magic(b[0]));
+    }
+    if b[1] != VERSION {
+        return Err(MsgError::Version(b[1]));
+    }
+    let k = u16::from_le_bytes([b[2], b[3]]);
+    let kind = Kind::from_u16(k).ok_or(MsgError::Kind(k))?;
+    let data_len = u32_at(b, 12);
+    let actual = b.len() - HEADER_LEN;
+    if data_len as usize != actual || actual > MAX_DATA {
+        return Err(MsgError::Length {
+            declared: data_len as usize,
+            actual,
+        });
+    }
+    let h = Header {
+        kind,
+        pid: u32_at(b, 4),
+        tid: u32_at(b, 8),
+        data_len,
+        vtid: u64_at(b, 16),
+        tseq: u64_at(b, 24),
+        ret: i64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
+        a0: u64_at(b, 40),
+        a1: u64_at(b, 48),
+        a2: u64_at(b, 56),
+    };
+    Ok((h, &b[HEADER_LEN..]))
+}
+
+impl std::fmt::Display for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.kind.name();
+        match self.kind {
+            Kind::Read | Kind::Readv | Kind::Recvfrom | Kind::Recvmsg => {
+                write!(f, "{n}(fd {}, {} bytes) = {}", self.a0, self.a1, self.ret)
+            }
+            Kind::Write | Kind::Writev | Kind::Sendto | Kind::Sendmsg => write!(
+                f,
+                "{n}(fd {}, {} bytes, digest {:016x}) = {}",
+                self.a0, self.a1, self.a2, self.ret
+            ),
+            Kind::Accept | Kind::Connect => write!(f, "{n}(fd {}) = {}", self.a0, self.ret),
+            Kind::ClockGettime => write!(f, "{n}(clock {}) = {}", self.a0, self.ret),
+            Kind::Signal => write!(f, "signal {} delivered", self.a0),
+            Kind::Exit => write!(f, "exit({})", self.a0),
+            Kind::ProcStart => write!(f, "process start (pid {}, ppid {})", self.a0, self.a1),
+            Kind::Wait => write!(
+                f,
+                "{n}(pid {}) = {} status {:#x}",
+                self.a1, self.ret, self.a0
+            ),
+            _ => write!(f, "{n}(..) = {}", self.ret),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn roundtrip(kind in 0usize..29, ret in any::<i64>(), a0 in any::<u64>(), vtid in any::<u64>(),
+                     data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let kinds = [Kind::ProcStart, Kind::Exit, Kind::ClockGettime, Kind::Gettimeofday, Kind::Time,
+                Kind::Getrandom, Kind::Getentropy, Kind::Read, Kind::Readv, Kind::Recvfrom, Kind::Recvmsg,
+                Kind::Write, Kind::Writev, Kind::Sendto, Kind::Sendmsg, Kind::Poll, Kind::Select,
+                Kind::EpollWait, Kind::Accept, Kind::Connect, Kind::Fork, Kind::Wait, Kind::ThreadCreate,
+                Kind::MutexLock, Kind::MutexTrylock, Kind::CondWait, Kind::RwlockRead, Kind::RwlockWrite,
+                Kind::Signal];
+            let h = Header { kind: kinds[kind], pid: 7, tid: 8, data_len: u32::try_from(data.len()).unwrap(), vtid, tseq: 3, ret, a0, a1: 1, a2: 2 };
+            let b = h.encode(&data);
+            let (h2, d2) = decode(&b).unwrap();
+            prop_assert_eq!(h2, h);
+            prop_assert_eq!(d2, data.as_slice());
+            prop_assert!(decode(&b[..b.len() - 1]).is_err() || data.is_empty());
+        }
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let h = Header {
+            kind: Kind::Read,
+            pid: 1,
+            tid: 1,
+            data_len: 0,
+            vtid: 1,
+            tseq: 1,
+            ret: 0,
+            a0: 0,
+            a1: 0,
+            a2: 0,
+        };
+        let mut b = h.encode(b"xy");
+        assert_eq!(decode(&b[..10]), Err(MsgError::Short(10)));
+        b[1] = 9;
+        assert_eq!(decode(&b), Err(MsgError::Version(9)));
+        b[1] = VERSION;
+        b[2] = 0xff;
+        assert!(matches!(decode(&b), Err(MsgError::Kind(_))));
+        b[0] = 0;
+        assert_eq!(decode(&b), Err(MsgError::Magic(0)));
+    }
+}

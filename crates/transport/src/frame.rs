@@ -1,0 +1,645 @@
+//! Frames: the unit of the encrypted byte stream between two agents.
+//!
+//! ```text
+//! frame   = len:u32le  crc:u32le  body[len]
+//! body    = type:u8 fields...            (1 <= len <= MAX_FRAME)
+//! crc     = crc32c(body)
+//! ```
+//! Integers are little-endian; strings are `u16 len` + UTF-8 (at most [`MAX_STRING`] bytes).
+//! The decoder never trusts a length before checking it against the bytes at hand and the caps,
+//! so a garbage stream costs at most one capped buffer and yields a typed error.
+
+use crate::{PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+/// Largest frame body accepted (type byte included).
+pub const MAX_FRAME: usize = 8 << 20;
+/// Largest string field accepted.
+pub const MAX_STRING: usize = 4096;
+/// Size of the frame header (`len` + `crc`).
+pub const HEADER_LEN: usize = 8;
+/// Per-record overhead inside a `Data` frame (`stream:u32` + `len:u32`).
+pub const RECORD_OVERHEAD: usize = 8;
+
+const T_HELLO: u8 = 1;
+const T_WELCOME: u8 = 2;
+const T_REFUSE: u8 = 3;
+const T_DATA: u8 = 4;
+const T_ACK: u8 = 5;
+const T_HEARTBEAT: u8 = 6;
+const T_GOODBYE: u8 = 7;
+
+/// Why a frame could not be decoded. Every one of these ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame length {len} exceeds the cap of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame length 0 (a frame holds at least its type byte)")]
+    Empty,
+    #[error("frame checksum mismatch: header says {expected:08x}, body has {actual:08x}")]
+    Checksum { expected: u32, actual: u32 },
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("frame type {kind}: body ends inside field `{field}`")]
+    Truncated {
+        kind: &'static str,
+        field: &'static str,
+    },
+    #[error("frame type {kind}: {extra} unexpected bytes after the last field")]
+    Trailing { kind: &'static str, extra: usize },
+    #[error("frame type {kind}: field `{field}` {why}")]
+    Invalid {
+        kind: &'static str,
+        field: &'static str,
+        why: String,
+    },
+    #[error("protocol version {0} has no frame codec")]
+    Version(u16),
+}
+
+/// Why a peer refused a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseCode {
+    /// The backup's watermark is older than the first record the primary still holds.
+    TooFarBehind,
+    /// The backup holds records the primary does not (different history).
+    Diverged,
+    /// The request was malformed or out of order.
+    BadRequest,
+    /// The backup could not open or write the application's journal.
+    Internal,
+    /// A code from a newer peer.
+    Other(u16),
+}
+
+impl RefuseCode {
+    fn to_u16(self) -> u16 {
+        match self {
+            Self::TooFarBehind => 1,
+            Self::Diverged => 2,
+            Self::BadRequest => 3,
+            Self::Internal => 4,
+            Self::Other(c) => c,
+        }
+    }
+    fn from_u16(c: u16) -> Self {
+        match c {
+            1 => Self::TooFarBehind,
+            2 => Self::Diverged,
+            3 => Self::BadRequest,
+            4 => Self::Internal,
+            c => Self::Other(c),
+        }
+    }
+}
+
+/// The records of a `Data` frame, `(stream, payload)` in seq order (record `i` has seq
+/// `first_seq + i`). Payloads share one buffer: one allocation per frame, not per record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataBatch {
+    bytes: Vec<u8>,
+    /// (stream, offset in `bytes`, length) per record.
+    index: Vec<(u32, u32, u32)>,
+}
+
+impl DataBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append a record.
+    ///
+    /// # Panics
+    /// If the batch grows past 4 GiB (frames are capped far below that).
+    pub fn push(&mut self, stream: u32, payload: &[u8]) {
+        let off = u32::try_from(self.bytes.len()).expect("batch under 4 GiB");
+        let len = u32::try_from(payload.len()).expect("payload under 4 GiB");
+        self.bytes.extend_from_slice(payload);
+        self.index.push((stream, off, len));
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The records in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
+        self.index.iter().map(|&(stream, off, len)| {
+            let off = off as usize;
+            (stream, &self.bytes[off..off + len as usize])
+        })
+    }
+}
+
+impl<'a> FromIterator<(u32, &'a [u8])> for DataBatch {
+    fn from_iter<I: IntoIterator<Item = (u32, &'a [u8])>>(iter: I) -> Self {
+        let mut b = DataBatch::new();
+        for (stream, p) in iter {
+            b.push(stream, p);
+        }
+        b
+    }
+}
+
+/// A protocol frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Primary → backup, first frame: which application's stream this is and what the
+    /// primary's journal holds.
+    Hello {
+        app: String,
+        first_seq: u64,
+        last_seq: u64,
+        sync: bool,
+    },
+    /// Backup → primary: the backup's durable watermark for this application; the primary
+    /// sends from `durable_seq + 1`.
+    Welcome {
+        durable_seq: u64,
+        journaled_bytes: u64,
+    },
+    /// Either side: the stream cannot go on, and why.
+    Refuse { code: RefuseCode, message: String },
+    /// Primary → backup: records `first_seq, first_seq + 1, ...` in order.
+    Data { first_seq: u64, records: DataBatch },
+    /// Backup → primary: every record up to `durable_seq` is durable in the backup's journal.
+    /// `journaled_bytes` (payload bytes) exists from version 2 on; version 1 peers send 0.
+    Ack {
+        durable_seq: u64,
+        journaled_bytes: u64,
+    },
+    /// Either side, when it has sent nothing for a heartbeat interval.
+    Heartbeat { sent_unix_nanos: u64 },
+    /// Either side: orderly close.
+    Goodbye { reason: String },
+}
+
+impl Frame {
+    /// Short name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Welcome { .. } => "welcome",
+            Frame::Refuse { .. } => "refuse",
+            Frame::Data { .. } => "data",
+            Frame::Ack { .. } => "ack",
+            Frame::Heartbeat { .. } => "heartbeat",
+            Frame::Goodbye { .. } => "goodbye",
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let b = &b[..b.len().min(MAX_STRING)];
+    // Cut on a char boundary so the peer's UTF-8 check holds.
+    let mut n = b.len();
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    let n16 = u16::try_from(n).unwrap_or(u16::MAX);
+    out.extend_from_slice(&n16.to_le_bytes());
+    out.extend_from_slice(&b[..usize::from(n16)]);
+}
+
+/// Start a frame in `out`; returns the offset of its header, to be closed by [`end_frame`].
+pub fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    out.push(kind);
+    at
+}
+
+/// Fill in the header of the frame started at `at`.
+///
+/// # Panics
+/// If the body exceeds [`MAX_FRAME`]: encoders must cap what they put in a frame.
+pub fn end_frame(out: &mut [u8], at: usize) {
+    let body = &out[at + HEADER_LEN..];
+    assert!(
+        body.len() <= MAX_FRAME,
+        "frame body of {} bytes exceeds the cap",
+        body.len()
+    );
+    let len = u32::try_from(body.len()).expect("capped above");
+    let crc = crc32c::crc32c(body);
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encode a `Data` frame straight from borrowed records (the primary's hot path).
+/// The caller keeps the body under [`MAX_FRAME`].
+pub fn encode_data<'a>(
+    out: &mut Vec<u8>,
+    first_seq: u64,
+    records: impl Iterator<Item = (u32, &'a [u8])>,
+) {
+    let at = begin_frame(out, T_DATA);
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    let count_at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    let mut count: u32 = 0;
+    for (stream, payload) in records {
+        out.extend_from_slice(&stream.to_le_bytes());
+        let len = u32::try_from(payload.len()).expect("payload under the frame cap");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(payload);
+        count += 1;
+    }
+    out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+    end_frame(out, at);
+}
+
+/// Append the encoding of `frame` for protocol `version` to `out`.
+pub fn encode(frame: &Frame, version: u16, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    if !(PREVIOUS_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(FrameError::Version(version));
+    }
+    let at;
+    match frame {
+        Frame::Hello {
+            app,
+            first_seq,
+            last_seq,
+            sync,
+        } => {
+            at = begin_frame(out, T_HELLO);
+            put_str(out, app);
+            out.extend_from_slice(&first_seq.to_le_bytes());
+            out.extend_from_slice(&last_seq.to_le_bytes());
+            out.push(u8::from(*sync));
+        }
+        Frame::Welcome {
+            durable_seq,
+            journaled_bytes,
+        } => {
+            at = begin_frame(out, T_WELCOME);
+            out.extend_from_slice(&durable_seq.to_le_bytes());
+            if version >= 2 {
+                out.extend_from_slice(&journaled_bytes.to_le_bytes());
+            }
+        }
+        Frame::Refuse { code, message } => {
+            at = begin_frame(out, T_REFUSE);
+            out.extend_from_slice(&code.to_u16().to_le_bytes());
+            put_str(out, message);
+        }
+        Frame::Data { first_seq, records } => {
+            encode_data(out, *first_seq, records.iter());
+            return Ok(());
+        }
+        Frame::Ack {
+            durable_seq,
+            journaled_bytes,
+        } => {
+            at = begin_frame(out, T_ACK);
+            out.extend_from_slice(&durable_seq.to_le_bytes());
+            if version >= 2 {
+                out.extend_from_slice(&journaled_bytes.to_le_bytes());
+            }
+        }
+        Frame::Heartbeat { sent_unix_nanos } => {
+            at = begin_frame(out, T_HEARTBEAT);
+            out.extend_from_slice(&sent_unix_nanos.to_le_bytes());
+        }
+        Frame::Goodbye { reason } => {
+            at = begin_frame(out, T_GOODBYE);
+            put_str(out, reason);
+        }
+    }
+    end_frame(out, at);
+    Ok(())
+}
+
+struct Body<'a> {
+    b: &'a [u8],
+    kind: &'static str,
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], FrameError> {
+        if self.b.len() < n {
+            return Err(FrameError::Truncated {
+                kind: self.kind,
+                field,
+            });
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, FrameError> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, FrameError> {
+        let b = self.take(2, field)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, FrameError> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, FrameError> {
+        let b = self.take(8, field)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn string(&mut self, field: &'static str) -> Result<String, FrameError> {
+        let n = usize::from(self.u16(field)?);
+        if n > MAX_STRING {
+            return Err(FrameError::Invalid {
+                kind: self.kind,
+                field,
+                why: format!("is {n} bytes, over the cap of {MAX_STRING}"),
+            });
+        }
+        let b = self.take(n, field)?;
+        String::from_utf8(b.to_vec()).map_err(|_| FrameError::Invalid {
+            kind: self.kind,
+            field,
+            why: "is not UTF-8".into(),
+        })
+    }
+    fn finish(self) -> Result<(), FrameError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Trailing {
+                kind: self.kind,
+                extra: self.b.len(),
+            })
+        }
+    }
+}
+
+/// Decode one frame from the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a frame (read more and call again),
+/// `Ok(Some((frame, consumed)))` for a whole frame, and an error for anything malformed.
+/// A length over the cap is refused as soon as the header is read, before buffering the body.
+pub fn decode(buf: &[u8], version: u16) -> Result<Option<(Frame, usize)>, FrameError> {
+    if !(PREVIOUS_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(FrameError::Version(version));
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = usize::try_from(u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")))
+        .unwrap_or(usize::MAX);
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    if buf.len() < HEADER_LEN + len {
+        return Ok(None);
+    }
+    let expected = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let body = &buf[HEADER_LEN..HEADER_LEN + len];
+    let actual = crc32c::crc32c(body);
+    if actual != expected {
+        return Err(FrameError::Checksum { expected, actual });
+    }
+    let frame = decode_body(body, version)?;
+    Ok(Some((frame, HEADER_LEN + len)))
+}
+
+fn decode_body(body: &[u8], version: u16) -> Result<Frame, FrameError> {
+    let kind = body[0];
+    let name = match kind {
+        T_HELLO => "hello",
+        T_WELCOME => "welcome",
+        T_REFUSE => "refuse",
+        T_DATA => "data",
+        T_ACK => "ack",
+        T_HEARTBEAT => "heartbeat",
+        T_GOODBYE => "goodbye",
+        other => return Err(FrameError::UnknownType(other)),
+    };
+    let mut b = Body {
+        b: &body[1..],
+        kind: name,
+    };
+    let frame = match kind {
+        T_HELLO => {
+            let app = b.string("app")?;
+            let first_seq = b.u64("first_seq")?;
+            let last_seq = b.u64("last_seq")?;
+            let sync = match b.u8("sync")? {
+                0 => false,
+                1 => true,
+                v => {
+                    return Err(FrameError::Invalid {
+                        kind: name,
+                        field: "sync",
+                        why: format!("is {v}, not 0 or 1"),
+                    })
+                }
+            };
+            Frame::Hello {
+                app,
+                first_seq,
+                last_seq,
+                sync,
+            }
+        }
+        T_WELCOME => {
+            let durable_seq = b.u64("durable_seq")?;
+            let journaled_bytes = if version >= 2 {
+                b.u64("journaled_bytes")?
+            } else {
+                0
+            };
+            Frame::Welcome {
+                durable_seq,
+                journaled_bytes,
+            }
+        }
+        T_REFUSE => {
+            let code = RefuseCode::from_u16(b.u16("code")?);
+            let message = b.string("message")?;
+            Frame::Refuse { code, message }
+        }
+        T_DATA => {
+            let first_seq = b.u64("first_seq")?;
+            let count = b.u32("count")?;
+            // Each record needs at least RECORD_OVERHEAD bytes: bound the count by the body
+            // before reserving anything.
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            if count > b.b.len() / RECORD_OVERHEAD {
+                return Err(FrameError::Invalid {
+                    kind: name,
+                    field: "count",
+                    why: format!("is {count}, more records than the body can hold"),
+                });
+            }
+            if first_seq == 0 && count > 0 {
+                return Err(FrameError::Invalid {
+                    kind: name,
+                    field: "first_seq",
+                    why: "is 0 (sequence numbers start at 1)".into(),
+                });
+            }
+            let mut records = DataBatch {
+                bytes: Vec::with_capacity(b.b.len() - count * RECORD_OVERHEAD),
+                index: Vec::with_capacity(count),
+            };
+            for _ in 0..count {
+                let stream = b.u32("stream")?;
+                let n = usize::try_from(b.u32("payload_len")?).unwrap_or(usize::MAX);
+                records.push(stream, b.take(n, "payload")?);
+            }
+            Frame::Data { first_seq, records }
+        }
+        T_ACK => {
+            let durable_seq = b.u64("durable_seq")?;
+            let journaled_bytes = if version >= 2 {
+                b.u64("journaled_bytes")?
+            } else {
+                0
+            };
+            Frame::Ack {
+                durable_seq,
+                journaled_bytes,
+            }
+        }
+        T_HEARTBEAT => Frame::Heartbeat {
+            sent_unix_nanos: b.u64("sent_unix_nanos")?,
+        },
+        T_GOODBYE => Frame::Goodbye {
+            reason: b.string("reason")?,
+        },
+        _ => unreachable!("checked above"),
+    };
+    b.finish()?;
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let s = "[a-z0-9é-]{0,40}";
+        prop_oneof![
+            (s, any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(app, first_seq, last_seq, sync)| Frame::Hello {
+                    app,
+                    first_seq,
+                    last_seq,
+                    sync
+                }
+            ),
+            (any::<u64>(), any::<u64>()).prop_map(|(d, j)| Frame::Welcome {
+                durable_seq: d,
+                journaled_bytes: j
+            }),
+            (1u16..6, s).prop_map(|(c, m)| Frame::Refuse {
+                code: RefuseCode::from_u16(c),
+                message: m
+            }),
+            (
+                1u64..u64::MAX / 2,
+                proptest::collection::vec(
+                    (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..100)),
+                    0..20
+                )
+            )
+                .prop_map(|(first_seq, rs)| Frame::Data {
+                    first_seq,
+                    records: rs.iter().map(|(stream, p)| (*stream, &p[..])).collect()
+                }),
+            (any::<u64>(), any::<u64>()).prop_map(|(d, j)| Frame::Ack {
+                durable_seq: d,
+                journaled_bytes: j
+            }),
+            any::<u64>().prop_map(|t| Frame::Heartbeat { sent_unix_nanos: t }),
+            s.prop_map(|reason| Frame::Goodbye { reason }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every frame survives encode → decode, and every strict prefix asks for more bytes.
+        #[test]
+        fn round_trip(frame in arb_frame()) {
+            let mut buf = Vec::new();
+            encode(&frame, PROTOCOL_VERSION, &mut buf).unwrap();
+            let (back, n) = decode(&buf, PROTOCOL_VERSION).unwrap().unwrap();
+            prop_assert_eq!(n, buf.len());
+            prop_assert_eq!(&back, &frame);
+            for cut in [0, 1, HEADER_LEN - 1, HEADER_LEN, buf.len() - 1] {
+                if cut < buf.len() {
+                    prop_assert_eq!(decode(&buf[..cut], PROTOCOL_VERSION).unwrap(), None);
+                }
+            }
+        }
+
+        /// Arbitrary bytes never panic the decoder; a result is an error, a request for more,
+        /// or a frame that re-encodes to the bytes it came from.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            for v in [PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION] {
+                if let Ok(Some((f, n))) = decode(&bytes, v) {
+                    let mut again = Vec::new();
+                    encode(&f, v, &mut again).unwrap();
+                    prop_assert_eq!(&again[..], &bytes[..n]);
+                }
+            }
+        }
+
+        /// Any single bit flipped in an encoded frame is caught (checksum, or a length that no
+        /// longer fits), never decoded as the same frame.
+        #[test]
+        fn bit_flip_detected(frame in arb_frame(), pos in any::<proptest::sample::Index>(), bit in 0u8..8) {
+            let mut buf = Vec::new();
+            encode(&frame, PROTOCOL_VERSION, &mut buf).unwrap();
+            let i = pos.index(buf.len());
+            buf[i] ^= 1 << bit;
+            match decode(&buf, PROTOCOL_VERSION) {
+                Err(_) | Ok(None) => {}
+                Ok(Some((f, _))) => prop_assert_ne!(f, frame),
+            }
+        }
+    }
+
+    #[test]
+    fn caps_and_versions() {
+        let mut hdr = Vec::new();
+        hdr.extend_from_slice(&u32::try_from(MAX_FRAME + 1).unwrap().to_le_bytes());
+        hdr.extend_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(decode(&hdr, 2), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(decode(&[0; 8], 2), Err(FrameError::Empty)));
+        assert!(matches!(decode(&hdr, 9), Err(FrameError::Version(9))));
+        // Version 1 acks carry no byte count; the same frame decodes under both versions.
+        let ack = Frame::Ack {
+            durable_seq: 7,
+            journaled_bytes: 0,
+        };
+        let mut v1 = Vec::new();
+        encode(&ack, 1, &mut v1).unwrap();
+        assert_eq!(decode(&v1, 1).unwrap().unwrap().0, ack);
+        assert!(decode(&v1, 2).is_err());
+        // A data count larger than the body is refused before allocating.
+        let mut d = Vec::new();
+        let at = begin_frame(&mut d, T_DATA);
+        d.extend_from_slice(&1u64.to_le_bytes());
+        d.extend_from_slice(&u32::MAX.to_le_bytes());
+        end_frame(&mut d, at);
+        assert!(matches!(
+            decode(&d, 2),
+            Err(FrameError::Invalid { field: "count", .. })
+        ));
+    }
+}
