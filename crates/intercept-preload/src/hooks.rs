@@ -102,7 +102,7 @@ fn iov_total(iov: &[libc::iovec]) -> usize {
 
 /// Replay a recorded input: check it fits, copy it with `put`, return the recorded result.
 fn replay_input(kind: Kind, fd: i64, cap: usize, put: impl FnOnce(&[u8])) -> i64 {
-    let rec = replay_next(kind, Some(fd));
+    let rec = rt::replay_next_with(kind, Some(fd), || format!("room for {cap} bytes"));
     let r = rec.h.ret;
     if r > 0 {
         if r as usize > cap || rec.data.len() < r as usize {
@@ -329,7 +329,9 @@ fn output(
         g.emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
         r
     } else {
-        let rec = replay_next(kind, Some(fd));
+        let rec = rt::replay_next_with(kind, Some(fd), || {
+            format!("{len} bytes, digest {:016x}: \"{}\"", dg(len), show())
+        });
         let rr = rec.h.ret;
         let want = rr.max(0) as usize;
         if rec.h.a1 != len as u64 || (want > 0 && dg(want) != rec.h.a2) {
@@ -1020,11 +1022,18 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
                         rt::futex_wait(p.ready(o), 0, 10);
                         waited += 10;
                     }
+                    // Leave the flag clear for the next process that gets this pid.
+                    p.ready(o).store(0, Ordering::SeqCst);
                 }
             }
             return 0;
         }
         let e = rt::errno();
+        let entry = if r > 0 {
+            procs.and_then(|p| p.reset(r as u32, child_vtid))
+        } else {
+            None
+        };
         g.emit(
             Kind::Fork,
             if r < 0 { -i64::from(e) } else { i64::from(r) },
@@ -1033,13 +1042,9 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             0,
             &[],
         );
-        if r > 0 {
-            if let Some(p) = procs {
-                if let Some(o) = p.set(r as u32, child_vtid) {
-                    p.ready(o).store(1, Ordering::SeqCst);
-                    rt::futex_wake(p.ready(o));
-                }
-            }
+        if let (Some(p), Some(o)) = (procs, entry) {
+            p.ready(o).store(1, Ordering::SeqCst);
+            rt::futex_wake(p.ready(o));
         }
         drop(g);
         rt::set_errno(e);
@@ -1057,7 +1062,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             TLS.with(|t| t.depth.set(0));
             rt::after_fork_child(child_vtid, rp as u32, parent_vpid);
             if let Some(p) = procs {
-                p.set(rt::REAL_PID.load(Ordering::SeqCst), child_vtid);
+                p.reset(rt::REAL_PID.load(Ordering::SeqCst), child_vtid);
             }
             return 0;
         }
@@ -1065,9 +1070,6 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             diverge(&rec, "fork failed during replay");
         }
         remember_child(rp as u32, r as u32);
-        if let Some(p) = procs {
-            p.set(r as u32, child_vtid);
-        }
         replay_done(&rec);
         rp as libc::pid_t
     }
@@ -1318,6 +1320,15 @@ fn acquire(kind: Kind, lock: impl Fn() -> c_int) -> c_int {
         r
     } else {
         let rec = replay_next(kind, None);
+        if rec.h.a0 != 0 {
+            diverge(
+                &rec,
+                &format!(
+                    "{} (unconditional) where a try/timed variant was recorded",
+                    kind.name()
+                ),
+            );
+        }
         // The previous holder (earlier in the journal) has released it or is about to, without
         // needing a turn: unlocks are not ordered.
         let r = lock();
@@ -1336,29 +1347,76 @@ pub unsafe extern "C" fn pthread_mutex_lock(m: *mut libc::pthread_mutex_t) -> c_
     acquire(Kind::MutexLock, || unsafe { f(m) })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn pthread_mutex_trylock(m: *mut libc::pthread_mutex_t) -> c_int {
-    let f = real!("pthread_mutex_trylock", MutexFn);
-    let lock = real!("pthread_mutex_lock", MutexFn);
-    // SAFETY: libc's function with the application's mutex.
-    let real_try = || unsafe { f(m) };
-    let Some(g) = enter() else { return real_try() };
+/// A conditional acquisition (trylock, timedlock): its recorded outcome decides at replay —
+/// success takes the lock (blocking until its previous holder, earlier in the journal, lets
+/// go), failure returns the recorded error without touching the lock.
+fn conditional(kind: Kind, attempt: impl Fn() -> c_int, lock: impl Fn() -> c_int) -> c_int {
+    let Some(g) = enter() else { return attempt() };
     if mode() == RECORD {
-        let r = real_try();
-        g.emit(Kind::MutexTrylock, i64::from(r), 0, 0, 0, &[]);
+        g.blocking();
+        let r = attempt();
+        g.unblocked();
+        g.emit(kind, i64::from(r), 1, 0, 0, &[]);
         r
     } else {
-        let rec = replay_next(Kind::MutexTrylock, None);
+        let rec = replay_next(kind, None);
         let r = if rec.h.ret == 0 {
-            // It succeeded when recorded: take it (the holder is releasing it).
-            // SAFETY: libc's lock with the application's mutex.
-            unsafe { lock(m) }
+            lock()
         } else {
             rec.h.ret as c_int
         };
         replay_done(&rec);
         r
     }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_trylock(m: *mut libc::pthread_mutex_t) -> c_int {
+    let f = real!("pthread_mutex_trylock", MutexFn);
+    let real_lock = real!("pthread_mutex_lock", MutexFn);
+    // SAFETY: libc's functions with the application's mutex.
+    let attempt = || unsafe { f(m) };
+    // SAFETY: libc's functions with the application's mutex.
+    let lock = || unsafe { real_lock(m) };
+    conditional(Kind::MutexTrylock, attempt, lock)
+}
+
+type MutexTFn = unsafe extern "C" fn(*mut libc::pthread_mutex_t, *const libc::timespec) -> c_int;
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_timedlock(
+    m: *mut libc::pthread_mutex_t,
+    t: *const libc::timespec,
+) -> c_int {
+    let f = real!("pthread_mutex_timedlock", MutexTFn);
+    let real_lock = real!("pthread_mutex_lock", MutexFn);
+    // SAFETY: libc's function with the application's arguments.
+    let attempt = || unsafe { f(m, t) };
+    // SAFETY: libc's function with the application's mutex.
+    let lock = || unsafe { real_lock(m) };
+    conditional(Kind::MutexTrylock, attempt, lock)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_tryrdlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    let f = real!("pthread_rwlock_tryrdlock", RwFn);
+    let real_lock = real!("pthread_rwlock_rdlock", RwFn);
+    // SAFETY: libc's function with the application's lock.
+    let attempt = || unsafe { f(l) };
+    // SAFETY: libc's function with the application's lock.
+    let lock = || unsafe { real_lock(l) };
+    conditional(Kind::RwlockRead, attempt, lock)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_trywrlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    let f = real!("pthread_rwlock_trywrlock", RwFn);
+    let real_lock = real!("pthread_rwlock_wrlock", RwFn);
+    // SAFETY: libc's function with the application's lock.
+    let attempt = || unsafe { f(l) };
+    // SAFETY: libc's function with the application's lock.
+    let lock = || unsafe { real_lock(l) };
+    conditional(Kind::RwlockWrite, attempt, lock)
 }
 
 type RwFn = unsafe extern "C" fn(*mut libc::pthread_rwlock_t) -> c_int;

@@ -236,6 +236,15 @@ impl Procs {
         Some(o)
     }
 
+    /// A new process (fork child) takes `pid`'s entry: its name, no execs or spawns yet.
+    /// The `ready` flag is left alone (the fork handshake owns it).
+    pub fn reset(&self, pid: u32, vtid: u64) -> Option<usize> {
+        let o = self.set(pid, vtid)?;
+        self.execs(o).store(0, Ordering::SeqCst);
+        self.spawns(o).store(0, Ordering::SeqCst);
+        Some(o)
+    }
+
     pub fn ready(&self, off: usize) -> &AtomicU32 {
         self.0.u32_at(off + 16)
     }
@@ -578,13 +587,62 @@ impl Guard {
 }
 
 impl Drop for Guard {
+    /// The exit boundary. Signals that arrived during the call are delivered here, before the
+    /// call returns (so a handler runs before the program sees `EINTR`, as natively): recorded
+    /// as `signal` messages with `a1 = 1` right after the call's own message, and replayed at
+    /// the same place.
     #[inline]
     fn drop(&mut self) {
+        let mut run = 0u64;
+        match MODE.load(Ordering::Relaxed) {
+            RECORD if crate::signals::pending() => {
+                run = crate::signals::take_pending();
+                for sig in 1..65u64 {
+                    if run & (1 << (sig - 1)) != 0 {
+                        self.emit(Kind::Signal, 0, sig, 1, 0, &[]);
+                    }
+                }
+            }
+            REPLAY => {
+                while let Some(sig) = exit_signal_next() {
+                    let r = replay_next(Kind::Signal, None);
+                    replay_done(&r);
+                    run |= 1 << (sig - 1);
+                }
+            }
+            _ => {}
+        }
         if let (Some(t), Some(r)) = (self.token, RING.get()) {
             r.leave(t);
         }
         self.tls().depth.set(0);
+        if run != 0 {
+            crate::signals::run_handlers(run);
+        }
     }
+}
+
+/// Replay: whether this thread's next message is a signal delivered at an exit boundary
+/// (`a1 = 1`), and which. Such a message was emitted right after the thread's previous one, so
+/// it is found within a short window after the cursor.
+fn exit_signal_next() -> Option<u64> {
+    let f = FEED.get()?;
+    let my = TLS.with(|t| t.vtid.get());
+    let c = f.cursor().load(Ordering::Acquire);
+    let end = f.n.min(c + 4096);
+    for i in c..end {
+        let (_, b) = f.at(i);
+        if b.len() < HEADER_LEN {
+            return None;
+        }
+        let vtid = u64::from_le_bytes(b[16..24].try_into().ok()?);
+        if vtid == my {
+            let (h, _) = msg::decode(b).ok()?;
+            return (h.kind == Kind::Signal && h.a1 == 1 && (1..65).contains(&h.a0))
+                .then_some(h.a0);
+        }
+    }
+    None
 }
 
 static SYNC: AtomicU8 = AtomicU8::new(0);
@@ -677,6 +735,11 @@ pub struct Actual<'a> {
 /// Wait for this thread's turn in the recorded order and take its next message, which must be
 /// a `kind` call (on `fd`, when given). Recorded signals due before the call are delivered here.
 pub fn replay_next(kind: Kind, fd: Option<i64>) -> Rec {
+    replay_next_with(kind, fd, String::new)
+}
+
+/// [`replay_next`], with a description of the call for the divergence report.
+pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> String) -> Rec {
     let f = FEED.get().expect("replay feed mapped");
     let my = TLS.with(|t| t.vtid.get());
     let limit_ms: i64 = getenv_ms();
@@ -714,7 +777,8 @@ pub fn replay_next(kind: Kind, fd: Option<i64>) -> Rec {
                 continue;
             }
             if h.kind != kind || fd.is_some_and(|fd| fd as u64 != h.a0) {
-                diverge_at(Some((jseq, h)), &Actual { kind, what: "" }, fd);
+                let d = describe();
+                diverge_at(Some((jseq, h)), &Actual { kind, what: &d }, fd);
             }
             let _ = jseq;
             return Rec { idx: c, h, data };
@@ -915,6 +979,14 @@ fn classify(fd: i64) -> u8 {
         }
     }
     if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFBLK {
+        // /proc and /sys files are the kernel talking, not stored data: record their reads.
+        // SAFETY: zeroed statfs is a valid out-buffer.
+        let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+        if sys3(libc::SYS_fstatfs, fd, std::ptr::addr_of_mut!(sf) as i64, 0) == 0
+            && (sf.f_type == libc::PROC_SUPER_MAGIC || sf.f_type == libc::SYSFS_MAGIC)
+        {
+            return FD_OUTSIDE;
+        }
         FD_FILE
     } else {
         FD_OUTSIDE

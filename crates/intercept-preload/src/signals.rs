@@ -88,6 +88,21 @@ pub fn deliver_pending() {
     }
 }
 
+/// Take the pending signals (record mode, exit boundary).
+pub fn take_pending() -> u64 {
+    PENDING.swap(0, Ordering::SeqCst)
+}
+
+/// Run the application's handler for every signal in `bits` (bit n-1 = signal n).
+pub fn run_handlers(bits: u64) {
+    for sig in 1..65 {
+        if bits & (1 << (sig - 1)) != 0 {
+            let mut si = synth_info(sig);
+            call_app(sig, &mut si, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Replay mode: the journal says this signal was delivered here.
 pub fn deliver_recorded(sig: c_int) {
     if (1..65).contains(&sig) {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod feed;
+pub mod launch;
 pub mod msg;
 
 /// Streaming 64-bit digest of output bytes (not cryptographic: it detects a departure, it

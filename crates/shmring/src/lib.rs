@@ -302,12 +302,14 @@ impl Mapping {
         })
     }
 
+    #[inline]
     fn header(&self) -> &RingHeader {
         // SAFETY: the mapping is at least DATA_OFFSET bytes, page aligned, and RingHeader is
         // made of atomics and plain integers valid for any bit pattern (zeroed or initialised).
         unsafe { &*self.base.as_ptr().cast::<RingHeader>() }
     }
 
+    #[inline]
     fn slot(&self, i: usize) -> &ThreadSlot {
         assert!(i < MAX_THREADS);
         // SAFETY: the thread table lies within the mapping at THREADS_OFFSET, slots are 64-byte
@@ -321,12 +323,14 @@ impl Mapping {
         }
     }
 
+    #[inline]
     fn data(&self) -> *mut u8 {
         // SAFETY: DATA_OFFSET < len (checked at creation/open).
         unsafe { self.base.as_ptr().add(DATA_OFFSET) }
     }
 
     /// The atomic first word of the record at data offset `off` (8-byte aligned, in bounds).
+    #[inline]
     fn word(&self, off: usize) -> &AtomicU32 {
         debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len - DATA_OFFSET);
         // SAFETY: off is 8-aligned and within the data area (callers reduce modulo capacity);
@@ -373,6 +377,7 @@ fn init_header(m: &Mapping, capacity: usize) {
 }
 
 /// Reduce a 64-bit position to an offset in the data area.
+#[inline]
 fn off_of(pos: u64, capacity: usize) -> usize {
     // capacity <= 2^30, so the masked value fits usize.
     usize::try_from(pos & (capacity as u64 - 1)).expect("masked offset fits usize")
@@ -633,6 +638,23 @@ impl RingConsumer {
         }
         let start = Instant::now();
         let mut fenced = false;
+        // Slots of threads that are gone (exited without unregistering, or lost in an execve)
+        // are freed first, so they neither clutter the report nor fill the table.
+        for i in 0..MAX_THREADS {
+            let s = self.map.slot(i);
+            let tid = s.tid.load(Ordering::SeqCst);
+            if tid != 0
+                && !thread_alive(ThreadId {
+                    pid: s.pid.load(Ordering::SeqCst),
+                    tid,
+                })
+            {
+                s.state.store(0, Ordering::SeqCst);
+                let _ = s
+                    .tid
+                    .compare_exchange(tid, 0, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
         loop {
             let mut report = QuiesceReport {
                 cut: 0,
@@ -725,12 +747,14 @@ fn prefetch_write(p: *const u8) {
 
 /// The low 32 bits of `x`: positions and sequence numbers in the head word are kept modulo 2^32.
 #[allow(clippy::cast_possible_truncation)]
+#[inline]
 fn low32(x: u64) -> u32 {
     x as u32
 }
 
 /// Reconstruct a full 64-bit `ring_seq` from its low 32 bits: the record is not consumed yet, so
 /// it lies within 2^32 of the consumer's `tail.seq`.
+#[inline]
 fn full_seq(h: &RingHeader, low: u32) -> u64 {
     let t = h.tail.0.seq.load(Ordering::SeqCst);
     t + u64::from(low.wrapping_sub(low32(t)))
@@ -742,6 +766,7 @@ enum MapRef<'a> {
 }
 
 impl MapRef<'_> {
+    #[inline]
     fn get(&self) -> &Mapping {
         match self {
             MapRef::Owned(m) => m,

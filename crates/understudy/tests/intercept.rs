@@ -220,9 +220,14 @@ fn shell_pipeline() {
     let d = tempfile::tempdir().unwrap();
     assert!(lib_ready());
     let script = "head -c 24 /dev/urandom | od -An -tx1 | tr a-f A-F; date +%s%N; echo $$; \
-                  (echo from-subshell; sleep 0.01; date +%N) | cat -n";
+                  (echo from-subshell; sleep 0.01; date +%N) | cat -n; cat /proc/uptime";
     let out = record_replay(d.path(), &["sh", "-c", script]);
     assert!(String::from_utf8_lossy(&out).contains("from-subshell"));
+    // The program's exit status comes out of both commands.
+    let j = d.path().join("j-exit");
+    let prog = ["sh", "-c", "date +%N; exit 3"];
+    assert_eq!(run("record", &j, &prog).status.code(), Some(3));
+    assert_eq!(run("replay", &j, &prog).status.code(), Some(3));
 }
 
 #[test]

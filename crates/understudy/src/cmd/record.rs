@@ -91,11 +91,12 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let _cleanup = Cleanup(vec![ring_path.clone(), procs_path.clone()]);
     let mut child = Command::new(prog)
         .args(rest)
-        .env("LD_PRELOAD", recording::preload_value(&lib))
-        .env("UNDERSTUDY_MODE", "record")
-        .env("UNDERSTUDY_RING", &ring_path)
-        .env("UNDERSTUDY_PROCS", &procs_path)
-        .env("UNDERSTUDY_SYNC", if args.sync { "1" } else { "0" })
+        .envs(intercept::launch::record_env(
+            &lib,
+            &ring_path,
+            &procs_path,
+            args.sync,
+        ))
         .spawn()
         .with_context(|| format!("starting {prog}"))?;
 

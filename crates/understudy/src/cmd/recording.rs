@@ -107,27 +107,15 @@ pub fn check_dynamic(path: &Path) -> anyhow::Result<()> {
 
 /// The preloaded library: `UNDERSTUDY_INTERCEPT_LIB`, else next to this executable.
 pub fn find_lib() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("UNDERSTUDY_INTERCEPT_LIB") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("UNDERSTUDY_INTERCEPT_LIB={} does not exist", p.display());
-        }
-        return Ok(p);
-    }
     let exe = std::env::current_exe().context("locating the understudy executable")?;
     let dir = exe.parent().context("executable has no directory")?;
-    for c in [
-        dir.join("libunderstudy_intercept.so"),
-        dir.join("../libunderstudy_intercept.so"),
-    ] {
-        if c.is_file() {
-            return Ok(c.canonicalize()?);
-        }
-    }
-    bail!(
-        "libunderstudy_intercept.so not found next to {} (build it with `cargo build -p intercept-preload`, or set UNDERSTUDY_INTERCEPT_LIB)",
-        exe.display()
-    )
+    intercept::launch::find_lib(dir).with_context(|| {
+        format!(
+            "{} not found next to {} and UNDERSTUDY_INTERCEPT_LIB not set to an existing file (build it with `cargo build -p intercept-preload`)",
+            intercept::launch::LIB_NAME,
+            exe.display()
+        )
+    })
 }
 
 /// Size and a digest of the executable (identifies the program build).
@@ -138,14 +126,7 @@ pub fn exe_identity(path: &Path) -> anyhow::Result<(u64, String)> {
 
 /// `LD_PRELOAD` value with our library first.
 pub fn preload_value(lib: &Path) -> std::ffi::OsString {
-    let mut v = lib.as_os_str().to_owned();
-    if let Some(old) = std::env::var_os("LD_PRELOAD") {
-        if !old.is_empty() {
-            v.push(":");
-            v.push(old);
-        }
-    }
-    v
+    intercept::launch::preload_value(lib)
 }
 
 /// Exit status of a finished child as understudy's own status.

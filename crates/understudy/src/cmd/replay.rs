@@ -143,13 +143,20 @@ fn own_out() -> String {
 pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let rec = load(&args.journal)?;
     if args.list {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for (seq, m) in &rec.messages {
             let (h, _) = intercept::msg::decode(m)?;
-            println!(
+            let line = writeln!(
+                out,
                 "{seq:>8} pid {:>6} tid {:>6} thread {:016x} #{:<5} {h}",
                 h.pid, h.tid, h.vtid, h.tseq
             );
+            if line.is_err() {
+                break; // reader went away (`| head`)
+            }
         }
+        let _ = out.flush();
         return Ok(ExitCode::SUCCESS);
     }
     let (prog, rest) = args.command.split_first().context("no PROGRAM given")?;
