@@ -569,7 +569,7 @@ impl Guard {
             a1,
             a2,
         };
-        match r.push_with(HEADER_LEN + len, |buf| {
+        match r.push_as(self.token, HEADER_LEN + len, |buf| {
             h.encode_into(buf);
             let mut o = HEADER_LEN;
             for d in data {

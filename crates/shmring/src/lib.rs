@@ -885,6 +885,19 @@ impl RingProducer<'_> {
     /// Append one record of `len` bytes written in place by `fill` (no intermediate buffer).
     /// `fill` must not push to this ring (it runs while the record is reserved).
     pub fn push_with(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<u64> {
+        self.push_as(None, len, fill)
+    }
+
+    /// [`push_with`](Self::push_with) by a registered thread (state `Active`): while it waits
+    /// for space in a full ring it counts as `Blocked` (it has reserved nothing yet), and it
+    /// parks there if a quiesce comes — otherwise a quiesce would wait for a thread that waits
+    /// for the consumer.
+    pub fn push_as(
+        &self,
+        thread: Option<ThreadToken>,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64> {
         let m = self.map.get();
         let h = m.header();
         let cap = self.capacity;
@@ -912,7 +925,14 @@ impl RingProducer<'_> {
                 self.tail_pos.store(tp, Ordering::Release);
                 tail = low32(tp);
                 if pos.wrapping_sub(tail) as usize + need as usize > cap {
-                    self.wait_space(tail)?;
+                    if let Some(t) = thread {
+                        self.blocking(t);
+                    }
+                    let waited = self.wait_space(tail);
+                    if let Some(t) = thread {
+                        self.enter(t);
+                    }
+                    waited?;
                     continue;
                 }
             }

@@ -225,7 +225,9 @@ fn quiesce_parks_threads_and_reports_cut() {
                         std::thread::sleep(Duration::from_millis(1));
                         prod.enter(tok);
                     }
-                    prod.push(&payload(k, i)).unwrap();
+                    let p = payload(k, i);
+                    prod.push_as(Some(tok), p.len(), |b| b.copy_from_slice(&p))
+                        .unwrap();
                     prod.leave(tok);
                     i += 1;
                 }
