@@ -21,7 +21,8 @@
 //!
 //! The header is `repr(C)`, holds no pointers and is versioned: see `docs/shmring.md`.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -107,15 +108,22 @@ pub struct Fixed {
     /// Bytes in the data area, a power of two.
     pub capacity: u64,
     pub max_threads: u32,
-    /// Pid of the consumer; producers check it is alive when they wait.
+    /// Pid of the consumer in its own PID namespace (diagnostics; a liveness check only for
+    /// anonymous rings, and only from the consumer's PID namespace: see [`FLAG_CONSUMER_LOCK`]).
     pub consumer_pid: u32,
     /// [`FLAG_STRONG_FENCES`]: the consumer cannot issue `membarrier`, so producers must use
-    /// SeqCst read-modify-writes on their fast path.
+    /// SeqCst read-modify-writes on their fast path. [`FLAG_CONSUMER_LOCK`]: the consumer holds
+    /// an exclusive `flock` on the ring file for its lifetime.
     pub flags: u32,
 }
 
 /// See [`Fixed::flags`].
 pub const FLAG_STRONG_FENCES: u32 = 1;
+/// See [`Fixed::flags`]: the consumer holds `LOCK_EX` (`flock`) on the ring file, through an
+/// `O_CLOEXEC` descriptor, for as long as it lives. A producer tests liveness with a
+/// non-blocking `LOCK_SH` on a descriptor it opens itself: `EWOULDBLOCK` means alive. This works
+/// across PID namespaces, where the consumer's pid means nothing.
+pub const FLAG_CONSUMER_LOCK: u32 = 2;
 
 /// Producers' reservation word: `(next ring_seq mod 2^32) << 32 | (next byte position mod 2^32)`.
 #[repr(C)]
@@ -354,7 +362,7 @@ fn check_capacity(capacity: usize) -> Result<()> {
     Ok(())
 }
 
-fn init_header(m: &Mapping, capacity: usize) {
+fn init_header(m: &Mapping, capacity: usize, extra_flags: u32) {
     let h = m.header();
     // SAFETY: the mapping was just created (zero-filled) and nobody else has it yet, so writing
     // the non-atomic fixed fields cannot race.
@@ -366,11 +374,12 @@ fn init_header(m: &Mapping, capacity: usize) {
         (*fixed).capacity = capacity as u64;
         (*fixed).max_threads = u32::try_from(MAX_THREADS).expect("fits");
         (*fixed).consumer_pid = std::process::id();
-        (*fixed).flags = if futex::membarrier_supported() {
-            0
-        } else {
-            FLAG_STRONG_FENCES
-        };
+        (*fixed).flags = extra_flags
+            | if futex::membarrier_supported() {
+                0
+            } else {
+                FLAG_STRONG_FENCES
+            };
     }
     h.head.0.word.store(1u64 << 32, Ordering::Release);
     h.tail.0.seq.store(1, Ordering::Release);
@@ -392,6 +401,73 @@ fn pid_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Identity (device, inode) of the PID namespace of the calling process, if /proc tells it.
+fn own_pidns() -> Option<(u64, u64)> {
+    // SAFETY: a zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated static path and a valid out pointer.
+    let r = unsafe { libc::stat(c"/proc/self/ns/pid".as_ptr(), &mut st) };
+    (r == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// Identity (device, inode) of the file open as `fd`.
+fn file_id(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: a zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat with a valid out pointer; a bad fd only yields an error.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    (r == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// How a producer tells whether the consumer is still there.
+#[derive(Debug)]
+enum Liveness {
+    /// The consumer holds `LOCK_EX` on the ring file (`FLAG_CONSUMER_LOCK`): probe it through a
+    /// fresh descriptor of `path`, which must still name the file we mapped (`dev`, `ino`).
+    Lock { path: CString, dev: u64, ino: u64 },
+    /// No lock to probe (anonymous rings, or rings of a consumer without the flag): the pid
+    /// check, trusted only when the producer is in `pidns` (the consumer's PID namespace).
+    /// Elsewhere the consumer is assumed alive: a wrong "gone" would release sync-mode outputs
+    /// without their acknowledgement, a wrong "alive" only makes a wait last (`wait_ack` still
+    /// times out). `None` (namespace unknown: no /proc, or a ring made by a consumer that
+    /// predates [`FLAG_CONSUMER_LOCK`]): the plain pid check.
+    Pid { pidns: Option<(u64, u64)> },
+}
+
+/// Whether a consumer holds its lock on the file `path` (identified by `dev`/`ino`).
+fn lock_held(path: &CStr, dev: u64, ino: u64) -> bool {
+    // SAFETY: open with a NUL-terminated path; the descriptor is owned right below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        // Removed: only the consumer removes its ring, when it ends (or a new consumer replaces
+        // it). Anything else (e.g. the application dropped the rights to open it): we cannot
+        // tell, so assume alive.
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
+    }
+    // SAFETY: fd was just opened by us and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let Some(id) = file_id(fd.as_raw_fd()) else {
+        return true;
+    };
+    if id != (dev, ino) {
+        // The path names another ring now: ours has lost its consumer.
+        return false;
+    }
+    // SAFETY: flock on our own open descriptor; a shared lock, released at once below.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above (closing would release it too; be explicit).
+        unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) };
+        return false;
+    }
+    // EWOULDBLOCK: the consumer's exclusive lock. Any other error: cannot tell, assume alive.
+    true
+}
+
 fn thread_alive(t: ThreadId) -> bool {
     let (Ok(p), Ok(tid)) = (i32::try_from(t.pid), i32::try_from(t.tid)) else {
         return false;
@@ -409,6 +485,11 @@ pub struct RingConsumer {
     /// Local copies of the tail (the consumer is the only writer; `RingConsumer` is not `Sync`).
     pos: std::cell::Cell<u64>,
     seq: std::cell::Cell<u64>,
+    /// File rings: the `O_CLOEXEC` descriptor (its own open file description, not the mapped
+    /// one) through which the consumer holds `LOCK_EX` on the ring file for its lifetime
+    /// ([`FLAG_CONSUMER_LOCK`]); closing it (drop, exit, crash) is what producers observe as
+    /// "consumer gone". A child forked without exec keeps it until it exits or execs.
+    _lock: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for RingConsumer {
@@ -444,24 +525,43 @@ impl RingConsumer {
         if fd < 0 {
             return Err(io_err(path, "create"));
         }
+        // SAFETY: fd was just opened by us and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The liveness lock, on an open file description of its own: a `flock` lives as long as
+        // its open file description, and a mapping holds the description it was made from, so
+        // locking the mapped one would let every child forked with the mapping keep the lock.
+        // SAFETY: open with a valid C string; the descriptor is owned right below.
+        let lfd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if lfd < 0 {
+            return Err(io_err(path, "open (lock)"));
+        }
+        // SAFETY: lfd was just opened by us and is owned by nobody else.
+        let lock = unsafe { OwnedFd::from_raw_fd(lfd) };
+        if file_id(fd.as_raw_fd()) != file_id(lock.as_raw_fd()) {
+            return Err(RingError::BadLayout {
+                path: path.to_path_buf(),
+                what: "replaced while being created".into(),
+            });
+        }
+        // Blocking: on a file this new, only a producer's momentary probe can stand in the way.
+        // SAFETY: flock on our own open descriptor.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(path, "flock"));
+        }
         let len = DATA_OFFSET + capacity;
-        let res = (|| {
-            // SAFETY: fd is ours; ftruncate sizes the new file.
-            if unsafe { libc::ftruncate(fd, i64::try_from(len).expect("fits")) } != 0 {
-                return Err(io_err(path, "ftruncate"));
-            }
-            Mapping::map_fd(fd, len, path)
-        })();
-        // SAFETY: closing our own fd; the mapping keeps the file alive.
-        unsafe { libc::close(fd) };
-        let map = res?;
-        init_header(&map, capacity);
+        // SAFETY: fd is ours; ftruncate sizes the new file.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), i64::try_from(len).expect("fits")) } != 0 {
+            return Err(io_err(path, "ftruncate"));
+        }
+        let map = Mapping::map_fd(fd.as_raw_fd(), len, path)?;
+        init_header(&map, capacity, FLAG_CONSUMER_LOCK);
         Ok(Self {
             map,
             path: Some(path.to_path_buf()),
             capacity,
             pos: std::cell::Cell::new(0),
             seq: std::cell::Cell::new(1),
+            _lock: Some(lock),
         })
     }
 
@@ -470,17 +570,24 @@ impl RingConsumer {
     pub fn anonymous(capacity: usize) -> Result<Self> {
         check_capacity(capacity)?;
         let map = Mapping::anonymous(DATA_OFFSET + capacity)?;
-        init_header(&map, capacity);
+        init_header(&map, capacity, 0);
         Ok(Self {
             map,
             path: None,
             capacity,
             pos: std::cell::Cell::new(0),
             seq: std::cell::Cell::new(1),
+            _lock: None,
         })
     }
 
     /// A producer over the same mapping (for in-process producers and forked children).
+    ///
+    /// Its liveness check is the consumer's pid, trusted only from the consumer's PID namespace
+    /// (recorded here, in the consumer's process): a child forked into another PID namespace
+    /// always sees the consumer as alive (its waits for an ack still time out). The lock of a
+    /// file ring is not used here because forked children inherit the consumer's descriptor,
+    /// and with it the lock.
     pub fn producer(&self) -> RingProducer<'_> {
         RingProducer {
             map: MapRef::Borrowed(&self.map),
@@ -488,6 +595,7 @@ impl RingConsumer {
             tail_pos: AtomicU64::new(0),
             tail_seq: AtomicU64::new(1),
             strong: self.map.header().fixed.0.flags & FLAG_STRONG_FENCES != 0,
+            liveness: Liveness::Pid { pidns: own_pidns() },
         }
     }
 
@@ -786,6 +894,7 @@ pub struct RingProducer<'a> {
     tail_seq: AtomicU64,
     /// Use SeqCst read-modify-writes on the fast path ([`FLAG_STRONG_FENCES`]).
     strong: bool,
+    liveness: Liveness,
 }
 
 impl std::fmt::Debug for RingProducer<'_> {
@@ -856,6 +965,20 @@ impl RingProducer<'static> {
             });
         }
         let strong = fx.flags & FLAG_STRONG_FENCES != 0;
+        let liveness = if fx.flags & FLAG_CONSUMER_LOCK != 0 {
+            Liveness::Lock {
+                path: CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                    RingError::BadLayout {
+                        path: path.to_path_buf(),
+                        what: "path contains a NUL byte".into(),
+                    }
+                })?,
+                dev: st.st_dev,
+                ino: st.st_ino,
+            }
+        } else {
+            Liveness::Pid { pidns: None }
+        };
         let h = map.header();
         let (tp, ts) = (
             h.tail.0.pos.load(Ordering::SeqCst),
@@ -867,6 +990,7 @@ impl RingProducer<'static> {
             tail_pos: AtomicU64::new(tp),
             tail_seq: AtomicU64::new(ts),
             strong,
+            liveness,
         })
     }
 }
@@ -924,6 +1048,11 @@ impl RingProducer<'_> {
                 self.tail_seq.store(ts, Ordering::Release);
                 self.tail_pos.store(tp, Ordering::Release);
                 tail = low32(tp);
+                if pos.wrapping_sub(tail) as usize > cap {
+                    // The tail is ahead of the head we read: our head is stale (others
+                    // reserved and the consumer consumed since). Not full: read the head again.
+                    continue;
+                }
                 if pos.wrapping_sub(tail) as usize + need as usize > cap {
                     if let Some(t) = thread {
                         self.blocking(t);
@@ -1005,11 +1134,21 @@ impl RingProducer<'_> {
             futex::wait(&t.space_futex, v, Some(Duration::from_millis(50)));
         }
         t.space_waiters.fetch_sub(1, Ordering::SeqCst);
-        let pid = h.fixed.0.consumer_pid;
-        if !pid_alive(pid) {
-            return Err(RingError::ConsumerGone { pid });
+        if !self.consumer_alive() {
+            return Err(RingError::ConsumerGone {
+                pid: h.fixed.0.consumer_pid,
+            });
         }
         Ok(())
+    }
+
+    /// Whether the consumer is still there (cold path: a few syscalls). See [`Liveness`].
+    fn consumer_alive(&self) -> bool {
+        match &self.liveness {
+            Liveness::Lock { path, dev, ino } => lock_held(path, *dev, *ino),
+            Liveness::Pid { pidns: Some(ns) } if own_pidns() != Some(*ns) => true,
+            Liveness::Pid { .. } => pid_alive(self.map.get().header().fixed.0.consumer_pid),
+        }
     }
 
     /// Block until `ack_seq >= seq` (sync-mode output commit) or `timeout` passes.
@@ -1038,9 +1177,10 @@ impl RingProducer<'_> {
             if el >= timeout {
                 break Err(RingError::Timeout(timeout));
             }
-            let pid = h.fixed.0.consumer_pid;
-            if !pid_alive(pid) {
-                break Err(RingError::ConsumerGone { pid });
+            if !self.consumer_alive() {
+                break Err(RingError::ConsumerGone {
+                    pid: h.fixed.0.consumer_pid,
+                });
             }
             futex::wait(
                 &a.ack_futex,

@@ -304,3 +304,142 @@ proptest! {
         prop_assert_eq!(next as usize, sizes.len() + 1);
     }
 }
+
+/// Wait for our own child and return its exit code (or 128 + signal).
+fn wait_child(pid: libc::pid_t) -> i32 {
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    }
+}
+
+/// Exit code of a liveness probe: 0 timeout (consumer alive), 1 `ConsumerGone`, 2 other.
+fn ack_probe(p: &RingProducer<'_>, seq: u64, timeout: Duration) -> i32 {
+    match p.wait_ack(seq, timeout) {
+        Err(RingError::Timeout(_)) => 0,
+        Err(RingError::ConsumerGone { .. }) => 1,
+        _ => 2,
+    }
+}
+
+#[test]
+fn consumer_gone_is_seen_through_the_ring_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ring");
+    // In a child of its own, so that no child forked meanwhile by another test inherits the
+    // consumer's descriptor (and with it the lock). Same process for both ends: the pid check
+    // would say "alive", only the lock can tell.
+    // SAFETY: the child only uses the ring and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            let c = RingConsumer::create(&path, 4096).unwrap();
+            let p = RingProducer::open(&path).unwrap();
+            let seq = p.push(b"out").unwrap();
+            if ack_probe(&p, seq, Duration::from_millis(20)) != 0 {
+                return 10;
+            }
+            drop(c);
+            if ack_probe(&p, seq, Duration::from_secs(5)) != 1 {
+                return 11;
+            }
+            // A full ring: the producer waiting for space learns it too.
+            for _ in 0..1000 {
+                match p.push(&[7u8; 200]) {
+                    Ok(_) => {}
+                    Err(RingError::ConsumerGone { .. }) => return 0,
+                    Err(_) => return 12,
+                }
+            }
+            13
+        })
+        .unwrap_or(1);
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    assert_eq!(wait_child(pid), 0);
+}
+
+#[test]
+fn consumer_alive_from_another_pid_namespace() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (creates a PID namespace)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ring");
+    let c = RingConsumer::create(&path, 4096).unwrap();
+    let lock_fd = c._lock.as_ref().unwrap().as_raw_fd();
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe fills a two-int array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the child only unshares, forks, waits and _exits (grandchild: ring and pipe).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: closing inherited descriptors in the child: the consumer's lock stays held by
+        // the parent's open file description; the grandchild must not hold it through a copy.
+        unsafe {
+            libc::close(lock_fd);
+            libc::close(fds[0]);
+        }
+        // SAFETY: unshare affects only this (single-threaded) child's future children.
+        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+            // SAFETY: leave the child.
+            unsafe { libc::_exit(77) };
+        }
+        // SAFETY: as above; the grandchild is pid 1 of the new namespace.
+        let g = unsafe { libc::fork() };
+        if g == 0 {
+            let code = std::panic::catch_unwind(|| {
+                // SAFETY: getpid has no preconditions.
+                if unsafe { libc::getpid() } != 1 {
+                    return 20;
+                }
+                let p = RingProducer::open(&path).unwrap();
+                let seq = p.push(b"out").unwrap();
+                // The consumer's pid does not exist here: the old check said "gone".
+                if ack_probe(&p, seq, Duration::from_millis(300)) != 0 {
+                    return 21;
+                }
+                // Tell the parent, which then drops the consumer.
+                // SAFETY: writing one byte from a valid buffer to our pipe end.
+                unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) };
+                if ack_probe(&p, seq, Duration::from_secs(20)) != 1 {
+                    return 22;
+                }
+                0
+            })
+            .unwrap_or(23);
+            // SAFETY: leave the grandchild.
+            unsafe { libc::_exit(code) };
+        }
+        let code = if g < 0 { 24 } else { wait_child(g) };
+        // SAFETY: leave the child.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: closing our copy of the write end, so a dead child yields EOF below.
+    unsafe { libc::close(fds[1]) };
+    let mut b = [0u8; 1];
+    // SAFETY: reading into a valid one-byte buffer from our pipe end.
+    let n = unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+    drop(c);
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fds[0]) };
+    let code = wait_child(pid);
+    if code == 77 {
+        eprintln!("skipped: cannot unshare a PID namespace");
+        return;
+    }
+    assert_eq!(
+        n, 1,
+        "the producer did not report the consumer alive (code {code})"
+    );
+    assert_eq!(code, 0);
+}

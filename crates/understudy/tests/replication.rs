@@ -22,6 +22,19 @@ fn is_root() -> bool {
     }
 }
 
+/// Build the interceptor library next to the understudy binary (once per test process), as
+/// `tests/intercept.rs` does, so that `cargo test -p understudy` works on its own.
+fn lib_ready() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "intercept-preload"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .status();
+        matches!(st, Ok(s) if s.success())
+    })
+}
+
 struct Dir(PathBuf);
 impl Dir {
     fn new(tag: &str) -> Dir {
@@ -556,15 +569,14 @@ fn silent_backup_is_dropped_by_timeout_and_resumed() {
 }
 
 /// Sync mode with the real interceptor: with no backup reachable, an output must not leave the
-/// application. Ignored until the ring's producers stop treating the consumer as gone inside the
-/// application's PID namespace (they check `kill(consumer_pid, 0)`, and the consumer's pid is
-/// not visible there, so today the interceptor releases the output with "consumer is gone").
+/// application. The interceptor runs in the application's PID namespace, where the consumer's
+/// pid means nothing: it must see the consumer alive through the ring file's lock.
 #[test]
-#[ignore = "pending shmring fix: consumer liveness check fails inside the app's PID namespace"]
 fn sync_mode_holds_outputs_of_an_intercepted_program_without_a_backup() {
     if !is_root() {
         return;
     }
+    assert!(lib_ready(), "cargo build -p intercept-preload failed");
     let (pd, kd) = (Dir::new("sync-p"), Dir::new("sync-k"));
     let key = kd.0.join("cluster.key");
     let dead = format!("127.0.0.1:{}", free_port());
