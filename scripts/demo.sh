@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --workspace
-exec ./target/release/understudy demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/understudy" demo "$@"
