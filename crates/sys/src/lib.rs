@@ -16,6 +16,23 @@ pub mod proc;
 pub mod ptrace;
 pub mod remote;
 
+// Issue 3 building blocks (branch ckptnet), see docs/issue3-building-blocks.md
+pub mod dirty;
+pub mod evfd;
+pub mod fdinfo;
+pub mod fdpull;
+pub mod inetsock;
+mod ioc;
+pub mod netns;
+pub mod pagemap;
+pub mod seccomp;
+pub mod sockdiag;
+pub mod sockqueue;
+pub mod tcp_repair;
+pub mod timers;
+pub mod uffd;
+pub mod uffd_lazy;
+
 pub use remote::{RemotePtr, RemoteSyscalls};
 
 /// An error from a raw kernel interface: what was attempted, on what, and the kernel's answer.
