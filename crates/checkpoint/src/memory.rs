@@ -106,11 +106,16 @@ struct Reader<'a> {
     batch: Batch,
     /// Bytes handed to the writer so far (the file offset of the batch's first byte).
     pos: u64,
-    full: std::sync::mpsc::SyncSender<(Vec<u8>, usize)>,
+    full: std::sync::mpsc::SyncSender<(Vec<u8>, usize, u32)>,
+    /// Running CRC32C of everything handed over (computed here, to balance the pipeline: the
+    /// writer's page-cache allocation is the slower side).
+    crc: u32,
     empty: &'a std::sync::mpsc::Receiver<Vec<u8>>,
     progress: Option<&'a ProgressFn>,
     done_before: u64,
     total_hint: u64,
+    /// Time spent in `process_vm_readv`.
+    busy: std::time::Duration,
 }
 
 impl Reader<'_> {
@@ -123,7 +128,9 @@ impl Reader<'_> {
         if b.used == 0 {
             return Ok(());
         }
+        let t = Instant::now();
         sys::mem::read_vectored(self.pid, &mut b.buf[..b.used], &b.ranges).pid(self.pid)?;
+        self.busy += t.elapsed();
         self.hand_over()
     }
 
@@ -131,7 +138,8 @@ impl Reader<'_> {
         let next = self.empty.recv().unwrap_or_else(|_| vec![0u8; BATCH]);
         let buf = std::mem::replace(&mut self.batch.buf, next);
         let used = self.batch.used;
-        if self.full.send((buf, used)).is_err() {
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..used]);
+        if self.full.send((buf, used, self.crc)).is_err() {
             // The writer failed; its error is reported when it is joined.
             return Err(CheckpointError::Tree {
                 pid: self.pid,
@@ -165,17 +173,21 @@ impl MemoryDumper<'_> {
         let t0 = Instant::now();
         let name = format!("pages-{pid}.img");
         let mut w = PagesWriter::create(self.dir, &name)?;
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
         let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         for _ in 0..2 {
             let _ = empty_tx.send(vec![0u8; BATCH]);
         }
         let (res, wres) = std::thread::scope(|s| {
             let writer = s.spawn(move || -> Result<PagesWriter> {
-                while let Ok((buf, used)) = full_rx.recv() {
-                    w.write(&buf[..used])?;
+                let mut busy = std::time::Duration::ZERO;
+                while let Ok((buf, used, crc)) = full_rx.recv() {
+                    let t = Instant::now();
+                    w.write_checksummed(&buf[..used], crc)?;
+                    busy += t.elapsed();
                     let _ = empty_tx.send(buf);
                 }
+                tracing::debug!("pid {pid}: image writer busy {busy:?}");
                 Ok(w)
             });
             let mut r = Reader {
@@ -191,8 +203,11 @@ impl MemoryDumper<'_> {
                 progress: self.progress,
                 done_before: self.done_before,
                 total_hint: self.total_hint,
+                busy: std::time::Duration::ZERO,
+                crc: 0,
             };
             let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            tracing::debug!("pid {pid}: process_vm_readv busy {:?}", r.busy);
             drop(r);
             let wres = writer.join().unwrap_or_else(|_| {
                 Err(CheckpointError::Tree {

@@ -229,7 +229,14 @@ impl PagesWriter {
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.crc = crc32c::crc32c_append(self.crc, data);
+        let crc = crc32c::crc32c_append(self.crc, data);
+        self.write_checksummed(data, crc)
+    }
+
+    /// Appends `data` whose running CRC32C (over all data so far, this included) the caller
+    /// already computed, e.g. on another thread of a copy pipeline.
+    pub fn write_checksummed(&mut self, data: &[u8], running_crc: u32) -> Result<()> {
+        self.crc = running_crc;
         self.file
             .write_all_at(data, PAGES_HEADER_LEN + self.len)
             .map_err(io_err(&self.path))?;
