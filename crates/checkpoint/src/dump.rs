@@ -17,13 +17,11 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Dumps the tree rooted at `opts.root_pid` into `opts.image_dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
-    if opts.parent.is_some() {
-        return Err(CheckpointError::ImageDir {
-            path: opts.image_dir.clone(),
-            why: "incremental dumps (--parent) are not supported yet".into(),
-        });
-    }
     prepare_dir(&opts.image_dir)?;
+    let parent = match &opts.parent {
+        Some(p) => Some(ParentImage::open(p, &opts.image_dir)?),
+        None => None,
+    };
     // The init of its own PID namespace (an application started by `understudy run`) is
     // dumped as a namespace tree even when named by --pid.
     let mut eff = opts.clone();
@@ -46,7 +44,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
     let mut redeliver = Vec::new();
-    let tree = match collect(opts, &frozen, &mut report, &mut redeliver) {
+    let tree = match collect(opts, parent.as_ref(), &frozen, &mut report, &mut redeliver) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -103,8 +101,85 @@ fn cleanup_dir(dir: &std::path::Path) {
     }
 }
 
+/// The parent of an incremental dump, read and checked (with its whole chain).
+struct ParentImage {
+    tree: Tree,
+    /// As recorded in the child: relative to the child's directory, or absolute.
+    recorded: String,
+    digest: u32,
+    /// Its dirty tracking was already used by another child (or a failed attempt): its pages
+    /// since are unknown, so everything is dumped whole.
+    consumed: bool,
+}
+
+/// Marker left in a parent image once a child dump has read (and reset) its dirty tracking.
+pub const CONSUMED_MARKER: &str = "dirty-consumed";
+
+impl ParentImage {
+    fn open(dir: &std::path::Path, child: &std::path::Path) -> Result<Self> {
+        let chain = image::read_chain(dir)?;
+        let tree =
+            chain
+                .into_iter()
+                .next()
+                .map(|(_, t)| t)
+                .ok_or_else(|| CheckpointError::ImageDir {
+                    path: dir.to_path_buf(),
+                    why: "parent image is empty".into(),
+                })?;
+        let digest = image::tree_digest(dir)?;
+        let recorded = relative_to(dir, child);
+        let marker = dir.join(CONSUMED_MARKER);
+        let consumed = marker.exists();
+        if consumed {
+            tracing::warn!(
+                "parent {}: its dirty tracking was already used by another dump; every page is dumped again",
+                dir.display()
+            );
+        } else if tree.processes.iter().any(|p| p.dirty.is_some()) {
+            // Written before the tracker is read: a second child of the same parent, or a retry
+            // after a failure, must not trust tracking that this dump resets.
+            std::fs::write(&marker, b"dirty tracking consumed by a child dump\n").map_err(|e| {
+                CheckpointError::ImageDir {
+                    path: marker.clone(),
+                    why: format!("cannot write: {e}"),
+                }
+            })?;
+        }
+        Ok(ParentImage {
+            tree,
+            recorded,
+            digest,
+            consumed,
+        })
+    }
+}
+
+/// `parent` as the child records it: relative to `child` when both can be resolved, else
+/// absolute.
+fn relative_to(parent: &std::path::Path, child: &std::path::Path) -> String {
+    let (Ok(p), Ok(c)) = (parent.canonicalize(), child.canonicalize()) else {
+        return parent.to_string_lossy().into_owned();
+    };
+    let pc: Vec<_> = p.components().collect();
+    let cc: Vec<_> = c.components().collect();
+    let common = pc.iter().zip(&cc).take_while(|(a, b)| a == b).count();
+    let mut rel = std::path::PathBuf::new();
+    for _ in common..cc.len() {
+        rel.push("..");
+    }
+    for comp in &pc[common..] {
+        rel.push(comp);
+    }
+    if rel.as_os_str().is_empty() {
+        return p.to_string_lossy().into_owned();
+    }
+    rel.to_string_lossy().into_owned()
+}
+
 fn collect(
     opts: &DumpOptions,
+    parent: Option<&ParentImage>,
     frozen: &Frozen,
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
@@ -114,25 +189,35 @@ fn collect(
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver)?;
+        let pp = parent.and_then(|par| {
+            (!par.consumed)
+                .then(|| par.tree.processes.iter().find(|q| q.pid == fp.pid))
+                .flatten()
+        });
+        let (mut p, skip_fd) = dump_process(opts, pp, fp, copied, report, &mut shm, redeliver)?;
         if i == 0 {
             p.ppid = 0;
         }
-        p.fds = files.add_process(fp.pid, &mut shm, &opts.image_dir)?;
+        p.fds = files.add_process(fp.pid, &mut shm, &opts.image_dir, skip_fd)?;
         copied += p.pages.len;
         processes.push(p);
     }
     report.pages_bytes = copied;
     let pipes = files.pipe_data()?;
     Ok(Tree {
-        format_version: FORMAT_VERSION,
+        format_version: if parent.is_some() {
+            image::INCREMENTAL_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        },
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         root_pid: opts.root_pid,
         pidns: opts.pidns,
-        parent: None,
+        parent: parent.map(|p| p.recorded.clone()),
+        parent_digest: parent.map(|p| p.digest),
         processes,
         files: files.files,
         shmem: shm.objects,
@@ -146,14 +231,16 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Dumps one process; also returns the fd of the dirty tracker in it (left out of `fds`).
 fn dump_process(
     opts: &DumpOptions,
+    parent: Option<&Process>,
     fp: &FrozenProcess,
     copied_before: u64,
     report: &mut DumpReport,
     shm: &mut ShmemTable,
     redeliver: &mut Vec<(i32, i32, i32)>,
-) -> Result<Process> {
+) -> Result<(Process, Option<i32>)> {
     let pid = fp.pid;
     let status = sys::proc::status(pid).pid(pid)?;
     let stat = sys::proc::stat(pid).pid(pid)?;
@@ -271,6 +358,32 @@ fn dump_process(
             })?;
     let insn = sys::remote::find_syscall_insn(pid, vdso.start, vdso.end).pid(pid)?;
 
+    // Incremental: the tracker the parent dump left in the process says what changed since.
+    let mut tracker = None;
+    let mut unchanged = Vec::new();
+    if let Some(tr) = parent.and_then(|p| p.dirty.as_ref().map(|d| (p, d))) {
+        match crate::incr::collect(pid, tr.0, tr.1) {
+            Ok((t, delta)) => {
+                report.incremental_processes += 1;
+                report.written_pages += delta.written_pages;
+                report.dirty_scan += delta.scan_time;
+                unchanged = delta.unchanged;
+                tracker = Some(t);
+            }
+            Err(e) => tracing::warn!("pid {pid}: dirty tracking lost ({e}); dumping every page"),
+        }
+    }
+    // A tracker of an earlier chain still open in the process (a new full dump): re-armed
+    // below by re-reading it from scratch.
+    let stale_uffd = if tracker.is_none() {
+        own_uffd(
+            pid,
+            parent.and_then(|p| p.dirty.as_ref()).map(|d| d.uffd_fd),
+        )
+    } else {
+        None
+    };
+
     // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
     let mut sigactions = Vec::with_capacity(64);
     let mut itimers = Vec::with_capacity(3);
@@ -341,6 +454,26 @@ fn dump_process(
             threads[0].pending.push(Hex(info.to_vec()));
             redeliver.push((pid, pid, sig));
         }
+        if tracker.is_none() && opts.leave_running {
+            let armed = match stale_uffd {
+                Some(fd) => sys::dirty::DirtyTracker::reattach(
+                    pid,
+                    fd,
+                    Vec::new(),
+                    sys::dirty::Selection::default(),
+                )
+                .and_then(|mut t| t.collect().map(|_| t)),
+                None => {
+                    sys::dirty::DirtyTracker::arm_remote(pid, &mut rs, &crate::incr::arm_options())
+                }
+            };
+            match armed {
+                Ok(t) => tracker = Some(t),
+                Err(e) => tracing::warn!(
+                    "pid {pid}: dirty tracking not armed ({e}); a later --parent dump copies every page"
+                ),
+            }
+        }
         rs.finish().pid(pid)?;
     }
     let shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED)
@@ -355,9 +488,27 @@ fn dump_process(
         progress: opts.progress.as_ref(),
         done_before: copied_before,
         total_hint: 0,
+        unchanged: &unchanged,
     };
     let (pages, _bytes, took) = md.dump(&mut vmas)?;
     report.memory_copy += took;
+    report.in_parent_bytes += vmas
+        .iter()
+        .flat_map(|v| v.pages.iter())
+        .filter(|r| r.in_parent)
+        .map(|r| r.npages * sys::PAGE_SIZE)
+        .sum::<u64>();
+    let skip_fd = tracker.as_ref().and_then(|t| t.remote_fd()).or(stale_uffd);
+    let dirty = if opts.leave_running {
+        tracker.as_ref().and_then(|t| {
+            Some(image::DirtyTracking {
+                uffd_fd: t.remote_fd()?,
+                tracked: t.tracked().to_vec(),
+            })
+        })
+    } else {
+        None
+    };
 
     let mm = MmInfo {
         start_code: stat.start_code,
@@ -373,7 +524,7 @@ fn dump_process(
         env_end: stat.env_end,
         auxv: sys::proc::auxv(pid).pid(pid)?,
     };
-    Ok(Process {
+    let proc = Process {
         pid,
         ns_pid,
         ppid: stat.ppid,
@@ -409,5 +560,25 @@ fn dump_process(
         exit_signal: stat.exit_signal,
         seccomp_filters,
         no_new_privs: status.no_new_privs,
-    })
+        dirty,
+    };
+    Ok((proc, skip_fd))
+}
+
+/// The userfaultfd the engine left in `pid` earlier (`recorded` if still one, else the only
+/// userfaultfd of the process), if any.
+fn own_uffd(pid: i32, recorded: Option<i32>) -> Option<i32> {
+    let is_uffd = |fd: i32| {
+        sys::proc::read_link(&format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|l| l == "anon_inode:[userfaultfd]")
+    };
+    if let Some(fd) = recorded.filter(|&fd| is_uffd(fd)) {
+        return Some(fd);
+    }
+    let all: Vec<i32> = sys::proc::fds(pid)
+        .ok()?
+        .into_iter()
+        .filter(|&fd| is_uffd(fd))
+        .collect();
+    (all.len() == 1).then(|| all[0])
 }

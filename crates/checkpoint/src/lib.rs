@@ -10,6 +10,7 @@
 mod dump;
 mod files;
 mod freeze;
+mod incr;
 mod memory;
 mod shmem;
 
@@ -30,7 +31,8 @@ pub struct DumpOptions {
     pub image_dir: PathBuf,
     /// Keep the tree running after the dump instead of killing it.
     pub leave_running: bool,
-    /// Parent image for an incremental dump (not yet supported: refused).
+    /// Parent image for an incremental dump: only pages written since it are copied (where the
+    /// parent's dump left dirty tracking armed with `leave_running`).
     pub parent: Option<PathBuf>,
     /// The root is the init of its own PID namespace (launched by `understudy run`).
     pub pidns: bool,
@@ -64,6 +66,14 @@ pub struct DumpReport {
     pub memory_copy: std::time::Duration,
     /// Time waiting for the killed tree's pids to be free (zero with `leave_running`).
     pub reap_wait: std::time::Duration,
+    /// Processes dumped incrementally (their unchanged pages left in the parent).
+    pub incremental_processes: usize,
+    /// Pages reported written since the parent.
+    pub written_pages: u64,
+    /// Bytes of data left in the parent image.
+    pub in_parent_bytes: u64,
+    /// Time spent reading the dirty trackers (part of `frozen`).
+    pub dirty_scan: std::time::Duration,
 }
 
 /// Everything that makes a checkpoint fail.

@@ -6,7 +6,13 @@ pub use sys::ptrace::{RseqConfig, UserRegs};
 /// Version of the image format. Readers accept exactly the versions listed in
 /// [`SUPPORTED_VERSIONS`]; a change that old readers cannot skip bumps it.
 pub const FORMAT_VERSION: u32 = 1;
-pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+/// Version of an incremental image (one with a `parent`): its runs may be `in_parent`, which
+/// version-1 readers cannot restore, so such images say 2 and version-1 readers refuse them.
+/// Full images keep writing version 1.
+pub const INCREMENTAL_FORMAT_VERSION: u32 = 2;
+pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2];
+/// Longest chain of incremental images a reader follows.
+pub const MAX_CHAIN: usize = 64;
 
 /// The whole dumped tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +29,10 @@ pub struct Tree {
     pub pidns: bool,
     /// Image this one is incremental against (relative or absolute path), if any.
     pub parent: Option<String>,
+    /// CRC32C of the parent's whole `tree.img` file (set with `parent`): a parent replaced or
+    /// rewritten since is refused.
+    #[serde(default)]
+    pub parent_digest: Option<u32>,
     /// Processes, parents before children.
     pub processes: Vec<Process>,
     /// Open file descriptions, referenced by [`Fd::file`]; shared ones appear once.
@@ -72,6 +82,20 @@ pub struct Process {
     /// `PR_SET_NO_NEW_PRIVS`.
     #[serde(default)]
     pub no_new_privs: bool,
+    /// Dirty-page tracking left armed in the process (`--leave-running`), for a later
+    /// incremental dump with this image as its parent.
+    #[serde(default)]
+    pub dirty: Option<DirtyTracking>,
+}
+
+/// A userfaultfd (write-protect, async) left open in the dumped process by the dumper.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirtyTracking {
+    /// Its fd number in the process (left out of `fds`).
+    pub uffd_fd: i32,
+    /// Address ranges tracked since this dump's cut: a page inside them not reported written
+    /// by the next dump is unchanged since this image.
+    pub tracked: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,11 +41,150 @@ pub struct Loaded {
     pub pages: Vec<MappedFile>,
     /// Data of each shared memory object, by index in `tree.shmem`.
     pub shmem: Vec<MappedFile>,
+    /// Incremental image: its parent, grandparent, ... (pages files mapped).
+    pub ancestors: Vec<Ancestor>,
+    /// Per process of `tree`: where its `in_parent` runs are found in `ancestors`.
+    pub from_parents: Vec<Vec<Piece>>,
+}
+
+/// One parent image of the chain.
+pub struct Ancestor {
+    pub dir: PathBuf,
+    pub tree: Tree,
+    /// Pages file of each process of `tree`.
+    pub pages: Vec<MappedFile>,
+}
+
+/// Pages of a restored process whose data is in an ancestor's pages file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Index in `Loaded::ancestors`.
+    pub level: usize,
+    /// Index of the process in that ancestor's tree.
+    pub proc: usize,
+    pub addr: u64,
+    pub len: u64,
+    /// Byte offset in that process's page data.
+    pub offset: u64,
+}
+
+/// Checks the page runs of `p` against its mappings and pages file.
+fn check_runs(
+    p: &Process,
+    allow_in_parent: bool,
+    bad: &dyn Fn(String) -> RestoreError,
+) -> Result<()> {
+    let mut expect = 0u64;
+    for v in &p.vmas {
+        let mut prev_end = v.start;
+        for r in &v.pages {
+            let end = r.vaddr + r.npages * PAGE_SIZE;
+            let fits = r.vaddr >= prev_end && end <= v.end && r.npages > 0;
+            let stored_ok = r.in_parent && allow_in_parent || !r.in_parent && r.offset == expect;
+            if !fits || !stored_ok {
+                return Err(bad(format!(
+                    "pid {}: page run at {:#x} does not fit its mapping or file{}",
+                    p.pid,
+                    r.vaddr,
+                    if r.in_parent && !allow_in_parent {
+                        " (in parent, but the image has no parent)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            prev_end = end;
+            if !r.in_parent {
+                expect += r.npages * PAGE_SIZE;
+            }
+        }
+    }
+    if expect != p.pages.len {
+        return Err(bad(format!(
+            "pid {}: page runs cover {expect} bytes, pages file has {}",
+            p.pid, p.pages.len
+        )));
+    }
+    Ok(())
+}
+
+/// Finds `[s, e)` of process `pid` in `ancestors[level..]`.
+fn resolve(
+    ancestors: &[Ancestor],
+    level: usize,
+    pid: i32,
+    s: u64,
+    e: u64,
+    out: &mut Vec<Piece>,
+) -> Result<()> {
+    let missing = || {
+        let (dir, _) = ancestors
+            .get(level)
+            .map_or((PathBuf::new(), ()), |a| (a.dir.clone(), ()));
+        RestoreError::Image(image::ImageError::Parent {
+            file: dir.join(image::TREE_FILE),
+            parent: dir.clone(),
+            why: format!(
+                "holds no data for pid {pid} pages {s:#x}-{e:#x} that its child says are in it"
+            ),
+        })
+    };
+    let a = ancestors.get(level).ok_or_else(missing)?;
+    let pi = a
+        .tree
+        .processes
+        .iter()
+        .position(|q| q.pid == pid)
+        .ok_or_else(missing)?;
+    let mut covered = 0u64;
+    for r in a.tree.processes[pi]
+        .vmas
+        .iter()
+        .flat_map(|v| v.pages.iter())
+    {
+        let rs = r.vaddr;
+        let re = r.vaddr + r.npages * PAGE_SIZE;
+        let (cs, ce) = (rs.max(s), re.min(e));
+        if cs >= ce {
+            continue;
+        }
+        covered += ce - cs;
+        if r.in_parent {
+            resolve(ancestors, level + 1, pid, cs, ce, out)?;
+        } else {
+            let offset = r.offset + (cs - rs);
+            match out.last_mut() {
+                Some(l)
+                    if l.level == level
+                        && l.proc == pi
+                        && l.addr + l.len == cs
+                        && l.offset + l.len == offset =>
+                {
+                    l.len += ce - cs
+                }
+                _ => out.push(Piece {
+                    level,
+                    proc: pi,
+                    addr: cs,
+                    len: ce - cs,
+                    offset,
+                }),
+            }
+        }
+    }
+    if covered != e - s {
+        return Err(missing());
+    }
+    Ok(())
 }
 
 impl Loaded {
     pub fn load(dir: &Path) -> Result<Loaded> {
-        let tree = image::read_tree(dir)?;
+        let mut chain = image::read_chain(dir)?.into_iter();
+        let tree = match chain.next() {
+            Some((_, t)) => t,
+            None => image::read_tree(dir)?,
+        };
         let tf = dir.join(image::TREE_FILE);
         let bad = |why: String| {
             RestoreError::Image(image::ImageError::Corrupt {
@@ -85,25 +224,48 @@ impl Loaded {
                     )));
                 }
             }
-            let mut expect = 0u64;
-            for v in &p.vmas {
-                for r in &v.pages {
-                    let end = r.vaddr + r.npages * PAGE_SIZE;
-                    if r.in_parent || r.vaddr < v.start || end > v.end || r.offset != expect {
-                        return Err(bad(format!(
-                            "pid {}: page run at {:#x} does not fit its mapping or file",
-                            p.pid, r.vaddr
-                        )));
-                    }
-                    expect += r.npages * PAGE_SIZE;
-                }
+            check_runs(p, tree.parent.is_some(), &bad)?;
+        }
+        let mut ancestors = Vec::new();
+        for (adir, atree) in chain {
+            let atf = adir.join(image::TREE_FILE);
+            let abad = |why: String| {
+                RestoreError::Image(image::ImageError::Corrupt {
+                    file: atf.clone(),
+                    what: why,
+                })
+            };
+            let mut pages = Vec::with_capacity(atree.processes.len());
+            for p in &atree.processes {
+                check_runs(p, atree.parent.is_some(), &abad)?;
+                let f = image::open_pages(&adir, &p.pages)?;
+                pages.push(MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?);
             }
-            if expect != p.pages.len {
-                return Err(bad(format!(
-                    "pid {}: page runs cover {expect} bytes, pages file has {}",
-                    p.pid, p.pages.len
-                )));
+            ancestors.push(Ancestor {
+                dir: adir,
+                tree: atree,
+                pages,
+            });
+        }
+        let mut from_parents = Vec::with_capacity(tree.processes.len());
+        for p in &tree.processes {
+            let mut pieces = Vec::new();
+            for r in p
+                .vmas
+                .iter()
+                .flat_map(|v| v.pages.iter())
+                .filter(|r| r.in_parent)
+            {
+                resolve(
+                    &ancestors,
+                    0,
+                    p.pid,
+                    r.vaddr,
+                    r.vaddr + r.npages * PAGE_SIZE,
+                    &mut pieces,
+                )?;
             }
+            from_parents.push(pieces);
         }
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
@@ -125,6 +287,8 @@ impl Loaded {
             tree,
             pages,
             shmem,
+            ancestors,
+            from_parents,
         })
     }
 
@@ -136,6 +300,11 @@ impl Loaded {
         }
         for (o, m) in self.tree.shmem.iter().zip(&self.shmem) {
             image::check_pages_data(&self.dir, &o.data, m.as_slice())?;
+        }
+        for a in &self.ancestors {
+            for (p, m) in a.tree.processes.iter().zip(&a.pages) {
+                image::check_pages_data(&a.dir, &p.pages, m.as_slice())?;
+            }
         }
         Ok(())
     }
@@ -390,7 +559,8 @@ pub fn restore_tree(
         }
         rs.finish().pid(p.pid)?;
     }
-    let total: u64 = tree.processes.iter().map(|p| p.pages.len).sum();
+    let total: u64 = tree.processes.iter().map(|p| p.pages.len).sum::<u64>()
+        + l.from_parents.iter().flatten().map(|x| x.len).sum::<u64>();
     let mut done = 0u64;
     let mut finals: Vec<(i32, &image::Thread)> = Vec::new();
     for (i, p) in tree.processes.iter().enumerate() {
@@ -405,6 +575,7 @@ pub fn restore_tree(
             pid,
             tree.pidns,
             &l.pages[i],
+            (&l.from_parents[i], &l.ancestors),
             files.base,
             files.shm_base,
             &mut stubs,
@@ -487,6 +658,7 @@ fn rebuild(
     pid: i32,
     pidns: bool,
     pages: &MappedFile,
+    parents: (&[Piece], &[Ancestor]),
     files_base: i32,
     shm_base: i32,
     stubs: &mut Stubs,
@@ -686,12 +858,38 @@ fn rebuild(
         .vmas
         .iter()
         .flat_map(|v| v.pages.iter())
+        .filter(|r| !r.in_parent)
         .map(|r| RemoteRange {
             addr: r.vaddr,
             len: r.npages * PAGE_SIZE,
         })
         .collect();
     write_pages(pid, data, &ranges, opts, done, total)?;
+    // Incremental image: the unchanged pages, from the parent chain.
+    for x in parents.0 {
+        let src = parents.1[x.level].pages[x.proc].as_slice();
+        let at = usize::try_from(x.offset).unwrap_or(usize::MAX);
+        let len = usize::try_from(x.len).unwrap_or(usize::MAX);
+        let bytes = src
+            .get(at..at.saturating_add(len))
+            .ok_or_else(|| RestoreError::Invalid {
+                pid: p.pid,
+                why: format!(
+                    "parent page data at {:#x} is outside its pages file",
+                    x.offset
+                ),
+            })?;
+        sys::mem::write_vectored(
+            pid,
+            bytes,
+            &[RemoteRange {
+                addr: x.addr,
+                len: x.len,
+            }],
+        )
+        .pid(pid)?;
+        *done += x.len;
+    }
     for v in reprotect {
         rs.syscall(
             "mprotect",
