@@ -34,6 +34,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     let opts = &eff;
+    let pool = crate::memory::buffer_pool();
+    // An incremental dump writes only what changed: nothing worth reserving.
+    if parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
+        reserve_space(opts);
+    }
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     tracing::debug!("frozen at {:?}", t_freeze.elapsed());
@@ -45,7 +50,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
     let mut redeliver = Vec::new();
-    let tree = match collect(opts, parent.as_ref(), &frozen, &mut report, &mut redeliver) {
+    let tree = match collect(
+        opts,
+        parent.as_ref(),
+        &frozen,
+        &mut report,
+        &mut redeliver,
+        &pool,
+    ) {
         Ok(t) => t,
         Err(e) => {
             cleanup_dir(&opts.image_dir);
@@ -59,6 +71,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     }
     report.frozen = t_freeze.elapsed();
     tracing::debug!("tree.img written at {:?}", report.frozen);
+    // Space reserved for processes that were not dumped (they exited meanwhile).
+    if let Ok(rd) = std::fs::read_dir(&opts.image_dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("pages-") && !tree.processes.iter().any(|p| p.pages.file == n) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     if opts.leave_running {
         frozen.detach();
         for (pid, tid, sig) in redeliver {
@@ -76,6 +97,32 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     Ok(report)
+}
+
+/// Reserves each process's pages file at about its resident anonymous size while the tree
+/// still runs (best effort: a wrong estimate only costs the time it would have cost anyway).
+fn reserve_space(opts: &DumpOptions) {
+    let mut queue = vec![opts.root_pid];
+    let mut n = 0;
+    while let Some(pid) = queue.pop() {
+        n += 1;
+        if n > 4096 {
+            break;
+        }
+        let rss = sys::proc::read_to_string(&format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("RssAnon:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            });
+        if let Some(kib) = rss {
+            let name = format!("pages-{pid}.img");
+            let _ = image::reserve_pages(&opts.image_dir, &name, kib * 1024, sys::files::fallocate);
+        }
+        queue.extend(sys::proc::children(pid).unwrap_or_default());
+    }
 }
 
 fn prepare_dir(dir: &std::path::Path) -> Result<()> {
@@ -186,6 +233,7 @@ fn collect(
     frozen: &Frozen,
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
@@ -197,7 +245,8 @@ fn collect(
                 .then(|| par.tree.processes.iter().find(|q| q.pid == fp.pid))
                 .flatten()
         });
-        let (mut p, skip_fd) = dump_process(opts, pp, fp, copied, report, &mut shm, redeliver)?;
+        let (mut p, skip_fd) =
+            dump_process(opts, pp, fp, copied, report, &mut shm, redeliver, pool)?;
         if i == 0 {
             p.ppid = 0;
         }
@@ -235,6 +284,8 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Dumps one process; also returns the fd of the dirty tracker in it (left out of `fds`).
+// The dump state is threaded through explicitly (parent record, report, tables, buffers).
+#[allow(clippy::too_many_arguments)]
 fn dump_process(
     opts: &DumpOptions,
     parent: Option<&Process>,
@@ -243,6 +294,7 @@ fn dump_process(
     report: &mut DumpReport,
     shm: &mut ShmemTable,
     redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
 ) -> Result<(Process, Option<i32>)> {
     let pid = fp.pid;
     let t0 = Instant::now();
@@ -497,6 +549,7 @@ fn dump_process(
         .collect();
 
     let md = MemoryDumper {
+        pool,
         pid,
         dir: &opts.image_dir,
         progress: opts.progress.as_ref(),

@@ -84,7 +84,14 @@ pub fn classify(pid: i32, m: &MapEntry) -> Result<Option<VmaKind>> {
 }
 
 /// Copies the data pages of every mapping into `dir/pages-PID.img`; fills each `Vma::pages`.
+/// A pool of copy buffers, faulted in (allocate it before freezing).
+pub fn buffer_pool() -> std::sync::Mutex<Vec<Vec<u8>>> {
+    std::sync::Mutex::new((0..3).map(|_| vec![1u8; BATCH]).collect())
+}
+
 pub struct MemoryDumper<'a> {
+    /// Copy buffers, allocated and faulted in before the freeze and reused for every process.
+    pub pool: &'a std::sync::Mutex<Vec<Vec<u8>>>,
     pub pid: i32,
     pub dir: &'a Path,
     pub progress: Option<&'a ProgressFn>,
@@ -177,10 +184,18 @@ impl MemoryDumper<'_> {
         let mut w = PagesWriter::create(self.dir, &name)?;
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
         let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let take = || {
+            self.pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_else(|| vec![0u8; BATCH])
+        };
         for _ in 0..2 {
-            let _ = empty_tx.send(vec![0u8; BATCH]);
+            let _ = empty_tx.send(take());
         }
-        let (res, wres) = std::thread::scope(|s| {
+        let first = take();
+        let (res, wres, last) = std::thread::scope(|s| {
             let writer = s.spawn(move || -> Result<PagesWriter> {
                 let mut busy = std::time::Duration::ZERO;
                 while let Ok((buf, used, crc)) = full_rx.recv() {
@@ -195,7 +210,7 @@ impl MemoryDumper<'_> {
             let mut r = Reader {
                 pid,
                 batch: Batch {
-                    buf: vec![0u8; BATCH],
+                    buf: first,
                     used: 0,
                     ranges: Vec::new(),
                 },
@@ -210,6 +225,7 @@ impl MemoryDumper<'_> {
             };
             let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
             tracing::debug!("pid {pid}: process_vm_readv busy {:?}", r.busy);
+            let last = std::mem::take(&mut r.batch.buf);
             drop(r);
             let wres = writer.join().unwrap_or_else(|_| {
                 Err(CheckpointError::Tree {
@@ -217,8 +233,12 @@ impl MemoryDumper<'_> {
                     why: "image writer thread panicked".into(),
                 })
             });
-            (res, wres)
+            (res, wres, last)
         });
+        if let Ok(mut p) = self.pool.lock() {
+            p.push(last);
+            p.extend(empty_rx.try_iter());
+        }
         let w = wres?;
         res?;
         let copied = w.len();

@@ -283,9 +283,16 @@ pub struct PagesWriter {
 
 impl PagesWriter {
     /// Creates `dir/name`.
+    /// Creates `dir/name`, or reuses a file of that name whose space was reserved beforehand
+    /// (see [`reserve_pages`]): its content is overwritten and its length set by `finish`.
     pub fn create(dir: &Path, name: &str) -> Result<Self> {
         let path = dir.join(name);
-        let file = File::create(&path).map_err(io_err(&path))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
         file.write_all_at(&pages_header(0, 0), 0)
             .map_err(io_err(&path))?;
         Ok(PagesWriter {
@@ -325,6 +332,9 @@ impl PagesWriter {
     /// Writes the final header and returns the reference `tree.img` keeps.
     pub fn finish(self) -> Result<PagesRef> {
         self.file
+            .set_len(PAGES_HEADER_LEN + self.len)
+            .map_err(io_err(&self.path))?;
+        self.file
             .write_all_at(&pages_header(self.len, self.crc), 0)
             .map_err(io_err(&self.path))?;
         Ok(PagesRef {
@@ -333,6 +343,20 @@ impl PagesWriter {
             crc32c: self.crc,
         })
     }
+}
+
+/// Reserves space for about `bytes` of page data in `dir/name` before a dump, with `reserve`
+/// (e.g. `fallocate`) applied to the new file: the page cache (or blocks) is allocated while
+/// the tree still runs, so the frozen copy only has to fill it.
+pub fn reserve_pages(
+    dir: &Path,
+    name: &str,
+    bytes: u64,
+    reserve: impl FnOnce(&File, u64) -> std::io::Result<()>,
+) -> Result<()> {
+    let path = dir.join(name);
+    let file = File::create(&path).map_err(io_err(&path))?;
+    reserve(&file, PAGES_HEADER_LEN + bytes).map_err(io_err(&path))
 }
 
 /// Checks a pages file header against its reference and returns the open file.

@@ -122,3 +122,15 @@ pub fn data_ranges(fd: &OwnedFd, size: u64) -> Result<Vec<(u64, u64)>> {
     }
     Ok(out)
 }
+
+/// `fallocate(fd, 0, 0, len)`: allocates the file's space (tmpfs: its pages) now.
+pub fn fallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    let l =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fallocate on a valid fd with integer arguments.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, l) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
