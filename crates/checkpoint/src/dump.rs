@@ -17,6 +17,12 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Dumps the tree rooted at `opts.root_pid` into `opts.image_dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
+    if opts.live_memory && !opts.leave_running {
+        return Err(CheckpointError::ImageDir {
+            path: opts.image_dir.clone(),
+            why: "a live memory copy needs leave_running".into(),
+        });
+    }
     prepare_dir(&opts.image_dir)?;
     let parent = match &opts.parent {
         Some(p) => Some(ParentImage::open(p, &opts.image_dir)?),
@@ -50,13 +56,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
     let mut redeliver = Vec::new();
-    let tree = match collect(
+    let mut live_jobs = Vec::new();
+    let mut tree = match collect(
         opts,
         parent.as_ref(),
         &frozen,
         &mut report,
         &mut redeliver,
         &pool,
+        &mut live_jobs,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -65,6 +73,46 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     };
     tracing::debug!("tree collected at {:?}", t_freeze.elapsed());
+    if opts.live_memory {
+        // The state is taken and the trackers are armed (or read) at the cut: let the tree run
+        // and copy the memory while it does. Pages it writes from now on are reported by the
+        // next round's trackers, so a page copied after a change is copied again.
+        frozen.detach();
+        report.frozen = t_freeze.elapsed();
+        for (pid, tid, sig) in redeliver {
+            let _ = sys::pid::tgkill(pid, tid, sig);
+        }
+        let mut copied = 0u64;
+        for (i, unchanged) in live_jobs {
+            let p = &mut tree.processes[i];
+            let md = MemoryDumper {
+                pool: &pool,
+                pid: p.pid,
+                dir: &opts.image_dir,
+                progress: opts.progress.as_ref(),
+                done_before: copied,
+                total_hint: 0,
+                unchanged: &unchanged,
+            };
+            let (pages, _, took) = match md.dump(&mut p.vmas) {
+                Ok(r) => r,
+                Err(e) => {
+                    cleanup_dir(&opts.image_dir);
+                    return Err(e);
+                }
+            };
+            report.memory_copy += took;
+            report.in_parent_bytes += in_parent_bytes(&p.vmas);
+            copied += pages.len;
+            p.pages = pages;
+        }
+        report.pages_bytes = copied;
+        if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
+            cleanup_dir(&opts.image_dir);
+            return Err(e.into());
+        }
+        return Ok(report);
+    }
     if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
         cleanup_dir(&opts.image_dir);
         return Err(e.into());
@@ -234,6 +282,7 @@ fn collect(
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
@@ -245,8 +294,11 @@ fn collect(
                 .then(|| par.tree.processes.iter().find(|q| q.pid == fp.pid))
                 .flatten()
         });
-        let (mut p, skip_fd) =
+        let (mut p, skip_fd, unchanged) =
             dump_process(opts, pp, fp, copied, report, &mut shm, redeliver, pool)?;
+        if opts.live_memory {
+            live_jobs.push((i, unchanged));
+        }
         if i == 0 {
             p.ppid = 0;
         }
@@ -270,6 +322,7 @@ fn collect(
         pidns: opts.pidns,
         parent: parent.map(|p| p.recorded.clone()),
         parent_digest: parent.map(|p| p.digest),
+        live_memory: opts.live_memory,
         processes,
         files: files.files,
         shmem: shm.objects,
@@ -283,7 +336,8 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Dumps one process; also returns the fd of the dirty tracker in it (left out of `fds`).
+/// Dumps one process; also returns the fd of the dirty tracker in it (left out of `fds`) and
+/// the ranges left in the parent (for a live copy done by the caller).
 // The dump state is threaded through explicitly (parent record, report, tables, buffers).
 #[allow(clippy::too_many_arguments)]
 fn dump_process(
@@ -295,7 +349,7 @@ fn dump_process(
     shm: &mut ShmemTable,
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
-) -> Result<(Process, Option<i32>)> {
+) -> Result<(Process, Option<i32>, crate::incr::Ranges)> {
     let pid = fp.pid;
     let t0 = Instant::now();
     let status = sys::proc::status(pid).pid(pid)?;
@@ -548,24 +602,25 @@ fn dump_process(
         .map(|s| Hex(s.to_vec()))
         .collect();
 
-    let md = MemoryDumper {
-        pool,
-        pid,
-        dir: &opts.image_dir,
-        progress: opts.progress.as_ref(),
-        done_before: copied_before,
-        total_hint: 0,
-        unchanged: &unchanged,
+    // Live copy: done by the caller once the tree runs again.
+    let pages = if opts.live_memory {
+        image::PagesRef::default()
+    } else {
+        let md = MemoryDumper {
+            pool,
+            pid,
+            dir: &opts.image_dir,
+            progress: opts.progress.as_ref(),
+            done_before: copied_before,
+            total_hint: 0,
+            unchanged: &unchanged,
+        };
+        let (pages, _bytes, took) = md.dump(&mut vmas)?;
+        report.memory_copy += took;
+        tracing::debug!("pid {pid}: memory copied at {:?}", t0.elapsed());
+        report.in_parent_bytes += in_parent_bytes(&vmas);
+        pages
     };
-    let (pages, _bytes, took) = md.dump(&mut vmas)?;
-    report.memory_copy += took;
-    tracing::debug!("pid {pid}: memory copied at {:?}", t0.elapsed());
-    report.in_parent_bytes += vmas
-        .iter()
-        .flat_map(|v| v.pages.iter())
-        .filter(|r| r.in_parent)
-        .map(|r| r.npages * sys::PAGE_SIZE)
-        .sum::<u64>();
     let skip_fd = tracker.as_ref().and_then(|t| t.remote_fd()).or(stale_uffd);
     let dirty = if opts.leave_running {
         tracker.as_ref().and_then(|t| {
@@ -630,7 +685,15 @@ fn dump_process(
         no_new_privs: status.no_new_privs,
         dirty,
     };
-    Ok((proc, skip_fd))
+    Ok((proc, skip_fd, unchanged))
+}
+
+fn in_parent_bytes(vmas: &[Vma]) -> u64 {
+    vmas.iter()
+        .flat_map(|v| v.pages.iter())
+        .filter(|r| r.in_parent)
+        .map(|r| r.npages * sys::PAGE_SIZE)
+        .sum()
 }
 
 /// The userfaultfd the engine left in `pid` earlier (`recorded` if still one, else the only

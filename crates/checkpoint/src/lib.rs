@@ -12,12 +12,14 @@ mod files;
 mod freeze;
 mod incr;
 mod memory;
+pub mod precopy;
 mod shmem;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use dump::dump;
+pub use precopy::{precopy, PreCopyOptions, RoundReport};
 
 /// Progress callback: bytes of memory copied so far, and the total expected.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -38,6 +40,10 @@ pub struct DumpOptions {
     pub pidns: bool,
     /// Called while memory is copied.
     pub progress: Option<ProgressFn>,
+    /// Pre-copy round: take the state and arm (or read) the dirty trackers while frozen, then
+    /// let the tree run and copy the memory while it runs. The image is marked `live_memory`:
+    /// only usable as the parent of a later dump (see [`precopy`]). Needs `leave_running`.
+    pub live_memory: bool,
 }
 
 impl std::fmt::Debug for DumpOptions {
@@ -48,6 +54,7 @@ impl std::fmt::Debug for DumpOptions {
             .field("leave_running", &self.leave_running)
             .field("parent", &self.parent)
             .field("pidns", &self.pidns)
+            .field("live_memory", &self.live_memory)
             .finish()
     }
 }

@@ -474,6 +474,7 @@ mod tests {
             pidns: false,
             parent: None,
             parent_digest: None,
+            live_memory: false,
             processes: vec![Process {
                 pid: 42,
                 ns_pid: 42,

@@ -33,6 +33,11 @@ pub struct Tree {
     /// rewritten since is refused.
     #[serde(default)]
     pub parent_digest: Option<u32>,
+    /// Pre-copy round: the memory was copied while the tree ran, so pages may be newer than
+    /// the rest of the state. Valid only as the parent of a later image (whose dump re-copies
+    /// every page written since this image's cut); restore refuses it as the newest link.
+    #[serde(default)]
+    pub live_memory: bool,
     /// Processes, parents before children.
     pub processes: Vec<Process>,
     /// Open file descriptions, referenced by [`Fd::file`]; shared ones appear once.

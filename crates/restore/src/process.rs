@@ -195,6 +195,12 @@ impl Loaded {
         if tree.processes.is_empty() {
             return Err(bad("no processes".into()));
         }
+        if tree.live_memory {
+            return Err(bad(
+                "a pre-copy round (memory copied while the tree ran) cannot be restored by itself; restore the final image of the pre-copy, which names this one as its parent"
+                    .into(),
+            ));
+        }
         let mut seen = BTreeMap::new();
         for (i, p) in tree.processes.iter().enumerate() {
             if i > 0 && !seen.contains_key(&p.ppid) {

@@ -24,6 +24,10 @@ fn tracking_armed(img: &Path) -> bool {
 
 fn write_round(w: &Workload, n: usize) {
     std::fs::write(w.dir.path().join(format!("write-{n}")), b"x").unwrap();
+    wait_written(w, n);
+}
+
+fn wait_written(w: &Workload, n: usize) {
     let ack = w.dir.path().join(format!("wrote-{n}"));
     let t = Instant::now();
     while !ack.exists() {
@@ -180,4 +184,72 @@ fn missing_or_mismatched_parent_is_refused_by_name() {
         Path::new(&format!("/proc/{}", w.pid)).exists(),
         "the running process was not touched"
     );
+}
+
+#[test]
+fn precopy_rounds_then_frozen_final_round_restore_exactly() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("incr", &[]);
+    let w = start_with_arg(&prog, "64");
+    let root = w.dir.path().to_path_buf();
+    let mut n = 0usize;
+    let opts = checkpoint::PreCopyOptions {
+        root_pid: w.pid,
+        dir: root.join("pre"),
+        max_live_rounds: 3,
+        converged_bytes: 0,
+        leave_running: false,
+        pidns: false,
+    };
+    // Between rounds, and overlapping the next live round, the workload rewrites 1%.
+    let rounds = checkpoint::precopy(&opts, |r| {
+        eprintln!(
+            "round {}: live {} pages {} bytes {} written {} frozen {:?}",
+            r.round, r.live, r.pages, r.bytes, r.written_pages, r.frozen
+        );
+        if r.live {
+            // Round N's rewrite starts now and overlaps round N+1 (its cut and its live
+            // copy); only the final, frozen round waits for a quiet workload.
+            if n > 0 {
+                wait_written(&w, n - 1);
+            }
+            std::fs::write(w.dir.path().join(format!("write-{n}")), b"x").unwrap();
+            if r.round + 1 == 3 {
+                wait_written(&w, n);
+            }
+            n += 1;
+        }
+    })
+    .expect("precopy");
+    assert_eq!(rounds.len(), 4, "3 live rounds and the final one");
+    if !tracking_armed(&rounds[0].image_dir) {
+        eprintln!("skipped: dirty tracking (userfaultfd write-protect, async) is not available");
+        return;
+    }
+    assert!(rounds[0].bytes >= 64 << 20);
+    for r in &rounds[1..] {
+        assert!(
+            r.bytes < 4 << 20,
+            "round {} copied {} bytes",
+            r.round,
+            r.bytes
+        );
+        assert!(
+            r.written_pages >= 160,
+            "round {}: {} pages written",
+            r.round,
+            r.written_pages
+        );
+    }
+    assert!(!rounds[3].live);
+    // A live round alone is refused; the final round restores the process exactly.
+    let o = restore(&rounds[2].image_dir);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pre-copy round"));
+    ok(&restore(&rounds[3].image_dir), "restore final round");
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
 }

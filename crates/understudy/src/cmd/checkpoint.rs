@@ -61,6 +61,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         parent: args.parent.clone(),
         pidns,
         progress,
+        live_memory: false,
     };
     let report = match checkpoint::dump(&opts) {
         Ok(r) => r,
