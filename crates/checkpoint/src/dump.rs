@@ -431,7 +431,9 @@ fn dump_process(
     // per GiB of present memory here, the largest part of an incremental dump's freeze.
     // Reading it on another thread during the dump did not help on 2 loaded cores (the
     // injected calls then waited for CPU as long).
+    let t_flags = Instant::now();
     let flags = sys::proc::vm_flags(pid).pid(pid)?;
+    report.vm_flags_read += t_flags.elapsed();
     let mut vmas = Vec::new();
     for m in &maps {
         if let Some(mut kind) = classify(pid, m)? {

@@ -81,6 +81,9 @@ pub struct DumpReport {
     pub in_parent_bytes: u64,
     /// Time spent reading the dirty trackers (part of `frozen`).
     pub dirty_scan: std::time::Duration,
+    /// Time spent reading `/proc/PID/smaps` for the madvise flags (part of `frozen`; it walks
+    /// every page table).
+    pub vm_flags_read: std::time::Duration,
 }
 
 /// Everything that makes a checkpoint fail.
