@@ -870,8 +870,8 @@ fn rebuild(
             len: r.npages * PAGE_SIZE,
         })
         .collect();
-    write_pages(pid, data, &ranges, opts, done, total)?;
-    // Incremental image: the unchanged pages, from the parent chain.
+    // Incremental image: the unchanged pages come from the parent chain.
+    let mut from_parents: Vec<(u64, &[u8])> = Vec::with_capacity(parents.0.len());
     for x in parents.0 {
         let src = parents.1[x.level].pages[x.proc].as_slice();
         let at = usize::try_from(x.offset).unwrap_or(usize::MAX);
@@ -885,16 +885,22 @@ fn rebuild(
                     x.offset
                 ),
             })?;
-        sys::mem::write_vectored(
-            pid,
-            bytes,
-            &[RemoteRange {
-                addr: x.addr,
-                len: x.len,
-            }],
-        )
-        .pid(pid)?;
-        *done += x.len;
+        from_parents.push((x.addr, bytes));
+    }
+    let uffd = if std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
+        None
+    } else {
+        remote_uffd(&mut rs, pid)
+    };
+    match uffd {
+        Some(u) => fill_with_uffd(pid, p, data, &from_parents, &u, opts, done, total)?,
+        None => {
+            write_pages(pid, data, &ranges, opts, done, total)?;
+            for &(addr, bytes) in &from_parents {
+                sys::mem::write_exact(pid, bytes, addr).pid(pid)?;
+                *done += bytes.len() as u64;
+            }
+        }
     }
     for v in reprotect {
         rs.syscall(
@@ -1262,6 +1268,118 @@ fn open_remote(
         .pid(pid)?;
     cache.insert((path.to_string(), flags != 0), fd);
     Ok(fd)
+}
+
+/// Creates a userfaultfd inside the target (injected) and takes it; `None` when the kernel
+/// or the configuration refuses (the caller falls back to `process_vm_writev`).
+fn remote_uffd(rs: &mut RemoteSyscalls, pid: i32) -> Option<sys::uffd_fill::RemoteUffd> {
+    let fd = rs
+        .syscall("userfaultfd", nr::USERFAULTFD, [0o2000000, 0, 0, 0, 0, 0])
+        .ok()?;
+    let got = sys::pid::pidfd_open(pid)
+        .and_then(|pidfd| sys::pid::pidfd_getfd(&pidfd, i32::try_from(fd).unwrap_or(-1)));
+    let _ = rs.syscall("close(userfaultfd)", nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+    match got.and_then(sys::uffd_fill::RemoteUffd::new) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::debug!("pid {pid}: no userfaultfd fill ({e}); using process_vm_writev");
+            None
+        }
+    }
+}
+
+/// Fills private anonymous mappings with `UFFDIO_COPY` (no zeroing of the new pages) and the
+/// rest with `process_vm_writev`, on two threads. `from_parents` are pages of an incremental
+/// image found in its parent chain (address, data).
+#[allow(clippy::too_many_arguments)]
+fn fill_with_uffd(
+    pid: i32,
+    p: &Process,
+    data: &[u8],
+    from_parents: &[(u64, &[u8])],
+    uffd: &sys::uffd_fill::RemoteUffd,
+    opts: &RestoreOptions,
+    done: &mut u64,
+    total: u64,
+) -> Result<()> {
+    const PIECE: u64 = 4 << 20;
+    // (dst, source bytes, via uffd)
+    let mut jobs: Vec<(u64, &[u8], bool)> = Vec::new();
+    let slice = |at: u64, n: u64| -> Result<&[u8]> {
+        let at = usize::try_from(at).unwrap_or(usize::MAX);
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        data.get(at..at.saturating_add(n))
+            .ok_or_else(|| RestoreError::Invalid {
+                pid,
+                why: "page run outside the pages file".into(),
+            })
+    };
+    let mut registered = Vec::new();
+    for v in &p.vmas {
+        if v.pages.is_empty() {
+            continue;
+        }
+        let anon = matches!(v.kind, VmaKind::Anon { .. } | VmaKind::Stack);
+        let via = anon && uffd.register(v.start, v.end - v.start).is_ok();
+        if via {
+            registered.push((v.start, v.end - v.start));
+        }
+        for r in v.pages.iter().filter(|r| !r.in_parent) {
+            let mut off = 0u64;
+            let len = r.npages * PAGE_SIZE;
+            while off < len {
+                let n = PIECE.min(len - off);
+                jobs.push((r.vaddr + off, slice(r.offset + off, n)?, via));
+                off += n;
+            }
+        }
+    }
+    let piece = usize::try_from(PIECE).unwrap_or(usize::MAX);
+    for &(addr, bytes) in from_parents {
+        let via = registered
+            .iter()
+            .any(|&(s, l)| addr >= s && addr + bytes.len() as u64 <= s + l);
+        for (k, part) in bytes.chunks(piece).enumerate() {
+            jobs.push((addr + (k * piece) as u64, part, via));
+        }
+    }
+    let bytes_total: u64 = jobs.iter().map(|j| j.1.len() as u64).sum();
+    let run = |js: &[(u64, &[u8], bool)]| -> Result<()> {
+        for &(dst, src, via) in js {
+            if via {
+                if let Err(e) = uffd.copy(dst, src) {
+                    // Fall back for this piece (pages already copied are simply overwritten).
+                    tracing::debug!("pid {pid}: {e}; falling back to process_vm_writev");
+                    sys::mem::write_exact(pid, src, dst).pid(pid)?;
+                }
+            } else {
+                sys::mem::write_exact(pid, src, dst).pid(pid)?;
+            }
+        }
+        Ok(())
+    };
+    let half = jobs.len() / 2;
+    let (a, b) = jobs.split_at(half);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| run(b));
+        let r = run(a);
+        h.join()
+            .unwrap_or_else(|_| {
+                Err(RestoreError::Invalid {
+                    pid,
+                    why: "page writer panicked".into(),
+                })
+            })
+            .and(r)
+    })?;
+    for (start, len) in registered {
+        uffd.unregister(start, len).pid(pid)?;
+    }
+    *done += bytes_total;
+    if let Some(pf) = &opts.progress {
+        pf(*done, total);
+    }
+    Ok(())
 }
 
 /// Writes the pages with two threads when there is enough to share (page allocation in the

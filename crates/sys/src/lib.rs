@@ -15,6 +15,7 @@ pub mod pipe;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod uffd_fill;
 
 // Issue 3 building blocks (branch ckptnet), see docs/issue3-building-blocks.md
 pub mod dirty;

@@ -105,6 +105,7 @@ pub mod nr {
     pub const SET_TID_ADDRESS: u64 = 218;
     pub const SECCOMP: u64 = 317;
     pub const MADVISE: u64 = 28;
+    pub const USERFAULTFD: u64 = 323;
 }
 
 /// Finds a `syscall` instruction (0f 05) in the given vDSO range of `pid`.
