@@ -1335,12 +1335,22 @@ fn fill_with_uffd(
         }
     }
     let piece = usize::try_from(PIECE).unwrap_or(usize::MAX);
+    // A piece from the parent chain may span adjacent mappings: split it at their bounds, so a
+    // part in a registered mapping goes through UFFDIO_COPY (a plain write there would wait
+    // for a missing-page handler that is not running).
     for &(addr, bytes) in from_parents {
-        let via = registered
-            .iter()
-            .any(|&(s, l)| addr >= s && addr + bytes.len() as u64 <= s + l);
-        for (k, part) in bytes.chunks(piece).enumerate() {
-            jobs.push((addr + (k * piece) as u64, part, via));
+        let end = addr + bytes.len() as u64;
+        for v in p.vmas.iter().filter(|v| v.start < end && v.end > addr) {
+            let (s0, e0) = (v.start.max(addr), v.end.min(end));
+            let lo = usize::try_from(s0 - addr).unwrap_or(usize::MAX);
+            let hi = usize::try_from(e0 - addr).unwrap_or(usize::MAX);
+            let Some(sub) = bytes.get(lo..hi) else {
+                continue;
+            };
+            let via = registered.contains(&(v.start, v.end - v.start));
+            for (k, part) in sub.chunks(piece).enumerate() {
+                jobs.push((s0 + (k * piece) as u64, part, via));
+            }
         }
     }
     let bytes_total: u64 = jobs.iter().map(|j| j.1.len() as u64).sum();

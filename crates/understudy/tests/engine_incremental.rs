@@ -253,3 +253,43 @@ fn precopy_rounds_then_frozen_final_round_restore_exactly() {
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+/// Full dump (left running), then an incremental one that kills, then restore of the newest.
+fn incremental_cycle(w: &Workload) {
+    let root = w.dir.path();
+    ok(&checkpoint(w.pid, &root.join("f"), true), "checkpoint f");
+    std::thread::sleep(Duration::from_millis(100));
+    ok(
+        &checkpoint_with_parent(w.pid, &root.join("i"), &root.join("f"), false),
+        "checkpoint i --parent f",
+    );
+    let o = restore(&root.join("i"));
+    ok(&o, "restore i");
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+fn process_tree_restores_from_an_incremental_image() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("tree", &[]);
+    let w = start(&prog);
+    incremental_cycle(&w);
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+#[test]
+fn threads_restore_from_an_incremental_image() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("threads8", &[]);
+    let w = start(&prog);
+    incremental_cycle(&w);
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}
