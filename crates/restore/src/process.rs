@@ -1469,3 +1469,37 @@ fn write_pages(
 fn mem_put(tid: i32, addr: u64, data: &[u8]) -> Result<()> {
     sys::mem::write_exact(tid, data, addr).pid(tid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(rax: i64, orig: i64, rip: u64) -> UserRegs {
+        UserRegs {
+            rax: i64_to_reg(rax),
+            orig_rax: i64_to_reg(orig),
+            rip,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn interrupted_calls_are_reissued_and_finished_ones_left_alone() {
+        for code in [-512, -513, -514, -516] {
+            let mut r = regs(code, 0, 0x1002);
+            restart_syscall(&mut r);
+            assert_eq!(
+                (r.rax, r.rip, reg_to_i64(r.orig_rax)),
+                (0, 0x1000, -1),
+                "code {code}"
+            );
+        }
+        // A call that returned (or a thread stopped in user space) keeps its registers.
+        let mut r = regs(5, 0, 0x1002);
+        restart_syscall(&mut r);
+        assert_eq!((r.rax, r.rip, reg_to_i64(r.orig_rax)), (5, 0x1002, -1));
+        let mut r = regs(-512, -1, 0x2000);
+        restart_syscall(&mut r);
+        assert_eq!((reg_to_i64(r.rax), r.rip), (-512, 0x2000));
+    }
+}
