@@ -17,13 +17,17 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Dumps the tree rooted at `opts.root_pid` into `opts.image_dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
-    if opts.parent.is_some() {
+    if opts.live_memory && !opts.leave_running {
         return Err(CheckpointError::ImageDir {
             path: opts.image_dir.clone(),
-            why: "incremental dumps (--parent) are not supported yet".into(),
+            why: "a live memory copy needs leave_running".into(),
         });
     }
     prepare_dir(&opts.image_dir)?;
+    let parent = match &opts.parent {
+        Some(p) => Some(ParentImage::open(p, &opts.image_dir)?),
+        None => None,
+    };
     // The init of its own PID namespace (an application started by `understudy run`) is
     // dumped as a namespace tree even when named by --pid.
     let mut eff = opts.clone();
@@ -37,11 +41,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     }
     let opts = &eff;
     let pool = crate::memory::buffer_pool();
-    if std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
+    // An incremental dump writes only what changed: nothing worth reserving.
+    if parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
         reserve_space(opts);
     }
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
+    tracing::debug!("frozen at {:?}", t_freeze.elapsed());
     let mut report = DumpReport {
         root_pid: opts.root_pid,
         processes: frozen.procs.len(),
@@ -51,13 +57,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
     let mut redeliver = Vec::new();
     let mut repaired = crate::sockets::RepairGuard::default();
-    let tree = match collect(
+    let mut live_jobs = Vec::new();
+    let mut tree = match collect(
         opts,
+        parent.as_ref(),
         &frozen,
         &mut report,
         &mut redeliver,
         &pool,
         &mut repaired,
+        &mut live_jobs,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -65,11 +74,53 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
             return Err(e);
         }
     };
+    tracing::debug!("tree collected at {:?}", t_freeze.elapsed());
+    if opts.live_memory {
+        // The state is taken and the trackers are armed (or read) at the cut: let the tree run
+        // and copy the memory while it does. Pages it writes from now on are reported by the
+        // next round's trackers, so a page copied after a change is copied again.
+        frozen.detach();
+        report.frozen = t_freeze.elapsed();
+        for (pid, tid, sig) in redeliver {
+            let _ = sys::pid::tgkill(pid, tid, sig);
+        }
+        let mut copied = 0u64;
+        for (i, unchanged) in live_jobs {
+            let p = &mut tree.processes[i];
+            let md = MemoryDumper {
+                pool: &pool,
+                pid: p.pid,
+                dir: &opts.image_dir,
+                progress: opts.progress.as_ref(),
+                done_before: copied,
+                total_hint: 0,
+                unchanged: &unchanged,
+            };
+            let (pages, _, took) = match md.dump(&mut p.vmas) {
+                Ok(r) => r,
+                Err(e) => {
+                    cleanup_dir(&opts.image_dir);
+                    return Err(e);
+                }
+            };
+            report.memory_copy += took;
+            report.in_parent_bytes += in_parent_bytes(&p.vmas);
+            copied += pages.len;
+            p.pages = pages;
+        }
+        report.pages_bytes = copied;
+        if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
+            cleanup_dir(&opts.image_dir);
+            return Err(e.into());
+        }
+        return Ok(report);
+    }
     if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
         cleanup_dir(&opts.image_dir);
         return Err(e.into());
     }
     report.frozen = t_freeze.elapsed();
+    tracing::debug!("tree.img written at {:?}", report.frozen);
     // Space reserved for processes that were not dumped (they exited meanwhile).
     if let Ok(rd) = std::fs::read_dir(&opts.image_dir) {
         for e in rd.flatten() {
@@ -152,24 +203,111 @@ fn cleanup_dir(dir: &std::path::Path) {
     }
 }
 
+/// The parent of an incremental dump, read and checked (with its whole chain).
+struct ParentImage {
+    tree: Tree,
+    /// As recorded in the child: relative to the child's directory, or absolute.
+    recorded: String,
+    digest: u32,
+    /// Its dirty tracking was already used by another child (or a failed attempt): its pages
+    /// since are unknown, so everything is dumped whole.
+    consumed: bool,
+}
+
+/// Marker left in a parent image once a child dump has read (and reset) its dirty tracking.
+pub const CONSUMED_MARKER: &str = "dirty-consumed";
+
+impl ParentImage {
+    fn open(dir: &std::path::Path, child: &std::path::Path) -> Result<Self> {
+        let chain = image::read_chain(dir)?;
+        let tree =
+            chain
+                .into_iter()
+                .next()
+                .map(|(_, t)| t)
+                .ok_or_else(|| CheckpointError::ImageDir {
+                    path: dir.to_path_buf(),
+                    why: "parent image is empty".into(),
+                })?;
+        let digest = image::tree_digest(dir)?;
+        let recorded = relative_to(dir, child);
+        let marker = dir.join(CONSUMED_MARKER);
+        let consumed = marker.exists();
+        if consumed {
+            tracing::warn!(
+                "parent {}: its dirty tracking was already used by another dump; every page is dumped again",
+                dir.display()
+            );
+        } else if tree.processes.iter().any(|p| p.dirty.is_some()) {
+            // Written before the tracker is read: a second child of the same parent, or a retry
+            // after a failure, must not trust tracking that this dump resets.
+            std::fs::write(&marker, b"dirty tracking consumed by a child dump\n").map_err(|e| {
+                CheckpointError::ImageDir {
+                    path: marker.clone(),
+                    why: format!("cannot write: {e}"),
+                }
+            })?;
+        }
+        Ok(ParentImage {
+            tree,
+            recorded,
+            digest,
+            consumed,
+        })
+    }
+}
+
+/// `parent` as the child records it: relative to `child` when both can be resolved, else
+/// absolute.
+fn relative_to(parent: &std::path::Path, child: &std::path::Path) -> String {
+    let (Ok(p), Ok(c)) = (parent.canonicalize(), child.canonicalize()) else {
+        return parent.to_string_lossy().into_owned();
+    };
+    let pc: Vec<_> = p.components().collect();
+    let cc: Vec<_> = c.components().collect();
+    let common = pc.iter().zip(&cc).take_while(|(a, b)| a == b).count();
+    let mut rel = std::path::PathBuf::new();
+    for _ in common..cc.len() {
+        rel.push("..");
+    }
+    for comp in &pc[common..] {
+        rel.push(comp);
+    }
+    if rel.as_os_str().is_empty() {
+        return p.to_string_lossy().into_owned();
+    }
+    rel.to_string_lossy().into_owned()
+}
+
 fn collect(
     opts: &DumpOptions,
+    parent: Option<&ParentImage>,
     frozen: &Frozen,
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     repaired: &mut crate::sockets::RepairGuard,
+    live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
-        let mut p = dump_process(opts, fp, copied, report, &mut shm, redeliver, pool)?;
+        let pp = parent.and_then(|par| {
+            (!par.consumed)
+                .then(|| par.tree.processes.iter().find(|q| q.pid == fp.pid))
+                .flatten()
+        });
+        let (mut p, skip_fd, unchanged) =
+            dump_process(opts, pp, fp, copied, report, &mut shm, redeliver, pool)?;
+        if opts.live_memory {
+            live_jobs.push((i, unchanged));
+        }
         if i == 0 {
             p.ppid = 0;
         }
-        p.fds = files.add_process(fp.pid, &mut shm, &opts.image_dir)?;
+        p.fds = files.add_process(fp.pid, &mut shm, &opts.image_dir, skip_fd)?;
         copied += p.pages.len;
         processes.push(p);
     }
@@ -179,14 +317,20 @@ fn collect(
     files.sockets.check(&files.files)?;
     std::mem::take(&mut files.epolls).resolve(&mut processes)?;
     Ok(Tree {
-        format_version: FORMAT_VERSION,
+        format_version: if parent.is_some() {
+            image::INCREMENTAL_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        },
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         root_pid: opts.root_pid,
         pidns: opts.pidns,
-        parent: None,
+        parent: parent.map(|p| p.recorded.clone()),
+        parent_digest: parent.map(|p| p.digest),
+        live_memory: opts.live_memory,
         processes,
         files: files.files,
         shmem: shm.objects,
@@ -200,16 +344,22 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Dumps one process; also returns the fd of the dirty tracker in it (left out of `fds`) and
+/// the ranges left in the parent (for a live copy done by the caller).
+// The dump state is threaded through explicitly (parent record, report, tables, buffers).
+#[allow(clippy::too_many_arguments)]
 fn dump_process(
     opts: &DumpOptions,
+    parent: Option<&Process>,
     fp: &FrozenProcess,
     copied_before: u64,
     report: &mut DumpReport,
     shm: &mut ShmemTable,
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
-) -> Result<Process> {
+) -> Result<(Process, Option<i32>, crate::incr::Ranges)> {
     let pid = fp.pid;
+    let t0 = Instant::now();
     let status = sys::proc::status(pid).pid(pid)?;
     let stat = sys::proc::stat(pid).pid(pid)?;
     let maps = sys::proc::maps(pid).pid(pid)?;
@@ -300,7 +450,13 @@ fn dump_process(
     };
 
     const KEPT_FLAGS: [&str; 5] = ["hg", "nh", "dc", "wf", "dd"];
+    // `/proc/PID/smaps` (the only source of the madvise flags) walks every page table: ~30 ms
+    // per GiB of present memory here, the largest part of an incremental dump's freeze.
+    // Reading it on another thread during the dump did not help on 2 loaded cores (the
+    // injected calls then waited for CPU as long).
+    let t_flags = Instant::now();
     let flags = sys::proc::vm_flags(pid).pid(pid)?;
+    report.vm_flags_read += t_flags.elapsed();
     let mut vmas = Vec::new();
     for m in &maps {
         if let Some(mut kind) = classify(pid, m)? {
@@ -341,6 +497,37 @@ fn dump_process(
             })?;
     let insn = sys::remote::find_syscall_insn(pid, vdso.start, vdso.end).pid(pid)?;
 
+    tracing::debug!(
+        "pid {pid}: threads, maps, seccomp, madvise flags read at {:?}",
+        t0.elapsed()
+    );
+    // Incremental: the tracker the parent dump left in the process says what changed since.
+    let mut tracker = None;
+    let mut unchanged = Vec::new();
+    if let Some(tr) = parent.and_then(|p| p.dirty.as_ref().map(|d| (p, d))) {
+        match crate::incr::collect(pid, tr.0, tr.1) {
+            Ok((t, delta)) => {
+                report.incremental_processes += 1;
+                report.written_pages += delta.written_pages;
+                report.dirty_scan += delta.scan_time;
+                unchanged = delta.unchanged;
+                tracker = Some(t);
+            }
+            Err(e) => tracing::warn!("pid {pid}: dirty tracking lost ({e}); dumping every page"),
+        }
+    }
+    // A tracker of an earlier chain still open in the process (a new full dump): re-armed
+    // below by re-reading it from scratch.
+    let stale_uffd = if tracker.is_none() {
+        own_uffd(
+            pid,
+            parent.and_then(|p| p.dirty.as_ref()).map(|d| d.uffd_fd),
+        )
+    } else {
+        None
+    };
+
+    tracing::debug!("pid {pid}: dirty tracker read at {:?}", t0.elapsed());
     // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
     let mut sigactions = Vec::with_capacity(64);
     let mut itimers = Vec::with_capacity(3);
@@ -411,24 +598,65 @@ fn dump_process(
             threads[0].pending.push(Hex(info.to_vec()));
             redeliver.push((pid, pid, sig));
         }
+        if tracker.is_none() && opts.leave_running {
+            let armed = match stale_uffd {
+                Some(fd) => sys::dirty::DirtyTracker::reattach(
+                    pid,
+                    fd,
+                    Vec::new(),
+                    sys::dirty::Selection::default(),
+                )
+                .and_then(|mut t| t.collect().map(|_| t)),
+                None => {
+                    sys::dirty::DirtyTracker::arm_remote(pid, &mut rs, &crate::incr::arm_options())
+                }
+            };
+            match armed {
+                Ok(t) => tracker = Some(t),
+                Err(e) => tracing::warn!(
+                    "pid {pid}: dirty tracking not armed ({e}); a later --parent dump copies every page"
+                ),
+            }
+        }
         rs.finish().pid(pid)?;
     }
+    tracing::debug!("pid {pid}: injected calls done at {:?}", t0.elapsed());
     let shared_pending = ptrace::peek_siginfo(pid, ptrace::PEEKSIGINFO_SHARED)
         .pid(pid)?
         .into_iter()
         .map(|s| Hex(s.to_vec()))
         .collect();
 
-    let md = MemoryDumper {
-        pool,
-        pid,
-        dir: &opts.image_dir,
-        progress: opts.progress.as_ref(),
-        done_before: copied_before,
-        total_hint: 0,
+    // Live copy: done by the caller once the tree runs again.
+    let pages = if opts.live_memory {
+        image::PagesRef::default()
+    } else {
+        let md = MemoryDumper {
+            pool,
+            pid,
+            dir: &opts.image_dir,
+            progress: opts.progress.as_ref(),
+            done_before: copied_before,
+            total_hint: 0,
+            unchanged: &unchanged,
+        };
+        let (pages, _bytes, took) = md.dump(&mut vmas)?;
+        report.memory_copy += took;
+        tracing::debug!("pid {pid}: memory copied at {:?}", t0.elapsed());
+        report.in_parent_bytes += in_parent_bytes(&vmas);
+        pages
     };
-    let (pages, _bytes, took) = md.dump(&mut vmas)?;
-    report.memory_copy += took;
+    let skip_fd = tracker.as_ref().and_then(|t| t.remote_fd()).or(stale_uffd);
+    let dirty = if opts.leave_running {
+        tracker.as_ref().and_then(|t| {
+            Some(image::DirtyTracking {
+                uffd_fd: t.remote_fd()?,
+                tracked: t.tracked().to_vec(),
+            })
+        })
+    } else {
+        None
+    };
 
     let mm = MmInfo {
         start_code: stat.start_code,
@@ -444,7 +672,7 @@ fn dump_process(
         env_end: stat.env_end,
         auxv: sys::proc::auxv(pid).pid(pid)?,
     };
-    Ok(Process {
+    let proc = Process {
         pid,
         ns_pid,
         ppid: stat.ppid,
@@ -481,5 +709,33 @@ fn dump_process(
         seccomp_filters,
         no_new_privs: status.no_new_privs,
         epoll_regs: Vec::new(),
-    })
+        dirty,
+    };
+    Ok((proc, skip_fd, unchanged))
+}
+
+fn in_parent_bytes(vmas: &[Vma]) -> u64 {
+    vmas.iter()
+        .flat_map(|v| v.pages.iter())
+        .filter(|r| r.in_parent)
+        .map(|r| r.npages * sys::PAGE_SIZE)
+        .sum()
+}
+
+/// The userfaultfd the engine left in `pid` earlier (`recorded` if still one, else the only
+/// userfaultfd of the process), if any.
+fn own_uffd(pid: i32, recorded: Option<i32>) -> Option<i32> {
+    let is_uffd = |fd: i32| {
+        sys::proc::read_link(&format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|l| l == "anon_inode:[userfaultfd]")
+    };
+    if let Some(fd) = recorded.filter(|&fd| is_uffd(fd)) {
+        return Some(fd);
+    }
+    let all: Vec<i32> = sys::proc::fds(pid)
+        .ok()?
+        .into_iter()
+        .filter(|&fd| is_uffd(fd))
+        .collect();
+    (all.len() == 1).then(|| all[0])
 }

@@ -45,9 +45,19 @@ pub struct FileTable {
 
 impl FileTable {
     /// Records every fd of `pid`.
-    pub fn add_process(&mut self, pid: i32, shm: &mut ShmemTable, dir: &Path) -> Result<Vec<Fd>> {
+    /// Adds every fd of `pid` except `skip` (the engine's own dirty tracker).
+    pub fn add_process(
+        &mut self,
+        pid: i32,
+        shm: &mut ShmemTable,
+        dir: &Path,
+        skip: Option<i32>,
+    ) -> Result<Vec<Fd>> {
         let mut out = Vec::new();
         for fd in sys::proc::fds(pid).pid(pid)? {
+            if Some(fd) == skip {
+                continue;
+            }
             out.push(self.add_fd(pid, fd, shm, dir)?);
         }
         Ok(out)

@@ -11,7 +11,9 @@ mod dump;
 mod evfd;
 mod files;
 mod freeze;
+mod incr;
 mod memory;
+pub mod precopy;
 mod shmem;
 mod sockets;
 
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use dump::dump;
+pub use precopy::{precopy, PreCopyOptions, RoundReport};
 
 /// Progress callback: bytes of memory copied so far, and the total expected.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -32,12 +35,17 @@ pub struct DumpOptions {
     pub image_dir: PathBuf,
     /// Keep the tree running after the dump instead of killing it.
     pub leave_running: bool,
-    /// Parent image for an incremental dump (not yet supported: refused).
+    /// Parent image for an incremental dump: only pages written since it are copied (where the
+    /// parent's dump left dirty tracking armed with `leave_running`).
     pub parent: Option<PathBuf>,
     /// The root is the init of its own PID namespace (launched by `understudy run`).
     pub pidns: bool,
     /// Called while memory is copied.
     pub progress: Option<ProgressFn>,
+    /// Pre-copy round: take the state and arm (or read) the dirty trackers while frozen, then
+    /// let the tree run and copy the memory while it runs. The image is marked `live_memory`:
+    /// only usable as the parent of a later dump (see [`precopy`]). Needs `leave_running`.
+    pub live_memory: bool,
 }
 
 impl std::fmt::Debug for DumpOptions {
@@ -48,6 +56,7 @@ impl std::fmt::Debug for DumpOptions {
             .field("leave_running", &self.leave_running)
             .field("parent", &self.parent)
             .field("pidns", &self.pidns)
+            .field("live_memory", &self.live_memory)
             .finish()
     }
 }
@@ -66,6 +75,17 @@ pub struct DumpReport {
     pub memory_copy: std::time::Duration,
     /// Time waiting for the killed tree's pids to be free (zero with `leave_running`).
     pub reap_wait: std::time::Duration,
+    /// Processes dumped incrementally (their unchanged pages left in the parent).
+    pub incremental_processes: usize,
+    /// Pages reported written since the parent.
+    pub written_pages: u64,
+    /// Bytes of data left in the parent image.
+    pub in_parent_bytes: u64,
+    /// Time spent reading the dirty trackers (part of `frozen`).
+    pub dirty_scan: std::time::Duration,
+    /// Time spent reading `/proc/PID/smaps` for the madvise flags (part of `frozen`; it walks
+    /// every page table).
+    pub vm_flags_read: std::time::Duration,
 }
 
 /// Everything that makes a checkpoint fail.

@@ -97,6 +97,8 @@ pub struct MemoryDumper<'a> {
     pub progress: Option<&'a ProgressFn>,
     pub done_before: u64,
     pub total_hint: u64,
+    /// Incremental dump: ranges whose data is left in the parent image (normalized).
+    pub unchanged: &'a [(u64, u64)],
 }
 
 struct Batch {
@@ -257,8 +259,33 @@ impl MemoryDumper<'_> {
                 }
             };
             let readable = v.prot & 1 != 0;
-            let runs = scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?;
-            for (s, e) in runs {
+            let data = scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?;
+            let mut pieces = Vec::with_capacity(data.len());
+            for (s, e) in data {
+                if self.unchanged.is_empty() {
+                    pieces.push((s, e, false));
+                } else {
+                    pieces.extend(crate::incr::split(s, e, self.unchanged));
+                }
+            }
+            for (s, e, in_parent) in pieces {
+                if in_parent {
+                    let npages = (e - s) / PAGE_SIZE;
+                    match v.pages.last_mut() {
+                        Some(last)
+                            if last.in_parent && last.vaddr + last.npages * PAGE_SIZE == s =>
+                        {
+                            last.npages += npages
+                        }
+                        _ => v.pages.push(PageRun {
+                            vaddr: s,
+                            npages,
+                            offset: 0,
+                            in_parent: true,
+                        }),
+                    }
+                    continue;
+                }
                 if !readable {
                     let pm = match &procmem {
                         Some(p) => p,
@@ -287,7 +314,8 @@ impl MemoryDumper<'_> {
                     let offset = r.offset();
                     match v.pages.last_mut() {
                         Some(last)
-                            if last.vaddr + last.npages * PAGE_SIZE == a
+                            if !last.in_parent
+                                && last.vaddr + last.npages * PAGE_SIZE == a
                                 && last.offset + last.npages * PAGE_SIZE == offset =>
                         {
                             last.npages += len / PAGE_SIZE

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::{PagesRef, Tree, FORMAT_VERSION, SUPPORTED_VERSIONS};
+use crate::model::{
+    PagesRef, Tree, FORMAT_VERSION, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS,
+};
 
 pub const TREE_FILE: &str = "tree.img";
 pub const TREE_MAGIC: [u8; 8] = *b"USTDTREE";
@@ -33,6 +35,12 @@ pub enum ImageError {
         file: PathBuf,
         version: u32,
         supported: &'static [u32],
+    },
+    #[error("{file}: parent image {parent}: {why}")]
+    Parent {
+        file: PathBuf,
+        parent: PathBuf,
+        why: String,
     },
     #[error("{file}: {what} of {size} bytes exceeds the limit of {cap} bytes")]
     TooLarge {
@@ -67,7 +75,7 @@ pub fn encode_tree(tree: &Tree) -> Vec<u8> {
     let payload = serde_json::to_vec(tree).unwrap_or_default();
     let mut out = Vec::with_capacity(payload.len() + 32);
     out.extend_from_slice(&TREE_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&tree.format_version.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
@@ -147,6 +155,15 @@ pub fn decode_tree(file: &Path, bytes: &[u8]) -> Result<Tree> {
             what: "payload and header disagree on the version".into(),
         });
     }
+    if (version == INCREMENTAL_FORMAT_VERSION) != tree.parent.is_some() {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: format!(
+                "format version {version} with {} parent",
+                if tree.parent.is_some() { "a" } else { "no" }
+            ),
+        });
+    }
     Ok(tree)
 }
 
@@ -182,9 +199,70 @@ pub fn read_tree(dir: &Path) -> Result<Tree> {
     decode_tree(&path, &bytes)
 }
 
+/// CRC32C of a whole `tree.img` file (what a child image records as `parent_digest`).
+pub fn tree_digest(dir: &Path) -> Result<u32> {
+    let path = dir.join(TREE_FILE);
+    let f = File::open(&path).map_err(io_err(&path))?;
+    let mut bytes = Vec::new();
+    f.take(TREE_PAYLOAD_CAP + TREE_HEADER_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(&path))?;
+    Ok(crc32c::crc32c(&bytes))
+}
+
+/// Where the parent of the image in `dir` lives (`parent` is relative to `dir` or absolute).
+pub fn parent_dir(dir: &Path, tree: &Tree) -> Option<PathBuf> {
+    tree.parent.as_ref().map(|p| dir.join(p))
+}
+
+/// Reads the image in `dir` and every ancestor it is incremental against, newest first. Each
+/// link is fully checked (magic, version, CRC) and must match the digest its child recorded; a
+/// missing or mismatched parent is an [`ImageError::Parent`] naming it.
+pub fn read_chain(dir: &Path) -> Result<Vec<(PathBuf, Tree)>> {
+    let mut out = vec![(dir.to_path_buf(), read_tree(dir)?)];
+    loop {
+        let (cdir, child) = match out.last() {
+            Some((d, t)) => (d.clone(), t.clone()),
+            None => return Ok(out),
+        };
+        let Some(pdir) = parent_dir(&cdir, &child) else {
+            return Ok(out);
+        };
+        let perr = |why: String| ImageError::Parent {
+            file: cdir.join(TREE_FILE),
+            parent: pdir.clone(),
+            why,
+        };
+        if out.len() >= MAX_CHAIN {
+            return Err(perr(format!("chain longer than {MAX_CHAIN} images")));
+        }
+        if !pdir.join(TREE_FILE).exists() {
+            return Err(perr("missing (no tree.img there)".into()));
+        }
+        let ptree = read_tree(&pdir).map_err(|e| perr(e.to_string()))?;
+        let digest = tree_digest(&pdir).map_err(|e| perr(e.to_string()))?;
+        if Some(digest) != child.parent_digest {
+            return Err(perr(format!(
+                "mismatched: its tree.img has CRC32C {digest:#010x}, this image was dumped against {}",
+                child
+                    .parent_digest
+                    .map_or_else(|| "an unrecorded one".to_string(), |d| format!("{d:#010x}"))
+            )));
+        }
+        if ptree.root_pid != child.root_pid {
+            return Err(perr(format!(
+                "mismatched: root pid {}, this image's is {}",
+                ptree.root_pid, child.root_pid
+            )));
+        }
+        out.push((pdir, ptree));
+    }
+}
+
 fn pages_header(data_len: u64, crc: u32) -> Vec<u8> {
     let mut h = vec![0u8; 4096]; // PAGES_HEADER_LEN
     h[..8].copy_from_slice(&PAGES_MAGIC);
+    // Pages files did not change with incremental images: always version 1.
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&data_len.to_le_bytes());
     h[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -395,6 +473,8 @@ mod tests {
             root_pid: 42,
             pidns: false,
             parent: None,
+            parent_digest: None,
+            live_memory: false,
             processes: vec![Process {
                 pid: 42,
                 ns_pid: 42,
@@ -466,6 +546,10 @@ mod tests {
                     events: 0x8000_0001,
                     data: 77,
                 }],
+                dirty: Some(DirtyTracking {
+                    uffd_fd: 9,
+                    tracked: vec![(0x1000, 0x3000)],
+                }),
             }],
             files: vec![
                 OpenFile {
@@ -627,5 +711,76 @@ mod tests {
         let tr = Tree { ..sample() };
         write_tree(dir.path(), &tr).unwrap();
         assert_eq!(read_tree(dir.path()).unwrap(), tr);
+    }
+
+    fn incremental(parent: &str, digest: u32) -> Tree {
+        let mut t = sample();
+        t.format_version = INCREMENTAL_FORMAT_VERSION;
+        t.parent = Some(parent.into());
+        t.parent_digest = Some(digest);
+        t.processes[0].vmas[0].pages[0].in_parent = true;
+        t
+    }
+
+    #[test]
+    fn incremental_tree_round_trips_with_version_2() {
+        let t = incremental("../a", 0x1234);
+        let b = encode_tree(&t);
+        assert_eq!(u32_at(&b, 8), INCREMENTAL_FORMAT_VERSION);
+        let back = decode_tree(Path::new("tree.img"), &b).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(encode_tree(&back), b);
+        // version and parent must agree
+        let mut bad = t.clone();
+        bad.format_version = FORMAT_VERSION;
+        let e = decode_tree(Path::new("tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(
+            e.to_string().contains("format version 1 with a parent"),
+            "{e}"
+        );
+        // a full image still says version 1
+        assert_eq!(u32_at(&encode_tree(&sample()), 8), FORMAT_VERSION);
+    }
+
+    #[test]
+    fn chain_is_followed_and_each_link_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            root.path().join("a"),
+            root.path().join("b"),
+            root.path().join("c"),
+        );
+        for d in [&a, &b, &c] {
+            std::fs::create_dir(d).unwrap();
+        }
+        write_tree(&a, &sample()).unwrap();
+        let da = tree_digest(&a).unwrap();
+        write_tree(&b, &incremental("../a", da)).unwrap();
+        let db = tree_digest(&b).unwrap();
+        write_tree(&c, &incremental(b.to_str().unwrap(), db)).unwrap();
+        let chain = read_chain(&c).unwrap();
+        assert_eq!(chain.len(), 3);
+        assert_eq!(chain[2].0, b.join("../a"));
+        // mismatched: `a` rewritten
+        let mut other = sample();
+        other.created_unix = 2;
+        write_tree(&a, &other).unwrap();
+        let e = read_chain(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("b/tree.img: parent image") && e.contains("mismatched"),
+            "{e}"
+        );
+        // missing
+        std::fs::remove_dir_all(&a).unwrap();
+        let e = read_chain(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("parent image") && e.contains("a: missing"),
+            "{e}"
+        );
+        // corrupt parent: named
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join(TREE_FILE), b"USTDTREEgarbage").unwrap();
+        let e = read_chain(&c).unwrap_err().to_string();
+        assert!(e.contains("parent image") && e.contains("truncated"), "{e}");
     }
 }

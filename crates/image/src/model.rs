@@ -8,7 +8,14 @@ pub use sys::ptrace::{RseqConfig, UserRegs};
 pub const FORMAT_VERSION: u32 = 2;
 /// Version 2 added event descriptor and socket file kinds (a version-1 image is a valid
 /// version-2 image without them).
-pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2];
+///
+/// Version of an incremental image (one with a `parent`): its runs may be `in_parent`, which
+/// version-1 and version-2 readers cannot restore, so such images say 3 and older readers
+/// refuse them. Full images write [`FORMAT_VERSION`].
+pub const INCREMENTAL_FORMAT_VERSION: u32 = 3;
+pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2, 3];
+/// Longest chain of incremental images a reader follows.
+pub const MAX_CHAIN: usize = 64;
 
 /// The whole dumped tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +32,15 @@ pub struct Tree {
     pub pidns: bool,
     /// Image this one is incremental against (relative or absolute path), if any.
     pub parent: Option<String>,
+    /// CRC32C of the parent's whole `tree.img` file (set with `parent`): a parent replaced or
+    /// rewritten since is refused.
+    #[serde(default)]
+    pub parent_digest: Option<u32>,
+    /// Pre-copy round: the memory was copied while the tree ran, so pages may be newer than
+    /// the rest of the state. Valid only as the parent of a later image (whose dump re-copies
+    /// every page written since this image's cut); restore refuses it as the newest link.
+    #[serde(default)]
+    pub live_memory: bool,
     /// Processes, parents before children.
     pub processes: Vec<Process>,
     /// Open file descriptions, referenced by [`Fd::file`]; shared ones appear once.
@@ -78,6 +94,10 @@ pub struct Process {
     /// of `epfd` and `tfd` are this process's).
     #[serde(default)]
     pub epoll_regs: Vec<EpollReg>,
+    /// Dirty-page tracking left armed in the process (`--leave-running`), for a later
+    /// incremental dump with this image as its parent.
+    #[serde(default)]
+    pub dirty: Option<DirtyTracking>,
 }
 
 /// One registration of an epoll instance: `epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, {events, data})`.
@@ -88,6 +108,16 @@ pub struct EpollReg {
     /// `EPOLL*` bits as the kernel holds them (incl. `EPOLLET`, `EPOLLONESHOT`, ...).
     pub events: u32,
     pub data: u64,
+}
+
+/// A userfaultfd (write-protect, async) left open in the dumped process by the dumper.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirtyTracking {
+    /// Its fd number in the process (left out of `fds`).
+    pub uffd_fd: i32,
+    /// Address ranges tracked since this dump's cut: a page inside them not reported written
+    /// by the next dump is unchanged since this image.
+    pub tracked: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,11 +41,150 @@ pub struct Loaded {
     pub pages: Vec<MappedFile>,
     /// Data of each shared memory object, by index in `tree.shmem`.
     pub shmem: Vec<MappedFile>,
+    /// Incremental image: its parent, grandparent, ... (pages files mapped).
+    pub ancestors: Vec<Ancestor>,
+    /// Per process of `tree`: where its `in_parent` runs are found in `ancestors`.
+    pub from_parents: Vec<Vec<Piece>>,
+}
+
+/// One parent image of the chain.
+pub struct Ancestor {
+    pub dir: PathBuf,
+    pub tree: Tree,
+    /// Pages file of each process of `tree`.
+    pub pages: Vec<MappedFile>,
+}
+
+/// Pages of a restored process whose data is in an ancestor's pages file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Index in `Loaded::ancestors`.
+    pub level: usize,
+    /// Index of the process in that ancestor's tree.
+    pub proc: usize,
+    pub addr: u64,
+    pub len: u64,
+    /// Byte offset in that process's page data.
+    pub offset: u64,
+}
+
+/// Checks the page runs of `p` against its mappings and pages file.
+fn check_runs(
+    p: &Process,
+    allow_in_parent: bool,
+    bad: &dyn Fn(String) -> RestoreError,
+) -> Result<()> {
+    let mut expect = 0u64;
+    for v in &p.vmas {
+        let mut prev_end = v.start;
+        for r in &v.pages {
+            let end = r.vaddr + r.npages * PAGE_SIZE;
+            let fits = r.vaddr >= prev_end && end <= v.end && r.npages > 0;
+            let stored_ok = r.in_parent && allow_in_parent || !r.in_parent && r.offset == expect;
+            if !fits || !stored_ok {
+                return Err(bad(format!(
+                    "pid {}: page run at {:#x} does not fit its mapping or file{}",
+                    p.pid,
+                    r.vaddr,
+                    if r.in_parent && !allow_in_parent {
+                        " (in parent, but the image has no parent)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            prev_end = end;
+            if !r.in_parent {
+                expect += r.npages * PAGE_SIZE;
+            }
+        }
+    }
+    if expect != p.pages.len {
+        return Err(bad(format!(
+            "pid {}: page runs cover {expect} bytes, pages file has {}",
+            p.pid, p.pages.len
+        )));
+    }
+    Ok(())
+}
+
+/// Finds `[s, e)` of process `pid` in `ancestors[level..]`.
+fn resolve(
+    ancestors: &[Ancestor],
+    level: usize,
+    pid: i32,
+    s: u64,
+    e: u64,
+    out: &mut Vec<Piece>,
+) -> Result<()> {
+    let missing = || {
+        let (dir, _) = ancestors
+            .get(level)
+            .map_or((PathBuf::new(), ()), |a| (a.dir.clone(), ()));
+        RestoreError::Image(image::ImageError::Parent {
+            file: dir.join(image::TREE_FILE),
+            parent: dir.clone(),
+            why: format!(
+                "holds no data for pid {pid} pages {s:#x}-{e:#x} that its child says are in it"
+            ),
+        })
+    };
+    let a = ancestors.get(level).ok_or_else(missing)?;
+    let pi = a
+        .tree
+        .processes
+        .iter()
+        .position(|q| q.pid == pid)
+        .ok_or_else(missing)?;
+    let mut covered = 0u64;
+    for r in a.tree.processes[pi]
+        .vmas
+        .iter()
+        .flat_map(|v| v.pages.iter())
+    {
+        let rs = r.vaddr;
+        let re = r.vaddr + r.npages * PAGE_SIZE;
+        let (cs, ce) = (rs.max(s), re.min(e));
+        if cs >= ce {
+            continue;
+        }
+        covered += ce - cs;
+        if r.in_parent {
+            resolve(ancestors, level + 1, pid, cs, ce, out)?;
+        } else {
+            let offset = r.offset + (cs - rs);
+            match out.last_mut() {
+                Some(l)
+                    if l.level == level
+                        && l.proc == pi
+                        && l.addr + l.len == cs
+                        && l.offset + l.len == offset =>
+                {
+                    l.len += ce - cs
+                }
+                _ => out.push(Piece {
+                    level,
+                    proc: pi,
+                    addr: cs,
+                    len: ce - cs,
+                    offset,
+                }),
+            }
+        }
+    }
+    if covered != e - s {
+        return Err(missing());
+    }
+    Ok(())
 }
 
 impl Loaded {
     pub fn load(dir: &Path) -> Result<Loaded> {
-        let tree = image::read_tree(dir)?;
+        let mut chain = image::read_chain(dir)?.into_iter();
+        let tree = match chain.next() {
+            Some((_, t)) => t,
+            None => image::read_tree(dir)?,
+        };
         let tf = dir.join(image::TREE_FILE);
         let bad = |why: String| {
             RestoreError::Image(image::ImageError::Corrupt {
@@ -55,6 +194,12 @@ impl Loaded {
         };
         if tree.processes.is_empty() {
             return Err(bad("no processes".into()));
+        }
+        if tree.live_memory {
+            return Err(bad(
+                "a pre-copy round (memory copied while the tree ran) cannot be restored by itself; restore the final image of the pre-copy, which names this one as its parent"
+                    .into(),
+            ));
         }
         let mut seen = BTreeMap::new();
         for (i, p) in tree.processes.iter().enumerate() {
@@ -85,25 +230,48 @@ impl Loaded {
                     )));
                 }
             }
-            let mut expect = 0u64;
-            for v in &p.vmas {
-                for r in &v.pages {
-                    let end = r.vaddr + r.npages * PAGE_SIZE;
-                    if r.in_parent || r.vaddr < v.start || end > v.end || r.offset != expect {
-                        return Err(bad(format!(
-                            "pid {}: page run at {:#x} does not fit its mapping or file",
-                            p.pid, r.vaddr
-                        )));
-                    }
-                    expect += r.npages * PAGE_SIZE;
-                }
+            check_runs(p, tree.parent.is_some(), &bad)?;
+        }
+        let mut ancestors = Vec::new();
+        for (adir, atree) in chain {
+            let atf = adir.join(image::TREE_FILE);
+            let abad = |why: String| {
+                RestoreError::Image(image::ImageError::Corrupt {
+                    file: atf.clone(),
+                    what: why,
+                })
+            };
+            let mut pages = Vec::with_capacity(atree.processes.len());
+            for p in &atree.processes {
+                check_runs(p, atree.parent.is_some(), &abad)?;
+                let f = image::open_pages(&adir, &p.pages)?;
+                pages.push(MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?);
             }
-            if expect != p.pages.len {
-                return Err(bad(format!(
-                    "pid {}: page runs cover {expect} bytes, pages file has {}",
-                    p.pid, p.pages.len
-                )));
+            ancestors.push(Ancestor {
+                dir: adir,
+                tree: atree,
+                pages,
+            });
+        }
+        let mut from_parents = Vec::with_capacity(tree.processes.len());
+        for p in &tree.processes {
+            let mut pieces = Vec::new();
+            for r in p
+                .vmas
+                .iter()
+                .flat_map(|v| v.pages.iter())
+                .filter(|r| r.in_parent)
+            {
+                resolve(
+                    &ancestors,
+                    0,
+                    p.pid,
+                    r.vaddr,
+                    r.vaddr + r.npages * PAGE_SIZE,
+                    &mut pieces,
+                )?;
             }
+            from_parents.push(pieces);
         }
         crate::evfd::check(&tree).map_err(bad)?;
         let mut pages = Vec::with_capacity(tree.processes.len());
@@ -126,6 +294,8 @@ impl Loaded {
             tree,
             pages,
             shmem,
+            ancestors,
+            from_parents,
         })
     }
 
@@ -137,6 +307,11 @@ impl Loaded {
         }
         for (o, m) in self.tree.shmem.iter().zip(&self.shmem) {
             image::check_pages_data(&self.dir, &o.data, m.as_slice())?;
+        }
+        for a in &self.ancestors {
+            for (p, m) in a.tree.processes.iter().zip(&a.pages) {
+                image::check_pages_data(&a.dir, &p.pages, m.as_slice())?;
+            }
         }
         Ok(())
     }
@@ -406,7 +581,8 @@ pub fn restore_tree(
         }
         rs.finish().pid(p.pid)?;
     }
-    let total: u64 = tree.processes.iter().map(|p| p.pages.len).sum();
+    let total: u64 = tree.processes.iter().map(|p| p.pages.len).sum::<u64>()
+        + l.from_parents.iter().flatten().map(|x| x.len).sum::<u64>();
     let mut done = 0u64;
     let mut finals: Vec<(i32, &image::Thread)> = Vec::new();
     for (i, p) in tree.processes.iter().enumerate() {
@@ -421,6 +597,7 @@ pub fn restore_tree(
             pid,
             tree.pidns,
             &l.pages[i],
+            (&l.from_parents[i], &l.ancestors),
             files.base,
             files.shm_base,
             &mut stubs,
@@ -504,6 +681,7 @@ fn rebuild(
     pid: i32,
     pidns: bool,
     pages: &MappedFile,
+    parents: (&[Piece], &[Ancestor]),
     files_base: i32,
     shm_base: i32,
     stubs: &mut Stubs,
@@ -703,19 +881,43 @@ fn rebuild(
         .vmas
         .iter()
         .flat_map(|v| v.pages.iter())
+        .filter(|r| !r.in_parent)
         .map(|r| RemoteRange {
             addr: r.vaddr,
             len: r.npages * PAGE_SIZE,
         })
         .collect();
+    // Incremental image: the unchanged pages come from the parent chain.
+    let mut from_parents: Vec<(u64, &[u8])> = Vec::with_capacity(parents.0.len());
+    for x in parents.0 {
+        let src = parents.1[x.level].pages[x.proc].as_slice();
+        let at = usize::try_from(x.offset).unwrap_or(usize::MAX);
+        let len = usize::try_from(x.len).unwrap_or(usize::MAX);
+        let bytes = src
+            .get(at..at.saturating_add(len))
+            .ok_or_else(|| RestoreError::Invalid {
+                pid: p.pid,
+                why: format!(
+                    "parent page data at {:#x} is outside its pages file",
+                    x.offset
+                ),
+            })?;
+        from_parents.push((x.addr, bytes));
+    }
     let uffd = if std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
         None
     } else {
         remote_uffd(&mut rs, pid)
     };
     match uffd {
-        Some(u) => fill_with_uffd(pid, p, data, &u, opts, done, total)?,
-        None => write_pages(pid, data, &ranges, opts, done, total)?,
+        Some(u) => fill_with_uffd(pid, p, data, &from_parents, &u, opts, done, total)?,
+        None => {
+            write_pages(pid, data, &ranges, opts, done, total)?;
+            for &(addr, bytes) in &from_parents {
+                sys::mem::write_exact(pid, bytes, addr).pid(pid)?;
+                *done += bytes.len() as u64;
+            }
+        }
     }
     for v in reprotect {
         rs.syscall(
@@ -1105,19 +1307,31 @@ fn remote_uffd(rs: &mut RemoteSyscalls, pid: i32) -> Option<sys::uffd_fill::Remo
 }
 
 /// Fills private anonymous mappings with `UFFDIO_COPY` (no zeroing of the new pages) and the
-/// rest with `process_vm_writev`, on two threads.
+/// rest with `process_vm_writev`, on two threads. `from_parents` are pages of an incremental
+/// image found in its parent chain (address, data).
+#[allow(clippy::too_many_arguments)]
 fn fill_with_uffd(
     pid: i32,
     p: &Process,
     data: &[u8],
+    from_parents: &[(u64, &[u8])],
     uffd: &sys::uffd_fill::RemoteUffd,
     opts: &RestoreOptions,
     done: &mut u64,
     total: u64,
 ) -> Result<()> {
     const PIECE: u64 = 4 << 20;
-    // (dst, offset in data, len, via uffd)
-    let mut jobs: Vec<(u64, usize, usize, bool)> = Vec::new();
+    // (dst, source bytes, via uffd)
+    let mut jobs: Vec<(u64, &[u8], bool)> = Vec::new();
+    let slice = |at: u64, n: u64| -> Result<&[u8]> {
+        let at = usize::try_from(at).unwrap_or(usize::MAX);
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        data.get(at..at.saturating_add(n))
+            .ok_or_else(|| RestoreError::Invalid {
+                pid,
+                why: "page run outside the pages file".into(),
+            })
+    };
     let mut registered = Vec::new();
     for v in &p.vmas {
         if v.pages.is_empty() {
@@ -1128,23 +1342,38 @@ fn fill_with_uffd(
         if via {
             registered.push((v.start, v.end - v.start));
         }
-        for r in &v.pages {
+        for r in v.pages.iter().filter(|r| !r.in_parent) {
             let mut off = 0u64;
             let len = r.npages * PAGE_SIZE;
             while off < len {
                 let n = PIECE.min(len - off);
-                let at = usize::try_from(r.offset + off).unwrap_or(usize::MAX);
-                jobs.push((r.vaddr + off, at, usize::try_from(n).unwrap_or(0), via));
+                jobs.push((r.vaddr + off, slice(r.offset + off, n)?, via));
                 off += n;
             }
         }
     }
-    let run = |js: &[(u64, usize, usize, bool)]| -> Result<()> {
-        for &(dst, at, n, via) in js {
-            let src = data.get(at..at + n).ok_or_else(|| RestoreError::Invalid {
-                pid,
-                why: "page run outside the pages file".into(),
-            })?;
+    let piece = usize::try_from(PIECE).unwrap_or(usize::MAX);
+    // A piece from the parent chain may span adjacent mappings: split it at their bounds, so a
+    // part in a registered mapping goes through UFFDIO_COPY (a plain write there would wait
+    // for a missing-page handler that is not running).
+    for &(addr, bytes) in from_parents {
+        let end = addr + bytes.len() as u64;
+        for v in p.vmas.iter().filter(|v| v.start < end && v.end > addr) {
+            let (s0, e0) = (v.start.max(addr), v.end.min(end));
+            let lo = usize::try_from(s0 - addr).unwrap_or(usize::MAX);
+            let hi = usize::try_from(e0 - addr).unwrap_or(usize::MAX);
+            let Some(sub) = bytes.get(lo..hi) else {
+                continue;
+            };
+            let via = registered.contains(&(v.start, v.end - v.start));
+            for (k, part) in sub.chunks(piece).enumerate() {
+                jobs.push((s0 + (k * piece) as u64, part, via));
+            }
+        }
+    }
+    let bytes_total: u64 = jobs.iter().map(|j| j.1.len() as u64).sum();
+    let run = |js: &[(u64, &[u8], bool)]| -> Result<()> {
+        for &(dst, src, via) in js {
             if via {
                 if let Err(e) = uffd.copy(dst, src) {
                     // Fall back for this piece (pages already copied are simply overwritten).
@@ -1174,7 +1403,7 @@ fn fill_with_uffd(
     for (start, len) in registered {
         uffd.unregister(start, len).pid(pid)?;
     }
-    *done += data.len() as u64;
+    *done += bytes_total;
     if let Some(pf) = &opts.progress {
         pf(*done, total);
     }

@@ -61,6 +61,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         parent: args.parent.clone(),
         pidns,
         progress,
+        live_memory: false,
     };
     let report = match checkpoint::dump(&opts) {
         Ok(r) => r,
@@ -89,5 +90,15 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         report.memory_copy.as_secs_f64() * 1e3,
         if args.leave_running { String::from(", left running") } else { format!(", killed (pids free after {:.1} ms)", report.reap_wait.as_secs_f64() * 1e3) }
     );
+    if args.parent.is_some() {
+        eprintln!(
+            "incremental: {} of {} process(es) tracked, {} page(s) written since the parent, {:.1} MiB left in the parent, dirty scan {:.2} ms",
+            report.incremental_processes,
+            report.processes,
+            report.written_pages,
+            report.in_parent_bytes as f64 / (1u64 << 20) as f64,
+            report.dirty_scan.as_secs_f64() * 1e3
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

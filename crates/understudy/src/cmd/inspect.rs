@@ -63,11 +63,35 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             image::read_pages(dir, &p.pages)?;
         }
     }
+    // Incremental images: every link of the chain, newest first, checked.
+    let chain = image::read_chain(dir).context("reading the chain of parent images")?;
+    let links: Vec<serde_json::Value> = chain
+        .iter()
+        .map(|(d, t)| {
+            let (stored, in_parent) = link_bytes(t);
+            serde_json::json!({
+                "dir": d.display().to_string(),
+                "format_version": t.format_version,
+                "parent": t.parent,
+                "stored_bytes": stored,
+                "in_parent_bytes": in_parent,
+                "tracking_armed": t.processes.iter().any(|p| p.dirty.is_some()),
+            })
+        })
+        .collect();
+    if args.verify {
+        for (d, t) in chain.iter().skip(1) {
+            for p in &t.processes {
+                image::read_pages(d, &p.pages)?;
+            }
+        }
+    }
     if args.json {
         let mut v = serde_json::to_value(&tree)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("kind".into(), "image".into());
             o.insert("verified".into(), args.verify.into());
+            o.insert("chain".into(), links.into());
         }
         println!("{}", serde_json::to_string(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -84,6 +108,27 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if chain.len() > 1 || tree.processes.iter().any(|p| p.dirty.is_some()) {
+        println!("chain of {} image(s), newest first:", chain.len());
+        for (i, (d, t)) in chain.iter().enumerate() {
+            let (stored, in_parent) = link_bytes(t);
+            println!(
+                "  [{i}] {} (format {}): {:.1} MiB stored, {:.1} MiB in parent{}{}",
+                d.display(),
+                t.format_version,
+                mib(stored),
+                mib(in_parent),
+                t.parent
+                    .as_ref()
+                    .map_or_else(|| ", full image".to_string(), |p| format!(", parent {p}")),
+                if t.processes.iter().any(|p| p.dirty.is_some()) {
+                    ", dirty tracking armed"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     for p in &tree.processes {
         println!(
             "process {} ({}) ppid {} pgid {} sid {} exe {} cwd {} — {} thread(s), {:.1} MiB in {}",
@@ -119,7 +164,18 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 if v.prot & 2 != 0 { 'w' } else { '-' },
                 if v.prot & 4 != 0 { 'x' } else { '-' }
             );
-            let dumped: u64 = v.pages.iter().map(|r| r.npages * sys_page()).sum();
+            let dumped: u64 = v
+                .pages
+                .iter()
+                .filter(|r| !r.in_parent)
+                .map(|r| r.npages * sys_page())
+                .sum();
+            let parent: u64 = v
+                .pages
+                .iter()
+                .filter(|r| r.in_parent)
+                .map(|r| r.npages * sys_page())
+                .sum();
             let kind = match &v.kind {
                 VmaKind::Anon { name } => format!("anon {name}"),
                 VmaKind::Stack => "stack".into(),
@@ -129,11 +185,16 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 VmaKind::Shmem { id, offset } => format!("shmem #{id} +{offset:#x}"),
             };
             println!(
-                "  {:#014x}-{:#014x} {prot} {:>10} KiB, {:>10} KiB dumped  {kind}",
+                "  {:#014x}-{:#014x} {prot} {:>10} KiB, {:>10} KiB dumped{}  {kind}",
                 v.start,
                 v.end,
                 (v.end - v.start) >> 10,
-                dumped >> 10
+                dumped >> 10,
+                if parent > 0 {
+                    format!(", {:>10} KiB in parent", parent >> 10)
+                } else {
+                    String::new()
+                }
             );
         }
         for f in &p.fds {
@@ -228,6 +289,25 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes of page data stored in this image and left in its parent.
+fn link_bytes(t: &image::Tree) -> (u64, u64) {
+    let mut stored = 0;
+    let mut parent = 0;
+    for r in t
+        .processes
+        .iter()
+        .flat_map(|p| p.vmas.iter())
+        .flat_map(|v| v.pages.iter())
+    {
+        if r.in_parent {
+            parent += r.npages * sys_page();
+        } else {
+            stored += r.npages * sys_page();
+        }
+    }
+    (stored, parent)
 }
 
 fn sys_page() -> u64 {

@@ -1,0 +1,67 @@
+/* Incremental-dump workload. Usage: incr DIR MIB
+ * Maps MIB MiB of private anonymous memory; page i holds words derived from (i, gen[i]).
+ * Writes DIR/pid once ready. Each time DIR/write-N appears it rewrites 1% of the pages
+ * (pseudo-random, gen[i]++) and answers DIR/wrote-N. When DIR/go appears it checks every page
+ * against gen[] and writes DIR/result ("PASS ..." or "FAIL: ..."). */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static char dir[512];
+static void put(const char *name, const char *msg) {
+    char p[600], t[600]; snprintf(p, sizeof p, "%s/%s", dir, name); snprintf(t, sizeof t, "%s/%s.tmp", dir, name);
+    FILE *f = fopen(t, "w"); fputs(msg, f); fclose(f); rename(t, p);
+}
+static int exists(const char *name) {
+    char p[600]; snprintf(p, sizeof p, "%s/%s", dir, name); return access(p, F_OK) == 0;
+}
+static inline uint64_t word(uint64_t page, uint64_t gen, uint64_t k) {
+    uint64_t x = (page << 20) ^ (gen << 40) ^ k ^ 0x9e3779b97f4a7c15ull;
+    x ^= x >> 31; x *= 0xbf58476d1ce4e5b9ull; x ^= x >> 29; return x;
+}
+static void fill(uint64_t *p, uint64_t i, uint64_t g) { for (uint64_t k = 0; k < 512; k++) p[k] = word(i, g, k); }
+
+int main(int argc, char **argv) {
+    snprintf(dir, sizeof dir, "%s", argv[1]);
+    close_range(3, ~0U, 0);
+    uint64_t npages = (uint64_t)atoi(argv[2]) * 256;
+    uint64_t *mem = mmap(0, npages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint32_t *gen = mmap(0, npages * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED || gen == MAP_FAILED) { put("result", "FAIL: mmap"); return 1; }
+    for (uint64_t i = 0; i < npages; i++) fill(mem + i * 512, i, 0);
+    uint64_t rng = 0x12345678;
+    char b[64];
+    snprintf(b, sizeof b, "%d\n", getpid()); put("pid", b);
+    for (int n = 0;;) {
+        char w[32]; snprintf(w, sizeof w, "write-%d", n);
+        if (exists(w)) {
+            for (uint64_t c = 0; c < npages / 100; c++) {
+                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+                uint64_t i = rng % npages;
+                gen[i]++;
+                fill(mem + i * 512, i, gen[i]);
+            }
+            snprintf(w, sizeof w, "wrote-%d", n); put(w, "ok");
+            n++;
+            continue;
+        }
+        if (exists("go")) {
+            uint64_t bad = 0, first = ~0ull, changed = 0;
+            for (uint64_t i = 0; i < npages; i++) {
+                if (gen[i]) changed++;
+                for (uint64_t k = 0; k < 512; k++)
+                    if (mem[i * 512 + k] != word(i, gen[i], k)) { bad++; if (first == ~0ull) first = i; break; }
+            }
+            char r[200];
+            if (bad) snprintf(r, sizeof r, "FAIL: %llu of %llu pages differ (first %llu)", (unsigned long long)bad, (unsigned long long)npages, (unsigned long long)first);
+            else snprintf(r, sizeof r, "PASS %llu pages, %llu rewritten", (unsigned long long)npages, (unsigned long long)changed);
+            put("result", r);
+            return bad ? 1 : 0;
+        }
+        usleep(2000);
+    }
+}
