@@ -279,6 +279,7 @@ fn relative_to(parent: &std::path::Path, child: &std::path::Path) -> String {
     rel.to_string_lossy().into_owned()
 }
 
+#[allow(clippy::too_many_arguments)] // the per-dump state threaded through one pass; a struct would only rename it
 fn collect(
     opts: &DumpOptions,
     parent: Option<&ParentImage>,
