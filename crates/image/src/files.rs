@@ -723,7 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn incremental_tree_round_trips_with_version_2() {
+    fn incremental_tree_round_trips_with_version_3() {
         let t = incremental("../a", 0x1234);
         let b = encode_tree(&t);
         assert_eq!(u32_at(&b, 8), INCREMENTAL_FORMAT_VERSION);
@@ -735,10 +735,11 @@ mod tests {
         bad.format_version = FORMAT_VERSION;
         let e = decode_tree(Path::new("tree.img"), &encode_tree(&bad)).unwrap_err();
         assert!(
-            e.to_string().contains("format version 1 with a parent"),
+            e.to_string()
+                .contains(&format!("format version {FORMAT_VERSION} with a parent")),
             "{e}"
         );
-        // a full image still says version 1
+        // a full image says the full-image version
         assert_eq!(u32_at(&encode_tree(&sample()), 8), FORMAT_VERSION);
     }
 
