@@ -8,6 +8,7 @@
 //! host, failover) without changing the earlier ones.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::thread::sleep;
@@ -176,6 +177,7 @@ fn steps() -> Vec<Step> {
         Step { title: "checkpoint the restored tree again", run: checkpoint_kill },
         Step { title: "restore it again", run: restore_it },
         Step { title: "check it continued again", run: check_continued },
+        Step { title: "migrate between simulated hosts (network namespaces us-demo-a -> us-demo-b)", run: migrate },
     ]
 }
 
@@ -388,6 +390,234 @@ fn check_continued(st: &mut Stage) -> anyhow::Result<()> {
         last.total, now.total
     ));
     st.last = Some(now);
+    Ok(())
+}
+
+/// The two simulated hosts: network namespaces joined by a veth pair whose addresses exist only
+/// inside them.
+const HOSTS: [(&str, &str, &str); 2] = [
+    ("us-demo-a", "us-demo-va", "10.233.0.1/24"),
+    ("us-demo-b", "us-demo-vb", "10.233.0.2/24"),
+];
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("run `ip {}`", args.join(" ")))?;
+    ensure!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The simulated hosts; dropping it removes them (the veth pair goes with its namespaces).
+struct Hosts;
+
+impl Hosts {
+    /// Removes what an earlier, crashed run left behind.
+    fn remove_stale() {
+        for (ns, veth, _) in HOSTS {
+            let _ = ip(&["netns", "del", ns]);
+            let _ = ip(&["link", "del", veth]);
+        }
+    }
+
+    /// `Err` with the reason when network namespaces cannot be created here at all.
+    fn create() -> Result<Hosts, String> {
+        Self::remove_stale();
+        for (ns, _, _) in HOSTS {
+            ip(&["netns", "add", ns]).map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(Hosts)
+    }
+
+    fn connect(&self) -> anyhow::Result<()> {
+        let [(ns_a, veth_a, _), (ns_b, veth_b, _)] = HOSTS;
+        ip(&[
+            "link", "add", veth_a, "netns", ns_a, "type", "veth", "peer", "name", veth_b, "netns",
+            ns_b,
+        ])?;
+        for (ns, veth, addr) in HOSTS {
+            ip(&["-n", ns, "addr", "add", addr, "dev", veth])?;
+            ip(&["-n", ns, "link", "set", veth, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        Self::remove_stale();
+    }
+}
+
+/// (device, inode) of a network namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
+fn netns_id(path: &str) -> anyhow::Result<(u64, u64)> {
+    let m = fs::metadata(path).with_context(|| format!("stat {path}"))?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn netns_exec(ns: &str, exe: &Path, state: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns])
+        .arg(exe)
+        .arg("--state-dir")
+        .arg(state);
+    c
+}
+
+fn migrate(st: &mut Stage) -> anyhow::Result<()> {
+    let hosts = match Hosts::create() {
+        Ok(h) => h,
+        Err(why) => {
+            st.note(format!("skipped: cannot create network namespaces: {why}"));
+            return Ok(());
+        }
+    };
+    hosts.connect()?;
+    let [(ns_a, _, addr_a), (ns_b, _, addr_b)] = HOSTS;
+    st.note(format!(
+        "hosts: netns {ns_a} ({addr_a}) and {ns_b} ({addr_b}), joined by a veth pair"
+    ));
+    // The earlier workload is done; a fresh one starts on host A.
+    if st.root > 0 {
+        let _ = kill(Pid::from_raw(st.root), Signal::SIGKILL);
+    }
+    // Declared after `hosts`, so dropped first: kills the migrated workload before its host goes.
+    let mut m = Stage {
+        dir: st.dir.join("migration"),
+        shared_memory: st.shared_memory,
+        pidns: true,
+        host_pids: Vec::new(),
+        settle: st.settle,
+        root: 0,
+        last: None,
+        image_seq: 0,
+        measured: Vec::new(),
+    };
+    let state_a = m.dir.join("host-a");
+    let state_b = m.dir.join("host-b");
+    fs::create_dir_all(&m.dir).with_context(|| format!("create {}", m.dir.display()))?;
+    let exe = std::env::current_exe().context("locate understudy itself")?;
+    let mut run = netns_exec(ns_a, &exe, &state_a);
+    run.args(["run", "--detach", "--name", APP, "--"])
+        .arg(st.dir.join("counter"))
+        .arg(&m.dir);
+    if m.shared_memory {
+        run.arg("--shared");
+    }
+    let out = run.arg("--foreground").output().context("understudy run")?;
+    ensure!(
+        out.status.success(),
+        "understudy run on {ns_a} failed: {out:?}"
+    );
+    m.root = launch::AppRecord::load(&state_a, APP)?.root_pid;
+    let net_a = netns_id(&format!("/run/netns/{ns_a}"))?;
+    let net_b = netns_id(&format!("/run/netns/{ns_b}"))?;
+    ensure!(
+        netns_id(&format!("/proc/{}/ns/net", m.root))? == net_a,
+        "the workload does not run in {ns_a}'s network namespace"
+    );
+    sleep(m.settle);
+    let p = m.wait_progress(0)?;
+    st.note(format!(
+        "on {ns_a}: `ip netns exec {ns_a} understudy --state-dir {} run --detach --name {APP}`: init pid {}; {}",
+        state_a.display(),
+        m.root,
+        p.show()
+    ));
+
+    let mut host_pids = tree_host_pids(&m.dir);
+    host_pids.sort_unstable();
+    let image_a = launch::app_dir(&state_a, APP).join("images/migrate");
+    let image_b = launch::app_dir(&state_b, APP).join("images/migrate");
+    let t0 = Instant::now();
+    let rep = checkpoint::dump(&checkpoint::DumpOptions {
+        root_pid: m.root,
+        image_dir: image_a.clone(),
+        leave_running: false,
+        pidns: true,
+        ..Default::default()
+    })
+    .with_context(|| format!("checkpoint of pid {} on {ns_a}", m.root))?;
+    let dumped = t0.elapsed();
+    // The freeze began `frozen` before the dump ended, and the dump ended before the reap wait.
+    let freeze_start = dumped.saturating_sub(rep.reap_wait + rep.frozen);
+    m.last = Some(Progress::read(&m.dir)?);
+    fs::create_dir_all(launch::app_dir(&state_b, APP).join("images"))
+        .context("create host B's image directory")?;
+    fs::rename(&image_a, &image_b).context("move the image to host B's state dir")?;
+    let moved = t0.elapsed();
+    let size = du(&image_b);
+    let out = netns_exec(ns_b, &exe, &state_b)
+        .arg("restore")
+        .arg("--image")
+        .arg(&image_b)
+        .output()
+        .context("understudy restore")?;
+    let running = t0.elapsed();
+    ensure!(
+        out.status.success(),
+        "understudy restore on {ns_b} failed: {out:?}"
+    );
+    let root: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("restored root pid")?;
+    ensure!(root == m.root, "restored root pid {root} is not {}", m.root);
+    let downtime = running.saturating_sub(freeze_start);
+    st.note(format!(
+        "checkpointed on {ns_a} ({} processes, frozen {:.1} ms, + {:.0} ms until the killed pids were reaped), image moved to {} ({:.2} MiB), restored on {ns_b} by `ip netns exec {ns_b} understudy restore` in {:.1} ms",
+        rep.processes,
+        ms(rep.frozen),
+        ms(rep.reap_wait),
+        image_b.display(),
+        mib(size),
+        ms(running.saturating_sub(moved))
+    ));
+    let mut now = tree_host_pids(&m.dir);
+    now.sort_unstable();
+    ensure!(
+        now == host_pids,
+        "restored pids {now:?}, dumped {host_pids:?}"
+    );
+    for pid in &now {
+        ensure!(
+            netns_id(&format!("/proc/{pid}/ns/net"))? == net_b,
+            "restored pid {pid} is not in {ns_b}'s network namespace"
+        );
+    }
+    st.note(format!(
+        "same pids {now:?}; every process now lives in {ns_b}'s network namespace"
+    ));
+    st.note(format!(
+        "downtime: {:.0} ms (freeze start to restored tree running; includes {:.0} ms waiting for the killed pids to be reaped, which only a single-machine simulation needs; {:.0} ms without it)",
+        ms(downtime),
+        ms(rep.reap_wait),
+        ms(downtime.saturating_sub(rep.reap_wait))
+    ));
+    st.note(format!("image size: {:.2} MiB", mib(size)));
+    check_continued(&mut m)?;
+    st.measured.push((
+        "migration downtime".to_owned(),
+        format!(
+            "{:.0} ms ({:.0} ms reap wait + {:.0} ms)",
+            ms(downtime),
+            ms(rep.reap_wait),
+            ms(downtime.saturating_sub(rep.reap_wait))
+        ),
+    ));
+    st.measured.push((
+        "migration image size".to_owned(),
+        format!("{:.2} MiB", mib(size)),
+    ));
+    drop(m);
+    drop(hosts);
     Ok(())
 }
 
