@@ -452,3 +452,53 @@ impl MemoryDumper<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+
+    fn deferred(dir: &Path, parts: &[&[u8]]) -> DeferredPages {
+        let mut crc = 0;
+        let mut chunks = Vec::new();
+        for p in parts {
+            crc = crc32c::crc32c_append(crc, p);
+            let mut buf = vec![0u8; p.len() + 16];
+            buf[..p.len()].copy_from_slice(p);
+            chunks.push((buf, p.len(), crc));
+        }
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        DeferredPages {
+            pid: 1,
+            dir: dir.to_path_buf(),
+            name: "pages-1.img".into(),
+            chunks,
+            expect: PagesRef {
+                file: "pages-1.img".into(),
+                len,
+                crc32c: crc,
+            },
+        }
+    }
+
+    #[test]
+    fn deferred_pages_write_the_file_the_tree_names() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (vec![7u8; 4096], vec![9u8; 8192]);
+        let p = deferred(d.path(), &[&a, &b]);
+        let r = p.expect.clone();
+        assert_eq!(p.write().expect("write"), 12288);
+        let data = image::read_pages(d.path(), &r).expect("read back");
+        assert_eq!(data, [a, b].concat());
+    }
+
+    #[test]
+    fn deferred_pages_fail_cleanly_on_a_mismatch_or_a_missing_dir() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut p = deferred(d.path(), &[&[1u8; 4096]]);
+        p.expect.crc32c ^= 1;
+        let e = p.write().expect_err("mismatch");
+        assert!(e.to_string().contains("do not match"), "{e}");
+        let p = deferred(&d.path().join("gone"), &[&[1u8; 4096]]);
+        assert!(p.write().is_err());
+    }
+}
