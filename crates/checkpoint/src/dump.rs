@@ -16,6 +16,10 @@ use crate::{CheckpointError, DumpOptions, DumpReport, PidCtx, Result};
 const REAP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Dumps the tree rooted at `opts.root_pid` into `opts.image_dir`.
+/// Largest delta of one process an incremental `leave_running` dump holds in memory until the
+/// tree runs again.
+const DEFER_MAX_BYTES: u64 = 256 << 20;
+
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if opts.live_memory && !opts.leave_running {
         return Err(CheckpointError::ImageDir {
@@ -41,6 +45,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     }
     let opts = &eff;
     let pool = crate::memory::buffer_pool();
+    let deferred = std::sync::Mutex::new(Vec::new());
     // An incremental dump writes only what changed: nothing worth reserving.
     if parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
         reserve_space(opts);
@@ -67,6 +72,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         &pool,
         &mut repaired,
         &mut live_jobs,
+        &deferred,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -95,6 +101,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
                 done_before: copied,
                 total_hint: 0,
                 unchanged: &unchanged,
+                defer: None,
             };
             let (pages, _, took) = match md.dump(&mut p.vmas) {
                 Ok(r) => r,
@@ -113,6 +120,31 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
             cleanup_dir(&opts.image_dir);
             return Err(e.into());
         }
+        return Ok(report);
+    }
+    let deferred = deferred.into_inner().unwrap_or_default();
+    if !deferred.is_empty() {
+        // Incremental dump with --leave-running: the written pages were copied into memory
+        // while frozen; the tree runs again before they reach the image. `tree.img` is written
+        // last, so a failure here leaves no image (and the tree running, as it would anyway).
+        drop(repaired);
+        frozen.detach();
+        report.frozen = t_freeze.elapsed();
+        for (pid, tid, sig) in redeliver {
+            let _ = sys::pid::tgkill(pid, tid, sig);
+        }
+        let t = Instant::now();
+        for d in deferred {
+            if let Err(e) = d.write() {
+                cleanup_dir(&opts.image_dir);
+                return Err(e);
+            }
+        }
+        if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
+            cleanup_dir(&opts.image_dir);
+            return Err(e.into());
+        }
+        report.deferred_write = t.elapsed();
         return Ok(report);
     }
     if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
@@ -289,6 +321,7 @@ fn collect(
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     repaired: &mut crate::sockets::RepairGuard,
     live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
+    deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
@@ -300,8 +333,9 @@ fn collect(
                 .then(|| par.tree.processes.iter().find(|q| q.pid == fp.pid))
                 .flatten()
         });
-        let (mut p, skip_fd, unchanged) =
-            dump_process(opts, pp, fp, copied, report, &mut shm, redeliver, pool)?;
+        let (mut p, skip_fd, unchanged) = dump_process(
+            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred,
+        )?;
         if opts.live_memory {
             live_jobs.push((i, unchanged));
         }
@@ -358,6 +392,7 @@ fn dump_process(
     shm: &mut ShmemTable,
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
 ) -> Result<(Process, Option<i32>, crate::incr::Ranges)> {
     let pid = fp.pid;
     let t0 = Instant::now();
@@ -505,11 +540,13 @@ fn dump_process(
     // Incremental: the tracker the parent dump left in the process says what changed since.
     let mut tracker = None;
     let mut unchanged = Vec::new();
+    let mut written_bytes = None;
     if let Some(tr) = parent.and_then(|p| p.dirty.as_ref().map(|d| (p, d))) {
         match crate::incr::collect(pid, tr.0, tr.1) {
             Ok((t, delta)) => {
                 report.incremental_processes += 1;
                 report.written_pages += delta.written_pages;
+                written_bytes = Some(delta.written_pages.saturating_mul(sys::PAGE_SIZE));
                 report.dirty_scan += delta.scan_time;
                 unchanged = delta.unchanged;
                 tracker = Some(t);
@@ -640,6 +677,11 @@ fn dump_process(
             done_before: copied_before,
             total_hint: 0,
             unchanged: &unchanged,
+            // An incremental dump that leaves the tree running copies the written pages into
+            // memory and writes them once the tree runs again (bounded: a large delta is
+            // written while frozen, as a full dump is).
+            defer: (opts.leave_running && written_bytes.is_some_and(|b| b <= DEFER_MAX_BYTES))
+                .then_some(deferred),
         };
         let (pages, _bytes, took) = md.dump(&mut vmas)?;
         report.memory_copy += took;

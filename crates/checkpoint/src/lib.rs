@@ -86,6 +86,9 @@ pub struct DumpReport {
     /// Time spent reading `/proc/PID/smaps` for the madvise flags (part of `frozen`; it walks
     /// every page table).
     pub vm_flags_read: std::time::Duration,
+    /// Time spent after the resume writing page data copied into memory while frozen
+    /// (incremental `leave_running` dumps; not part of `frozen`).
+    pub deferred_write: std::time::Duration,
 }
 
 /// Everything that makes a checkpoint fail.

@@ -99,6 +99,39 @@ pub struct MemoryDumper<'a> {
     pub total_hint: u64,
     /// Incremental dump: ranges whose data is left in the parent image (normalized).
     pub unchanged: &'a [(u64, u64)],
+    /// Copy the pages into memory only; the file is written by [`DeferredPages::write`] once
+    /// the tree runs again (the returned `PagesRef` already names its length and checksum).
+    pub defer: Option<&'a std::sync::Mutex<Vec<DeferredPages>>>,
+}
+
+/// Page data copied while the tree was frozen, written to its pages file after the resume.
+#[derive(Debug)]
+pub struct DeferredPages {
+    pub pid: i32,
+    dir: std::path::PathBuf,
+    name: String,
+    /// (buffer, bytes used, running CRC32C up to and including this buffer)
+    chunks: Vec<(Vec<u8>, usize, u32)>,
+    expect: PagesRef,
+}
+
+impl DeferredPages {
+    /// Writes and fsyncs the pages file; its reference must match the one put in the tree.
+    pub fn write(self) -> Result<u64> {
+        let mut w = PagesWriter::create(&self.dir, &self.name)?;
+        for (buf, used, crc) in &self.chunks {
+            w.write_checksummed(&buf[..*used], *crc)?;
+        }
+        let len = w.len();
+        let r = w.finish_synced()?;
+        if r != self.expect {
+            return Err(CheckpointError::Tree {
+                pid: self.pid,
+                why: format!("{}: deferred pages do not match the image", self.name),
+            });
+        }
+        Ok(len)
+    }
 }
 
 struct Batch {
@@ -181,6 +214,9 @@ impl MemoryDumper<'_> {
         let pid = self.pid;
         let t0 = Instant::now();
         let name = format!("pages-{pid}.img");
+        if let Some(defer) = self.defer {
+            return self.dump_to_memory(vmas, name, defer, t0);
+        }
         let mut w = PagesWriter::create(self.dir, &name)?;
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
         let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -244,6 +280,86 @@ impl MemoryDumper<'_> {
         let copied = w.len();
         let r = w.finish()?;
         Ok((r, copied, t0.elapsed()))
+    }
+
+    /// [`Self::dump`] into memory: the "writer" keeps every filled buffer and hands back a
+    /// fresh one.
+    fn dump_to_memory(
+        &self,
+        vmas: &mut [Vma],
+        name: String,
+        defer: &std::sync::Mutex<Vec<DeferredPages>>,
+        t0: Instant,
+    ) -> Result<(PagesRef, u64, std::time::Duration)> {
+        let pid = self.pid;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        // The pool's buffers are faulted in already: fresh ones would fault during the copy.
+        let pool = self.pool;
+        let take = move || {
+            pool.lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_else(|| vec![0u8; BATCH])
+        };
+        let mut r = Reader {
+            pid,
+            batch: Batch {
+                buf: take(),
+                used: 0,
+                ranges: Vec::new(),
+            },
+            pos: 0,
+            full: full_tx,
+            empty: &empty_rx,
+            progress: self.progress,
+            done_before: self.done_before,
+            total_hint: 0,
+            busy: std::time::Duration::ZERO,
+            crc: 0,
+        };
+        let _ = empty_tx.send(take());
+        let (res, chunks, last) = std::thread::scope(|s| {
+            let keeper = s.spawn(move || {
+                let mut chunks = Vec::new();
+                while let Ok((buf, used, crc)) = full_rx.recv() {
+                    let _ = empty_tx.send(take());
+                    if used > 0 {
+                        chunks.push((buf, used, crc));
+                    }
+                }
+                chunks
+            });
+            let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            let last = std::mem::take(&mut r.batch.buf);
+            drop(r);
+            (res, keeper.join().unwrap_or_default(), last)
+        });
+        if let Ok(mut p) = self.pool.lock() {
+            p.push(last);
+            p.extend(empty_rx.try_iter());
+        }
+        res?;
+        let len: u64 = chunks.iter().map(|c| c.1 as u64).sum();
+        let expect = PagesRef {
+            file: name.clone(),
+            len,
+            crc32c: chunks.last().map_or(0, |c| c.2),
+        };
+        defer
+            .lock()
+            .map_err(|_| CheckpointError::Tree {
+                pid,
+                why: "deferred pages list poisoned".into(),
+            })?
+            .push(DeferredPages {
+                pid,
+                dir: self.dir.to_path_buf(),
+                name,
+                chunks,
+                expect: expect.clone(),
+            });
+        Ok((expect, len, t0.elapsed()))
     }
 
     fn read_all(&self, r: &mut Reader<'_>, vmas: &mut [Vma]) -> Result<()> {
@@ -334,5 +450,55 @@ impl MemoryDumper<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+
+    fn deferred(dir: &Path, parts: &[&[u8]]) -> DeferredPages {
+        let mut crc = 0;
+        let mut chunks = Vec::new();
+        for p in parts {
+            crc = crc32c::crc32c_append(crc, p);
+            let mut buf = vec![0u8; p.len() + 16];
+            buf[..p.len()].copy_from_slice(p);
+            chunks.push((buf, p.len(), crc));
+        }
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        DeferredPages {
+            pid: 1,
+            dir: dir.to_path_buf(),
+            name: "pages-1.img".into(),
+            chunks,
+            expect: PagesRef {
+                file: "pages-1.img".into(),
+                len,
+                crc32c: crc,
+            },
+        }
+    }
+
+    #[test]
+    fn deferred_pages_write_the_file_the_tree_names() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (vec![7u8; 4096], vec![9u8; 8192]);
+        let p = deferred(d.path(), &[&a, &b]);
+        let r = p.expect.clone();
+        assert_eq!(p.write().expect("write"), 12288);
+        let data = image::read_pages(d.path(), &r).expect("read back");
+        assert_eq!(data, [a, b].concat());
+    }
+
+    #[test]
+    fn deferred_pages_fail_cleanly_on_a_mismatch_or_a_missing_dir() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut p = deferred(d.path(), &[&[1u8; 4096]]);
+        p.expect.crc32c ^= 1;
+        let e = p.write().expect_err("mismatch");
+        assert!(e.to_string().contains("do not match"), "{e}");
+        let p = deferred(&d.path().join("gone"), &[&[1u8; 4096]]);
+        assert!(p.write().is_err());
     }
 }

@@ -329,6 +329,16 @@ impl PagesWriter {
         Ok(())
     }
 
+    /// Writes the final header, flushes the file to stable storage and returns the reference
+    /// `tree.img` keeps.
+    pub fn finish_synced(self) -> Result<PagesRef> {
+        let file = self.file.try_clone().map_err(io_err(&self.path))?;
+        let path = self.path.clone();
+        let r = self.finish()?;
+        file.sync_all().map_err(io_err(&path))?;
+        Ok(r)
+    }
+
     /// Writes the final header and returns the reference `tree.img` keeps.
     pub fn finish(self) -> Result<PagesRef> {
         self.file
