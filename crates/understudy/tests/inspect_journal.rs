@@ -64,3 +64,27 @@ fn inspect_refuses_a_directory_that_is_neither() {
         "{err}"
     );
 }
+
+/// `understudy inspect DIR | head`: a reader that goes away early ends inspect quietly with
+/// success instead of a panic on EPIPE.
+#[test]
+fn inspect_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let jdir = dir.path().join("journal");
+    {
+        let (mut j, _) = Journal::open(&jdir, JournalOptions::default()).unwrap();
+        j.append(0, 1, b"one").unwrap();
+        j.commit().unwrap();
+    }
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = understudy()
+        .arg("inspect")
+        .arg(&jdir)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -8,6 +8,30 @@ use image::{FileKind, VmaKind};
 
 use crate::Cli;
 
+/// `println!`/`print!` that end the command quietly when stdout is closed early
+/// (`understudy inspect DIR | head`) instead of panicking on EPIPE, and report other write errors.
+macro_rules! println {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        crate::cmd::inspect::stdout_result(writeln!(std::io::stdout().lock(), $($t)*))?;
+    }};
+}
+macro_rules! print {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        crate::cmd::inspect::stdout_result(write!(std::io::stdout().lock(), $($t)*))?;
+    }};
+}
+
+/// A closed stdout (the reader went away) ends the process with success; other errors are
+/// returned, saying where.
+pub(crate) fn stdout_result(r: std::io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => other.context("writing to standard output"),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// An image directory (holds tree.img) or a journal directory.
