@@ -233,12 +233,12 @@ impl Pagemap {
                 category_anyof_mask: req.anyof.0,
                 return_mask: req.return_mask.0,
             };
-            // SAFETY: PAGEMAP_SCAN reads and writes a `struct pm_scan_arg` (mirrored by the
-            // repr(C) `PmScanArg`, its `size` field set) and writes at most `vec_len` entries
-            // of `struct page_region` (mirrored by `PageRegionRaw`) to `vec`, which points to
-            // `buf` holding exactly `vec_len` entries; both outlive the call.
-            let n =
-                unsafe { libc::ioctl(self.fd.as_raw_fd(), PAGEMAP_SCAN, &mut a as *mut PmScanArg) };
+            let arg: *mut PmScanArg = &mut a;
+            let fd = self.fd.as_raw_fd();
+            // SAFETY: PAGEMAP_SCAN reads/writes the repr(C) `PmScanArg` (`size` set) and writes
+            // at most `vec_len` `PageRegionRaw` entries to `vec` = `buf`, which holds exactly
+            // `vec_len` entries; `a` and `buf` outlive the call.
+            let n = unsafe { libc::ioctl(fd, PAGEMAP_SCAN, arg) };
             if n < 0 {
                 let source = std::io::Error::last_os_error();
                 let hint = match source.raw_os_error() {
