@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -86,14 +87,17 @@ int main(int argc, char **argv) {
     setsockopt(out, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     char b[MSG + 1];
     for (int n = 1; n <= 3; n++) { msg(b, "ECH", n); if (write(out, b, MSG) != MSG) return 3; }
-    /* wait until the echoes and the child's messages are queued here */
+    /* wait until all 3 echoes and the child's 2 messages are queued here, then let the
+     * last ACKs (delayed ACK: up to 40 ms) settle: there is no network lock yet, so a segment
+     * from the outside peer arriving between the kill and the restore would be answered with
+     * a reset. */
     for (int i = 0; i < 500; i++) {
         int q1 = 0, q2 = 0;
-        struct pollfd p[2] = {{out, POLLIN, 0}, {in, POLLIN, 0}};
-        poll(p, 2, 10);
-        q1 = p[0].revents & POLLIN; q2 = p[1].revents & POLLIN;
-        if (q1 && q2) break;
+        poll(0, 0, 10);
+        if (ioctl(out, FIONREAD, &q1) == 0 && ioctl(in, FIONREAD, &q2) == 0 &&
+            q1 >= 3 * MSG && q2 >= 2 * MSG) break;
     }
+    poll(0, 0, 150);
     if (argc > 3 && !strcmp(argv[3], "netlink") && socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE) < 0) return 3;
     FILE *pf = fopen("pid.tmp", "w"); fprintf(pf, "%d\n", getpid()); fclose(pf); rename("pid.tmp", "pid");
     wait_go();
