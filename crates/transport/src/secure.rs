@@ -514,6 +514,12 @@ impl SecureWriter {
         frame::encode_data(&mut self.plain, first_seq, records);
     }
 
+    /// Queue a `Data` frame of `count` records already in their `Data` encoding (see
+    /// [`frame::encode_data_encoded`]): one copy per piece, no per-record work.
+    pub fn queue_data_encoded(&mut self, first_seq: u64, count: u32, encoded: &[&[u8]]) {
+        frame::encode_data_encoded(&mut self.plain, first_seq, count, encoded);
+    }
+
     /// Encrypt and send everything queued.
     pub async fn flush(&mut self) -> Result<(), TransportError> {
         if self.plain.is_empty() {
