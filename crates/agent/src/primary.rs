@@ -124,7 +124,13 @@ struct Window {
     batches: VecDeque<WBatch>,
     /// Payload bytes held.
     bytes: usize,
+    /// Buffers of batches that left the window, reused for new batches (the window turns over
+    /// its whole size continuously under load; fresh allocations would page-fault every page).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers kept for reuse by [`Window::spare`].
+const SPARE_BUFFERS: usize = 8;
 
 impl Window {
     /// Index of the batch holding `seq`, if the window holds it.
@@ -220,6 +226,7 @@ impl Primary {
                 first: last + 1,
                 batches: VecDeque::new(),
                 bytes: 0,
+                spare: Vec::new(),
             }),
             last_tx,
             acked_tx,
@@ -288,7 +295,13 @@ impl Primary {
         msgs: impl IntoIterator<Item = (u32, &'a [u8])>,
     ) -> Result<u64, AgentError> {
         let s = &self.shared;
-        let mut enc = Vec::new();
+        let mut enc = s
+            .window
+            .lock()
+            .expect("window lock")
+            .spare
+            .pop()
+            .unwrap_or_default();
         let mut count = 0u64;
         let mut payload = 0u64;
         for (stream, p) in msgs {
@@ -334,9 +347,14 @@ impl Primary {
             });
             s.total_bytes.store(cum, Relaxed);
             while w.bytes > s.cfg.window_bytes && w.batches.len() > 1 {
-                let b = w.batches.pop_front().expect("non-empty");
+                let mut b = w.batches.pop_front().expect("non-empty");
                 w.bytes -= usize::try_from(b.payload).unwrap_or(usize::MAX);
                 w.first = b.last() + 1;
+                // Keep moderately sized buffers only: one huge batch must not stay pinned.
+                if w.spare.len() < SPARE_BUFFERS && b.enc.capacity() <= 4 * s.cfg.batch_bytes {
+                    b.enc.clear();
+                    w.spare.push(std::mem::take(&mut b.enc));
+                }
             }
             Ok::<_, AgentError>(seq)
         })?;
