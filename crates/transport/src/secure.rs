@@ -7,7 +7,9 @@
 //!                  [status 1 = refused: msg_len:u16le msg, then close]
 //! client → server  noise msg 1 (-> psk, e)      each noise message: len:u16be bytes
 //! server → client  noise msg 2 (<- e, ee)
-//! both ways        noise transport messages, each carrying up to 65519 bytes of frame stream
+//! both ways        version 3: sealed records len:u32le ciphertext tag, up to 1 MiB of frame
+//!                  stream each (AES-256-GCM, keys from Noise's Split(), Noise nonces);
+//!                  version 2: noise transport messages, up to 65519 bytes of frame stream each
 //! ```
 //! Both cleartext messages are bound into the handshake as its prologue, so a tampered version
 //! makes the handshake fail. The server never decodes a frame before the client has proven it
