@@ -323,12 +323,9 @@ impl Primary {
         let last = blocking(|| {
             let mut st = s.store.lock().expect("store lock");
             let first = st.last_seq() + 1;
-            let mut seq = first - 1;
-            for (stream, p) in transport::frame::records(&enc) {
-                seq += 1;
-                st.append(seq, stream, p)
-                    .map_err(|e| AgentError::Store(e.to_string()))?;
-            }
+            let seq = st
+                .append_encoded(first, &enc)
+                .map_err(|e| AgentError::Store(e.to_string()))?;
             let before = st.fsyncs();
             st.commit().map_err(|e| AgentError::Store(e.to_string()))?;
             Metrics::add(&s.metrics.fsyncs, st.fsyncs() - before);
