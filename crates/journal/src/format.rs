@@ -189,7 +189,7 @@ impl SegmentHeader {
         // The header length always fits in u16 (it is a small constant).
         let hl = u16::try_from(SEGMENT_HEADER_LEN).unwrap_or(u16::MAX);
         b[10..12].copy_from_slice(&hl.to_le_bytes());
-        // 12..16: flags, zero in version 1.
+        // 12..16: flags, zero (no segment flags are defined).
         b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.index.to_le_bytes());
         b[32..40].copy_from_slice(&self.journal_id.to_le_bytes());
@@ -222,7 +222,7 @@ impl SegmentHeader {
             return Err(Corruption::BadHeaderLength { len });
         }
         // Flags (covered by the checksum) and the trailing reserved word (not covered) must be
-        // zero in version 1.
+        // zero (no segment flags are defined in versions 1 and 2).
         let flags = le_u32(&b[12..16]) | le_u32(&b[52..56]);
         if flags != 0 {
             return Err(Corruption::ReservedBits { flags });
@@ -396,7 +396,7 @@ impl RecordHeader {
 pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut h = [0u8; RECORD_HEADER_LEN];
-    // 0..4: crc, filled in below; 12..16: flags, zero in version 1.
+    // 0..4: crc, filled in below; 12..16: flags, zero for a single-record frame.
     h[4..8].copy_from_slice(&len.to_le_bytes());
     h[8..12].copy_from_slice(&stream.to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());

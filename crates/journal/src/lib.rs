@@ -3,8 +3,9 @@
 //! A journal is a directory of segment files (`00000000000000000001.seg`, named by the
 //! sequence number of their first record). Each segment starts with a header (magic, format
 //! version, first seq, segment index, journal id, epoch, CRC32C) followed by records framed
-//! with length, stream id, sequence number and a CRC32C over header and payload. The journal
-//! never interprets payloads.
+//! with length, stream id, sequence number and a CRC32C over header and payload, or, since
+//! format version 2, as batch frames holding a run of consecutive records under one header and
+//! one CRC32C ([`Journal::append_encoded`]). The journal never interprets payloads.
 //!
 //! What it promises:
 //! - **Gapless order**: `append` accepts exactly `last_seq() + 1`; anything else is
