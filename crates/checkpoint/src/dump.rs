@@ -446,20 +446,10 @@ fn dump_process(
         });
     }
 
-    // POSIX timers (`timer_create`) are not dumped yet: refuse rather than restore a process
-    // whose timers silently vanished.
-    match sys::timers::timers(pid) {
-        Ok(timers) if !timers.is_empty() => {
-            let ids: Vec<String> = timers.iter().map(|t| t.id.to_string()).collect();
-            return Err(CheckpointError::Unsupported {
-                pid,
-                what: format!("posix timers (ids {})", ids.join(", ")),
-                why: "timers created with timer_create cannot be checkpointed yet".into(),
-            });
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("pid {pid}: cannot list posix timers: {e}"),
-    }
+    // POSIX timers (`timer_create`): listed here, their times read by injected calls below.
+    let mut posix_timers = crate::timers::list(pid, |tid| {
+        threads.iter().find(|t| t.tid == tid).map(|t| t.ns_tid)
+    })?;
 
     // Seccomp: filters are read from the main thread; every thread must have the same ones.
     if status.seccomp == 1 {
@@ -597,6 +587,7 @@ fn dump_process(
             };
             itimers.push((us(0), us(16)));
         }
+        crate::timers::read_times(&mut rs, pid, scratch, 128, &mut posix_timers)?;
         for (i, t) in fp.threads.iter().enumerate() {
             let mut sb = [0u8; 24];
             let mut ct = [0u8; 8];
@@ -753,6 +744,7 @@ fn dump_process(
         no_new_privs: status.no_new_privs,
         epoll_regs: Vec::new(),
         dirty,
+        posix_timers,
     };
     Ok((proc, skip_fd, unchanged))
 }

@@ -274,6 +274,7 @@ impl Loaded {
             from_parents.push(pieces);
         }
         crate::evfd::check(&tree).map_err(bad)?;
+        crate::timers::check(&tree).map_err(bad)?;
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
@@ -613,6 +614,9 @@ pub fn restore_tree(
     tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
     crate::evfd::finish_tcp(&files.extra.tcp, root.pid)?;
+    for (i, p) in tree.processes.iter().enumerate() {
+        crate::timers::restore(p, placed[i].pid)?;
+    }
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;

@@ -117,10 +117,7 @@ zdtm!(sessions);
 zdtm!(sparse_mem);
 zdtm!(seccomp);
 zdtm!(exe_link);
-zdtm!(
-    posix_timer,
-    ignore = "needs POSIX timers (timer_create) in the engine; until then the dump is refused (see unsupported_posix_timers_are_refused_and_left_running)"
-);
+zdtm!(posix_timer);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
@@ -255,9 +252,16 @@ fn unsupported_sysv_shm_is_refused_and_left_running() {
     refused_workload_left_running("sysv_shm", &[], "SysV shared memory", "sysv", false);
 }
 
+/// A POSIX timer on `CLOCK_THREAD_CPUTIME_ID` (bound to a thread the kernel does not name).
 #[test]
-fn unsupported_posix_timers_are_refused_and_left_running() {
-    refused_workload_left_running("posix_timer", &[], "posix timers", "posix timers", false);
+fn unsupported_thread_cpu_timer_is_refused_and_left_running() {
+    refused_workload_left_running(
+        "unsupported",
+        &["thread_cpu_timer"],
+        "thread CPU-time timer",
+        "clock_thread_cputime_id",
+        true,
+    );
 }
 
 #[test]
