@@ -768,6 +768,11 @@ fn rebuild(
         .map_scratch(Some(scratch_at), SCRATCH_LEN)
         .pid(pid)?
         .addr();
+    // The exe link first, while nothing but the vDSO and the scratch area is mapped: the
+    // kernel refuses to replace mm->exe_file (EBUSY) while the old exe (the stub's, i.e. the
+    // restorer binary) is still mapped, which it is again once the regions of a process whose
+    // own exe is the restorer binary (an `understudy run` init) are in place.
+    set_exe(&mut rs, p, pid, scratch)?;
 
     let tr = std::time::Instant::now();
     // Address space.
@@ -941,55 +946,19 @@ fn rebuild(
     let mm = &p.mm;
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
     rs.put(SCR_AUXV, &auxv).pid(pid)?;
-    let exe_fd = if p.exe.is_empty() {
-        None
-    } else {
-        open_remote(&mut rs, &mut BTreeMap::new(), pid, scratch, &p.exe, 0).ok()
-    };
-    let set_mm = |rs: &mut RemoteSyscalls, exe: Option<u64>| -> Result<i64> {
-        let mut b: Vec<u8> = [
-            mm.start_code,
-            mm.end_code,
-            mm.start_data,
-            mm.end_data,
-            mm.start_brk,
-            mm.brk,
-            mm.start_stack,
-            mm.arg_start,
-            mm.arg_end,
-            mm.env_start,
-            mm.env_end,
-            scratch + SCR_AUXV,
-        ]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
-        b.extend_from_slice(&u32::try_from(auxv.len()).unwrap_or(0).to_ne_bytes());
-        b.extend_from_slice(
-            &exe.map_or(u32::MAX, |f| u32::try_from(f).unwrap_or(u32::MAX))
-                .to_ne_bytes(),
-        );
+    let set_mm = |rs: &mut RemoteSyscalls| -> Result<i64> {
+        // exe_fd -1: the exe link was set before the address space was rebuilt
+        let b = mm_map_bytes(mm, scratch + SCR_AUXV, auxv.len(), u32::MAX);
         rs.put(SCR_MM, &b).pid(pid)?;
         rs.syscall_raw(nr::PRCTL, [35, 14, scratch + SCR_MM, b.len() as u64, 0, 0])
             .pid(pid)
     };
-    let mut r = set_mm(&mut rs, exe_fd)?;
-    if r < 0 && exe_fd.is_some() {
-        tracing::warn!(
-            "pid {}: PR_SET_MM_MAP with exe failed ({r}); keeping the stub's exe link",
-            p.pid
-        );
-        r = set_mm(&mut rs, None)?;
-    }
+    let r = set_mm(&mut rs)?;
     if r < 0 {
         return Err(RestoreError::Invalid {
             pid: p.pid,
             why: format!("prctl(PR_SET_MM_MAP) failed: errno {}", -r),
         });
-    }
-    if let Some(fd) = exe_fd {
-        rs.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])
-            .pid(pid)?;
     }
 
     // File descriptors: the stub inherited the restorer's prepared files at base + id.
@@ -1257,6 +1226,72 @@ fn rebuild(
         }
     }
     rs.finish().pid(pid)?;
+    Ok(())
+}
+
+/// `struct prctl_mm_map` for `PR_SET_MM_MAP` (`exe_fd` `u32::MAX` = leave the exe link).
+fn mm_map_bytes(mm: &image::MmInfo, auxv: u64, auxv_len: usize, exe_fd: u32) -> Vec<u8> {
+    let mut b: Vec<u8> = [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv,
+    ]
+    .iter()
+    .flat_map(|v| v.to_ne_bytes())
+    .collect();
+    b.extend_from_slice(&u32::try_from(auxv_len).unwrap_or(0).to_ne_bytes());
+    b.extend_from_slice(&exe_fd.to_ne_bytes());
+    b
+}
+
+/// Points `/proc/PID/exe` at the dumped executable; must run while the stub's own exe is no
+/// longer mapped. `PR_SET_MM_MAP` (needs `CAP_CHECKPOINT_RESTORE` or `CAP_SYS_ADMIN`) rather
+/// than `PR_SET_MM_EXE_FILE` (needs `CAP_SYS_RESOURCE`, which containers often drop); the
+/// other fields are set to their final values here and again once memory is in place (with
+/// the auxv). An executable that cannot be opened or set (deleted, replaced by a
+/// non-executable file) keeps the stub's link, with a warning naming it.
+fn set_exe(rs: &mut RemoteSyscalls, p: &Process, pid: i32, scratch: u64) -> Result<()> {
+    if p.exe.is_empty() {
+        return Ok(());
+    }
+    let fd = match open_remote(rs, &mut BTreeMap::new(), pid, scratch, &p.exe, 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(
+                "pid {}: executable {} cannot be opened ({e}); /proc/{}/exe keeps the restorer's",
+                p.pid,
+                p.exe,
+                p.pid
+            );
+            return Ok(());
+        }
+    };
+    let b = mm_map_bytes(&p.mm, 0, 0, u32::try_from(fd).unwrap_or(u32::MAX));
+    rs.put(SCR_MM, &b).pid(pid)?;
+    // PR_SET_MM = 35, PR_SET_MM_MAP = 14
+    let r = rs
+        .syscall_raw(nr::PRCTL, [35, 14, scratch + SCR_MM, b.len() as u64, 0, 0])
+        .pid(pid)?;
+    if r < 0 {
+        tracing::warn!(
+            "pid {}: prctl(PR_SET_MM_MAP) with exe {} failed: errno {}; /proc/{}/exe keeps the restorer's",
+            p.pid,
+            p.exe,
+            -r,
+            p.pid
+        );
+    }
+    rs.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])
+        .pid(pid)?;
     Ok(())
 }
 
