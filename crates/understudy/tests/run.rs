@@ -315,7 +315,13 @@ fn attached_app_checkpointed_by_name_and_restored() {
     let at_checkpoint = read_count().expect("count");
     let rs = understudy(
         &st.0,
-        &["restore", "--image", image.to_str().expect("utf-8")],
+        &[
+            "restore",
+            "--image",
+            image.to_str().expect("utf-8"),
+            "--name",
+            "app",
+        ],
     );
     assert!(rs.status.success(), "restore: {rs:?}");
     let printed: i64 = String::from_utf8_lossy(&rs.stdout)
@@ -329,6 +335,9 @@ fn attached_app_checkpointed_by_name_and_restored() {
         !rs_err.contains("exe"),
         "restore warned about the exe link: {rs_err}"
     );
+    // Its own PID namespace: only the pids inside are kept, the init's outer pid is new and
+    // app.json follows it (so `checkpoint app` works again).
+    let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
     assert_eq!(
         Some(printed),
         json_field(&rec, "root_pid").and_then(|v| v.as_i64())

@@ -422,19 +422,35 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
 }
 
 /// An application started with `understudy run` (own PID namespace, init as PID 1) is
-/// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids, in the
-/// caller's namespace and in its own.
+/// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids inside
+/// its namespace (its outer pids are whatever the host gives: `checkpoint` does not wait for
+/// the old ones to be reaped).
 #[test]
 fn run_launched_app_checkpointed_by_name() {
+    run_launched("pipe_children");
+}
+
+/// The same with 8 threads: their tids inside the namespace are kept, the outer ones are new.
+#[test]
+fn run_launched_threads_checkpointed_by_name() {
+    run_launched("threads_mutex");
+}
+
+fn run_launched(workload: &str) {
     if !can_run("run + checkpoint NAME") {
         return;
     }
-    let mut w = Workload::start_under_run("pipe_children", "zdtm-app");
+    let mut w = Workload::start_under_run(workload, "zdtm-app");
     let state = w.state_dir();
     let before = w.snapshot();
     assert!(
         before.iter().any(|p| p.pid == w.root),
         "the init is not part of the run"
+    );
+    let before_ns = harness::ns_snapshot(&w);
+    assert!(
+        before_ns.iter().any(|p| p.pid == 1 && p.ppid == 0),
+        "the init is not pid 1 of its namespace: {before_ns:?}"
     );
     let image = w.image_dir("byname");
     let run = understudy(
@@ -456,13 +472,16 @@ fn run_launched_app_checkpointed_by_name() {
             w.log()
         );
     }
-    for p in &before {
-        assert!(
-            pid_free(p.pid),
-            "pid {} still taken after checkpoint",
-            p.pid
-        );
-    }
-    restore(&mut w, &image, &before);
+    // Every process is gone (zombies waiting for the host's init may keep their outer pids).
+    let left: Vec<i32> = before
+        .iter()
+        .map(|p| p.pid)
+        .filter(|&p| !pid_free(p) && !matches!(proc_state(p), Some('Z' | 'X')))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "pids {left:?} still running after checkpoint"
+    );
+    harness::restore_pidns(&mut w, &image, &before_ns);
     w.expect_pass();
 }
