@@ -463,9 +463,15 @@ fn dump_process(
         });
     }
     let seccomp_filters: Vec<Hex> = if status.seccomp == 2 {
-        let main = ptrace::seccomp_filters(pid).pid(pid)?;
+        let read = |tid: i32| {
+            sys::seccomp::filters(tid).map_err(|e| CheckpointError::Tree {
+                pid,
+                why: format!("seccomp filters: {e}"),
+            })
+        };
+        let main = read(pid)?;
         for t in fp.threads.iter().skip(1) {
-            if ptrace::seccomp_filters(t.tid).pid(pid)? != main {
+            if read(t.tid)? != main {
                 return Err(CheckpointError::Unsupported {
                     pid,
                     what: format!("thread {} seccomp filters", t.tid),
@@ -473,7 +479,7 @@ fn dump_process(
                 });
             }
         }
-        main.into_iter().map(Hex).collect()
+        main.iter().map(|f| Hex(f.to_bytes())).collect()
     } else {
         Vec::new()
     };

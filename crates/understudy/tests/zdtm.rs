@@ -118,6 +118,7 @@ zdtm!(sparse_mem);
 zdtm!(seccomp);
 zdtm!(exe_link);
 zdtm!(posix_timer);
+zdtm!(pipe_widowed);
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
