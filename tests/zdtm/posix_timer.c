@@ -7,7 +7,8 @@
  *    had when the state was built (it was not re-armed from scratch);
  *  - a periodic SIGEV_THREAD_ID timer (SIGRTMIN+3, value 999) keeps signalling the same worker
  *    thread;
- *  - /proc/self/timers lists the same ids with the same clocks, signals, values and targets.
+ *  - /proc/self/timers lists the same ids with the same clocks, signals, values and kinds of
+ *    target (process or thread).
  */
 #include "zdtm.h"
 #include <pthread.h>
@@ -48,27 +49,45 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* /proc/self/timers as its 4-line blocks, sorted (the kernel lists them in no set order). */
+/* /proc/self/timers as one line per timer ("ID|signal|notify|ClockID"), sorted (the kernel
+ * lists them in no set order). The pid or tid after "notify: how/pid." is left out: /proc may
+ * be the host's, whose (outer) pids change across a restore into a new PID namespace; the
+ * handlers check the target thread themselves. */
 static void timers_text(char *out, size_t len)
 {
 	static char raw[8192];
+	static char lines[32][256];
 	int fd = open("/proc/self/timers", O_RDONLY);
 	ZCHECK(fd >= 0, "open /proc/self/timers");
 	ssize_t n = read(fd, raw, sizeof(raw) - 1);
 	close(fd);
 	ZCHECK(n > 0, "read /proc/self/timers");
 	raw[n] = 0;
-	char *blocks[32];
-	int nb = 0;
-	for (char *p = strstr(raw, "ID:"); p && nb < 32; p = strstr(p + 1, "ID:")) {
-		blocks[nb++] = p;
-		if (p > raw)
-			p[-1] = 0;
+	int nb = -1;
+	for (char *line = strtok(raw, "\n"); line; line = strtok(NULL, "\n")) {
+		if (strncmp(line, "ID:", 3) == 0) {
+			ZCHECK(nb < 31, "too many timers");
+			lines[++nb][0] = 0;
+		}
+		if (nb < 0)
+			continue;
+		char field[128];
+		snprintf(field, sizeof(field), "%s", line);
+		if (strncmp(field, "notify:", 7) == 0) {
+			char *dot = strchr(field, '.');
+			if (dot)
+				*dot = 0;
+		}
+		size_t used = strlen(lines[nb]);
+		snprintf(lines[nb] + used, sizeof(lines[nb]) - used, "%s|", field);
 	}
-	qsort(blocks, (size_t)nb, sizeof(blocks[0]), cmp_str);
+	char *sorted[32];
+	for (int i = 0; i <= nb; i++)
+		sorted[i] = lines[i];
+	qsort(sorted, (size_t)(nb + 1), sizeof(sorted[0]), cmp_str);
 	out[0] = 0;
-	for (int i = 0; i < nb; i++) {
-		strncat(out, blocks[i], len - strlen(out) - 2);
+	for (int i = 0; i <= nb; i++) {
+		strncat(out, sorted[i], len - strlen(out) - 2);
 		strncat(out, "\n", len - strlen(out) - 1);
 	}
 }

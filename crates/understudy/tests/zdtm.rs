@@ -437,6 +437,12 @@ fn run_launched_threads_checkpointed_by_name() {
     run_launched("threads_mutex");
 }
 
+/// POSIX timers in a PID namespace: a `SIGEV_THREAD_ID` target is the tid inside it.
+#[test]
+fn run_launched_posix_timers_checkpointed_by_name() {
+    run_launched("posix_timer");
+}
+
 fn run_launched(workload: &str) {
     if !can_run("run + checkpoint NAME") {
         return;
