@@ -7,6 +7,7 @@
  *    had when the state was built (it was not re-armed from scratch);
  *  - a periodic SIGEV_THREAD_ID timer (SIGRTMIN+3, value 999) keeps signalling the same worker
  *    thread;
+ *  - the ids have a gap (the first timer was deleted), kept by the restore;
  *  - /proc/self/timers lists the same ids with the same clocks, signals, values and kinds of
  *    target (process or thread).
  */
@@ -121,7 +122,11 @@ int main(int argc, char **argv)
 	ev.sigev_notify = SIGEV_SIGNAL;
 	ev.sigev_signo = SIGRTMIN + 2;
 	ev.sigev_value.sival_int = 777;
-	timer_t periodic, idle, oneshot, directed;
+	timer_t periodic, idle, oneshot, directed, gone;
+	/* The first id is freed again: the ids to restore have a gap below them. */
+	struct sigevent none = { 0 };
+	none.sigev_notify = SIGEV_NONE;
+	ZCHECK(timer_create(CLOCK_MONOTONIC, &none, &gone) == 0, "timer_create gone");
 	ZCHECK(timer_create(CLOCK_MONOTONIC, &ev, &periodic) == 0, "timer_create periodic");
 	ev.sigev_value.sival_int = 888;
 	ZCHECK(timer_create(CLOCK_REALTIME, &ev, &idle) == 0, "timer_create idle");
@@ -132,6 +137,7 @@ int main(int argc, char **argv)
 	ev.sigev_value.sival_int = 999;
 	ev._sigev_un._tid = worker_tid;
 	ZCHECK(timer_create(CLOCK_MONOTONIC, &ev, &directed) == 0, "timer_create thread-directed");
+	ZCHECK(timer_delete(gone) == 0, "timer_delete");
 	struct itimerspec its = { { 0, 20000000 }, { 0, 20000000 } };
 	ZCHECK(timer_settime(periodic, 0, &its, NULL) == 0, "timer_settime");
 	ZCHECK(timer_settime(directed, 0, &its, NULL) == 0, "timer_settime directed");

@@ -7,7 +7,8 @@
 //! wanted id from `*timerid`. Older kernels allocate ids themselves (lowest free before 6.13,
 //! a per-process counter since): there timers are created in id order, lower ids the kernel
 //! hands out are kept as fillers and deleted afterwards, and a timer the kernel gives a
-//! higher id than wanted fails the restore with a message naming both ids.
+//! higher id than wanted fails the restore with a message naming both ids. The environment
+//! variable `UNDERSTUDY_NO_TIMER_RESTORE_IDS` forces that path (for tests).
 
 use image::{PosixTimer, Process, Tree, VmaKind};
 use sys::remote::nr;
@@ -106,13 +107,15 @@ pub fn restore(p: &Process, pid: i32) -> Result<()> {
     let insn = sys::remote::find_syscall_insn(pid, vs, ve).pid(pid)?;
     let mut rs = RemoteSyscalls::new(pid, insn).pid(pid)?;
     let scratch = rs.map_scratch(None, 4096).pid(pid)?.addr();
-    let exact = rs
-        .syscall_raw(
-            nr::PRCTL,
-            [PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0, 0],
-        )
-        .pid(pid)?
-        == 0;
+    // UNDERSTUDY_NO_TIMER_RESTORE_IDS: behave as on a kernel without the prctl (tests).
+    let exact = std::env::var_os("UNDERSTUDY_NO_TIMER_RESTORE_IDS").is_none()
+        && rs
+            .syscall_raw(
+                nr::PRCTL,
+                [PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0, 0],
+            )
+            .pid(pid)?
+            == 0;
     let mut timers = p.posix_timers.clone();
     timers.sort_by_key(|t| t.id);
     let mut fillers: Vec<u64> = Vec::new();

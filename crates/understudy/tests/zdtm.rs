@@ -120,6 +120,34 @@ zdtm!(exe_link);
 zdtm!(posix_timer);
 zdtm!(pipe_widowed);
 
+/// POSIX timers restored without `PR_TIMER_CREATE_RESTORE_IDS` (the path for kernels before
+/// 6.17, forced by `UNDERSTUDY_NO_TIMER_RESTORE_IDS`): the lowest id is a gap, filled by a
+/// timer deleted again, and every id still comes back.
+#[test]
+fn posix_timer_ids_without_the_restore_ids_prctl() {
+    if !can_run("posix timers without PR_TIMER_CREATE_RESTORE_IDS") {
+        return;
+    }
+    let mut w = start("posix_timer");
+    sleep(Duration::from_millis(100));
+    let image = w.image_dir("1");
+    checkpoint(&mut w, &image);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .env("UNDERSTUDY_NO_TIMER_RESTORE_IDS", "1")
+        .args(["restore", "--image", path(&image)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run understudy restore");
+    if !out.status.success() {
+        w.keep();
+        panic!(
+            "restore without the prctl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    w.expect_pass();
+}
+
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
     zdtm!(pipe_children, mode = Twice);
