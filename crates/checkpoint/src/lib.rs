@@ -16,6 +16,7 @@ mod memory;
 pub mod precopy;
 mod shmem;
 mod sockets;
+mod timers;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -560,6 +560,16 @@ mod tests {
                     uffd_fd: 9,
                     tracked: vec![(0x1000, 0x3000)],
                 }),
+                posix_timers: vec![PosixTimer {
+                    id: 3,
+                    clock: 1,
+                    signo: 36,
+                    value: 777,
+                    notify: sys::timers::Notify::Thread { tid: 43 },
+                    value_ns: 12_000_000,
+                    interval_ns: 20_000_000,
+                    overrun: 1,
+                }],
             }],
             files: vec![
                 OpenFile {

@@ -21,6 +21,7 @@
 mod evfd;
 mod process;
 mod stubs;
+mod timers;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Parsers for `/proc/PID/*`: maps, status, stat, tasks, children, fd and fdinfo, limits,
+//! Parsers for `/proc/PID/*`: maps, status, stat, tasks, children, fd (fdinfo: `crate::fdinfo`), limits,
 //! auxv. Every read is bounded.
 
 use std::io::Read;
@@ -336,36 +336,6 @@ pub fn fds(pid: i32) -> Result<Vec<i32>> {
         .collect();
     v.sort_unstable();
     Ok(v)
-}
-
-/// The common part of `/proc/PID/fdinfo/FD`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FdInfoBasic {
-    pub pos: u64,
-    pub flags: u32,
-    pub mnt_id: u64,
-    pub ino: u64,
-    /// Every other `key: value` line, in order (eventfd counts, inotify watches, ...).
-    pub extra: Vec<(String, String)>,
-}
-
-pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfoBasic> {
-    let text = read_to_string(&format!("/proc/{pid}/fdinfo/{fd}"))?;
-    let mut out = FdInfoBasic::default();
-    for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        match k {
-            "pos" => out.pos = v.parse().unwrap_or(0),
-            "flags" => out.flags = u32::from_str_radix(v, 8).unwrap_or(0),
-            "mnt_id" => out.mnt_id = v.parse().unwrap_or(0),
-            "ino" => out.ino = v.parse().unwrap_or(0),
-            _ => out.extra.push((k.to_string(), v.to_string())),
-        }
-    }
-    Ok(out)
 }
 
 /// One resource limit: (soft, hard), `u64::MAX` for unlimited.

@@ -1,6 +1,8 @@
-//! `understudy restore --image DIR`: recreate the tree, print its root pid, leave it running.
+//! `understudy restore --image DIR [--name NAME]`: recreate the tree, print its root pid, leave
+//! it running. A tree in its own PID namespace gets new outer pids (only the pids inside the
+//! namespace are kept), so the application's `app.json` is updated with the new root pid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,9 +15,39 @@ pub struct Args {
     /// Image directory written by `understudy checkpoint`.
     #[arg(long)]
     pub image: PathBuf,
+    /// Application (`understudy run --name NAME`) whose `app.json` gets the restored root pid;
+    /// default: the application whose `STATE_DIR/apps/NAME/` holds the image, if any.
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
-pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+/// The application whose directory under `STATE_DIR/apps/` holds `image`, if any.
+fn owning_app(state_dir: &Path, image: &Path) -> Option<String> {
+    let apps = state_dir.join("apps").canonicalize().ok()?;
+    let image = image.canonicalize().ok()?;
+    let rest = image.strip_prefix(&apps).ok()?;
+    let name = rest.components().next()?.as_os_str().to_str()?.to_string();
+    crate::launch::app_dir(state_dir, &name)
+        .join("app.json")
+        .is_file()
+        .then_some(name)
+}
+
+/// Points `app.json` of `name` at the restored root pid.
+fn update_app(state_dir: &Path, name: &str, root_pid: i32) -> anyhow::Result<()> {
+    let mut rec = crate::launch::AppRecord::load(state_dir, name)
+        .with_context(|| format!("application {name}: its app.json cannot be updated"))?;
+    if rec.root_pid != root_pid || rec.state != "running" {
+        rec.root_pid = root_pid;
+        rec.state = "running".into();
+        rec.exit_code = None;
+        rec.store(&crate::launch::app_dir(state_dir, name))
+            .with_context(|| format!("application {name}: writing app.json"))?;
+    }
+    Ok(())
+}
+
+pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let bar = crate::cmd::progress::bar("restoring");
     let progress: Option<restore::ProgressFn> = bar.clone().map(|b| {
         let f: restore::ProgressFn = Arc::new(move |done, total| {
@@ -33,7 +65,19 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let app = args
+        .name
+        .clone()
+        .or_else(|| owning_app(&cli.state_dir, &args.image));
     println!("{}", report.root_pid);
+    if let Some(name) = app {
+        update_app(&cli.state_dir, &name, report.root_pid).with_context(|| {
+            format!(
+                "the tree was restored and runs as pid {}, but its application record is stale",
+                report.root_pid
+            )
+        })?;
+    }
     tracing::info!(
         "restored {} process(es), {} thread(s), {} bytes: verify {:?}, restore {:?}",
         report.processes,
