@@ -124,13 +124,23 @@ fn install_inner() -> Result<(), String> {
         jump(jeq, ARCH_X86_64, 1, 0),
         stmt(BPF_RET | BPF_K, RET_ALLOW),
     ];
-    // nr: refused ones trap from anywhere
+    // The system call number decides first, and alone for every call we never trap: for those
+    // the program's verdict depends on nothing but the number, so the kernel's seccomp action
+    // cache (6.x) allows them without running the program at all. Only the TRAPPED numbers
+    // (read and write first, the most frequent) go on to the instruction-pointer test.
     f.push(stmt(ld, 0));
     for &nr in REFUSED {
         f.push(jump(jeq, nr as u32, 0, 1));
         f.push(stmt(BPF_RET | BPF_K, RET_TRAP));
     }
-    // instruction pointer inside libc text?
+    let n = TRAPPED.len();
+    for (i, &nr) in TRAPPED.iter().enumerate() {
+        // match: skip the remaining compares and the allow, to the instruction-pointer test
+        let to_ip = u8::try_from(n - i).map_err(|_| "seccomp filter too long")?;
+        f.push(jump(jeq, nr as u32, to_ip, 0));
+    }
+    f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
+    // instruction pointer inside libc text? (the gate in this library is outside it: allowed)
     f.push(stmt(ld, 8 + 4)); // ip high word
     f.push(jump(jeq, (lo >> 32) as u32, 1, 0));
     f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
@@ -138,14 +148,6 @@ fn install_inner() -> Result<(), String> {
     f.push(jump(jge, lo as u32, 1, 0));
     f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
     f.push(jump(jge, hi as u32, 0, 1));
-    f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
-    f.push(stmt(ld, 0));
-    let n = TRAPPED.len();
-    for (i, &nr) in TRAPPED.iter().enumerate() {
-        // match: jump to the trap at the end; no match on the last: fall to allow
-        let to_trap = (n - i) as u8; // skip remaining compares and the allow
-        f.push(jump(jeq, nr as u32, to_trap, 0));
-    }
     f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
     f.push(stmt(BPF_RET | BPF_K, RET_TRAP));
     let prog = libc::sock_fprog {
