@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod feed;
+pub mod filter;
 pub mod launch;
 pub mod msg;
 
