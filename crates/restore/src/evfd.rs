@@ -69,6 +69,8 @@ pub struct PairEnds {
     waiting: BTreeMap<u32, OwnedFd>,
     /// Established TCP connections still in repair mode (the restorer's copies).
     pub tcp: Vec<(OwnedFd, sys::tcp_repair::TcpConnState)>,
+    /// Time spent re-creating them in repair mode.
+    pub tcp_time: std::time::Duration,
 }
 
 /// Takes every restored TCP connection out of repair mode (queues the never-sent data):
@@ -207,6 +209,7 @@ pub fn create(
             fd
         }
         FileKind::TcpEstablished { state } => {
+            let t = std::time::Instant::now();
             let fd = sys::tcp_repair::restore_in_repair(state).map_err(|e| {
                 invalid(
                     root,
@@ -218,6 +221,7 @@ pub fn create(
                 .try_clone()
                 .map_err(|e| invalid(root, format!("TCP connection {}: dup: {e}", state.local)))?;
             pairs.tcp.push((keep, state.clone()));
+            pairs.tcp_time += t.elapsed();
             fd
         }
         _ => return Ok(None),

@@ -612,7 +612,10 @@ pub fn restore_tree(
     // Nothing has run yet: a corrupt image still kills every stub here.
     tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
+    let t_tcp = std::time::Instant::now();
     crate::evfd::finish_tcp(&files.extra.tcp, root.pid)?;
+    let tcp_restore = files.extra.tcp_time + t_tcp.elapsed();
+    let tcp_connections = files.extra.tcp.len();
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -632,6 +635,8 @@ pub fn restore_tree(
         processes: tree.processes.len(),
         threads,
         pages_bytes: total,
+        tcp_connections,
+        tcp_restore,
         ..Default::default()
     })
 }
