@@ -71,6 +71,9 @@ pub struct PairEnds {
     pub tcp: Vec<(OwnedFd, sys::tcp_repair::TcpConnState)>,
     /// Time spent re-creating them in repair mode.
     pub tcp_time: std::time::Duration,
+    /// The copies in `tcp` are kept at or above this fd number, out of the range the files
+    /// are placed in (`dup_to` there would replace them).
+    pub keep_floor: i32,
 }
 
 /// Takes every restored TCP connection out of repair mode (queues the never-sent data):
@@ -217,8 +220,7 @@ pub fn create(
                 )
             })?;
             sys::files::set_status_flags(&fd, f.flags).pid(root)?;
-            let keep = fd
-                .try_clone()
+            let keep = sys::files::dup_above(&fd, pairs.keep_floor)
                 .map_err(|e| invalid(root, format!("TCP connection {}: dup: {e}", state.local)))?;
             pairs.tcp.push((keep, state.clone()));
             pairs.tcp_time += t.elapsed();
