@@ -162,8 +162,13 @@ pub fn ruleset(table: &str, set: &LockSet) -> String {
     s
 }
 
-/// Where `nft` is, if installed.
+/// Where `nft` is, if installed. `UNDERSTUDY_NFT`, when set, is the only place looked at
+/// (tests use it to simulate a host without nft).
 pub fn find_nft() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("UNDERSTUDY_NFT") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])

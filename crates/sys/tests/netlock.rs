@@ -96,3 +96,33 @@ fn lock_record_is_written_and_read_back() {
     assert!(e.contains("netlock") && e.contains("crc32c"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn locked_ipv6_connection_drops_segments_and_flows_after_unlock() {
+    in_private_netns("netlock ipv6", || {
+        let Ok(l) = TcpListener::bind("[::1]:0") else {
+            eprintln!("skipped: no IPv6 loopback in the private network namespace");
+            return;
+        };
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let table = netlock::table_name("test_v6");
+        let set = LockSet {
+            connections: vec![(s.local_addr().unwrap(), s.peer_addr().unwrap())],
+            listeners: vec![],
+        };
+        netlock::lock(&table, &set, None).unwrap();
+        let mut cw = &c;
+        cw.write_all(b"six").unwrap();
+        s.set_nonblocking(true).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut b = [0u8; 8];
+        let e = s.read(&mut b).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+        assert!(netlock::unlock(&table, None).unwrap());
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.read_exact(&mut b[..3]).unwrap();
+        assert_eq!(&b[..3], b"six");
+    });
+}

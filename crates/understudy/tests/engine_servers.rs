@@ -255,3 +255,45 @@ fn nft(args: &[&str]) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
+
+/// On a host without nft, a checkpoint that would kill a server with outside clients is
+/// refused (the tree runs on and keeps serving); with --leave-running it goes ahead.
+#[test]
+fn checkpoint_without_nft_is_refused_unless_the_tree_runs_on() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("echoserv", &[]);
+    let w = start(&prog);
+    let port: u16 = read_file(w.dir.path(), "port").trim().parse().unwrap();
+    let mut c = Client::connect(0, port);
+    c.send(1000);
+    c.expect(1000);
+    let run = |img: &Path, leave: bool| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.env("UNDERSTUDY_NFT", "/nonexistent/nft")
+            .arg("checkpoint")
+            .arg("--pid")
+            .arg(w.pid.to_string())
+            .arg("--image")
+            .arg(img);
+        if leave {
+            cmd.arg("--leave-running");
+        }
+        cmd.output().expect("run understudy checkpoint")
+    };
+    let img = w.dir.path().join("img-refused");
+    let o = run(&img, false);
+    assert!(!o.status.success(), "checkpoint without nft should fail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("pid {}", w.pid)), "{err}");
+    assert!(err.contains("needs nft"), "{err}");
+    assert!(!img.join("tree.img").exists());
+    c.send(500);
+    c.expect(1500);
+    let img = w.dir.path().join("img-running");
+    ok(&run(&img, true), "checkpoint --leave-running without nft");
+    c.send(500);
+    c.expect(2000);
+}
