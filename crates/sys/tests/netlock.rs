@@ -42,7 +42,7 @@ fn locked_connection_drops_segments_without_reset_and_flows_after_unlock() {
         };
         netlock::lock(&table, &set, None).unwrap();
         assert!(netlock::is_locked(&table, None).unwrap());
-        // Locking again replaces the table.
+        // Locking again merges into the table.
         netlock::lock(&table, &set, None).unwrap();
         let mut cw = &c;
         cw.write_all(b"hello").unwrap();
