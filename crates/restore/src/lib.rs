@@ -114,6 +114,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
                 })
             })
         })
+    })
+    .inspect_err(|_| {
+        // Only when it is still there (a second restore of the same image finds it gone).
+        if let Some(l) = lock
+            .as_ref()
+            .filter(|l| sys::netlock::is_locked(&l.table, None).unwrap_or(false))
+        {
+            tracing::warn!(
+                "the network lock {} stays in place (the peers' segments are dropped, they retransmit): a successful restore releases it, or by hand: nft delete table inet {}",
+                l.table,
+                l.table
+            );
+        }
     })?;
     report.verify = verify;
     report.restore = t1.elapsed();

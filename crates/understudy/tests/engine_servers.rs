@@ -297,3 +297,53 @@ fn checkpoint_without_nft_is_refused_unless_the_tree_runs_on() {
     c.send(500);
     c.expect(2000);
 }
+
+/// A damaged lock record is refused before anything is restored, and the lock stays; with the
+/// record put back the restore succeeds, releases the lock, and the client's stream goes on.
+#[test]
+fn restore_refuses_a_damaged_lock_record_and_keeps_the_lock() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if nft(&["--version"]).is_none() {
+        eprintln!("skipped: needs nft (Debian package nftables) for the network lock");
+        return;
+    }
+    let prog = build("echoserv", &[]);
+    let w = start(&prog);
+    let port: u16 = read_file(w.dir.path(), "port").trim().parse().unwrap();
+    let mut c = Client::connect(0, port);
+    c.send(1000);
+    c.expect(1000);
+    std::thread::sleep(Duration::from_millis(300));
+    let img = w.dir.path().join("img0");
+    ok(&checkpoint(w.pid, &img, false), "checkpoint");
+    let record = read_file(&img, "netlock");
+    let table = record
+        .lines()
+        .find_map(|l| l.strip_prefix("table "))
+        .expect("the lock record names its table")
+        .to_string();
+    std::fs::write(
+        img.join("netlock"),
+        record.replace("connections 1", "connections 7"),
+    )
+    .unwrap();
+    let o = restore(&img);
+    assert!(!o.status.success(), "restore with a damaged lock record");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("netlock") && err.contains("checksum"), "{err}");
+    assert!(
+        nft(&["list", "table", "inet", &table]).is_some(),
+        "lock {table} kept after the refused restore"
+    );
+    std::fs::write(img.join("netlock"), &record).unwrap();
+    ok(&restore(&img), "restore");
+    assert!(
+        nft(&["list", "table", "inet", &table]).is_none(),
+        "lock {table} released by the restore"
+    );
+    c.send(1000);
+    c.expect(2000);
+}
