@@ -143,16 +143,23 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
 /// by hand. A failed restore keeps the lock, so that a second attempt can still succeed.
 fn release_lock(lock: &sys::netlock::LockRecord) {
     let ours = sys::netlock::netns_inode(None).ok();
-    if ours != Some(lock.netns) {
-        tracing::warn!(
-            "the network lock {} is in another network namespace (inode {}) than this restore: release it there with: nft delete table inet {}",
-            lock.table,
-            lock.netns,
-            lock.table
-        );
-        return;
-    }
-    match sys::netlock::unlock(&lock.table, None) {
+    let released = if ours == Some(lock.netns) {
+        sys::netlock::unlock(&lock.table, None)
+    } else {
+        // Restored into another network namespace (a migration simulated on one host): the
+        // lock is released where it was taken, if that namespace is still on this host.
+        let Some(ns) = sys::netlock::find_netns(lock.netns) else {
+            tracing::warn!(
+                "the network lock {} is in another network namespace (inode {}), not found on this host: release it there with: nft delete table inet {}",
+                lock.table,
+                lock.netns,
+                lock.table
+            );
+            return;
+        };
+        sys::netlock::unlock_in(&lock.table, &ns)
+    };
+    match released {
         Ok(true) => tracing::debug!("network lock {} released", lock.table),
         Ok(false) => tracing::debug!("network lock {} was already gone", lock.table),
         Err(e) => tracing::warn!(

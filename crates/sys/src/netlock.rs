@@ -185,19 +185,11 @@ pub fn netns_inode(pid: Option<i32>) -> std::io::Result<u64> {
     Ok(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p)?))
 }
 
-/// Runs `nft` with `args` (and `script` on stdin), in the network namespace of `netns_pid`
-/// when given and different from ours (from a helper thread that joins it: the child inherits
-/// the namespace of the thread that starts it).
-fn run_nft(
-    table: &str,
-    action: &'static str,
-    args: &[&str],
-    script: Option<&str>,
-    netns_pid: Option<i32>,
-) -> Result<std::result::Result<(), String>, NetLockError> {
-    let nft = find_nft().ok_or_else(|| NetLockError::NoNft {
-        table: table.to_string(),
-    })?;
+/// The namespace file of `netns_pid` when given and different from ours.
+fn ns_of_pid(table: &str, netns_pid: Option<i32>) -> Result<Option<PathBuf>, NetLockError> {
+    let Some(pid) = netns_pid else {
+        return Ok(None);
+    };
     let run_err = |what: String| {
         let table = table.to_string();
         move |source| NetLockError::Run {
@@ -206,19 +198,54 @@ fn run_nft(
             source,
         }
     };
-    let other_ns = match netns_pid {
-        Some(pid) => {
-            let theirs =
-                netns_inode(Some(pid)).map_err(run_err(format!("reading /proc/{pid}/ns/net")))?;
-            let ours =
-                netns_inode(None).map_err(run_err("reading /proc/thread-self/ns/net".into()))?;
-            (theirs != ours).then_some(pid)
-        }
-        None => None,
+    let theirs = netns_inode(Some(pid)).map_err(run_err(format!("reading /proc/{pid}/ns/net")))?;
+    let ours = netns_inode(None).map_err(run_err("reading /proc/thread-self/ns/net".into()))?;
+    Ok((theirs != ours).then(|| PathBuf::from(format!("/proc/{pid}/ns/net"))))
+}
+
+/// A file naming the network namespace with inode `inode` on this host, if one is found
+/// (`/run/netns/*`, then `/proc/PID/ns/net` of every process).
+pub fn find_netns(inode: u64) -> Option<PathBuf> {
+    let ino = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
     };
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path().join("ns/net"));
+    named.chain(procs).find(|p| ino(p) == Some(inode))
+}
+
+/// Runs `nft` with `args` (and `script` on stdin), in the network namespace of file
+/// `other_ns` when given (from a helper thread that joins it: the child inherits the namespace
+/// of the thread that starts it).
+fn run_nft(
+    table: &str,
+    action: &'static str,
+    args: &[&str],
+    script: Option<&str>,
+    other_ns: Option<PathBuf>,
+) -> Result<std::result::Result<(), String>, NetLockError> {
+    let nft = find_nft().ok_or_else(|| NetLockError::NoNft {
+        table: table.to_string(),
+    })?;
     let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
     let script = script.map(str::to_string);
     let tbl = table.to_string();
+    let join = other_ns.is_some();
     let job = move || -> Result<std::process::Output, NetLockError> {
         let run_err = |what: String| {
             let table = tbl.clone();
@@ -228,13 +255,14 @@ fn run_nft(
                 source,
             }
         };
-        if let Some(pid) = other_ns {
-            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-                .map_err(run_err(format!("opening /proc/{pid}/ns/net")))?;
+        if let Some(path) = &other_ns {
+            let ns = std::fs::File::open(path)
+                .map_err(run_err(format!("opening {}", path.display())))?;
             // SAFETY: setns with a namespace fd we own; it affects only this helper thread.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(run_err(format!(
-                    "joining the network namespace of pid {pid}"
+                    "joining the network namespace {}",
+                    path.display()
                 ))(std::io::Error::last_os_error()));
             }
         }
@@ -258,7 +286,7 @@ fn run_nft(
             .wait_with_output()
             .map_err(run_err("waiting for nft".into()))
     };
-    let out = if other_ns.is_some() {
+    let out = if join {
         std::thread::spawn(job)
             .join()
             .map_err(|_| NetLockError::Run {
@@ -291,7 +319,8 @@ fn run_nft(
 /// load the ruleset cache: 10-20 ms more in the freeze.)
 pub fn lock(table: &str, set: &LockSet, netns_pid: Option<i32>) -> Result<(), NetLockError> {
     let script = ruleset(table, set);
-    match run_nft(table, "add table", &["-f", "-"], Some(&script), netns_pid)? {
+    let ns = ns_of_pid(table, netns_pid)?;
+    match run_nft(table, "add table", &["-f", "-"], Some(&script), ns)? {
         Ok(()) => Ok(()),
         Err(stderr) => Err(NetLockError::Nft {
             table: table.to_string(),
@@ -304,24 +333,39 @@ pub fn lock(table: &str, set: &LockSet, netns_pid: Option<i32>) -> Result<(), Ne
 
 /// Releases the lock; `Ok(false)` when there was no such table.
 pub fn unlock(table: &str, netns_pid: Option<i32>) -> Result<bool, NetLockError> {
+    let ns = ns_of_pid(table, netns_pid)?;
     Ok(run_nft(
         table,
         "delete table",
         &["delete", "table", "inet", table],
         None,
-        netns_pid,
+        ns,
+    )?
+    .is_ok())
+}
+
+/// Releases the lock in the network namespace named by file `ns` (see [`find_netns`]);
+/// `Ok(false)` when there was no such table.
+pub fn unlock_in(table: &str, ns: &Path) -> Result<bool, NetLockError> {
+    Ok(run_nft(
+        table,
+        "delete table",
+        &["delete", "table", "inet", table],
+        None,
+        Some(ns.to_path_buf()),
     )?
     .is_ok())
 }
 
 /// Whether table `table` exists (in our network namespace, or that of `netns_pid`).
 pub fn is_locked(table: &str, netns_pid: Option<i32>) -> Result<bool, NetLockError> {
+    let ns = ns_of_pid(table, netns_pid)?;
     Ok(run_nft(
         table,
         "list table",
         &["list", "table", "inet", table],
         None,
-        netns_pid,
+        ns,
     )?
     .is_ok())
 }

@@ -126,3 +126,45 @@ fn locked_ipv6_connection_drops_segments_and_flows_after_unlock() {
         assert_eq!(&b[..3], b"six");
     });
 }
+
+/// A lock taken in another process's network namespace is found again by the namespace's
+/// inode (as a restore into another namespace does) and released there.
+#[test]
+fn lock_in_another_namespace_is_found_by_inode_and_released_there() {
+    if !common::is_root() || netlock::find_nft().is_none() {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    let Ok(mut child) = std::process::Command::new("unshare")
+        .args(["-n", "sleep", "20"])
+        .spawn()
+    else {
+        eprintln!("skipped: needs unshare (util-linux)");
+        return;
+    };
+    let pid = i32::try_from(child.id()).unwrap();
+    // unshare execs sleep once the namespace exists.
+    let ours = netlock::netns_inode(None).unwrap();
+    let mut theirs = ours;
+    for _ in 0..500 {
+        theirs = netlock::netns_inode(Some(pid)).unwrap();
+        if theirs != ours {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_ne!(theirs, ours, "the child has its own network namespace");
+    let table = netlock::table_name("test_other_ns");
+    let set = LockSet {
+        connections: vec![],
+        listeners: vec!["127.0.0.1:5555".parse().unwrap()],
+    };
+    netlock::lock(&table, &set, Some(pid)).unwrap();
+    assert!(netlock::is_locked(&table, Some(pid)).unwrap());
+    assert!(!netlock::is_locked(&table, None).unwrap(), "not in ours");
+    let ns = netlock::find_netns(theirs).expect("namespace found by inode");
+    assert!(netlock::unlock_in(&table, &ns).unwrap());
+    assert!(!netlock::is_locked(&table, Some(pid)).unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
