@@ -338,7 +338,9 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
         .unwrap_or(0);
     // Above every fd the restorer itself holds, too: a caller of the library with many open
     // fds (a benchmark holding the peers of the tree's connections) must not have them
-    // replaced by `dup_to`.
+    // replaced by `dup_to`. And above every fd held while the files are placed (the other end
+    // of a pipe or unix pair until its record comes: at most one per file, taking the lowest
+    // free numbers), which `dup_to` would otherwise replace silently.
     let own_max = std::fs::read_dir("/proc/self/fd")
         .map(|rd| {
             rd.flatten()
@@ -347,8 +349,10 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
                 .unwrap_or(0)
         })
         .unwrap_or(0);
-    let base = (max_fd + 1).max(256).max(own_max + 64);
     let n = i32::try_from(tree.files.len()).unwrap_or(i32::MAX);
+    let base = (max_fd + 1)
+        .max(256)
+        .max(own_max.saturating_add(n).saturating_add(64));
     let shm_base = base + n;
     let ns = i32::try_from(tree.shmem.len()).unwrap_or(i32::MAX);
     // Above the shared memory objects: the copies of TCP connections kept until they leave
