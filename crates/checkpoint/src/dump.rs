@@ -60,6 +60,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
+    // The network lock goes first, before any socket is dumped; an error releases it.
+    let netlock = crate::netlock::NetLock::take(opts, &frozen)?;
+    report.netlock = netlock.as_ref().map_or(Duration::ZERO, |l| l.took);
     let mut redeliver = Vec::new();
     let mut repaired = crate::sockets::RepairGuard::default();
     let mut live_jobs = Vec::new();
@@ -85,7 +88,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         // The state is taken and the trackers are armed (or read) at the cut: let the tree run
         // and copy the memory while it does. Pages it writes from now on are reported by the
         // next round's trackers, so a page copied after a change is copied again.
+        // The connections leave repair mode before the tree runs again.
+        drop(repaired);
         frozen.detach();
+        drop(netlock);
         report.frozen = t_freeze.elapsed();
         for (pid, tid, sig) in redeliver {
             let _ = sys::pid::tgkill(pid, tid, sig);
@@ -129,6 +135,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         // last, so a failure here leaves no image (and the tree running, as it would anyway).
         drop(repaired);
         frozen.detach();
+        drop(netlock);
         report.frozen = t_freeze.elapsed();
         for (pid, tid, sig) in redeliver {
             let _ = sys::pid::tgkill(pid, tid, sig);
@@ -146,6 +153,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
         report.deferred_write = t.elapsed();
         return Ok(report);
+    }
+    // The lock stays in place once the tree is killed: the image names it for the restore.
+    if let Some(l) = netlock.as_ref().filter(|_| !opts.leave_running) {
+        if let Err(e) = l.record(&opts.image_dir) {
+            cleanup_dir(&opts.image_dir);
+            return Err(e);
+        }
     }
     if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
         cleanup_dir(&opts.image_dir);
@@ -165,15 +179,21 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if opts.leave_running {
         drop(repaired);
         frozen.detach();
+        drop(netlock);
         for (pid, tid, sig) in redeliver {
             let _ = sys::pid::tgkill(pid, tid, sig);
         }
     } else {
         let t = Instant::now();
+        // Killed in repair mode, the sockets close silently (no FIN, no RST); the peers'
+        // segments are dropped by the lock until the restore releases it.
         repaired.keep();
         // A tree in its own PID namespace: the init's death killed everything inside, and a
         // restore asks only for the pids inside a new namespace, so the outer pids need not
         // be free (waiting for the host's init to reap them took ~1.4 s here).
+        if let Some(l) = netlock {
+            l.keep();
+        }
         let left = frozen.kill_and_wait((!opts.pidns).then_some(REAP_TIMEOUT));
         report.reap_wait = t.elapsed();
         if !left.is_empty() {
@@ -231,7 +251,11 @@ fn cleanup_dir(dir: &std::path::Path) {
         for e in rd.flatten() {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            if n.starts_with("pages-") || n.starts_with("shmem-") || n.starts_with(".tree") {
+            if n.starts_with("pages-")
+                || n.starts_with("shmem-")
+                || n.starts_with(".tree")
+                || n == sys::netlock::RECORD_FILE
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }

@@ -13,6 +13,7 @@ mod files;
 mod freeze;
 mod incr;
 mod memory;
+mod netlock;
 pub mod precopy;
 mod shmem;
 mod sockets;
@@ -90,6 +91,9 @@ pub struct DumpReport {
     /// Time spent after the resume writing page data copied into memory while frozen
     /// (incremental `leave_running` dumps; not part of `frozen`).
     pub deferred_write: std::time::Duration,
+    /// Time taken by the network lock over the tree's TCP sockets (part of `frozen`; zero
+    /// without TCP sockets).
+    pub netlock: std::time::Duration,
 }
 
 /// Everything that makes a checkpoint fail.

@@ -337,11 +337,35 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
         .flat_map(|p| p.fds.iter().map(|f| f.fd))
         .max()
         .unwrap_or(0);
-    let base = (max_fd + 1).max(256);
+    // Above every fd the restorer itself holds, too: a caller of the library with many open
+    // fds (a benchmark holding the peers of the tree's connections) must not have them
+    // replaced by `dup_to`. And above every fd held while the files are placed (the other end
+    // of a pipe or unix pair until its record comes: at most one per file, taking the lowest
+    // free numbers), which `dup_to` would otherwise replace silently.
+    let own_max = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
     let n = i32::try_from(tree.files.len()).unwrap_or(i32::MAX);
+    let base = (max_fd + 1)
+        .max(256)
+        .max(own_max.saturating_add(n).saturating_add(64));
     let shm_base = base + n;
     let ns = i32::try_from(tree.shmem.len()).unwrap_or(i32::MAX);
-    sys::files::ensure_nofile(u64::try_from(shm_base + ns + 1).unwrap_or(u64::MAX)).pid(root)?;
+    // Above the shared memory objects: the copies of TCP connections kept until they leave
+    // repair mode.
+    let keep_floor = shm_base + ns + 1;
+    let tcp = tree
+        .files
+        .iter()
+        .filter(|f| matches!(f.kind, FileKind::TcpEstablished { .. }))
+        .count();
+    let tcp = i32::try_from(tcp).unwrap_or(i32::MAX);
+    sys::files::ensure_nofile(u64::try_from(keep_floor + tcp + 1).unwrap_or(u64::MAX)).pid(root)?;
     // Shared memory objects first: memfds filled with their pages, at shm_base + id.
     let mut shm_fds = Vec::with_capacity(tree.shmem.len());
     for (o, data) in tree.shmem.iter().zip(&l.shmem) {
@@ -373,6 +397,7 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
     let mut fifo_keepers: BTreeMap<u32, OwnedFd> = BTreeMap::new();
     let mut out = Vec::with_capacity(tree.files.len());
     let mut pair_ends = crate::evfd::PairEnds::default();
+    pair_ends.keep_floor = keep_floor;
     for f in &tree.files {
         if let Some(fd) = crate::evfd::create(f, tree, &mut pair_ends, root)? {
             let id = i32::try_from(f.id).unwrap_or(i32::MAX);
@@ -649,7 +674,10 @@ pub fn restore_tree(
     // Nothing has run yet: a corrupt image still kills every stub here.
     tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
-    crate::evfd::finish_tcp(&files.extra.tcp, root.pid)?;
+    let t_tcp = std::time::Instant::now();
+    crate::evfd::finish_tcp(&files.extra.tcp, rpid)?;
+    let tcp_restore = files.extra.tcp_time + t_tcp.elapsed();
+    let tcp_connections = files.extra.tcp.len();
     for (i, p) in tree.processes.iter().enumerate() {
         crate::timers::restore(p, placed[i].pid)?;
     }
@@ -672,6 +700,8 @@ pub fn restore_tree(
         processes: tree.processes.len(),
         threads,
         pages_bytes: total,
+        tcp_connections,
+        tcp_restore,
         ..Default::default()
     })
 }

@@ -24,6 +24,7 @@ pub mod fdinfo;
 pub mod fdpull;
 pub mod inetsock;
 mod ioc;
+pub mod netlock;
 pub mod netns;
 pub mod pagemap;
 pub mod seccomp;
