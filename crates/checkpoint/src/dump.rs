@@ -50,6 +50,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
         reserve_space(opts);
     }
+    // Incremental: the madvise flags are read before the freeze (see `vmflags`).
+    let t_pre = Instant::now();
+    let pre = if parent.as_ref().is_some_and(|p| !p.consumed) && !crate::vmflags::frozen_only() {
+        crate::vmflags::PreRead::read_tree(opts.root_pid)
+    } else {
+        crate::vmflags::PreRead::default()
+    };
+    let vm_flags_preread = t_pre.elapsed();
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     tracing::debug!("frozen at {:?}", t_freeze.elapsed());
@@ -57,6 +65,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         root_pid: opts.root_pid,
         processes: frozen.procs.len(),
         threads: frozen.thread_count(),
+        vm_flags_preread,
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
@@ -73,6 +82,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         &mut repaired,
         &mut live_jobs,
         &deferred,
+        &pre,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -322,6 +332,7 @@ fn collect(
     repaired: &mut crate::sockets::RepairGuard,
     live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
+    pre: &crate::vmflags::PreRead,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
@@ -334,7 +345,7 @@ fn collect(
                 .flatten()
         });
         let (mut p, skip_fd, unchanged) = dump_process(
-            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred,
+            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred, pre,
         )?;
         if opts.live_memory {
             live_jobs.push((i, unchanged));
@@ -393,6 +404,7 @@ fn dump_process(
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
+    pre: &crate::vmflags::PreRead,
 ) -> Result<(Process, Option<i32>, crate::incr::Ranges)> {
     let pid = fp.pid;
     let t0 = Instant::now();
@@ -486,12 +498,14 @@ fn dump_process(
     };
 
     const KEPT_FLAGS: [&str; 5] = ["hg", "nh", "dc", "wf", "dd"];
-    // `/proc/PID/smaps` (the only source of the madvise flags) walks every page table: ~30 ms
-    // per GiB of present memory here, the largest part of an incremental dump's freeze.
-    // Reading it on another thread during the dump did not help on 2 loaded cores (the
-    // injected calls then waited for CPU as long).
+    // `/proc/PID/smaps` (the only source of the madvise flags) walks every page table: 10-30 ms
+    // per GiB of present memory here. An incremental dump read it before the freeze and reads
+    // it again now only if a `maps` line changed since (see `vmflags`).
     let t_flags = Instant::now();
-    let flags = sys::proc::vm_flags(pid).pid(pid)?;
+    let (flags, source) = pre.flags(pid, &maps).pid(pid)?;
+    if source == crate::vmflags::Source::PreRead {
+        report.vm_flags_reused += 1;
+    }
     report.vm_flags_read += t_flags.elapsed();
     let mut vmas = Vec::new();
     for m in &maps {

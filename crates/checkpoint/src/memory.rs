@@ -158,6 +158,71 @@ struct Reader<'a> {
     total_hint: u64,
     /// Time spent in `process_vm_readv`.
     busy: std::time::Duration,
+    /// Split a batch of many scattered ranges over two threads (the incremental copy into
+    /// memory, where the per-range cost of `process_vm_readv` dominates).
+    split: bool,
+}
+
+/// A batch with at least this many ranges is read by two threads when `Reader::split` is set.
+const SPLIT_MIN_RANGES: usize = 256;
+
+/// A mapping at least this large is scanned for data by two threads in the incremental copy.
+const SPLIT_SCAN_MIN_BYTES: u64 = 64 << 20;
+
+/// The data ranges of `[start, end)`, its two halves scanned at once by two scanners; a range
+/// crossing the middle is joined again.
+fn scan_split(
+    pid: i32,
+    a: &mut sys::memscan::PageScanner,
+    b: &mut sys::memscan::PageScanner,
+    start: u64,
+    end: u64,
+    anon_only: bool,
+) -> Result<Vec<(u64, u64)>> {
+    let mid = start + (end - start) / 2 / PAGE_SIZE * PAGE_SIZE;
+    let (lo, hi) = std::thread::scope(|s| {
+        let h = s.spawn(move || b.data_ranges(mid, end, anon_only));
+        let lo = a.data_ranges(start, mid, anon_only);
+        (lo, h.join())
+    });
+    let mut out = lo.pid(pid)?;
+    let hi = hi
+        .map_err(|_| CheckpointError::Tree {
+            pid,
+            why: "second page scanner thread panicked".into(),
+        })?
+        .pid(pid)?;
+    for (s, e) in hi {
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => out.push((s, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// `UNDERSTUDY_COPY_THREADS=1`: never split (for A/B measurements).
+fn one_copy_thread() -> bool {
+    std::env::var_os("UNDERSTUDY_COPY_THREADS").is_some_and(|v| v == "1")
+}
+
+/// Reads `ranges` into `buf` (their lengths summing to `buf.len()`), the second half of the
+/// ranges on a second thread.
+fn read_split(pid: i32, buf: &mut [u8], ranges: &[RemoteRange]) -> Result<()> {
+    let mid = ranges.len() / 2;
+    let first: u64 = ranges[..mid].iter().map(|r| r.len).sum();
+    let at = usize::try_from(first).unwrap_or(usize::MAX).min(buf.len());
+    let (a, b) = buf.split_at_mut(at);
+    let (ra, rb) = ranges.split_at(mid);
+    std::thread::scope(|s| {
+        let other = s.spawn(move || sys::mem::read_vectored(pid, b, rb));
+        let mine = sys::mem::read_vectored(pid, a, ra).pid(pid);
+        let theirs = other.join().map_err(|_| CheckpointError::Tree {
+            pid,
+            why: "second memory reader thread panicked".into(),
+        })?;
+        mine.and(theirs.pid(pid))
+    })
 }
 
 impl Reader<'_> {
@@ -171,7 +236,11 @@ impl Reader<'_> {
             return Ok(());
         }
         let t = Instant::now();
-        sys::mem::read_vectored(self.pid, &mut b.buf[..b.used], &b.ranges).pid(self.pid)?;
+        if self.split && b.ranges.len() >= SPLIT_MIN_RANGES && !one_copy_thread() {
+            read_split(self.pid, &mut b.buf[..b.used], &b.ranges)?;
+        } else {
+            sys::mem::read_vectored(self.pid, &mut b.buf[..b.used], &b.ranges).pid(self.pid)?;
+        }
         self.busy += t.elapsed();
         self.hand_over()
     }
@@ -258,6 +327,7 @@ impl MemoryDumper<'_> {
                 total_hint: self.total_hint,
                 busy: std::time::Duration::ZERO,
                 crc: 0,
+                split: false,
             };
             let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
             tracing::debug!("pid {pid}: process_vm_readv busy {:?}", r.busy);
@@ -317,6 +387,7 @@ impl MemoryDumper<'_> {
             total_hint: 0,
             busy: std::time::Duration::ZERO,
             crc: 0,
+            split: true,
         };
         let _ = empty_tx.send(take());
         let (res, chunks, last) = std::thread::scope(|s| {
@@ -365,6 +436,9 @@ impl MemoryDumper<'_> {
     fn read_all(&self, r: &mut Reader<'_>, vmas: &mut [Vma]) -> Result<()> {
         let pid = self.pid;
         let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
+        // The incremental copy scans large mappings in two halves on two threads.
+        let mut second: Option<sys::memscan::PageScanner> = None;
+        let parallel = self.defer.is_some() && !one_copy_thread();
         let mut procmem: Option<ProcMem> = None;
         for v in vmas.iter_mut() {
             let anon_only = match &v.kind {
@@ -375,7 +449,15 @@ impl MemoryDumper<'_> {
                 }
             };
             let readable = v.prot & 1 != 0;
-            let data = scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?;
+            let data = if parallel && v.end - v.start >= SPLIT_SCAN_MIN_BYTES {
+                let other = match &mut second {
+                    Some(s) => s,
+                    None => second.insert(sys::memscan::PageScanner::open(pid).pid(pid)?),
+                };
+                scan_split(pid, &mut scanner, other, v.start, v.end, anon_only)?
+            } else {
+                scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?
+            };
             let mut pieces = Vec::with_capacity(data.len());
             for (s, e) in data {
                 if self.unchanged.is_empty() {

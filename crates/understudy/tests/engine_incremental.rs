@@ -293,3 +293,33 @@ fn threads_restore_from_an_incremental_image() {
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+/// Incremental dumps read the madvise flags before the freeze and reuse them only for mappings
+/// whose `maps` line is unchanged at the freeze. The `vmchurn` workload splits and merges an
+/// `MADV_DONTFORK` region without pause while a chain of dumps is taken, so the mapping almost
+/// always differs between the pre-read and the freeze; after restore every piece of the region
+/// must still carry `dc`, be laid out merged or split, and hold its data.
+#[test]
+fn mapping_split_and_merged_while_dumps_run_keeps_its_flags() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("vmchurn", &[]);
+    let w = start(&prog);
+    let root = w.dir.path();
+    ok(&checkpoint(w.pid, &root.join("d0"), true), "checkpoint d0");
+    if !tracking_armed(&root.join("d0")) {
+        eprintln!("skipped: dirty tracking (userfaultfd write-protect, async) is not available");
+        return;
+    }
+    for n in 1..=4 {
+        let img = root.join(format!("d{n}"));
+        let o = checkpoint_with_parent(w.pid, &img, &root.join(format!("d{}", n - 1)), n < 4);
+        ok(&o, &format!("checkpoint d{n} --parent"));
+    }
+    let o = restore(&root.join("d4"));
+    ok(&o, "restore d4");
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}
