@@ -53,7 +53,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     // Incremental: the madvise flags are read before the freeze (see `vmflags`).
     let t_pre = Instant::now();
     let pre = if parent.as_ref().is_some_and(|p| !p.consumed) && !crate::vmflags::frozen_only() {
-        crate::vmflags::PreRead::read_tree(opts.root_pid)
+        let pre = crate::vmflags::PreRead::read_tree(opts.root_pid);
+        crate::vmflags::test_pause();
+        pre
     } else {
         crate::vmflags::PreRead::default()
     };

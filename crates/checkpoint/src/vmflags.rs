@@ -70,6 +70,23 @@ impl PreRead {
     }
 }
 
+/// Tests only: with `UNDERSTUDY_TEST_PREREAD_PAUSE=PATH` set, creates PATH after the pre-read
+/// and waits until it is removed (at most 10 s), so that a test workload can change its
+/// mappings between the pre-read and the freeze.
+pub fn test_pause() {
+    let Some(path) = std::env::var_os("UNDERSTUDY_TEST_PREREAD_PAUSE") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    if std::fs::write(&path, b"pre-read done\n").is_err() {
+        return;
+    }
+    let t = std::time::Instant::now();
+    while path.exists() && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// The pre-read flags by start address if `pre`'s mapping lines equal `now` line for line.
 pub fn reuse(
     pre: &[(MapEntry, Vec<String>)],
