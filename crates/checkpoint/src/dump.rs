@@ -582,6 +582,14 @@ fn dump_process(
     };
 
     tracing::debug!("pid {pid}: dirty tracker read at {:?}", t0.elapsed());
+    // An incremental copy into memory needs no ptrace stop: it runs on its own thread during
+    // the injected calls below (the tree stays frozen until both are done).
+    let early_copy = (!opts.live_memory
+        && opts.leave_running
+        && written_bytes.is_some_and(|b| b <= DEFER_MAX_BYTES))
+    .then(|| {
+        crate::memory::spawn_deferred_copy(pool, pid, opts, &unchanged, std::mem::take(&mut vmas))
+    });
     // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
     let mut sigactions = Vec::with_capacity(64);
     let mut itimers = Vec::with_capacity(3);
@@ -682,7 +690,18 @@ fn dump_process(
         .collect();
 
     // Live copy: done by the caller once the tree runs again.
-    let pages = if opts.live_memory {
+    let pages = if let Some(h) = early_copy {
+        let (res, done_vmas) = h.join(pool, deferred)?;
+        vmas = done_vmas;
+        let (pages, _bytes, took) = res?;
+        report.memory_copy += took;
+        tracing::debug!(
+            "pid {pid}: memory copied (during the injected calls) at {:?}",
+            t0.elapsed()
+        );
+        report.in_parent_bytes += in_parent_bytes(&vmas);
+        pages
+    } else if opts.live_memory {
         image::PagesRef::default()
     } else {
         let md = MemoryDumper {

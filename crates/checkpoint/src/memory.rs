@@ -134,6 +134,88 @@ impl DeferredPages {
     }
 }
 
+/// An incremental copy into memory running on its own thread (see [`spawn_deferred_copy`]).
+pub struct DeferredCopy {
+    pid: i32,
+    handle: std::thread::JoinHandle<DeferredCopyResult>,
+}
+
+type DeferredCopyResult = (
+    Result<(PagesRef, u64, std::time::Duration)>,
+    Vec<Vma>,
+    Vec<Vec<u8>>,
+    Vec<DeferredPages>,
+);
+
+/// Starts [`MemoryDumper::dump`] into memory (`defer`) for `vmas` on a new thread, with the
+/// pool's buffers moved to it; [`DeferredCopy::join`] hands buffers, pages and `vmas` back.
+/// The caller keeps the tree frozen until it has joined.
+pub fn spawn_deferred_copy(
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    pid: i32,
+    opts: &crate::DumpOptions,
+    unchanged: &[(u64, u64)],
+    mut vmas: Vec<Vma>,
+) -> DeferredCopy {
+    let bufs = pool
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    let dir = opts.image_dir.clone();
+    let progress = opts.progress.clone();
+    let unchanged = unchanged.to_vec();
+    let handle = std::thread::spawn(move || {
+        let pool = std::sync::Mutex::new(bufs);
+        let deferred = std::sync::Mutex::new(Vec::new());
+        let md = MemoryDumper {
+            pool: &pool,
+            pid,
+            dir: &dir,
+            progress: progress.as_ref(),
+            done_before: 0,
+            total_hint: 0,
+            unchanged: &unchanged,
+            defer: Some(&deferred),
+        };
+        let res = md.dump(&mut vmas);
+        (
+            res,
+            vmas,
+            pool.into_inner().unwrap_or_default(),
+            deferred.into_inner().unwrap_or_default(),
+        )
+    });
+    DeferredCopy { pid, handle }
+}
+
+impl DeferredCopy {
+    /// Waits for the copy; returns its result and the mappings (with their page runs), and
+    /// puts the buffers back in `pool` and the copied pages in `deferred`.
+    #[allow(clippy::type_complexity)] // the result of MemoryDumper::dump, plus the mappings
+    pub fn join(
+        self,
+        pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+        deferred: &std::sync::Mutex<Vec<DeferredPages>>,
+    ) -> Result<(Result<(PagesRef, u64, std::time::Duration)>, Vec<Vma>)> {
+        let pid = self.pid;
+        let (res, vmas, bufs, pages) = self.handle.join().map_err(|_| CheckpointError::Tree {
+            pid,
+            why: "memory copy thread panicked".into(),
+        })?;
+        if let Ok(mut p) = pool.lock() {
+            p.extend(bufs);
+        }
+        deferred
+            .lock()
+            .map_err(|_| CheckpointError::Tree {
+                pid,
+                why: "deferred pages list poisoned".into(),
+            })?
+            .extend(pages);
+        Ok((res, vmas))
+    }
+}
+
 struct Batch {
     buf: Vec<u8>,
     used: usize,

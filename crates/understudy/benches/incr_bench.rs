@@ -87,6 +87,13 @@ fn main() {
             _ => {}
         }
     }
+    if std::env::var_os("UNDERSTUDY_BENCH_TRACE").is_some() {
+        // The engine's debug timings of each step (stderr).
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::DEBUG)
+            .try_init();
+    }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: incr_bench needs root");
         return;
