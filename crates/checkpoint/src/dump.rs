@@ -147,9 +147,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
         let t = Instant::now();
         for d in deferred {
-            if let Err(e) = d.write() {
-                cleanup_dir(&opts.image_dir);
-                return Err(e);
+            let pid = d.pid;
+            match d.write() {
+                // The checksum of data copied while frozen is computed by the write.
+                Ok(r) => {
+                    if let Some(p) = tree.processes.iter_mut().find(|p| p.pid == pid) {
+                        p.pages = r;
+                    }
+                }
+                Err(e) => {
+                    cleanup_dir(&opts.image_dir);
+                    return Err(e);
+                }
             }
         }
         if let Err(e) = image::write_tree(&opts.image_dir, &tree) {

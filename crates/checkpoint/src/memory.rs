@@ -116,21 +116,21 @@ pub struct DeferredPages {
 }
 
 impl DeferredPages {
-    /// Writes and fsyncs the pages file; its reference must match the one put in the tree.
-    pub fn write(self) -> Result<u64> {
+    /// Writes and fsyncs the pages file and returns its reference: the one put in the tree
+    /// with the CRC32C, which is computed here (after the resume), filled in.
+    pub fn write(self) -> Result<PagesRef> {
         let mut w = PagesWriter::create(&self.dir, &self.name)?;
-        for (buf, used, crc) in &self.chunks {
-            w.write_checksummed(&buf[..*used], *crc)?;
+        for (buf, used, _) in &self.chunks {
+            w.write(&buf[..*used])?;
         }
-        let len = w.len();
         let r = w.finish_synced()?;
-        if r != self.expect {
+        if r.file != self.expect.file || r.len != self.expect.len {
             return Err(CheckpointError::Tree {
                 pid: self.pid,
                 why: format!("{}: deferred pages do not match the image", self.name),
             });
         }
-        Ok(len)
+        Ok(r)
     }
 }
 
@@ -238,8 +238,13 @@ struct Reader<'a> {
     progress: Option<&'a ProgressFn>,
     done_before: u64,
     total_hint: u64,
-    /// Time spent in `process_vm_readv`.
+    /// Time spent in `process_vm_readv`, checksumming, and scanning for data (`PAGEMAP_SCAN`).
     busy: std::time::Duration,
+    crc_time: std::time::Duration,
+    scan_time: std::time::Duration,
+    /// Compute the running CRC32C (not for the copy into memory: [`DeferredPages::write`]
+    /// computes it after the resume).
+    checksum: bool,
     /// Split a batch of many scattered ranges over two threads (the incremental copy into
     /// memory, where the per-range cost of `process_vm_readv` dominates).
     split: bool,
@@ -331,7 +336,11 @@ impl Reader<'_> {
         let next = self.empty.recv().unwrap_or_else(|_| vec![0u8; BATCH]);
         let buf = std::mem::replace(&mut self.batch.buf, next);
         let used = self.batch.used;
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..used]);
+        if self.checksum {
+            let t = Instant::now();
+            self.crc = crc32c::crc32c_append(self.crc, &buf[..used]);
+            self.crc_time += t.elapsed();
+        }
         if self.full.send((buf, used, self.crc)).is_err() {
             // The writer failed; its error is reported when it is joined.
             return Err(CheckpointError::Tree {
@@ -408,8 +417,11 @@ impl MemoryDumper<'_> {
                 done_before: self.done_before,
                 total_hint: self.total_hint,
                 busy: std::time::Duration::ZERO,
+                crc_time: std::time::Duration::ZERO,
+                scan_time: std::time::Duration::ZERO,
                 crc: 0,
                 split: false,
+                checksum: true,
             };
             let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
             tracing::debug!("pid {pid}: process_vm_readv busy {:?}", r.busy);
@@ -468,8 +480,11 @@ impl MemoryDumper<'_> {
             done_before: self.done_before,
             total_hint: 0,
             busy: std::time::Duration::ZERO,
+            crc_time: std::time::Duration::ZERO,
+            scan_time: std::time::Duration::ZERO,
             crc: 0,
             split: true,
+            checksum: false,
         };
         let _ = empty_tx.send(take());
         let (res, chunks, last) = std::thread::scope(|s| {
@@ -484,6 +499,12 @@ impl MemoryDumper<'_> {
                 chunks
             });
             let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            tracing::debug!(
+                "pid {pid}: copy into memory: process_vm_readv {:?}, checksum {:?}, scan {:?}",
+                r.busy,
+                r.crc_time,
+                r.scan_time
+            );
             let last = std::mem::take(&mut r.batch.buf);
             drop(r);
             (res, keeper.join().unwrap_or_default(), last)
@@ -494,10 +515,11 @@ impl MemoryDumper<'_> {
         }
         res?;
         let len: u64 = chunks.iter().map(|c| c.1 as u64).sum();
+        // The CRC32C is filled in by `DeferredPages::write` once the tree runs again.
         let expect = PagesRef {
             file: name.clone(),
             len,
-            crc32c: chunks.last().map_or(0, |c| c.2),
+            crc32c: 0,
         };
         defer
             .lock()
@@ -531,6 +553,7 @@ impl MemoryDumper<'_> {
                 }
             };
             let readable = v.prot & 1 != 0;
+            let t_scan = Instant::now();
             let data = if parallel && v.end - v.start >= SPLIT_SCAN_MIN_BYTES {
                 let other = match &mut second {
                     Some(s) => s,
@@ -540,6 +563,7 @@ impl MemoryDumper<'_> {
             } else {
                 scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?
             };
+            r.scan_time += t_scan.elapsed();
             let mut pieces = Vec::with_capacity(data.len());
             for (s, e) in data {
                 if self.unchanged.is_empty() {
@@ -649,8 +673,9 @@ mod deferred_tests {
         let d = tempfile::tempdir().expect("tempdir");
         let (a, b) = (vec![7u8; 4096], vec![9u8; 8192]);
         let p = deferred(d.path(), &[&a, &b]);
-        let r = p.expect.clone();
-        assert_eq!(p.write().expect("write"), 12288);
+        let want = p.expect.clone();
+        let r = p.write().expect("write");
+        assert_eq!((r.len, r.crc32c), (12288, want.crc32c));
         let data = image::read_pages(d.path(), &r).expect("read back");
         assert_eq!(data, [a, b].concat());
     }
@@ -659,7 +684,7 @@ mod deferred_tests {
     fn deferred_pages_fail_cleanly_on_a_mismatch_or_a_missing_dir() {
         let d = tempfile::tempdir().expect("tempdir");
         let mut p = deferred(d.path(), &[&[1u8; 4096]]);
-        p.expect.crc32c ^= 1;
+        p.expect.len += 4096;
         let e = p.write().expect_err("mismatch");
         assert!(e.to_string().contains("do not match"), "{e}");
         let p = deferred(&d.path().join("gone"), &[&[1u8; 4096]]);
