@@ -246,7 +246,8 @@ struct Reader<'a> {
     /// computes it after the resume).
     checksum: bool,
     /// Split a batch of many scattered ranges over two threads (the incremental copy into
-    /// memory, where the per-range cost of `process_vm_readv` dominates).
+    /// memory, where the per-range cost of `process_vm_readv` dominates; opt-in, see
+    /// `one_copy_thread`).
     split: bool,
 }
 
@@ -288,9 +289,11 @@ fn scan_split(
     Ok(out)
 }
 
-/// `UNDERSTUDY_COPY_THREADS=1`: never split (for A/B measurements).
+/// Only with `UNDERSTUDY_COPY_THREADS=2` is the incremental copy (scan and reads) split over two
+/// threads: on the shared 2-vCPU machine at load ~8 it made the freeze longer (the copy already
+/// runs beside the injected calls, see docs/PERFORMANCE.md); kept for a quiet-machine A/B.
 fn one_copy_thread() -> bool {
-    std::env::var_os("UNDERSTUDY_COPY_THREADS").is_some_and(|v| v == "1")
+    std::env::var_os("UNDERSTUDY_COPY_THREADS").is_none_or(|v| v != "2")
 }
 
 /// Reads `ranges` into `buf` (their lengths summing to `buf.len()`), the second half of the
@@ -540,7 +543,7 @@ impl MemoryDumper<'_> {
     fn read_all(&self, r: &mut Reader<'_>, vmas: &mut [Vma]) -> Result<()> {
         let pid = self.pid;
         let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
-        // The incremental copy scans large mappings in two halves on two threads.
+        // The incremental copy may scan large mappings in two halves on two threads (opt-in).
         let mut second: Option<sys::memscan::PageScanner> = None;
         let parallel = self.defer.is_some() && !one_copy_thread();
         let mut procmem: Option<ProcMem> = None;
