@@ -562,6 +562,13 @@ fn dump_process(
         "pid {pid}: threads, maps, seccomp, madvise flags read at {:?}",
         t0.elapsed()
     );
+    // An incremental copy into memory needs no ptrace stop: on its own thread it scans the
+    // mappings for data now, during the dirty-tracker read, and copies the written pages
+    // during the injected calls below (the tree stays frozen until it is joined).
+    let early_copy = (!opts.live_memory
+        && opts.leave_running
+        && parent.is_some_and(|p| p.dirty.is_some()))
+    .then(|| crate::memory::spawn_deferred_copy(pool, pid, opts, std::mem::take(&mut vmas)));
     // Incremental: the tracker the parent dump left in the process says what changed since.
     let mut tracker = None;
     let mut unchanged = Vec::new();
@@ -591,14 +598,15 @@ fn dump_process(
     };
 
     tracing::debug!("pid {pid}: dirty tracker read at {:?}", t0.elapsed());
-    // An incremental copy into memory needs no ptrace stop: it runs on its own thread during
-    // the injected calls below (the tree stays frozen until both are done).
-    let early_copy = (!opts.live_memory
-        && opts.leave_running
-        && written_bytes.is_some_and(|b| b <= DEFER_MAX_BYTES))
-    .then(|| {
-        crate::memory::spawn_deferred_copy(pool, pid, opts, &unchanged, std::mem::take(&mut vmas))
-    });
+    // The early copy (started above) reads the written pages from now on, during the injected
+    // calls; `None` if tracking was lost or the delta is too large to hold in memory.
+    if let Some(c) = &early_copy {
+        c.start(
+            written_bytes
+                .is_some_and(|b| b <= DEFER_MAX_BYTES)
+                .then(|| unchanged.clone()),
+        );
+    }
     // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
     let mut sigactions = Vec::with_capacity(64);
     let mut itimers = Vec::with_capacity(3);
@@ -699,9 +707,13 @@ fn dump_process(
         .collect();
 
     // Live copy: done by the caller once the tree runs again.
-    let pages = if let Some(h) = early_copy {
+    let mut early = None;
+    if let Some(h) = early_copy {
         let (res, done_vmas) = h.join(pool, deferred)?;
         vmas = done_vmas;
+        early = res;
+    }
+    let pages = if let Some(res) = early {
         let (pages, _bytes, took) = res?;
         report.memory_copy += took;
         tracing::debug!(

@@ -137,24 +137,26 @@ impl DeferredPages {
 /// An incremental copy into memory running on its own thread (see [`spawn_deferred_copy`]).
 pub struct DeferredCopy {
     pid: i32,
+    go: std::sync::mpsc::Sender<Option<Vec<(u64, u64)>>>,
     handle: std::thread::JoinHandle<DeferredCopyResult>,
 }
 
 type DeferredCopyResult = (
-    Result<(PagesRef, u64, std::time::Duration)>,
+    Option<Result<(PagesRef, u64, std::time::Duration)>>,
     Vec<Vma>,
     Vec<Vec<u8>>,
     Vec<DeferredPages>,
 );
 
-/// Starts [`MemoryDumper::dump`] into memory (`defer`) for `vmas` on a new thread, with the
-/// pool's buffers moved to it; [`DeferredCopy::join`] hands buffers, pages and `vmas` back.
-/// The caller keeps the tree frozen until it has joined.
+/// Starts an incremental copy into memory of `vmas` on a new thread, with the pool's buffers
+/// moved to it: it scans every mapping for data at once, then waits for
+/// [`DeferredCopy::start`] (the ranges left in the parent, or `None`: no copy) and runs
+/// [`MemoryDumper::dump`] into memory (`defer`). [`DeferredCopy::join`] hands buffers, pages
+/// and `vmas` back. The caller keeps the tree frozen until it has joined.
 pub fn spawn_deferred_copy(
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     pid: i32,
     opts: &crate::DumpOptions,
-    unchanged: &[(u64, u64)],
     mut vmas: Vec<Vma>,
 ) -> DeferredCopy {
     let bufs = pool
@@ -163,8 +165,14 @@ pub fn spawn_deferred_copy(
         .unwrap_or_default();
     let dir = opts.image_dir.clone();
     let progress = opts.progress.clone();
-    let unchanged = unchanged.to_vec();
+    let (go, wait) = std::sync::mpsc::channel::<Option<Vec<(u64, u64)>>>();
     let handle = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let scanned = scan_data(pid, &vmas);
+        let scan_time = t0.elapsed();
+        let Ok(Some(unchanged)) = wait.recv() else {
+            return (None, vmas, bufs, Vec::new());
+        };
         let pool = std::sync::Mutex::new(bufs);
         let deferred = std::sync::Mutex::new(Vec::new());
         let md = MemoryDumper {
@@ -177,27 +185,41 @@ pub fn spawn_deferred_copy(
             unchanged: &unchanged,
             defer: Some(&deferred),
         };
-        let res = md.dump(&mut vmas);
+        let res = scanned.and_then(|data| {
+            let name = format!("pages-{pid}.img");
+            md.dump_to_memory(&mut vmas, name, &deferred, t0, Some(data))
+        });
+        tracing::debug!("pid {pid}: early scan for data {scan_time:?}");
         (
-            res,
+            Some(res),
             vmas,
             pool.into_inner().unwrap_or_default(),
             deferred.into_inner().unwrap_or_default(),
         )
     });
-    DeferredCopy { pid, handle }
+    DeferredCopy { pid, go, handle }
 }
 
 impl DeferredCopy {
-    /// Waits for the copy; returns its result and the mappings (with their page runs), and
-    /// puts the buffers back in `pool` and the copied pages in `deferred`.
+    /// Lets the copy run, leaving `unchanged` (normalized) in the parent; `None`: no copy.
+    pub fn start(&self, unchanged: Option<Vec<(u64, u64)>>) {
+        let _ = self.go.send(unchanged);
+    }
+
+    /// Waits for the thread; returns the copy's result (`None` if it was not started) and the
+    /// mappings (with their page runs), and puts the buffers back in `pool` and the copied
+    /// pages in `deferred`.
     #[allow(clippy::type_complexity)] // the result of MemoryDumper::dump, plus the mappings
     pub fn join(
         self,
         pool: &std::sync::Mutex<Vec<Vec<u8>>>,
         deferred: &std::sync::Mutex<Vec<DeferredPages>>,
-    ) -> Result<(Result<(PagesRef, u64, std::time::Duration)>, Vec<Vma>)> {
+    ) -> Result<(
+        Option<Result<(PagesRef, u64, std::time::Duration)>>,
+        Vec<Vma>,
+    )> {
         let pid = self.pid;
+        drop(self.go);
         let (res, vmas, bufs, pages) = self.handle.join().map_err(|_| CheckpointError::Tree {
             pid,
             why: "memory copy thread panicked".into(),
@@ -214,6 +236,27 @@ impl DeferredCopy {
             .extend(pages);
         Ok((res, vmas))
     }
+}
+
+/// Which mappings hold data to dump and how to scan them: `Some(anon_only)`, or `None` for
+/// mappings whose data is not dumped with the process (vdso, shared file, shmem objects).
+fn scan_kind(kind: &VmaKind) -> Option<bool> {
+    match kind {
+        VmaKind::Anon { .. } | VmaKind::Stack => Some(false),
+        VmaKind::FilePrivate { .. } => Some(true),
+        VmaKind::Vdso { .. } | VmaKind::FileShared { .. } | VmaKind::Shmem { .. } => None,
+    }
+}
+
+/// The data ranges of every mapping (empty for those [`scan_kind`] skips), in order.
+fn scan_data(pid: i32, vmas: &[Vma]) -> Result<Vec<Vec<(u64, u64)>>> {
+    let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
+    vmas.iter()
+        .map(|v| match scan_kind(&v.kind) {
+            Some(anon_only) => scanner.data_ranges(v.start, v.end, anon_only).pid(pid),
+            None => Ok(Vec::new()),
+        })
+        .collect()
 }
 
 struct Batch {
@@ -378,7 +421,7 @@ impl MemoryDumper<'_> {
         let t0 = Instant::now();
         let name = format!("pages-{pid}.img");
         if let Some(defer) = self.defer {
-            return self.dump_to_memory(vmas, name, defer, t0);
+            return self.dump_to_memory(vmas, name, defer, t0, None);
         }
         let mut w = PagesWriter::create(self.dir, &name)?;
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
@@ -426,7 +469,7 @@ impl MemoryDumper<'_> {
                 split: false,
                 checksum: true,
             };
-            let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            let res = self.read_all(&mut r, vmas, None).and_then(|()| r.flush());
             tracing::debug!("pid {pid}: process_vm_readv busy {:?}", r.busy);
             let last = std::mem::take(&mut r.batch.buf);
             drop(r);
@@ -457,6 +500,7 @@ impl MemoryDumper<'_> {
         name: String,
         defer: &std::sync::Mutex<Vec<DeferredPages>>,
         t0: Instant,
+        scanned: Option<Vec<Vec<(u64, u64)>>>,
     ) -> Result<(PagesRef, u64, std::time::Duration)> {
         let pid = self.pid;
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
@@ -501,7 +545,9 @@ impl MemoryDumper<'_> {
                 }
                 chunks
             });
-            let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            let res = self
+                .read_all(&mut r, vmas, scanned)
+                .and_then(|()| r.flush());
             tracing::debug!(
                 "pid {pid}: copy into memory: process_vm_readv {:?}, checksum {:?}, scan {:?}",
                 r.busy,
@@ -540,24 +586,33 @@ impl MemoryDumper<'_> {
         Ok((expect, len, t0.elapsed()))
     }
 
-    fn read_all(&self, r: &mut Reader<'_>, vmas: &mut [Vma]) -> Result<()> {
+    /// Copies the data of `vmas`; `scanned`: their data ranges found beforehand (see
+    /// [`scan_data`]), else each is scanned here.
+    fn read_all(
+        &self,
+        r: &mut Reader<'_>,
+        vmas: &mut [Vma],
+        mut scanned: Option<Vec<Vec<(u64, u64)>>>,
+    ) -> Result<()> {
         let pid = self.pid;
         let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
         // The incremental copy may scan large mappings in two halves on two threads (opt-in).
         let mut second: Option<sys::memscan::PageScanner> = None;
         let parallel = self.defer.is_some() && !one_copy_thread();
         let mut procmem: Option<ProcMem> = None;
-        for v in vmas.iter_mut() {
-            let anon_only = match &v.kind {
-                VmaKind::Anon { .. } | VmaKind::Stack => false,
-                VmaKind::FilePrivate { .. } => true,
-                VmaKind::Vdso { .. } | VmaKind::FileShared { .. } | VmaKind::Shmem { .. } => {
-                    continue
-                }
+        for (i, v) in vmas.iter_mut().enumerate() {
+            let Some(anon_only) = scan_kind(&v.kind) else {
+                continue;
             };
             let readable = v.prot & 1 != 0;
             let t_scan = Instant::now();
-            let data = if parallel && v.end - v.start >= SPLIT_SCAN_MIN_BYTES {
+            let pre = scanned
+                .as_mut()
+                .and_then(|s| s.get_mut(i))
+                .map(std::mem::take);
+            let data = if let Some(d) = pre {
+                d
+            } else if parallel && v.end - v.start >= SPLIT_SCAN_MIN_BYTES {
                 let other = match &mut second {
                     Some(s) => s,
                     None => second.insert(sys::memscan::PageScanner::open(pid).pid(pid)?),
