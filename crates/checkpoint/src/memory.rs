@@ -289,7 +289,7 @@ struct Reader<'a> {
     /// computes it after the resume).
     checksum: bool,
     /// Split a batch of many scattered ranges over two threads (the incremental copy into
-    /// memory, where the per-range cost of `process_vm_readv` dominates; opt-in, see
+    /// memory, where the per-range cost of `process_vm_readv` dominates; see
     /// `one_copy_thread`).
     split: bool,
 }
@@ -332,11 +332,11 @@ fn scan_split(
     Ok(out)
 }
 
-/// Only with `UNDERSTUDY_COPY_THREADS=2` is the incremental copy (scan and reads) split over two
-/// threads: on the shared 2-vCPU machine at load ~8 it made the freeze longer (the copy already
-/// runs beside the injected calls, see docs/PERFORMANCE.md); kept for a quiet-machine A/B.
+/// `UNDERSTUDY_COPY_THREADS=1`: the incremental copy reads (and, without the early scan, scans)
+/// on one thread only. The default splits the reads over two threads: with the scan done early
+/// it shortened the freeze at load 5-6 (docs/PERFORMANCE.md); kept switchable for A/B runs.
 fn one_copy_thread() -> bool {
-    std::env::var_os("UNDERSTUDY_COPY_THREADS").is_none_or(|v| v != "2")
+    std::env::var_os("UNDERSTUDY_COPY_THREADS").is_some_and(|v| v == "1")
 }
 
 /// Reads `ranges` into `buf` (their lengths summing to `buf.len()`), the second half of the
@@ -596,7 +596,7 @@ impl MemoryDumper<'_> {
     ) -> Result<()> {
         let pid = self.pid;
         let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
-        // The incremental copy may scan large mappings in two halves on two threads (opt-in).
+        // Not scanned early: the incremental copy scans large mappings in two halves at once.
         let mut second: Option<sys::memscan::PageScanner> = None;
         let parallel = self.defer.is_some() && !one_copy_thread();
         let mut procmem: Option<ProcMem> = None;

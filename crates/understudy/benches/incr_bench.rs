@@ -11,8 +11,8 @@
 //! cargo bench -p understudy --bench incr_bench -- [--mib 1024] [--runs 5] [--no-precopy]
 //! ```
 //! For A/B runs of one binary: `UNDERSTUDY_VMFLAGS_FROZEN=1` reads smaps while frozen (as
-//! before the pre-read), `UNDERSTUDY_COPY_THREADS=2` splits the copy of the written pages
-//! (scan and reads) over two threads.
+//! before the pre-read), `UNDERSTUDY_COPY_THREADS=1` reads the written pages on one thread
+//! (default: two).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
 #![forbid(unsafe_code)]
 
