@@ -50,6 +50,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
         reserve_space(opts);
     }
+    // Incremental: the madvise flags are read before the freeze (see `vmflags`).
+    let t_pre = Instant::now();
+    let pre = if parent.as_ref().is_some_and(|p| !p.consumed) && !crate::vmflags::frozen_only() {
+        let pre = crate::vmflags::PreRead::read_tree(opts.root_pid);
+        crate::vmflags::test_pause();
+        pre
+    } else {
+        crate::vmflags::PreRead::default()
+    };
+    let vm_flags_preread = t_pre.elapsed();
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     tracing::debug!("frozen at {:?}", t_freeze.elapsed());
@@ -57,6 +67,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         root_pid: opts.root_pid,
         processes: frozen.procs.len(),
         threads: frozen.thread_count(),
+        vm_flags_preread,
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
@@ -76,6 +87,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         &mut repaired,
         &mut live_jobs,
         &deferred,
+        &pre,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -142,9 +154,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
         let t = Instant::now();
         for d in deferred {
-            if let Err(e) = d.write() {
-                cleanup_dir(&opts.image_dir);
-                return Err(e);
+            let pid = d.pid;
+            match d.write() {
+                // The checksum of data copied while frozen is computed by the write.
+                Ok(r) => {
+                    if let Some(p) = tree.processes.iter_mut().find(|p| p.pid == pid) {
+                        p.pages = r;
+                    }
+                }
+                Err(e) => {
+                    cleanup_dir(&opts.image_dir);
+                    return Err(e);
+                }
             }
         }
         if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
@@ -349,6 +370,7 @@ fn collect(
     repaired: &mut crate::sockets::RepairGuard,
     live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
+    pre: &crate::vmflags::PreRead,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
@@ -361,7 +383,7 @@ fn collect(
                 .flatten()
         });
         let (mut p, skip_fd, unchanged) = dump_process(
-            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred,
+            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred, pre,
         )?;
         if opts.live_memory {
             live_jobs.push((i, unchanged));
@@ -420,6 +442,7 @@ fn dump_process(
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
+    pre: &crate::vmflags::PreRead,
 ) -> Result<(Process, Option<i32>, crate::incr::Ranges)> {
     let pid = fp.pid;
     let t0 = Instant::now();
@@ -509,12 +532,14 @@ fn dump_process(
     };
 
     const KEPT_FLAGS: [&str; 5] = ["hg", "nh", "dc", "wf", "dd"];
-    // `/proc/PID/smaps` (the only source of the madvise flags) walks every page table: ~30 ms
-    // per GiB of present memory here, the largest part of an incremental dump's freeze.
-    // Reading it on another thread during the dump did not help on 2 loaded cores (the
-    // injected calls then waited for CPU as long).
+    // `/proc/PID/smaps` (the only source of the madvise flags) walks every page table: 10-30 ms
+    // per GiB of present memory here. An incremental dump read it before the freeze and reads
+    // it again now only if a `maps` line changed since (see `vmflags`).
     let t_flags = Instant::now();
-    let flags = sys::proc::vm_flags(pid).pid(pid)?;
+    let (flags, source) = pre.flags(pid, &maps).pid(pid)?;
+    if source == crate::vmflags::Source::PreRead {
+        report.vm_flags_reused += 1;
+    }
     report.vm_flags_read += t_flags.elapsed();
     let mut vmas = Vec::new();
     for m in &maps {
@@ -560,6 +585,13 @@ fn dump_process(
         "pid {pid}: threads, maps, seccomp, madvise flags read at {:?}",
         t0.elapsed()
     );
+    // An incremental copy into memory needs no ptrace stop: on its own thread it scans the
+    // mappings for data now, during the dirty-tracker read, and copies the written pages
+    // during the injected calls below (the tree stays frozen until it is joined).
+    let early_copy = (!opts.live_memory
+        && opts.leave_running
+        && parent.is_some_and(|p| p.dirty.is_some()))
+    .then(|| crate::memory::spawn_deferred_copy(pool, pid, opts, std::mem::take(&mut vmas)));
     // Incremental: the tracker the parent dump left in the process says what changed since.
     let mut tracker = None;
     let mut unchanged = Vec::new();
@@ -589,6 +621,15 @@ fn dump_process(
     };
 
     tracing::debug!("pid {pid}: dirty tracker read at {:?}", t0.elapsed());
+    // The early copy (started above) reads the written pages from now on, during the injected
+    // calls; `None` if tracking was lost or the delta is too large to hold in memory.
+    if let Some(c) = &early_copy {
+        c.start(
+            written_bytes
+                .is_some_and(|b| b <= DEFER_MAX_BYTES)
+                .then(|| unchanged.clone()),
+        );
+    }
     // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
     let mut sigactions = Vec::with_capacity(64);
     let mut itimers = Vec::with_capacity(3);
@@ -690,7 +731,22 @@ fn dump_process(
         .collect();
 
     // Live copy: done by the caller once the tree runs again.
-    let pages = if opts.live_memory {
+    let mut early = None;
+    if let Some(h) = early_copy {
+        let (res, done_vmas) = h.join(pool, deferred)?;
+        vmas = done_vmas;
+        early = res;
+    }
+    let pages = if let Some(res) = early {
+        let (pages, _bytes, took) = res?;
+        report.memory_copy += took;
+        tracing::debug!(
+            "pid {pid}: memory copied (during the injected calls) at {:?}",
+            t0.elapsed()
+        );
+        report.in_parent_bytes += in_parent_bytes(&vmas);
+        pages
+    } else if opts.live_memory {
         image::PagesRef::default()
     } else {
         let md = MemoryDumper {
