@@ -5,9 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::{
-    PagesRef, Tree, FORMAT_VERSION, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS,
-};
+use crate::model::{PagesRef, Tree, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS};
 
 pub const TREE_FILE: &str = "tree.img";
 pub const TREE_MAGIC: [u8; 8] = *b"USTDTREE";
@@ -343,7 +341,7 @@ impl ChunkTable {
     }
 }
 
-//// Appends page data to a new pages file, computing its CRC32C on the way.
+/// Appends page data to a new pages file, computing its CRC32C on the way.
 #[derive(Debug)]
 pub struct PagesWriter {
     path: PathBuf,
