@@ -211,6 +211,32 @@ impl<S: PageSource> LazyServer<S> {
         Ok(())
     }
 
+    /// Marks `[start, start+len)` of the (first) address space as needing no fill (pages the
+    /// image does not hold): never pushed; a fault there is still answered (with the source's
+    /// zeros) while the server runs, and after it the kernel's normal zero-fill applies.
+    pub fn mark_done(&mut self, start: u64, len: u64) {
+        self.set_state(0, start, start.saturating_add(len), DONE);
+    }
+
+    /// Pages per background push from now on (0 stops the push: faults only).
+    pub fn set_push_pages(&mut self, pages: usize) {
+        self.opts.push_pages = pages;
+        let want = pages.max(self.opts.prefetch_pages) * usize::try_from(self.page).unwrap_or(4096);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+    }
+
+    /// Pages of every live address space still waiting for their contents.
+    pub fn pending_pages(&self) -> u64 {
+        self.mms
+            .iter()
+            .filter(|m| m.alive)
+            .flat_map(|m| m.regions.iter())
+            .map(|r| r.state.iter().filter(|&&s| s != DONE).count() as u64)
+            .sum()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> LazyStats {
         self.stats
