@@ -505,6 +505,18 @@ pub fn restore_tree(
     opts: &RestoreOptions,
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<RestoreReport> {
+    restore_tree_with(l, opts, verified, None, &mut |_| Ok(()))
+}
+
+/// [`restore_tree`], with the private anonymous memory handed to `lazy` (lazy restore) and
+/// `before_run` called with the restored pids just before the tree resumes.
+pub(crate) fn restore_tree_with(
+    l: &Loaded,
+    opts: &RestoreOptions,
+    verified: impl FnOnce() -> Result<()>,
+    mut lazy: Option<&mut crate::lazy::Collector>,
+    before_run: &mut dyn FnMut(&[i32]) -> Result<()>,
+) -> Result<RestoreReport> {
     let tree = &l.tree;
     for p in &tree.processes {
         for t in &p.threads {
@@ -604,6 +616,7 @@ pub fn restore_tree(
             opts,
             &mut done,
             total,
+            lazy.as_deref_mut(),
         )?;
         for t in &p.threads {
             finals.push((t.tid, t));
@@ -613,6 +626,7 @@ pub fn restore_tree(
     tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
     crate::evfd::finish_tcp(&files.extra.tcp, root.pid)?;
+    before_run(&stubs.pids)?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -688,6 +702,7 @@ fn rebuild(
     opts: &RestoreOptions,
     done: &mut u64,
     total: u64,
+    lazy: Option<&mut crate::lazy::Collector>,
 ) -> Result<()> {
     ptrace::set_sigmask(pid, u64::MAX).pid(pid)?;
     let stub_maps = sys::proc::maps(pid).pid(pid)?;
@@ -904,12 +919,17 @@ fn rebuild(
             })?;
         from_parents.push((x.addr, bytes));
     }
-    let uffd = if std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
+    let uffd = if lazy.is_some() || std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
         None
     } else {
         remote_uffd(&mut rs, pid)
     };
     match uffd {
+        _ if lazy.is_some() => {
+            if let Some(lz) = lazy {
+                *done += lz.take_process(p, pid, &mut rs)?;
+            }
+        }
         Some(u) => fill_with_uffd(pid, p, data, &from_parents, &u, opts, done, total)?,
         None => {
             write_pages(pid, data, &ranges, opts, done, total)?;

@@ -251,7 +251,8 @@ impl<S: PageSource> LazyServer<S> {
     }
 
     /// Serves everything pending, waiting up to `timeout` for an event; when idle, pushes one
-    /// background chunk. Returns whether all pages are now in place.
+    /// background chunk. Returns whether all pages are in place (checked on an idle step, so
+    /// a step that served events or pushed a chunk returns false; call it again).
     pub fn step(&mut self, timeout: Duration) -> Result<bool, LazyError> {
         let mut handled = self.drain_events()?;
         let mut k = 0;
@@ -268,7 +269,9 @@ impl<S: PageSource> LazyServer<S> {
         }
         if handled == 0 {
             if self.opts.push_pages > 0 && self.push_one()? {
-                return Ok(self.is_complete());
+                // (completeness is checked once the push finds nothing left: a full scan of
+                // the page states after every chunk or fault would cost O(pages) each time)
+                return Ok(false);
             }
             if self.is_complete() {
                 return Ok(true);
@@ -276,7 +279,7 @@ impl<S: PageSource> LazyServer<S> {
             self.wait(timeout)?;
             self.drain_events()?;
         }
-        Ok(self.is_complete())
+        Ok(false)
     }
 
     /// Serves until every page is in place (then the caller drops the server, which closes the
