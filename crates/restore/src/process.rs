@@ -277,6 +277,8 @@ impl Loaded {
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
+            // (the chunk table, version 4, must be intact too: a damaged file is refused)
+            image::read_chunk_table(dir, &p.pages, &f)?;
             let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
             pages.push(m);
         }

@@ -140,6 +140,40 @@ fn lazy_restore_with_background_push_completes_and_the_memory_is_exact() {
 }
 
 /// Damages the pages file while the tree runs, then makes the workload touch everything.
+fn wait_gone(pid: i32) {
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .map(|x| x.1.trim_start().starts_with('Z'))
+            == Some(true)
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "pid {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killing_the_lazy_restorer_kills_the_tree() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (w, _chan, img) = setup("64");
+    let (mut child, pid) = lazy_restore(&img, &["--push-pages", "0"]);
+    assert_eq!(pid, w.pid);
+    // SIGKILL: no cleanup runs in the restorer; its guard process must kill the tree.
+    child.kill().expect("kill restore --lazy");
+    let _ = child.wait();
+    wait_gone(pid);
+}
+
 fn damaged_source_kills_the_tree(damage: impl FnOnce(&Path, u64), reason: &str) {
     let (w, mut chan, img) = setup("64");
     let pages = img.join(format!("pages-{}.img", w.pid));
