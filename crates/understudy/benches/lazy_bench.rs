@@ -10,7 +10,7 @@
 //! pong received (it includes the faults the answer itself takes).
 //!
 //! ```sh
-//! cargo bench -p understudy --bench lazy_bench -- [--mib 1024] [--runs 5]
+//! cargo bench -p understudy --bench lazy_bench -- [--mib 1024] [--runs 5] [--push-pages N] [--prefetch-pages N]
 //! ```
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
 #![forbid(unsafe_code)]
@@ -129,7 +129,14 @@ struct Samples {
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn one_run(bin: &Path, base: &Path, mib: u64, run: usize, s: &mut Samples) {
+fn one_run(
+    bin: &Path,
+    base: &Path,
+    mib: u64,
+    run: usize,
+    lazy: restore::LazyOptions,
+    s: &mut Samples,
+) {
     let dir = base.join(format!("w{run}"));
     let (pid, mut chan) = start(bin, &dir, mib);
     let image = base.join(format!("image-{run}"));
@@ -149,8 +156,7 @@ fn one_run(bin: &Path, base: &Path, mib: u64, run: usize, s: &mut Samples) {
     // Lazy.
     chan.send(b'p');
     let t0 = Instant::now();
-    let lr = restore::restore_lazy(&opts, restore::LazyOptions::default())
-        .unwrap_or_else(|e| panic!("restore --lazy: {e}"));
+    let lr = restore::restore_lazy(&opts, lazy).unwrap_or_else(|e| panic!("restore --lazy: {e}"));
     let ret = t0.elapsed();
     let pong = chan.line();
     let first = t0.elapsed();
@@ -198,12 +204,25 @@ fn main() {
     let mut mib = 1024u64;
     let mut runs = 5usize;
     let mut bench = false;
+    let mut lazy = restore::LazyOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--mib" => mib = it.next().and_then(|v| v.parse().ok()).expect("--mib N"),
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--bench" => bench = true,
+            "--push-pages" => {
+                lazy.push_pages = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--push-pages N")
+            }
+            "--prefetch-pages" => {
+                lazy.prefetch_pages = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--prefetch-pages N")
+            }
             _ => {}
         }
     }
@@ -234,12 +253,14 @@ fn main() {
     assert!(st.success(), "cc failed");
     let mut s = Samples::default();
     for run in 0..runs {
-        one_run(&bin, &base, mib, run, &mut s);
+        one_run(&bin, &base, mib, run, lazy, &mut s);
     }
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut out = String::new();
     out.push_str(&format!(
-        "\n### lazy restore, {mib} MiB, median of {runs} run(s) (load average {})\n\n",
+        "\n### lazy restore, {mib} MiB, prefetch {} pages, push {} pages, median of {runs} run(s) (load average {})\n\n",
+        lazy.prefetch_pages,
+        lazy.push_pages,
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
