@@ -572,3 +572,82 @@ fn kill_tree(pids: &[i32]) {
         let _ = sys::ptrace::wait(p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pages file of 3 chunks and a source over two runs with a hole between them.
+    fn source(dir: &Path) -> (FileSource, Vec<u8>, image::PagesRef) {
+        let data: Vec<u8> = (0..image::PAGES_CHUNK * 2 + 8192)
+            .map(|i| u8::try_from(i % 253).unwrap_or(0))
+            .collect();
+        let mut w = image::PagesWriter::create(dir, "pages-9.img").expect("create");
+        w.write(&data).expect("write");
+        let r = w.finish().expect("finish");
+        let file = image::open_pages(dir, &r).expect("open");
+        let table = image::read_chunk_table(dir, &r, &file).expect("table");
+        assert!(table.is_some());
+        let first = image::PAGES_CHUNK + 4096;
+        let s = FileSource {
+            path: dir.join("pages-9.img"),
+            file,
+            table,
+            // run A: data [0, first) at 0x10000; run B: the rest at 0x10000 + first + 2 pages
+            runs: vec![
+                (0x10000, first, 0),
+                (0x10000 + first + 8192, data.len() as u64 - first, first),
+            ],
+            cache: None,
+        };
+        (s, data, r)
+    }
+
+    #[test]
+    fn file_source_reads_across_runs_and_chunks_and_zero_fills_holes() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (mut s, data, _) = source(d.path());
+        let first = usize::try_from(image::PAGES_CHUNK).unwrap_or(0) + 4096;
+        // from the last page of run A, over the 2-page hole, into run B
+        let mut buf = vec![0xffu8; 5 * 4096];
+        let at = 0x10000 + first as u64 - 4096;
+        s.read_pages(at, &mut buf).expect("read");
+        assert_eq!(&buf[..4096], &data[first - 4096..first]);
+        assert!(buf[4096..3 * 4096].iter().all(|&b| b == 0));
+        assert_eq!(&buf[3 * 4096..], &data[first..first + 2 * 4096]);
+    }
+
+    #[test]
+    fn file_source_names_the_file_and_chunk_on_damage() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (mut s, _, r) = source(d.path());
+        let p = d.path().join("pages-9.img");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open for damage");
+        f.write_all_at(&[0xaa], image::PAGES_HEADER_LEN + image::PAGES_CHUNK + 17)
+            .expect("flip");
+        let mut buf = vec![0u8; 4096];
+        s.read_pages(0x10000, &mut buf).expect("chunk 0 is intact");
+        let e = s
+            .read_pages(0x10000 + image::PAGES_CHUNK, &mut buf)
+            .expect_err("chunk 1 is damaged");
+        assert!(
+            e.to_string().contains("pages-9.img") && e.to_string().contains("chunk 1"),
+            "{e}"
+        );
+        f.set_len(image::PAGES_HEADER_LEN + r.len / 2)
+            .expect("truncate");
+        s.cache = None;
+        let e = s
+            .read_pages(0x10000, &mut vec![0u8; 4096])
+            .map(|()| ())
+            .and_then(|()| {
+                let last = 0x10000 + image::PAGES_CHUNK + 4096 + 8192 + image::PAGES_CHUNK;
+                s.read_pages(last, &mut buf)
+            })
+            .expect_err("truncated");
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+}

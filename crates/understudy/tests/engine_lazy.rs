@@ -282,3 +282,40 @@ fn lazy_restore_of_an_incremental_image_is_refused() {
     // nothing was created: restore it normally
     ok(&restore(&d2), "restore");
 }
+
+/// Checkpoints `w`, restores it with `restore --lazy` (default push) until every page is in
+/// place, and asks it to verify itself.
+fn lazy_cycle(w: &Workload) -> String {
+    let img = w.dir.path().join("img");
+    ok(&checkpoint(w.pid, &img, false), "checkpoint");
+    let o = Command::new(BIN)
+        .args(["restore", "--lazy", "--image"])
+        .arg(&img)
+        .output()
+        .expect("restore --lazy");
+    ok(&o, "restore --lazy");
+    let printed: i32 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("restore --lazy prints the root pid first");
+    assert_eq!(printed, w.pid);
+    verdict(w)
+}
+
+#[test]
+fn lazy_restore_of_a_process_tree_and_of_eight_threads() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // A server thread per process (parent, children, grandchild), pipes in flight.
+    let w = start(&build("tree", &[]));
+    let v = lazy_cycle(&w);
+    assert!(v.starts_with("PASS"), "tree: {v}");
+    drop(w);
+    // One address space, eight threads faulting concurrently.
+    let w = start(&build("threads8", &[]));
+    let v = lazy_cycle(&w);
+    assert!(v.starts_with("PASS"), "threads8: {v}");
+}
