@@ -642,7 +642,6 @@ mod tests {
         s.cache = None;
         let e = s
             .read_pages(0x10000, &mut vec![0u8; 4096])
-            .map(|()| ())
             .and_then(|()| {
                 let last = 0x10000 + image::PAGES_CHUNK + 4096 + 8192 + image::PAGES_CHUNK;
                 s.read_pages(last, &mut buf)
