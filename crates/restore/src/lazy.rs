@@ -108,50 +108,77 @@ impl Drop for Collector {
     }
 }
 
+/// One pages file a process's data comes from (its own, or an ancestor's in a chain).
+struct PagesFile {
+    path: PathBuf,
+    file: File,
+    /// `None` for versions 1 and 2 (verified whole before the tree started)
+    table: Option<ChunkTable>,
+}
+
+impl PagesFile {
+    fn open(dir: &Path, r: &image::PagesRef) -> Result<PagesFile> {
+        let file = image::open_pages(dir, r)?;
+        let table = image::read_chunk_table(dir, r, &file)?;
+        Ok(PagesFile {
+            path: dir.join(&r.file),
+            file,
+            table,
+        })
+    }
+
+    fn try_clone(&self) -> std::io::Result<PagesFile> {
+        Ok(PagesFile {
+            path: self.path.clone(),
+            file: self.file.try_clone()?,
+            table: self.table.clone(),
+        })
+    }
+}
+
 /// Page data of one process, read with `pread` (a truncated file is an error, not a SIGBUS)
 /// and checked chunk by chunk before it is served.
 struct FileSource {
-    path: PathBuf,
-    file: File,
-    table: Option<ChunkTable>,
-    /// (vaddr, len, offset in the data), by vaddr
-    runs: Vec<(u64, u64, u64)>,
-    /// last verified chunk: (index, bytes)
-    cache: Option<(usize, Vec<u8>)>,
+    files: Vec<PagesFile>,
+    /// (vaddr, len, index in `files`, offset in that file's data), by vaddr, disjoint
+    runs: Vec<(u64, u64, usize, u64)>,
+    /// last verified chunk: (file, chunk index, bytes)
+    cache: Option<(usize, usize, Vec<u8>)>,
 }
 
 impl FileSource {
-    fn read_verified(&mut self, off: u64, out: &mut [u8]) -> std::io::Result<()> {
-        let Some(t) = &self.table else {
+    fn read_verified(&mut self, fi: usize, off: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let pf = &self.files[fi];
+        let Some(t) = &pf.table else {
             // Versions 1 and 2: the whole data was verified before the tree started.
-            return self
+            return pf
                 .file
                 .read_exact_at(out, image::PAGES_HEADER_LEN + off)
-                .map_err(|e| self.short(e, off, out.len() as u64));
+                .map_err(|e| short(&pf.path, e, off, out.len() as u64));
         };
         let mut at = off;
         let end = off + out.len() as u64;
         if end > t.len {
             return Err(std::io::Error::other(format!(
                 "{}: page data bytes {off}..{end} are beyond its {} bytes",
-                self.path.display(),
+                pf.path.display(),
                 t.len
             )));
         }
         while at < end {
             let c = usize::try_from(at / t.chunk).unwrap_or(usize::MAX);
             let (cs, ce) = t.range(c);
-            if self.cache.as_ref().map(|x| x.0) != Some(c) {
-                let mut buf = self.cache.take().map(|x| x.1).unwrap_or_default();
+            if self.cache.as_ref().map(|x| (x.0, x.1)) != Some((fi, c)) {
+                let mut buf = self.cache.take().map(|x| x.2).unwrap_or_default();
                 buf.resize(usize::try_from(ce - cs).unwrap_or(0), 0);
-                self.file
+                pf.file
                     .read_exact_at(&mut buf, image::PAGES_HEADER_LEN + cs)
-                    .map_err(|e| self.short(e, cs, ce - cs))?;
-                t.check(&self.path, c, &buf)
+                    .map_err(|e| short(&pf.path, e, cs, ce - cs))?;
+                t.check(&pf.path, c, &buf)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
-                self.cache = Some((c, buf));
+                self.cache = Some((fi, c, buf));
             }
-            let data = self.cache.as_ref().map(|x| x.1.as_slice()).unwrap_or(&[]);
+            let data = self.cache.as_ref().map(|x| x.2.as_slice()).unwrap_or(&[]);
             let n = usize::try_from(ce.min(end) - at).unwrap_or(0);
             let from = usize::try_from(at - cs).unwrap_or(0);
             let to = usize::try_from(at - off).unwrap_or(0);
@@ -161,18 +188,30 @@ impl FileSource {
         Ok(())
     }
 
-    fn short(&self, e: std::io::Error, off: u64, len: u64) -> std::io::Error {
-        let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            "the file ends before them (truncated)".to_string()
-        } else {
-            e.to_string()
-        };
-        std::io::Error::other(format!(
-            "{}: cannot read page data bytes {off}..{}: {why}",
-            self.path.display(),
-            off + len
-        ))
+    fn try_clone(&self) -> std::io::Result<FileSource> {
+        Ok(FileSource {
+            files: self
+                .files
+                .iter()
+                .map(PagesFile::try_clone)
+                .collect::<std::io::Result<_>>()?,
+            runs: self.runs.clone(),
+            cache: None,
+        })
     }
+}
+
+fn short(path: &Path, e: std::io::Error, off: u64, len: u64) -> std::io::Error {
+    let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "the file ends before them (truncated)".to_string()
+    } else {
+        e.to_string()
+    };
+    std::io::Error::other(format!(
+        "{}: cannot read page data bytes {off}..{}: {why}",
+        path.display(),
+        off + len
+    ))
 }
 
 impl PageSource for FileSource {
@@ -181,14 +220,14 @@ impl PageSource for FileSource {
         let end = image_addr + buf.len() as u64;
         let first = self.runs.partition_point(|r| r.0 + r.1 <= image_addr);
         for k in first..self.runs.len() {
-            let (va, len, off) = self.runs[k];
+            let (va, len, fi, off) = self.runs[k];
             if va >= end {
                 break;
             }
             let (s, e) = (va.max(image_addr), (va + len).min(end));
             let b0 = usize::try_from(s - image_addr).unwrap_or(0);
             let b1 = usize::try_from(e - image_addr).unwrap_or(0);
-            self.read_verified(off + (s - va), &mut buf[b0..b1])?;
+            self.read_verified(fi, off + (s - va), &mut buf[b0..b1])?;
         }
         Ok(())
     }
@@ -213,6 +252,7 @@ impl Collector {
         p: &Process,
         pid: i32,
         rs: &mut RemoteSyscalls,
+        parents: (&[crate::process::Piece], &[crate::process::Ancestor]),
     ) -> Result<u64> {
         let fail = |why: String| RestoreError::Lazy(format!("pid {}: {why}", p.pid));
         let fd = rs
@@ -228,30 +268,43 @@ impl Collector {
         let fd = got.map_err(|e| fail(format!("cannot take its userfaultfd: {e}")))?;
         let uffd = sys::uffd::Userfaultfd::from_unconfigured(fd, LAZY_FEATURES)
             .map_err(|e| fail(format!("userfaultfd lacks what a lazy restore needs: {e}")))?;
-        let path = self.dir.join(&p.pages.file);
-        let file = image::open_pages(&self.dir, &p.pages)?;
-        let table = image::read_chunk_table(&self.dir, &p.pages, &file)?;
+        // Its own pages file, then (incremental image) the ancestors' files its pieces are in.
+        let mut files = vec![PagesFile::open(&self.dir, &p.pages)?];
         let mut runs = Vec::new();
         for r in p.vmas.iter().flat_map(|v| v.pages.iter()) {
-            runs.push((r.vaddr, r.npages * PAGE_SIZE, r.offset));
+            if !r.in_parent {
+                runs.push((r.vaddr, r.npages * PAGE_SIZE, 0, r.offset));
+            }
+        }
+        let mut opened: std::collections::BTreeMap<(usize, usize), usize> = Default::default();
+        for x in parents.0 {
+            let fi = match opened.get(&(x.level, x.proc)) {
+                Some(&fi) => fi,
+                None => {
+                    let a = &parents.1[x.level];
+                    let ap = a.tree.processes.get(x.proc).ok_or_else(|| {
+                        fail(format!(
+                            "ancestor {} has no process {}",
+                            a.dir.display(),
+                            x.proc
+                        ))
+                    })?;
+                    files.push(PagesFile::open(&a.dir, &ap.pages)?);
+                    opened.insert((x.level, x.proc), files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            runs.push((x.addr, x.len, fi, x.offset));
         }
         runs.sort_unstable();
-        let mut eager = FileSource {
-            path: path.clone(),
-            file: file
-                .try_clone()
-                .map_err(|e| fail(format!("{}: {e}", path.display())))?,
-            table: table.clone(),
-            runs: Vec::new(),
-            cache: None,
-        };
         let source = FileSource {
-            path,
-            file,
-            table,
+            files,
             runs,
             cache: None,
         };
+        let mut eager = source
+            .try_clone()
+            .map_err(|e| fail(format!("cannot reopen its pages files: {e}")))?;
         let mut server = LazyServer::new(
             uffd,
             source,
@@ -286,9 +339,9 @@ impl Collector {
                 let len = r.npages * PAGE_SIZE;
                 let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
                 // (read and checked, not taken from the mapped file: what is written is
-                // exactly what was checked)
+                // exactly what was checked; an `in_parent` run comes from the ancestors)
                 eager
-                    .read_verified(r.offset, &mut buf)
+                    .read_pages(r.vaddr, &mut buf)
                     .map_err(|e| fail(e.to_string()))?;
                 sys::mem::write_exact(pid, &buf, r.vaddr)
                     .map_err(|err| RestoreError::Sys { pid: p.pid, err })?;
@@ -377,12 +430,6 @@ impl std::fmt::Debug for LazyRestore {
 pub fn restore_lazy(opts: &RestoreOptions, lazy: LazyOptions) -> Result<LazyRestore> {
     let t0 = Instant::now();
     let loaded = crate::process::Loaded::load(&opts.image_dir)?;
-    if loaded.tree.parent.is_some() {
-        return Err(RestoreError::Lazy(format!(
-            "{}: --lazy of an incremental image is not supported yet; restore it without --lazy",
-            opts.image_dir.display()
-        )));
-    }
     // What is written eagerly and has no chunk table is verified whole, before anything runs.
     for (o, m) in loaded.tree.shmem.iter().zip(&loaded.shmem) {
         image::check_pages_data(&loaded.dir, &o.data, m.as_slice())?;
@@ -391,6 +438,14 @@ pub fn restore_lazy(opts: &RestoreOptions, lazy: LazyOptions) -> Result<LazyRest
         let f = image::open_pages(&loaded.dir, &p.pages)?;
         if image::read_chunk_table(&loaded.dir, &p.pages, &f)?.is_none() {
             image::check_pages_data(&loaded.dir, &p.pages, m.as_slice())?;
+        }
+    }
+    for a in &loaded.ancestors {
+        for (p, m) in a.tree.processes.iter().zip(&a.pages) {
+            let f = image::open_pages(&a.dir, &p.pages)?;
+            if image::read_chunk_table(&a.dir, &p.pages, &f)?.is_none() {
+                image::check_pages_data(&a.dir, &p.pages, m.as_slice())?;
+            }
         }
     }
     let verify = t0.elapsed();
@@ -585,18 +640,15 @@ mod tests {
         let mut w = image::PagesWriter::create(dir, "pages-9.img").expect("create");
         w.write(&data).expect("write");
         let r = w.finish().expect("finish");
-        let file = image::open_pages(dir, &r).expect("open");
-        let table = image::read_chunk_table(dir, &r, &file).expect("table");
-        assert!(table.is_some());
+        let pf = PagesFile::open(dir, &r).expect("open");
+        assert!(pf.table.is_some());
         let first = image::PAGES_CHUNK + 4096;
         let s = FileSource {
-            path: dir.join("pages-9.img"),
-            file,
-            table,
+            files: vec![pf],
             // run A: data [0, first) at 0x10000; run B: the rest at 0x10000 + first + 2 pages
             runs: vec![
-                (0x10000, first, 0),
-                (0x10000 + first + 8192, data.len() as u64 - first, first),
+                (0x10000, first, 0, 0),
+                (0x10000 + first + 8192, data.len() as u64 - first, 0, first),
             ],
             cache: None,
         };

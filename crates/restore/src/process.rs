@@ -929,7 +929,7 @@ fn rebuild(
     match uffd {
         _ if lazy.is_some() => {
             if let Some(lz) = lazy {
-                *done += lz.take_process(p, pid, &mut rs)?;
+                *done += lz.take_process(p, pid, &mut rs, parents)?;
             }
         }
         Some(u) => fill_with_uffd(pid, p, data, &from_parents, &u, opts, done, total)?,
