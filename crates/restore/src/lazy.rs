@@ -96,6 +96,8 @@ pub(crate) struct Collector {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<Served>>,
     total_pages: u64,
+    /// descriptor numbers of the servers' userfaultfds (for the watchdog to keep)
+    uffds: Arc<Mutex<Vec<i32>>>,
 }
 
 impl Drop for Collector {
@@ -241,6 +243,7 @@ impl Collector {
             shared: Arc::new(Shared::default()),
             threads: Vec::new(),
             total_pages: 0,
+            uffds: Arc::default(),
         }
     }
 
@@ -268,6 +271,11 @@ impl Collector {
         let fd = got.map_err(|e| fail(format!("cannot take its userfaultfd: {e}")))?;
         let uffd = sys::uffd::Userfaultfd::from_unconfigured(fd, LAZY_FEATURES)
             .map_err(|e| fail(format!("userfaultfd lacks what a lazy restore needs: {e}")))?;
+        if let Ok(mut v) = self.uffds.lock() {
+            v.push(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+                &uffd,
+            )));
+        }
         // Its own pages file, then (incremental image) the ancestors' files its pieces are in.
         let mut files = vec![PagesFile::open(&self.dir, &p.pages)?];
         let mut runs = Vec::new();
@@ -467,6 +475,7 @@ pub fn restore_lazy(opts: &RestoreOptions, lazy: LazyOptions) -> Result<LazyRest
     pgids.sort_unstable();
     pgids.dedup();
     let mut watchdog = None;
+    let uffds = Arc::clone(&collector.uffds);
     let mut report = crate::process::restore_tree_with(
         &loaded,
         opts,
@@ -474,14 +483,17 @@ pub fn restore_lazy(opts: &RestoreOptions, lazy: LazyOptions) -> Result<LazyRest
         Some(&mut collector),
         &mut |outer_pids: &[i32]| {
             // Before the tree runs: the guard takes copies of every userfaultfd.
+            let uffds: Vec<i32> = uffds.lock().map(|v| v.clone()).unwrap_or_default();
             let own = own_pgrp();
             let groups: Vec<i32> = pgids.iter().copied().filter(|&g| g != own).collect();
-            watchdog = Some(sys::watchdog::Watchdog::spawn(outer_pids, &groups).map_err(
-                |err| RestoreError::Sys {
-                    pid: outer_pids.first().copied().unwrap_or(0),
-                    err,
-                },
-            )?);
+            watchdog = Some(
+                sys::watchdog::Watchdog::spawn(outer_pids, &groups, &uffds).map_err(|err| {
+                    RestoreError::Sys {
+                        pid: outer_pids.first().copied().unwrap_or(0),
+                        err,
+                    }
+                })?,
+            );
             Ok(())
         },
     )?;
