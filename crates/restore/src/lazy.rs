@@ -5,8 +5,8 @@
 //! pages in the image is registered for `MISSING` faults instead of being written; a
 //! [`sys::uffd_lazy::LazyServer`] per process, on its own thread from that moment on (the
 //! kernel itself may touch that memory while the restore continues, e.g. `rseq`), answers
-//! faults from the process's pages file and, once the tree runs, pushes the rest in the
-//! background. Every chunk of page data is checked against the pages file's chunk table
+//! faults from the process's pages file (and, for an incremental image, from its ancestors'
+//! files) and, once the tree runs, pushes the rest in the background. Every chunk of page data is checked against the pages file's chunk table
 //! (version 4, one CRC32C per 256 KiB) as it is read, before any of it is served; pages files
 //! of versions 1 and 2 have no table and are verified whole before the tree starts.
 //! Everything else (file-backed private pages, shared memory) is written eagerly as usual.
@@ -354,6 +354,23 @@ impl Collector {
                 sys::mem::write_exact(pid, &buf, r.vaddr)
                     .map_err(|err| RestoreError::Sys { pid: p.pid, err })?;
                 eager_bytes += len;
+            }
+        }
+        // What each thread touches first: its stack around the stack pointer and its thread
+        // control block (TLS around fs_base). Filled now, it costs no fault after the resume.
+        for t in &p.threads {
+            let sp = t.regs.rsp & !(PAGE_SIZE - 1);
+            for (at, n) in [
+                (sp.saturating_sub(PAGE_SIZE), 8),
+                (t.regs.fs_base & !(PAGE_SIZE - 1), 1),
+                (
+                    (t.regs.fs_base & !(PAGE_SIZE - 1)).saturating_sub(PAGE_SIZE),
+                    1,
+                ),
+            ] {
+                if at != 0 {
+                    server.prefill(at, n).map_err(|e| fail(e.to_string()))?;
+                }
             }
         }
         self.total_pages += lazy_pages;

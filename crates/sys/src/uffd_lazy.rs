@@ -218,6 +218,25 @@ impl<S: PageSource> LazyServer<S> {
         self.set_state(0, start, start.saturating_add(len), DONE);
     }
 
+    /// Fills up to `pages` missing pages from `addr` (page aligned down) of the first address
+    /// space now, without waking anyone (e.g. around a thread's stack pointer before the
+    /// process first runs). `addr` must lie in a registered range; counted as pushed.
+    pub fn prefill(&mut self, addr: u64, pages: usize) -> Result<usize, LazyError> {
+        let page = self.page;
+        let addr = addr & !(page - 1);
+        let known = self.mms[0]
+            .regions
+            .iter()
+            .any(|r| addr >= r.start && addr < r.start + r.state.len() as u64 * page);
+        if !known {
+            return Ok(0);
+        }
+        let want = pages
+            .max(1)
+            .min(self.buf.len() / usize::try_from(page).unwrap_or(4096));
+        self.fill_at(0, addr, want, false)
+    }
+
     /// Pages per background push from now on (0 stops the push: faults only).
     pub fn set_push_pages(&mut self, pages: usize) {
         self.opts.push_pages = pages;
