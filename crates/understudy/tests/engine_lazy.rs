@@ -309,6 +309,19 @@ fn lazy_cycle(w: &Workload) -> String {
 }
 
 #[test]
+fn lazy_restore_fills_shared_memory_eagerly_and_private_memory_lazily() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // MAP_SHARED anonymous memory and a memfd shared by a parent and 2 children (written
+    // eagerly), beside their private memory (served lazily).
+    let w = start(&build("shm", &[]));
+    let v = lazy_cycle(&w);
+    assert!(v.starts_with("PASS"), "shm: {v}");
+}
+
+#[test]
 fn lazy_restore_of_a_process_tree_and_of_eight_threads() {
     if let Some(why) = skip_reason() {
         eprintln!("skipped: {why}");
