@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod evfd;
+pub mod lazy;
 mod process;
 mod stubs;
 mod timers;
@@ -73,7 +74,11 @@ pub enum RestoreError {
     Invalid { pid: i32, why: String },
     #[error("pid {pid} is already taken by a running process; a tree can only be restored with its own pids")]
     PidTaken { pid: i32 },
+    #[error("lazy restore: {0}")]
+    Lazy(String),
 }
+
+pub use lazy::{restore_lazy, LazyOptions, LazyProgress, LazyRestore, LazySummary};
 
 pub type Result<T> = std::result::Result<T, RestoreError>;
 

@@ -278,6 +278,8 @@ impl Loaded {
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
+            // (the chunk table, version 4, must be intact too: a damaged file is refused)
+            image::read_chunk_table(dir, &p.pages, &f)?;
             let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
             pages.push(m);
         }
@@ -552,6 +554,18 @@ pub fn restore_tree(
     opts: &RestoreOptions,
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<RestoreReport> {
+    restore_tree_with(l, opts, verified, None, &mut |_| Ok(()))
+}
+
+/// [`restore_tree`], with the private anonymous memory handed to `lazy` (lazy restore) and
+/// `before_run` called with the restored pids just before the tree resumes.
+pub(crate) fn restore_tree_with(
+    l: &Loaded,
+    opts: &RestoreOptions,
+    verified: impl FnOnce() -> Result<()>,
+    mut lazy: Option<&mut crate::lazy::Collector>,
+    before_run: &mut dyn FnMut(&[i32]) -> Result<()>,
+) -> Result<RestoreReport> {
     let tree = &l.tree;
     // A tree in its own PID namespace (`understudy run`) keeps only the pids inside it: they
     // are free in the new namespace, and its outer pids are whatever this host hands out
@@ -666,6 +680,7 @@ pub fn restore_tree(
             opts,
             &mut done,
             total,
+            lazy.as_deref_mut(),
         )?;
         for (t, tid) in p.threads.iter().zip(tids) {
             finals.push((tid, t));
@@ -681,6 +696,7 @@ pub fn restore_tree(
     for (i, p) in tree.processes.iter().enumerate() {
         crate::timers::restore(p, placed[i].pid)?;
     }
+    before_run(&stubs.pids)?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -758,6 +774,7 @@ fn rebuild(
     opts: &RestoreOptions,
     done: &mut u64,
     total: u64,
+    lazy: Option<&mut crate::lazy::Collector>,
 ) -> Result<Vec<i32>> {
     ptrace::set_sigmask(pid, u64::MAX).pid(pid)?;
     let stub_maps = sys::proc::maps(pid).pid(pid)?;
@@ -979,12 +996,17 @@ fn rebuild(
             })?;
         from_parents.push((x.addr, bytes));
     }
-    let uffd = if std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
+    let uffd = if lazy.is_some() || std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
         None
     } else {
         remote_uffd(&mut rs, pid)
     };
     match uffd {
+        _ if lazy.is_some() => {
+            if let Some(lz) = lazy {
+                *done += lz.take_process(p, pid, &mut rs, parents)?;
+            }
+        }
         Some(u) => fill_with_uffd(pid, p, data, &from_parents, &u, opts, done, total)?,
         None => {
             write_pages(pid, data, &ranges, opts, done, total)?;

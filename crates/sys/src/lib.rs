@@ -35,6 +35,7 @@ pub mod timers;
 pub mod uffd;
 pub mod uffd_lazy;
 pub mod unixpair;
+pub mod watchdog;
 
 pub use remote::{RemotePtr, RemoteSyscalls};
 
