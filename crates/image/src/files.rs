@@ -329,6 +329,20 @@ impl PagesWriter {
         Ok(())
     }
 
+    /// Writes `data` at data offset `offset` without appending (for parallel writers sharing
+    /// this writer); the caller then records the total with [`Self::set_written`].
+    pub fn write_data_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, PAGES_HEADER_LEN + offset)
+            .map_err(io_err(&self.path))
+    }
+
+    /// Records the data length and CRC32C of everything written with [`Self::write_data_at`].
+    pub fn set_written(&mut self, len: u64, crc: u32) {
+        self.len = len;
+        self.crc = crc;
+    }
+
     /// Writes the final header, flushes the file to stable storage and returns the reference
     /// `tree.img` keeps.
     pub fn finish_synced(self) -> Result<PagesRef> {
