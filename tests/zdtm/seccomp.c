@@ -1,8 +1,10 @@
 /*
- * Seccomp: with no_new_privs set, two stacked filters: the first makes getppid() fail with
- * EPERM, the second makes getpgid() fail with EACCES; a second thread inherits both. After
- * restore no_new_privs is still set and both filters still apply to both threads, while other
- * system calls work.
+ * Seccomp: with no_new_privs set, stacked filters: the first makes getppid() fail with
+ * EPERM, the second makes getpgid() fail with EACCES, then two filters on getsid() (ENOENT,
+ * then ESRCH: among equal actions the newest filter wins, so getsid() fails with ESRCH only
+ * while their order is kept); a second thread inherits all. After restore no_new_privs is
+ * still set and every filter still applies, in order, to both threads, while other system
+ * calls work.
  */
 #include "zdtm.h"
 #include <linux/filter.h>
@@ -40,6 +42,12 @@ static void check_filters(char *err, size_t len)
 		snprintf(err, len, "getpgid returned %ld errno %d, expected EACCES", r, errno);
 		return;
 	}
+	errno = 0;
+	r = syscall(SYS_getsid, 0);
+	if (r != -1 || errno != ESRCH) {
+		snprintf(err, len, "getsid returned %ld errno %d, expected ESRCH (filter order lost?)", r, errno);
+		return;
+	}
 	if (syscall(SYS_getpid) <= 0)
 		snprintf(err, len, "getpid failed");
 }
@@ -59,6 +67,8 @@ int main(int argc, char **argv)
 	ZCHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "no_new_privs");
 	ZCHECK(deny(SYS_getppid, EPERM) == 0, "first filter");
 	ZCHECK(deny(SYS_getpgid, EACCES) == 0, "second filter");
+	ZCHECK(deny(SYS_getsid, ENOENT) == 0, "third filter");
+	ZCHECK(deny(SYS_getsid, ESRCH) == 0, "fourth filter");
 	pthread_t th;
 	ZCHECK(pthread_create(&th, NULL, worker, NULL) == 0, "pthread_create");
 	char err[256] = { 0 };

@@ -2,7 +2,8 @@
  * A resource understudy cannot checkpoint yet, held by a CHILD of the root: usage
  * `unsupported DIR KIND` with KIND one of io_uring, socket (a netlink socket), epoll (an epoll
  * instance whose registered fd number was closed while the file stays open under another
- * number: its registration cannot be re-created), inotify. `checkpoint` must fail naming the child and the resource and leave the whole tree
+ * number: its registration cannot be re-created), inotify, thread_cpu_timer (a POSIX timer on
+ * CLOCK_THREAD_CPUTIME_ID: bound to the creating thread, which the kernel does not report). `checkpoint` must fail naming the child and the resource and leave the whole tree
  * running and untouched; the check then proves the resource still works and memory is intact.
  * Exit status 3 before zdtm_start's fork means KIND is unavailable here (the test skips).
  */
@@ -16,6 +17,7 @@
 
 static const char *kind;
 static int fds[2] = { -1, -1 };
+static timer_t cpu_timer;
 
 static int make(void)
 {
@@ -44,6 +46,11 @@ static int make(void)
 			return -1;
 		return fds[0];
 	}
+	if (strcmp(kind, "thread_cpu_timer") == 0) {
+		struct sigevent ev = { 0 };
+		ev.sigev_notify = SIGEV_NONE;
+		return timer_create(CLOCK_THREAD_CPUTIME_ID, &ev, &cpu_timer);
+	}
 	return -1;
 }
 
@@ -61,6 +68,9 @@ static void use(void)
 		ZCHECK(epoll_wait(fds[0], &ev, 1, 1000) == 1 && ev.data.u64 == 4242, "epoll_wait");
 	} else if (strcmp(kind, "inotify") == 0) {
 		ZCHECK(inotify_add_watch(fds[0], "/tmp", IN_CREATE) >= 0, "inotify still works");
+	} else if (strcmp(kind, "thread_cpu_timer") == 0) {
+		struct itimerspec its;
+		ZCHECK(timer_gettime(cpu_timer, &its) == 0, "thread CPU-time timer still works");
 	} else {
 		char link[128] = { 0 }, proc[64];
 		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fds[0]);
@@ -80,9 +90,12 @@ int main(int argc, char **argv)
 		printf("unavailable\n");
 		return 3;
 	}
-	close(fds[0]);
+	if (fds[0] >= 0)
+		close(fds[0]);
 	if (fds[1] >= 0)
 		close(fds[1]);
+	if (strcmp(kind, "thread_cpu_timer") == 0)
+		timer_delete(cpu_timer);
 	fds[0] = fds[1] = -1;
 	zdtm_start(argc, argv);
 	char *mem = malloc(1 << 20);

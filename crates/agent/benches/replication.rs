@@ -26,12 +26,42 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time used so far by every live thread of this process, in nanoseconds (sum of
+/// `/proc/self/task/*/schedstat`). Differences over a phase give the CPU the phase cost,
+/// which, unlike throughput, does not depend on how much of the machine other jobs take.
+fn cpu_ns() -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Raw TCP loopback: one thread writes `total` bytes in 256 KiB writes, another reads them.
-fn raw_tcp(total: u64) -> f64 {
+fn raw_tcp(total: u64) -> (f64, f64) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let rx = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
+        let cpu0 = thread_cpu_ns();
         let mut buf = vec![0u8; 256 << 10];
         let mut got = 0u64;
         while got < total {
@@ -39,17 +69,25 @@ fn raw_tcp(total: u64) -> f64 {
             assert!(n > 0, "raw tcp: early eof");
             got += n as u64;
         }
+        thread_cpu_ns() - cpu0
     });
     let mut s = TcpStream::connect(addr).unwrap();
     let buf = vec![7u8; 256 << 10];
+    let cpu0 = thread_cpu_ns();
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < total {
         s.write_all(&buf).unwrap();
         sent += buf.len() as u64;
     }
-    rx.join().unwrap();
-    total as f64 / start.elapsed().as_secs_f64() / 1e6
+    let reader_cpu = rx.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = thread_cpu_ns() - cpu0 + reader_cpu;
+    // MB/s, and CPU nanoseconds per 64 bytes moved (to set beside the per-message figure).
+    (
+        total as f64 / secs / 1e6,
+        cpu as f64 / (total as f64 / 64.0),
+    )
 }
 
 /// The encrypted transport alone (no journals): 64-byte records, 1024 per data frame.
@@ -121,10 +159,11 @@ async fn pair(dir: &Path, mode: Mode, fsync: FsyncPolicy) -> (BackupAgent, Prima
 }
 
 /// Stream `msgs` 64-byte messages, submitted in batches of 1024; time until all are acked.
-async fn throughput(dir: &Path, msgs: u64) -> (f64, f64) {
+async fn throughput(dir: &Path, msgs: u64) -> (f64, f64, f64) {
     let (b, p) = pair(dir, Mode::Async, FsyncPolicy::Never).await;
     let payload = [0x5au8; 64];
     let batch: Vec<(u32, &[u8])> = (0..1024).map(|i| (i % 8, &payload[..])).collect();
+    let cpu0 = cpu_ns();
     let start = Instant::now();
     let mut n = 0;
     while n < msgs {
@@ -133,9 +172,10 @@ async fn throughput(dir: &Path, msgs: u64) -> (f64, f64) {
     }
     p.wait_all_acked(Duration::from_secs(300)).await.unwrap();
     let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_ns() - cpu0) as f64 / n as f64;
     p.stop().await;
     b.stop().await;
-    (n as f64 / secs, n as f64 * 64.0 / secs / 1e6)
+    (n as f64 / secs, n as f64 * 64.0 / secs / 1e6, cpu)
 }
 
 /// Sync mode: submit one 64-byte message, wait until a backup has journaled it; `n` times.
@@ -214,6 +254,7 @@ fn main() {
         .build()
         .unwrap();
     let (mut raw, mut mps, mut mbs, mut tro) = (vec![], vec![], vec![], vec![]);
+    let (mut rawc, mut cpm) = (vec![], vec![]);
     let (mut p50n, mut p99n, mut p50a, mut p99a) = (vec![], vec![], vec![], vec![]);
     let (mut r50, mut r99) = (vec![], vec![]);
     if std::env::var_os("BENCH_ONLY_TRANSPORT").is_some() {
@@ -225,15 +266,15 @@ fn main() {
     }
     if std::env::var_os("BENCH_ONLY_THROUGHPUT").is_some() {
         let d = tempfile::tempdir_in(&base).unwrap();
-        let (m, mb) = rt.block_on(throughput(d.path(), msgs));
-        println!("replication {m:.0} msg/s {mb:.1} MB/s");
+        let (m, mb, c) = rt.block_on(throughput(d.path(), msgs));
+        println!("replication {m:.0} msg/s {mb:.1} MB/s, CPU {c:.0} ns/msg");
         return;
     }
     for run in 0..runs {
-        let r = raw_tcp(2 << 30);
+        let (r, rc) = raw_tcp(2 << 30);
         let t = rt.block_on(transport_only(msgs));
         let d = tempfile::tempdir_in(&base).unwrap();
-        let (m, mb) = rt.block_on(throughput(d.path(), msgs));
+        let (m, mb, c) = rt.block_on(throughput(d.path(), msgs));
         let d = tempfile::tempdir_in(&base).unwrap();
         let (a50, a99) = rt.block_on(ack_latency(d.path(), 5000, FsyncPolicy::Never));
         let d = tempfile::tempdir_in(&base).unwrap();
@@ -241,12 +282,14 @@ fn main() {
         let d = tempfile::tempdir_in(&base).unwrap();
         let (g50, g99) = rt.block_on(ring_ack_latency(d.path(), 5000, FsyncPolicy::Never));
         println!(
-            "run {run}: raw tcp {r:.0} MB/s | encrypted transport only {t:.0} MB/s | replication {m:.0} msg/s {mb:.1} MB/s ({:.1}% of raw) | \
+            "run {run}: raw tcp {r:.0} MB/s | encrypted transport only {t:.0} MB/s | replication {m:.0} msg/s {mb:.1} MB/s ({:.1}% of raw), CPU {c:.0} ns/msg (raw TCP {rc:.0} ns/64 B) | \
              sync ack fsync=never p50 {a50:.0} us p99 {a99:.0} us | fsync=always p50 {f50:.0} us p99 {f99:.0} us | \
              ring output commit fsync=never p50 {g50:.0} us p99 {g99:.0} us",
             mb / r * 100.0
         );
         raw.push(r);
+        rawc.push(rc);
+        cpm.push(c);
         tro.push(t);
         mps.push(m);
         mbs.push(mb);
@@ -266,6 +309,12 @@ fn main() {
         "  replication primary->backup {:.0} msg/s, {mb:.1} MB/s payload = {:.1}% of raw TCP",
         median(&mut mps),
         mb / r * 100.0
+    );
+    let (c, rc) = (median(&mut cpm), median(&mut rawc));
+    println!(
+        "  CPU per 64-byte message, all threads: replication {c:.0} ns, raw TCP {rc:.0} ns per 64 bytes \
+         (replication needs {:.1}x the CPU of raw TCP per payload byte)",
+        c / rc
     );
     println!(
         "  sync ack latency, fsync=never:  p50 {:.0} us, p99 {:.0} us",

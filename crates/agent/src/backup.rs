@@ -502,12 +502,17 @@ fn journal_data(
         }
         // Records we already hold (a resend after reconnect) are skipped, never re-written.
         let skip = usize::try_from(last + 1 - first_seq).unwrap_or(usize::MAX);
-        for (i, (stream, payload)) in records.iter().enumerate().skip(skip) {
-            st.append(first_seq + i as u64, stream, payload)
-                .map_err(|e| AgentError::Store(e.to_string()))?;
-            bytes += payload.len() as u64;
+        if skip >= records.len() {
+            return Ok(last);
         }
-        Ok(st.last_seq())
+        let mut off = 0usize;
+        for (_, payload) in records.iter().take(skip) {
+            off += transport::frame::RECORD_OVERHEAD + payload.len();
+        }
+        let enc = &records.encoded()[off..];
+        bytes = (enc.len() - (records.len() - skip) * transport::frame::RECORD_OVERHEAD) as u64;
+        st.append_encoded(last + 1, enc)
+            .map_err(|e| AgentError::Store(e.to_string()))
     })?;
     app.journaled_bytes.fetch_add(bytes, Relaxed);
     Metrics::add(&shared.metrics.messages, n);

@@ -48,6 +48,11 @@ impl Store for JournalStore {
             .append(stream, seq, payload)
             .map_err(|e| StoreError(e.to_string()))
     }
+    fn append_encoded(&mut self, first_seq: u64, encoded: &[u8]) -> Result<u64, StoreError> {
+        self.j
+            .append_encoded(first_seq, encoded)
+            .map_err(|e| StoreError(e.to_string()))
+    }
     fn commit(&mut self) -> Result<u64, StoreError> {
         self.j.commit().map_err(|e| StoreError(e.to_string()))
     }

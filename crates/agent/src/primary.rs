@@ -87,28 +87,60 @@ impl std::fmt::Debug for PrimaryConfig {
     }
 }
 
-/// A record in the window. Payloads of one submitted batch share one buffer (one allocation
-/// per batch rather than per record).
-struct WRec {
-    stream: u32,
-    buf: Arc<Vec<u8>>,
-    off: usize,
-    len: usize,
-    /// Payload bytes of every record up to and including this one.
+/// One submitted batch in the window, kept in the `Data` frame encoding of its records
+/// (`(stream:u32 len:u32 payload)*`), so a sender copies whole runs of records into a frame
+/// with no per-record work.
+struct WBatch {
+    /// Seq of the first record.
+    first: u64,
+    count: u64,
+    enc: Vec<u8>,
+    /// Payload bytes of this batch.
+    payload: u64,
+    /// Payload bytes of every record up to and including this batch.
     cum_bytes: u64,
 }
 
-impl WRec {
-    fn payload(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
+impl WBatch {
+    fn last(&self) -> u64 {
+        self.first + self.count - 1
+    }
+    /// Byte offset in `enc` of record `seq` and the payload bytes before it in this batch.
+    fn offset_of(&self, seq: u64) -> (usize, u64) {
+        let skip = usize::try_from(seq - self.first).unwrap_or(usize::MAX);
+        let mut off = 0usize;
+        let mut payload = 0u64;
+        for (_, p) in transport::frame::records(&self.enc).take(skip) {
+            off += transport::frame::RECORD_OVERHEAD + p.len();
+            payload += p.len() as u64;
+        }
+        (off, payload)
     }
 }
 
 struct Window {
-    /// Seq of `recs[0]`.
+    /// Seq of the first record of `batches[0]` (or the next seq when empty).
     first: u64,
-    recs: VecDeque<WRec>,
+    batches: VecDeque<WBatch>,
+    /// Payload bytes held.
     bytes: usize,
+    /// Buffers of batches that left the window, reused for new batches (the window turns over
+    /// its whole size continuously under load; fresh allocations would page-fault every page).
+    spare: Vec<Vec<u8>>,
+}
+
+/// Buffers kept for reuse by [`Window::spare`].
+const SPARE_BUFFERS: usize = 8;
+
+impl Window {
+    /// Index of the batch holding `seq`, if the window holds it.
+    fn find(&self, seq: u64) -> Option<usize> {
+        if seq < self.first {
+            return None;
+        }
+        let i = self.batches.partition_point(|b| b.last() < seq);
+        (i < self.batches.len()).then_some(i)
+    }
 }
 
 struct Peer {
@@ -192,8 +224,9 @@ impl Primary {
             store: Mutex::new(store),
             window: Mutex::new(Window {
                 first: last + 1,
-                recs: VecDeque::new(),
+                batches: VecDeque::new(),
                 bytes: 0,
+                spare: Vec::new(),
             }),
             last_tx,
             acked_tx,
@@ -262,7 +295,15 @@ impl Primary {
         msgs: impl IntoIterator<Item = (u32, &'a [u8])>,
     ) -> Result<u64, AgentError> {
         let s = &self.shared;
-        let mut added: Vec<(u32, &[u8])> = Vec::new();
+        let mut enc = s
+            .window
+            .lock()
+            .expect("window lock")
+            .spare
+            .pop()
+            .unwrap_or_default();
+        let mut count = 0u64;
+        let mut payload = 0u64;
         for (stream, p) in msgs {
             if p.len() > MAX_PAYLOAD {
                 return Err(AgentError::Config(format!(
@@ -270,49 +311,47 @@ impl Primary {
                     p.len()
                 )));
             }
-            added.push((stream, p));
+            transport::frame::push_record(&mut enc, stream, p);
+            count += 1;
+            payload += p.len() as u64;
         }
-        if added.is_empty() {
+        if count == 0 {
             return Ok(*s.last_tx.borrow());
         }
         // The store lock is held while the window is extended so that concurrent submitters
         // put records into the window in seq order (lock order: store, then window).
         let last = blocking(|| {
             let mut st = s.store.lock().expect("store lock");
-            let mut seq = st.last_seq();
-            for (stream, p) in &added {
-                seq += 1;
-                st.append(seq, *stream, p)
-                    .map_err(|e| AgentError::Store(e.to_string()))?;
-            }
+            let first = st.last_seq() + 1;
+            let seq = st
+                .append_encoded(first, &enc)
+                .map_err(|e| AgentError::Store(e.to_string()))?;
             let before = st.fsyncs();
             st.commit().map_err(|e| AgentError::Store(e.to_string()))?;
             Metrics::add(&s.metrics.fsyncs, st.fsyncs() - before);
-            let mut joined = Vec::with_capacity(added.iter().map(|(_, p)| p.len()).sum());
-            for (_, p) in &added {
-                joined.extend_from_slice(p);
-            }
-            let buf = Arc::new(joined);
             let mut w = s.window.lock().expect("window lock");
-            let mut cum = s.total_bytes.load(Relaxed);
-            let mut off = 0;
-            for (stream, p) in &added {
-                cum += p.len() as u64;
-                w.bytes += p.len();
-                w.recs.push_back(WRec {
-                    stream: *stream,
-                    buf: buf.clone(),
-                    off,
-                    len: p.len(),
-                    cum_bytes: cum,
-                });
-                off += p.len();
+            let cum = s.total_bytes.load(Relaxed) + payload;
+            if w.batches.is_empty() {
+                w.first = first;
             }
+            w.bytes += usize::try_from(payload).unwrap_or(usize::MAX);
+            w.batches.push_back(WBatch {
+                first,
+                count,
+                enc,
+                payload,
+                cum_bytes: cum,
+            });
             s.total_bytes.store(cum, Relaxed);
-            while w.bytes > s.cfg.window_bytes && w.recs.len() > 1 {
-                let r = w.recs.pop_front().expect("non-empty");
-                w.bytes -= r.len;
-                w.first += 1;
+            while w.bytes > s.cfg.window_bytes && w.batches.len() > 1 {
+                let mut b = w.batches.pop_front().expect("non-empty");
+                w.bytes -= usize::try_from(b.payload).unwrap_or(usize::MAX);
+                w.first = b.last() + 1;
+                // Keep moderately sized buffers only: one huge batch must not stay pinned.
+                if w.spare.len() < SPARE_BUFFERS && b.enc.capacity() <= 4 * s.cfg.batch_bytes {
+                    b.enc.clear();
+                    w.spare.push(std::mem::take(&mut b.enc));
+                }
             }
             Ok::<_, AgentError>(seq)
         })?;
@@ -447,19 +486,17 @@ fn lag_bytes(s: &Shared, acked: u64, last: u64) -> u64 {
     if acked >= last {
         return 0;
     }
+    if let Some(i) = w.find(acked + 1) {
+        let b = &w.batches[i];
+        let (_, before) = b.offset_of(acked + 1);
+        return total - (b.cum_bytes - b.payload + before);
+    }
     if acked + 1 >= w.first {
-        let idx = usize::try_from(acked + 1 - w.first).unwrap_or(usize::MAX);
-        if let Some(r) = w.recs.get(idx) {
-            return total - (r.cum_bytes - r.len as u64);
-        }
         return 0;
     }
     // Past the window: estimate from the window's average record size.
-    let avg = if w.recs.is_empty() {
-        0
-    } else {
-        w.bytes as u64 / w.recs.len() as u64
-    };
+    let recs: u64 = w.batches.iter().map(|b| b.count).sum();
+    let avg = (w.bytes as u64).checked_div(recs).unwrap_or(0);
     (last - acked) * avg
 }
 
@@ -775,26 +812,39 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
     let max = s.cfg.batch_bytes;
     {
         let w = s.window.lock().expect("window lock");
-        if next >= w.first {
-            let start = usize::try_from(next - w.first).unwrap_or(usize::MAX);
-            let mut bytes = 0usize;
-            let mut count = 0usize;
-            for r in w.recs.range(start.min(w.recs.len())..) {
-                if count > 0 && bytes + r.len > max {
-                    break;
+        if let Some(i) = w.find(next) {
+            // Whole runs of encoded records, cut at `max` encoded bytes (at least one record).
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let (mut enc_bytes, mut count, mut payload) = (0usize, 0u64, 0u64);
+            for (k, b) in w.batches.range(i..).enumerate() {
+                let (start, skipped) = if k == 0 { b.offset_of(next) } else { (0, 0) };
+                let rest = &b.enc[start..];
+                let rest_count = b.count - if k == 0 { next - b.first } else { 0 };
+                if enc_bytes + rest.len() <= max {
+                    pieces.push(rest);
+                    enc_bytes += rest.len();
+                    count += rest_count;
+                    payload += b.payload - skipped;
+                    continue;
                 }
-                bytes += r.len;
-                count += 1;
+                // Only part of this batch fits: walk its records.
+                let mut used = 0usize;
+                for (_, p) in transport::frame::records(rest) {
+                    let n = transport::frame::RECORD_OVERHEAD + p.len();
+                    if count > 0 && enc_bytes + n > max {
+                        break;
+                    }
+                    used += n;
+                    enc_bytes += n;
+                    count += 1;
+                    payload += p.len() as u64;
+                }
+                pieces.push(&rest[..used]);
+                break;
             }
-            if count > 0 {
-                writer.queue_data(
-                    next,
-                    w.recs
-                        .range(start..start + count)
-                        .map(|r| (r.stream, r.payload())),
-                );
-                return Ok((count as u64, bytes as u64));
-            }
+            let count32 = u32::try_from(count).expect("frame records capped by bytes");
+            writer.queue_data_encoded(next, count32, &pieces);
+            return Ok((count, payload));
         }
     }
     // Behind the window: read from the journal.

@@ -19,6 +19,18 @@ pub trait Store: Send + 'static {
     fn durable_seq(&self) -> u64;
     /// Append one record; `seq` must be `last_seq() + 1`.
     fn append(&mut self, seq: u64, stream: u32, payload: &[u8]) -> Result<(), StoreError>;
+    /// Append records `first_seq, first_seq + 1, ...` given in the `Data` record encoding
+    /// `(stream:u32 len:u32 payload)*` (as the wire and the primary's window carry them);
+    /// `first_seq` must be `last_seq() + 1`. Returns the last seq. The journal stores them as
+    /// batch frames (one header and CRC per batch).
+    fn append_encoded(&mut self, first_seq: u64, encoded: &[u8]) -> Result<u64, StoreError> {
+        let mut seq = first_seq;
+        for (stream, p) in transport::frame::records(encoded) {
+            self.append(seq, stream, p)?;
+            seq += 1;
+        }
+        Ok(seq - 1)
+    }
     /// Group commit per the store's fsync policy; returns the durable seq.
     fn commit(&mut self) -> Result<u64, StoreError>;
     /// Call `f` for records `from..` in order, stopping after `max_records` or once

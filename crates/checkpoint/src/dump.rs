@@ -50,6 +50,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
         reserve_space(opts);
     }
+    // Incremental: the madvise flags are read before the freeze (see `vmflags`).
+    let t_pre = Instant::now();
+    let pre = if parent.as_ref().is_some_and(|p| !p.consumed) && !crate::vmflags::frozen_only() {
+        let pre = crate::vmflags::PreRead::read_tree(opts.root_pid);
+        crate::vmflags::test_pause();
+        pre
+    } else {
+        crate::vmflags::PreRead::default()
+    };
+    let vm_flags_preread = t_pre.elapsed();
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(opts.root_pid)?;
     tracing::debug!("frozen at {:?}", t_freeze.elapsed());
@@ -57,9 +67,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         root_pid: opts.root_pid,
         processes: frozen.procs.len(),
         threads: frozen.thread_count(),
+        vm_flags_preread,
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
+    // The network lock goes first, before any socket is dumped; an error releases it.
+    let netlock = crate::netlock::NetLock::take(opts, &frozen)?;
+    report.netlock = netlock.as_ref().map_or(Duration::ZERO, |l| l.took);
     let mut redeliver = Vec::new();
     let mut repaired = crate::sockets::RepairGuard::default();
     let mut live_jobs = Vec::new();
@@ -73,6 +87,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         &mut repaired,
         &mut live_jobs,
         &deferred,
+        &pre,
     ) {
         Ok(t) => t,
         Err(e) => {
@@ -85,7 +100,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         // The state is taken and the trackers are armed (or read) at the cut: let the tree run
         // and copy the memory while it does. Pages it writes from now on are reported by the
         // next round's trackers, so a page copied after a change is copied again.
+        // The connections leave repair mode before the tree runs again.
+        drop(repaired);
         frozen.detach();
+        drop(netlock);
         report.frozen = t_freeze.elapsed();
         for (pid, tid, sig) in redeliver {
             let _ = sys::pid::tgkill(pid, tid, sig);
@@ -129,15 +147,25 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         // last, so a failure here leaves no image (and the tree running, as it would anyway).
         drop(repaired);
         frozen.detach();
+        drop(netlock);
         report.frozen = t_freeze.elapsed();
         for (pid, tid, sig) in redeliver {
             let _ = sys::pid::tgkill(pid, tid, sig);
         }
         let t = Instant::now();
         for d in deferred {
-            if let Err(e) = d.write() {
-                cleanup_dir(&opts.image_dir);
-                return Err(e);
+            let pid = d.pid;
+            match d.write() {
+                // The checksum of data copied while frozen is computed by the write.
+                Ok(r) => {
+                    if let Some(p) = tree.processes.iter_mut().find(|p| p.pid == pid) {
+                        p.pages = r;
+                    }
+                }
+                Err(e) => {
+                    cleanup_dir(&opts.image_dir);
+                    return Err(e);
+                }
             }
         }
         if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
@@ -146,6 +174,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
         report.deferred_write = t.elapsed();
         return Ok(report);
+    }
+    // The lock stays in place once the tree is killed: the image names it for the restore.
+    if let Some(l) = netlock.as_ref().filter(|_| !opts.leave_running) {
+        if let Err(e) = l.record(&opts.image_dir) {
+            cleanup_dir(&opts.image_dir);
+            return Err(e);
+        }
     }
     if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
         cleanup_dir(&opts.image_dir);
@@ -165,13 +200,22 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if opts.leave_running {
         drop(repaired);
         frozen.detach();
+        drop(netlock);
         for (pid, tid, sig) in redeliver {
             let _ = sys::pid::tgkill(pid, tid, sig);
         }
     } else {
         let t = Instant::now();
+        // Killed in repair mode, the sockets close silently (no FIN, no RST); the peers'
+        // segments are dropped by the lock until the restore releases it.
         repaired.keep();
-        let left = frozen.kill_and_wait(REAP_TIMEOUT);
+        // A tree in its own PID namespace: the init's death killed everything inside, and a
+        // restore asks only for the pids inside a new namespace, so the outer pids need not
+        // be free (waiting for the host's init to reap them took ~1.4 s here).
+        if let Some(l) = netlock {
+            l.keep();
+        }
+        let left = frozen.kill_and_wait((!opts.pidns).then_some(REAP_TIMEOUT));
         report.reap_wait = t.elapsed();
         if !left.is_empty() {
             return Err(CheckpointError::PidsNotFreed {
@@ -255,7 +299,11 @@ fn cleanup_dir(dir: &std::path::Path) {
         for e in rd.flatten() {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            if n.starts_with("pages-") || n.starts_with("shmem-") || n.starts_with(".tree") {
+            if n.starts_with("pages-")
+                || n.starts_with("shmem-")
+                || n.starts_with(".tree")
+                || n == sys::netlock::RECORD_FILE
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -349,6 +397,7 @@ fn collect(
     repaired: &mut crate::sockets::RepairGuard,
     live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
+    pre: &crate::vmflags::PreRead,
 ) -> Result<Tree> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
@@ -361,7 +410,7 @@ fn collect(
                 .flatten()
         });
         let (mut p, skip_fd, unchanged) = dump_process(
-            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred,
+            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred, pre,
         )?;
         if opts.live_memory {
             live_jobs.push((i, unchanged));
@@ -420,6 +469,7 @@ fn dump_process(
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
+    pre: &crate::vmflags::PreRead,
 ) -> Result<(Process, Option<i32>, crate::incr::Ranges)> {
     let pid = fp.pid;
     let t0 = Instant::now();
@@ -473,20 +523,10 @@ fn dump_process(
         });
     }
 
-    // POSIX timers (`timer_create`) are not dumped yet: refuse rather than restore a process
-    // whose timers silently vanished.
-    match sys::timers::timers(pid) {
-        Ok(timers) if !timers.is_empty() => {
-            let ids: Vec<String> = timers.iter().map(|t| t.id.to_string()).collect();
-            return Err(CheckpointError::Unsupported {
-                pid,
-                what: format!("posix timers (ids {})", ids.join(", ")),
-                why: "timers created with timer_create cannot be checkpointed yet".into(),
-            });
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("pid {pid}: cannot list posix timers: {e}"),
-    }
+    // POSIX timers (`timer_create`): listed here, their times read by injected calls below.
+    let mut posix_timers = crate::timers::list(pid, |tid| {
+        threads.iter().find(|t| t.tid == tid).map(|t| t.ns_tid)
+    })?;
 
     // Seccomp: filters are read from the main thread; every thread must have the same ones.
     if status.seccomp == 1 {
@@ -497,9 +537,15 @@ fn dump_process(
         });
     }
     let seccomp_filters: Vec<Hex> = if status.seccomp == 2 {
-        let main = ptrace::seccomp_filters(pid).pid(pid)?;
+        let read = |tid: i32| {
+            sys::seccomp::filters(tid).map_err(|e| CheckpointError::Tree {
+                pid,
+                why: format!("seccomp filters: {e}"),
+            })
+        };
+        let main = read(pid)?;
         for t in fp.threads.iter().skip(1) {
-            if ptrace::seccomp_filters(t.tid).pid(pid)? != main {
+            if read(t.tid)? != main {
                 return Err(CheckpointError::Unsupported {
                     pid,
                     what: format!("thread {} seccomp filters", t.tid),
@@ -507,18 +553,20 @@ fn dump_process(
                 });
             }
         }
-        main.into_iter().map(Hex).collect()
+        main.iter().map(|f| Hex(f.to_bytes())).collect()
     } else {
         Vec::new()
     };
 
     const KEPT_FLAGS: [&str; 5] = ["hg", "nh", "dc", "wf", "dd"];
-    // `/proc/PID/smaps` (the only source of the madvise flags) walks every page table: ~30 ms
-    // per GiB of present memory here, the largest part of an incremental dump's freeze.
-    // Reading it on another thread during the dump did not help on 2 loaded cores (the
-    // injected calls then waited for CPU as long).
+    // `/proc/PID/smaps` (the only source of the madvise flags) walks every page table: 10-30 ms
+    // per GiB of present memory here. An incremental dump read it before the freeze and reads
+    // it again now only if a `maps` line changed since (see `vmflags`).
     let t_flags = Instant::now();
-    let flags = sys::proc::vm_flags(pid).pid(pid)?;
+    let (flags, source) = pre.flags(pid, &maps).pid(pid)?;
+    if source == crate::vmflags::Source::PreRead {
+        report.vm_flags_reused += 1;
+    }
     report.vm_flags_read += t_flags.elapsed();
     let mut vmas = Vec::new();
     for m in &maps {
@@ -564,6 +612,13 @@ fn dump_process(
         "pid {pid}: threads, maps, seccomp, madvise flags read at {:?}",
         t0.elapsed()
     );
+    // An incremental copy into memory needs no ptrace stop: on its own thread it scans the
+    // mappings for data now, during the dirty-tracker read, and copies the written pages
+    // during the injected calls below (the tree stays frozen until it is joined).
+    let early_copy = (!opts.live_memory
+        && opts.leave_running
+        && parent.is_some_and(|p| p.dirty.is_some()))
+    .then(|| crate::memory::spawn_deferred_copy(pool, pid, opts, std::mem::take(&mut vmas)));
     // Incremental: the tracker the parent dump left in the process says what changed since.
     let mut tracker = None;
     let mut unchanged = Vec::new();
@@ -593,6 +648,15 @@ fn dump_process(
     };
 
     tracing::debug!("pid {pid}: dirty tracker read at {:?}", t0.elapsed());
+    // The early copy (started above) reads the written pages from now on, during the injected
+    // calls; `None` if tracking was lost or the delta is too large to hold in memory.
+    if let Some(c) = &early_copy {
+        c.start(
+            written_bytes
+                .is_some_and(|b| b <= DEFER_MAX_BYTES)
+                .then(|| unchanged.clone()),
+        );
+    }
     // Injected calls: signal handlers, brk, itimers, alternate signal stacks.
     let mut sigactions = Vec::with_capacity(64);
     let mut itimers = Vec::with_capacity(3);
@@ -624,6 +688,7 @@ fn dump_process(
             };
             itimers.push((us(0), us(16)));
         }
+        crate::timers::read_times(&mut rs, pid, scratch, 128, &mut posix_timers)?;
         for (i, t) in fp.threads.iter().enumerate() {
             let mut sb = [0u8; 24];
             let mut ct = [0u8; 8];
@@ -693,7 +758,22 @@ fn dump_process(
         .collect();
 
     // Live copy: done by the caller once the tree runs again.
-    let pages = if opts.live_memory {
+    let mut early = None;
+    if let Some(h) = early_copy {
+        let (res, done_vmas) = h.join(pool, deferred)?;
+        vmas = done_vmas;
+        early = res;
+    }
+    let pages = if let Some(res) = early {
+        let (pages, _bytes, took) = res?;
+        report.memory_copy += took;
+        tracing::debug!(
+            "pid {pid}: memory copied (during the injected calls) at {:?}",
+            t0.elapsed()
+        );
+        report.in_parent_bytes += in_parent_bytes(&vmas);
+        pages
+    } else if opts.live_memory {
         image::PagesRef::default()
     } else {
         let md = MemoryDumper {
@@ -780,6 +860,7 @@ fn dump_process(
         no_new_privs: status.no_new_privs,
         epoll_regs: Vec::new(),
         dirty,
+        posix_timers,
     };
     Ok((proc, skip_fd, unchanged))
 }

@@ -70,7 +70,11 @@ impl FileTable {
             why: why.to_string(),
         };
         let link = sys::proc::read_link(&format!("/proc/{pid}/fd/{fd}")).pid(pid)?;
-        let info = sys::proc::fdinfo(pid, fd).pid(pid)?;
+        let info = sys::fdinfo::read_info(pid, fd).map_err(|e| CheckpointError::Tree {
+            pid,
+            why: e.to_string(),
+        })?;
+        let pos = u64::try_from(info.pos).unwrap_or(0);
         let cloexec = info.flags & O_CLOEXEC != 0;
         let flags = info.flags & !(O_CLOEXEC | O_LARGEFILE);
         if link.ends_with(" (deleted)") && !link.starts_with("/memfd:") {
@@ -129,14 +133,11 @@ impl FileTable {
                     .trim_end_matches(" (deleted)")
                     .to_string();
                 let id = shm.object(dir, pid, key, &format!("/proc/{pid}/fd/{fd}"), &name)?;
-                FileKind::Memfd {
-                    shmem: id,
-                    pos: info.pos,
-                }
+                FileKind::Memfd { shmem: id, pos }
             } else {
                 FileKind::Path {
                     path: link.clone(),
-                    pos: info.pos,
+                    pos,
                     size: u64::try_from(st.st_size).unwrap_or(0),
                 }
             }
@@ -181,10 +182,24 @@ impl FileTable {
                 }
             }
             let Some(&(rpid, rfd)) = self.pipe_readers.get(&pipe) else {
+                // Only write ends in the tree: either every read end is closed (the pipe is
+                // "widowed": writes fail with EPIPE, its bytes can never be read) -- restored
+                // as a pipe whose read end the restorer closes, with its capacity -- or a
+                // process outside the tree holds one.
+                let pidfd = sys::pid::pidfd_open(pid).pid(pid)?;
+                let local = sys::pid::pidfd_getfd(&pidfd, fd).pid(pid)?;
+                if !sys::pipe::has_readers(&local).pid(pid)? {
+                    out.push(PipeData {
+                        pipe,
+                        capacity: sys::pipe::capacity(&local).pid(pid)?,
+                        data: Hex(Vec::new()),
+                    });
+                    continue;
+                }
                 return Err(CheckpointError::Unsupported {
                     pid,
                     what: format!("fd {fd} (pipe)"),
-                    why: "the read end of this pipe is outside the checkpointed tree".into(),
+                    why: "the read end of this pipe is held by a process outside the checkpointed tree".into(),
                 });
             };
             let pidfd = sys::pid::pidfd_open(rpid).pid(rpid)?;

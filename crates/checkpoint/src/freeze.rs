@@ -151,9 +151,12 @@ impl Frozen {
         }
     }
 
-    /// Kills every process while it is still stopped, reaps our tracees, and waits (up to
-    /// `timeout`) until every pid of the tree is free again. Returns the pids still taken.
-    pub fn kill_and_wait(mut self, timeout: std::time::Duration) -> Vec<i32> {
+    /// Kills every process while it is still stopped and collects every exit as its tracer;
+    /// with a `timeout`, then waits until the parents (or init) reaped every pid and returns
+    /// those still taken; without one returns at once: every process has exited and released its resources, only the
+    /// zombies' pids may still be taken (right for a tree in its own PID namespace, whose
+    /// restore asks for the pids inside a new namespace only).
+    pub fn kill_and_wait(mut self, timeout: Option<std::time::Duration>) -> Vec<i32> {
         self.released = true;
         for p in &self.procs {
             let _ = sys::pid::kill(p.pid, libc::SIGKILL);
@@ -177,6 +180,9 @@ impl Frozen {
                 }
             }
         }
+        let Some(timeout) = timeout else {
+            return Vec::new();
+        };
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left: Vec<i32> = self

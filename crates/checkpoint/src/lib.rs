@@ -14,9 +14,12 @@ mod freeze;
 mod incr;
 mod memory;
 pub use memory::dump_threads;
+mod netlock;
 pub mod precopy;
 mod shmem;
 mod sockets;
+mod timers;
+mod vmflags;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,12 +87,20 @@ pub struct DumpReport {
     pub in_parent_bytes: u64,
     /// Time spent reading the dirty trackers (part of `frozen`).
     pub dirty_scan: std::time::Duration,
-    /// Time spent reading `/proc/PID/smaps` for the madvise flags (part of `frozen`; it walks
-    /// every page table).
+    /// Time spent while frozen getting the madvise flags: reading `/proc/PID/smaps` (it walks
+    /// every page table), or for an incremental dump checking the pre-freeze read against
+    /// `maps` (part of `frozen`).
     pub vm_flags_read: std::time::Duration,
+    /// Incremental dumps: time reading smaps before the freeze (not part of `frozen`), and the
+    /// processes whose flags came from that read (every `maps` line unchanged at the freeze).
+    pub vm_flags_preread: std::time::Duration,
+    pub vm_flags_reused: usize,
     /// Time spent after the resume writing page data copied into memory while frozen
     /// (incremental `leave_running` dumps; not part of `frozen`).
     pub deferred_write: std::time::Duration,
+    /// Time taken by the network lock over the tree's TCP sockets (part of `frozen`; zero
+    /// without TCP sockets).
+    pub netlock: std::time::Duration,
 }
 
 /// Everything that makes a checkpoint fail.

@@ -116,22 +116,147 @@ pub struct DeferredPages {
 }
 
 impl DeferredPages {
-    /// Writes and fsyncs the pages file; its reference must match the one put in the tree.
-    pub fn write(self) -> Result<u64> {
+    /// Writes and fsyncs the pages file and returns its reference: the one put in the tree
+    /// with the CRC32C, which is computed here (after the resume), filled in.
+    pub fn write(self) -> Result<PagesRef> {
         let mut w = PagesWriter::create(&self.dir, &self.name)?;
-        for (buf, used, crc) in &self.chunks {
-            w.write_checksummed(&buf[..*used], *crc)?;
+        for (buf, used, _) in &self.chunks {
+            w.write(&buf[..*used])?;
         }
-        let len = w.len();
         let r = w.finish_synced()?;
-        if r != self.expect {
+        if r.file != self.expect.file || r.len != self.expect.len {
             return Err(CheckpointError::Tree {
                 pid: self.pid,
                 why: format!("{}: deferred pages do not match the image", self.name),
             });
         }
-        Ok(len)
+        Ok(r)
     }
+}
+
+/// An incremental copy into memory running on its own thread (see [`spawn_deferred_copy`]).
+pub struct DeferredCopy {
+    pid: i32,
+    go: std::sync::mpsc::Sender<Option<Vec<(u64, u64)>>>,
+    handle: std::thread::JoinHandle<DeferredCopyResult>,
+}
+
+type DeferredCopyResult = (
+    Option<Result<(PagesRef, u64, std::time::Duration)>>,
+    Vec<Vma>,
+    Vec<Vec<u8>>,
+    Vec<DeferredPages>,
+);
+
+/// Starts an incremental copy into memory of `vmas` on a new thread, with the pool's buffers
+/// moved to it: it scans every mapping for data at once, then waits for
+/// [`DeferredCopy::start`] (the ranges left in the parent, or `None`: no copy) and runs
+/// [`MemoryDumper::dump`] into memory (`defer`). [`DeferredCopy::join`] hands buffers, pages
+/// and `vmas` back. The caller keeps the tree frozen until it has joined.
+pub fn spawn_deferred_copy(
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    pid: i32,
+    opts: &crate::DumpOptions,
+    mut vmas: Vec<Vma>,
+) -> DeferredCopy {
+    let bufs = pool
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    let dir = opts.image_dir.clone();
+    let progress = opts.progress.clone();
+    let (go, wait) = std::sync::mpsc::channel::<Option<Vec<(u64, u64)>>>();
+    let handle = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let scanned = scan_data(pid, &vmas);
+        let scan_time = t0.elapsed();
+        let Ok(Some(unchanged)) = wait.recv() else {
+            return (None, vmas, bufs, Vec::new());
+        };
+        let pool = std::sync::Mutex::new(bufs);
+        let deferred = std::sync::Mutex::new(Vec::new());
+        let md = MemoryDumper {
+            pool: &pool,
+            pid,
+            dir: &dir,
+            progress: progress.as_ref(),
+            done_before: 0,
+            total_hint: 0,
+            unchanged: &unchanged,
+            defer: Some(&deferred),
+        };
+        let res = scanned.and_then(|data| {
+            let name = format!("pages-{pid}.img");
+            md.dump_to_memory(&mut vmas, name, &deferred, t0, Some(data))
+        });
+        tracing::debug!("pid {pid}: early scan for data {scan_time:?}");
+        (
+            Some(res),
+            vmas,
+            pool.into_inner().unwrap_or_default(),
+            deferred.into_inner().unwrap_or_default(),
+        )
+    });
+    DeferredCopy { pid, go, handle }
+}
+
+impl DeferredCopy {
+    /// Lets the copy run, leaving `unchanged` (normalized) in the parent; `None`: no copy.
+    pub fn start(&self, unchanged: Option<Vec<(u64, u64)>>) {
+        let _ = self.go.send(unchanged);
+    }
+
+    /// Waits for the thread; returns the copy's result (`None` if it was not started) and the
+    /// mappings (with their page runs), and puts the buffers back in `pool` and the copied
+    /// pages in `deferred`.
+    #[allow(clippy::type_complexity)] // the result of MemoryDumper::dump, plus the mappings
+    pub fn join(
+        self,
+        pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+        deferred: &std::sync::Mutex<Vec<DeferredPages>>,
+    ) -> Result<(
+        Option<Result<(PagesRef, u64, std::time::Duration)>>,
+        Vec<Vma>,
+    )> {
+        let pid = self.pid;
+        drop(self.go);
+        let (res, vmas, bufs, pages) = self.handle.join().map_err(|_| CheckpointError::Tree {
+            pid,
+            why: "memory copy thread panicked".into(),
+        })?;
+        if let Ok(mut p) = pool.lock() {
+            p.extend(bufs);
+        }
+        deferred
+            .lock()
+            .map_err(|_| CheckpointError::Tree {
+                pid,
+                why: "deferred pages list poisoned".into(),
+            })?
+            .extend(pages);
+        Ok((res, vmas))
+    }
+}
+
+/// Which mappings hold data to dump and how to scan them: `Some(anon_only)`, or `None` for
+/// mappings whose data is not dumped with the process (vdso, shared file, shmem objects).
+fn scan_kind(kind: &VmaKind) -> Option<bool> {
+    match kind {
+        VmaKind::Anon { .. } | VmaKind::Stack => Some(false),
+        VmaKind::FilePrivate { .. } => Some(true),
+        VmaKind::Vdso { .. } | VmaKind::FileShared { .. } | VmaKind::Shmem { .. } => None,
+    }
+}
+
+/// The data ranges of every mapping (empty for those [`scan_kind`] skips), in order.
+fn scan_data(pid: i32, vmas: &[Vma]) -> Result<Vec<Vec<(u64, u64)>>> {
+    let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
+    vmas.iter()
+        .map(|v| match scan_kind(&v.kind) {
+            Some(anon_only) => scanner.data_ranges(v.start, v.end, anon_only).pid(pid),
+            None => Ok(Vec::new()),
+        })
+        .collect()
 }
 
 /// Number of copy workers of a full dump: one per CPU, at least 2 and at most 4
@@ -209,8 +334,81 @@ struct Reader<'a> {
     progress: Option<&'a ProgressFn>,
     done_before: u64,
     total_hint: u64,
-    /// Time spent in `process_vm_readv`.
+    /// Time spent in `process_vm_readv`, checksumming, and scanning for data (`PAGEMAP_SCAN`).
     busy: std::time::Duration,
+    crc_time: std::time::Duration,
+    scan_time: std::time::Duration,
+    /// Compute the running CRC32C (not for the copy into memory: [`DeferredPages::write`]
+    /// computes it after the resume).
+    checksum: bool,
+    /// Split a batch of many scattered ranges over two threads (the incremental copy into
+    /// memory, where the per-range cost of `process_vm_readv` dominates; see
+    /// `one_copy_thread`).
+    split: bool,
+}
+
+/// A batch with at least this many ranges is read by two threads when `Reader::split` is set.
+const SPLIT_MIN_RANGES: usize = 256;
+
+/// A mapping at least this large is scanned for data by two threads in the incremental copy.
+const SPLIT_SCAN_MIN_BYTES: u64 = 64 << 20;
+
+/// The data ranges of `[start, end)`, its two halves scanned at once by two scanners; a range
+/// crossing the middle is joined again.
+fn scan_split(
+    pid: i32,
+    a: &mut sys::memscan::PageScanner,
+    b: &mut sys::memscan::PageScanner,
+    start: u64,
+    end: u64,
+    anon_only: bool,
+) -> Result<Vec<(u64, u64)>> {
+    let mid = start + (end - start) / 2 / PAGE_SIZE * PAGE_SIZE;
+    let (lo, hi) = std::thread::scope(|s| {
+        let h = s.spawn(move || b.data_ranges(mid, end, anon_only));
+        let lo = a.data_ranges(start, mid, anon_only);
+        (lo, h.join())
+    });
+    let mut out = lo.pid(pid)?;
+    let hi = hi
+        .map_err(|_| CheckpointError::Tree {
+            pid,
+            why: "second page scanner thread panicked".into(),
+        })?
+        .pid(pid)?;
+    for (s, e) in hi {
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => out.push((s, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// `UNDERSTUDY_COPY_THREADS=1`: the incremental copy reads (and, without the early scan, scans)
+/// on one thread only. The default splits the reads over two threads: with the scan done early
+/// it shortened the freeze at load 5-6 (docs/PERFORMANCE.md); kept switchable for A/B runs.
+fn one_copy_thread() -> bool {
+    std::env::var_os("UNDERSTUDY_COPY_THREADS").is_some_and(|v| v == "1")
+}
+
+/// Reads `ranges` into `buf` (their lengths summing to `buf.len()`), the second half of the
+/// ranges on a second thread.
+fn read_split(pid: i32, buf: &mut [u8], ranges: &[RemoteRange]) -> Result<()> {
+    let mid = ranges.len() / 2;
+    let first: u64 = ranges[..mid].iter().map(|r| r.len).sum();
+    let at = usize::try_from(first).unwrap_or(usize::MAX).min(buf.len());
+    let (a, b) = buf.split_at_mut(at);
+    let (ra, rb) = ranges.split_at(mid);
+    std::thread::scope(|s| {
+        let other = s.spawn(move || sys::mem::read_vectored(pid, b, rb));
+        let mine = sys::mem::read_vectored(pid, a, ra).pid(pid);
+        let theirs = other.join().map_err(|_| CheckpointError::Tree {
+            pid,
+            why: "second memory reader thread panicked".into(),
+        })?;
+        mine.and(theirs.pid(pid))
+    })
 }
 
 impl Reader<'_> {
@@ -234,7 +432,11 @@ impl Reader<'_> {
             return Ok(());
         }
         let t = Instant::now();
-        sys::mem::read_vectored(self.pid, &mut b.buf[..b.used], &b.ranges).pid(self.pid)?;
+        if self.split && b.ranges.len() >= SPLIT_MIN_RANGES && !one_copy_thread() {
+            read_split(self.pid, &mut b.buf[..b.used], &b.ranges)?;
+        } else {
+            sys::mem::read_vectored(self.pid, &mut b.buf[..b.used], &b.ranges).pid(self.pid)?;
+        }
         self.busy += t.elapsed();
         self.hand_over()
     }
@@ -249,7 +451,11 @@ impl Reader<'_> {
         let next = self.empty.recv().unwrap_or_else(|_| vec![0u8; BATCH]);
         let buf = std::mem::replace(&mut self.batch.buf, next);
         let used = self.batch.used;
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..used]);
+        if self.checksum {
+            let t = Instant::now();
+            self.crc = crc32c::crc32c_append(self.crc, &buf[..used]);
+            self.crc_time += t.elapsed();
+        }
         if full.send((buf, used, self.crc)).is_err() {
             // The writer failed; its error is reported when it is joined.
             return Err(CheckpointError::Tree {
@@ -295,7 +501,7 @@ impl MemoryDumper<'_> {
         let t0 = Instant::now();
         let name = format!("pages-{pid}.img");
         if let Some(defer) = self.defer {
-            return self.dump_to_memory(vmas, name, defer, t0);
+            return self.dump_to_memory(vmas, name, defer, t0, None);
         }
         let mut w = PagesWriter::create(self.dir, &name)?;
         // Plan first (cheap: page scans and offsets only), then copy with parallel workers.
@@ -315,16 +521,19 @@ impl MemoryDumper<'_> {
             done_before: 0,
             total_hint: 0,
             busy: std::time::Duration::ZERO,
+            crc_time: std::time::Duration::ZERO,
+            scan_time: std::time::Duration::ZERO,
             crc: 0,
+            split: false,
+            checksum: true,
         };
-        self.read_all(&mut r, vmas)?;
+        self.read_all(&mut r, vmas, None)?;
         r.flush()?;
         let jobs = match std::mem::replace(&mut r.sink, Sink::Plan(Vec::new())) {
             Sink::Plan(j) => j,
             Sink::Pipeline(_) => Vec::new(),
         };
-        let (len, crc) = self.copy_jobs(&w, &jobs)?;
-        w.set_written(len, crc);
+        let len = self.copy_jobs(&mut w, &jobs)?;
         let r = w.finish()?;
         Ok((r, len, t0.elapsed()))
     }
@@ -333,12 +542,13 @@ impl MemoryDumper<'_> {
     /// reading a batch with `process_vm_readv` into its own buffer, checksumming it and
     /// writing it at its offset, so that both the copy out of the tree and the page-cache
     /// work of the write spread over every CPU. Returns the data length and its CRC32C.
-    fn copy_jobs(&self, w: &PagesWriter, jobs: &[Job]) -> Result<(u64, u32)> {
+    fn copy_jobs(&self, w: &mut PagesWriter, jobs: &[Job]) -> Result<u64> {
         let pid = self.pid;
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let nworkers = dump_threads().min(jobs.len()).max(1);
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, u32, u64)>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<(u32, u64)>, u64)>();
+        let wr: &PagesWriter = w;
         let take = || {
             self.pool
                 .lock()
@@ -377,10 +587,19 @@ impl MemoryDumper<'_> {
                             }
                             JobData::Bytes(b) => b,
                         };
-                        let crc = crc32c::crc32c(data);
+                        // One CRC32C per piece within a chunk of the pages file's table.
+                        let mut crc = Vec::new();
+                        let (mut o, mut d) = (job.offset, data);
+                        while !d.is_empty() {
+                            let room = image::PAGES_CHUNK - o % image::PAGES_CHUNK;
+                            let n = usize::try_from(room).unwrap_or(usize::MAX).min(d.len());
+                            crc.push((crc32c::crc32c(&d[..n]), n as u64));
+                            o += n as u64;
+                            d = &d[n..];
+                        }
                         let t1 = Instant::now();
                         busy.0 += t1 - t;
-                        if let Err(e) = w.write_data_at(job.offset, data) {
+                        if let Err(e) = wr.write_data_at(job.offset, data) {
                             break Err(e.into());
                         }
                         busy.1 += t1.elapsed();
@@ -433,7 +652,7 @@ impl MemoryDumper<'_> {
                 None => Ok(crcs),
             }
         })?;
-        let (mut len, mut crc) = (0u64, 0u32);
+        let mut len = 0u64;
         for (job, c) in jobs.iter().zip(results) {
             let Some(c) = c else {
                 return Err(CheckpointError::Tree {
@@ -441,10 +660,10 @@ impl MemoryDumper<'_> {
                     why: "a dump worker stopped before copying every batch".into(),
                 });
             };
-            crc = crc32c::crc32c_combine(crc, c, usize::try_from(job.len).unwrap_or(0));
+            w.record_written(&c)?;
             len += job.len;
         }
-        Ok((len, crc))
+        Ok(len)
     }
 
     /// [`Self::dump`] into memory: the "writer" keeps every filled buffer and hands back a
@@ -455,6 +674,7 @@ impl MemoryDumper<'_> {
         name: String,
         defer: &std::sync::Mutex<Vec<DeferredPages>>,
         t0: Instant,
+        scanned: Option<Vec<Vec<(u64, u64)>>>,
     ) -> Result<(PagesRef, u64, std::time::Duration)> {
         let pid = self.pid;
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
@@ -482,7 +702,11 @@ impl MemoryDumper<'_> {
             done_before: self.done_before,
             total_hint: 0,
             busy: std::time::Duration::ZERO,
+            crc_time: std::time::Duration::ZERO,
+            scan_time: std::time::Duration::ZERO,
             crc: 0,
+            split: true,
+            checksum: false,
         };
         let _ = empty_tx.send(take());
         let (res, chunks, last) = std::thread::scope(|s| {
@@ -496,7 +720,15 @@ impl MemoryDumper<'_> {
                 }
                 chunks
             });
-            let res = self.read_all(&mut r, vmas).and_then(|()| r.flush());
+            let res = self
+                .read_all(&mut r, vmas, scanned)
+                .and_then(|()| r.flush());
+            tracing::debug!(
+                "pid {pid}: copy into memory: process_vm_readv {:?}, checksum {:?}, scan {:?}",
+                r.busy,
+                r.crc_time,
+                r.scan_time
+            );
             let last = std::mem::take(&mut r.batch.buf);
             drop(r);
             (res, keeper.join().unwrap_or_default(), last)
@@ -507,10 +739,11 @@ impl MemoryDumper<'_> {
         }
         res?;
         let len: u64 = chunks.iter().map(|c| c.1 as u64).sum();
+        // The CRC32C is filled in by `DeferredPages::write` once the tree runs again.
         let expect = PagesRef {
             file: name.clone(),
             len,
-            crc32c: chunks.last().map_or(0, |c| c.2),
+            crc32c: 0,
         };
         defer
             .lock()
@@ -528,20 +761,42 @@ impl MemoryDumper<'_> {
         Ok((expect, len, t0.elapsed()))
     }
 
-    fn read_all(&self, r: &mut Reader<'_>, vmas: &mut [Vma]) -> Result<()> {
+    /// Copies the data of `vmas`; `scanned`: their data ranges found beforehand (see
+    /// [`scan_data`]), else each is scanned here.
+    fn read_all(
+        &self,
+        r: &mut Reader<'_>,
+        vmas: &mut [Vma],
+        mut scanned: Option<Vec<Vec<(u64, u64)>>>,
+    ) -> Result<()> {
         let pid = self.pid;
         let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
+        // Not scanned early: the incremental copy scans large mappings in two halves at once.
+        let mut second: Option<sys::memscan::PageScanner> = None;
+        let parallel = self.defer.is_some() && !one_copy_thread();
         let mut procmem: Option<ProcMem> = None;
-        for v in vmas.iter_mut() {
-            let anon_only = match &v.kind {
-                VmaKind::Anon { .. } | VmaKind::Stack => false,
-                VmaKind::FilePrivate { .. } => true,
-                VmaKind::Vdso { .. } | VmaKind::FileShared { .. } | VmaKind::Shmem { .. } => {
-                    continue
-                }
+        for (i, v) in vmas.iter_mut().enumerate() {
+            let Some(anon_only) = scan_kind(&v.kind) else {
+                continue;
             };
             let readable = v.prot & 1 != 0;
-            let data = scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?;
+            let t_scan = Instant::now();
+            let pre = scanned
+                .as_mut()
+                .and_then(|s| s.get_mut(i))
+                .map(std::mem::take);
+            let data = if let Some(d) = pre {
+                d
+            } else if parallel && v.end - v.start >= SPLIT_SCAN_MIN_BYTES {
+                let other = match &mut second {
+                    Some(s) => s,
+                    None => second.insert(sys::memscan::PageScanner::open(pid).pid(pid)?),
+                };
+                scan_split(pid, &mut scanner, other, v.start, v.end, anon_only)?
+            } else {
+                scanner.data_ranges(v.start, v.end, anon_only).pid(pid)?
+            };
+            r.scan_time += t_scan.elapsed();
             let mut pieces = Vec::with_capacity(data.len());
             for (s, e) in data {
                 if self.unchanged.is_empty() {
@@ -651,8 +906,9 @@ mod deferred_tests {
         let d = tempfile::tempdir().expect("tempdir");
         let (a, b) = (vec![7u8; 4096], vec![9u8; 8192]);
         let p = deferred(d.path(), &[&a, &b]);
-        let r = p.expect.clone();
-        assert_eq!(p.write().expect("write"), 12288);
+        let want = p.expect.clone();
+        let r = p.write().expect("write");
+        assert_eq!((r.len, r.crc32c), (12288, want.crc32c));
         let data = image::read_pages(d.path(), &r).expect("read back");
         assert_eq!(data, [a, b].concat());
     }
@@ -661,7 +917,7 @@ mod deferred_tests {
     fn deferred_pages_fail_cleanly_on_a_mismatch_or_a_missing_dir() {
         let d = tempfile::tempdir().expect("tempdir");
         let mut p = deferred(d.path(), &[&[1u8; 4096]]);
-        p.expect.crc32c ^= 1;
+        p.expect.len += 4096;
         let e = p.write().expect_err("mismatch");
         assert!(e.to_string().contains("do not match"), "{e}");
         let p = deferred(&d.path().join("gone"), &[&[1u8; 4096]]);

@@ -5,9 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::{
-    PagesRef, Tree, FORMAT_VERSION, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS,
-};
+use crate::model::{PagesRef, Tree, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS};
 
 pub const TREE_FILE: &str = "tree.img";
 pub const TREE_MAGIC: [u8; 8] = *b"USTDTREE";
@@ -259,16 +257,88 @@ pub fn read_chain(dir: &Path) -> Result<Vec<(PathBuf, Tree)>> {
     }
 }
 
-fn pages_header(data_len: u64, crc: u32) -> Vec<u8> {
+/// Version of the pages files this build writes. Version 4 adds a table of per-chunk CRC32C
+/// after the data (so a lazy restore can verify each chunk as it serves it); 3 is skipped (it
+/// names incremental `tree.img` files). Versions 1 and 2 (no chunk table) are still read.
+pub const PAGES_FORMAT_VERSION: u32 = 4;
+/// Pages file versions this build reads.
+pub const PAGES_SUPPORTED_VERSIONS: &[u32] = &[1, 2, PAGES_FORMAT_VERSION];
+/// Bytes of data covered by one entry of a version-4 chunk table (the last chunk may be short).
+pub const PAGES_CHUNK: u64 = 256 << 10;
+/// Largest chunk size a reader accepts.
+const PAGES_CHUNK_CAP: u64 = 64 << 20;
+
+fn pages_header(data_len: u64, crc: u32, table_crc: u32) -> Vec<u8> {
     let mut h = vec![0u8; 4096]; // PAGES_HEADER_LEN
     h[..8].copy_from_slice(&PAGES_MAGIC);
-    // Pages files did not change with incremental images: always version 1.
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&PAGES_FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&data_len.to_le_bytes());
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     let hcrc = crc32c::crc32c(&h[..28]);
     h[28..32].copy_from_slice(&hcrc.to_le_bytes());
+    let chunk = u32::try_from(PAGES_CHUNK).unwrap_or(u32::MAX);
+    h[32..36].copy_from_slice(&chunk.to_le_bytes());
+    h[36..40].copy_from_slice(&table_crc.to_le_bytes());
+    let hcrc2 = crc32c::crc32c(&h[..40]);
+    h[40..44].copy_from_slice(&hcrc2.to_le_bytes());
     h
+}
+
+/// Number of chunks of `chunk` bytes covering `len` bytes.
+fn chunk_count(len: u64, chunk: u64) -> u64 {
+    len.div_ceil(chunk.max(1))
+}
+
+/// The per-chunk CRC32C table of a version-4 pages file (see [`read_chunk_table`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkTable {
+    /// bytes per chunk
+    pub chunk: u64,
+    /// bytes of data the table covers
+    pub len: u64,
+    /// CRC32C of each chunk, in data order
+    pub crcs: Vec<u32>,
+}
+
+impl ChunkTable {
+    /// Byte range `[start, end)` of chunk `i` in the data.
+    pub fn range(&self, i: usize) -> (u64, u64) {
+        let s = i as u64 * self.chunk;
+        (s, (s + self.chunk).min(self.len))
+    }
+
+    /// Checks `data`, the bytes of chunk `i`, against the table; the error names `file`.
+    pub fn check(&self, file: &Path, i: usize, data: &[u8]) -> Result<()> {
+        let (s, e) = self.range(i);
+        let Some(&want) = self.crcs.get(i) else {
+            return Err(ImageError::Corrupt {
+                file: file.to_path_buf(),
+                what: format!(
+                    "chunk {i} is beyond the chunk table ({} chunks)",
+                    self.crcs.len()
+                ),
+            });
+        };
+        if data.len() as u64 != e.saturating_sub(s) {
+            return Err(ImageError::Truncated {
+                file: file.to_path_buf(),
+                what: format!(
+                    "chunk {i} (data bytes {s}..{e}) has only {} bytes",
+                    data.len()
+                ),
+            });
+        }
+        let got = crc32c::crc32c(data);
+        if got != want {
+            return Err(ImageError::Corrupt {
+                file: file.to_path_buf(),
+                what: format!(
+                    "page data checksum of chunk {i} (data bytes {s}..{e}) is {got:#010x}, expected {want:#010x}"
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Appends page data to a new pages file, computing its CRC32C on the way.
@@ -279,6 +349,10 @@ pub struct PagesWriter {
     file: File,
     len: u64,
     crc: u32,
+    /// CRC32C of every full chunk written so far
+    chunks: Vec<u32>,
+    /// CRC32C and length of the chunk being filled
+    part: (u32, u64),
 }
 
 impl PagesWriter {
@@ -293,7 +367,7 @@ impl PagesWriter {
             .truncate(false)
             .open(&path)
             .map_err(io_err(&path))?;
-        file.write_all_at(&pages_header(0, 0), 0)
+        file.write_all_at(&pages_header(0, 0, 0), 0)
             .map_err(io_err(&path))?;
         Ok(PagesWriter {
             path,
@@ -301,6 +375,8 @@ impl PagesWriter {
             file,
             len: 0,
             crc: 0,
+            chunks: Vec::new(),
+            part: (0, 0),
         })
     }
 
@@ -314,13 +390,38 @@ impl PagesWriter {
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        let crc = crc32c::crc32c_append(self.crc, data);
-        self.write_checksummed(data, crc)
+        // One pass: the chunk CRCs, combined into the running CRC of the whole data.
+        let crc = self.feed_chunks(data, self.crc);
+        self.put(data, crc)
     }
 
     /// Appends `data` whose running CRC32C (over all data so far, this included) the caller
-    /// already computed, e.g. on another thread of a copy pipeline.
+    /// already computed, e.g. on another thread of a copy pipeline. The chunk table costs one
+    /// more CRC pass over `data` here.
     pub fn write_checksummed(&mut self, data: &[u8], running_crc: u32) -> Result<()> {
+        self.feed_chunks(data, 0);
+        self.put(data, running_crc)
+    }
+
+    /// Adds `data` to the chunk CRCs; returns `crc` extended by `data`.
+    fn feed_chunks(&mut self, mut data: &[u8], mut crc: u32) -> u32 {
+        while !data.is_empty() {
+            let room = usize::try_from(PAGES_CHUNK - self.part.1).unwrap_or(usize::MAX);
+            let n = room.min(data.len());
+            let piece = crc32c::crc32c(&data[..n]);
+            self.part.0 = crc32c::crc32c_combine(self.part.0, piece, n);
+            self.part.1 += n as u64;
+            crc = crc32c::crc32c_combine(crc, piece, n);
+            if self.part.1 == PAGES_CHUNK {
+                self.chunks.push(self.part.0);
+                self.part = (0, 0);
+            }
+            data = &data[n..];
+        }
+        crc
+    }
+
+    fn put(&mut self, data: &[u8], running_crc: u32) -> Result<()> {
         self.crc = running_crc;
         self.file
             .write_all_at(data, PAGES_HEADER_LEN + self.len)
@@ -337,10 +438,30 @@ impl PagesWriter {
             .map_err(io_err(&self.path))
     }
 
-    /// Records the data length and CRC32C of everything written with [`Self::write_data_at`].
-    pub fn set_written(&mut self, len: u64, crc: u32) {
-        self.len = len;
-        self.crc = crc;
+    /// Records, in data order, pieces written with [`Self::write_data_at`]: each its CRC32C
+    /// and length; a piece must not cross a [`PAGES_CHUNK`] boundary of the data.
+    pub fn record_written(&mut self, pieces: &[(u32, u64)]) -> Result<()> {
+        for &(c, n) in pieces {
+            if n > PAGES_CHUNK - self.part.1 {
+                return Err(ImageError::Corrupt {
+                    file: self.path.clone(),
+                    what: format!(
+                        "internal: a written piece of {n} bytes at data offset {} crosses a chunk",
+                        self.len
+                    ),
+                });
+            }
+            let len = usize::try_from(n).unwrap_or(usize::MAX);
+            self.part.0 = crc32c::crc32c_combine(self.part.0, c, len);
+            self.part.1 += n;
+            self.crc = crc32c::crc32c_combine(self.crc, c, len);
+            self.len += n;
+            if self.part.1 == PAGES_CHUNK {
+                self.chunks.push(self.part.0);
+                self.part = (0, 0);
+            }
+        }
+        Ok(())
     }
 
     /// Writes the final header, flushes the file to stable storage and returns the reference
@@ -354,12 +475,19 @@ impl PagesWriter {
     }
 
     /// Writes the final header and returns the reference `tree.img` keeps.
-    pub fn finish(self) -> Result<PagesRef> {
+    pub fn finish(mut self) -> Result<PagesRef> {
+        if self.part.1 > 0 {
+            self.chunks.push(self.part.0);
+        }
+        let table: Vec<u8> = self.chunks.iter().flat_map(|c| c.to_le_bytes()).collect();
         self.file
-            .set_len(PAGES_HEADER_LEN + self.len)
+            .set_len(PAGES_HEADER_LEN + self.len + table.len() as u64)
             .map_err(io_err(&self.path))?;
         self.file
-            .write_all_at(&pages_header(self.len, self.crc), 0)
+            .write_all_at(&table, PAGES_HEADER_LEN + self.len)
+            .map_err(io_err(&self.path))?;
+        self.file
+            .write_all_at(&pages_header(self.len, self.crc, crc32c::crc32c(&table)), 0)
             .map_err(io_err(&self.path))?;
         Ok(PagesRef {
             file: self.name,
@@ -400,7 +528,7 @@ pub fn open_pages(dir: &Path, r: &PagesRef) -> Result<File> {
             what: format!("{size} bytes, the header alone is 4096"),
         });
     }
-    let mut h = vec![0u8; 32];
+    let mut h = vec![0u8; 44];
     f.read_exact_at(&mut h, 0).map_err(io_err(&path))?;
     if h[..8] != PAGES_MAGIC {
         return Err(ImageError::Corrupt {
@@ -415,12 +543,31 @@ pub fn open_pages(dir: &Path, r: &PagesRef) -> Result<File> {
         });
     }
     let version = u32_at(&h, 8);
-    if !SUPPORTED_VERSIONS.contains(&version) {
+    if !PAGES_SUPPORTED_VERSIONS.contains(&version) {
         return Err(ImageError::Version {
             file: path,
             version,
-            supported: SUPPORTED_VERSIONS,
+            supported: PAGES_SUPPORTED_VERSIONS,
         });
+    }
+    let mut table_len = 0;
+    if version >= 4 {
+        if crc32c::crc32c(&h[..40]) != u32_at(&h, 40) {
+            return Err(ImageError::Corrupt {
+                file: path,
+                what: "chunk table header checksum mismatch".into(),
+            });
+        }
+        let chunk = u64::from(u32_at(&h, 32));
+        if chunk == 0 || chunk % 4096 != 0 || chunk > PAGES_CHUNK_CAP {
+            return Err(ImageError::Corrupt {
+                file: path,
+                what: format!(
+                    "chunk size {chunk} is not a multiple of 4096 up to {PAGES_CHUNK_CAP}"
+                ),
+            });
+        }
+        table_len = chunk_count(u64_at(&h, 16), chunk) * 4;
     }
     let len = u64_at(&h, 16);
     if len > PAGES_DATA_CAP {
@@ -448,7 +595,62 @@ pub fn open_pages(dir: &Path, r: &PagesRef) -> Result<File> {
             what: format!("data has {} of {len} bytes", size - PAGES_HEADER_LEN),
         });
     }
+    if size - PAGES_HEADER_LEN - len < table_len {
+        return Err(ImageError::Truncated {
+            file: path,
+            what: format!(
+                "chunk table has {} of {table_len} bytes",
+                size - PAGES_HEADER_LEN - len
+            ),
+        });
+    }
     Ok(f)
+}
+
+/// Reads and checks the chunk table of a pages file opened with [`open_pages`]; `None` for
+/// versions 1 and 2, which have none (verify their whole data with [`check_pages_data`]).
+pub fn read_chunk_table(dir: &Path, r: &PagesRef, f: &File) -> Result<Option<ChunkTable>> {
+    let path = dir.join(&r.file);
+    let mut h = vec![0u8; 44];
+    f.read_exact_at(&mut h, 0).map_err(io_err(&path))?;
+    if u32_at(&h, 8) < 4 {
+        return Ok(None);
+    }
+    if crc32c::crc32c(&h[..40]) != u32_at(&h, 40) || u64_at(&h, 16) != r.len {
+        return Err(ImageError::Corrupt {
+            file: path,
+            what: "chunk table header changed since the file was opened".into(),
+        });
+    }
+    let chunk = u64::from(u32_at(&h, 32)).max(4096);
+    let n = chunk_count(r.len, chunk);
+    let bytes = usize::try_from(n * 4).map_err(|_| ImageError::TooLarge {
+        file: path.clone(),
+        what: "chunk table",
+        size: n * 4,
+        cap: PAGES_DATA_CAP / 4096,
+    })?;
+    let mut t = vec![0u8; bytes];
+    f.read_exact_at(&mut t, PAGES_HEADER_LEN + r.len)
+        .map_err(|e| ImageError::Truncated {
+            file: path.clone(),
+            what: format!("chunk table of {bytes} bytes: {e}"),
+        })?;
+    let got = crc32c::crc32c(&t);
+    if got != u32_at(&h, 36) {
+        return Err(ImageError::Corrupt {
+            file: path,
+            what: format!(
+                "chunk table checksum {got:#010x}, expected {:#010x}",
+                u32_at(&h, 36)
+            ),
+        });
+    }
+    Ok(Some(ChunkTable {
+        chunk,
+        len: r.len,
+        crcs: t.chunks_exact(4).map(|c| u32_at(c, 0)).collect(),
+    }))
 }
 
 /// Verifies the data CRC of a pages file given its data bytes.
@@ -481,6 +683,16 @@ pub fn read_pages(dir: &Path, r: &PagesRef) -> Result<Vec<u8>> {
     f.read_exact_at(&mut data, PAGES_HEADER_LEN)
         .map_err(io_err(&path))?;
     check_pages_data(dir, r, &data)?;
+    if let Some(t) = read_chunk_table(dir, r, &f)? {
+        for i in 0..t.crcs.len() {
+            let (s, e) = t.range(i);
+            let (s, e) = (
+                usize::try_from(s).unwrap_or(usize::MAX),
+                usize::try_from(e).unwrap_or(usize::MAX),
+            );
+            t.check(&path, i, data.get(s..e).unwrap_or(&[]))?;
+        }
+    }
     Ok(data)
 }
 
@@ -574,6 +786,16 @@ mod tests {
                     uffd_fd: 9,
                     tracked: vec![(0x1000, 0x3000)],
                 }),
+                posix_timers: vec![PosixTimer {
+                    id: 3,
+                    clock: 1,
+                    signo: 36,
+                    value: 777,
+                    notify: sys::timers::Notify::Thread { tid: 43 },
+                    value_ns: 12_000_000,
+                    interval_ns: 20_000_000,
+                    overrun: 1,
+                }],
             }],
             files: vec![
                 OpenFile {
@@ -708,6 +930,45 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::cast_possible_truncation)] // test sizes are small
+    fn pages_written_out_of_order_in_pieces_match_an_appended_file() {
+        let data: Vec<u8> = (0..(PAGES_CHUNK as usize * 2 + 12288))
+            .map(|i| (i / 4096 % 251) as u8)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = PagesWriter::create(dir.path(), "pages-1.img").unwrap();
+        a.write(&data).unwrap();
+        let ra = a.finish().unwrap();
+        // Pieces cut at chunk boundaries and at a few odd page offsets, written last first.
+        let cuts = [0, 4096, PAGES_CHUNK, PAGES_CHUNK + 8192, PAGES_CHUNK * 2];
+        let mut b = PagesWriter::create(dir.path(), "pages-2.img").unwrap();
+        let mut pieces = Vec::new();
+        let mut bounds: Vec<u64> = cuts.to_vec();
+        bounds.push(data.len() as u64);
+        for w in bounds.windows(2).rev() {
+            let (s, e) = (w[0] as usize, w[1] as usize);
+            b.write_data_at(w[0], &data[s..e]).unwrap();
+            pieces.push((crc32c::crc32c(&data[s..e]), w[1] - w[0]));
+        }
+        pieces.reverse();
+        b.record_written(&pieces).unwrap();
+        let rb = b.finish().unwrap();
+        assert_eq!((ra.len, ra.crc32c), (rb.len, rb.crc32c));
+        assert_eq!(read_pages(dir.path(), &rb).unwrap(), data);
+        let f = File::open(dir.path().join("pages-2.img")).unwrap();
+        let t = read_chunk_table(dir.path(), &rb, &f).unwrap().unwrap();
+        let g = File::open(dir.path().join("pages-1.img")).unwrap();
+        let u = read_chunk_table(dir.path(), &ra, &g).unwrap().unwrap();
+        assert_eq!(t.crcs, u.crcs);
+        // A piece crossing a chunk boundary is refused.
+        let mut c = PagesWriter::create(dir.path(), "pages-3.img").unwrap();
+        let e = c
+            .record_written(&[(0, 4096), (0, PAGES_CHUNK)])
+            .unwrap_err();
+        assert!(e.to_string().contains("crosses a chunk"), "{e}");
+    }
+
+    #[test]
     fn pages_file_round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = PagesWriter::create(dir.path(), "pages-1.img").unwrap();
@@ -735,6 +996,84 @@ mod tests {
         let tr = Tree { ..sample() };
         write_tree(dir.path(), &tr).unwrap();
         assert_eq!(read_tree(dir.path()).unwrap(), tr);
+    }
+
+    #[test]
+    fn pages_file_version_4_chunk_table_round_trip_and_old_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..PAGES_CHUNK * 2 + 12288)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let third = usize::try_from(PAGES_CHUNK / 3).unwrap();
+        // pieces crossing chunk bounds, through both write paths
+        let mut w = PagesWriter::create(dir.path(), "pages-2.img").unwrap();
+        w.write(&data[..third]).unwrap();
+        let crc = crc32c::crc32c(&data[..third + 4 * third]);
+        w.write_checksummed(&data[third..5 * third], crc).unwrap();
+        w.write(&data[5 * third..]).unwrap();
+        let r = w.finish().unwrap();
+        assert_eq!(r.crc32c, crc32c::crc32c(&data));
+        assert_eq!(read_pages(dir.path(), &r).unwrap(), data);
+        let f = open_pages(dir.path(), &r).unwrap();
+        let t = read_chunk_table(dir.path(), &r, &f)
+            .unwrap()
+            .expect("version 4");
+        assert_eq!(t.crcs.len(), 3);
+        assert_eq!(t.range(2), (PAGES_CHUNK * 2, PAGES_CHUNK * 2 + 12288));
+        let p = dir.path().join("pages-2.img");
+        for i in 0..3 {
+            let (s, e) = t.range(i);
+            let (s, e) = (usize::try_from(s).unwrap(), usize::try_from(e).unwrap());
+            t.check(&p, i, &data[s..e]).unwrap();
+        }
+        // a flipped byte is found in its chunk
+        let mut bad = data.clone();
+        bad[usize::try_from(PAGES_CHUNK).unwrap() + 7] ^= 1;
+        let (s, e) = t.range(1);
+        let e1 = t
+            .check(
+                &p,
+                1,
+                &bad[usize::try_from(s).unwrap()..usize::try_from(e).unwrap()],
+            )
+            .unwrap_err();
+        assert!(e1.to_string().contains("checksum of chunk 1"), "{e1}");
+        // a truncated table is refused
+        let wf = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        wf.set_len(PAGES_HEADER_LEN + r.len + 4).unwrap();
+        let e2 = open_pages(dir.path(), &r).unwrap_err();
+        assert!(
+            e2.to_string().contains("chunk table has 4 of 12 bytes"),
+            "{e2}"
+        );
+        // a version-2 file (no table) is still read
+        let mut h = vec![0u8; 4096];
+        h[..8].copy_from_slice(&PAGES_MAGIC);
+        h[8..12].copy_from_slice(&2u32.to_le_bytes());
+        h[16..24].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        h[24..28].copy_from_slice(&crc32c::crc32c(&data).to_le_bytes());
+        let hc = crc32c::crc32c(&h[..28]);
+        h[28..32].copy_from_slice(&hc.to_le_bytes());
+        std::fs::write(dir.path().join("pages-3.img"), [h, data.clone()].concat()).unwrap();
+        let r3 = PagesRef {
+            file: "pages-3.img".into(),
+            len: data.len() as u64,
+            crc32c: crc32c::crc32c(&data),
+        };
+        assert_eq!(read_pages(dir.path(), &r3).unwrap(), data);
+        let f3 = open_pages(dir.path(), &r3).unwrap();
+        assert!(read_chunk_table(dir.path(), &r3, &f3).unwrap().is_none());
+        // an unknown version is named
+        let mut h5 = std::fs::read(dir.path().join("pages-3.img")).unwrap();
+        h5[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let hc5 = crc32c::crc32c(&h5[..28]);
+        h5[28..32].copy_from_slice(&hc5.to_le_bytes());
+        std::fs::write(dir.path().join("pages-3.img"), h5).unwrap();
+        let e3 = open_pages(dir.path(), &r3).unwrap_err();
+        assert!(
+            e3.to_string().contains("format version 3 is not supported"),
+            "{e3}"
+        );
     }
 
     fn incremental(parent: &str, digest: u32) -> Tree {

@@ -98,6 +98,34 @@ pub struct Process {
     /// incremental dump with this image as its parent.
     #[serde(default)]
     pub dirty: Option<DirtyTracking>,
+    /// POSIX timers (`timer_create`), by id; re-created with the same ids and armed just
+    /// before the tree resumes. Absent in images written before timers were supported.
+    #[serde(default)]
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// One POSIX timer of a process (`timer_create`), as `/proc/PID/timers` and an injected
+/// `timer_gettime` showed it at the cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    /// The timer id (`timer_t` value the process holds).
+    pub id: i32,
+    /// Clock id as passed to `timer_create` (CPU-time clocks encode a pid in negative ids).
+    pub clock: i32,
+    /// Signal sent on expiry (0 with `SIGEV_NONE`).
+    pub signo: i32,
+    /// `sigev_value` (pointer-sized).
+    pub value: u64,
+    /// How the timer notifies; a `Thread` tid is the thread id inside the process's own PID
+    /// namespace (what the process passed as `sigev_notify_thread_id`).
+    pub notify: sys::timers::Notify,
+    /// Time left until the next expiry in nanoseconds (0 = disarmed), re-armed relative.
+    pub value_ns: u64,
+    /// Interval in nanoseconds (0 = one-shot).
+    pub interval_ns: u64,
+    /// `timer_getoverrun` at the cut (informational: the kernel offers no way to set it).
+    #[serde(default)]
+    pub overrun: i32,
 }
 
 /// One registration of an epoll instance: `epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, {events, data})`.

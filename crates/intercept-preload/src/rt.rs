@@ -451,49 +451,62 @@ pub struct Guard {
     tls: *const Tls,
 }
 
-#[inline]
+// Always inlined: returned out of line, the Guard came back through memory and its reload
+// stalled on store forwarding (~20 ns per call).
+#[inline(always)]
 pub fn enter() -> Option<Guard> {
     let mode = MODE.load(Ordering::Relaxed);
     if mode == OFF {
         return None;
     }
-    TLS.with(|t| {
-        if t.depth.get() != 0 {
+    // Only the address goes through `with` (a closure this small is inlined; the whole entry
+    // inside `with` was not, and its result was returned through memory).
+    let tp: *const Tls = TLS.with(|t| t as *const Tls);
+    // SAFETY: `tp` is this thread's const-initialised thread-local without destructor, alive as
+    // long as the thread; the reference does not leave this call except inside the Guard,
+    // which is !Send and therefore stays on this thread too.
+    let t = unsafe { &*tp };
+    if t.depth.get() != 0 {
+        return None;
+    }
+    if mode == RECORD && crate::signals::pending() {
+        crate::signals::deliver_pending();
+    }
+    t.depth.set(1);
+    if t.vtid.get() == 0 {
+        name_unknown_thread(t);
+    }
+    let mut token = None;
+    if mode == RECORD {
+        let Some(r) = RING.get() else {
+            // Not recording after all (no ring): leave the interceptor as we found it.
+            t.depth.set(0);
             return None;
+        };
+        let gen = PROC_GEN.load(Ordering::Relaxed);
+        if t.token.get() == 0 || t.gen.get() != gen {
+            register(t, r, gen);
         }
-        if mode == RECORD && crate::signals::pending() {
-            crate::signals::deliver_pending();
+        if t.token.get() != 0 {
+            let tok = ThreadToken {
+                index: t.token.get() - 1,
+            };
+            r.enter(tok);
+            token = Some(tok);
         }
-        t.depth.set(1);
-        if t.vtid.get() == 0 {
-            // A thread not created through pthread_create (raw clone): named in order of
-            // appearance, which is not guaranteed to repeat in replay.
-            let n = UNKNOWN_THREADS.fetch_add(1, Ordering::SeqCst) + 1;
-            t.vtid.set(intercept::vtid::child(
-                PROC_VTID.load(Ordering::Relaxed),
-                (1 << 40) + n,
-            ));
-        }
-        let mut token = None;
-        if mode == RECORD {
-            let r = RING.get()?;
-            let gen = PROC_GEN.load(Ordering::Relaxed);
-            if t.token.get() == 0 || t.gen.get() != gen {
-                register(t, r, gen);
-            }
-            if t.token.get() != 0 {
-                let tok = ThreadToken {
-                    index: t.token.get() - 1,
-                };
-                r.enter(tok);
-                token = Some(tok);
-            }
-        }
-        Some(Guard {
-            token,
-            tls: t as *const Tls,
-        })
-    })
+    }
+    Some(Guard { token, tls: tp })
+}
+
+/// A thread not created through pthread_create (raw clone): named in order of appearance,
+/// which is not guaranteed to repeat in replay.
+#[cold]
+fn name_unknown_thread(t: &Tls) {
+    let n = UNKNOWN_THREADS.fetch_add(1, Ordering::SeqCst) + 1;
+    t.vtid.set(intercept::vtid::child(
+        PROC_VTID.load(Ordering::Relaxed),
+        (1 << 40) + n,
+    ));
 }
 
 #[cold]

@@ -7,7 +7,9 @@
 //! traps only calls whose instruction pointer lies in **libc's text** (found in
 //! `/proc/self/maps`); our own syscalls go through the gate in this library and are never
 //! trapped. io_uring_setup/enter/register are trapped from anywhere. Each `execve` stacks one
-//! more filter for the new libc.
+//! more filter for the new libc. The program tests the number first and allows every other
+//! number on the number alone (kernel action cache); it is built in `intercept::filter`, where a
+//! unit test runs it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -78,24 +80,6 @@ fn libc_text() -> Option<(u64, u64)> {
     None
 }
 
-fn stmt(code: u32, k: u32) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
 pub fn install() {
     rt::TLS.with(|t| t.depth.set(1));
     let done = install_inner();
@@ -108,46 +92,25 @@ pub fn install() {
 
 fn install_inner() -> Result<(), String> {
     let (lo, hi) = libc_text().ok_or("libc text not found in /proc/self/maps")?;
-    if lo >> 32 != (hi - 1) >> 32 {
-        return Err("libc text straddles a 4 GiB boundary".into());
-    }
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    const ARCH_X86_64: u32 = 0xC000_003E;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_TRAP: u32 = 0x0003_0000;
-    let ld = BPF_LD | BPF_W | BPF_ABS;
-    let jeq = BPF_JMP | BPF_JEQ | BPF_K;
-    let jge = BPF_JMP | BPF_JGE | BPF_K;
-    // [0] arch
-    let mut f: Vec<sock_filter> = vec![
-        stmt(ld, 4),
-        jump(jeq, ARCH_X86_64, 1, 0),
-        stmt(BPF_RET | BPF_K, RET_ALLOW),
-    ];
-    // nr: refused ones trap from anywhere
-    f.push(stmt(ld, 0));
-    for &nr in REFUSED {
-        f.push(jump(jeq, nr as u32, 0, 1));
-        f.push(stmt(BPF_RET | BPF_K, RET_TRAP));
-    }
-    // instruction pointer inside libc text?
-    f.push(stmt(ld, 8 + 4)); // ip high word
-    f.push(jump(jeq, (lo >> 32) as u32, 1, 0));
-    f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
-    f.push(stmt(ld, 8)); // ip low word
-    f.push(jump(jge, lo as u32, 1, 0));
-    f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
-    f.push(jump(jge, hi as u32, 0, 1));
-    f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
-    f.push(stmt(ld, 0));
-    let n = TRAPPED.len();
-    for (i, &nr) in TRAPPED.iter().enumerate() {
-        // match: jump to the trap at the end; no match on the last: fall to allow
-        let to_trap = (n - i) as u8; // skip remaining compares and the allow
-        f.push(jump(jeq, nr as u32, to_trap, 0));
-    }
-    f.push(stmt(BPF_RET | BPF_K, RET_ALLOW));
-    f.push(stmt(BPF_RET | BPF_K, RET_TRAP));
+    let mut f = program(lo, hi)?;
+    install_program(&mut f)
+}
+
+/// The filter program for libc text at `[lo, hi)` (built and tested in `intercept::filter`).
+fn program(lo: u64, hi: u64) -> Result<Vec<sock_filter>, String> {
+    let nrs = |v: &[i64]| -> Vec<u32> { v.iter().map(|&n| n as u32).collect() };
+    let p = intercept::filter::program(lo, hi, &nrs(TRAPPED), &nrs(REFUSED))?;
+    Ok(p.into_iter()
+        .map(|i| sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect())
+}
+
+fn install_program(f: &mut [sock_filter]) -> Result<(), String> {
     let prog = libc::sock_fprog {
         len: f.len() as u16,
         filter: f.as_mut_ptr(),

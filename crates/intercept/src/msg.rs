@@ -120,7 +120,12 @@ pub struct Header {
 
 impl Header {
     /// Write the header into `out[..64]` (no allocation: used on the interceptor's fast path).
+    #[inline]
     pub fn encode_into(&self, out: &mut [u8]) {
+        // One bounds check for the whole header instead of one per field.
+        let out: &mut [u8; HEADER_LEN] = (&mut out[..HEADER_LEN])
+            .try_into()
+            .expect("header slice is HEADER_LEN long");
         out[0] = MAGIC;
         out[1] = VERSION;
         out[2..4].copy_from_slice(&(self.kind as u16).to_le_bytes());

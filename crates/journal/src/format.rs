@@ -12,9 +12,18 @@ use serde::Serialize;
 
 /// The first eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"USTJRNL\0";
-/// The segment format version this crate writes. Readers accept exactly this version; any
-/// other version with a valid header checksum is refused (never cut as a torn tail).
-pub const FORMAT_VERSION: u16 = 1;
+/// The segment format version this crate writes. Readers accept this version and
+/// [`MIN_FORMAT_VERSION`]; any other version with a valid header checksum is refused (never cut
+/// as a torn tail). Version 2 added batch frames ([`FLAG_BATCH`]).
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest segment format version this crate reads (version 1: single-record frames only).
+pub const MIN_FORMAT_VERSION: u16 = 1;
+/// Record frame flag (version 2): the frame holds a batch of consecutive records. Its `seq`
+/// field is the first record's seq, its `stream` field the record count (at least 1), and its
+/// payload the records as `(stream:u32 len:u32 payload)*`, covered by the frame's one CRC32C.
+pub const FLAG_BATCH: u32 = 1;
+/// Per-record overhead inside a batch frame (`stream:u32 len:u32`).
+pub const BATCH_RECORD_OVERHEAD: usize = 8;
 /// Size of the segment header in bytes.
 pub const SEGMENT_HEADER_LEN: usize = 56;
 /// Size of a record frame header in bytes (the payload follows it).
@@ -93,6 +102,13 @@ pub enum Corruption {
     },
     /// The record checksum does not match.
     RecordChecksum,
+    /// A batch frame whose checksum is valid but whose records do not fill its payload exactly.
+    BadBatch {
+        /// The record count the header declares.
+        count: u32,
+        /// The payload length.
+        len: u32,
+    },
     /// A well-formed record carries an unexpected sequence number.
     SeqMismatch {
         /// The seq that had to come next.
@@ -113,7 +129,7 @@ impl fmt::Display for Corruption {
             Self::HeaderChecksum => write!(f, "segment header checksum mismatch"),
             Self::UnsupportedVersion { version } => write!(
                 f,
-                "segment format version {version} is not supported (this build reads {FORMAT_VERSION})"
+                "segment format version {version} is not supported (this build reads {MIN_FORMAT_VERSION} to {FORMAT_VERSION})"
             ),
             Self::BadHeaderLength { len } => write!(f, "segment header length {len} is not {SEGMENT_HEADER_LEN}"),
             Self::NameMismatch { name_seq, header_seq } => write!(
@@ -140,6 +156,10 @@ impl fmt::Display for Corruption {
             ),
             Self::ReservedBits { flags } => write!(f, "reserved flags {flags:#x} are set"),
             Self::RecordChecksum => write!(f, "record checksum mismatch"),
+            Self::BadBatch { count, len } => write!(
+                f,
+                "batch frame of {count} records does not fill its {len}-byte payload exactly"
+            ),
             Self::SeqMismatch { expected, found } => {
                 write!(f, "record has seq {found}, expected {expected}")
             }
@@ -169,7 +189,7 @@ impl SegmentHeader {
         // The header length always fits in u16 (it is a small constant).
         let hl = u16::try_from(SEGMENT_HEADER_LEN).unwrap_or(u16::MAX);
         b[10..12].copy_from_slice(&hl.to_le_bytes());
-        // 12..16: flags, zero in version 1.
+        // 12..16: flags, zero (no segment flags are defined).
         b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.index.to_le_bytes());
         b[32..40].copy_from_slice(&self.journal_id.to_le_bytes());
@@ -194,7 +214,7 @@ impl SegmentHeader {
             return Err(Corruption::HeaderChecksum);
         }
         let version = le_u16(&b[8..10]);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Corruption::UnsupportedVersion { version });
         }
         let len = le_u16(&b[10..12]);
@@ -202,7 +222,7 @@ impl SegmentHeader {
             return Err(Corruption::BadHeaderLength { len });
         }
         // Flags (covered by the checksum) and the trailing reserved word (not covered) must be
-        // zero in version 1.
+        // zero (no segment flags are defined in versions 1 and 2).
         let flags = le_u32(&b[12..16]) | le_u32(&b[52..56]);
         if flags != 0 {
             return Err(Corruption::ReservedBits { flags });
@@ -227,6 +247,51 @@ pub struct RecordHeader {
     pub seq: u64,
     /// Stored checksum.
     pub crc: u32,
+    /// Flags: 0, or [`FLAG_BATCH`].
+    pub flags: u32,
+}
+
+/// Records `(stream, payload)` of a batch payload, `(stream:u32 len:u32 payload)*`; ends at the
+/// first record that does not fit.
+#[derive(Debug, Clone)]
+pub struct BatchRecords<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Iterator for BatchRecords<'a> {
+    type Item = (u32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let h = self.b.get(..BATCH_RECORD_OVERHEAD)?;
+        let stream = le_u32(&h[0..4]);
+        let len = usize::try_from(le_u32(&h[4..8])).unwrap_or(usize::MAX);
+        let end = BATCH_RECORD_OVERHEAD.checked_add(len)?;
+        let p = self.b.get(BATCH_RECORD_OVERHEAD..end)?;
+        self.b = &self.b[end..];
+        Some((stream, p))
+    }
+}
+
+/// Records `(seq, stream, payload)` of one frame (see [`RecordHeader::records`]).
+#[derive(Debug, Clone)]
+pub struct FrameRecords<'a> {
+    single: Option<(u32, &'a [u8])>,
+    batch: BatchRecords<'a>,
+    seq: u64,
+}
+
+impl<'a> Iterator for FrameRecords<'a> {
+    type Item = (u64, u32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (stream, p) = match self.single.take() {
+            Some(r) => r,
+            None => self.batch.next()?,
+        };
+        let seq = self.seq;
+        self.seq += 1;
+        Some((seq, stream, p))
+    }
 }
 
 impl RecordHeader {
@@ -243,22 +308,79 @@ impl RecordHeader {
             return Err(Corruption::LengthTooLarge { len });
         }
         let flags = le_u32(&b[12..16]);
-        if flags != 0 {
+        if flags & !FLAG_BATCH != 0 {
             return Err(Corruption::ReservedBits { flags });
+        }
+        let stream = le_u32(&b[8..12]);
+        if flags == FLAG_BATCH
+            && (stream == 0 || u64::from(stream) * BATCH_RECORD_OVERHEAD as u64 > u64::from(len))
+        {
+            return Err(Corruption::BadBatch { count: stream, len });
         }
         Ok(Self {
             len,
-            stream: le_u32(&b[8..12]),
+            stream,
             seq: le_u64(&b[16..24]),
             crc: le_u32(&b[0..4]),
+            flags,
         })
+    }
+
+    /// Whether the frame is a batch ([`FLAG_BATCH`]).
+    pub fn is_batch(&self) -> bool {
+        self.flags & FLAG_BATCH != 0
+    }
+
+    /// Number of records the frame holds (1, or a batch's count).
+    pub fn count(&self) -> u64 {
+        if self.is_batch() {
+            u64::from(self.stream)
+        } else {
+            1
+        }
+    }
+
+    /// Seq of the last record the frame holds.
+    pub fn last_seq(&self) -> u64 {
+        self.seq + self.count() - 1
+    }
+
+    /// Check a batch frame's payload layout (after its checksum): its records fill it exactly.
+    pub fn check_layout(&self, payload: &[u8]) -> Result<(), Corruption> {
+        if !self.is_batch() {
+            return Ok(());
+        }
+        let mut n = 0u64;
+        let mut it = BatchRecords { b: payload };
+        while it.next().is_some() {
+            n += 1;
+        }
+        if n == self.count() && it.b.is_empty() {
+            Ok(())
+        } else {
+            Err(Corruption::BadBatch {
+                count: self.stream,
+                len: self.len,
+            })
+        }
+    }
+
+    /// The records of a frame whose checksum and layout were checked: `(seq, stream, payload)`.
+    pub fn records<'a>(&self, payload: &'a [u8]) -> FrameRecords<'a> {
+        FrameRecords {
+            single: (!self.is_batch()).then_some((self.stream, payload)),
+            batch: BatchRecords {
+                b: if self.is_batch() { payload } else { &[] },
+            },
+            seq: self.seq,
+        }
     }
 
     /// Check the stored checksum against the header bytes and the payload.
     pub fn verify(&self, header: &[u8], payload: &[u8]) -> Result<(), Corruption> {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&header[4..RECORD_HEADER_LEN]), payload);
         if crc == self.crc {
-            Ok(())
+            self.check_layout(payload)
         } else {
             Err(Corruption::RecordChecksum)
         }
@@ -274,7 +396,7 @@ impl RecordHeader {
 pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut h = [0u8; RECORD_HEADER_LEN];
-    // 0..4: crc, filled in below; 12..16: flags, zero in version 1.
+    // 0..4: crc, filled in below; 12..16: flags, zero for a single-record frame.
     h[4..8].copy_from_slice(&len.to_le_bytes());
     h[8..12].copy_from_slice(&stream.to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());
@@ -287,15 +409,56 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Append one batch frame holding records `first_seq, first_seq + 1, ...` given in their batch
+/// encoding `(stream:u32 len:u32 payload)*` (`count` of them). The caller has checked the
+/// encoding, `count >= 1` and `encoded.len() <= MAX_PAYLOAD`.
+pub fn encode_batch(out: &mut Vec<u8>, first_seq: u64, count: u32, encoded: &[u8]) {
+    let len = u32::try_from(encoded.len()).unwrap_or(u32::MAX);
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..12].copy_from_slice(&count.to_le_bytes());
+    h[12..16].copy_from_slice(&FLAG_BATCH.to_le_bytes());
+    h[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let start = out.len();
+    out.reserve(RECORD_HEADER_LEN + encoded.len());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(encoded);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// A record decoded from a contiguous buffer of frames, borrowing its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRef<'a> {
-    /// Sequence number.
+    /// Sequence number (of the first record, for a batch).
     pub seq: u64,
-    /// Stream id.
+    /// Stream id (the record count, for a batch).
     pub stream: u32,
-    /// Payload bytes.
+    /// Payload bytes (the encoded records, for a batch).
     pub payload: &'a [u8],
+    /// Records the frame holds (1, or a batch's count).
+    pub count: u64,
+    /// Frame flags (0 or [`FLAG_BATCH`]).
+    pub flags: u32,
+}
+
+impl<'a> FrameRef<'a> {
+    /// Seq of the last record of the frame.
+    pub fn last_seq(&self) -> u64 {
+        self.seq + self.count - 1
+    }
+
+    /// The records of the frame, `(seq, stream, payload)`.
+    pub fn records(&self) -> FrameRecords<'a> {
+        let h = RecordHeader {
+            len: 0,
+            stream: self.stream,
+            seq: self.seq,
+            crc: 0,
+            flags: self.flags,
+        };
+        h.records(self.payload)
+    }
 }
 
 /// Decode the first frame of `buf`, returning it and its total length in bytes.
@@ -316,11 +479,14 @@ pub fn decode_frame(buf: &[u8]) -> Result<(FrameRef<'_>, usize), Corruption> {
     if crc32c::crc32c(&buf[4..RECORD_HEADER_LEN + len]) != h.crc {
         return Err(Corruption::RecordChecksum);
     }
+    h.check_layout(payload)?;
     Ok((
         FrameRef {
             seq: h.seq,
             stream: h.stream,
             payload,
+            count: h.count(),
+            flags: h.flags,
         },
         RECORD_HEADER_LEN + len,
     ))

@@ -3,8 +3,9 @@
 //! A journal is a directory of segment files (`00000000000000000001.seg`, named by the
 //! sequence number of their first record). Each segment starts with a header (magic, format
 //! version, first seq, segment index, journal id, epoch, CRC32C) followed by records framed
-//! with length, stream id, sequence number and a CRC32C over header and payload. The journal
-//! never interprets payloads.
+//! with length, stream id, sequence number and a CRC32C over header and payload, or, since
+//! format version 2, as batch frames holding a run of consecutive records under one header and
+//! one CRC32C ([`Journal::append_encoded`]). The journal never interprets payloads.
 //!
 //! What it promises:
 //! - **Gapless order**: `append` accepts exactly `last_seq() + 1`; anything else is
@@ -103,6 +104,10 @@ use segment::{INDEX_STRIDE, NEW_SUFFIX, TMP_SUFFIX};
 /// Upper bound on the bytes one [`Journal::read_raw_into`] call reads at once, whatever
 /// `max_bytes` says (a single larger frame is still returned whole).
 pub const MAX_RAW_BATCH: usize = 64 << 20;
+
+/// Encoded bytes of records per batch frame written by [`Journal::append_encoded`] (a single
+/// larger record gets a frame of its own).
+pub const BATCH_MAX_BYTES: usize = 1 << 20;
 
 /// Name of the lock file inside a journal directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -465,6 +470,68 @@ impl Journal {
         Ok(self.last_seq)
     }
 
+    /// Append consecutive records `first_seq, first_seq + 1, ...` given in their batch encoding
+    /// `(stream:u32 len:u32 payload)*` (the `Data` record encoding of the wire protocol) as
+    /// batch frames ([`format::FLAG_BATCH`]): one header and one CRC32C per frame of up to
+    /// [`BATCH_MAX_BYTES`] of encoded records (a larger record gets a frame of its own).
+    /// `first_seq` must be `last_seq() + 1`; the whole input is checked (layout, every payload
+    /// against the limit) before anything is appended. Returns the last seq.
+    pub fn append_encoded(&mut self, first_seq: u64, encoded: &[u8]) -> Result<u64> {
+        self.check_ok()?;
+        self.check_next(first_seq)?;
+        let max = self.opts.max_payload.min(MAX_PAYLOAD);
+        let max_len = usize::try_from(max).unwrap_or(usize::MAX);
+        // Check everything first and cut the input into frames: (start, end, count).
+        let mut cuts: Vec<(usize, usize, u32)> = Vec::new();
+        let (mut start, mut off, mut count, mut seq) = (0usize, 0usize, 0u32, first_seq);
+        while off < encoded.len() {
+            let rest = &encoded[off..];
+            let bad = || Error::BadFrame {
+                dir: self.dir.clone(),
+                offset: off,
+                reason: Corruption::BadBatch {
+                    count: 0,
+                    len: u32::try_from(encoded.len()).unwrap_or(u32::MAX),
+                },
+            };
+            let h = rest.get(..format::BATCH_RECORD_OVERHEAD).ok_or_else(bad)?;
+            let len = usize::try_from(u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")))
+                .unwrap_or(usize::MAX);
+            if len > max_len {
+                return Err(Error::TooLarge {
+                    dir: self.dir.clone(),
+                    seq,
+                    len,
+                    max,
+                });
+            }
+            let n = format::BATCH_RECORD_OVERHEAD + len;
+            if rest.len() < n {
+                return Err(bad());
+            }
+            if count > 0 && (off + n - start > BATCH_MAX_BYTES || count == u32::MAX) {
+                cuts.push((start, off, count));
+                start = off;
+                count = 0;
+            }
+            off += n;
+            count += 1;
+            seq += 1;
+        }
+        if count > 0 {
+            cuts.push((start, off, count));
+        }
+        let mut seq = first_seq;
+        for (a, b, count) in cuts {
+            let frame = (RECORD_HEADER_LEN + (b - a)) as u64;
+            self.before_frame(seq, frame)?;
+            format::encode_batch(&mut self.buf, seq, count, &encoded[a..b]);
+            seq += u64::from(count);
+            self.after_frames(seq - 1, u64::from(count), frame)?;
+        }
+        Ok(self.last_seq)
+    }
+
     fn check_next(&self, seq: u64) -> Result<()> {
         let expected = self.last_seq + 1;
         if seq != expected {
@@ -492,11 +559,16 @@ impl Journal {
     }
 
     fn after_frame(&mut self, seq: u64, frame: u64) -> Result<()> {
+        self.after_frames(seq, 1, frame)
+    }
+
+    /// Account for a frame of `count` records ending with `last_seq`.
+    fn after_frames(&mut self, last_seq: u64, count: u64, frame: u64) -> Result<()> {
         let active = self.segments.last_mut().unwrap_or_else(|| unreachable!());
         active.len += frame;
-        active.records += 1;
-        self.last_seq = seq;
-        self.stats.records_appended += 1;
+        active.records += count;
+        self.last_seq = last_seq;
+        self.stats.records_appended += count;
         if self.buf.len() >= self.opts.write_buffer {
             self.flush()?;
         }

@@ -35,23 +35,26 @@ impl Journal {
                     got: f.seq,
                 });
             }
-            if f.payload.len() > usize::try_from(max).unwrap_or(usize::MAX) {
-                return Err(Error::TooLarge {
-                    dir: self.dir.clone(),
-                    seq: f.seq,
-                    len: f.payload.len(),
-                    max,
-                });
+            let max_len = usize::try_from(max).unwrap_or(usize::MAX);
+            for (seq, _, p) in f.records() {
+                if p.len() > max_len {
+                    return Err(Error::TooLarge {
+                        dir: self.dir.clone(),
+                        seq,
+                        len: p.len(),
+                        max,
+                    });
+                }
             }
-            spans.push((f.seq, off, n));
-            expected += 1;
+            spans.push((f.seq, f.count, off, n));
+            expected += f.count;
             off += n;
         }
-        for (seq, off, n) in spans {
+        for (seq, count, off, n) in spans {
             let frame = n as u64;
             self.before_frame(seq, frame)?;
             self.buf.extend_from_slice(&frames[off..off + n]);
-            self.after_frame(seq, frame)?;
+            self.after_frames(seq + count - 1, count, frame)?;
         }
         Ok(self.last_seq)
     }
@@ -251,6 +254,27 @@ fn read_frames(
                 .map_err(|e| Error::io(path, "read", e))?;
         }
         let (fr, n) = format::decode_frame(&out[base + used..]).map_err(|c| corrupt(used, c))?;
+        if records == 0 && fr.seq < next && next <= fr.last_seq() {
+            // A batch frame that starts before `seq`: ship its records from `seq` on as a new
+            // batch frame (same records, so the same digest; the bytes differ from the stored
+            // frame's).
+            let mut enc = Vec::new();
+            let mut count = 0u32;
+            for (_, stream, p) in fr.records().filter(|&(s, _, _)| s >= next) {
+                enc.extend_from_slice(&stream.to_le_bytes());
+                enc.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_le_bytes());
+                enc.extend_from_slice(p);
+                count += 1;
+            }
+            let mut frame = Vec::with_capacity(RECORD_HEADER_LEN + enc.len());
+            format::encode_batch(&mut frame, next, count, &enc);
+            let last = fr.last_seq();
+            out.splice(base..base + n, frame.iter().copied());
+            used += frame.len();
+            records += u64::from(count);
+            next = last + 1;
+            continue;
+        }
         if fr.seq != next {
             return Err(corrupt(
                 used,
@@ -261,8 +285,8 @@ fn read_frames(
             ));
         }
         used += n;
-        records += 1;
-        next += 1;
+        records += fr.count;
+        next += fr.count;
     }
     out.truncate(base + used);
     Ok(RawRange {

@@ -35,6 +35,12 @@ pub struct RecordIter {
     done: bool,
     payload_limit: u32,
     buf: Vec<u8>,
+    /// The batch frame being handed out record by record: its payload, the offset of its next
+    /// record, that record's seq and how many records are left.
+    batch: Vec<u8>,
+    bpos: usize,
+    bseq: u64,
+    bleft: u64,
 }
 
 impl RecordIter {
@@ -49,6 +55,10 @@ impl RecordIter {
             done: false,
             payload_limit: crate::format::MAX_PAYLOAD,
             buf: Vec::new(),
+            batch: Vec::new(),
+            bpos: 0,
+            bseq: 0,
+            bleft: 0,
         }
     }
 
@@ -223,6 +233,25 @@ impl RecordIter {
             if self.done || self.next_seq > self.end_seq {
                 return None;
             }
+            if self.bleft > 0 {
+                // The next record of the current batch (its layout was checked with its CRC).
+                let b = &self.batch[self.bpos..];
+                let stream = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));
+                let len = usize::try_from(u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")))
+                    .unwrap_or(usize::MAX);
+                let seq = self.bseq;
+                self.bpos += crate::format::BATCH_RECORD_OVERHEAD + len;
+                self.bseq += 1;
+                self.bleft -= 1;
+                if seq < self.next_seq {
+                    continue;
+                }
+                self.buf.clear();
+                self.buf
+                    .extend_from_slice(&b[crate::format::BATCH_RECORD_OVERHEAD..][..len]);
+                self.next_seq += 1;
+                return Some(Ok((seq, stream)));
+            }
             if self.cur.is_none() {
                 match self.open_next() {
                     Ok(true) => {}
@@ -262,8 +291,16 @@ impl RecordIter {
             if let Some((_, _, off)) = self.cur.as_mut() {
                 *off += h.frame_len();
             }
-            if h.seq < self.next_seq {
+            if h.last_seq() < self.next_seq {
                 // Before the requested start (seek without an index lands on an earlier frame).
+                continue;
+            }
+            if h.is_batch() && h.seq <= self.next_seq {
+                // Hand the batch's records out one by one (skipping any before the start).
+                std::mem::swap(&mut self.batch, &mut self.buf);
+                self.bpos = 0;
+                self.bseq = h.seq;
+                self.bleft = h.count();
                 continue;
             }
             if h.seq != self.next_seq {
@@ -304,6 +341,9 @@ fn read_frame(r: &mut BufReader<File>, buf: &mut Vec<u8>, limit: u32) -> Step {
                 if h.len <= limit && avail.len() >= flen {
                     if crc32c::crc32c(&avail[4..flen]) != h.crc {
                         return Step::Bad(Corruption::RecordChecksum);
+                    }
+                    if let Err(c) = h.check_layout(&avail[RECORD_HEADER_LEN..flen]) {
+                        return Step::Bad(c);
                     }
                     buf.clear();
                     buf.extend_from_slice(&avail[RECORD_HEADER_LEN..flen]);

@@ -167,15 +167,18 @@ pub(crate) fn scan_segment(
                 && h.frame_len() <= left
                 && h.seq == expected
                 && crc32c::crc32c(&avail[4..flen]) == h.crc
+                && h.check_layout(&avail[RECORD_HEADER_LEN..flen]).is_ok()
             {
                 if off >= next_sample {
                     index.push((h.seq, off));
                     next_sample = off + INDEX_STRIDE;
                 }
-                visit(h.seq, h.stream, &avail[RECORD_HEADER_LEN..flen]);
+                for (seq, stream, p) in h.records(&avail[RECORD_HEADER_LEN..flen]) {
+                    visit(seq, stream, p);
+                }
                 r.consume(flen);
-                records += 1;
-                expected += 1;
+                records += h.count();
+                expected += h.count();
                 off += h.frame_len();
                 continue;
             }
@@ -215,9 +218,11 @@ pub(crate) fn scan_segment(
             index.push((h.seq, off));
             next_sample = off + INDEX_STRIDE;
         }
-        visit(h.seq, h.stream, &payload);
-        records += 1;
-        expected += 1;
+        for (seq, stream, p) in h.records(&payload) {
+            visit(seq, stream, p);
+        }
+        records += h.count();
+        expected += h.count();
         off += h.frame_len();
     };
     Ok(ScanResult::Scanned(Scan {
@@ -230,7 +235,8 @@ pub(crate) fn scan_segment(
     }))
 }
 
-/// Find the byte offset of record `seq` in a segment, starting from the best sample of
+/// Find the byte offset of the frame holding record `seq` in a segment (a batch frame may
+/// start before `seq`), starting from the best sample of
 /// `index` and skipping payloads by seeking (headers only are read, payloads not verified).
 /// Returns the offset of the frame, or of the end of the valid data if `seq` is past it.
 /// The file position afterwards is unspecified: callers seek to the returned offset.
@@ -268,10 +274,14 @@ pub(crate) fn seek_to_seq(
             offset: off,
             reason,
         })?;
+        if cur_seq + h.count() > seq {
+            // A batch frame holding `seq`: its offset (readers skip its earlier records).
+            return Ok(off);
+        }
         r.seek_relative(i64::from(h.len))
             .map_err(|e| Error::io(path, "seek", e))?;
         off += h.frame_len();
-        cur_seq += 1;
+        cur_seq += h.count();
     }
     Ok(off)
 }

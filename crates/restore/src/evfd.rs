@@ -69,6 +69,11 @@ pub struct PairEnds {
     waiting: BTreeMap<u32, OwnedFd>,
     /// Established TCP connections still in repair mode (the restorer's copies).
     pub tcp: Vec<(OwnedFd, sys::tcp_repair::TcpConnState)>,
+    /// Time spent re-creating them in repair mode.
+    pub tcp_time: std::time::Duration,
+    /// The copies in `tcp` are kept at or above this fd number, out of the range the files
+    /// are placed in (`dup_to` there would replace them).
+    pub keep_floor: i32,
 }
 
 /// Takes every restored TCP connection out of repair mode (queues the never-sent data):
@@ -207,6 +212,7 @@ pub fn create(
             fd
         }
         FileKind::TcpEstablished { state } => {
+            let t = std::time::Instant::now();
             let fd = sys::tcp_repair::restore_in_repair(state).map_err(|e| {
                 invalid(
                     root,
@@ -214,10 +220,10 @@ pub fn create(
                 )
             })?;
             sys::files::set_status_flags(&fd, f.flags).pid(root)?;
-            let keep = fd
-                .try_clone()
+            let keep = sys::files::dup_above(&fd, pairs.keep_floor)
                 .map_err(|e| invalid(root, format!("TCP connection {}: dup: {e}", state.local)))?;
             pairs.tcp.push((keep, state.clone()));
+            pairs.tcp_time += t.elapsed();
             fd
         }
         _ => return Ok(None),

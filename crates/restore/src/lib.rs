@@ -19,8 +19,10 @@
 #![forbid(unsafe_code)]
 
 mod evfd;
+pub mod lazy;
 mod process;
 mod stubs;
+mod timers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +56,12 @@ pub struct RestoreReport {
     pub verify: Duration,
     /// From the first stub to the last detach.
     pub restore: Duration,
+    /// Established TCP connections re-created.
+    pub tcp_connections: usize,
+    /// Time spent re-creating them (in repair mode, then out of it; part of `restore`).
+    pub tcp_restore: Duration,
+    /// Releasing the checkpoint's network lock once the tree runs (not part of `restore`).
+    pub unlock: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +74,11 @@ pub enum RestoreError {
     Invalid { pid: i32, why: String },
     #[error("pid {pid} is already taken by a running process; a tree can only be restored with its own pids")]
     PidTaken { pid: i32 },
+    #[error("lazy restore: {0}")]
+    Lazy(String),
 }
+
+pub use lazy::{restore_lazy, LazyOptions, LazyProgress, LazyRestore, LazySummary};
 
 pub type Result<T> = std::result::Result<T, RestoreError>;
 
@@ -91,6 +103,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
     let loaded = process::Loaded::load(&opts.image_dir)?;
     let verify = t0.elapsed();
     tracing::debug!("restore: image loaded in {verify:?}");
+    let root = loaded.tree.processes.first().map_or(0, |p| p.pid);
+    let lock =
+        sys::netlock::LockRecord::read(&opts.image_dir).map_err(|e| RestoreError::Invalid {
+            pid: root,
+            why: e.to_string(),
+        })?;
     let t1 = Instant::now();
     let mut report = std::thread::scope(|s| {
         let check = s.spawn(|| loaded.verify());
@@ -102,8 +120,57 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport> {
                 })
             })
         })
+    })
+    .inspect_err(|_| {
+        // Only when it is still there (a second restore of the same image finds it gone).
+        if let Some(l) = lock
+            .as_ref()
+            .filter(|l| sys::netlock::is_locked(&l.table, None).unwrap_or(false))
+        {
+            tracing::warn!(
+                "the network lock {} stays in place (the peers' segments are dropped, they retransmit): a successful restore releases it, or by hand: nft delete table inet {}",
+                l.table,
+                l.table
+            );
+        }
     })?;
     report.verify = verify;
     report.restore = t1.elapsed();
+    if let Some(lock) = lock {
+        let t = Instant::now();
+        release_lock(&lock);
+        report.unlock = t.elapsed();
+    }
     Ok(report)
+}
+
+/// Releases the network lock the checkpoint left (the restored sockets are live now). A
+/// failure is only a warning: the tree runs; the peers stay stalled until the table is removed
+/// by hand. A failed restore keeps the lock, so that a second attempt can still succeed.
+fn release_lock(lock: &sys::netlock::LockRecord) {
+    let ours = sys::netlock::netns_inode(None).ok();
+    let released = if ours == Some(lock.netns) {
+        sys::netlock::unlock(&lock.table, None)
+    } else {
+        // Restored into another network namespace (a migration simulated on one host): the
+        // lock is released where it was taken, if that namespace is still on this host.
+        let Some(ns) = sys::netlock::find_netns(lock.netns) else {
+            tracing::warn!(
+                "the network lock {} is in another network namespace (inode {}), not found on this host: release it there with: nft delete table inet {}",
+                lock.table,
+                lock.netns,
+                lock.table
+            );
+            return;
+        };
+        sys::netlock::unlock_in(&lock.table, &ns)
+    };
+    match released {
+        Ok(true) => tracing::debug!("network lock {} released", lock.table),
+        Ok(false) => tracing::debug!("network lock {} was already gone", lock.table),
+        Err(e) => tracing::warn!(
+            "{e}; the restored tree's peers stay stalled until it is released by hand: nft delete table inet {}",
+            lock.table
+        ),
+    }
 }

@@ -274,9 +274,12 @@ impl Loaded {
             from_parents.push(pieces);
         }
         crate::evfd::check(&tree).map_err(bad)?;
+        crate::timers::check(&tree).map_err(bad)?;
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
             let f = image::open_pages(dir, &p.pages)?;
+            // (the chunk table, version 4, must be intact too: a damaged file is refused)
+            image::read_chunk_table(dir, &p.pages, &f)?;
             let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
             pages.push(m);
         }
@@ -336,11 +339,35 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
         .flat_map(|p| p.fds.iter().map(|f| f.fd))
         .max()
         .unwrap_or(0);
-    let base = (max_fd + 1).max(256);
+    // Above every fd the restorer itself holds, too: a caller of the library with many open
+    // fds (a benchmark holding the peers of the tree's connections) must not have them
+    // replaced by `dup_to`. And above every fd held while the files are placed (the other end
+    // of a pipe or unix pair until its record comes: at most one per file, taking the lowest
+    // free numbers), which `dup_to` would otherwise replace silently.
+    let own_max = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
     let n = i32::try_from(tree.files.len()).unwrap_or(i32::MAX);
+    let base = (max_fd + 1)
+        .max(256)
+        .max(own_max.saturating_add(n).saturating_add(64));
     let shm_base = base + n;
     let ns = i32::try_from(tree.shmem.len()).unwrap_or(i32::MAX);
-    sys::files::ensure_nofile(u64::try_from(shm_base + ns + 1).unwrap_or(u64::MAX)).pid(root)?;
+    // Above the shared memory objects: the copies of TCP connections kept until they leave
+    // repair mode.
+    let keep_floor = shm_base + ns + 1;
+    let tcp = tree
+        .files
+        .iter()
+        .filter(|f| matches!(f.kind, FileKind::TcpEstablished { .. }))
+        .count();
+    let tcp = i32::try_from(tcp).unwrap_or(i32::MAX);
+    sys::files::ensure_nofile(u64::try_from(keep_floor + tcp + 1).unwrap_or(u64::MAX)).pid(root)?;
     // Shared memory objects first: memfds filled with their pages, at shm_base + id.
     let mut shm_fds = Vec::with_capacity(tree.shmem.len());
     for (o, data) in tree.shmem.iter().zip(&l.shmem) {
@@ -372,6 +399,7 @@ fn prepare_files(l: &Loaded) -> Result<PreparedFiles> {
     let mut fifo_keepers: BTreeMap<u32, OwnedFd> = BTreeMap::new();
     let mut out = Vec::with_capacity(tree.files.len());
     let mut pair_ends = crate::evfd::PairEnds::default();
+    pair_ends.keep_floor = keep_floor;
     for f in &tree.files {
         if let Some(fd) = crate::evfd::create(f, tree, &mut pair_ends, root)? {
             let id = i32::try_from(f.id).unwrap_or(i32::MAX);
@@ -488,12 +516,33 @@ fn vdso_insn(pid: i32) -> Result<u64> {
     sys::remote::find_syscall_insn(pid, v.start, v.end).pid(pid)
 }
 
+/// The outer id of the process or thread a `clone3` injected through `rs` just created: the
+/// image's `outer` for a tree in the caller's namespace (asked for with `set_tid`), the one the
+/// kernel reported in the fork/clone event for a tree in its own PID namespace.
+fn new_outer_id(rs: &mut RemoteSyscalls, outer: i32, pidns: bool) -> Result<i32> {
+    let events = rs.take_events();
+    if !pidns {
+        return Ok(outer);
+    }
+    events
+        .iter()
+        .find(|e| {
+            matches!(
+                e.event,
+                ptrace::event::FORK | ptrace::event::VFORK | ptrace::event::CLONE
+            )
+        })
+        .and_then(|e| i32::try_from(e.msg).ok())
+        .ok_or_else(|| RestoreError::Invalid {
+            pid: outer,
+            why: "clone3 reported no fork/clone event with the new pid".into(),
+        })
+}
+
+/// `set_tid` for `clone3`: the image's pid in the caller's namespace, or only the pid inside
+/// the tree's own PID namespace (the outer one is left to the kernel).
 fn set_tid_bytes(p_ns: i32, p_outer: i32, pidns: bool) -> (Vec<u8>, u64) {
-    let ids: Vec<i32> = if pidns {
-        vec![p_ns, p_outer]
-    } else {
-        vec![p_outer]
-    };
+    let ids: Vec<i32> = if pidns { vec![p_ns] } else { vec![p_outer] };
     (
         ids.iter().flat_map(|v| v.to_ne_bytes()).collect(),
         ids.len() as u64,
@@ -505,11 +554,29 @@ pub fn restore_tree(
     opts: &RestoreOptions,
     verified: impl FnOnce() -> Result<()>,
 ) -> Result<RestoreReport> {
+    restore_tree_with(l, opts, verified, None, &mut |_| Ok(()))
+}
+
+/// [`restore_tree`], with the private anonymous memory handed to `lazy` (lazy restore) and
+/// `before_run` called with the restored pids just before the tree resumes.
+pub(crate) fn restore_tree_with(
+    l: &Loaded,
+    opts: &RestoreOptions,
+    verified: impl FnOnce() -> Result<()>,
+    mut lazy: Option<&mut crate::lazy::Collector>,
+    before_run: &mut dyn FnMut(&[i32]) -> Result<()>,
+) -> Result<RestoreReport> {
     let tree = &l.tree;
-    for p in &tree.processes {
-        for t in &p.threads {
-            if sys::pid::pid_exists(t.tid) {
-                return Err(RestoreError::PidTaken { pid: t.tid });
+    // A tree in its own PID namespace (`understudy run`) keeps only the pids inside it: they
+    // are free in the new namespace, and its outer pids are whatever this host hands out
+    // (learned from the fork/clone events), so nothing waits for the old ones to be reaped.
+    // Below, `placed[i].pid` and the tids `rebuild` returns are the outer ids actually used.
+    if !tree.pidns {
+        for p in &tree.processes {
+            for t in &p.threads {
+                if sys::pid::pid_exists(t.tid) {
+                    return Err(RestoreError::PidTaken { pid: t.tid });
+                }
             }
         }
     }
@@ -518,7 +585,7 @@ pub fn restore_tree(
     let mut stubs = Stubs::default();
     let root = &tree.processes[0];
     let (flags, ids): (u64, Vec<i32>) = if tree.pidns {
-        (CLONE_NEWPID, vec![root.ns_pid, root.pid])
+        (CLONE_NEWPID, vec![root.ns_pid])
     } else {
         (0, vec![root.pid])
     };
@@ -535,7 +602,16 @@ pub fn restore_tree(
     }
     // Children, by a clone3 injected into their (still stub) parent.
     for p in &tree.processes[1..] {
-        let parent = p.ppid;
+        let parent = tree
+            .processes
+            .iter()
+            .zip(&placed)
+            .find(|(q, _)| q.pid == p.ppid)
+            .map(|(_, at)| at.pid)
+            .ok_or_else(|| RestoreError::Invalid {
+                pid: p.pid,
+                why: format!("parent {} is not restored before it", p.ppid),
+            })?;
         let mut rs = RemoteSyscalls::new(parent, insn).pid(parent)?;
         let scratch = rs.map_scratch(None, 4096).pid(parent)?.addr();
         let (tids, n) = set_tid_bytes(p.ns_pid, p.pid, tree.pidns);
@@ -554,28 +630,28 @@ pub fn restore_tree(
                 why: format!("clone3 in parent {parent} failed: errno {}", -r),
             });
         }
-        rs.take_events();
+        let cpid = new_outer_id(&mut rs, p.pid, tree.pidns)?;
         rs.finish().pid(parent)?;
-        stubs.add_process(p.pid);
-        ptrace::wait_stop(p.pid).pid(p.pid)?;
+        stubs.add_process(cpid);
+        ptrace::wait_stop(cpid).pid(p.pid)?;
         if p.sid == p.ns_pid {
-            let mut cs = RemoteSyscalls::new(p.pid, insn).pid(p.pid)?;
+            let mut cs = RemoteSyscalls::new(cpid, insn).pid(p.pid)?;
             cs.syscall("setsid", nr::SETSID, [0; 6]).pid(p.pid)?;
             cs.finish().pid(p.pid)?;
         }
-        placed.push(Placed { pid: p.pid });
+        placed.push(Placed { pid: cpid });
     }
     // Process groups, now that every leader exists.
     // A group led from outside the tree (0 when outside the tree's PID namespace) cannot be
     // joined: such processes keep the group they inherited from the restored root.
     let outside_pgid = root.pgid;
     let in_tree = |g: i32| tree.processes.iter().any(|q| q.ns_pid == g);
-    for p in tree.processes.iter() {
+    for (p, at) in tree.processes.iter().zip(&placed) {
         if p.sid == p.ns_pid || p.pgid == 0 || (p.pgid == outside_pgid && !in_tree(p.pgid)) {
             continue;
         }
         let target = if p.pgid == p.ns_pid { 0 } else { u(p.pgid) };
-        let mut rs = RemoteSyscalls::new(p.pid, insn).pid(p.pid)?;
+        let mut rs = RemoteSyscalls::new(at.pid, insn).pid(p.pid)?;
         if let Err(e) = rs.syscall("setpgid", nr::SETPGID, [0, target, 0, 0, 0, 0]) {
             tracing::warn!("pid {}: process group {} not restored: {e}", p.pid, p.pgid);
         }
@@ -592,7 +668,7 @@ pub fn restore_tree(
             p.pid,
             t0.elapsed()
         );
-        rebuild(
+        let tids = rebuild(
             p,
             pid,
             tree.pidns,
@@ -604,15 +680,23 @@ pub fn restore_tree(
             opts,
             &mut done,
             total,
+            lazy.as_deref_mut(),
         )?;
-        for t in &p.threads {
-            finals.push((t.tid, t));
+        for (t, tid) in p.threads.iter().zip(tids) {
+            finals.push((tid, t));
         }
     }
     // Nothing has run yet: a corrupt image still kills every stub here.
     tracing::debug!("restore: rebuilt at {:?}", t0.elapsed());
     verified()?;
-    crate::evfd::finish_tcp(&files.extra.tcp, root.pid)?;
+    let t_tcp = std::time::Instant::now();
+    crate::evfd::finish_tcp(&files.extra.tcp, rpid)?;
+    let tcp_restore = files.extra.tcp_time + t_tcp.elapsed();
+    let tcp_connections = files.extra.tcp.len();
+    for (i, p) in tree.processes.iter().enumerate() {
+        crate::timers::restore(p, placed[i].pid)?;
+    }
+    before_run(&stubs.pids)?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -632,6 +716,8 @@ pub fn restore_tree(
         processes: tree.processes.len(),
         threads,
         pages_bytes: total,
+        tcp_connections,
+        tcp_restore,
         ..Default::default()
     })
 }
@@ -688,7 +774,8 @@ fn rebuild(
     opts: &RestoreOptions,
     done: &mut u64,
     total: u64,
-) -> Result<()> {
+    lazy: Option<&mut crate::lazy::Collector>,
+) -> Result<Vec<i32>> {
     ptrace::set_sigmask(pid, u64::MAX).pid(pid)?;
     let stub_maps = sys::proc::maps(pid).pid(pid)?;
     let stub_parts: Vec<(String, u64, u64)> = stub_maps
@@ -764,6 +851,11 @@ fn rebuild(
         .map_scratch(Some(scratch_at), SCRATCH_LEN)
         .pid(pid)?
         .addr();
+    // The exe link first, while nothing but the vDSO and the scratch area is mapped: the
+    // kernel refuses to replace mm->exe_file (EBUSY) while the old exe (the stub's, i.e. the
+    // restorer binary) is still mapped, which it is again once the regions of a process whose
+    // own exe is the restorer binary (an `understudy run` init) are in place.
+    set_exe(&mut rs, p, pid, scratch)?;
 
     let tr = std::time::Instant::now();
     // Address space.
@@ -904,12 +996,17 @@ fn rebuild(
             })?;
         from_parents.push((x.addr, bytes));
     }
-    let uffd = if std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
+    let uffd = if lazy.is_some() || std::env::var_os("UNDERSTUDY_NO_UFFD").is_some() {
         None
     } else {
         remote_uffd(&mut rs, pid)
     };
     match uffd {
+        _ if lazy.is_some() => {
+            if let Some(lz) = lazy {
+                *done += lz.take_process(p, pid, &mut rs, parents)?;
+            }
+        }
         Some(u) => fill_with_uffd(pid, p, data, &from_parents, &u, opts, done, total)?,
         None => {
             write_pages(pid, data, &ranges, opts, done, total)?;
@@ -937,55 +1034,19 @@ fn rebuild(
     let mm = &p.mm;
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
     rs.put(SCR_AUXV, &auxv).pid(pid)?;
-    let exe_fd = if p.exe.is_empty() {
-        None
-    } else {
-        open_remote(&mut rs, &mut BTreeMap::new(), pid, scratch, &p.exe, 0).ok()
-    };
-    let set_mm = |rs: &mut RemoteSyscalls, exe: Option<u64>| -> Result<i64> {
-        let mut b: Vec<u8> = [
-            mm.start_code,
-            mm.end_code,
-            mm.start_data,
-            mm.end_data,
-            mm.start_brk,
-            mm.brk,
-            mm.start_stack,
-            mm.arg_start,
-            mm.arg_end,
-            mm.env_start,
-            mm.env_end,
-            scratch + SCR_AUXV,
-        ]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
-        b.extend_from_slice(&u32::try_from(auxv.len()).unwrap_or(0).to_ne_bytes());
-        b.extend_from_slice(
-            &exe.map_or(u32::MAX, |f| u32::try_from(f).unwrap_or(u32::MAX))
-                .to_ne_bytes(),
-        );
+    let set_mm = |rs: &mut RemoteSyscalls| -> Result<i64> {
+        // exe_fd -1: the exe link was set before the address space was rebuilt
+        let b = mm_map_bytes(mm, scratch + SCR_AUXV, auxv.len(), u32::MAX);
         rs.put(SCR_MM, &b).pid(pid)?;
         rs.syscall_raw(nr::PRCTL, [35, 14, scratch + SCR_MM, b.len() as u64, 0, 0])
             .pid(pid)
     };
-    let mut r = set_mm(&mut rs, exe_fd)?;
-    if r < 0 && exe_fd.is_some() {
-        tracing::warn!(
-            "pid {}: PR_SET_MM_MAP with exe failed ({r}); keeping the stub's exe link",
-            p.pid
-        );
-        r = set_mm(&mut rs, None)?;
-    }
+    let r = set_mm(&mut rs)?;
     if r < 0 {
         return Err(RestoreError::Invalid {
             pid: p.pid,
             why: format!("prctl(PR_SET_MM_MAP) failed: errno {}", -r),
         });
-    }
-    if let Some(fd) = exe_fd {
-        rs.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])
-            .pid(pid)?;
     }
 
     // File descriptors: the stub inherited the restorer's prepared files at base + id.
@@ -1128,7 +1189,9 @@ fn rebuild(
     }
 
     tracing::debug!("restore: pid {}: state set at {:?}", p.pid, tr.elapsed());
-    // Threads, with their own TIDs.
+    // Threads, with their own TIDs (outer ones: see `new_outer_id`).
+    let mut outer_tids = Vec::with_capacity(p.threads.len());
+    outer_tids.push(pid);
     for t in &p.threads[1..] {
         let (tids, n) = set_tid_bytes(t.ns_tid, t.tid, pidns);
         rs.put(SCR_TID, &tids).pid(pid)?;
@@ -1151,31 +1214,33 @@ fn rebuild(
                 why: format!("clone3 of thread {} failed: errno {}", t.tid, -r),
             });
         }
-        rs.take_events();
-        stubs.add_thread(t.tid);
-        ptrace::wait_stop(t.tid).pid(t.tid)?;
+        let tid = new_outer_id(&mut rs, t.tid, pidns)?;
+        stubs.add_thread(tid);
+        ptrace::wait_stop(tid).pid(t.tid)?;
+        outer_tids.push(tid);
     }
     // Per-thread state that only the thread itself can set: rseq, alternate stack, pending
     // signals, credentials.
     for (i, t) in p.threads.iter().enumerate() {
+        let tid = outer_tids[i];
         let mut own;
         let trs: &mut RemoteSyscalls = if i == 0 {
             &mut rs
         } else {
-            own = RemoteSyscalls::new(t.tid, insn).pid(t.tid)?;
+            own = RemoteSyscalls::new(tid, insn).pid(tid)?;
             &mut own
         };
         if !t.comm.is_empty() {
             let mut name = t.comm.as_bytes()[..t.comm.len().min(15)].to_vec();
             name.push(0);
-            mem_put(t.tid, scratch + SCR_PATH, &name)?;
+            mem_put(tid, scratch + SCR_PATH, &name)?;
             // PR_SET_NAME = 15
             trs.syscall(
                 "prctl(PR_SET_NAME)",
                 nr::PRCTL,
                 [15, scratch + SCR_PATH, 0, 0, 0, 0],
             )
-            .pid(t.tid)?;
+            .pid(tid)?;
         }
         if t.clear_child_tid != 0 {
             trs.syscall(
@@ -1183,7 +1248,7 @@ fn rebuild(
                 nr::SET_TID_ADDRESS,
                 [t.clear_child_tid, 0, 0, 0, 0, 0],
             )
-            .pid(t.tid)?;
+            .pid(tid)?;
         }
         if let Some(r) = t.rseq {
             trs.syscall(
@@ -1191,68 +1256,134 @@ fn rebuild(
                 nr::RSEQ,
                 [r.ptr, u64::from(r.size), 0, u64::from(r.signature), 0, 0],
             )
-            .pid(t.tid)?;
+            .pid(tid)?;
         }
         let (sp, flags, size) = t.sigaltstack;
         if flags & libc::SS_DISABLE == 0 {
             let b: Vec<u8> = [sp, 0, size].iter().flat_map(|v| v.to_ne_bytes()).collect();
-            mem_put(t.tid, scratch + SCR_GEN, &b)?;
+            mem_put(tid, scratch + SCR_GEN, &b)?;
             trs.syscall(
                 "sigaltstack",
                 nr::SIGALTSTACK,
                 [scratch + SCR_GEN, 0, 0, 0, 0, 0],
             )
-            .pid(t.tid)?;
+            .pid(tid)?;
         }
         for si in &t.pending {
             let sig = i32::from_ne_bytes(si.0[..4].try_into().unwrap_or([0; 4]));
-            mem_put(t.tid, scratch + SCR_PATH, &si.0)?;
+            mem_put(tid, scratch + SCR_PATH, &si.0)?;
             trs.syscall(
                 "rt_tgsigqueueinfo",
                 nr::RT_TGSIGQUEUEINFO,
                 [u(p.ns_pid), u(t.ns_tid), u(sig), scratch + SCR_PATH, 0, 0],
             )
-            .pid(t.tid)?;
+            .pid(tid)?;
         }
         if i == 0 {
             for si in &p.shared_pending {
                 let sig = i32::from_ne_bytes(si.0[..4].try_into().unwrap_or([0; 4]));
-                mem_put(t.tid, scratch + SCR_PATH, &si.0)?;
+                mem_put(tid, scratch + SCR_PATH, &si.0)?;
                 trs.syscall(
                     "rt_sigqueueinfo",
                     nr::RT_SIGQUEUEINFO,
                     [u(p.ns_pid), u(sig), scratch + SCR_PATH, 0, 0, 0],
                 )
-                .pid(t.tid)?;
+                .pid(tid)?;
             }
         }
         let c = &p.creds;
         if c.uid != [0; 4] || c.gid != [0; 4] || !c.groups.is_empty() {
             let g: Vec<u8> = c.groups.iter().flat_map(|v| v.to_ne_bytes()).collect();
-            mem_put(t.tid, scratch + SCR_PATH, &g)?;
+            mem_put(tid, scratch + SCR_PATH, &g)?;
             trs.syscall(
                 "setgroups",
                 nr::SETGROUPS,
                 [c.groups.len() as u64, scratch + SCR_PATH, 0, 0, 0, 0],
             )
-            .pid(t.tid)?;
+            .pid(tid)?;
             let (g0, g1, g2) = (
                 u64::from(c.gid[0]),
                 u64::from(c.gid[1]),
                 u64::from(c.gid[2]),
             );
             trs.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])
-                .pid(t.tid)?;
+                .pid(tid)?;
             let (u0, u1, u2) = (
                 u64::from(c.uid[0]),
                 u64::from(c.uid[1]),
                 u64::from(c.uid[2]),
             );
             trs.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])
-                .pid(t.tid)?;
+                .pid(tid)?;
         }
     }
     rs.finish().pid(pid)?;
+    Ok(outer_tids)
+}
+
+/// `struct prctl_mm_map` for `PR_SET_MM_MAP` (`exe_fd` `u32::MAX` = leave the exe link).
+fn mm_map_bytes(mm: &image::MmInfo, auxv: u64, auxv_len: usize, exe_fd: u32) -> Vec<u8> {
+    let mut b: Vec<u8> = [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv,
+    ]
+    .iter()
+    .flat_map(|v| v.to_ne_bytes())
+    .collect();
+    b.extend_from_slice(&u32::try_from(auxv_len).unwrap_or(0).to_ne_bytes());
+    b.extend_from_slice(&exe_fd.to_ne_bytes());
+    b
+}
+
+/// Points `/proc/PID/exe` at the dumped executable; must run while the stub's own exe is no
+/// longer mapped. `PR_SET_MM_MAP` (needs `CAP_CHECKPOINT_RESTORE` or `CAP_SYS_ADMIN`) rather
+/// than `PR_SET_MM_EXE_FILE` (needs `CAP_SYS_RESOURCE`, which containers often drop); the
+/// other fields are set to their final values here and again once memory is in place (with
+/// the auxv). An executable that cannot be opened or set (deleted, replaced by a
+/// non-executable file) keeps the stub's link, with a warning naming it.
+fn set_exe(rs: &mut RemoteSyscalls, p: &Process, pid: i32, scratch: u64) -> Result<()> {
+    if p.exe.is_empty() {
+        return Ok(());
+    }
+    let fd = match open_remote(rs, &mut BTreeMap::new(), pid, scratch, &p.exe, 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(
+                "pid {}: executable {} cannot be opened ({e}); /proc/{}/exe keeps the restorer's",
+                p.pid,
+                p.exe,
+                p.pid
+            );
+            return Ok(());
+        }
+    };
+    let b = mm_map_bytes(&p.mm, 0, 0, u32::try_from(fd).unwrap_or(u32::MAX));
+    rs.put(SCR_MM, &b).pid(pid)?;
+    // PR_SET_MM = 35, PR_SET_MM_MAP = 14
+    let r = rs
+        .syscall_raw(nr::PRCTL, [35, 14, scratch + SCR_MM, b.len() as u64, 0, 0])
+        .pid(pid)?;
+    if r < 0 {
+        tracing::warn!(
+            "pid {}: prctl(PR_SET_MM_MAP) with exe {} failed: errno {}; /proc/{}/exe keeps the restorer's",
+            p.pid,
+            p.exe,
+            -r,
+            p.pid
+        );
+    }
+    rs.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])
+        .pid(pid)?;
     Ok(())
 }
 

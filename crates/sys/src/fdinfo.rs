@@ -544,6 +544,16 @@ pub fn read_fd(pid: i32, fd: i32) -> Result<FdDesc, FdInfoError> {
             what: "fd link",
             source,
         })?;
+    Ok(FdDesc {
+        fd,
+        kind: classify_link(&link.to_string_lossy()),
+        info: read_info(pid, fd)?,
+    })
+}
+
+/// Reads and parses `/proc/PID/fdinfo/FD` alone (position, flags, mount, inode and the
+/// kind-specific lines).
+pub fn read_info(pid: i32, fd: i32) -> Result<FdInfo, FdInfoError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|source| {
         FdInfoError::Read {
             pid,
@@ -552,11 +562,7 @@ pub fn read_fd(pid: i32, fd: i32) -> Result<FdDesc, FdInfoError> {
             source,
         }
     })?;
-    Ok(FdDesc {
-        fd,
-        kind: classify_link(&link.to_string_lossy()),
-        info: parse_fdinfo(&text, pid, fd)?,
-    })
+    parse_fdinfo(&text, pid, fd)
 }
 
 /// Every descriptor of `pid`, sorted by number. Descriptors closed while listing are skipped.

@@ -53,6 +53,18 @@ pub fn dup_to(fd: &OwnedFd, target: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
+/// Duplicates `fd` onto the lowest free number at or above `floor` (close-on-exec), leaving
+/// every fd below `floor` alone (unlike [`dup_to`], nothing open is ever replaced).
+pub fn dup_above(fd: &OwnedFd, floor: RawFd) -> Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) with a valid fd and an integer floor.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if r < 0 {
+        return Err(Error::last(format!("fcntl(F_DUPFD_CLOEXEC, {floor})")));
+    }
+    // SAFETY: `r` is a new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
 /// The soft limit on open files, raised to the hard limit if that is needed to reach `need`.
 pub fn ensure_nofile(need: u64) -> Result<u64> {
     let mut l = libc::rlimit {

@@ -24,6 +24,7 @@ pub mod fdinfo;
 pub mod fdpull;
 pub mod inetsock;
 mod ioc;
+pub mod netlock;
 pub mod netns;
 pub mod pagemap;
 pub mod seccomp;
@@ -34,6 +35,7 @@ pub mod timers;
 pub mod uffd;
 pub mod uffd_lazy;
 pub mod unixpair;
+pub mod watchdog;
 
 pub use remote::{RemotePtr, RemoteSyscalls};
 

@@ -28,6 +28,22 @@ pub fn capacity(fd: &OwnedFd) -> Result<u64> {
     Ok(u64::try_from(r).unwrap_or(0))
 }
 
+/// Whether the pipe whose write end is `w` still has a read end open anywhere (in any
+/// process): `poll` reports `POLLERR` on a write end once every reader is gone.
+pub fn has_readers(w: &OwnedFd) -> Result<bool> {
+    let mut p = libc::pollfd {
+        fd: w.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, timeout 0 (never blocks).
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    if r < 0 {
+        return Err(Error::last("poll(pipe write end)"));
+    }
+    Ok(p.revents & libc::POLLERR == 0)
+}
+
 /// `F_SETPIPE_SZ`; returns the size granted.
 pub fn set_capacity(fd: &OwnedFd, size: u64) -> Result<u64> {
     let s = libc::c_int::try_from(size)
@@ -109,4 +125,17 @@ pub fn fill(w: &OwnedFd, data: &[u8], capacity_wanted: u64) -> Result<()> {
         done += usize::try_from(n).unwrap_or(0);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_without_readers_is_seen_from_its_write_end() {
+        let (r, w) = pipe().unwrap();
+        assert!(has_readers(&w).unwrap());
+        drop(r);
+        assert!(!has_readers(&w).unwrap());
+    }
 }

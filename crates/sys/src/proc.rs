@@ -1,4 +1,4 @@
-//! Parsers for `/proc/PID/*`: maps, status, stat, tasks, children, fd and fdinfo, limits,
+//! Parsers for `/proc/PID/*`: maps, status, stat, tasks, children, fd (fdinfo: `crate::fdinfo`), limits,
 //! auxv. Every read is bounded.
 
 use std::io::Read;
@@ -128,6 +128,39 @@ pub fn vm_flags(pid: i32) -> Result<std::collections::BTreeMap<u64, Vec<String>>
                 && b.bytes().all(|c| c.is_ascii_hexdigit())
             {
                 cur = u64::from_str_radix(a, 16).ok();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every mapping of `/proc/PID/smaps` with its `VmFlags`, in address order: the header line
+/// parsed as a `maps` line (so it compares equal to [`maps`] while the mapping is unchanged).
+pub fn smaps_vmas(pid: i32) -> Result<Vec<(MapEntry, Vec<String>)>> {
+    parse_smaps(&read_to_string(&format!("/proc/{pid}/smaps"))?)
+}
+
+/// Parses the text of a smaps file (see [`smaps_vmas`]).
+pub fn parse_smaps(text: &str) -> Result<Vec<(MapEntry, Vec<String>)>> {
+    let mut out: Vec<(MapEntry, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.1 = rest.split_whitespace().map(str::to_string).collect();
+            }
+            continue;
+        }
+        // A mapping header: "start-end perms ...", the first field holds a '-' between hex.
+        let first = line.split(' ').next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if !a.is_empty()
+                && a.bytes().all(|c| c.is_ascii_hexdigit())
+                && b.bytes().all(|c| c.is_ascii_hexdigit())
+            {
+                let mut m = parse_maps(line)?;
+                if let Some(e) = m.pop() {
+                    out.push((e, Vec::new()));
+                }
             }
         }
     }
@@ -338,36 +371,6 @@ pub fn fds(pid: i32) -> Result<Vec<i32>> {
     Ok(v)
 }
 
-/// The common part of `/proc/PID/fdinfo/FD`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FdInfoBasic {
-    pub pos: u64,
-    pub flags: u32,
-    pub mnt_id: u64,
-    pub ino: u64,
-    /// Every other `key: value` line, in order (eventfd counts, inotify watches, ...).
-    pub extra: Vec<(String, String)>,
-}
-
-pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfoBasic> {
-    let text = read_to_string(&format!("/proc/{pid}/fdinfo/{fd}"))?;
-    let mut out = FdInfoBasic::default();
-    for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        match k {
-            "pos" => out.pos = v.parse().unwrap_or(0),
-            "flags" => out.flags = u32::from_str_radix(v, 8).unwrap_or(0),
-            "mnt_id" => out.mnt_id = v.parse().unwrap_or(0),
-            "ino" => out.ino = v.parse().unwrap_or(0),
-            _ => out.extra.push((k.to_string(), v.to_string())),
-        }
-    }
-    Ok(out)
-}
-
 /// One resource limit: (soft, hard), `u64::MAX` for unlimited.
 pub type Rlimit = (u64, u64);
 
@@ -460,6 +463,27 @@ mod tests {
         assert!(m[1].shared);
         assert_eq!(m[2].path, "");
         assert_eq!(m[2].prot(), 0);
+    }
+
+    #[test]
+    fn parses_smaps_headers_and_flags() {
+        let t = "7f00-8000 r-xp 00001000 fd:01 1234                       /usr/lib/x.so\n\
+                 Size:                  4 kB\n\
+                 VmFlags: rd ex mr mw me dc \n\
+                 9000-a000 rw-p 00000000 00:00 0 \n\
+                 Rss:                   0 kB\n\
+                 VmFlags: rd wr mr mw me ac wf\n";
+        let v = parse_smaps(t).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].0, parse_maps(t.lines().next().unwrap()).unwrap()[0]);
+        assert_eq!(v[0].1.last().map(String::as_str), Some("dc"));
+        assert_eq!((v[1].0.start, v[1].0.end), (0x9000, 0xa000));
+        assert!(v[1].1.iter().any(|f| f == "wf"));
+        // The running process: one entry per maps line, same order.
+        let me = i32::try_from(std::process::id()).unwrap();
+        let s = smaps_vmas(me).unwrap();
+        assert!(s.iter().all(|(_, f)| !f.is_empty()), "{s:?}");
+        assert!(s.iter().any(|(m, _)| m.path == "[stack]"));
     }
 
     #[test]

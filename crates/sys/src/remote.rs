@@ -106,6 +106,11 @@ pub mod nr {
     pub const SECCOMP: u64 = 317;
     pub const MADVISE: u64 = 28;
     pub const USERFAULTFD: u64 = 323;
+    pub const TIMER_CREATE: u64 = 222;
+    pub const TIMER_SETTIME: u64 = 223;
+    pub const TIMER_GETTIME: u64 = 224;
+    pub const TIMER_GETOVERRUN: u64 = 225;
+    pub const TIMER_DELETE: u64 = 226;
 }
 
 /// Finds a `syscall` instruction (0f 05) in the given vDSO range of `pid`.

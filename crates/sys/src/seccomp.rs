@@ -67,6 +67,23 @@ pub struct Filter {
     pub flags: u64,
 }
 
+impl Filter {
+    /// The program as raw `struct sock_filter` bytes (what `SECCOMP_SET_MODE_FILTER` reads).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.insns
+            .iter()
+            .flat_map(|i| {
+                let mut b = [0u8; 8];
+                b[0..2].copy_from_slice(&i.code.to_ne_bytes());
+                b[2] = i.jt;
+                b[3] = i.jf;
+                b[4..8].copy_from_slice(&i.k.to_ne_bytes());
+                b
+            })
+            .collect()
+    }
+}
+
 /// Seccomp state from `/proc/PID/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -232,5 +249,15 @@ mod tests {
         );
         assert!(parse_status("Name:\tx\n").unwrap_err().contains("Seccomp:"));
         assert_eq!(std::mem::size_of::<Insn>(), 8);
+        let f = Filter {
+            insns: vec![Insn {
+                code: 6,
+                jt: 1,
+                jf: 2,
+                k: 0x7fff_0000,
+            }],
+            flags: 0,
+        };
+        assert_eq!(f.to_bytes(), [6, 0, 1, 2, 0, 0, 0xff, 0x7f]);
     }
 }

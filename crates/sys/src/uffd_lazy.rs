@@ -211,6 +211,51 @@ impl<S: PageSource> LazyServer<S> {
         Ok(())
     }
 
+    /// Marks `[start, start+len)` of the (first) address space as needing no fill (pages the
+    /// image does not hold): never pushed; a fault there is still answered (with the source's
+    /// zeros) while the server runs, and after it the kernel's normal zero-fill applies.
+    pub fn mark_done(&mut self, start: u64, len: u64) {
+        self.set_state(0, start, start.saturating_add(len), DONE);
+    }
+
+    /// Fills up to `pages` missing pages from `addr` (page aligned down) of the first address
+    /// space now, without waking anyone (e.g. around a thread's stack pointer before the
+    /// process first runs). `addr` must lie in a registered range; counted as pushed.
+    pub fn prefill(&mut self, addr: u64, pages: usize) -> Result<usize, LazyError> {
+        let page = self.page;
+        let addr = addr & !(page - 1);
+        let known = self.mms[0]
+            .regions
+            .iter()
+            .any(|r| addr >= r.start && addr < r.start + r.state.len() as u64 * page);
+        if !known {
+            return Ok(0);
+        }
+        let want = pages
+            .max(1)
+            .min(self.buf.len() / usize::try_from(page).unwrap_or(4096));
+        self.fill_at(0, addr, want, false)
+    }
+
+    /// Pages per background push from now on (0 stops the push: faults only).
+    pub fn set_push_pages(&mut self, pages: usize) {
+        self.opts.push_pages = pages;
+        let want = pages.max(self.opts.prefetch_pages) * usize::try_from(self.page).unwrap_or(4096);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+    }
+
+    /// Pages of every live address space still waiting for their contents.
+    pub fn pending_pages(&self) -> u64 {
+        self.mms
+            .iter()
+            .filter(|m| m.alive)
+            .flat_map(|m| m.regions.iter())
+            .map(|r| r.state.iter().filter(|&&s| s != DONE).count() as u64)
+            .sum()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> LazyStats {
         self.stats
@@ -225,7 +270,8 @@ impl<S: PageSource> LazyServer<S> {
     }
 
     /// Serves everything pending, waiting up to `timeout` for an event; when idle, pushes one
-    /// background chunk. Returns whether all pages are now in place.
+    /// background chunk. Returns whether all pages are in place (checked on an idle step, so
+    /// a step that served events or pushed a chunk returns false; call it again).
     pub fn step(&mut self, timeout: Duration) -> Result<bool, LazyError> {
         let mut handled = self.drain_events()?;
         let mut k = 0;
@@ -242,7 +288,9 @@ impl<S: PageSource> LazyServer<S> {
         }
         if handled == 0 {
             if self.opts.push_pages > 0 && self.push_one()? {
-                return Ok(self.is_complete());
+                // (completeness is checked once the push finds nothing left: a full scan of
+                // the page states after every chunk or fault would cost O(pages) each time)
+                return Ok(false);
             }
             if self.is_complete() {
                 return Ok(true);
@@ -250,7 +298,7 @@ impl<S: PageSource> LazyServer<S> {
             self.wait(timeout)?;
             self.drain_events()?;
         }
-        Ok(self.is_complete())
+        Ok(false)
     }
 
     /// Serves until every page is in place (then the caller drops the server, which closes the

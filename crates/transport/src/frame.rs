@@ -93,12 +93,13 @@ impl RefuseCode {
 }
 
 /// The records of a `Data` frame, `(stream, payload)` in seq order (record `i` has seq
-/// `first_seq + i`). Payloads share one buffer: one allocation per frame, not per record.
+/// `first_seq + i`). Held in their wire encoding (`(stream:u32 len:u32 payload)*`), validated
+/// once when decoded and parsed on the fly by [`DataBatch::iter`]: one buffer per frame and no
+/// per-record work besides reading two integers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataBatch {
     bytes: Vec<u8>,
-    /// (stream, offset in `bytes`, length) per record.
-    index: Vec<(u32, u32, u32)>,
+    count: usize,
 }
 
 impl DataBatch {
@@ -110,30 +111,75 @@ impl DataBatch {
     /// Append a record.
     ///
     /// # Panics
-    /// If the batch grows past 4 GiB (frames are capped far below that).
+    /// If the payload is 4 GiB or more (frames are capped far below that).
     pub fn push(&mut self, stream: u32, payload: &[u8]) {
-        let off = u32::try_from(self.bytes.len()).expect("batch under 4 GiB");
-        let len = u32::try_from(payload.len()).expect("payload under 4 GiB");
-        self.bytes.extend_from_slice(payload);
-        self.index.push((stream, off, len));
+        push_record(&mut self.bytes, stream, payload);
+        self.count += 1;
     }
 
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.count
     }
 
     /// Whether there are no records.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.count == 0
+    }
+
+    /// The records in their wire encoding, `(stream:u32 len:u32 payload)*`.
+    pub fn encoded(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Payload bytes of every record (the encoding minus the per-record headers).
+    pub fn payload_bytes(&self) -> usize {
+        self.bytes.len() - self.count * RECORD_OVERHEAD
     }
 
     /// The records in order.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
-        self.index.iter().map(|&(stream, off, len)| {
-            let off = off as usize;
-            (stream, &self.bytes[off..off + len as usize])
-        })
+    pub fn iter(&self) -> RecordsIter<'_> {
+        records(&self.bytes)
+    }
+}
+
+/// Append one record in its `Data` encoding (`stream:u32 len:u32 payload`) to `out`.
+///
+/// # Panics
+/// If the payload is 4 GiB or more.
+pub fn push_record(out: &mut Vec<u8>, stream: u32, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("payload under 4 GiB");
+    out.reserve(RECORD_OVERHEAD + payload.len());
+    out.extend_from_slice(&stream.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Iterate over records encoded as `(stream:u32 len:u32 payload)*`. Stops at the end of the
+/// buffer or at the first record that does not fit in it (a [`DataBatch`] was validated when
+/// decoded, so for it that never happens).
+pub fn records(encoded: &[u8]) -> RecordsIter<'_> {
+    RecordsIter { b: encoded }
+}
+
+/// Iterator returned by [`records`] and [`DataBatch::iter`].
+#[derive(Debug, Clone)]
+pub struct RecordsIter<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Iterator for RecordsIter<'a> {
+    type Item = (u32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let h = self.b.get(..RECORD_OVERHEAD)?;
+        let stream = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
+        let len = usize::try_from(u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")))
+            .unwrap_or(usize::MAX);
+        let end = RECORD_OVERHEAD.checked_add(len)?;
+        let payload = self.b.get(RECORD_OVERHEAD..end)?;
+        self.b = &self.b[end..];
+        Some((stream, payload))
     }
 }
 
@@ -256,6 +302,21 @@ pub fn encode_data<'a>(
     end_frame(out, at);
 }
 
+/// Encode a `Data` frame from records already in their `Data` encoding
+/// (`(stream:u32 len:u32 payload)*`, see [`push_record`]): `count` records in the pieces of
+/// `encoded`, back to back. One copy of each piece, no per-record work. The caller keeps the
+/// body under [`MAX_FRAME`] and `count` equal to the records the pieces hold.
+pub fn encode_data_encoded(out: &mut Vec<u8>, first_seq: u64, count: u32, encoded: &[&[u8]]) {
+    let at = begin_frame(out, T_DATA);
+    out.reserve(12 + encoded.iter().map(|p| p.len()).sum::<usize>());
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    for p in encoded {
+        out.extend_from_slice(p);
+    }
+    end_frame(out, at);
+}
+
 /// Append the encoding of `frame` for protocol `version` to `out`.
 pub fn encode(frame: &Frame, version: u16, out: &mut Vec<u8>) -> Result<(), FrameError> {
     if !(PREVIOUS_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -291,7 +352,8 @@ pub fn encode(frame: &Frame, version: u16, out: &mut Vec<u8>) -> Result<(), Fram
             put_str(out, message);
         }
         Frame::Data { first_seq, records } => {
-            encode_data(out, *first_seq, records.iter());
+            let count = u32::try_from(records.len()).expect("frame under the cap");
+            encode_data_encoded(out, *first_seq, count, &[records.encoded()]);
             return Ok(());
         }
         Frame::Ack {
@@ -489,15 +551,18 @@ fn decode_body(body: &[u8], version: u16) -> Result<Frame, FrameError> {
                     why: "is 0 (sequence numbers start at 1)".into(),
                 });
             }
-            let mut records = DataBatch {
-                bytes: Vec::with_capacity(b.b.len() - count * RECORD_OVERHEAD),
-                index: Vec::with_capacity(count),
-            };
+            // Validate the record lengths once; the records stay in their encoding.
+            let start = b.b;
             for _ in 0..count {
-                let stream = b.u32("stream")?;
+                let _stream = b.u32("stream")?;
                 let n = usize::try_from(b.u32("payload_len")?).unwrap_or(usize::MAX);
-                records.push(stream, b.take(n, "payload")?);
+                b.take(n, "payload")?;
             }
+            let used = start.len() - b.b.len();
+            let records = DataBatch {
+                bytes: start[..used].to_vec(),
+                count,
+            };
             Frame::Data { first_seq, records }
         }
         T_ACK => {
@@ -622,15 +687,20 @@ mod tests {
         assert!(matches!(decode(&hdr, 2), Err(FrameError::TooLarge { .. })));
         assert!(matches!(decode(&[0; 8], 2), Err(FrameError::Empty)));
         assert!(matches!(decode(&hdr, 9), Err(FrameError::Version(9))));
-        // Version 1 acks carry no byte count; the same frame decodes under both versions.
+        // Version 1 (acks without a byte count) is no longer spoken; versions 2 and 3 share
+        // one frame encoding (3 changed only the record layer below the frames).
         let ack = Frame::Ack {
             durable_seq: 7,
-            journaled_bytes: 0,
+            journaled_bytes: 5,
         };
-        let mut v1 = Vec::new();
-        encode(&ack, 1, &mut v1).unwrap();
-        assert_eq!(decode(&v1, 1).unwrap().unwrap().0, ack);
-        assert!(decode(&v1, 2).is_err());
+        assert!(matches!(
+            encode(&ack, 1, &mut Vec::new()),
+            Err(FrameError::Version(1))
+        ));
+        let mut v2 = Vec::new();
+        encode(&ack, 2, &mut v2).unwrap();
+        assert_eq!(decode(&v2, 3).unwrap().unwrap().0, ack);
+        assert!(matches!(decode(&v2, 1), Err(FrameError::Version(1))));
         // A data count larger than the body is refused before allocating.
         let mut d = Vec::new();
         let at = begin_frame(&mut d, T_DATA);

@@ -15,14 +15,14 @@ pub mod frame;
 pub mod key;
 pub mod secure;
 
-pub use frame::{DataBatch, Frame, FrameError, RefuseCode};
+pub use frame::{DataBatch, Frame, FrameError, RecordsIter, RefuseCode};
 pub use key::{ClusterKey, KeyError};
 pub use secure::{accept, connect, SecureReader, SecureWriter, TransportError};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The previous protocol version, still accepted from peers.
-pub const PREVIOUS_PROTOCOL_VERSION: u16 = 1;
+pub const PREVIOUS_PROTOCOL_VERSION: u16 = 2;
 
 /// Whether a peer speaking `version` is accepted.
 pub fn version_accepted(version: u16) -> bool {

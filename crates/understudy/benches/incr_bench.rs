@@ -8,8 +8,11 @@
 //! chain) and the workload checks every page. Prints medians next to the target.
 //!
 //! ```sh
-//! cargo bench -p understudy --bench incr_bench -- [--mib 1024] [--runs 5]
+//! cargo bench -p understudy --bench incr_bench -- [--mib 1024] [--runs 5] [--no-precopy]
 //! ```
+//! For A/B runs of one binary: `UNDERSTUDY_VMFLAGS_FROZEN=1` reads smaps while frozen (as
+//! before the pre-read), `UNDERSTUDY_COPY_THREADS=1` reads the written pages on one thread
+//! (default: two).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
 #![forbid(unsafe_code)]
 
@@ -75,13 +78,22 @@ fn dump(pid: i32, img: &Path, parent: Option<&Path>, leave: bool) -> checkpoint:
 fn main() {
     let mut mib = 1024u64;
     let mut runs = 5usize;
+    let mut with_precopy = true;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--mib" => mib = it.next().and_then(|v| v.parse().ok()).expect("--mib N"),
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--no-precopy" => with_precopy = false,
             _ => {}
         }
+    }
+    if std::env::var_os("UNDERSTUDY_BENCH_TRACE").is_some() {
+        // The engine's debug timings of each step (stderr).
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::DEBUG)
+            .try_init();
     }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: incr_bench needs root");
@@ -125,6 +137,7 @@ fn main() {
     let (mut frozen, mut scan, mut size, mut stored, mut written) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut smaps, mut copy, mut later) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut preread, mut reused) = (Vec::new(), 0usize);
     for n in 1..=runs + 1 {
         let r = n - 1;
         fs::write(wdir.join(format!("write-{r}")), b"x").expect("signal");
@@ -139,6 +152,8 @@ fn main() {
         frozen.push(rep.frozen.as_secs_f64() * 1e3);
         scan.push(rep.dirty_scan.as_secs_f64() * 1e3);
         smaps.push(rep.vm_flags_read.as_secs_f64() * 1e3);
+        preread.push(rep.vm_flags_preread.as_secs_f64() * 1e3);
+        reused += rep.vm_flags_reused;
         copy.push(rep.memory_copy.as_secs_f64() * 1e3);
         later.push(rep.deferred_write.as_secs_f64() * 1e3);
         size.push(du(&img) as f64);
@@ -172,8 +187,13 @@ fn main() {
         median(&mut scan)
     );
     println!(
-        "| of which /proc/PID/smaps read (madvise flags; walks every page table) | {:.2} ms | — |",
-        median(&mut smaps)
+        "| of which madvise flags (smaps read while frozen, or maps check of the pre-read) | {:.2} ms | flags from the pre-read in {reused} of {} dumps |",
+        median(&mut smaps),
+        smaps.len()
+    );
+    println!(
+        "| before the freeze: /proc/PID/smaps pre-read (walks every page table; not frozen) | {:.2} ms | — |",
+        median(&mut preread)
     );
     println!(
         "| of which memory copy (scan for data + copy written pages into memory) | {:.2} ms | — |",
@@ -201,7 +221,9 @@ fn main() {
         verdict.trim()
     );
     assert!(verdict.starts_with("PASS"), "{verdict}");
-    precopy_run(&bin, mib);
+    if with_precopy {
+        precopy_run(&bin, mib);
+    }
     let _ = fs::remove_dir_all(&base);
 }
 

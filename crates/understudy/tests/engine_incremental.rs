@@ -96,8 +96,10 @@ fn chain_of_five_dumps_restores_page_for_page() {
         let o = if n % 2 == 0 {
             checkpoint_with_parent(w.pid, &img, &root.join(format!("d{}", n - 1)), n < 4)
         } else {
+            // odd links read the written pages on one thread (default: two)
             Command::new(BIN)
                 .current_dir(root)
+                .env("UNDERSTUDY_COPY_THREADS", "1")
                 .args(["checkpoint", "--pid", &w.pid.to_string(), "--image"])
                 .arg(&img)
                 .args(["--parent", &format!("d{}", n - 1), "--leave-running"])
@@ -292,4 +294,74 @@ fn threads_restore_from_an_incremental_image() {
     incremental_cycle(&w);
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// Incremental dumps read the madvise flags before the freeze and reuse them only for mappings
+/// whose `maps` line is unchanged at the freeze. The `vmchurn` workload splits and merges an
+/// `MADV_DONTFORK` region without pause while a chain of dumps is taken, so the mapping almost
+/// always differs between the pre-read and the freeze; after restore every piece of the region
+/// must still carry `dc`, be laid out merged or split, and hold its data.
+#[test]
+fn mapping_split_and_merged_while_dumps_run_keeps_its_flags() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("vmchurn", &[]);
+    let w = start(&prog);
+    let root = w.dir.path();
+    ok(&checkpoint(w.pid, &root.join("d0"), true), "checkpoint d0");
+    if !tracking_armed(&root.join("d0")) {
+        eprintln!("skipped: dirty tracking (userfaultfd write-protect, async) is not available");
+        return;
+    }
+    for n in 1..=4 {
+        let img = root.join(format!("d{n}"));
+        let o = checkpoint_with_parent(w.pid, &img, &root.join(format!("d{}", n - 1)), n < 4);
+        ok(&o, &format!("checkpoint d{n} --parent"));
+    }
+    let o = restore(&root.join("d4"));
+    ok(&o, "restore d4");
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// The same, made deterministic: each dump pauses between its pre-read of smaps and the freeze
+/// (`UNDERSTUDY_TEST_PREREAD_PAUSE`), and in that window the workload makes one more page of
+/// the `MADV_DONTFORK` region read-only (a new mapping start). Reusing the pre-read flags by
+/// start address would restore those pieces without `dc`; the engine sees the changed `maps`
+/// lines and reads smaps again while frozen.
+#[test]
+fn mapping_changed_between_the_preread_and_the_freeze_is_read_again() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("vmchurn", &[]);
+    let w = start_with_arg(&prog, "window");
+    let root = w.dir.path();
+    ok(&checkpoint(w.pid, &root.join("d0"), true), "checkpoint d0");
+    if !tracking_armed(&root.join("d0")) {
+        eprintln!("skipped: dirty tracking (userfaultfd write-protect, async) is not available");
+        return;
+    }
+    for n in 1..=3 {
+        let mut c = Command::new(BIN);
+        c.env("UNDERSTUDY_TEST_PREREAD_PAUSE", root.join("window"))
+            .args(["checkpoint", "--pid", &w.pid.to_string(), "--image"])
+            .arg(root.join(format!("d{n}")))
+            .arg("--parent")
+            .arg(root.join(format!("d{}", n - 1)));
+        if n < 3 {
+            c.arg("--leave-running");
+        }
+        ok(&c.output().unwrap(), &format!("checkpoint d{n} --parent"));
+        assert!(!root.join("window").exists(), "workload missed window {n}");
+    }
+    let o = restore(&root.join("d3"));
+    ok(&o, "restore d3");
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+    // pages 1, 3 and 5 read-only: 7 mappings in the region
+    assert!(v.contains("PASS 7 mappings"), "{v}");
 }

@@ -4,9 +4,9 @@
 //! - a pre-forking server whose 3 workers share the listening socket: connections made before
 //!   the checkpoint continue, and new ones are accepted and served by the restored workers.
 //!
-//! Clients stay silent from shortly before the checkpoint until the restore returns: a segment
-//! reaching the host while the server's sockets do not exist would be answered with a reset.
-//! The ignored test `echo_client_sending_through_the_checkpoint_is_not_reset` shows that limit.
+//! The checkpoint takes a network lock (docs/network-lock.md): segments of the tree's
+//! connections are dropped from the freeze until the restore, so a client that keeps sending
+//! through the checkpoint only retransmits (`echo_client_sending_through_the_checkpoint_is_not_reset`).
 
 mod common;
 
@@ -198,14 +198,17 @@ fn preforked_workers_sharing_a_listener_accept_and_serve_after_restore() {
 }
 
 /// What a client that does not stay silent sees: it keeps sending every 5 ms for 2 s while the
-/// server is checkpointed and restored.
+/// server is checkpointed and restored. The network lock drops its segments between the freeze
+/// and the restore (it retransmits); the lock is in place after the checkpoint and gone after
+/// the restore.
 #[test]
-#[ignore = "engine: no network lock — between the kill at the end of the dump and the restore no \
-            socket holds the connection's address pair, so a segment from a client that keeps \
-            sending is answered with a reset (seen: ECONNRESET on the client's next write)"]
 fn echo_client_sending_through_the_checkpoint_is_not_reset() {
     if let Some(why) = skip_reason() {
         eprintln!("skipped: {why}");
+        return;
+    }
+    if nft(&["--version"]).is_none() {
+        eprintln!("skipped: needs nft (Debian package nftables) for the network lock");
         return;
     }
     let prog = build("echoserv", &[]);
@@ -223,6 +226,124 @@ fn echo_client_sending_through_the_checkpoint_is_not_reset() {
         let upto = c.sent;
         c.expect(upto);
     });
-    quiet_checkpoint_restore(&w, "img0");
+    std::thread::sleep(Duration::from_millis(300));
+    let img = w.dir.path().join("img0");
+    ok(&checkpoint(w.pid, &img, false), "checkpoint");
+    let record = read_file(&img, "netlock");
+    let table = record
+        .lines()
+        .find_map(|l| l.strip_prefix("table "))
+        .expect("the lock record names its table")
+        .to_string();
+    assert!(
+        nft(&["list", "table", "inet", &table]).is_some(),
+        "lock {table} in place after the checkpoint"
+    );
+    let o = restore(&img);
+    ok(&o, "restore");
+    assert!(
+        nft(&["list", "table", "inet", &table]).is_none(),
+        "lock {table} released by the restore"
+    );
     h.join().expect("the client's stream went on");
+}
+
+/// Runs nft; its stdout when it succeeded.
+fn nft(args: &[&str]) -> Option<String> {
+    let o = std::process::Command::new("nft").args(args).output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// On a host without nft, a checkpoint that would kill a server with outside clients is
+/// refused (the tree runs on and keeps serving); with --leave-running it goes ahead.
+#[test]
+fn checkpoint_without_nft_is_refused_unless_the_tree_runs_on() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("echoserv", &[]);
+    let w = start(&prog);
+    let port: u16 = read_file(w.dir.path(), "port").trim().parse().unwrap();
+    let mut c = Client::connect(0, port);
+    c.send(1000);
+    c.expect(1000);
+    let run = |img: &Path, leave: bool| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.env("UNDERSTUDY_NFT", "/nonexistent/nft")
+            .arg("checkpoint")
+            .arg("--pid")
+            .arg(w.pid.to_string())
+            .arg("--image")
+            .arg(img);
+        if leave {
+            cmd.arg("--leave-running");
+        }
+        cmd.output().expect("run understudy checkpoint")
+    };
+    let img = w.dir.path().join("img-refused");
+    let o = run(&img, false);
+    assert!(!o.status.success(), "checkpoint without nft should fail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("pid {}", w.pid)), "{err}");
+    assert!(err.contains("needs nft"), "{err}");
+    assert!(!img.join("tree.img").exists());
+    c.send(500);
+    c.expect(1500);
+    let img = w.dir.path().join("img-running");
+    ok(&run(&img, true), "checkpoint --leave-running without nft");
+    c.send(500);
+    c.expect(2000);
+}
+
+/// A damaged lock record is refused before anything is restored, and the lock stays; with the
+/// record put back the restore succeeds, releases the lock, and the client's stream goes on.
+#[test]
+fn restore_refuses_a_damaged_lock_record_and_keeps_the_lock() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if nft(&["--version"]).is_none() {
+        eprintln!("skipped: needs nft (Debian package nftables) for the network lock");
+        return;
+    }
+    let prog = build("echoserv", &[]);
+    let w = start(&prog);
+    let port: u16 = read_file(w.dir.path(), "port").trim().parse().unwrap();
+    let mut c = Client::connect(0, port);
+    c.send(1000);
+    c.expect(1000);
+    std::thread::sleep(Duration::from_millis(300));
+    let img = w.dir.path().join("img0");
+    ok(&checkpoint(w.pid, &img, false), "checkpoint");
+    let record = read_file(&img, "netlock");
+    let table = record
+        .lines()
+        .find_map(|l| l.strip_prefix("table "))
+        .expect("the lock record names its table")
+        .to_string();
+    std::fs::write(
+        img.join("netlock"),
+        record.replace("connections 1", "connections 7"),
+    )
+    .unwrap();
+    let o = restore(&img);
+    assert!(!o.status.success(), "restore with a damaged lock record");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("netlock") && err.contains("checksum"), "{err}");
+    assert!(
+        nft(&["list", "table", "inet", &table]).is_some(),
+        "lock {table} kept after the refused restore"
+    );
+    std::fs::write(img.join("netlock"), &record).unwrap();
+    ok(&restore(&img), "restore");
+    assert!(
+        nft(&["list", "table", "inet", &table]).is_none(),
+        "lock {table} released by the restore"
+    );
+    c.send(1000);
+    c.expect(2000);
 }

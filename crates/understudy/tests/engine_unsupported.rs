@@ -45,3 +45,8 @@ fn socket_is_refused_and_the_tree_keeps_running() {
 fn io_uring_is_refused_and_the_tree_keeps_running() {
     refused(Some("uring"), "io_uring instances cannot be checkpointed");
 }
+
+#[test]
+fn tcp_socket_in_close_wait_is_refused_naming_its_state() {
+    refused(Some("closewait"), "in state CLOSE_WAIT (8)");
+}

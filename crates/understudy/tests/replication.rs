@@ -245,7 +245,7 @@ fn garbage_on_the_port_is_refused_and_the_agent_keeps_serving() {
         if j.starts_with(b"USTD\x09") {
             let text = String::from_utf8_lossy(&reply);
             assert!(
-                text.contains("version 9") && text.contains("version 2"),
+                text.contains("version 9") && text.contains("version 3"),
                 "{text}"
             );
         }

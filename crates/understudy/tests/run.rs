@@ -280,6 +280,13 @@ fn attached_app_checkpointed_by_name_and_restored() {
         assert!(Instant::now() < deadline, "the application never counted");
         sleep(Duration::from_millis(20));
     }
+    // The init is the understudy binary itself, like the restorer's stubs: its exe link can
+    // only be set while the stub's exe is not mapped (else EBUSY and a stale link).
+    let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
+    let root0 = json_field(&rec, "root_pid")
+        .and_then(|v| v.as_i64())
+        .expect("root_pid");
+    let exe_before = fs::read_link(format!("/proc/{root0}/exe")).expect("exe link");
     let image = st.0.join("image");
     let ck = understudy(
         &st.0,
@@ -308,13 +315,29 @@ fn attached_app_checkpointed_by_name_and_restored() {
     let at_checkpoint = read_count().expect("count");
     let rs = understudy(
         &st.0,
-        &["restore", "--image", image.to_str().expect("utf-8")],
+        &[
+            "restore",
+            "--image",
+            image.to_str().expect("utf-8"),
+            "--name",
+            "app",
+        ],
     );
     assert!(rs.status.success(), "restore: {rs:?}");
     let printed: i64 = String::from_utf8_lossy(&rs.stdout)
         .trim()
         .parse()
         .expect("root pid");
+    let exe_after = fs::read_link(format!("/proc/{printed}/exe")).expect("exe link");
+    assert_eq!(exe_after, exe_before, "restored init's /proc/PID/exe");
+    let rs_err = String::from_utf8_lossy(&rs.stderr);
+    assert!(
+        !rs_err.contains("exe"),
+        "restore warned about the exe link: {rs_err}"
+    );
+    // Its own PID namespace: only the pids inside are kept, the init's outer pid is new and
+    // app.json follows it (so `checkpoint app` works again).
+    let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
     assert_eq!(
         Some(printed),
         json_field(&rec, "root_pid").and_then(|v| v.as_i64())

@@ -117,10 +117,36 @@ zdtm!(sessions);
 zdtm!(sparse_mem);
 zdtm!(seccomp);
 zdtm!(exe_link);
-zdtm!(
-    posix_timer,
-    ignore = "needs POSIX timers (timer_create) in the engine; until then the dump is refused (see unsupported_posix_timers_are_refused_and_left_running)"
-);
+zdtm!(posix_timer);
+zdtm!(pipe_widowed);
+
+/// POSIX timers restored without `PR_TIMER_CREATE_RESTORE_IDS` (the path for kernels before
+/// 6.17, forced by `UNDERSTUDY_NO_TIMER_RESTORE_IDS`): the lowest id is a gap, filled by a
+/// timer deleted again, and every id still comes back.
+#[test]
+fn posix_timer_ids_without_the_restore_ids_prctl() {
+    if !can_run("posix timers without PR_TIMER_CREATE_RESTORE_IDS") {
+        return;
+    }
+    let mut w = start("posix_timer");
+    sleep(Duration::from_millis(100));
+    let image = w.image_dir("1");
+    checkpoint(&mut w, &image);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .env("UNDERSTUDY_NO_TIMER_RESTORE_IDS", "1")
+        .args(["restore", "--image", path(&image)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run understudy restore");
+    if !out.status.success() {
+        w.keep();
+        panic!(
+            "restore without the prctl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    w.expect_pass();
+}
 
 /// Two checkpoints in a row of the same multi-process and multi-threaded trees.
 mod twice {
@@ -255,9 +281,16 @@ fn unsupported_sysv_shm_is_refused_and_left_running() {
     refused_workload_left_running("sysv_shm", &[], "SysV shared memory", "sysv", false);
 }
 
+/// A POSIX timer on `CLOCK_THREAD_CPUTIME_ID` (bound to a thread the kernel does not name).
 #[test]
-fn unsupported_posix_timers_are_refused_and_left_running() {
-    refused_workload_left_running("posix_timer", &[], "posix timers", "posix timers", false);
+fn unsupported_thread_cpu_timer_is_refused_and_left_running() {
+    refused_workload_left_running(
+        "unsupported",
+        &["thread_cpu_timer"],
+        "thread CPU-time timer",
+        "clock_thread_cputime_id",
+        true,
+    );
 }
 
 #[test]
@@ -418,19 +451,41 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
 }
 
 /// An application started with `understudy run` (own PID namespace, init as PID 1) is
-/// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids, in the
-/// caller's namespace and in its own.
+/// checkpointed by name (`understudy checkpoint NAME`) and restored with the same pids inside
+/// its namespace (its outer pids are whatever the host gives: `checkpoint` does not wait for
+/// the old ones to be reaped).
 #[test]
 fn run_launched_app_checkpointed_by_name() {
+    run_launched("pipe_children");
+}
+
+/// The same with 8 threads: their tids inside the namespace are kept, the outer ones are new.
+#[test]
+fn run_launched_threads_checkpointed_by_name() {
+    run_launched("threads_mutex");
+}
+
+/// POSIX timers in a PID namespace: a `SIGEV_THREAD_ID` target is the tid inside it.
+#[test]
+fn run_launched_posix_timers_checkpointed_by_name() {
+    run_launched("posix_timer");
+}
+
+fn run_launched(workload: &str) {
     if !can_run("run + checkpoint NAME") {
         return;
     }
-    let mut w = Workload::start_under_run("pipe_children", "zdtm-app");
+    let mut w = Workload::start_under_run(workload, "zdtm-app");
     let state = w.state_dir();
     let before = w.snapshot();
     assert!(
         before.iter().any(|p| p.pid == w.root),
         "the init is not part of the run"
+    );
+    let before_ns = harness::ns_snapshot(&w);
+    assert!(
+        before_ns.iter().any(|p| p.pid == 1 && p.ppid == 0),
+        "the init is not pid 1 of its namespace: {before_ns:?}"
     );
     let image = w.image_dir("byname");
     let run = understudy(
@@ -452,13 +507,16 @@ fn run_launched_app_checkpointed_by_name() {
             w.log()
         );
     }
-    for p in &before {
-        assert!(
-            pid_free(p.pid),
-            "pid {} still taken after checkpoint",
-            p.pid
-        );
-    }
-    restore(&mut w, &image, &before);
+    // Every process is gone (zombies waiting for the host's init may keep their outer pids).
+    let left: Vec<i32> = before
+        .iter()
+        .map(|p| p.pid)
+        .filter(|&p| !pid_free(p) && !matches!(proc_state(p), Some('Z' | 'X')))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "pids {left:?} still running after checkpoint"
+    );
+    harness::restore_pidns(&mut w, &image, &before_ns);
     w.expect_pass();
 }

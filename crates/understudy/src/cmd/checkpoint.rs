@@ -88,7 +88,19 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         args.image.display(),
         report.frozen.as_secs_f64() * 1e3,
         report.memory_copy.as_secs_f64() * 1e3,
-        if args.leave_running { String::from(", left running") } else { format!(", killed (pids free after {:.1} ms)", report.reap_wait.as_secs_f64() * 1e3) }
+        if args.leave_running {
+            String::from(", left running")
+        } else if pidns {
+            format!(
+                ", killed ({:.1} ms; own PID namespace: its outer pids are not waited for)",
+                report.reap_wait.as_secs_f64() * 1e3
+            )
+        } else {
+            format!(
+                ", killed (pids free after {:.1} ms)",
+                report.reap_wait.as_secs_f64() * 1e3
+            )
+        }
     );
     if args.parent.is_some() {
         eprintln!(

@@ -1,5 +1,5 @@
 /* Holds a resource the engine refuses (a socket, or an io_uring instance with argument
- * "uring"; the socket is a netlink socket) while counting; checkpoint must fail and leave it running untouched.
+ * "uring", or with "closewait" a TCP socket in state CLOSE_WAIT; the socket is a netlink socket) while counting; checkpoint must fail and leave it running untouched.
  * Usage: unsupported DIR [uring]. Writes DIR/fd with the fd number of the resource. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,6 +21,19 @@ int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[2], "uring")) {
         unsigned char params[120]; memset(params, 0, sizeof params);
         fd = syscall(425 /* io_uring_setup */, 4, params);
+    } else if (argc > 2 && !strcmp(argv[2], "closewait")) {
+        /* A loopback connection whose other end is closed: this end received the FIN. */
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t al = sizeof a;
+        int l = socket(AF_INET, SOCK_STREAM, 0);
+        if (l < 0 || bind(l, (void *)&a, sizeof a) || listen(l, 1) || getsockname(l, (void *)&a, &al)) return 3;
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (void *)&a, sizeof a)) return 3;
+        int s = accept(l, 0, 0);
+        close(s);
+        close(l);
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, 0);
     } else {
         fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
     }

@@ -547,6 +547,95 @@ pub fn restore(w: &mut Workload, image: &Path, before: &[ProcSnapshot]) {
     }
 }
 
+/// The tree as its own PID namespace sees it (the last `NSpid`/`NSpgid`/`NSsid` of each
+/// process and thread), sorted: what a restore into a new namespace must keep.
+pub fn ns_snapshot(w: &Workload) -> Vec<ProcSnapshot> {
+    let last = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<i32>().ok())
+    };
+    let mut out: Vec<ProcSnapshot> = own_pids(&w.dir, &w.bin)
+        .into_iter()
+        .filter_map(|pid| {
+            let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let tids = fs::read_dir(format!("/proc/{pid}/task"))
+                .ok()?
+                .flatten()
+                .filter_map(|e| {
+                    let t = e.file_name().to_str()?.to_string();
+                    let ts = fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).ok()?;
+                    last(&ts, "NSpid:")
+                })
+                .collect();
+            let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest: Vec<String> = s[s.rfind(')')? + 2..]
+                        .split(' ')
+                        .map(str::to_string)
+                        .collect();
+                    rest.get(1)?.parse::<i32>().ok()
+                })?;
+            // the parent's pid inside the namespace (0 for the init, whose parent is outside)
+            let ns_ppid = fs::read_to_string(format!("/proc/{ppid}/status"))
+                .ok()
+                .and_then(|ps| {
+                    let own = st.lines().find(|l| l.starts_with("NSpid:"))?;
+                    let par = ps.lines().find(|l| l.starts_with("NSpid:"))?;
+                    (own.split_whitespace().count() == par.split_whitespace().count())
+                        .then(|| last(&ps, "NSpid:"))
+                        .flatten()
+                })
+                .unwrap_or(0);
+            Some(ProcSnapshot {
+                pid: last(&st, "NSpid:")?,
+                ppid: ns_ppid,
+                pgid: last(&st, "NSpgid:")?,
+                sid: last(&st, "NSsid:")?,
+                tids,
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Restores a tree that is its own PID namespace: the pids inside must be the same (the outer
+/// ones are whatever the host gives); `w.root` becomes the restored init's outer pid.
+pub fn restore_pidns(w: &mut Workload, image: &Path, before_ns: &[ProcSnapshot]) {
+    let run = understudy(&w.dir, &["restore", "--image", path_str(image)]);
+    if !run.status.success() {
+        w.keep();
+        panic!(
+            "{}: restore failed: {}\nlog:\n{}",
+            w.name,
+            run.describe(),
+            w.log()
+        );
+    }
+    let printed = run
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .parse::<i32>()
+        .unwrap_or_else(|_| panic!("{}: restore printed no root pid", w.name));
+    w.root = printed;
+    let after = ns_snapshot(w);
+    if before_ns != after.as_slice() {
+        w.keep();
+        panic!(
+            "{}: restored tree differs inside its namespace\nbefore: {before_ns:#?}\nafter: {after:#?}\nlog:\n{}",
+            w.name,
+            w.log()
+        );
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }

@@ -1,0 +1,183 @@
+//! The seccomp filter program of the preloaded library, built here (pure code, testable) and
+//! installed by `intercept-preload`. Layout and reasons: docs/interceptor.md, "The seccomp
+//! safety net".
+
+/// One classic-BPF instruction, laid out like the kernel's `struct sock_filter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// `BPF_LD | BPF_W | BPF_ABS`: load a 32-bit word of `struct seccomp_data`.
+pub const LD_ABS: u16 = 0x20;
+/// `BPF_JMP | BPF_JEQ | BPF_K`
+pub const JEQ: u16 = 0x15;
+/// `BPF_JMP | BPF_JGE | BPF_K`
+pub const JGE: u16 = 0x35;
+/// `BPF_RET | BPF_K`
+pub const RET: u16 = 0x06;
+pub const RET_ALLOW: u32 = 0x7fff_0000;
+pub const RET_TRAP: u32 = 0x0003_0000;
+/// `AUDIT_ARCH_X86_64`
+pub const ARCH_X86_64: u32 = 0xC000_003E;
+/// Offsets in `struct seccomp_data`.
+pub const OFF_NR: u32 = 0;
+pub const OFF_ARCH: u32 = 4;
+pub const OFF_IP_LO: u32 = 8;
+pub const OFF_IP_HI: u32 = 12;
+
+fn stmt(code: u16, k: u32) -> Insn {
+    Insn {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
+    Insn { code, jt, jf, k }
+}
+
+/// The program: `refused` numbers trap from anywhere; `trapped` numbers trap when the
+/// instruction pointer lies in libc's text `[lo, hi)`; every other number is allowed on the
+/// number alone (before the instruction pointer is loaded), so the kernel's seccomp action
+/// cache can allow it without running the program.
+#[allow(clippy::cast_possible_truncation)] // the low and high words of the addresses, on purpose
+pub fn program(lo: u64, hi: u64, trapped: &[u32], refused: &[u32]) -> Result<Vec<Insn>, String> {
+    if lo >= hi || lo >> 32 != (hi - 1) >> 32 {
+        return Err(format!(
+            "libc text {lo:#x}..{hi:#x} is empty or straddles a 4 GiB boundary"
+        ));
+    }
+    let mut f = vec![
+        stmt(LD_ABS, OFF_ARCH),
+        jump(JEQ, ARCH_X86_64, 1, 0),
+        stmt(RET, RET_ALLOW),
+        stmt(LD_ABS, OFF_NR),
+    ];
+    for &nr in refused {
+        f.push(jump(JEQ, nr, 0, 1));
+        f.push(stmt(RET, RET_TRAP));
+    }
+    let n = trapped.len();
+    for (i, &nr) in trapped.iter().enumerate() {
+        // match: skip the remaining compares and the allow, to the instruction-pointer test
+        let to_ip = u8::try_from(n - i).map_err(|_| "seccomp filter: too many trapped numbers")?;
+        f.push(jump(JEQ, nr, to_ip, 0));
+    }
+    f.push(stmt(RET, RET_ALLOW));
+    // instruction pointer inside libc text? (the library's gate is outside it: allowed)
+    f.push(stmt(LD_ABS, OFF_IP_HI));
+    f.push(jump(JEQ, (lo >> 32) as u32, 1, 0));
+    f.push(stmt(RET, RET_ALLOW));
+    f.push(stmt(LD_ABS, OFF_IP_LO));
+    f.push(jump(JGE, lo as u32, 1, 0));
+    f.push(stmt(RET, RET_ALLOW));
+    // hi may be exactly at the 4 GiB boundary (low word 0): then every ip >= lo is inside
+    if hi as u32 == 0 {
+        f.push(stmt(RET, RET_TRAP));
+    } else {
+        f.push(jump(JGE, hi as u32, 0, 1));
+        f.push(stmt(RET, RET_ALLOW));
+        f.push(stmt(RET, RET_TRAP));
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the program on (nr, arch, ip) the way the kernel does, for the opcodes it uses;
+    /// also says whether the instruction pointer was loaded on the way.
+    #[allow(clippy::cast_possible_truncation)]
+    fn run(f: &[Insn], nr: u32, arch: u32, ip: u64) -> (u32, bool) {
+        let (mut pc, mut acc, mut loaded_ip) = (0usize, 0u32, false);
+        loop {
+            let i = f[pc];
+            match i.code {
+                LD_ABS => {
+                    acc = match i.k {
+                        OFF_NR => nr,
+                        OFF_ARCH => arch,
+                        OFF_IP_LO => ip as u32,
+                        OFF_IP_HI => (ip >> 32) as u32,
+                        k => panic!("load of seccomp_data offset {k}"),
+                    };
+                    loaded_ip |= i.k >= OFF_IP_LO;
+                    pc += 1;
+                }
+                JEQ => pc += 1 + usize::from(if acc == i.k { i.jt } else { i.jf }),
+                JGE => pc += 1 + usize::from(if acc >= i.k { i.jt } else { i.jf }),
+                RET => return (i.k, loaded_ip),
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    // x86_64 numbers: read 0, write 1, mmap 9, futex 202, openat 257, io_uring_setup 425
+    const TRAPPED: &[u32] = &[0, 1, 20, 45, 228];
+    const REFUSED: &[u32] = &[425, 426, 427];
+
+    fn check(lo: u64, hi: u64) {
+        let f = program(lo, hi, TRAPPED, REFUSED).unwrap();
+        let in_libc = lo + 0x1000;
+        let gate = 0x7f55_0000_1000u64;
+        for nr in [9, 202, 257, 5] {
+            // allowed from inside libc without the instruction pointer being looked at: the
+            // kernel's constant-action cache can take these over
+            assert_eq!(
+                run(&f, nr, ARCH_X86_64, in_libc),
+                (RET_ALLOW, false),
+                "nr {nr}"
+            );
+        }
+        for &nr in TRAPPED {
+            assert_eq!(
+                run(&f, nr, ARCH_X86_64, in_libc).0,
+                RET_TRAP,
+                "{nr} from libc"
+            );
+            assert_eq!(
+                run(&f, nr, ARCH_X86_64, hi - 1).0,
+                RET_TRAP,
+                "{nr} at libc's last byte"
+            );
+            assert_eq!(
+                run(&f, nr, ARCH_X86_64, gate).0,
+                RET_ALLOW,
+                "{nr} from the gate"
+            );
+            assert_eq!(
+                run(&f, nr, ARCH_X86_64, lo - 8).0,
+                RET_ALLOW,
+                "{nr} below libc"
+            );
+            assert_eq!(
+                run(&f, nr, ARCH_X86_64, hi).0,
+                RET_ALLOW,
+                "{nr} at libc's end"
+            );
+        }
+        for &nr in REFUSED {
+            assert_eq!(run(&f, nr, ARCH_X86_64, gate).0, RET_TRAP, "io_uring {nr}");
+        }
+        assert_eq!(run(&f, 0, 0x4000_0003, in_libc).0, RET_ALLOW, "other arch");
+    }
+
+    #[test]
+    fn filter_decides_untrapped_numbers_on_the_number_alone() {
+        check(0x7f12_3400_0000, 0x7f12_3418_0000);
+        // libc text ending exactly at a 4 GiB boundary
+        check(0x7f12_fff0_0000, 0x7f13_0000_0000);
+    }
+
+    #[test]
+    fn filter_refuses_text_across_4_gib() {
+        assert!(program(0x7f12_fff0_0000, 0x7f13_0001_0000, TRAPPED, REFUSED).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! Batch frames (format version 2, `Journal::append_encoded`): the same records as
+//! single-record frames (reads from any seq, raw shipping from inside a batch, digests), and a
+//! torn or bit-flipped batch tail cut back to the last whole batch frame.
+
+mod common;
+
+use common::{append_all, gen_records, opts, read_all, segment_files, Rng};
+use journal::format::{self, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use journal::{inspect, FsyncPolicy, Journal, Record};
+
+/// The batch encoding `(stream:u32 len:u32 payload)*` of `recs`.
+fn encode(recs: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in recs {
+        out.extend_from_slice(&r.stream.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(r.payload.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(&r.payload);
+    }
+    out
+}
+
+/// Append `recs` in random runs: single `append`s and `append_encoded` batches. Returns the
+/// (first, last) seq of every batch call.
+fn append_mixed(j: &mut Journal, recs: &[Record], rng: &mut Rng) -> Vec<(u64, u64)> {
+    let mut i = 0;
+    let mut batches = Vec::new();
+    while i < recs.len() {
+        let n = usize::try_from(1 + rng.below(40))
+            .unwrap()
+            .min(recs.len() - i);
+        if rng.below(4) == 0 {
+            for r in &recs[i..i + n] {
+                j.append(r.stream, r.seq, &r.payload).unwrap();
+            }
+        } else {
+            let last = j
+                .append_encoded(recs[i].seq, &encode(&recs[i..i + n]))
+                .unwrap();
+            assert_eq!(last, recs[i + n - 1].seq);
+            batches.push((recs[i].seq, last));
+        }
+        if rng.below(3) == 0 {
+            j.commit().unwrap();
+        }
+        i += n;
+    }
+    j.commit().unwrap();
+    batches
+}
+
+#[test]
+fn batches_read_back_from_any_seq_ship_raw_and_digest_like_single_records() {
+    for case in 0..6u64 {
+        let mut rng = Rng(0xba7c_0000 + case);
+        let recs = gen_records(&mut rng, 1, 400, 300);
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, _) = Journal::open(da.path(), opts(8192, FsyncPolicy::Never)).unwrap();
+        append_mixed(&mut a, &recs, &mut rng);
+        let (mut b, _) = Journal::open(db.path(), opts(8192, FsyncPolicy::Never)).unwrap();
+        append_all(&mut b, &recs);
+        assert_eq!(read_all(&mut a), recs);
+        // Every start seq, through the open journal and from outside.
+        for from in (1..=400u64).step_by(7) {
+            let got: Vec<Record> = a.read_from(from).unwrap().map(Result::unwrap).collect();
+            assert_eq!(
+                got,
+                recs[usize::try_from(from - 1).unwrap()..],
+                "case {case}"
+            );
+            let mut it = journal::RecordIter::open_dir(da.path(), from).unwrap();
+            let r = it.next_ref().unwrap().unwrap();
+            assert_eq!(
+                (r.seq, r.payload),
+                (from, &recs[usize::try_from(from - 1).unwrap()].payload[..])
+            );
+        }
+        // Raw shipping resumed from arbitrary seqs, possibly inside a batch frame.
+        for start in [1u64, 2, 57, 199, 400] {
+            let dc = tempfile::tempdir().unwrap();
+            let mut o = opts(4096, FsyncPolicy::Never);
+            o.start_seq = start;
+            let (mut c, _) = Journal::open(dc.path(), o).unwrap();
+            let mut seq = start;
+            let mut buf = Vec::new();
+            while seq <= 400 {
+                buf.clear();
+                let r = a
+                    .read_raw_into(seq, 1 + usize::try_from(rng.below(3000)).unwrap(), &mut buf)
+                    .unwrap();
+                assert_eq!(r.first_seq, seq);
+                assert!(r.records > 0);
+                assert_eq!(c.append_raw(&buf).unwrap(), r.last_seq);
+                seq = r.last_seq + 1;
+            }
+            c.commit().unwrap();
+            let (sa, sc) = (
+                inspect::summarize_range(da.path(), start, 400).unwrap(),
+                inspect::summarize(dc.path()).unwrap(),
+            );
+            assert_eq!((sc.records, sc.gaps), (401 - start, 0));
+            assert_eq!(sa.digest, sc.digest, "case {case} start {start}");
+        }
+        drop(a);
+        drop(b);
+        let (sa, sb) = (
+            inspect::summarize(da.path()).unwrap(),
+            inspect::summarize(db.path()).unwrap(),
+        );
+        assert_eq!((sa.records, sa.gaps, sa.format_version), (400, 0, 2));
+        assert_eq!(sa.digest, sb.digest);
+        // Reopen: clean, and appends continue after the batches.
+        let (mut a, rec) = Journal::open(da.path(), opts(8192, FsyncPolicy::Never)).unwrap();
+        assert!(rec.is_clean(), "{rec}");
+        assert_eq!(a.last_seq(), 400);
+        a.append_encoded(401, &encode(&gen_records(&mut rng, 401, 3, 10)))
+            .unwrap();
+        assert!(a
+            .append_encoded(401, &encode(&recs[..1]))
+            .unwrap_err()
+            .is_duplicate());
+    }
+}
+
+#[test]
+fn malformed_or_oversized_batch_input_appends_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts(1 << 20, FsyncPolicy::Never);
+    o.max_payload = 100;
+    let (mut j, _) = Journal::open(d.path(), o).unwrap();
+    let good = Record {
+        seq: 1,
+        stream: 3,
+        payload: vec![1; 10],
+    };
+    let big = Record {
+        seq: 2,
+        stream: 3,
+        payload: vec![2; 101],
+    };
+    let mut short = encode(std::slice::from_ref(&good));
+    short.pop();
+    assert!(j.append_encoded(1, &short).is_err());
+    assert!(j.append_encoded(1, &encode(&[good.clone(), big])).is_err());
+    assert!(j
+        .append_encoded(2, &encode(std::slice::from_ref(&good)))
+        .is_err());
+    assert_eq!(j.last_seq(), 0);
+    assert_eq!(j.append_encoded(1, &encode(&[good])).unwrap(), 1);
+}
+
+/// Torn or bit-flipped batch tails: recovery keeps exactly the whole batch frames before the
+/// damage (never part of a batch, never a record that was not written).
+#[test]
+fn damaged_batch_tail_is_cut_back_to_the_last_whole_batch() {
+    for case in 0..60u64 {
+        let mut rng = Rng(0xc07_0000 + case);
+        let d = tempfile::tempdir().unwrap();
+        let n = 1 + rng.below(150);
+        let recs = gen_records(&mut rng, 1, n, 120);
+        let frames = {
+            let (mut j, _) = Journal::open(d.path(), opts(1 << 20, FsyncPolicy::Never)).unwrap();
+            let mut i = 0;
+            let mut ends = Vec::new();
+            while i < recs.len() {
+                let n = usize::try_from(1 + rng.below(20))
+                    .unwrap()
+                    .min(recs.len() - i);
+                j.append_encoded(recs[i].seq, &encode(&recs[i..i + n]))
+                    .unwrap();
+                i += n;
+                ends.push(recs[i - 1].seq);
+            }
+            j.commit().unwrap();
+            ends
+        };
+        let seg = segment_files(d.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        // Frame boundaries: (end offset, last seq).
+        let mut bounds = Vec::new();
+        let mut off = SEGMENT_HEADER_LEN;
+        for (f, n) in format::frames(&bytes[SEGMENT_HEADER_LEN..]).map(|f| {
+            let f = f.unwrap();
+            (f.last_seq(), RECORD_HEADER_LEN + f.payload.len())
+        }) {
+            off += n;
+            bounds.push((off, f));
+        }
+        assert_eq!(bounds.iter().map(|b| b.1).collect::<Vec<_>>(), frames);
+        let len = bytes.len();
+        let at = SEGMENT_HEADER_LEN
+            + usize::try_from(rng.below((len - SEGMENT_HEADER_LEN) as u64)).unwrap();
+        if case % 2 == 0 {
+            bytes.truncate(at);
+        } else {
+            bytes[at] ^= 1 << rng.below(8);
+        }
+        std::fs::write(&seg, &bytes).unwrap();
+        let expect_last = bounds
+            .iter()
+            .take_while(|b| b.0 <= at)
+            .last()
+            .map_or(0, |b| b.1);
+        let (mut j, rec) = Journal::open(d.path(), opts(1 << 20, FsyncPolicy::Never)).unwrap();
+        assert_eq!(j.last_seq(), expect_last, "case {case}: {rec}");
+        let cut_mid_frame = case % 2 == 1 || !bounds.iter().any(|b| b.0 == at);
+        assert_eq!(rec.cut.is_some(), cut_mid_frame, "case {case}: {rec}");
+        let got = read_all(&mut j);
+        assert_eq!(
+            got,
+            recs[..usize::try_from(expect_last).unwrap()],
+            "case {case}"
+        );
+        let next = expect_last + 1;
+        j.append_encoded(next, &encode(&gen_records(&mut rng, next, 2, 5)))
+            .unwrap();
+        j.commit().unwrap();
+        assert_eq!(j.last_seq(), next + 1);
+    }
+}
