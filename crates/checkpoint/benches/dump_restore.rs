@@ -13,6 +13,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time (user + system) this process has used so far, all threads, in seconds
+/// (`/proc/self/stat`, clock ticks of 10 ms).
+fn cpu_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
 fn start_hog(bin: &Path, mib: u64, dir: &Path) -> (i32, u64) {
     let pidf = dir.join("hog.pid");
     let _ = std::fs::remove_file(&pidf);
@@ -103,14 +117,27 @@ fn main() {
         .status()
         .unwrap()
         .success());
-    println!("| MiB | raw readv GB/s | dump s | dump GB/s | % of raw | frozen s | restore s | image MiB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "dump threads: {} (UNDERSTUDY_DUMP_THREADS); images in {}; medians of {runs} runs; \
+         % of raw = median of each run's dump rate / that run's raw readv rate",
+        checkpoint::dump_threads(),
+        base.display()
+    );
+    println!(
+        "| MiB | raw readv GB/s | dump s | dump GB/s | % of raw (target >= 70%) | frozen s | \
+         restore s (target 1 GiB < 0.5 s) | CRIU 4.2 dump / restore s | dump CPU s | raw readv CPU s | image MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &mib in &sizes {
         let (mut raw, mut dumps, mut frozen, mut restores, mut img) =
             (vec![], vec![], vec![], vec![], 0u64);
+        let (mut ratios, mut dump_cpu, mut raw_cpu) = (vec![], vec![], vec![]);
         for run in 0..runs {
             let (pid, addr) = start_hog(&hog, mib, &work);
+            let c = cpu_secs();
             raw.push(raw_readv(pid, addr, mib << 20));
+            raw_cpu.push(cpu_secs() - c);
+            let c = cpu_secs();
             let dir = work.join(format!("img-{mib}-{run}"));
             let t = Instant::now();
             let rep = checkpoint::dump(&checkpoint::DumpOptions {
@@ -121,6 +148,9 @@ fn main() {
             .expect("dump");
             // Dump time excludes waiting for init to reap the killed tree.
             dumps.push((t.elapsed() - rep.reap_wait).as_secs_f64());
+            // Reaping is a wait (no CPU of ours).
+            dump_cpu.push(cpu_secs() - c);
+            ratios.push(((mib << 20) as f64 / dumps[run]) / raw[run]);
             frozen.push(rep.frozen.as_secs_f64());
             img = std::fs::read_dir(&dir)
                 .unwrap()
@@ -143,14 +173,29 @@ fn main() {
         }
         let (raw, dump) = (median(raw), median(dumps));
         let bytes = (mib << 20) as f64;
+        let ratio = median(ratios);
+        let restore = median(restores);
+        let criu = match mib {
+            64 => "~0.1 / ~0.1",
+            1024 => "~1.0 / ~0.72",
+            _ => "-",
+        };
         println!(
-            "| {mib} | {:.2} | {:.3} | {:.2} | {:.0}% | {:.3} | {:.3} | {:.1} |",
+            "| {mib} | {:.2} | {:.3} | {:.2} | {:.0}% {} | {:.3} | {:.3}{} | {criu} | {:.2} | {:.2} | {:.1} |",
             raw / 1e9,
             dump,
             bytes / dump / 1e9,
-            100.0 * (bytes / dump) / raw,
+            100.0 * ratio,
+            if ratio >= 0.7 { "met" } else { "missed" },
             median(frozen),
-            median(restores),
+            restore,
+            match (mib, restore < 0.5) {
+                (1024, true) => " met",
+                (1024, false) => " missed",
+                _ => "",
+            },
+            median(dump_cpu),
+            median(raw_cpu),
             img as f64 / (1u64 << 20) as f64
         );
     }

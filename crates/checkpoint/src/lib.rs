@@ -13,6 +13,7 @@ mod files;
 mod freeze;
 mod incr;
 mod memory;
+pub use memory::dump_threads;
 mod netlock;
 pub mod precopy;
 mod shmem;

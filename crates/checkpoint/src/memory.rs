@@ -259,6 +259,57 @@ fn scan_data(pid: i32, vmas: &[Vma]) -> Result<Vec<Vec<(u64, u64)>>> {
         .collect()
 }
 
+/// Number of copy workers of a full dump: one per CPU, at least 2 and at most 4
+/// (`UNDERSTUDY_DUMP_THREADS` overrides it, 1 to 16, for measurements).
+pub fn dump_threads() -> usize {
+    if let Some(n) = std::env::var("UNDERSTUDY_DUMP_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.clamp(1, 16);
+    }
+    std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(2)
+        .clamp(2, 4)
+}
+
+/// Size of one planned piece of a full dump: small enough that the data a worker has just
+/// read is still in its CPU cache when it checksums and writes it
+/// (`UNDERSTUDY_DUMP_BATCH_KIB` overrides it, for measurements).
+fn plan_batch() -> usize {
+    std::env::var("UNDERSTUDY_DUMP_BATCH_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(PLAN_BATCH, |k| (k.clamp(4, BATCH >> 10) & !3) << 10)
+}
+
+/// Default of [`plan_batch`].
+const PLAN_BATCH: usize = 1 << 20;
+
+/// One planned piece of a full dump: `len` bytes landing at data offset `offset` of the
+/// pages file.
+struct Job {
+    offset: u64,
+    len: u64,
+    data: JobData,
+}
+
+enum JobData {
+    /// Read from the tree with `process_vm_readv`.
+    Remote(Vec<RemoteRange>),
+    /// Already read (through `/proc/PID/mem`).
+    Bytes(Vec<u8>),
+}
+
+/// Where a [`Reader`] sends its batches.
+enum Sink {
+    /// Read now, hand the filled buffer (bytes used, running CRC32C) to a consumer thread.
+    Pipeline(std::sync::mpsc::SyncSender<(Vec<u8>, usize, u32)>),
+    /// Only record what to read and where it lands; [`MemoryDumper::copy_jobs`] copies.
+    Plan(Vec<Job>),
+}
+
 struct Batch {
     buf: Vec<u8>,
     used: usize,
@@ -271,9 +322,11 @@ struct Batch {
 struct Reader<'a> {
     pid: i32,
     batch: Batch,
+    /// Largest batch (bytes).
+    limit: usize,
     /// Bytes handed to the writer so far (the file offset of the batch's first byte).
     pos: u64,
-    full: std::sync::mpsc::SyncSender<(Vec<u8>, usize, u32)>,
+    sink: Sink,
     /// Running CRC32C of everything handed over (computed here, to balance the pipeline: the
     /// writer's page-cache allocation is the slower side).
     crc: u32,
@@ -368,6 +421,16 @@ impl Reader<'_> {
         if b.used == 0 {
             return Ok(());
         }
+        if let Sink::Plan(jobs) = &mut self.sink {
+            jobs.push(Job {
+                offset: self.pos,
+                len: b.used as u64,
+                data: JobData::Remote(std::mem::take(&mut b.ranges)),
+            });
+            self.pos += b.used as u64;
+            b.used = 0;
+            return Ok(());
+        }
         let t = Instant::now();
         if self.split && b.ranges.len() >= SPLIT_MIN_RANGES && !one_copy_thread() {
             read_split(self.pid, &mut b.buf[..b.used], &b.ranges)?;
@@ -379,6 +442,12 @@ impl Reader<'_> {
     }
 
     fn hand_over(&mut self) -> Result<()> {
+        let Sink::Pipeline(full) = &self.sink else {
+            return Err(CheckpointError::Tree {
+                pid: self.pid,
+                why: "internal: a planned dump handed over a buffer".into(),
+            });
+        };
         let next = self.empty.recv().unwrap_or_else(|_| vec![0u8; BATCH]);
         let buf = std::mem::replace(&mut self.batch.buf, next);
         let used = self.batch.used;
@@ -387,7 +456,7 @@ impl Reader<'_> {
             self.crc = crc32c::crc32c_append(self.crc, &buf[..used]);
             self.crc_time += t.elapsed();
         }
-        if self.full.send((buf, used, self.crc)).is_err() {
+        if full.send((buf, used, self.crc)).is_err() {
             // The writer failed; its error is reported when it is joined.
             return Err(CheckpointError::Tree {
                 pid: self.pid,
@@ -406,6 +475,17 @@ impl Reader<'_> {
     /// Appends bytes read by other means (`/proc/PID/mem`).
     fn push_bytes(&mut self, data: &[u8]) -> Result<()> {
         self.flush()?;
+        if let Sink::Plan(jobs) = &mut self.sink {
+            if !data.is_empty() {
+                jobs.push(Job {
+                    offset: self.pos,
+                    len: data.len() as u64,
+                    data: JobData::Bytes(data.to_vec()),
+                });
+                self.pos += data.len() as u64;
+            }
+            return Ok(());
+        }
         for part in data.chunks(BATCH) {
             self.batch.buf[..part.len()].copy_from_slice(part);
             self.batch.used = part.len();
@@ -424,8 +504,51 @@ impl MemoryDumper<'_> {
             return self.dump_to_memory(vmas, name, defer, t0, None);
         }
         let mut w = PagesWriter::create(self.dir, &name)?;
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u32)>(2);
-        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        // Plan first (cheap: page scans and offsets only), then copy with parallel workers.
+        let (_unused_tx, unused_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut r = Reader {
+            pid,
+            batch: Batch {
+                buf: Vec::new(),
+                used: 0,
+                ranges: Vec::new(),
+            },
+            limit: plan_batch(),
+            pos: 0,
+            sink: Sink::Plan(Vec::new()),
+            empty: &unused_rx,
+            progress: None,
+            done_before: 0,
+            total_hint: 0,
+            busy: std::time::Duration::ZERO,
+            crc_time: std::time::Duration::ZERO,
+            scan_time: std::time::Duration::ZERO,
+            crc: 0,
+            split: false,
+            checksum: true,
+        };
+        self.read_all(&mut r, vmas, None)?;
+        r.flush()?;
+        let jobs = match std::mem::replace(&mut r.sink, Sink::Plan(Vec::new())) {
+            Sink::Plan(j) => j,
+            Sink::Pipeline(_) => Vec::new(),
+        };
+        let len = self.copy_jobs(&mut w, &jobs)?;
+        let r = w.finish()?;
+        Ok((r, len, t0.elapsed()))
+    }
+
+    /// Copies every planned job into the pages file with [`dump_threads`] workers, each
+    /// reading a batch with `process_vm_readv` into its own buffer, checksumming it and
+    /// writing it at its offset, so that both the copy out of the tree and the page-cache
+    /// work of the write spread over every CPU. Returns the data length and its CRC32C.
+    fn copy_jobs(&self, w: &mut PagesWriter, jobs: &[Job]) -> Result<u64> {
+        let pid = self.pid;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let nworkers = dump_threads().min(jobs.len()).max(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<(u32, u64)>, u64)>();
+        let wr: &PagesWriter = w;
         let take = || {
             self.pool
                 .lock()
@@ -433,63 +556,114 @@ impl MemoryDumper<'_> {
                 .and_then(|mut p| p.pop())
                 .unwrap_or_else(|| vec![0u8; BATCH])
         };
-        for _ in 0..2 {
-            let _ = empty_tx.send(take());
-        }
-        let first = take();
-        let (res, wres, last) = std::thread::scope(|s| {
-            let writer = s.spawn(move || -> Result<PagesWriter> {
-                let mut busy = std::time::Duration::ZERO;
-                while let Ok((buf, used, crc)) = full_rx.recv() {
-                    let t = Instant::now();
-                    w.write_checksummed(&buf[..used], crc)?;
-                    busy += t.elapsed();
-                    let _ = empty_tx.send(buf);
+        let results = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for _ in 0..nworkers {
+                let mut buf = take();
+                let (next, failed, done_tx) = (&next, &failed, done_tx.clone());
+                handles.push(s.spawn(move || -> Result<Vec<u8>> {
+                    let mut busy = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+                    let res = loop {
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            break Ok(());
+                        }
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(job) = jobs.get(i) else {
+                            break Ok(());
+                        };
+                        let t = Instant::now();
+                        let data: &[u8] = match &job.data {
+                            JobData::Remote(ranges) => {
+                                let n = usize::try_from(job.len).unwrap_or(usize::MAX);
+                                if buf.len() < n {
+                                    buf.resize(n, 0);
+                                }
+                                if let Err(e) =
+                                    sys::mem::read_vectored(pid, &mut buf[..n], ranges).pid(pid)
+                                {
+                                    break Err(e);
+                                }
+                                &buf[..n]
+                            }
+                            JobData::Bytes(b) => b,
+                        };
+                        // One CRC32C per piece within a chunk of the pages file's table.
+                        let mut crc = Vec::new();
+                        let (mut o, mut d) = (job.offset, data);
+                        while !d.is_empty() {
+                            let room = image::PAGES_CHUNK - o % image::PAGES_CHUNK;
+                            let n = usize::try_from(room).unwrap_or(usize::MAX).min(d.len());
+                            crc.push((crc32c::crc32c(&d[..n]), n as u64));
+                            o += n as u64;
+                            d = &d[n..];
+                        }
+                        let t1 = Instant::now();
+                        busy.0 += t1 - t;
+                        if let Err(e) = wr.write_data_at(job.offset, data) {
+                            break Err(e.into());
+                        }
+                        busy.1 += t1.elapsed();
+                        let _ = done_tx.send((i, crc, job.len));
+                    };
+                    tracing::debug!(
+                        "pid {pid}: dump worker read+crc {:?}, write {:?}",
+                        busy.0,
+                        busy.1
+                    );
+                    if res.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    res.map(|()| buf)
+                }));
+            }
+            drop(done_tx);
+            let mut crcs = vec![None; jobs.len()];
+            let mut done = 0u64;
+            for (i, crc, len) in done_rx.iter() {
+                if let Some(c) = crcs.get_mut(i) {
+                    *c = Some(crc);
                 }
-                tracing::debug!("pid {pid}: image writer busy {busy:?}");
-                Ok(w)
-            });
-            let mut r = Reader {
-                pid,
-                batch: Batch {
-                    buf: first,
-                    used: 0,
-                    ranges: Vec::new(),
-                },
-                pos: 0,
-                full: full_tx,
-                empty: &empty_rx,
-                progress: self.progress,
-                done_before: self.done_before,
-                total_hint: self.total_hint,
-                busy: std::time::Duration::ZERO,
-                crc_time: std::time::Duration::ZERO,
-                scan_time: std::time::Duration::ZERO,
-                crc: 0,
-                split: false,
-                checksum: true,
-            };
-            let res = self.read_all(&mut r, vmas, None).and_then(|()| r.flush());
-            tracing::debug!("pid {pid}: process_vm_readv busy {:?}", r.busy);
-            let last = std::mem::take(&mut r.batch.buf);
-            drop(r);
-            let wres = writer.join().unwrap_or_else(|_| {
-                Err(CheckpointError::Tree {
+                done += len;
+                if let Some(p) = self.progress {
+                    p(self.done_before + done, self.total_hint);
+                }
+            }
+            let mut first_err = None;
+            for h in handles {
+                match h.join() {
+                    Ok(Ok(buf)) => {
+                        if let Ok(mut p) = self.pool.lock() {
+                            p.push(buf);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        first_err.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        first_err.get_or_insert(CheckpointError::Tree {
+                            pid,
+                            why: "dump worker thread panicked".into(),
+                        });
+                    }
+                }
+            }
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(crcs),
+            }
+        })?;
+        let mut len = 0u64;
+        for (job, c) in jobs.iter().zip(results) {
+            let Some(c) = c else {
+                return Err(CheckpointError::Tree {
                     pid,
-                    why: "image writer thread panicked".into(),
-                })
-            });
-            (res, wres, last)
-        });
-        if let Ok(mut p) = self.pool.lock() {
-            p.push(last);
-            p.extend(empty_rx.try_iter());
+                    why: "a dump worker stopped before copying every batch".into(),
+                });
+            };
+            w.record_written(&c)?;
+            len += job.len;
         }
-        let w = wres?;
-        res?;
-        let copied = w.len();
-        let r = w.finish()?;
-        Ok((r, copied, t0.elapsed()))
+        Ok(len)
     }
 
     /// [`Self::dump`] into memory: the "writer" keeps every filled buffer and hands back a
@@ -520,8 +694,9 @@ impl MemoryDumper<'_> {
                 used: 0,
                 ranges: Vec::new(),
             },
+            limit: BATCH,
             pos: 0,
-            full: full_tx,
+            sink: Sink::Pipeline(full_tx),
             empty: &empty_rx,
             progress: self.progress,
             done_before: self.done_before,
@@ -667,7 +842,7 @@ impl MemoryDumper<'_> {
                 }
                 let mut a = s;
                 while a < e {
-                    let room = (BATCH - r.batch.used) as u64;
+                    let room = (r.limit - r.batch.used) as u64;
                     if room == 0 {
                         r.flush()?;
                         continue;

@@ -430,6 +430,40 @@ impl PagesWriter {
         Ok(())
     }
 
+    /// Writes `data` at data offset `offset` without appending (for parallel writers sharing
+    /// this writer); the caller then records the total with [`Self::set_written`].
+    pub fn write_data_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, PAGES_HEADER_LEN + offset)
+            .map_err(io_err(&self.path))
+    }
+
+    /// Records, in data order, pieces written with [`Self::write_data_at`]: each its CRC32C
+    /// and length; a piece must not cross a [`PAGES_CHUNK`] boundary of the data.
+    pub fn record_written(&mut self, pieces: &[(u32, u64)]) -> Result<()> {
+        for &(c, n) in pieces {
+            if n > PAGES_CHUNK - self.part.1 {
+                return Err(ImageError::Corrupt {
+                    file: self.path.clone(),
+                    what: format!(
+                        "internal: a written piece of {n} bytes at data offset {} crosses a chunk",
+                        self.len
+                    ),
+                });
+            }
+            let len = usize::try_from(n).unwrap_or(usize::MAX);
+            self.part.0 = crc32c::crc32c_combine(self.part.0, c, len);
+            self.part.1 += n;
+            self.crc = crc32c::crc32c_combine(self.crc, c, len);
+            self.len += n;
+            if self.part.1 == PAGES_CHUNK {
+                self.chunks.push(self.part.0);
+                self.part = (0, 0);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the final header, flushes the file to stable storage and returns the reference
     /// `tree.img` keeps.
     pub fn finish_synced(self) -> Result<PagesRef> {
@@ -893,6 +927,45 @@ mod tests {
             decode_tree(Path::new("t"), &v).unwrap_err(),
             ImageError::Version { version: 99, .. }
         ));
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)] // test sizes are small
+    fn pages_written_out_of_order_in_pieces_match_an_appended_file() {
+        let data: Vec<u8> = (0..(PAGES_CHUNK as usize * 2 + 12288))
+            .map(|i| (i / 4096 % 251) as u8)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = PagesWriter::create(dir.path(), "pages-1.img").unwrap();
+        a.write(&data).unwrap();
+        let ra = a.finish().unwrap();
+        // Pieces cut at chunk boundaries and at a few odd page offsets, written last first.
+        let cuts = [0, 4096, PAGES_CHUNK, PAGES_CHUNK + 8192, PAGES_CHUNK * 2];
+        let mut b = PagesWriter::create(dir.path(), "pages-2.img").unwrap();
+        let mut pieces = Vec::new();
+        let mut bounds: Vec<u64> = cuts.to_vec();
+        bounds.push(data.len() as u64);
+        for w in bounds.windows(2).rev() {
+            let (s, e) = (w[0] as usize, w[1] as usize);
+            b.write_data_at(w[0], &data[s..e]).unwrap();
+            pieces.push((crc32c::crc32c(&data[s..e]), w[1] - w[0]));
+        }
+        pieces.reverse();
+        b.record_written(&pieces).unwrap();
+        let rb = b.finish().unwrap();
+        assert_eq!((ra.len, ra.crc32c), (rb.len, rb.crc32c));
+        assert_eq!(read_pages(dir.path(), &rb).unwrap(), data);
+        let f = File::open(dir.path().join("pages-2.img")).unwrap();
+        let t = read_chunk_table(dir.path(), &rb, &f).unwrap().unwrap();
+        let g = File::open(dir.path().join("pages-1.img")).unwrap();
+        let u = read_chunk_table(dir.path(), &ra, &g).unwrap().unwrap();
+        assert_eq!(t.crcs, u.crcs);
+        // A piece crossing a chunk boundary is refused.
+        let mut c = PagesWriter::create(dir.path(), "pages-3.img").unwrap();
+        let e = c
+            .record_written(&[(0, 4096), (0, PAGES_CHUNK)])
+            .unwrap_err();
+        assert!(e.to_string().contains("crosses a chunk"), "{e}");
     }
 
     #[test]

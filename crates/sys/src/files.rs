@@ -135,6 +135,21 @@ pub fn data_ranges(fd: &OwnedFd, size: u64) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// `fallocate(fd, 0, offset, len)`: allocates that part of the file's space now (several
+/// threads may reserve disjoint parts of one file at once).
+pub fn fallocate_range(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    let o = libc::off_t::try_from(offset)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    let l =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fallocate on a valid fd with integer arguments.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, o, l) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `fallocate(fd, 0, 0, len)`: allocates the file's space (tmpfs: its pages) now.
 pub fn fallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     let l =
