@@ -313,7 +313,6 @@ impl Journal {
     }
 }
 
-#[allow(clippy::incompatible_msrv)] // File::try_lock is stable since 1.89; the toolchain is newer.
 fn try_lock(f: &File) -> std::io::Result<()> {
     match f.try_lock() {
         Ok(()) => Ok(()),

@@ -41,15 +41,25 @@ pub fn set_status_flags(fd: &OwnedFd, flags: u32) -> Result<()> {
     Ok(())
 }
 
-/// Duplicates `fd` onto number `target` (closing what was there) without `O_CLOEXEC`, so
-/// processes forked afterwards inherit it.
+/// Duplicates `fd` onto number `target` without `O_CLOEXEC`, so processes forked afterwards
+/// inherit it. `target` must be free: an fd already open there is refused (`EBUSY`) instead of
+/// being silently replaced, since whoever owns it would later close our duplicate. (A thread of
+/// this process opening `target` between the check and the `dup2` is not excluded: callers
+/// pick numbers above every fd they hold, see [`dup_above`].)
 pub fn dup_to(fd: &OwnedFd, target: RawFd) -> Result<OwnedFd> {
-    // SAFETY: dup2 with two integer fds; the old one is valid.
+    // SAFETY: fcntl(F_GETFD) on an integer fd only reads its flags (EBADF when it is not open).
+    if unsafe { libc::fcntl(target, libc::F_GETFD) } >= 0 {
+        return Err(Error::from_errno(
+            format!("dup2 to fd {target}: already open"),
+            libc::EBUSY,
+        ));
+    }
+    // SAFETY: dup2 with two integer fds; the old one is valid and `target` was checked free.
     let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
     if r < 0 {
         return Err(Error::last(format!("dup2 to fd {target}")));
     }
-    // SAFETY: fd `target` now refers to our new duplicate, owned by nobody else.
+    // SAFETY: fd `target` was free and now refers to our new duplicate: nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 

@@ -132,6 +132,14 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    match sys::netlock::LockRecord::read(dir) {
+        Ok(Some(l)) => println!(
+            "network lock: nftables table {} (netns inode {}), {} connection(s), {} listener(s), held until restore",
+            l.table, l.netns, l.connections, l.listeners
+        ),
+        Ok(None) => {}
+        Err(e) => println!("network lock record: unreadable: {e}"),
+    }
     if chain.len() > 1 || tree.processes.iter().any(|p| p.dirty.is_some()) {
         println!("chain of {} image(s), newest first:", chain.len());
         for (i, (d, t)) in chain.iter().enumerate() {
@@ -179,6 +187,27 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
                 } else {
                     format!(" pending {}", t.pending.len())
                 }
+            );
+        }
+        for t in &p.posix_timers {
+            let notify = match t.notify {
+                sys::timers::Notify::None => "no signal".to_string(),
+                sys::timers::Notify::Signal => format!("signal {} to the process", t.signo),
+                sys::timers::Notify::Thread { tid } => {
+                    format!("signal {} to thread {tid}", t.signo)
+                }
+            };
+            println!(
+                "  posix timer {} clock {}: {}, every {} ns, {notify}, value {:#x}",
+                t.id,
+                t.clock,
+                if t.value_ns == 0 {
+                    "disarmed".to_string()
+                } else {
+                    format!("next in {} ns", t.value_ns)
+                },
+                t.interval_ns,
+                t.value
             );
         }
         for v in &p.vmas {
