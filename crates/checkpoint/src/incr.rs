@@ -225,4 +225,19 @@ mod tests {
         );
         assert_eq!(split(13, 20, &b), vec![(13, 20, false)]);
     }
+
+    #[test]
+    fn data_of_tracked_memory_is_written_with_data_or_unchanged() {
+        // known 0..100; parent held 0..60; written 10..20 (present), 30..40 (dropped: no
+        // data), 70..80 (present, new since the parent)
+        let d = Delta {
+            unchanged: subtract(&[(0, 60)], &[(10, 20), (30, 40), (70, 80)]),
+            known: vec![(0, 100)],
+            written_data: vec![(10, 20), (70, 80)],
+            ..Delta::default()
+        };
+        assert_eq!(d.data(0, 100), vec![(0, 30), (40, 60), (70, 80)]);
+        assert_eq!(d.data(25, 75), vec![(25, 30), (40, 60), (70, 75)]);
+        assert_eq!(d.data(30, 40), vec![]);
+    }
 }
