@@ -516,8 +516,10 @@ impl DirtyTracker {
     }
 }
 
-/// A tracked range at least this large is read (and re-protected) by two threads at once, one
-/// half each (`UNDERSTUDY_DIRTY_THREADS=1`: one thread).
+/// With `UNDERSTUDY_DIRTY_THREADS=2`, a tracked range at least this large is read (and
+/// re-protected) by two threads at once, one half each. Off by default: on the shared 2-vCPU
+/// test machine the second walker waited for a CPU and the read got slower (docs/PERFORMANCE.md,
+/// branch `freeze3`); it is kept for an A/B on a quiet machine.
 const SPLIT_TAKE_MIN: u64 = 64 << 20;
 
 /// [`Pagemap::take_written`] of `[s, e)`, in two halves split on a 2 MiB boundary (so that no
@@ -532,8 +534,8 @@ fn take_written_split(
 ) -> Result<u64, PagemapError> {
     const HUGE: u64 = 2 << 20;
     let mid = (s + (e - s) / 2) & !(HUGE - 1);
-    let one = std::env::var_os("UNDERSTUDY_DIRTY_THREADS").is_some_and(|v| v == "1");
-    if one || e - s < SPLIT_TAKE_MIN || mid <= s || mid >= e {
+    let two = std::env::var_os("UNDERSTUDY_DIRTY_THREADS").is_some_and(|v| v == "2");
+    if !two || e - s < SPLIT_TAKE_MIN || mid <= s || mid >= e {
         return pm.take_written(s, e, out);
     }
     let mut second = Vec::new();

@@ -96,10 +96,12 @@ fn chain_of_five_dumps_restores_page_for_page() {
         let o = if n % 2 == 0 {
             checkpoint_with_parent(w.pid, &img, &root.join(format!("d{}", n - 1)), n < 4)
         } else {
-            // odd links read the written pages on one thread (default: two)
+            // odd links read the written pages on one thread (default: two) and the dirty
+            // tracker on two (default: one)
             Command::new(BIN)
                 .current_dir(root)
                 .env("UNDERSTUDY_COPY_THREADS", "1")
+                .env("UNDERSTUDY_DIRTY_THREADS", "2")
                 .args(["checkpoint", "--pid", &w.pid.to_string(), "--image"])
                 .arg(&img)
                 .args(["--parent", &format!("d{}", n - 1), "--leave-running"])
