@@ -615,13 +615,25 @@ fn dump_process(
     // An incremental copy into memory needs no ptrace stop: on its own thread it scans the
     // mappings for data now, during the dirty-tracker read, and copies the written pages
     // during the injected calls below (the tree stays frozen until it is joined).
-    let early_copy = (!opts.live_memory
-        && opts.leave_running
-        && parent.is_some_and(|p| p.dirty.is_some()))
-    .then(|| crate::memory::spawn_deferred_copy(pool, pid, opts, std::mem::take(&mut vmas)));
+    let early_copy =
+        (!opts.live_memory && opts.leave_running && parent.is_some_and(|p| p.dirty.is_some()))
+            .then(|| {
+                let tracked_before = parent
+                    .and_then(|p| p.dirty.as_ref())
+                    .map(|d| d.tracked.as_slice())
+                    .unwrap_or_default();
+                crate::memory::spawn_deferred_copy(
+                    pool,
+                    pid,
+                    opts,
+                    std::mem::take(&mut vmas),
+                    tracked_before,
+                )
+            });
     // Incremental: the tracker the parent dump left in the process says what changed since.
     let mut tracker = None;
     let mut unchanged = Vec::new();
+    let mut delta_for_copy = None;
     let mut written_bytes = None;
     if let Some(tr) = parent.and_then(|p| p.dirty.as_ref().map(|d| (p, d))) {
         match crate::incr::collect(pid, tr.0, tr.1) {
@@ -630,7 +642,8 @@ fn dump_process(
                 report.written_pages += delta.written_pages;
                 written_bytes = Some(delta.written_pages.saturating_mul(sys::PAGE_SIZE));
                 report.dirty_scan += delta.scan_time;
-                unchanged = delta.unchanged;
+                unchanged = delta.unchanged.clone();
+                delta_for_copy = Some(delta);
                 tracker = Some(t);
             }
             Err(e) => tracing::warn!("pid {pid}: dirty tracking lost ({e}); dumping every page"),
@@ -654,7 +667,9 @@ fn dump_process(
         c.start(
             written_bytes
                 .is_some_and(|b| b <= DEFER_MAX_BYTES)
-                .then(|| unchanged.clone()),
+                .then(|| crate::memory::CopyPlan {
+                    delta: delta_for_copy.take().unwrap_or_default(),
+                }),
         );
     }
     // Injected calls: signal handlers, brk, itimers, alternate signal stacks.

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use sys::dirty::{DirtyTracker, Selection, TrackOptions};
+use sys::pagemap::Categories;
 
 /// Sorted, disjoint half-open ranges.
 pub type Ranges = Vec<(u64, u64)>;
@@ -99,10 +100,17 @@ pub fn parent_data(p: &image::Process) -> Ranges {
 }
 
 /// What the dirty tracker said for one process of an incremental dump.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Delta {
     /// Ranges whose data may be left in the parent.
     pub unchanged: Ranges,
+    /// Ranges the tracker watched for the whole interval (`unchanged` lies inside): there the
+    /// tracker alone says which pages hold data, no scan is needed (see [`Delta::data`]).
+    pub known: Ranges,
+    /// Written regions of `known` that hold data now (present or swapped, not the zero page).
+    /// Written regions that hold none were dropped since the parent (`MADV_DONTNEED`, a reclaimed `MADV_FREE`
+    /// page, `munmap`+`mmap` is a new mapping and not in `known`) and read as zeros.
+    pub written_data: Ranges,
     pub written_pages: u64,
     pub scan_time: Duration,
 }
@@ -129,15 +137,57 @@ pub fn collect(
         &skipped,
     );
     let written = normalize(round.written.iter().map(|r| (r.start, r.end)).collect());
+    let written_data = intersect(
+        &normalize(
+            round
+                .written
+                .iter()
+                .filter(|r| {
+                    let c = r.categories;
+                    (c.contains(Categories::PRESENT) || c.contains(Categories::SWAPPED))
+                        && !c.contains(Categories::PFNZERO)
+                })
+                .map(|r| (r.start, r.end))
+                .collect(),
+        ),
+        &watched,
+    );
     let unchanged = subtract(&intersect(&watched, &parent_data(parent)), &written);
     Ok((
         t,
         Delta {
             unchanged,
+            known: watched,
+            written_data,
             written_pages: round.written_pages,
             scan_time: round.scan_time,
         },
     ))
+}
+
+impl Delta {
+    /// The data ranges of `[start, end)` inside [`Delta::known`], without a scan: the pages
+    /// written since the parent that hold data, plus the unchanged ones.
+    ///
+    /// Why this is exact (kernel-facts `t03_dirty`, and the probe in docs/incremental.md): in
+    /// a range registered for async write-protection with unpopulated-marker support, every
+    /// page is either write-protected (present, swapped, or a marker for "no data") or
+    /// reported `WRITTEN`. A page loses its data only through a zap (`MADV_DONTNEED`, reclaim
+    /// of `MADV_FREE`, a zapped huge page), which leaves an empty entry that `PAGEMAP_SCAN`
+    /// reports `WRITTEN` and not present — so it is never in `unchanged`. A page gains data
+    /// only through a fault: on an empty entry the new entry is not protected (`WRITTEN`); on
+    /// a marker a write is reported `WRITTEN` and a read maps the zero page (no data needed:
+    /// it reads as zero when left out). So a page of `known` holds data now iff it is in
+    /// `written_data` or (not written and) held data at the parent's cut, i.e. in `unchanged`.
+    pub fn data(&self, start: u64, end: u64) -> Ranges {
+        let r = [(start, end)];
+        normalize(
+            intersect(&self.written_data, &r)
+                .into_iter()
+                .chain(intersect(&self.unchanged, &r))
+                .collect(),
+        )
+    }
 }
 
 /// Options for arming a tracker that outlives this process.
@@ -174,5 +224,20 @@ mod tests {
             ]
         );
         assert_eq!(split(13, 20, &b), vec![(13, 20, false)]);
+    }
+
+    #[test]
+    fn data_of_tracked_memory_is_written_with_data_or_unchanged() {
+        // known 0..100; parent held 0..60; written 10..20 (present), 30..40 (dropped: no
+        // data), 70..80 (present, new since the parent)
+        let d = Delta {
+            unchanged: subtract(&[(0, 60)], &[(10, 20), (30, 40), (70, 80)]),
+            known: vec![(0, 100)],
+            written_data: vec![(10, 20), (70, 80)],
+            ..Delta::default()
+        };
+        assert_eq!(d.data(0, 100), vec![(0, 30), (40, 60), (70, 80)]);
+        assert_eq!(d.data(25, 75), vec![(25, 30), (40, 60), (70, 75)]);
+        assert_eq!(d.data(30, 40), vec![]);
     }
 }

@@ -137,7 +137,7 @@ impl DeferredPages {
 /// An incremental copy into memory running on its own thread (see [`spawn_deferred_copy`]).
 pub struct DeferredCopy {
     pid: i32,
-    go: std::sync::mpsc::Sender<Option<Vec<(u64, u64)>>>,
+    go: std::sync::mpsc::Sender<Option<CopyPlan>>,
     handle: std::thread::JoinHandle<DeferredCopyResult>,
 }
 
@@ -148,16 +148,33 @@ type DeferredCopyResult = (
     Vec<DeferredPages>,
 );
 
+/// What the main thread hands the copy thread once the dirty tracker is read.
+#[derive(Debug, Default)]
+pub struct CopyPlan {
+    /// The tracker's answer for this process (`unchanged` is left in the parent; inside
+    /// `known`, `Delta::data` replaces the scan for data).
+    pub delta: crate::incr::Delta,
+}
+
+/// Whether the whole address space is scanned for data while frozen, as before the tracker's
+/// page states were used for the ranges it watched (`UNDERSTUDY_FROZEN_DATA_SCAN=1`; for A/B).
+fn frozen_data_scan() -> bool {
+    std::env::var_os("UNDERSTUDY_FROZEN_DATA_SCAN").is_some_and(|v| v == "1")
+}
+
 /// Starts an incremental copy into memory of `vmas` on a new thread, with the pool's buffers
-/// moved to it: it scans every mapping for data at once, then waits for
-/// [`DeferredCopy::start`] (the ranges left in the parent, or `None`: no copy) and runs
-/// [`MemoryDumper::dump`] into memory (`defer`). [`DeferredCopy::join`] hands buffers, pages
-/// and `vmas` back. The caller keeps the tree frozen until it has joined.
+/// moved to it: it scans for data at once every part of the mappings outside `tracked_before`
+/// (the ranges the parent's tracker watched; the tracker read says what holds data inside
+/// them), then waits for [`DeferredCopy::start`] (the tracker's answer, or `None`: no copy),
+/// scans what the tracker turned out not to know and runs [`MemoryDumper::dump`] into memory
+/// (`defer`). [`DeferredCopy::join`] hands buffers, pages and `vmas` back. The caller keeps
+/// the tree frozen until it has joined.
 pub fn spawn_deferred_copy(
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     pid: i32,
     opts: &crate::DumpOptions,
     mut vmas: Vec<Vma>,
+    tracked_before: &[(u64, u64)],
 ) -> DeferredCopy {
     let bufs = pool
         .lock()
@@ -165,14 +182,30 @@ pub fn spawn_deferred_copy(
         .unwrap_or_default();
     let dir = opts.image_dir.clone();
     let progress = opts.progress.clone();
-    let (go, wait) = std::sync::mpsc::channel::<Option<Vec<(u64, u64)>>>();
+    let exhaustive = frozen_data_scan();
+    let skip = if exhaustive {
+        Vec::new()
+    } else {
+        crate::incr::normalize(tracked_before.to_vec())
+    };
+    let (go, wait) = std::sync::mpsc::channel::<Option<CopyPlan>>();
     let handle = std::thread::spawn(move || {
         let t0 = Instant::now();
-        let scanned = scan_data(pid, &vmas);
+        let early = scan_data(pid, &vmas, &skip);
         let scan_time = t0.elapsed();
-        let Ok(Some(unchanged)) = wait.recv() else {
+        let Ok(Some(plan)) = wait.recv() else {
             return (None, vmas, bufs, Vec::new());
         };
+        let t1 = Instant::now();
+        let scanned = early.and_then(|data| {
+            if exhaustive {
+                Ok(data)
+            } else {
+                complete_scan(pid, &vmas, data, &skip, &plan.delta)
+            }
+        });
+        let late_scan = t1.elapsed();
+        let unchanged = plan.delta.unchanged;
         let pool = std::sync::Mutex::new(bufs);
         let deferred = std::sync::Mutex::new(Vec::new());
         let md = MemoryDumper {
@@ -189,7 +222,9 @@ pub fn spawn_deferred_copy(
             let name = format!("pages-{pid}.img");
             md.dump_to_memory(&mut vmas, name, &deferred, t0, Some(data))
         });
-        tracing::debug!("pid {pid}: early scan for data {scan_time:?}");
+        tracing::debug!(
+            "pid {pid}: early scan for data {scan_time:?}, after the tracker read {late_scan:?}"
+        );
         (
             Some(res),
             vmas,
@@ -200,10 +235,47 @@ pub fn spawn_deferred_copy(
     DeferredCopy { pid, go, handle }
 }
 
+/// Completes the early scan (`data`, of every mapping outside `skip`): inside the ranges the
+/// tracker watched for the whole interval (`delta.known`) the data ranges are the tracker's
+/// (see `Delta::data`); the rest of `skip` (ranges the tracker lost: re-created mappings) is
+/// scanned now.
+fn complete_scan(
+    pid: i32,
+    vmas: &[Vma],
+    mut data: Vec<Vec<(u64, u64)>>,
+    skip: &[(u64, u64)],
+    delta: &crate::incr::Delta,
+) -> Result<Vec<Vec<(u64, u64)>>> {
+    let mut scanner: Option<sys::memscan::PageScanner> = None;
+    for (v, d) in vmas.iter().zip(data.iter_mut()) {
+        let Some(anon_only) = scan_kind(&v.kind) else {
+            continue;
+        };
+        let whole = [(v.start, v.end)];
+        let inside = crate::incr::intersect(&whole, skip);
+        if inside.is_empty() {
+            continue;
+        }
+        let known = crate::incr::intersect(&inside, &delta.known);
+        for (s, e) in crate::incr::subtract(&inside, &known) {
+            let sc = match &mut scanner {
+                Some(sc) => sc,
+                None => scanner.insert(sys::memscan::PageScanner::open(pid).pid(pid)?),
+            };
+            d.extend(sc.data_ranges(s, e, anon_only).pid(pid)?);
+        }
+        for (s, e) in known {
+            d.extend(delta.data(s, e));
+        }
+        *d = crate::incr::normalize(std::mem::take(d));
+    }
+    Ok(data)
+}
+
 impl DeferredCopy {
-    /// Lets the copy run, leaving `unchanged` (normalized) in the parent; `None`: no copy.
-    pub fn start(&self, unchanged: Option<Vec<(u64, u64)>>) {
-        let _ = self.go.send(unchanged);
+    /// Lets the copy run with the tracker's answer; `None`: no copy.
+    pub fn start(&self, plan: Option<CopyPlan>) {
+        let _ = self.go.send(plan);
     }
 
     /// Waits for the thread; returns the copy's result (`None` if it was not started) and the
@@ -248,12 +320,19 @@ fn scan_kind(kind: &VmaKind) -> Option<bool> {
     }
 }
 
-/// The data ranges of every mapping (empty for those [`scan_kind`] skips), in order.
-fn scan_data(pid: i32, vmas: &[Vma]) -> Result<Vec<Vec<(u64, u64)>>> {
+/// The data ranges of every mapping outside `skip` (normalized; empty for the mappings
+/// [`scan_kind`] skips), in order.
+fn scan_data(pid: i32, vmas: &[Vma], skip: &[(u64, u64)]) -> Result<Vec<Vec<(u64, u64)>>> {
     let mut scanner = sys::memscan::PageScanner::open(pid).pid(pid)?;
     vmas.iter()
         .map(|v| match scan_kind(&v.kind) {
-            Some(anon_only) => scanner.data_ranges(v.start, v.end, anon_only).pid(pid),
+            Some(anon_only) => {
+                let mut out = Vec::new();
+                for (s, e) in crate::incr::subtract(&[(v.start, v.end)], skip) {
+                    out.extend(scanner.data_ranges(s, e, anon_only).pid(pid)?);
+                }
+                Ok(out)
+            }
             None => Ok(Vec::new()),
         })
         .collect()

@@ -484,7 +484,7 @@ impl DirtyTracker {
             let (covered, uncovered) = split_by(s, e, &self.tracked);
             for (cs, ce) in covered {
                 let before = round.written.len();
-                match self.pagemap.take_written(cs, ce, &mut round.written) {
+                match take_written_split(&self.pagemap, cs, ce, &mut round.written) {
                     Ok(pages) => {
                         round.written_pages += pages;
                         round.scanned_bytes += ce - cs;
@@ -514,6 +514,39 @@ impl DirtyTracker {
         round.skipped = self.skipped.clone();
         Ok(round)
     }
+}
+
+/// With `UNDERSTUDY_DIRTY_THREADS=2`, a tracked range at least this large is read (and
+/// re-protected) by two threads at once, one half each. Off by default: on the shared 2-vCPU
+/// test machine the second walker waited for a CPU and the read got slower (docs/PERFORMANCE.md,
+/// branch `freeze3`); it is kept for an A/B on a quiet machine.
+const SPLIT_TAKE_MIN: u64 = 64 << 20;
+
+/// [`Pagemap::take_written`] of `[s, e)`, in two halves split on a 2 MiB boundary (so that no
+/// huge page is split by the walk) and walked at once when the range is large. The regions
+/// are appended in address order; on an error nothing is guaranteed about `out` (the caller
+/// truncates it).
+fn take_written_split(
+    pm: &Pagemap,
+    s: u64,
+    e: u64,
+    out: &mut Vec<Region>,
+) -> Result<u64, PagemapError> {
+    const HUGE: u64 = 2 << 20;
+    let mid = (s + (e - s) / 2) & !(HUGE - 1);
+    let two = std::env::var_os("UNDERSTUDY_DIRTY_THREADS").is_some_and(|v| v == "2");
+    if !two || e - s < SPLIT_TAKE_MIN || mid <= s || mid >= e {
+        return pm.take_written(s, e, out);
+    }
+    let mut second = Vec::new();
+    let (a, b) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| pm.take_written(mid, e, &mut second));
+        let a = pm.take_written(s, mid, out);
+        (a, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    });
+    let n = a? + b?;
+    out.extend(second);
+    Ok(n)
 }
 
 /// Whether this kernel offers what dirty tracking needs.

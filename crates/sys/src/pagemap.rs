@@ -335,8 +335,11 @@ impl Pagemap {
 
     /// Pages written since they were last write-protected, write-protecting them again in the
     /// same walk (`WP_MATCHING | CHECK_WPASYNC`: every VMA in the range must be registered
-    /// for async write-protection, else `EPERM`). Returned regions carry `WRITTEN|PRESENT`:
-    /// a written page that is not present was dropped (`MADV_DONTNEED`) and now reads as zero.
+    /// for async write-protection, else `EPERM`). Returned regions carry
+    /// `WRITTEN|PRESENT|SWAPPED|PFNZERO`: a written page that is neither present nor swapped holds no
+    /// data (dropped by `MADV_DONTNEED`, a reclaimed `MADV_FREE` page, a zapped huge page) and
+    /// reads as zero; the walk installs a write-protect marker there, so it is not reported
+    /// again until it is touched.
     pub fn take_written(
         &self,
         start: u64,
@@ -351,7 +354,10 @@ impl Pagemap {
                 mask: Categories::WRITTEN,
                 inverted: Categories::default(),
                 anyof: Categories::default(),
-                return_mask: Categories::WRITTEN | Categories::PRESENT,
+                return_mask: Categories::WRITTEN
+                    | Categories::PRESENT
+                    | Categories::SWAPPED
+                    | Categories::PFNZERO,
             },
             out,
         )

@@ -12,7 +12,9 @@
 //! ```
 //! For A/B runs of one binary: `UNDERSTUDY_VMFLAGS_FROZEN=1` reads smaps while frozen (as
 //! before the pre-read), `UNDERSTUDY_COPY_THREADS=1` reads the written pages on one thread
-//! (default: two).
+//! (default: two), `UNDERSTUDY_FROZEN_DATA_SCAN=1` scans all memory for data while frozen
+//! (as before the tracker's page states were used), `UNDERSTUDY_DIRTY_THREADS=2` reads the
+//! dirty tracker on two threads (ranges of 64 MiB or more; default: one).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
 #![forbid(unsafe_code)]
 
