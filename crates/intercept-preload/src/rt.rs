@@ -599,6 +599,40 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
+    /// cache line with the ring's record header; `intercept::msg`, version 2). The caller
+    /// checked [`Header::compact_fits`].
+    #[inline]
+    pub fn emit_time16(&self, kind: Kind, a0: u64, data: &[u8; 16]) -> u64 {
+        let Some(r) = RING.get() else { return 0 };
+        let t = self.tls();
+        let tseq = t.tseq.get() + 1;
+        t.tseq.set(tseq);
+        let h = Header {
+            kind,
+            pid: REAL_PID.load(Ordering::Relaxed),
+            tid: t.tid.get(),
+            data_len: 16,
+            vtid: t.vtid.get(),
+            tseq,
+            ret: 0,
+            a0,
+            a1: 0,
+            a2: 0,
+        };
+        match r.push_as(self.token, msg::COMPACT_LEN, |buf| {
+            h.encode_compact_into(buf, data);
+        }) {
+            Ok(seq) => seq,
+            Err(e) => {
+                fatal_record(&e);
+                0
+            }
+        }
+    }
+}
+
 impl Drop for Guard {
     /// The exit boundary. Signals that arrived during the call are delivered here, before the
     /// call returns (so a handler runs before the program sees `EINTR`, as natively): recorded
@@ -645,7 +679,8 @@ fn exit_signal_next() -> Option<u64> {
     let end = f.n.min(c + 4096);
     for i in c..end {
         let (_, b) = f.at(i);
-        if b.len() < HEADER_LEN {
+        // vtid sits at offset 16 in the full and the compact form.
+        if b.len() < 24 {
             return None;
         }
         let vtid = u64::from_le_bytes(b[16..24].try_into().ok()?);

@@ -125,7 +125,9 @@ fn run_lazy(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         .or_else(|| owning_app(&cli.state_dir, &args.image));
     if let Some(name) = app {
         if let Err(e) = update_app(&cli.state_dir, &name, root) {
-            tracing::warn!("the tree runs as pid {root}, but its application record is stale: {e:#}");
+            tracing::warn!(
+                "the tree runs as pid {root}, but its application record is stale: {e:#}"
+            );
         }
     }
     tracing::info!(
