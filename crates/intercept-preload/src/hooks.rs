@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use intercept::msg::Kind;
+use intercept::msg::{Header, Kind};
 use intercept::Digest;
 use libc::{c_int, c_void, size_t, ssize_t};
 
@@ -652,14 +652,15 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
     let Some(g) = enter() else { return real() };
     if mode() == RECORD {
         let r = real();
-        g.emit(
-            kind,
-            r,
-            a0,
-            0,
-            0,
-            &[bytes(out, if r >= 0 { n as i64 } else { 0 })],
-        );
+        let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
+        match <&[u8; 16]>::try_from(data) {
+            Ok(d16) if Header::compact_fits(kind, r, a0, 0, 0, 16) => {
+                g.emit_time16(kind, a0, d16);
+            }
+            _ => {
+                g.emit(kind, r, a0, 0, 0, &[data]);
+            }
+        }
         r
     } else {
         let rec = replay_next(kind, None);

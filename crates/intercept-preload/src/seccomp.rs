@@ -99,7 +99,7 @@ fn install_inner() -> Result<(), String> {
 /// The filter program for libc text at `[lo, hi)` (built and tested in `intercept::filter`).
 fn program(lo: u64, hi: u64) -> Result<Vec<sock_filter>, String> {
     let nrs = |v: &[i64]| -> Vec<u32> { v.iter().map(|&n| n as u32).collect() };
-    let p = intercept::filter::program(lo, hi, &nrs(TRAPPED), &nrs(REFUSED))?;
+    let p = intercept::filter::program(lo, hi, rt::gate_ip(), &nrs(TRAPPED), &nrs(REFUSED))?;
     Ok(p.into_iter()
         .map(|i| sock_filter {
             code: i.code,

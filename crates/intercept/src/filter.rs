@@ -46,8 +46,20 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
 /// instruction pointer lies in libc's text `[lo, hi)`; every other number is allowed on the
 /// number alone (before the instruction pointer is loaded), so the kernel's seccomp action
 /// cache can allow it without running the program.
+///
+/// `gate` is the address right after the `syscall` instruction of the library's own gate (the
+/// instruction pointer the kernel reports for the library's system calls): a trapped number
+/// made from exactly there is allowed after the number compares and two loads and compares of
+/// the address (10 instructions for `write`), before the libc-text test. The trapped numbers
+/// are compared before the refused ones (they are the ones the program runs for).
 #[allow(clippy::cast_possible_truncation)] // the low and high words of the addresses, on purpose
-pub fn program(lo: u64, hi: u64, trapped: &[u32], refused: &[u32]) -> Result<Vec<Insn>, String> {
+pub fn program(
+    lo: u64,
+    hi: u64,
+    gate: u64,
+    trapped: &[u32],
+    refused: &[u32],
+) -> Result<Vec<Insn>, String> {
     if lo >= hi || lo >> 32 != (hi - 1) >> 32 {
         return Err(format!(
             "libc text {lo:#x}..{hi:#x} is empty or straddles a 4 GiB boundary"
@@ -59,18 +71,26 @@ pub fn program(lo: u64, hi: u64, trapped: &[u32], refused: &[u32]) -> Result<Vec
         stmt(RET, RET_ALLOW),
         stmt(LD_ABS, OFF_NR),
     ];
+    let n = trapped.len();
+    for (i, &nr) in trapped.iter().enumerate() {
+        // match: skip the remaining compares, the refused tests and the allow, to the
+        // instruction-pointer tests
+        let to_ip = u8::try_from(n - i + 2 * refused.len())
+            .map_err(|_| "seccomp filter: too many trapped and refused numbers")?;
+        f.push(jump(JEQ, nr, to_ip, 0));
+    }
     for &nr in refused {
         f.push(jump(JEQ, nr, 0, 1));
         f.push(stmt(RET, RET_TRAP));
     }
-    let n = trapped.len();
-    for (i, &nr) in trapped.iter().enumerate() {
-        // match: skip the remaining compares and the allow, to the instruction-pointer test
-        let to_ip = u8::try_from(n - i).map_err(|_| "seccomp filter: too many trapped numbers")?;
-        f.push(jump(JEQ, nr, to_ip, 0));
-    }
     f.push(stmt(RET, RET_ALLOW));
-    // instruction pointer inside libc text? (the library's gate is outside it: allowed)
+    // the library's gate, exactly (both words): allowed at once
+    f.push(stmt(LD_ABS, OFF_IP_LO));
+    f.push(jump(JEQ, gate as u32, 0, 3));
+    f.push(stmt(LD_ABS, OFF_IP_HI));
+    f.push(jump(JEQ, (gate >> 32) as u32, 0, 1));
+    f.push(stmt(RET, RET_ALLOW));
+    // instruction pointer inside libc text?
     f.push(stmt(LD_ABS, OFF_IP_HI));
     f.push(jump(JEQ, (lo >> 32) as u32, 1, 0));
     f.push(stmt(RET, RET_ALLOW));
@@ -96,9 +116,17 @@ mod tests {
     /// also says whether the instruction pointer was loaded on the way.
     #[allow(clippy::cast_possible_truncation)]
     fn run(f: &[Insn], nr: u32, arch: u32, ip: u64) -> (u32, bool) {
-        let (mut pc, mut acc, mut loaded_ip) = (0usize, 0u32, false);
+        let (r, loaded, _) = run_steps(f, nr, arch, ip);
+        (r, loaded)
+    }
+
+    /// As `run`, plus the number of instructions executed.
+    #[allow(clippy::cast_possible_truncation)]
+    fn run_steps(f: &[Insn], nr: u32, arch: u32, ip: u64) -> (u32, bool, usize) {
+        let (mut pc, mut acc, mut loaded_ip, mut steps) = (0usize, 0u32, false, 0usize);
         loop {
             let i = f[pc];
+            steps += 1;
             match i.code {
                 LD_ABS => {
                     acc = match i.k {
@@ -113,7 +141,7 @@ mod tests {
                 }
                 JEQ => pc += 1 + usize::from(if acc == i.k { i.jt } else { i.jf }),
                 JGE => pc += 1 + usize::from(if acc >= i.k { i.jt } else { i.jf }),
-                RET => return (i.k, loaded_ip),
+                RET => return (i.k, loaded_ip, steps),
                 c => panic!("opcode {c:#x}"),
             }
         }
@@ -123,10 +151,12 @@ mod tests {
     const TRAPPED: &[u32] = &[0, 1, 20, 45, 228];
     const REFUSED: &[u32] = &[425, 426, 427];
 
+    const GATE: u64 = 0x7f55_0000_1000;
+
     fn check(lo: u64, hi: u64) {
-        let f = program(lo, hi, TRAPPED, REFUSED).unwrap();
+        let f = program(lo, hi, GATE, TRAPPED, REFUSED).unwrap();
         let in_libc = lo + 0x1000;
-        let gate = 0x7f55_0000_1000u64;
+        let gate = GATE;
         for nr in [9, 202, 257, 5] {
             // allowed from inside libc without the instruction pointer being looked at: the
             // kernel's constant-action cache can take these over
@@ -178,6 +208,34 @@ mod tests {
 
     #[test]
     fn filter_refuses_text_across_4_gib() {
-        assert!(program(0x7f12_fff0_0000, 0x7f13_0001_0000, TRAPPED, REFUSED).is_err());
+        assert!(program(0x7f12_fff0_0000, 0x7f13_0001_0000, GATE, TRAPPED, REFUSED).is_err());
+    }
+
+    #[test]
+    fn the_gate_is_allowed_exactly_and_first() {
+        let (lo, hi) = (0x7f55_0100_0000u64, 0x7f55_0118_0000u64);
+        // a gate inside the libc range would be nonsense, but it shows the gate test comes first
+        let inside = lo + 0x2000;
+        let f = program(lo, hi, inside, TRAPPED, REFUSED).unwrap();
+        let (r, _, steps) = run_steps(&f, 1, ARCH_X86_64, inside);
+        assert_eq!(r, RET_ALLOW);
+        assert_eq!(
+            steps, 10,
+            "write from the gate: arch (2), nr, read and write compares, gate (4), return"
+        );
+        // the same low word in another 4 GiB window is not the gate: the libc test decides
+        let alias_in = (0x7f12_0000_0000u64) | (GATE & 0xffff_ffff);
+        let f = program(alias_in - 0x1000, alias_in + 0x1000, GATE, TRAPPED, REFUSED).unwrap();
+        assert_eq!(
+            run(&f, 0, ARCH_X86_64, alias_in).0,
+            RET_TRAP,
+            "same low word, libc"
+        );
+        assert_eq!(run(&f, 0, ARCH_X86_64, GATE).0, RET_ALLOW, "the gate");
+        assert_eq!(
+            run(&f, 425, ARCH_X86_64, GATE).0,
+            RET_TRAP,
+            "io_uring from the gate"
+        );
     }
 }

@@ -1,8 +1,28 @@
-//! Replication message payload, version 1.
+//! Replication message payload, version 2.
 //!
 //! Every finished intercepted call becomes one message: a fixed 64-byte header followed by
 //! `data_len` bytes of call data (what the call gave the process: bytes read, a timespec, random
 //! bytes, revents...). Outputs carry only a digest of what was written.
+//!
+//! Version 2 adds the **compact time message** (magic [`COMPACT_MAGIC`], 48 bytes) for the most
+//! frequent call of servers, a successful `clock_gettime`/`gettimeofday` that filled 16 bytes:
+//! no `ret` (0), `a1`, `a2` (0) and `data_len` (16) fields, and a 32-bit clock id, so that the
+//! message plus the ring's 16-byte record header fill exactly one 64-byte cache line instead of
+//! 96 bytes. It decodes to the same [`Header`] and data as the full form.
+//!
+//! ```text
+//! compact time message (version 2)
+//! off size field
+//!  0   1   magic 0xA8
+//!  1   1   version (2)
+//!  2   2   kind (ClockGettime or Gettimeofday only)
+//!  4   4   pid
+//!  8   4   tid
+//! 12   4   a0 as i32 (clock id; sign-extended to 64 bits when decoded)
+//! 16   8   vtid   (same offset as in the full form)
+//! 24   8   tseq
+//! 32  16   data   (the timespec or timeval)
+//! ```
 //!
 //! ```text
 //! off size field
@@ -22,14 +42,21 @@
 //! ```
 //! Integrity is the carrier's job (the ring is shared memory; the journal has a CRC per record).
 //!
-//! Version rules: a decoder accepts exactly the versions it knows (today: 1). Adding a `Kind` or
+//! Version rules: a decoder accepts exactly the versions it knows (today: 1 and 2; version 1 is
+//! version 2 without the compact form, so version-1 journals still decode). Adding a `Kind` or
 //! giving meaning to a spare field bumps the version; a reader meeting a newer version refuses
 //! with [`MsgError::Version`] rather than guessing.
 
-/// First byte of every message.
+/// First byte of every full message.
 pub const MAGIC: u8 = 0xA7;
-/// Current message version.
-pub const VERSION: u8 = 1;
+/// First byte of a compact time message (version 2).
+pub const COMPACT_MAGIC: u8 = 0xA8;
+/// Bytes of a compact time message.
+pub const COMPACT_LEN: usize = 48;
+/// Current message version (written by this build).
+pub const VERSION: u8 = 2;
+/// Oldest message version this build still reads.
+pub const MIN_VERSION: u8 = 1;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 64;
 /// Largest `data_len` accepted by the decoder (the journal's default payload cap).
@@ -45,12 +72,14 @@ pub enum MsgError {
     Short(usize),
     #[error("bad message magic {0:#04x}")]
     Magic(u8),
-    #[error("message version {0} is not supported (this build reads version {VERSION})")]
+    #[error("message version {0} is not supported (this build reads versions {MIN_VERSION} to {VERSION})")]
     Version(u8),
     #[error("unknown message kind {0}")]
     Kind(u16),
     #[error("message data length {declared} does not match the {actual} bytes present")]
     Length { declared: usize, actual: usize },
+    #[error("compact time message of {len} bytes (kind {kind}): must be {COMPACT_LEN} bytes of version 2 and kind clock_gettime or gettimeofday")]
+    Compact { kind: u16, len: usize },
 }
 
 macro_rules! kinds {
@@ -140,7 +169,52 @@ impl Header {
         out[56..64].copy_from_slice(&self.a2.to_le_bytes());
     }
 
-    /// Encode header and data into a new buffer.
+    /// Whether this call can be recorded as a compact time message (see the module docs):
+    /// a successful `clock_gettime`/`gettimeofday` with 16 bytes of data, `a1 = a2 = 0` and a
+    /// clock id that survives the 32-bit round trip.
+    #[inline]
+    pub fn compact_fits(kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data_len: usize) -> bool {
+        matches!(kind, Kind::ClockGettime | Kind::Gettimeofday)
+            && ret == 0
+            && a1 == 0
+            && a2 == 0
+            && data_len == 16
+            && i32::try_from(i64::from_le_bytes(a0.to_le_bytes())).is_ok()
+    }
+
+    /// Write the compact form of this header and its 16 data bytes into `out[..48]`. The caller
+    /// checked [`Header::compact_fits`].
+    #[inline]
+    pub fn encode_compact_into(&self, out: &mut [u8], data: &[u8; 16]) {
+        let out: &mut [u8; COMPACT_LEN] = (&mut out[..COMPACT_LEN])
+            .try_into()
+            .expect("compact slice is COMPACT_LEN long");
+        out[0] = COMPACT_MAGIC;
+        out[1] = VERSION;
+        out[2..4].copy_from_slice(&(self.kind as u16).to_le_bytes());
+        out[4..8].copy_from_slice(&self.pid.to_le_bytes());
+        out[8..12].copy_from_slice(&self.tid.to_le_bytes());
+        // The low 32 bits: compact_fits checked that a0 is a sign-extended i32.
+        out[12..16].copy_from_slice(&self.a0.to_le_bytes()[..4]);
+        out[16..24].copy_from_slice(&self.vtid.to_le_bytes());
+        out[24..32].copy_from_slice(&self.tseq.to_le_bytes());
+        out[32..48].copy_from_slice(data);
+    }
+
+    /// Encode header and data into a new buffer, in the compact form when
+    /// [`Header::compact_fits`] allows it (what the interceptor writes).
+    pub fn encode_auto(&self, data: &[u8]) -> Vec<u8> {
+        if let Ok(d16) = <&[u8; 16]>::try_from(data) {
+            if Self::compact_fits(self.kind, self.ret, self.a0, self.a1, self.a2, 16) {
+                let mut v = vec![0u8; COMPACT_LEN];
+                self.encode_compact_into(&mut v, d16);
+                return v;
+            }
+        }
+        self.encode(data)
+    }
+
+    /// Encode header and data into a new buffer (full form).
     pub fn encode(&self, data: &[u8]) -> Vec<u8> {
         let mut v = vec![0u8; HEADER_LEN + data.len()];
         let mut h = *self;
@@ -161,15 +235,54 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Decode a message: its header and a borrowed slice of its data.
+/// Decode a compact time message (magic checked by the caller).
+fn decode_compact(b: &[u8]) -> Result<(Header, &[u8]), MsgError> {
+    if b.len() < 4 {
+        return Err(MsgError::Short(b.len()));
+    }
+    if b[1] != VERSION {
+        return Err(MsgError::Version(b[1]));
+    }
+    let k = u16::from_le_bytes([b[2], b[3]]);
+    let kind = match Kind::from_u16(k) {
+        Some(kind @ (Kind::ClockGettime | Kind::Gettimeofday)) if b.len() == COMPACT_LEN => kind,
+        _ => {
+            return Err(MsgError::Compact {
+                kind: k,
+                len: b.len(),
+            })
+        }
+    };
+    let h = Header {
+        kind,
+        pid: u32_at(b, 4),
+        tid: u32_at(b, 8),
+        data_len: 16,
+        vtid: u64_at(b, 16),
+        tseq: u64_at(b, 24),
+        ret: 0,
+        // The clock id was stored as an i32: sign-extend it back.
+        a0: u64::from_le_bytes(
+            i64::from(i32::from_le_bytes([b[12], b[13], b[14], b[15]])).to_le_bytes(),
+        ),
+        a1: 0,
+        a2: 0,
+    };
+    Ok((h, &b[32..COMPACT_LEN]))
+}
+
+/// Decode a message (full or compact form): its header and a borrowed slice of its data.
 pub fn decode(b: &[u8]) -> Result<(Header, &[u8]), MsgError> {
+    if b.first() == Some(&COMPACT_MAGIC) {
+        return decode_compact(b);
+    }
     if b.len() < HEADER_LEN {
         return Err(MsgError::Short(b.len()));
     }
     if b[0] != MAGIC {
         return Err(MsgError::Magic(b[0]));
     }
-    if b[1] != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&b[1]) {
         return Err(MsgError::Version(b[1]));
     }
     let k = u16::from_le_bytes([b[2], b[3]]);
@@ -246,6 +359,63 @@ mod tests {
             prop_assert_eq!(d2, data.as_slice());
             prop_assert!(decode(&b[..b.len() - 1]).is_err() || data.is_empty());
         }
+    }
+
+    proptest! {
+        #[test]
+        fn compact_roundtrip(gtod in any::<bool>(), clk in any::<i32>(), pid in any::<u32>(), tid in any::<u32>(),
+                             vtid in any::<u64>(), tseq in any::<u64>(), data in any::<[u8; 16]>()) {
+            let kind = if gtod { Kind::Gettimeofday } else { Kind::ClockGettime };
+            let a0 = u64::from_le_bytes(i64::from(clk).to_le_bytes());
+            let h = Header { kind, pid, tid, data_len: 16, vtid, tseq, ret: 0, a0, a1: 0, a2: 0 };
+            prop_assert!(Header::compact_fits(kind, 0, a0, 0, 0, 16));
+            let b = h.encode_auto(&data);
+            prop_assert_eq!(b.len(), COMPACT_LEN);
+            prop_assert_eq!(b[0], COMPACT_MAGIC);
+            let (h2, d2) = decode(&b).unwrap();
+            prop_assert_eq!(h2, h);
+            prop_assert_eq!(d2, data.as_slice());
+            prop_assert!(decode(&b[..COMPACT_LEN - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn compact_only_where_it_fits() {
+        let mut h = Header {
+            kind: Kind::ClockGettime,
+            pid: 1,
+            tid: 2,
+            data_len: 16,
+            vtid: 3,
+            tseq: 4,
+            ret: -22,
+            a0: 1,
+            a1: 0,
+            a2: 0,
+        };
+        // A failed call, a clock id beyond i32, another kind, another length: full form.
+        assert_eq!(h.encode_auto(&[7; 16])[0], MAGIC);
+        h.ret = 0;
+        h.a0 = 1 << 40;
+        assert_eq!(h.encode_auto(&[7; 16])[0], MAGIC);
+        h.a0 = 1;
+        assert_eq!(h.encode_auto(&[7; 8])[0], MAGIC);
+        h.kind = Kind::Getrandom;
+        assert_eq!(h.encode_auto(&[7; 16])[0], MAGIC);
+        h.kind = Kind::Gettimeofday;
+        let mut b = h.encode_auto(&[7; 16]);
+        assert_eq!(b[0], COMPACT_MAGIC);
+        // Version 1 had no compact form; a compact message of another kind is refused.
+        b[1] = 1;
+        assert_eq!(decode(&b), Err(MsgError::Version(1)));
+        b[1] = VERSION;
+        b[2] = Kind::Read as u8;
+        assert!(matches!(decode(&b), Err(MsgError::Compact { .. })));
+        // A version-1 full message still decodes.
+        h.kind = Kind::Read;
+        let mut f = h.encode(b"ab");
+        f[1] = 1;
+        assert_eq!(decode(&f).unwrap().1, b"ab");
     }
 
     #[test]

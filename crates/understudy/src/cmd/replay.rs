@@ -77,14 +77,16 @@ pub fn load(dir: &Path) -> anyhow::Result<Recording> {
                     bail!("journal {} is not an understudy recording", dir.display());
                 }
                 if s.version != recording::RECORDING_VERSION
-                    || s.msg_version != intercept::msg::VERSION
+                    || !(intercept::msg::MIN_VERSION..=intercept::msg::VERSION)
+                        .contains(&s.msg_version)
                 {
                     bail!(
-                        "journal {}: recording version {} / message version {} (this build reads {} / {})",
+                        "journal {}: recording version {} / message version {} (this build reads {} / {} to {})",
                         dir.display(),
                         s.version,
                         s.msg_version,
                         recording::RECORDING_VERSION,
+                        intercept::msg::MIN_VERSION,
                         intercept::msg::VERSION
                     );
                 }
