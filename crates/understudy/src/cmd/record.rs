@@ -117,13 +117,11 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     };
     // While messages flow, poll without announcing sleep, so producers never pay for a futex
     // wake; after 20 ms of silence, sleep on the ring's futex. In sync mode every poll interval
-    // adds to an output's wait, so poll every 200 µs; otherwise every 2 ms (each wake-up costs
-    // the collector's CPU ~20 µs on these VMs, taken from whatever shares its CPU; the ring
-    // holds far more than 2 ms of messages).
+    // adds to an output's wait, so poll every 200 µs; otherwise as the agent's collector does.
     let interval = if args.sync {
         Duration::from_micros(200)
     } else {
-        Duration::from_millis(2)
+        agent::collector::ASYNC_POLL
     };
     let mut last_data = Instant::now();
     let status = loop {
