@@ -47,11 +47,14 @@ fn cpu_ns() -> u64 {
     total
 }
 
-/// CPU time of the calling thread, in nanoseconds.
+/// CPU time of the calling thread, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`, exact at any
+/// moment, unlike `schedstat`, which lags by up to a scheduler tick for the running thread).
 fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
         .unwrap_or(0)
 }
 
@@ -88,6 +91,92 @@ fn raw_tcp(total: u64) -> (f64, f64) {
         total as f64 / secs / 1e6,
         cpu as f64 / (total as f64 / 64.0),
     )
+}
+
+/// Wire bytes per replicated 64-byte message: the payload and its `stream:u32 len:u32` header,
+/// which is also what each journal's batch frame stores per record.
+const WIRE_PER_MSG: f64 = 72.0;
+
+/// The passes over a message's bytes that the design cannot drop, each timed on its own in
+/// this process (thread CPU time), in nanoseconds per 64-byte message (72 bytes with its record
+/// header): AES-256-GCM seal and open with the transport's own cipher (`ring`, a 256 KiB sealed
+/// record, the size of a data frame), one append through the page cache (one `write(2)` per
+/// MiB, the journal's write buffer, to a fresh file, no fsync), and one CRC32C pass.
+struct Passes {
+    seal: f64,
+    open: f64,
+    append: f64,
+    crc: f64,
+}
+
+fn passes(dir: &Path, msgs: u64) -> Passes {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let total = msgs as f64 * WIRE_PER_MSG;
+    let rec = 256usize << 10;
+    let reps = (msgs * 72).div_ceil(rec as u64).max(1);
+    let per_msg = |cpu: u64, bytes: f64| cpu as f64 / bytes * WIRE_PER_MSG;
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
+    let nonce = |n: u64| {
+        let mut b = [0u8; 12];
+        b[4..].copy_from_slice(&n.to_be_bytes());
+        Nonce::assume_unique_for_key(b)
+    };
+    let mut buf = vec![0x5au8; rec];
+    buf.extend_from_slice(&[0u8; 16]);
+    // Each call timed on its own (the thread clock costs well under 1% of a 256 KiB call).
+    let (mut seal_cpu, mut open_cpu) = (0, 0);
+    for n in 0..reps {
+        let c0 = thread_cpu_ns();
+        let tag = key
+            .seal_in_place_separate_tag(nonce(n), Aad::empty(), &mut buf[..rec])
+            .unwrap();
+        let c1 = thread_cpu_ns();
+        buf[rec..].copy_from_slice(tag.as_ref());
+        let c2 = thread_cpu_ns();
+        let opened = key.open_in_place(nonce(n), Aad::empty(), &mut buf).unwrap();
+        std::hint::black_box(opened);
+        let c3 = thread_cpu_ns();
+        seal_cpu += c1 - c0;
+        open_cpu += c3 - c2;
+    }
+    buf.truncate(rec);
+    let sealed_bytes = reps as f64 * rec as f64;
+    let mut crc = 0u32;
+    let c0 = thread_cpu_ns();
+    for _ in 0..reps {
+        crc = crc32c::crc32c_append(crc, &buf);
+    }
+    let crc_cpu = thread_cpu_ns() - c0;
+    std::hint::black_box(crc);
+    // Page-cache append: fresh file, 1 MiB writes, as the journal's write buffer does.
+    let path = dir.join("append-pass");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    let c0 = thread_cpu_ns();
+    while (written as f64) < total {
+        f.write_all(&chunk).unwrap();
+        written += chunk.len() as u64;
+    }
+    let append_cpu = thread_cpu_ns() - c0;
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    Passes {
+        seal: per_msg(seal_cpu, sealed_bytes),
+        open: per_msg(open_cpu, sealed_bytes),
+        append: per_msg(append_cpu, written as f64),
+        crc: per_msg(crc_cpu, sealed_bytes),
+    }
+}
+
+/// The upper bound on replication throughput those passes allow on 2 cores: nanoseconds per
+/// message of seal + open + two page-cache appends (one journal per host) + the TCP copies
+/// (raw TCP's own CPU per byte), plus `crc_passes` CRC32C passes; returns (ns per message,
+/// MB/s of payload at `2 cores / ns`).
+fn ceiling(p: &Passes, raw_tcp_ns_per_64: f64, crc_passes: f64) -> (f64, f64) {
+    let tcp = raw_tcp_ns_per_64 * WIRE_PER_MSG / 64.0;
+    let ns = p.seal + p.open + 2.0 * p.append + tcp + crc_passes * p.crc;
+    (ns, 2e9 / ns * 64.0 / 1e6)
 }
 
 /// The encrypted transport alone (no journals): 64-byte records, 1024 per data frame.
@@ -257,6 +346,8 @@ fn main() {
     let (mut rawc, mut cpm) = (vec![], vec![]);
     let (mut p50n, mut p99n, mut p50a, mut p99a) = (vec![], vec![], vec![], vec![]);
     let (mut r50, mut r99) = (vec![], vec![]);
+    let (mut seal, mut open, mut app, mut crc) = (vec![], vec![], vec![], vec![]);
+    let (mut ceil_ns, mut ceil_pct, mut ceil_crc_pct) = (vec![], vec![], vec![]);
     if std::env::var_os("BENCH_ONLY_TRANSPORT").is_some() {
         println!(
             "transport only {:.0} MB/s",
@@ -270,8 +361,24 @@ fn main() {
         println!("replication {m:.0} msg/s {mb:.1} MB/s, CPU {c:.0} ns/msg");
         return;
     }
+    if std::env::var_os("BENCH_ONLY_CEILING").is_some() {
+        let (r, rc) = raw_tcp(2 << 30);
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let ps = passes(d.path(), msgs);
+        let (ns, mb) = ceiling(&ps, rc, 0.0);
+        println!(
+            "raw tcp {r:.0} MB/s {rc:.1} ns/64 B | seal {:.1} open {:.1} append {:.1} crc {:.1} ns/msg | ceiling {ns:.1} ns/msg = {mb:.0} MB/s = {:.1}% of raw",
+            ps.seal, ps.open, ps.append, ps.crc, mb / r * 100.0
+        );
+        return;
+    }
     for run in 0..runs {
         let (r, rc) = raw_tcp(2 << 30);
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let ps = passes(d.path(), msgs);
+        drop(d);
+        let (cn, cmb) = ceiling(&ps, rc, 0.0);
+        let (_, cmb2) = ceiling(&ps, rc, 2.0);
         let t = rt.block_on(transport_only(msgs));
         let d = tempfile::tempdir_in(&base).unwrap();
         let (m, mb, c) = rt.block_on(throughput(d.path(), msgs));
@@ -284,9 +391,25 @@ fn main() {
         println!(
             "run {run}: raw tcp {r:.0} MB/s | encrypted transport only {t:.0} MB/s | replication {m:.0} msg/s {mb:.1} MB/s ({:.1}% of raw), CPU {c:.0} ns/msg (raw TCP {rc:.0} ns/64 B) | \
              sync ack fsync=never p50 {a50:.0} us p99 {a99:.0} us | fsync=always p50 {f50:.0} us p99 {f99:.0} us | \
-             ring output commit fsync=never p50 {g50:.0} us p99 {g99:.0} us",
-            mb / r * 100.0
+             ring output commit fsync=never p50 {g50:.0} us p99 {g99:.0} us | \
+             ceiling: seal {:.1} + open {:.1} + 2 x append {:.1} + tcp {:.1} = {cn:.1} ns/msg -> {cmb:.0} MB/s = {:.1}% of raw \
+             ({:.1}% with 2 CRC32C passes of {:.1} ns)",
+            mb / r * 100.0,
+            ps.seal,
+            ps.open,
+            ps.append,
+            rc * WIRE_PER_MSG / 64.0,
+            cmb / r * 100.0,
+            cmb2 / r * 100.0,
+            ps.crc
         );
+        seal.push(ps.seal);
+        open.push(ps.open);
+        app.push(ps.append);
+        crc.push(ps.crc);
+        ceil_ns.push(cn);
+        ceil_pct.push(cmb / r * 100.0);
+        ceil_crc_pct.push(cmb2 / r * 100.0);
         raw.push(r);
         rawc.push(rc);
         cpm.push(c);
@@ -315,6 +438,22 @@ fn main() {
         "  CPU per 64-byte message, all threads: replication {c:.0} ns, raw TCP {rc:.0} ns per 64 bytes \
          (replication needs {:.1}x the CPU of raw TCP per payload byte)",
         c / rc
+    );
+    let tcp = rc * WIRE_PER_MSG / 64.0;
+    let (sl, op, ap, cr) = (
+        median(&mut seal),
+        median(&mut open),
+        median(&mut app),
+        median(&mut crc),
+    );
+    let cn = median(&mut ceil_ns);
+    println!(
+        "  ceiling, CPU per 64-byte message (72 bytes with its record header) of the passes the design cannot drop:\n    \
+         AES-256-GCM seal {sl:.1} ns + open {op:.1} ns + page-cache append {ap:.1} ns x 2 journals + TCP copies {tcp:.1} ns (raw TCP's) = {cn:.1} ns\n    \
+         -> on 2 cores at most {:.1} M msg/s = {:.1}% of raw TCP (per-run median; {:.1}% adding 2 CRC32C passes of {cr:.1} ns); target 50%",
+        2.0 / cn * 1e3,
+        median(&mut ceil_pct),
+        median(&mut ceil_crc_pct)
     );
     println!(
         "  sync ack latency, fsync=never:  p50 {:.0} us, p99 {:.0} us",
