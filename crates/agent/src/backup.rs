@@ -367,6 +367,7 @@ async fn serve_stream(
 
     // Frames are read by their own task so heartbeats and acks flow while we wait.
     let (tx, mut rx) = mpsc::channel::<Result<(Frame, bool), TransportError>>(64);
+    let pool = reader.buffer_pool();
     let reader_task = tokio::spawn(async move {
         loop {
             let r = reader.next_frame().await;
@@ -377,7 +378,7 @@ async fn serve_stream(
             }
         }
     });
-    let result = stream_loop(shared, &app, generation, writer, &mut rx, &mut stop).await;
+    let result = stream_loop(shared, &app, generation, writer, &mut rx, &mut stop, &pool).await;
     reader_task.abort();
     {
         let mut s = app.status.lock().expect("status lock");
@@ -396,6 +397,7 @@ async fn stream_loop(
     writer: &mut SecureWriter,
     rx: &mut mpsc::Receiver<Result<(Frame, bool), TransportError>>,
     stop: &mut watch::Receiver<bool>,
+    pool: &transport::BufferPool,
 ) -> Result<(), AgentError> {
     let timing = shared.cfg.timing.clone();
     let mut hold = shared.cfg.hold_acks.clone();
@@ -428,6 +430,8 @@ async fn stream_loop(
                 match frame {
                     Frame::Data { first_seq, records } => {
                         journal_data(shared, app, generation, first_seq, &records)?;
+                        // The reader reuses the buffer for a later frame.
+                        pool.put(records);
                         if !uncommitted {
                             uncommitted_since = std::time::Instant::now();
                         }

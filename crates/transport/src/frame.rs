@@ -95,12 +95,25 @@ impl RefuseCode {
 /// The records of a `Data` frame, `(stream, payload)` in seq order (record `i` has seq
 /// `first_seq + i`). Held in their wire encoding (`(stream:u32 len:u32 payload)*`), validated
 /// once when decoded and parsed on the fly by [`DataBatch::iter`]: one buffer per frame and no
-/// per-record work besides reading two integers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// per-record work besides reading two integers. A batch decoded by a
+/// [`crate::SecureReader`] may hold the reader's whole receive buffer (the records are a range
+/// of it, no copy); give it back with [`BufferPool::put`] once done.
+#[derive(Debug, Clone, Default)]
 pub struct DataBatch {
     bytes: Vec<u8>,
+    /// The records are `bytes[start..end]`.
+    start: usize,
+    end: usize,
     count: usize,
 }
+
+impl PartialEq for DataBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.encoded() == other.encoded()
+    }
+}
+
+impl Eq for DataBatch {}
 
 impl DataBatch {
     /// An empty batch.
@@ -113,7 +126,12 @@ impl DataBatch {
     /// # Panics
     /// If the payload is 4 GiB or more (frames are capped far below that).
     pub fn push(&mut self, stream: u32, payload: &[u8]) {
+        if self.start != 0 || self.end != self.bytes.len() {
+            self.bytes = self.encoded().to_vec();
+            self.start = 0;
+        }
         push_record(&mut self.bytes, stream, payload);
+        self.end = self.bytes.len();
         self.count += 1;
     }
 
@@ -129,17 +147,68 @@ impl DataBatch {
 
     /// The records in their wire encoding, `(stream:u32 len:u32 payload)*`.
     pub fn encoded(&self) -> &[u8] {
-        &self.bytes
+        &self.bytes[self.start..self.end]
     }
 
     /// Payload bytes of every record (the encoding minus the per-record headers).
     pub fn payload_bytes(&self) -> usize {
-        self.bytes.len() - self.count * RECORD_OVERHEAD
+        (self.end - self.start) - self.count * RECORD_OVERHEAD
+    }
+
+    /// Fill in a batch from [`decode_at`]: its records are `buf[start..end]`, which the batch
+    /// now owns (`buf` must be the buffer `decode_at` read them from).
+    pub(crate) fn resolve(&mut self, buf: Vec<u8>) {
+        debug_assert!(self.end <= buf.len());
+        self.bytes = buf;
+    }
+
+    /// Copy the records out of `buf` (the buffer [`decode_at`] read them from).
+    pub(crate) fn resolve_copy(&mut self, buf: &[u8]) {
+        self.bytes = buf[self.start..self.end].to_vec();
+        self.end -= self.start;
+        self.start = 0;
     }
 
     /// The records in order.
     pub fn iter(&self) -> RecordsIter<'_> {
-        records(&self.bytes)
+        records(self.encoded())
+    }
+}
+
+/// Receive buffers handed back by the user of a [`crate::SecureReader`] (see [`DataBatch`]),
+/// so that the reader does not allocate, and page-fault in, a fresh buffer per data frame.
+/// Holds at most [`BufferPool::MAX_BUFFERS`] buffers; clones share the pool.
+#[derive(Debug, Clone, Default)]
+pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// Buffers kept at most.
+    pub const MAX_BUFFERS: usize = 8;
+    /// Buffers larger than this are dropped rather than kept.
+    const MAX_CAPACITY: usize = 4 << 20;
+
+    /// Give back the buffer of a batch that is no longer needed.
+    pub fn put(&self, batch: DataBatch) {
+        let mut b = batch.bytes;
+        if b.capacity() == 0 || b.capacity() > Self::MAX_CAPACITY {
+            return;
+        }
+        b.clear();
+        let mut pool = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < Self::MAX_BUFFERS {
+            pool.push(b);
+        }
+    }
+
+    /// A buffer from the pool, if any.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
     }
 }
 
@@ -149,9 +218,11 @@ impl DataBatch {
 /// If the payload is 4 GiB or more.
 pub fn push_record(out: &mut Vec<u8>, stream: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).expect("payload under 4 GiB");
+    let mut h = [0u8; RECORD_OVERHEAD];
+    h[..4].copy_from_slice(&stream.to_le_bytes());
+    h[4..].copy_from_slice(&len.to_le_bytes());
     out.reserve(RECORD_OVERHEAD + payload.len());
-    out.extend_from_slice(&stream.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&h);
     out.extend_from_slice(payload);
 }
 
@@ -445,6 +516,19 @@ impl<'a> Body<'a> {
 /// `Ok(Some((frame, consumed)))` for a whole frame, and an error for anything malformed.
 /// A length over the cap is refused as soon as the header is read, before buffering the body.
 pub fn decode(buf: &[u8], version: u16) -> Result<Option<(Frame, usize)>, FrameError> {
+    let Some((mut frame, n)) = decode_at(buf, version)? else {
+        return Ok(None);
+    };
+    if let Frame::Data { records, .. } = &mut frame {
+        records.resolve_copy(buf);
+    }
+    Ok(Some((frame, n)))
+}
+
+/// [`decode`], except that the records of a `Data` frame are left in `buf`: the batch has no
+/// bytes yet, and its `start..end` is the range of its records in `buf` (the caller copies
+/// them out with `resolve_copy` or hands `buf` itself over with `resolve`).
+pub(crate) fn decode_at(buf: &[u8], version: u16) -> Result<Option<(Frame, usize)>, FrameError> {
     if !(PREVIOUS_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(FrameError::Version(version));
     }
@@ -471,7 +555,11 @@ pub fn decode(buf: &[u8], version: u16) -> Result<Option<(Frame, usize)>, FrameE
     if actual != expected {
         return Err(FrameError::Checksum { expected, actual });
     }
-    let frame = decode_body(body, version)?;
+    let mut frame = decode_body(body, version)?;
+    if let Frame::Data { records, .. } = &mut frame {
+        records.start += HEADER_LEN;
+        records.end += HEADER_LEN;
+    }
     Ok(Some((frame, HEADER_LEN + len)))
 }
 
@@ -559,8 +647,12 @@ fn decode_body(body: &[u8], version: u16) -> Result<Frame, FrameError> {
                 b.take(n, "payload")?;
             }
             let used = start.len() - b.b.len();
+            // Offsets in `body`; `decode_at` makes them offsets in its buffer.
+            let at = body.len() - start.len();
             let records = DataBatch {
-                bytes: start[..used].to_vec(),
+                bytes: Vec::new(),
+                start: at,
+                end: at + used,
                 count,
             };
             Frame::Data { first_seq, records }

@@ -15,7 +15,7 @@ pub mod frame;
 pub mod key;
 pub mod secure;
 
-pub use frame::{DataBatch, Frame, FrameError, RecordsIter, RefuseCode};
+pub use frame::{BufferPool, DataBatch, Frame, FrameError, RecordsIter, RefuseCode};
 pub use key::{ClusterKey, KeyError};
 pub use secure::{accept, connect, SecureReader, SecureWriter, TransportError};
 

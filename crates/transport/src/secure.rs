@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::frame::{self, Frame, FrameError, HEADER_LEN, MAX_FRAME};
+use crate::frame::{self, BufferPool, Frame, FrameError, HEADER_LEN, MAX_FRAME};
 use crate::key::ClusterKey;
 use crate::{version_accepted, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
@@ -405,6 +405,7 @@ fn halves(
             version,
             peer,
             bytes_in: 0,
+            pool: BufferPool::default(),
         },
         SecureWriter {
             w,
@@ -430,6 +431,8 @@ pub struct SecureReader {
     version: u16,
     peer: SocketAddr,
     bytes_in: u64,
+    /// Buffers handed back by the user (see [`frame::DataBatch`]).
+    pool: BufferPool,
 }
 
 impl std::fmt::Debug for SecureReader {
@@ -452,6 +455,12 @@ impl SecureReader {
         self.bytes_in
     }
 
+    /// The pool to which the buffers of received [`frame::DataBatch`]es may be given back
+    /// ([`BufferPool::put`]) once they are no longer needed, so the reader reuses them.
+    pub fn buffer_pool(&self) -> BufferPool {
+        self.pool.clone()
+    }
+
     /// Whether bytes of a further frame are already buffered (so the caller can delay a group
     /// commit until it has drained them).
     pub fn has_buffered(&self) -> bool {
@@ -462,8 +471,22 @@ impl SecureReader {
     pub async fn next_frame(&mut self) -> Result<Frame, TransportError> {
         loop {
             let pending = &self.plain[self.start..];
-            match frame::decode(pending, self.version) {
-                Ok(Some((f, n))) => {
+            match frame::decode_at(pending, self.version) {
+                Ok(Some((mut f, n))) => {
+                    if let Frame::Data { records, .. } = &mut f {
+                        if self.start == 0 && n == self.plain.len() {
+                            // The frame is the whole buffer (the usual case: one data frame
+                            // per sealed record): hand the buffer over instead of copying.
+                            let fresh = self
+                                .pool
+                                .take()
+                                .unwrap_or_else(|| Vec::with_capacity(2 * NOISE_MAX));
+                            records.resolve(std::mem::replace(&mut self.plain, fresh));
+                            return Ok(f);
+                        } else {
+                            records.resolve_copy(pending);
+                        }
+                    }
                     self.start += n;
                     if self.start == self.plain.len() {
                         self.plain.clear();
@@ -776,6 +799,55 @@ mod tests {
         let c = TcpStream::connect(addr).await.unwrap();
         let client = connect(c, &ka, version, t).await;
         (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn data_frames_alone_or_mixed_arrive_intact_with_buffers_given_back() {
+        let k = ClusterKey::generate();
+        let (c, s) = pair(k.clone(), k, PROTOCOL_VERSION).await;
+        let (_cr, mut cw) = c.unwrap();
+        let (mut sr, _sw) = s.unwrap();
+        let pool = sr.buffer_pool();
+        let batch = |seed: u8| -> frame::DataBatch {
+            (0..50u8)
+                .map(|i| {
+                    (
+                        u32::from(i),
+                        vec![seed.wrapping_add(i); 10 + usize::from(i)],
+                    )
+                })
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(i, p)| (*i, &p[..]))
+                .collect()
+        };
+        // One data frame per flush (its sealed record is the whole receive buffer: handed
+        // over), then a data frame sharing a record with a heartbeat (copied out), each
+        // buffer given back to the pool and reused by the reader.
+        for round in 0..6u8 {
+            let data = Frame::Data {
+                first_seq: 1 + 50 * u64::from(round),
+                records: batch(round),
+            };
+            cw.queue(&data).unwrap();
+            if round % 2 == 1 {
+                cw.queue(&Frame::Heartbeat { sent_unix_nanos: 9 }).unwrap();
+            }
+            cw.flush().await.unwrap();
+            let got = sr.next_frame().await.unwrap();
+            assert_eq!(got, data);
+            if round % 2 == 1 {
+                assert_eq!(
+                    sr.next_frame().await.unwrap(),
+                    Frame::Heartbeat { sent_unix_nanos: 9 }
+                );
+            }
+            let Frame::Data { records, .. } = got else {
+                unreachable!()
+            };
+            assert_eq!(records.iter().count(), 50);
+            pool.put(records);
+        }
     }
 
     #[tokio::test]
