@@ -515,7 +515,9 @@ fn journal_data(
         }
         let enc = &records.encoded()[off..];
         bytes = (enc.len() - (records.len() - skip) * transport::frame::RECORD_OVERHEAD) as u64;
-        st.append_encoded(last + 1, enc)
+        // Validated when the frame was decoded: the journal need not walk the records again.
+        let count = u32::try_from(records.len() - skip).expect("frame records capped by bytes");
+        st.append_encoded_counted(last + 1, count, enc)
             .map_err(|e| AgentError::Store(e.to_string()))
     })?;
     app.journaled_bytes.fetch_add(bytes, Relaxed);

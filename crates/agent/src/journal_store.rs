@@ -53,6 +53,16 @@ impl Store for JournalStore {
             .append_encoded(first_seq, encoded)
             .map_err(|e| StoreError(e.to_string()))
     }
+    fn append_encoded_counted(
+        &mut self,
+        first_seq: u64,
+        count: u32,
+        encoded: &[u8],
+    ) -> Result<u64, StoreError> {
+        self.j
+            .append_encoded_counted(first_seq, count, encoded)
+            .map_err(|e| StoreError(e.to_string()))
+    }
     fn commit(&mut self) -> Result<u64, StoreError> {
         self.j.commit().map_err(|e| StoreError(e.to_string()))
     }

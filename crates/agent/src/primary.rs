@@ -323,9 +323,12 @@ impl Primary {
         let last = blocking(|| {
             let mut st = s.store.lock().expect("store lock");
             let first = st.last_seq() + 1;
-            let seq = st
-                .append_encoded(first, &enc)
-                .map_err(|e| AgentError::Store(e.to_string()))?;
+            // The encoding was built just above, record by record: the journal need not walk it.
+            let seq = match u32::try_from(count) {
+                Ok(n) => st.append_encoded_counted(first, n, &enc),
+                Err(_) => st.append_encoded(first, &enc),
+            }
+            .map_err(|e| AgentError::Store(e.to_string()))?;
             let before = st.fsyncs();
             st.commit().map_err(|e| AgentError::Store(e.to_string()))?;
             Metrics::add(&s.metrics.fsyncs, st.fsyncs() - before);
@@ -813,7 +816,8 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
     {
         let w = s.window.lock().expect("window lock");
         if let Some(i) = w.find(next) {
-            // Whole runs of encoded records, cut at `max` encoded bytes (at least one record).
+            // Whole runs of encoded records, cut at `max` encoded bytes (at least one record),
+            // at a batch boundary unless the first batch alone is larger.
             let mut pieces: Vec<&[u8]> = Vec::new();
             let (mut enc_bytes, mut count, mut payload) = (0usize, 0u64, 0u64);
             for (k, b) in w.batches.range(i..).enumerate() {
@@ -827,7 +831,12 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
                     payload += b.payload - skipped;
                     continue;
                 }
-                // Only part of this batch fits: walk its records.
+                if count > 0 {
+                    // Frames end at batch boundaries whenever they can, so the next frame
+                    // starts at a batch's first record (no walk to find its offset).
+                    break;
+                }
+                // The first batch alone exceeds the frame: walk its records to cut it.
                 let mut used = 0usize;
                 for (_, p) in transport::frame::records(rest) {
                     let n = transport::frame::RECORD_OVERHEAD + p.len();

@@ -31,6 +31,17 @@ pub trait Store: Send + 'static {
         }
         Ok(seq - 1)
     }
+    /// [`Store::append_encoded`] of `count` records whose encoding the caller built or
+    /// validated (the journal then does not walk them again).
+    fn append_encoded_counted(
+        &mut self,
+        first_seq: u64,
+        count: u32,
+        encoded: &[u8],
+    ) -> Result<u64, StoreError> {
+        let _ = count;
+        self.append_encoded(first_seq, encoded)
+    }
     /// Group commit per the store's fsync policy; returns the durable seq.
     fn commit(&mut self) -> Result<u64, StoreError>;
     /// Call `f` for records `from..` in order, stopping after `max_records` or once

@@ -272,6 +272,17 @@ impl<'a> Iterator for BatchRecords<'a> {
     }
 }
 
+/// The number of records of a batch encoding if they fill it exactly (`None` if the last
+/// one runs past the end, or for more than `u32::MAX` records).
+pub fn batch_count(encoded: &[u8]) -> Option<u32> {
+    let mut it = BatchRecords { b: encoded };
+    let mut n = 0u32;
+    while it.next().is_some() {
+        n = n.checked_add(1)?;
+    }
+    it.b.is_empty().then_some(n)
+}
+
 /// Records `(seq, stream, payload)` of one frame (see [`RecordHeader::records`]).
 #[derive(Debug, Clone)]
 pub struct FrameRecords<'a> {
@@ -413,18 +424,24 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, stream: u32, payload: &[u8]) {
 /// encoding `(stream:u32 len:u32 payload)*` (`count` of them). The caller has checked the
 /// encoding, `count >= 1` and `encoded.len() <= MAX_PAYLOAD`.
 pub fn encode_batch(out: &mut Vec<u8>, first_seq: u64, count: u32, encoded: &[u8]) {
+    out.reserve(RECORD_HEADER_LEN + encoded.len());
+    out.extend_from_slice(&batch_header(first_seq, count, encoded));
+    out.extend_from_slice(encoded);
+}
+
+/// The header of the batch frame [`encode_batch`] writes (CRC32C over the rest of the header
+/// and `encoded` included), for a writer that sends the header and `encoded` from where they
+/// are. Same preconditions as [`encode_batch`].
+pub fn batch_header(first_seq: u64, count: u32, encoded: &[u8]) -> [u8; RECORD_HEADER_LEN] {
     let len = u32::try_from(encoded.len()).unwrap_or(u32::MAX);
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[4..8].copy_from_slice(&len.to_le_bytes());
     h[8..12].copy_from_slice(&count.to_le_bytes());
     h[12..16].copy_from_slice(&FLAG_BATCH.to_le_bytes());
     h[16..24].copy_from_slice(&first_seq.to_le_bytes());
-    let start = out.len();
-    out.reserve(RECORD_HEADER_LEN + encoded.len());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(encoded);
-    let crc = crc32c::crc32c(&out[start + 4..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[4..]), encoded);
+    h[0..4].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// A record decoded from a contiguous buffer of frames, borrowing its payload.

@@ -109,6 +109,10 @@ pub const MAX_RAW_BATCH: usize = 64 << 20;
 /// larger record gets a frame of its own).
 pub const BATCH_MAX_BYTES: usize = 1 << 20;
 
+/// Runs of at least this many encoded bytes given to [`Journal::append_encoded_counted`] are
+/// written from the caller's buffer instead of being copied into the write buffer.
+pub const DIRECT_WRITE_BYTES: usize = 32 << 10;
+
 /// Name of the lock file inside a journal directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -532,6 +536,53 @@ impl Journal {
         Ok(self.last_seq)
     }
 
+    /// [`Journal::append_encoded`] for a run whose layout the caller has established:
+    /// `encoded` holds exactly `count` records in the batch encoding (built record by record
+    /// with the encoding's writer, or a `transport::DataBatch`, validated when it was decoded).
+    /// A run of at most [`BATCH_MAX_BYTES`] and at most the payload limit is stored as one batch
+    /// frame without walking its records (no record can exceed the limit when the whole run
+    /// does not), and a run of [`DIRECT_WRITE_BYTES`] or more is written to the kernel straight
+    /// from `encoded` (no copy into the write buffer); any other run goes through
+    /// [`Journal::append_encoded`]. The frame's CRC32C covers it as usual. Debug builds check
+    /// `count`; a wrong `count` is a caller bug that `open` later reports as a corrupt batch
+    /// frame (and cuts there).
+    pub fn append_encoded_counted(
+        &mut self,
+        first_seq: u64,
+        count: u32,
+        encoded: &[u8],
+    ) -> Result<u64> {
+        let max = self.opts.max_payload.min(MAX_PAYLOAD);
+        let fits = u32::try_from(encoded.len()).is_ok_and(|n| n <= max);
+        if count == 0
+            || encoded.len() > BATCH_MAX_BYTES
+            || !fits
+            || encoded.len() < count as usize * format::BATCH_RECORD_OVERHEAD
+        {
+            return self.append_encoded(first_seq, encoded);
+        }
+        debug_assert_eq!(
+            format::batch_count(encoded),
+            Some(count),
+            "append_encoded_counted: the run does not hold {count} records"
+        );
+        self.check_ok()?;
+        self.check_next(first_seq)?;
+        let frame = (RECORD_HEADER_LEN + encoded.len()) as u64;
+        self.before_frame(first_seq, frame)?;
+        let last = first_seq + u64::from(count) - 1;
+        if encoded.len() < DIRECT_WRITE_BYTES {
+            format::encode_batch(&mut self.buf, first_seq, count, encoded);
+            self.after_frames(last, u64::from(count), frame)?;
+        } else {
+            let h = format::batch_header(first_seq, count, encoded);
+            self.buf.extend_from_slice(&h);
+            self.account_frames(last, u64::from(count), frame);
+            self.flush_with(encoded)?;
+        }
+        Ok(self.last_seq)
+    }
+
     fn check_next(&self, seq: u64) -> Result<()> {
         let expected = self.last_seq + 1;
         if seq != expected {
@@ -564,15 +615,19 @@ impl Journal {
 
     /// Account for a frame of `count` records ending with `last_seq`.
     fn after_frames(&mut self, last_seq: u64, count: u64, frame: u64) -> Result<()> {
+        self.account_frames(last_seq, count, frame);
+        if self.buf.len() >= self.opts.write_buffer {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn account_frames(&mut self, last_seq: u64, count: u64, frame: u64) {
         let active = self.segments.last_mut().unwrap_or_else(|| unreachable!());
         active.len += frame;
         active.records += count;
         self.last_seq = last_seq;
         self.stats.records_appended += count;
-        if self.buf.len() >= self.opts.write_buffer {
-            self.flush()?;
-        }
-        Ok(())
     }
 
     /// Seal the active segment and start a new one whose first record is `first_seq`.
@@ -608,16 +663,22 @@ impl Journal {
 
     /// Write buffered records to the kernel (no fsync).
     pub fn flush(&mut self) -> Result<()> {
+        self.flush_with(&[])
+    }
+
+    /// Write the buffered bytes and then `tail` (the rest of the last buffered frame) to the
+    /// kernel, in one `writev` when the kernel takes it all.
+    fn flush_with(&mut self, tail: &[u8]) -> Result<()> {
         self.check_ok()?;
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && tail.is_empty() {
             return Ok(());
         }
         let path = &self.segments.last().unwrap_or_else(|| unreachable!()).path;
-        if let Err(e) = (&*self.active).write_all(&self.buf) {
+        if let Err(e) = write_all_vectored(&self.active, &self.buf, tail) {
             let e = Error::io(path, "write", e);
             return Err(self.fail(e));
         }
-        self.stats.bytes_written += self.buf.len() as u64;
+        self.stats.bytes_written += (self.buf.len() + tail.len()) as u64;
         self.buf.clear();
         if self.buf.capacity() > 4 * self.opts.write_buffer.max(1 << 16) {
             // One huge record must not pin its size in memory for the journal's lifetime.
@@ -929,6 +990,23 @@ fn create_segment(
         },
         f,
     ))
+}
+
+/// Write `a` then `b` to `f` entirely (`writev`, continued after short writes).
+fn write_all_vectored(f: &File, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut bufs = [IoSlice::new(a), IoSlice::new(b)];
+    let mut bufs = &mut bufs[..];
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match (&*f).write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn file_len(path: &Path) -> Result<u64> {

@@ -121,6 +121,61 @@ fn batches_read_back_from_any_seq_ship_raw_and_digest_like_single_records() {
     }
 }
 
+/// `append_encoded_counted` (no walk of the records; runs of `DIRECT_WRITE_BYTES` or more
+/// written from the caller's buffer) stores what `append` does: same records, digest, clean
+/// reopen, across segment rolls and interleaved with buffered single records.
+#[test]
+fn counted_batches_buffered_or_written_direct_equal_single_records() {
+    for case in 0..4u64 {
+        let mut rng = Rng(0xc0a7_0000 + case);
+        let recs = gen_records(&mut rng, 1, 600, 3000);
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, _) = Journal::open(da.path(), opts(256 << 10, FsyncPolicy::Never)).unwrap();
+        let mut i = 0;
+        let mut direct = 0;
+        while i < recs.len() {
+            let n = usize::try_from(1 + rng.below(60))
+                .unwrap()
+                .min(recs.len() - i);
+            if rng.below(5) == 0 {
+                a.append(recs[i].stream, recs[i].seq, &recs[i].payload)
+                    .unwrap();
+                i += 1;
+                continue;
+            }
+            let enc = encode(&recs[i..i + n]);
+            direct += usize::from(enc.len() >= journal::DIRECT_WRITE_BYTES);
+            let last = a
+                .append_encoded_counted(recs[i].seq, u32::try_from(n).unwrap(), &enc)
+                .unwrap();
+            assert_eq!(last, recs[i + n - 1].seq);
+            if rng.below(3) == 0 {
+                a.commit().unwrap();
+            }
+            i += n;
+        }
+        a.commit().unwrap();
+        assert!(direct > 0, "case {case}: no run took the direct write");
+        assert_eq!(read_all(&mut a), recs);
+        let (mut b, _) = Journal::open(db.path(), opts(256 << 10, FsyncPolicy::Never)).unwrap();
+        append_all(&mut b, &recs);
+        drop((a, b));
+        let (sa, sb) = (
+            inspect::summarize(da.path()).unwrap(),
+            inspect::summarize(db.path()).unwrap(),
+        );
+        assert_eq!((sa.records, sa.gaps), (600, 0));
+        assert_eq!(sa.digest, sb.digest, "case {case}");
+        let (mut a, rec) = Journal::open(da.path(), opts(256 << 10, FsyncPolicy::Never)).unwrap();
+        assert!(rec.is_clean(), "{rec}");
+        assert_eq!(read_all(&mut a), recs);
+        assert!(a
+            .append_encoded_counted(600, 1, &encode(&recs[599..]))
+            .unwrap_err()
+            .is_duplicate());
+    }
+}
+
 #[test]
 fn malformed_or_oversized_batch_input_appends_nothing() {
     let d = tempfile::tempdir().unwrap();
