@@ -127,6 +127,8 @@ struct Window {
     /// Buffers of batches that left the window, reused for new batches (the window turns over
     /// its whole size continuously under load; fresh allocations would page-fault every page).
     spare: Vec<Vec<u8>>,
+    /// Encoded bytes of the last batch submitted (the size to reserve for the next one).
+    last_enc_len: usize,
 }
 
 /// Buffers kept for reuse by [`Window::spare`].
@@ -227,6 +229,7 @@ impl Primary {
                 batches: VecDeque::new(),
                 bytes: 0,
                 spare: Vec::new(),
+                last_enc_len: 0,
             }),
             last_tx,
             acked_tx,
@@ -295,13 +298,13 @@ impl Primary {
         msgs: impl IntoIterator<Item = (u32, &'a [u8])>,
     ) -> Result<u64, AgentError> {
         let s = &self.shared;
-        let mut enc = s
-            .window
-            .lock()
-            .expect("window lock")
-            .spare
-            .pop()
-            .unwrap_or_default();
+        let mut enc = {
+            let mut w = s.window.lock().expect("window lock");
+            let mut enc = w.spare.pop().unwrap_or_default();
+            // Room for a batch like the last one: no reallocation (and copy) while encoding.
+            enc.reserve(w.last_enc_len);
+            enc
+        };
         let mut count = 0u64;
         let mut payload = 0u64;
         for (stream, p) in msgs {
@@ -338,6 +341,7 @@ impl Primary {
                 w.first = first;
             }
             w.bytes += usize::try_from(payload).unwrap_or(usize::MAX);
+            w.last_enc_len = enc.len().min(4 * s.cfg.batch_bytes);
             w.batches.push_back(WBatch {
                 first,
                 count,

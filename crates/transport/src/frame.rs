@@ -177,38 +177,39 @@ impl DataBatch {
 
 /// Receive buffers handed back by the user of a [`crate::SecureReader`] (see [`DataBatch`]),
 /// so that the reader does not allocate, and page-fault in, a fresh buffer per data frame.
-/// Holds at most [`BufferPool::MAX_BUFFERS`] buffers; clones share the pool.
+/// Holds buffers of at most [`BufferPool::MAX_BYTES`] of capacity in all (as many as a
+/// backup's queue of received frames holds at full speed); clones share the pool.
 #[derive(Debug, Clone, Default)]
-pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+pub struct BufferPool(std::sync::Arc<std::sync::Mutex<(Vec<Vec<u8>>, usize)>>);
 
 impl BufferPool {
-    /// Buffers kept at most.
-    pub const MAX_BUFFERS: usize = 8;
-    /// Buffers larger than this are dropped rather than kept.
-    const MAX_CAPACITY: usize = 4 << 20;
+    /// Capacity kept at most, over all buffers.
+    pub const MAX_BYTES: usize = 16 << 20;
 
     /// Give back the buffer of a batch that is no longer needed.
     pub fn put(&self, batch: DataBatch) {
         let mut b = batch.bytes;
-        if b.capacity() == 0 || b.capacity() > Self::MAX_CAPACITY {
-            return;
-        }
-        b.clear();
         let mut pool = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if pool.len() < Self::MAX_BUFFERS {
-            pool.push(b);
+        if b.capacity() == 0 || pool.1 + b.capacity() > Self::MAX_BYTES {
+            return;
         }
+        b.clear();
+        pool.1 += b.capacity();
+        pool.0.push(b);
     }
 
     /// A buffer from the pool, if any.
     pub fn take(&self) -> Option<Vec<u8>> {
-        self.0
+        let mut pool = self
+            .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = pool.0.pop()?;
+        pool.1 -= b.capacity();
+        Some(b)
     }
 }
 
