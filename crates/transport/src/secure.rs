@@ -40,6 +40,10 @@ const TAG_LEN: usize = 16;
 pub const CHUNK: usize = NOISE_MAX - TAG_LEN;
 /// Plaintext carried by one sealed record (protocol version 3): 1 MiB.
 pub const RECORD_MAX: usize = 1 << 20;
+/// Capacity of the socket read buffer. Small on purpose: a sealed record's body is read
+/// straight into the frame buffer once this buffer is drained (a larger one would take in
+/// whole data frames and copy every byte out of it again).
+const READ_BUFFER: usize = 16 << 10;
 
 /// Errors of the secure connection layer.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +174,7 @@ async fn connect_inner(
 ) -> Result<(SecureReader, SecureWriter), TransportError> {
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::with_capacity(256 << 10, r);
+    let mut r = BufReader::with_capacity(READ_BUFFER, r);
     let mut pre = [0u8; 8];
     pre[..4].copy_from_slice(PREAMBLE_MAGIC);
     pre[4..6].copy_from_slice(&version.to_le_bytes());
@@ -271,7 +275,7 @@ async fn accept_inner(
 ) -> Result<(SecureReader, SecureWriter), TransportError> {
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::with_capacity(256 << 10, r);
+    let mut r = BufReader::with_capacity(READ_BUFFER, r);
     let mut pre = [0u8; 8];
     r.read_exact(&mut pre)
         .await
