@@ -3,8 +3,11 @@
 //! ```text
 //! frame   = len:u32le  crc:u32le  body[len]
 //! body    = type:u8 fields...            (1 <= len <= MAX_FRAME)
-//! crc     = crc32c(body)
+//! crc     = crc32c(body) in version 3; 0 from version 4 on
 //! ```
+//! From version 4 on the frame checksum is 0 and not computed: every frame travels inside an
+//! AES-256-GCM sealed record whose tag authenticates every byte of it (a CRC under the AEAD
+//! would only repeat that check, at the cost of two passes over every replicated byte).
 //! Integers are little-endian; strings are `u16 len` + UTF-8 (at most [`MAX_STRING`] bytes).
 //! The decoder never trusts a length before checking it against the bytes at hand and the caps,
 //! so a garbage stream costs at most one capped buffer and yields a typed error.
@@ -326,6 +329,12 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&b[..usize::from(n16)]);
 }
 
+/// Whether frames of protocol `version` carry a CRC32C of their body (version 3), or 0
+/// (version 4 on: the AEAD tag of the sealed record authenticates them).
+pub const fn frame_checksummed(version: u16) -> bool {
+    version < 4
+}
+
 /// Start a frame in `out`; returns the offset of its header, to be closed by [`end_frame`].
 pub fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
     let at = out.len();
@@ -334,11 +343,11 @@ pub fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
     at
 }
 
-/// Fill in the header of the frame started at `at`.
+/// Fill in the header of the frame started at `at`, for protocol `version`.
 ///
 /// # Panics
 /// If the body exceeds [`MAX_FRAME`]: encoders must cap what they put in a frame.
-pub fn end_frame(out: &mut [u8], at: usize) {
+pub fn end_frame(out: &mut [u8], at: usize, version: u16) {
     let body = &out[at + HEADER_LEN..];
     assert!(
         body.len() <= MAX_FRAME,
@@ -346,7 +355,11 @@ pub fn end_frame(out: &mut [u8], at: usize) {
         body.len()
     );
     let len = u32::try_from(body.len()).expect("capped above");
-    let crc = crc32c::crc32c(body);
+    let crc = if frame_checksummed(version) {
+        crc32c::crc32c(body)
+    } else {
+        0
+    };
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -355,6 +368,7 @@ pub fn end_frame(out: &mut [u8], at: usize) {
 /// The caller keeps the body under [`MAX_FRAME`].
 pub fn encode_data<'a>(
     out: &mut Vec<u8>,
+    version: u16,
     first_seq: u64,
     records: impl Iterator<Item = (u32, &'a [u8])>,
 ) {
@@ -371,14 +385,20 @@ pub fn encode_data<'a>(
         count += 1;
     }
     out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
-    end_frame(out, at);
+    end_frame(out, at, version);
 }
 
 /// Encode a `Data` frame from records already in their `Data` encoding
 /// (`(stream:u32 len:u32 payload)*`, see [`push_record`]): `count` records in the pieces of
 /// `encoded`, back to back. One copy of each piece, no per-record work. The caller keeps the
 /// body under [`MAX_FRAME`] and `count` equal to the records the pieces hold.
-pub fn encode_data_encoded(out: &mut Vec<u8>, first_seq: u64, count: u32, encoded: &[&[u8]]) {
+pub fn encode_data_encoded(
+    out: &mut Vec<u8>,
+    version: u16,
+    first_seq: u64,
+    count: u32,
+    encoded: &[&[u8]],
+) {
     let at = begin_frame(out, T_DATA);
     out.reserve(12 + encoded.iter().map(|p| p.len()).sum::<usize>());
     out.extend_from_slice(&first_seq.to_le_bytes());
@@ -386,7 +406,7 @@ pub fn encode_data_encoded(out: &mut Vec<u8>, first_seq: u64, count: u32, encode
     for p in encoded {
         out.extend_from_slice(p);
     }
-    end_frame(out, at);
+    end_frame(out, at, version);
 }
 
 /// Append the encoding of `frame` for protocol `version` to `out`.
@@ -425,7 +445,7 @@ pub fn encode(frame: &Frame, version: u16, out: &mut Vec<u8>) -> Result<(), Fram
         }
         Frame::Data { first_seq, records } => {
             let count = u32::try_from(records.len()).expect("frame under the cap");
-            encode_data_encoded(out, *first_seq, count, &[records.encoded()]);
+            encode_data_encoded(out, version, *first_seq, count, &[records.encoded()]);
             return Ok(());
         }
         Frame::Ack {
@@ -447,7 +467,7 @@ pub fn encode(frame: &Frame, version: u16, out: &mut Vec<u8>) -> Result<(), Fram
             put_str(out, reason);
         }
     }
-    end_frame(out, at);
+    end_frame(out, at, version);
     Ok(())
 }
 
@@ -552,9 +572,20 @@ pub(crate) fn decode_at(buf: &[u8], version: u16) -> Result<Option<(Frame, usize
     }
     let expected = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
     let body = &buf[HEADER_LEN..HEADER_LEN + len];
-    let actual = crc32c::crc32c(body);
-    if actual != expected {
-        return Err(FrameError::Checksum { expected, actual });
+    if frame_checksummed(version) {
+        let actual = crc32c::crc32c(body);
+        if actual != expected {
+            return Err(FrameError::Checksum { expected, actual });
+        }
+    } else if expected != 0 {
+        return Err(FrameError::Invalid {
+            kind: "frame header",
+            field: "crc",
+            why: format!(
+                "is {expected:08x}, not 0 (version {version} frames carry no checksum: the \
+                 sealed record's tag authenticates them)"
+            ),
+        });
     }
     let mut frame = decode_body(body, version)?;
     if let Frame::Data { records, .. } = &mut frame {
@@ -732,15 +763,37 @@ mod tests {
         /// Every frame survives encode → decode, and every strict prefix asks for more bytes.
         #[test]
         fn round_trip(frame in arb_frame()) {
-            let mut buf = Vec::new();
-            encode(&frame, PROTOCOL_VERSION, &mut buf).unwrap();
-            let (back, n) = decode(&buf, PROTOCOL_VERSION).unwrap().unwrap();
-            prop_assert_eq!(n, buf.len());
-            prop_assert_eq!(&back, &frame);
-            for cut in [0, 1, HEADER_LEN - 1, HEADER_LEN, buf.len() - 1] {
-                if cut < buf.len() {
-                    prop_assert_eq!(decode(&buf[..cut], PROTOCOL_VERSION).unwrap(), None);
+            for v in [PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION] {
+                let mut buf = Vec::new();
+                encode(&frame, v, &mut buf).unwrap();
+                let (back, n) = decode(&buf, v).unwrap().unwrap();
+                prop_assert_eq!(n, buf.len());
+                prop_assert_eq!(&back, &frame);
+                for cut in [0, 1, HEADER_LEN - 1, HEADER_LEN, buf.len() - 1] {
+                    if cut < buf.len() {
+                        prop_assert_eq!(decode(&buf[..cut], v).unwrap(), None);
+                    }
                 }
+            }
+        }
+
+        /// Version 4 (no frame checksum): arbitrary bodies behind a well-formed header reach
+        /// the body decoder, which never panics; a result is an error or a frame that
+        /// re-encodes to the bytes it came from.
+        #[test]
+        fn garbage_bodies_never_panic_without_checksum(
+            kind in 0u8..9,
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut buf = Vec::new();
+            buf.extend_from_slice(&u32::try_from(bytes.len() + 1).unwrap().to_le_bytes());
+            buf.extend_from_slice(&0u32.to_le_bytes());
+            buf.push(kind);
+            buf.extend_from_slice(&bytes);
+            if let Ok(Some((f, n))) = decode(&buf, PROTOCOL_VERSION) {
+                let mut again = Vec::new();
+                encode(&f, PROTOCOL_VERSION, &mut again).unwrap();
+                prop_assert_eq!(&again[..], &buf[..n]);
             }
         }
 
@@ -757,17 +810,23 @@ mod tests {
             }
         }
 
-        /// Any single bit flipped in an encoded frame is caught (checksum, or a length that no
-        /// longer fits), never decoded as the same frame.
+        /// Any single bit flipped in an encoded frame is never decoded as the same frame:
+        /// version 3 catches it (checksum, or a length that no longer fits); version 4, whose
+        /// frames the AEAD tag protects instead, decodes at most a different frame.
         #[test]
         fn bit_flip_detected(frame in arb_frame(), pos in any::<proptest::sample::Index>(), bit in 0u8..8) {
-            let mut buf = Vec::new();
-            encode(&frame, PROTOCOL_VERSION, &mut buf).unwrap();
-            let i = pos.index(buf.len());
-            buf[i] ^= 1 << bit;
-            match decode(&buf, PROTOCOL_VERSION) {
-                Err(_) | Ok(None) => {}
-                Ok(Some((f, _))) => prop_assert_ne!(f, frame),
+            for v in [PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION] {
+                let mut buf = Vec::new();
+                encode(&frame, v, &mut buf).unwrap();
+                let i = pos.index(buf.len());
+                buf[i] ^= 1 << bit;
+                match decode(&buf, v) {
+                    Err(_) | Ok(None) => {}
+                    Ok(Some((f, _))) => {
+                        prop_assert!(!frame_checksummed(v), "version {} decoded a flipped bit", v);
+                        prop_assert_ne!(f, frame.clone());
+                    }
+                }
             }
         }
     }
@@ -777,31 +836,45 @@ mod tests {
         let mut hdr = Vec::new();
         hdr.extend_from_slice(&u32::try_from(MAX_FRAME + 1).unwrap().to_le_bytes());
         hdr.extend_from_slice(&0u32.to_le_bytes());
-        assert!(matches!(decode(&hdr, 2), Err(FrameError::TooLarge { .. })));
-        assert!(matches!(decode(&[0; 8], 2), Err(FrameError::Empty)));
+        for v in [3, 4] {
+            assert!(matches!(decode(&hdr, v), Err(FrameError::TooLarge { .. })));
+            assert!(matches!(decode(&[0; 8], v), Err(FrameError::Empty)));
+        }
         assert!(matches!(decode(&hdr, 9), Err(FrameError::Version(9))));
-        // Version 1 (acks without a byte count) is no longer spoken; versions 2 and 3 share
-        // one frame encoding (3 changed only the record layer below the frames).
+        // Versions 1 and 2 are no longer spoken; versions 3 and 4 differ only in the frame
+        // checksum (version 4 carries 0).
         let ack = Frame::Ack {
             durable_seq: 7,
             journaled_bytes: 5,
         };
+        for v in [1, 2] {
+            assert!(matches!(
+                encode(&ack, v, &mut Vec::new()),
+                Err(FrameError::Version(x)) if x == v
+            ));
+        }
+        let (mut v3, mut v4) = (Vec::new(), Vec::new());
+        encode(&ack, 3, &mut v3).unwrap();
+        encode(&ack, 4, &mut v4).unwrap();
+        assert_eq!(v3[..4], v4[..4]);
+        assert_eq!(v3[8..], v4[8..]);
+        assert_eq!(v4[4..8], [0; 4]);
+        assert_eq!(decode(&v3, 3).unwrap().unwrap().0, ack);
+        assert_eq!(decode(&v4, 4).unwrap().unwrap().0, ack);
+        assert!(matches!(decode(&v4, 3), Err(FrameError::Checksum { .. })));
         assert!(matches!(
-            encode(&ack, 1, &mut Vec::new()),
-            Err(FrameError::Version(1))
+            decode(&v3, 4),
+            Err(FrameError::Invalid { field: "crc", .. })
         ));
-        let mut v2 = Vec::new();
-        encode(&ack, 2, &mut v2).unwrap();
-        assert_eq!(decode(&v2, 3).unwrap().unwrap().0, ack);
-        assert!(matches!(decode(&v2, 1), Err(FrameError::Version(1))));
+        assert!(matches!(decode(&v3, 2), Err(FrameError::Version(2))));
         // A data count larger than the body is refused before allocating.
         let mut d = Vec::new();
         let at = begin_frame(&mut d, T_DATA);
         d.extend_from_slice(&1u64.to_le_bytes());
         d.extend_from_slice(&u32::MAX.to_le_bytes());
-        end_frame(&mut d, at);
+        end_frame(&mut d, at, 3);
         assert!(matches!(
-            decode(&d, 2),
+            decode(&d, 3),
             Err(FrameError::Invalid { field: "count", .. })
         ));
     }

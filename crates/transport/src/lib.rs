@@ -5,7 +5,8 @@
 //!    anything else refused with a message naming both),
 //! 2. a Noise `NNpsk0` handshake keyed by the cluster key ([`key::ClusterKey`]); nothing is
 //!    read from the peer as a frame before it has proven it holds the key,
-//! 3. encrypted *frames* ([`frame::Frame`]): length-prefixed, CRC32C-checksummed, size-capped.
+//! 3. encrypted *frames* ([`frame::Frame`]): length-prefixed, size-capped (CRC32C-checksummed
+//!    in version 3; from version 4 on the AEAD tag alone authenticates them).
 //!
 //! The crate is transport only: it never interprets record payloads.
 
@@ -20,9 +21,9 @@ pub use key::{ClusterKey, KeyError};
 pub use secure::{accept, connect, SecureReader, SecureWriter, TransportError};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The previous protocol version, still accepted from peers.
-pub const PREVIOUS_PROTOCOL_VERSION: u16 = 2;
+pub const PREVIOUS_PROTOCOL_VERSION: u16 = 3;
 
 /// Whether a peer speaking `version` is accepted.
 pub fn version_accepted(version: u16) -> bool {

@@ -7,9 +7,9 @@
 //!                  [status 1 = refused: msg_len:u16le msg, then close]
 //! client → server  noise msg 1 (-> psk, e)      each noise message: len:u16be bytes
 //! server → client  noise msg 2 (<- e, ee)
-//! both ways        version 3: sealed records len:u32le ciphertext tag, up to 1 MiB of frame
-//!                  stream each (AES-256-GCM, keys from Noise's Split(), Noise nonces);
-//!                  version 2: noise transport messages, up to 65519 bytes of frame stream each
+//! both ways        sealed records len:u32le ciphertext tag, up to 1 MiB of frame stream each
+//!                  (AES-256-GCM, keys from Noise's Split(), Noise nonces); versions 3 and 4
+//!                  (4: frames carry no CRC32C of their own, see `frame`)
 //! ```
 //! Both cleartext messages are bound into the handshake as its prologue, so a tampered version
 //! makes the handshake fail. The server never decodes a frame before the client has proven it
@@ -17,11 +17,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use ring::aead::{self, LessSafeKey, UnboundKey};
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -36,9 +36,7 @@ const PREAMBLE_MAGIC: &[u8; 4] = b"USTD";
 const PROLOGUE_LABEL: &[u8] = b"understudy-wire";
 const NOISE_MAX: usize = 65535;
 const TAG_LEN: usize = 16;
-/// Plaintext carried by one noise transport message (protocol version 2).
-pub const CHUNK: usize = NOISE_MAX - TAG_LEN;
-/// Plaintext carried by one sealed record (protocol version 3): 1 MiB.
+/// Plaintext carried by one sealed record: 1 MiB.
 pub const RECORD_MAX: usize = 1 << 20;
 /// Capacity of the socket read buffer. Small on purpose: a sealed record's body is read
 /// straight into the frame buffer once this buffer is drained (a larger one would take in
@@ -247,7 +245,7 @@ async fn connect_inner(
             peer,
             why: format!("handshake reply: {e}"),
         })?;
-    let (rx, tx) = ciphers(hs, version, peer)?;
+    let (rx, tx) = ciphers(hs, peer)?;
     Ok(halves(r, w, rx, tx, version, peer))
 }
 
@@ -331,55 +329,34 @@ async fn accept_inner(
             why: e.to_string(),
         })?;
     write_noise(&mut w, &buf[..n], peer).await?;
-    let (rx, tx) = ciphers(hs, theirs, peer)?;
+    let (rx, tx) = ciphers(hs, peer)?;
     Ok(halves(r, w, rx, tx, theirs, peer))
 }
 
-/// The cipher of one direction of an established connection.
-enum Cipher {
-    /// Version 2: snow's Noise transport messages (≤ 65535 bytes each).
-    Noise(Arc<StatelessTransportState>),
-    /// Version 3: AES-256-GCM with the key Noise's `Split()` gave this direction, the Noise
-    /// nonce layout (4 zero bytes, 64-bit big-endian counter) and records of up to
-    /// [`RECORD_MAX`] bytes, sealed and opened in place.
-    Aes(Box<LessSafeKey>),
-}
+/// The cipher of one direction of an established connection: AES-256-GCM with the key
+/// Noise's `Split()` gave this direction, the Noise nonce layout (4 zero bytes, 64-bit
+/// big-endian counter) and records of up to [`RECORD_MAX`] bytes, sealed and opened in place.
+/// (Version 2's Noise transport messages are no longer spoken.)
+struct Cipher(Box<LessSafeKey>);
 
 /// (receive, send) ciphers once the handshake is complete.
-fn ciphers(
-    mut hs: HandshakeState,
-    version: u16,
-    peer: SocketAddr,
-) -> Result<(Cipher, Cipher), TransportError> {
-    if version >= 3 {
-        // Split() gives (initiator -> responder, responder -> initiator) keys.
-        let (k1, k2) = hs.dangerously_get_raw_split();
-        let key = |k: [u8; 32]| {
-            UnboundKey::new(&aead::AES_256_GCM, &k)
-                .map(LessSafeKey::new)
-                .map_err(|_| TransportError::Auth {
-                    peer,
-                    why: "cannot build an AES-256-GCM key from the handshake".into(),
-                })
-        };
-        let (send, recv) = if hs.is_initiator() {
-            (k1, k2)
-        } else {
-            (k2, k1)
-        };
-        return Ok((
-            Cipher::Aes(Box::new(key(recv)?)),
-            Cipher::Aes(Box::new(key(send)?)),
-        ));
-    }
-    let st = Arc::new(
-        hs.into_stateless_transport_mode()
-            .map_err(|e| TransportError::Auth {
+fn ciphers(mut hs: HandshakeState, peer: SocketAddr) -> Result<(Cipher, Cipher), TransportError> {
+    // Split() gives (initiator -> responder, responder -> initiator) keys.
+    let (k1, k2) = hs.dangerously_get_raw_split();
+    let key = |k: [u8; 32]| {
+        UnboundKey::new(&aead::AES_256_GCM, &k)
+            .map(LessSafeKey::new)
+            .map_err(|_| TransportError::Auth {
                 peer,
-                why: e.to_string(),
-            })?,
-    );
-    Ok((Cipher::Noise(st.clone()), Cipher::Noise(st)))
+                why: "cannot build an AES-256-GCM key from the handshake".into(),
+            })
+    };
+    let (send, recv) = if hs.is_initiator() {
+        (k1, k2)
+    } else {
+        (k2, k1)
+    };
+    Ok((Cipher(Box::new(key(recv)?)), Cipher(Box::new(key(send)?))))
 }
 
 /// The Noise AES-GCM nonce: 32 zero bits, then the counter big-endian. The counter value
@@ -405,7 +382,6 @@ fn halves(
             nonce: 0,
             plain: Vec::with_capacity(2 * NOISE_MAX),
             start: 0,
-            cipher: Vec::new(),
             version,
             peer,
             bytes_in: 0,
@@ -416,7 +392,6 @@ fn halves(
             st: tx,
             nonce: 0,
             plain: Vec::with_capacity(2 * NOISE_MAX),
-            out: Vec::new(),
             version,
             peer,
             bytes_out: 0,
@@ -431,7 +406,6 @@ pub struct SecureReader {
     nonce: u64,
     plain: Vec<u8>,
     start: usize,
-    cipher: Vec<u8>,
     version: u16,
     peer: SocketAddr,
     bytes_in: u64,
@@ -512,42 +486,11 @@ impl SecureReader {
             }
             // `decode` refused lengths over the cap, so this bounds the buffer.
             debug_assert!(self.plain.len() < HEADER_LEN + MAX_FRAME);
-            match &self.st {
-                Cipher::Noise(_) => self.read_noise_message().await?,
-                Cipher::Aes(_) => self.read_aes_record().await?,
-            }
+            self.read_aes_record().await?;
         }
     }
 
-    /// Version 2: one Noise transport message, decrypted onto the end of `plain`.
-    async fn read_noise_message(&mut self) -> Result<(), TransportError> {
-        let Cipher::Noise(st) = &self.st else {
-            unreachable!("called for noise only")
-        };
-        let mut len = [0u8; 2];
-        if let Err(e) = self.r.read_exact(&mut len).await {
-            return Err(io_or_closed(e, self.peer, self.plain.len()));
-        }
-        let n = usize::from(u16::from_be_bytes(len));
-        self.cipher.resize(n, 0);
-        if let Err(e) = self.r.read_exact(&mut self.cipher).await {
-            return Err(io_or_closed(e, self.peer, self.plain.len() + 2));
-        }
-        self.bytes_in += 2 + n as u64;
-        let at = self.plain.len();
-        self.plain.resize(at + n, 0);
-        let got = st
-            .read_message(self.nonce, &self.cipher, &mut self.plain[at..])
-            .map_err(|e| TransportError::Auth {
-                peer: self.peer,
-                why: format!("message {} does not authenticate ({e})", self.nonce),
-            })?;
-        self.nonce += 1;
-        self.plain.truncate(at + got);
-        Ok(())
-    }
-
-    /// Version 3: one sealed record `len:u32le ciphertext tag`, read straight onto the end of
+    /// One sealed record `len:u32le ciphertext tag`, read straight onto the end of
     /// `plain` (no zero-fill, no intermediate buffer for large records) and opened in place.
     async fn read_aes_record(&mut self) -> Result<(), TransportError> {
         let mut len = [0u8; 4];
@@ -583,9 +526,7 @@ impl SecureReader {
             }
         }
         self.bytes_in += 4 + n as u64;
-        let Cipher::Aes(key) = &self.st else {
-            unreachable!("called for aes only")
-        };
+        let key = &self.st.0;
         if self.nonce == u64::MAX {
             return Err(TransportError::Protocol {
                 peer: self.peer,
@@ -616,7 +557,6 @@ pub struct SecureWriter {
     st: Cipher,
     nonce: u64,
     plain: Vec<u8>,
-    out: Vec<u8>,
     version: u16,
     peer: SocketAddr,
     bytes_out: u64,
@@ -660,13 +600,13 @@ impl SecureWriter {
         first_seq: u64,
         records: impl Iterator<Item = (u32, &'a [u8])>,
     ) {
-        frame::encode_data(&mut self.plain, first_seq, records);
+        frame::encode_data(&mut self.plain, self.version, first_seq, records);
     }
 
     /// Queue a `Data` frame of `count` records already in their `Data` encoding (see
     /// [`frame::encode_data_encoded`]): one copy per piece, no per-record work.
     pub fn queue_data_encoded(&mut self, first_seq: u64, count: u32, encoded: &[&[u8]]) {
-        frame::encode_data_encoded(&mut self.plain, first_seq, count, encoded);
+        frame::encode_data_encoded(&mut self.plain, self.version, first_seq, count, encoded);
     }
 
     /// Encrypt and send everything queued.
@@ -674,45 +614,13 @@ impl SecureWriter {
         if self.plain.is_empty() {
             return Ok(());
         }
-        if matches!(self.st, Cipher::Aes(_)) {
-            return self.flush_aes().await;
-        }
-        let Cipher::Noise(st) = &self.st else {
-            unreachable!("checked above")
-        };
-        self.out.clear();
-        for chunk in self.plain.chunks(CHUNK) {
-            let at = self.out.len();
-            self.out.resize(at + 2 + chunk.len() + TAG_LEN, 0);
-            let n = st
-                .write_message(self.nonce, chunk, &mut self.out[at + 2..])
-                .map_err(|e| TransportError::Protocol {
-                    peer: self.peer,
-                    why: format!("encrypt: {e}"),
-                })?;
-            self.nonce += 1;
-            let n16 = u16::try_from(n).expect("noise message under 64 KiB");
-            self.out[at..at + 2].copy_from_slice(&n16.to_be_bytes());
-            self.out.truncate(at + 2 + n);
-        }
-        self.plain.clear();
-        self.w
-            .write_all(&self.out)
-            .await
-            .map_err(|source| TransportError::Io {
-                peer: self.peer,
-                source,
-            })?;
-        self.bytes_out += self.out.len() as u64;
-        Ok(())
+        self.flush_aes().await
     }
 
-    /// Version 3: seal the queued bytes in place, in records of at most [`RECORD_MAX`], and
+    /// Seal the queued bytes in place, in records of at most [`RECORD_MAX`], and
     /// send `len | ciphertext | tag` of each with vectored writes (no copy of the payload).
     async fn flush_aes(&mut self) -> Result<(), TransportError> {
-        let Cipher::Aes(key) = &self.st else {
-            unreachable!("called for aes only")
-        };
+        let key = &self.st.0;
         let mut heads: Vec<([u8; 4], aead::Tag)> = Vec::new();
         for chunk in self.plain.chunks_mut(RECORD_MAX) {
             if self.nonce == u64::MAX {
@@ -924,10 +832,19 @@ mod tests {
         let e = sr.next_frame().await.unwrap_err();
         assert!(matches!(e, TransportError::Truncated { .. }), "{e}");
 
-        let (c, s) = pair(k.clone(), k, PROTOCOL_VERSION).await;
+        // Version 3 frames carry a checksum: a flipped body bit is refused.
+        let (c, s) = pair(k.clone(), k.clone(), PREVIOUS_PROTOCOL_VERSION).await;
         let (_cr, mut cw) = c.unwrap();
         let (mut sr, _sw) = s.unwrap();
-        let mut bad = whole.clone();
+        let mut bad = Vec::new();
+        frame::encode(
+            &Frame::Goodbye {
+                reason: "x".repeat(100),
+            },
+            PREVIOUS_PROTOCOL_VERSION,
+            &mut bad,
+        )
+        .unwrap();
         let last = bad.len() - 1;
         bad[last] ^= 0x40;
         cw.plain.extend_from_slice(&bad);
@@ -943,9 +860,30 @@ mod tests {
             ),
             "{e}"
         );
+
+        // Version 4 frames carry 0 there (the sealed record's tag authenticates them):
+        // anything else is refused.
+        let (c, s) = pair(k.clone(), k, PROTOCOL_VERSION).await;
+        let (_cr, mut cw) = c.unwrap();
+        let (mut sr, _sw) = s.unwrap();
+        let mut bad = whole.clone();
+        bad[5] ^= 0x01;
+        cw.plain.extend_from_slice(&bad);
+        cw.flush().await.unwrap();
+        let e = sr.next_frame().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TransportError::Frame {
+                    source: FrameError::Invalid { field: "crc", .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
-    /// Both accepted versions (2: Noise transport messages, 3: sealed records of up to 1 MiB)
+    /// Both accepted versions (3: frames with a CRC32C, 4: without; sealed records of 1 MiB)
     /// carry frames larger than one message or record both ways, several flushes in a row.
     #[tokio::test]
     async fn both_versions_carry_frames_larger_than_a_record() {
@@ -988,7 +926,7 @@ mod tests {
         }
     }
 
-    /// Version 3: a flipped ciphertext bit, and a record length over the cap, end the
+    /// A flipped ciphertext bit, and a record length over the cap, end the
     /// connection with a typed error before any frame of it is decoded.
     #[tokio::test]
     async fn tampered_or_oversized_sealed_records_are_refused() {
@@ -1057,11 +995,14 @@ mod tests {
         let (c, s) = pair(k.clone(), k.clone(), PREVIOUS_PROTOCOL_VERSION).await;
         assert_eq!(c.unwrap().0.version(), PREVIOUS_PROTOCOL_VERSION);
         assert_eq!(s.unwrap().0.version(), PREVIOUS_PROTOCOL_VERSION);
-        let (c, s) = pair(k.clone(), k, 7).await;
-        let e = c.unwrap_err().to_string();
-        assert!(e.contains("version 7") && e.contains("version 3"), "{e}");
-        let e = s.unwrap_err().to_string();
-        assert!(e.contains("version 7") && e.contains("version 3"), "{e}");
+        for old in [7, 2] {
+            let (c, s) = pair(k.clone(), k.clone(), old).await;
+            let want = format!("version {old}");
+            let e = c.unwrap_err().to_string();
+            assert!(e.contains(&want) && e.contains("3 and 4"), "{e}");
+            let e = s.unwrap_err().to_string();
+            assert!(e.contains(&want) && e.contains("3 and 4"), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -232,7 +232,7 @@ fn garbage_on_the_port_is_refused_and_the_agent_keeps_serving() {
         b"GET / HTTP/1.1\r\n\r\n",
         &[0xff; 4096],
         b"USTD\x09\x00\x00\x00", // unsupported protocol version 9
-        b"USTD\x02\x00\x00\x00\x00\x20garbage-instead-of-noise", // right version, garbage handshake
+        b"USTD\x04\x00\x00\x00\x00\x20garbage-instead-of-noise", // right version, garbage handshake
         b"US",                   // truncated preamble
     ];
     for j in junk {
@@ -245,7 +245,8 @@ fn garbage_on_the_port_is_refused_and_the_agent_keeps_serving() {
         if j.starts_with(b"USTD\x09") {
             let text = String::from_utf8_lossy(&reply);
             assert!(
-                text.contains("version 9") && text.contains("version 3"),
+                text.contains("version 9")
+                    && text.contains(&format!("version {}", transport::PROTOCOL_VERSION)),
                 "{text}"
             );
         }
