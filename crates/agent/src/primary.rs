@@ -129,6 +129,12 @@ struct Window {
     spare: Vec<Vec<u8>>,
     /// Encoded bytes of the last batch submitted (the size to reserve for the next one).
     last_enc_len: usize,
+    /// Batches whose last seq is at or below this no longer hold their encoding: every
+    /// backup's sender had already copied them into a frame, so their buffer went back to
+    /// `spare` at once (a sender that reconnects further back reads them from the journal).
+    /// Under load the same few buffers then cycle, warm in the cache, instead of the window
+    /// faulting in `window_bytes` of fresh pages before any buffer is reused.
+    released_to: u64,
 }
 
 /// Buffers kept for reuse by [`Window::spare`].
@@ -142,6 +148,37 @@ impl Window {
         }
         let i = self.batches.partition_point(|b| b.last() < seq);
         (i < self.batches.len()).then_some(i)
+    }
+
+    /// Index of the batch holding `seq`, if the window still holds its encoding.
+    fn find_resident(&self, seq: u64) -> Option<usize> {
+        self.find(seq)
+            .filter(|&i| self.batches[i].last() > self.released_to)
+    }
+
+    /// Give the buffers of batches up to `sent` (every sender is past them) to `spare`.
+    fn release_sent(&mut self, sent: u64, max_capacity: usize) {
+        while self.released_to < sent {
+            let Some(i) = self.find(self.released_to + 1) else {
+                if self.released_to + 1 < self.first {
+                    // Evicted from the window meanwhile.
+                    self.released_to = self.first - 1;
+                    continue;
+                }
+                break;
+            };
+            let b = &mut self.batches[i];
+            if b.last() > sent {
+                break;
+            }
+            let enc = std::mem::take(&mut b.enc);
+            self.released_to = b.last();
+            if self.spare.len() < SPARE_BUFFERS && enc.capacity() <= max_capacity {
+                let mut enc = enc;
+                enc.clear();
+                self.spare.push(enc);
+            }
+        }
     }
 }
 
@@ -230,6 +267,7 @@ impl Primary {
                 bytes: 0,
                 spare: Vec::new(),
                 last_enc_len: 0,
+                released_to: last,
             }),
             last_tx,
             acked_tx,
@@ -321,6 +359,16 @@ impl Primary {
         if count == 0 {
             return Ok(*s.last_tx.borrow());
         }
+        // The highest seq every backup's sender has copied into a frame (read before the locks;
+        // a stale value only releases less, or makes a reconnecting sender read the journal).
+        let sent = s
+            .peers
+            .lock()
+            .expect("peers lock")
+            .iter()
+            .map(|p| p.sent.load(Relaxed))
+            .min()
+            .unwrap_or(u64::MAX);
         // The store lock is held while the window is extended so that concurrent submitters
         // put records into the window in seq order (lock order: store, then window).
         let last = blocking(|| {
@@ -350,12 +398,17 @@ impl Primary {
                 cum_bytes: cum,
             });
             s.total_bytes.store(cum, Relaxed);
+            w.release_sent(sent, 4 * s.cfg.batch_bytes);
             while w.bytes > s.cfg.window_bytes && w.batches.len() > 1 {
                 let mut b = w.batches.pop_front().expect("non-empty");
                 w.bytes -= usize::try_from(b.payload).unwrap_or(usize::MAX);
                 w.first = b.last() + 1;
                 // Keep moderately sized buffers only: one huge batch must not stay pinned.
-                if w.spare.len() < SPARE_BUFFERS && b.enc.capacity() <= 4 * s.cfg.batch_bytes {
+                // (A released batch's buffer went to `spare` already.)
+                if w.spare.len() < SPARE_BUFFERS
+                    && b.enc.capacity() > 0
+                    && b.enc.capacity() <= 4 * s.cfg.batch_bytes
+                {
                     b.enc.clear();
                     w.spare.push(std::mem::take(&mut b.enc));
                 }
@@ -495,7 +548,12 @@ fn lag_bytes(s: &Shared, acked: u64, last: u64) -> u64 {
     }
     if let Some(i) = w.find(acked + 1) {
         let b = &w.batches[i];
-        let (_, before) = b.offset_of(acked + 1);
+        let before = if b.last() > w.released_to {
+            b.offset_of(acked + 1).1
+        } else {
+            // Released batch: its encoding is gone; prorate by record count.
+            b.payload * (acked + 1 - b.first) / b.count
+        };
         return total - (b.cum_bytes - b.payload + before);
     }
     if acked + 1 >= w.first {
@@ -819,7 +877,7 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
     let max = s.cfg.batch_bytes;
     {
         let w = s.window.lock().expect("window lock");
-        if let Some(i) = w.find(next) {
+        if let Some(i) = w.find_resident(next) {
             // Whole runs of encoded records, cut at `max` encoded bytes (at least one record),
             // at a batch boundary unless the first batch alone is larger.
             let mut pieces: Vec<&[u8]> = Vec::new();
@@ -888,4 +946,77 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
     let bytes: usize = recs.iter().map(|r| r.1.len()).sum();
     writer.queue_data(next, recs.iter().map(|(st, p)| (*st, &p[..])));
     Ok((recs.len() as u64, bytes as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window_with(batches: &[(u64, u64)]) -> Window {
+        let mut w = Window {
+            first: batches[0].0,
+            batches: VecDeque::new(),
+            bytes: 0,
+            spare: Vec::new(),
+            last_enc_len: 0,
+            released_to: batches[0].0 - 1,
+        };
+        for &(first, count) in batches {
+            let mut enc = Vec::new();
+            for _ in 0..count {
+                transport::frame::push_record(&mut enc, 1, &[9u8; 10]);
+            }
+            w.bytes += usize::try_from(count * 10).unwrap();
+            w.batches.push_back(WBatch {
+                first,
+                count,
+                enc,
+                payload: count * 10,
+                cum_bytes: (first + count - 1) * 10,
+            });
+        }
+        w
+    }
+
+    #[test]
+    fn sent_batches_give_their_buffers_back_and_are_read_from_the_journal() {
+        let mut w = window_with(&[(1, 4), (5, 4), (9, 4)]);
+        // Seq 6 sent: only the first batch (1..=4) is wholly behind every sender.
+        w.release_sent(6, 1 << 20);
+        assert_eq!(w.released_to, 4);
+        assert_eq!(w.spare.len(), 1);
+        assert!(w.batches[0].enc.is_empty());
+        assert_eq!(
+            w.find_resident(3),
+            None,
+            "released: served from the journal"
+        );
+        assert_eq!(w.find(3), Some(0), "its bookkeeping stays for lag figures");
+        assert_eq!(w.find_resident(5), Some(1));
+        assert_eq!(w.batches[1].offset_of(6).1, 10);
+        // Releasing again is idempotent; releasing everything empties every batch.
+        w.release_sent(6, 1 << 20);
+        assert_eq!(w.spare.len(), 1);
+        w.release_sent(u64::MAX, 1 << 20);
+        assert_eq!(w.released_to, 12);
+        assert_eq!(w.spare.len(), 3);
+        assert_eq!(w.find_resident(12), None);
+    }
+
+    #[test]
+    fn release_skips_batches_evicted_from_the_window() {
+        let mut w = window_with(&[(1, 4), (5, 4), (9, 4)]);
+        // The window evicted the first two batches without their being released.
+        w.batches.drain(..2);
+        w.first = 9;
+        w.release_sent(10, 1 << 20);
+        assert_eq!(w.released_to, 8, "batch 9..=12 is not wholly sent");
+        w.release_sent(12, 1 << 20);
+        assert_eq!(w.released_to, 12);
+        assert_eq!(w.spare.len(), 1);
+        // Oversized buffers are dropped rather than kept.
+        let mut w = window_with(&[(1, 4)]);
+        w.release_sent(4, 8);
+        assert_eq!((w.released_to, w.spare.len()), (4, 0));
+    }
 }

@@ -100,7 +100,12 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         })?;
         messages += n as u64;
         if let Some(rs) = last_rs {
-            let js = j.append_encoded(j.last_seq() + 1, &enc)?;
+            // `enc` holds exactly the `n` records just encoded: the journal need not walk it.
+            let first = j.last_seq() + 1;
+            let js = match u32::try_from(n) {
+                Ok(count) => j.append_encoded_counted(first, count, &enc)?,
+                Err(_) => j.append_encoded(first, &enc)?,
+            };
             pending.push_back((js, rs));
         }
         if !pending.is_empty() {
