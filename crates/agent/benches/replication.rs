@@ -2,7 +2,8 @@
 //! loopback throughput measured in the same run, and sync-mode acknowledgement latency.
 //!
 //! `cargo bench -p agent --bench replication` (env `BENCH_RUNS`, default 5; `BENCH_MSGS`,
-//! default 2,000,000; `BENCH_DIR`, default the system temp dir, where both journals go).
+//! default 2,000,000; `BENCH_BATCH`, messages per submitted batch, default 1024; `BENCH_DIR`,
+//! default the system temp dir, where both journals go).
 //! Prints one line per measurement and the medians.
 
 use std::io::{Read, Write};
@@ -247,17 +248,27 @@ async fn pair(dir: &Path, mode: Mode, fsync: FsyncPolicy) -> (BackupAgent, Prima
     (b, p)
 }
 
-/// Stream `msgs` 64-byte messages, submitted in batches of 1024; time until all are acked.
+/// Messages per submitted batch (env `BENCH_BATCH`, default 1024): what the collector hands
+/// the primary per drain of the ring (it drains whatever the ring holds).
+fn batch_len() -> u64 {
+    env_u64("BENCH_BATCH", 1024).clamp(1, 1 << 16)
+}
+
+/// Stream `msgs` 64-byte messages, submitted in batches of [`batch_len`]; time until all are
+/// acked.
 async fn throughput(dir: &Path, msgs: u64) -> (f64, f64, f64) {
     let (b, p) = pair(dir, Mode::Async, FsyncPolicy::Never).await;
     let payload = [0x5au8; 64];
-    let batch: Vec<(u32, &[u8])> = (0..1024).map(|i| (i % 8, &payload[..])).collect();
+    let k = batch_len();
+    let batch: Vec<(u32, &[u8])> = (0..k)
+        .map(|i| (u32::try_from(i % 8).unwrap(), &payload[..]))
+        .collect();
     let cpu0 = cpu_ns();
     let start = Instant::now();
     let mut n = 0;
     while n < msgs {
         p.submit_batch(batch.iter().copied()).unwrap();
-        n += 1024;
+        n += k;
     }
     p.wait_all_acked(Duration::from_secs(300)).await.unwrap();
     let secs = start.elapsed().as_secs_f64();
@@ -427,7 +438,10 @@ fn main() {
         r99.push(g99);
     }
     let (r, mb) = (median(&mut raw), median(&mut mbs));
-    println!("median of {runs} runs ({msgs} x 64-byte messages, batches of 1024):");
+    println!(
+        "median of {runs} runs ({msgs} x 64-byte messages, batches of {}):",
+        batch_len()
+    );
     println!("  raw TCP loopback           {r:.0} MB/s");
     let t = median(&mut tro);
     println!("  encrypted transport only (64-byte records, no journals) {t:.0} MB/s payload = {:.1}% of raw TCP", t / r * 100.0);

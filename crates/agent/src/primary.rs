@@ -137,6 +137,12 @@ struct Window {
     released_to: u64,
 }
 
+/// Largest run of encoded records a data frame carries whole when one submitted batch alone
+/// exceeds [`PrimaryConfig::batch_bytes`] (the collector drains up to 4096 records at a time):
+/// what fits, with the frame's 20 bytes of headers, in one sealed record of the transport (and
+/// at most 4 × `batch_bytes`; larger batches are cut, walking their records).
+const LONE_BATCH_MAX: usize = transport::secure::RECORD_MAX - 64;
+
 /// Buffers kept for reuse by [`Window::spare`].
 const SPARE_BUFFERS: usize = 8;
 
@@ -896,6 +902,14 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
                 if count > 0 {
                     // Frames end at batch boundaries whenever they can, so the next frame
                     // starts at a batch's first record (no walk to find its offset).
+                    break;
+                }
+                if rest.len() <= LONE_BATCH_MAX.min(4 * max) {
+                    // A batch larger than a frame but within one sealed record goes whole:
+                    // no walk to cut it, and none to find where the next frame starts.
+                    pieces.push(rest);
+                    count += rest_count;
+                    payload += b.payload - skipped;
                     break;
                 }
                 // The first batch alone exceeds the frame: walk its records to cut it.

@@ -230,6 +230,20 @@ pub fn push_record(out: &mut Vec<u8>, stream: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Bytes taken by the first `count` records encoded at the start of `b`, or `None` when they
+/// do not all fit in it.
+fn records_len(b: &[u8], count: usize) -> Option<usize> {
+    let mut off = 0usize;
+    for _ in 0..count {
+        let len = b.get(off + 4..off + RECORD_OVERHEAD)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?);
+        off = off
+            .checked_add(RECORD_OVERHEAD)?
+            .checked_add(usize::try_from(len).ok()?)?;
+    }
+    (off <= b.len()).then_some(off)
+}
+
 /// Iterate over records encoded as `(stream:u32 len:u32 payload)*`. Stops at the end of the
 /// buffer or at the first record that does not fit in it (a [`DataBatch`] was validated when
 /// decoded, so for it that never happens).
@@ -671,14 +685,25 @@ fn decode_body(body: &[u8], version: u16) -> Result<Frame, FrameError> {
                     why: "is 0 (sequence numbers start at 1)".into(),
                 });
             }
-            // Validate the record lengths once; the records stay in their encoding.
+            // Validate the record lengths once; the records stay in their encoding. A tight
+            // walk over the lengths first; only a frame it refuses is walked again field by
+            // field, for the error that names what is wrong.
             let start = b.b;
-            for _ in 0..count {
-                let _stream = b.u32("stream")?;
-                let n = usize::try_from(b.u32("payload_len")?).unwrap_or(usize::MAX);
-                b.take(n, "payload")?;
-            }
-            let used = start.len() - b.b.len();
+            let used = match records_len(start, count) {
+                Some(used) => {
+                    b.b = &start[used..];
+                    used
+                }
+                None => {
+                    for _ in 0..count {
+                        let _stream = b.u32("stream")?;
+                        let n = usize::try_from(b.u32("payload_len")?).unwrap_or(usize::MAX);
+                        b.take(n, "payload")?;
+                    }
+                    // (Not reached: the field checks refuse whatever `records_len` does.)
+                    start.len() - b.b.len()
+                }
+            };
             // Offsets in `body`; `decode_at` makes them offsets in its buffer.
             let at = body.len() - start.len();
             let records = DataBatch {
