@@ -932,18 +932,20 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
             return Ok((count, payload));
         }
     }
-    // Behind the window: read from the journal.
-    let mut recs: Vec<(u32, Vec<u8>)> = Vec::new();
-    let mut expect = next;
+    // Behind the window (or released from it): read from the journal, encoding the records
+    // straight into one run (no buffer per record).
+    let mut enc: Vec<u8> = Vec::new();
+    let (mut count, mut payload) = (0u64, 0u64);
     let mut gap = None;
     blocking(|| {
         let mut st = s.store.lock().expect("store lock");
         st.read(next, 1 << 16, max, &mut |seq, stream, p| {
-            if seq != expect && gap.is_none() {
+            if seq != next + count && gap.is_none() {
                 gap = Some(seq);
             }
-            expect += 1;
-            recs.push((stream, p.to_vec()));
+            count += 1;
+            payload += p.len() as u64;
+            transport::frame::push_record(&mut enc, stream, p);
         })
         .map_err(|e| AgentError::Store(e.to_string()))
     })?;
@@ -952,14 +954,14 @@ fn fill_batch(s: &Shared, writer: &mut SecureWriter, next: u64) -> Result<(u64, 
             "local journal read from {next} returned seq {g}"
         )));
     }
-    if recs.is_empty() {
+    if count == 0 {
         return Err(AgentError::Store(format!(
             "local journal holds no record {next}"
         )));
     }
-    let bytes: usize = recs.iter().map(|r| r.1.len()).sum();
-    writer.queue_data(next, recs.iter().map(|(st, p)| (*st, &p[..])));
-    Ok((recs.len() as u64, bytes as u64))
+    let count32 = u32::try_from(count).expect("read capped at 65536 records");
+    writer.queue_data_encoded(next, count32, &[&enc]);
+    Ok((count, payload))
 }
 
 #[cfg(test)]
