@@ -3,7 +3,9 @@
 //!
 //! `cargo bench -p agent --bench replication` (env `BENCH_RUNS`, default 5; `BENCH_MSGS`,
 //! default 2,000,000; `BENCH_BATCH`, messages per submitted batch, default 1024; `BENCH_DIR`,
-//! default the system temp dir, where both journals go).
+//! default the system temp dir, where both journals go). `BENCH_ONLY_THROUGHPUT=1`,
+//! `BENCH_ONLY_RING_THROUGHPUT=1` (producer -> ring -> collector -> primary -> backup),
+//! `BENCH_ONLY_TRANSPORT=1` and `BENCH_ONLY_CEILING=1` run one measurement once.
 //! Prints one line per measurement and the medians.
 
 use std::io::{Read, Write};
@@ -342,6 +344,52 @@ async fn ring_ack_latency(dir: &Path, n: usize, fsync: FsyncPolicy) -> (f64, f64
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
 }
 
+/// Async mode through the ring, as a real primary runs: one producer thread pushes `msgs`
+/// 64-byte records into the ring, the collector drains them into the primary (up to 4096 per
+/// poll), and the time runs until the backup has acknowledged all. Returns (msg/s, CPU ns per
+/// message over every thread, producer included).
+async fn ring_throughput(dir: &Path, msgs: u64) -> (f64, f64) {
+    let (b, p) = pair(dir, Mode::Async, FsyncPolicy::Never).await;
+    let p = std::sync::Arc::new(p);
+    let ring_path = std::path::PathBuf::from(format!(
+        "/dev/shm/understudy-bench-{}-tput.ring",
+        std::process::id()
+    ));
+    let ring = shmring::RingConsumer::create(&ring_path, 16 << 20).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpu0 = cpu_ns();
+    let start = Instant::now();
+    let collector = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || agent::collector::collect(&ring, &p, &stop, false))
+    };
+    let producer = {
+        let ring_path = ring_path.clone();
+        std::thread::spawn(move || {
+            let producer = shmring::RingProducer::open(&ring_path).unwrap();
+            let payload = [0x5au8; 64];
+            for _ in 0..msgs {
+                producer.push(&payload).unwrap();
+            }
+        })
+    };
+    producer.join().unwrap();
+    while p.last_seq() < msgs {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    p.wait_all_acked(Duration::from_secs(300)).await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_ns() - cpu0) as f64 / msgs as f64;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    collector.join().unwrap().unwrap();
+    let _ = std::fs::remove_file(&ring_path);
+    if let Ok(p) = std::sync::Arc::try_unwrap(p) {
+        p.stop().await;
+    }
+    b.stop().await;
+    (msgs as f64 / secs, cpu)
+}
+
 fn main() {
     let runs = env_u64("BENCH_RUNS", 5);
     let msgs = env_u64("BENCH_MSGS", 2_000_000);
@@ -371,6 +419,12 @@ fn main() {
         let d = tempfile::tempdir_in(&base).unwrap();
         let (m, mb, c) = rt.block_on(throughput(d.path(), msgs));
         println!("replication {m:.0} msg/s {mb:.1} MB/s, CPU {c:.0} ns/msg");
+        return;
+    }
+    if std::env::var_os("BENCH_ONLY_RING_THROUGHPUT").is_some() {
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (m, c) = rt.block_on(ring_throughput(d.path(), msgs));
+        println!("replication through the ring {m:.0} msg/s, CPU {c:.0} ns/msg");
         return;
     }
     if std::env::var_os("BENCH_ONLY_CEILING").is_some() {
