@@ -409,9 +409,9 @@ impl PagesWriter {
             let room = usize::try_from(PAGES_CHUNK - self.part.1).unwrap_or(usize::MAX);
             let n = room.min(data.len());
             let piece = crc32c::crc32c(&data[..n]);
-            self.part.0 = crc32c::crc32c_combine(self.part.0, piece, n);
+            self.part.0 = crate::crc::crc32c_combine(self.part.0, piece, n as u64);
             self.part.1 += n as u64;
-            crc = crc32c::crc32c_combine(crc, piece, n);
+            crc = crate::crc::crc32c_combine(crc, piece, n as u64);
             if self.part.1 == PAGES_CHUNK {
                 self.chunks.push(self.part.0);
                 self.part = (0, 0);
@@ -451,10 +451,9 @@ impl PagesWriter {
                     ),
                 });
             }
-            let len = usize::try_from(n).unwrap_or(usize::MAX);
-            self.part.0 = crc32c::crc32c_combine(self.part.0, c, len);
+            self.part.0 = crate::crc::crc32c_combine(self.part.0, c, n);
             self.part.1 += n;
-            self.crc = crc32c::crc32c_combine(self.crc, c, len);
+            self.crc = crate::crc::crc32c_combine(self.crc, c, n);
             self.len += n;
             if self.part.1 == PAGES_CHUNK {
                 self.chunks.push(self.part.0);
