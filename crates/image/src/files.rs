@@ -361,7 +361,9 @@ impl PagesWriter {
     /// (see [`reserve_pages`]): its content is overwritten and its length set by `finish`.
     pub fn create(dir: &Path, name: &str) -> Result<Self> {
         let path = dir.join(name);
+        // Read and write: a shared writable mapping of it (`map_data`) needs both.
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
@@ -436,6 +438,37 @@ impl PagesWriter {
         self.file
             .write_all_at(data, PAGES_HEADER_LEN + offset)
             .map_err(io_err(&self.path))
+    }
+
+    /// Makes the data part at least `len` bytes long and maps it shared and writable, for
+    /// copies straight into the file's pages (pieces then recorded with
+    /// [`Self::record_written`], as after [`Self::write_data_at`]). `finish` sets the exact length.
+    pub fn map_data(&self, len: u64) -> Result<sys::mem::SharedFileMap> {
+        let size = self.file.metadata().map_err(io_err(&self.path))?.len();
+        if size < PAGES_HEADER_LEN + len {
+            self.file
+                .set_len(PAGES_HEADER_LEN + len)
+                .map_err(io_err(&self.path))?;
+        }
+        sys::mem::SharedFileMap::map(&self.file, PAGES_HEADER_LEN, len).map_err(|e| {
+            ImageError::Io {
+                file: self.path.clone(),
+                err: std::io::Error::other(e.to_string()),
+            }
+        })
+    }
+
+    /// Bytes of data the file can hold without growing (its length past the header; 0 when
+    /// it cannot be told).
+    pub fn capacity(&self) -> u64 {
+        self.file
+            .metadata()
+            .map_or(0, |m| m.len().saturating_sub(PAGES_HEADER_LEN))
+    }
+
+    /// Whether the file lives on tmpfs.
+    pub fn on_tmpfs(&self) -> bool {
+        sys::files::is_tmpfs(&self.file)
     }
 
     /// Records, in data order, pieces written with [`Self::write_data_at`]: each its CRC32C
