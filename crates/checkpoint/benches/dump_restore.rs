@@ -129,11 +129,16 @@ fn main() {
          recycled dump s | recycled % of raw (target >= 70%) | recycled dump CPU s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut breakdown = Vec::new();
     for &mib in &sizes {
         let (mut raw, mut dumps, mut frozen, mut restores, mut img) =
             (vec![], vec![], vec![], vec![], 0u64);
         let (mut ratios, mut dump_cpu, mut raw_cpu) = (vec![], vec![], vec![]);
         let (mut re_dumps, mut re_cpu, mut re_ratios) = (vec![], vec![], vec![]);
+        // Where a fresh dump's time goes: reserving before the freeze, the memory copy, the
+        // rest of the frozen time, and what follows (kill, without the reap wait).
+        let (mut b_reserve, mut b_copy, mut b_frozen_rest, mut b_after) =
+            (vec![], vec![], vec![], vec![]);
         for run in 0..runs {
             let (pid, addr) = start_hog(&hog, mib, &work);
             let c = cpu_secs();
@@ -153,6 +158,11 @@ fn main() {
             // Reaping is a wait (no CPU of ours).
             dump_cpu.push(cpu_secs() - c);
             ratios.push(((mib << 20) as f64 / dumps[run]) / raw[run]);
+            b_reserve.push(rep.reserve.as_secs_f64());
+            b_copy.push(rep.memory_copy.as_secs_f64());
+            b_frozen_rest.push(rep.frozen.saturating_sub(rep.memory_copy).as_secs_f64());
+            b_after
+                .push((dumps[run] - rep.reserve.as_secs_f64() - rep.frozen.as_secs_f64()).max(0.0));
             frozen.push(rep.frozen.as_secs_f64());
             img = std::fs::read_dir(&dir)
                 .unwrap()
@@ -228,6 +238,16 @@ fn main() {
             },
             median(re_cpu),
         );
+        breakdown.push(format!(
+            "{mib} MiB fresh dump, medians: reserve {:.1} ms, memory copy {:.1} ms, rest of the freeze {:.1} ms, rest {:.1} ms (other phases: before the reservation, the kill)",
+            1e3 * median(b_reserve),
+            1e3 * median(b_copy),
+            1e3 * median(b_frozen_rest),
+            1e3 * median(b_after)
+        ));
+    }
+    for b in breakdown {
+        println!("{b}");
     }
     let _ = std::fs::remove_dir_all(&work);
 }

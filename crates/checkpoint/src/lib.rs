@@ -80,6 +80,8 @@ pub struct DumpReport {
     pub threads: usize,
     /// Bytes of memory pages written.
     pub pages_bytes: u64,
+    /// Time before the freeze reserving (or recycling) the pages files' space.
+    pub reserve: std::time::Duration,
     /// Time from the first freeze to the end of the dump (the tree was stopped that long).
     pub frozen: std::time::Duration,
     /// Time spent copying memory.

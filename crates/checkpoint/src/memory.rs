@@ -378,6 +378,11 @@ fn map_copy(recycled: bool) -> bool {
     }
 }
 
+/// `UNDERSTUDY_DUMP_MAP=1`: map even a file whose space is not there yet (measurements).
+fn map_forced() -> bool {
+    std::env::var("UNDERSTUDY_DUMP_MAP").ok().as_deref() == Some("1")
+}
+
 /// Whether each piece of a mapped copy is faulted in with `madvise(MADV_POPULATE_*)` before
 /// `process_vm_readv` fills it (default; `UNDERSTUDY_DUMP_POPULATE=0` turns it off, for
 /// measurements).
@@ -665,7 +670,7 @@ impl MemoryDumper<'_> {
             }
             // Only a file whose space is there already (recycled or reserved): mapping a
             // sparse file would allocate page by page in the faults.
-            if w.capacity() >= at {
+            if w.capacity() >= at || map_forced() {
                 populate_write = !w.on_tmpfs();
                 map = Some(w.map_data(at)?);
             }
