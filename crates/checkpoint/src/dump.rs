@@ -320,6 +320,19 @@ fn recycle_space(opts: &DumpOptions, old: &std::path::Path) -> Result<()> {
     if !old.join(image::TREE_FILE).is_file() {
         return Err(bad("holds no image to recycle (no tree.img)".into()));
     }
+    // Checked before anything is consumed: the pages files are moved with `rename`.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev());
+        if let (Ok(a), Ok(b)) = (dev(old), dev(&opts.image_dir)) {
+            if a != b {
+                return Err(bad(format!(
+                    "is on another filesystem than the image directory {} (its pages files are moved, not copied)",
+                    opts.image_dir.display()
+                )));
+            }
+        }
+    }
     std::fs::remove_file(old.join(image::TREE_FILE))
         .map_err(|e| bad(format!("cannot remove tree.img: {e}")))?;
     let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(old)

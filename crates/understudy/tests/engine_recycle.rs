@@ -66,6 +66,27 @@ fn reuse_from_a_directory_without_an_image_fails_and_leaves_the_tree_running() {
     );
     assert!(!img.join("tree.img").exists());
     assert!(Path::new(&format!("/proc/{}", w.pid)).exists());
+    // On another filesystem (tmpfs against the test's directory): refused before the old image
+    // is touched.
+    let other = Path::new("/dev/shm").join(format!("understudy-recycle-test-{}", w.pid));
+    let same_fs = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/dev/shm").map(|m| m.dev()).ok()
+            == std::fs::metadata(w.dir.path()).map(|m| m.dev()).ok()
+    };
+    if !same_fs && std::fs::create_dir_all(&other).is_ok() {
+        std::fs::write(other.join("tree.img"), b"not read").unwrap();
+        let o = checkpoint_reusing(w.pid, &img, &other);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let kept = other.join("tree.img").exists();
+        let _ = std::fs::remove_dir_all(&other);
+        assert!(!o.status.success(), "checkpoint must fail");
+        assert!(err.contains("another filesystem"), "{err}");
+        assert!(kept, "the old image must be left alone");
+        assert!(Path::new(&format!("/proc/{}", w.pid)).exists());
+    } else {
+        eprintln!("cross-filesystem case skipped: /dev/shm is not another filesystem here");
+    }
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
 }
