@@ -47,9 +47,27 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     let pool = crate::memory::buffer_pool();
     let deferred = std::sync::Mutex::new(Vec::new());
     // An incremental dump writes only what changed: nothing worth reserving.
-    if parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
+    let t_reserve = Instant::now();
+    let recycled = match &opts.reuse_from {
+        Some(old) => {
+            if parent.is_some() {
+                return Err(CheckpointError::ImageDir {
+                    path: old.clone(),
+                    why: "an incremental dump cannot recycle an older image".into(),
+                });
+            }
+            if let Err(e) = recycle_space(opts, old) {
+                cleanup_dir(&opts.image_dir);
+                return Err(e);
+            }
+            true
+        }
+        None => false,
+    };
+    if !recycled && parent.is_none() && std::env::var_os("UNDERSTUDY_NO_RESERVE").is_none() {
         reserve_space(opts);
     }
+    let reserve = t_reserve.elapsed();
     // Incremental: the madvise flags are read before the freeze (see `vmflags`).
     let t_pre = Instant::now();
     let pre = if parent.as_ref().is_some_and(|p| !p.consumed) && !crate::vmflags::frozen_only() {
@@ -68,6 +86,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         processes: frozen.procs.len(),
         threads: frozen.thread_count(),
         vm_flags_preread,
+        reserve,
         ..Default::default()
     };
     // Any error from here on drops `frozen`, which detaches every thread: the tree runs on.
@@ -120,6 +139,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
                 total_hint: 0,
                 unchanged: &unchanged,
                 defer: None,
+                map_copy: false,
             };
             let (pages, _, took) = match md.dump(&mut p.vmas) {
                 Ok(r) => r,
@@ -227,8 +247,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     Ok(report)
 }
 
-/// Reserves each process's pages file at about its resident anonymous size while the tree
-/// still runs (best effort: a wrong estimate only costs the time it would have cost anyway).
+/// Smallest resident anonymous size worth reserving before the freeze: on tmpfs a 64 MiB
+/// reservation took 20-30 ms and the frozen copy was no shorter for it, while from 256 MiB up
+/// it shortens the freeze and leaves the whole dump as long (branch dump3, docs/PERFORMANCE.md).
+const RESERVE_MIN: u64 = 128 << 20;
+
+/// Reserves each process's pages file (from [`RESERVE_MIN`] up) at about its resident
+/// anonymous size while the tree still runs (best effort: a wrong estimate only costs the
+/// time it would have cost anyway).
 fn reserve_space(opts: &DumpOptions) {
     let mut queue = vec![opts.root_pid];
     let mut n = 0;
@@ -245,12 +271,109 @@ fn reserve_space(opts: &DumpOptions) {
                     .and_then(|l| l.split_whitespace().nth(1))
                     .and_then(|v| v.parse::<u64>().ok())
             });
-        if let Some(kib) = rss {
+        if let Some(kib) = rss.filter(|&k| k * 1024 >= RESERVE_MIN) {
             let name = format!("pages-{pid}.img");
             let _ = image::reserve_pages(&opts.image_dir, &name, kib * 1024, reserve_parallel);
         }
         queue.extend(sys::proc::children(pid).unwrap_or_default());
     }
+}
+
+/// Pids of the tree with their resident anonymous memory (bytes), walked while it runs.
+fn tree_rss(root: i32) -> Vec<(i32, u64)> {
+    let mut queue = vec![root];
+    let mut out = Vec::new();
+    while let Some(pid) = queue.pop() {
+        if out.len() >= 4096 {
+            break;
+        }
+        let rss = sys::proc::read_to_string(&format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("RssAnon:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            });
+        out.push((pid, rss.unwrap_or(0) * 1024));
+        queue.extend(sys::proc::children(pid).unwrap_or_default());
+    }
+    out
+}
+
+/// Moves the pages files of the older image `old` into the new image directory, one per
+/// process of the tree (largest file to the largest process), so that the dump overwrites
+/// page cache that exists instead of allocating new. `old` stops being an image first (its
+/// `tree.img` is removed), then its page files are moved or removed, then the directory is
+/// removed if nothing else is left in it.
+fn recycle_space(opts: &DumpOptions, old: &std::path::Path) -> Result<()> {
+    let bad = |why: String| CheckpointError::ImageDir {
+        path: old.to_path_buf(),
+        why,
+    };
+    let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+    if same(old, &opts.image_dir) {
+        return Err(bad(
+            "cannot recycle the image directory being written".into()
+        ));
+    }
+    if !old.join(image::TREE_FILE).is_file() {
+        return Err(bad("holds no image to recycle (no tree.img)".into()));
+    }
+    // Checked before anything is consumed: the pages files are moved with `rename`.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev());
+        if let (Ok(a), Ok(b)) = (dev(old), dev(&opts.image_dir)) {
+            if a != b {
+                return Err(bad(format!(
+                    "is on another filesystem than the image directory {} (its pages files are moved, not copied)",
+                    opts.image_dir.display()
+                )));
+            }
+        }
+    }
+    std::fs::remove_file(old.join(image::TREE_FILE))
+        .map_err(|e| bad(format!("cannot remove tree.img: {e}")))?;
+    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(old)
+        .map_err(|e| bad(format!("cannot list: {e}")))?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            (n.starts_with("pages-") || n.starts_with("shmem-")) && n.ends_with(".img")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.len(), e.path())))
+        .collect();
+    files.sort();
+    let mut procs = tree_rss(opts.root_pid);
+    procs.sort_by_key(|&(_, rss)| std::cmp::Reverse(rss));
+    for (pid, rss) in procs {
+        let Some((size, from)) = files.pop() else {
+            break;
+        };
+        let to = opts.image_dir.join(format!("pages-{pid}.img"));
+        std::fs::rename(&from, &to).map_err(|e| {
+            bad(format!(
+                "cannot move {} to {}: {e} (the old image must be on the same filesystem)",
+                from.display(),
+                to.display()
+            ))
+        })?;
+        // A smaller file gets the missing tail reserved, as a fresh one would.
+        let want = image::PAGES_HEADER_LEN + rss;
+        if size < want {
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&to) {
+                let _ = sys::files::fallocate_range(&f, size, want - size);
+            }
+        }
+    }
+    for (_, f) in files {
+        let _ = std::fs::remove_file(f);
+    }
+    cleanup_dir(old);
+    let _ = std::fs::remove_dir(old);
+    Ok(())
 }
 
 /// Reserves `len` bytes of `file` with one `fallocate` per dump worker on disjoint 2 MiB
@@ -804,6 +927,7 @@ fn dump_process(
             // written while frozen, as a full dump is).
             defer: (opts.leave_running && written_bytes.is_some_and(|b| b <= DEFER_MAX_BYTES))
                 .then_some(deferred),
+            map_copy: opts.reuse_from.is_some() && parent.is_none(),
         };
         let (pages, _bytes, took) = md.dump(&mut vmas)?;
         report.memory_copy += took;

@@ -50,6 +50,12 @@ pub struct DumpOptions {
     /// let the tree run and copy the memory while it runs. The image is marked `live_memory`:
     /// only usable as the parent of a later dump (see [`precopy`]). Needs `leave_running`.
     pub live_memory: bool,
+    /// An older image directory to recycle (periodic checkpoints): its pages files are moved
+    /// into `image_dir` and overwritten in place, which saves allocating new page cache. The
+    /// old image is consumed: its `tree.img` is removed first, so it is never valid again,
+    /// even if this dump fails. Must be on the same filesystem as `image_dir`; not with
+    /// `parent`.
+    pub reuse_from: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DumpOptions {
@@ -61,6 +67,7 @@ impl std::fmt::Debug for DumpOptions {
             .field("parent", &self.parent)
             .field("pidns", &self.pidns)
             .field("live_memory", &self.live_memory)
+            .field("reuse_from", &self.reuse_from)
             .finish()
     }
 }
@@ -73,6 +80,8 @@ pub struct DumpReport {
     pub threads: usize,
     /// Bytes of memory pages written.
     pub pages_bytes: u64,
+    /// Time before the freeze reserving (or recycling) the pages files' space.
+    pub reserve: std::time::Duration,
     /// Time from the first freeze to the end of the dump (the tree was stopped that long).
     pub frozen: std::time::Duration,
     /// Time spent copying memory.

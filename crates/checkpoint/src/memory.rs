@@ -102,6 +102,9 @@ pub struct MemoryDumper<'a> {
     /// Copy the pages into memory only; the file is written by [`DeferredPages::write`] once
     /// the tree runs again (the returned `PagesRef` already names its length and checksum).
     pub defer: Option<&'a std::sync::Mutex<Vec<DeferredPages>>>,
+    /// The pages file was recycled from an older image (its pages exist): copy straight into
+    /// a shared mapping of it instead of through a buffer and `pwrite`.
+    pub map_copy: bool,
 }
 
 /// Page data copied while the tree was frozen, written to its pages file after the resume.
@@ -217,6 +220,7 @@ pub fn spawn_deferred_copy(
             total_hint: 0,
             unchanged: &unchanged,
             defer: Some(&deferred),
+            map_copy: false,
         };
         let res = scanned.and_then(|data| {
             let name = format!("pages-{pid}.img");
@@ -361,6 +365,29 @@ fn plan_batch() -> usize {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(PLAN_BATCH, |k| (k.clamp(4, BATCH >> 10) & !3) << 10)
+}
+
+/// Whether a full dump copies into a shared mapping of the pages file: `recycled` (the file's
+/// pages exist already), unless `UNDERSTUDY_DUMP_MAP` says otherwise (`1`/`0`, for
+/// measurements).
+fn map_copy(recycled: bool) -> bool {
+    match std::env::var("UNDERSTUDY_DUMP_MAP").ok().as_deref() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => recycled,
+    }
+}
+
+/// `UNDERSTUDY_DUMP_MAP=1`: map even a file whose space is not there yet (measurements).
+fn map_forced() -> bool {
+    std::env::var("UNDERSTUDY_DUMP_MAP").ok().as_deref() == Some("1")
+}
+
+/// Whether each piece of a mapped copy is faulted in with `madvise(MADV_POPULATE_*)` before
+/// `process_vm_readv` fills it (default; `UNDERSTUDY_DUMP_POPULATE=0` turns it off, for
+/// measurements).
+fn populate_first() -> bool {
+    std::env::var("UNDERSTUDY_DUMP_POPULATE").ok().as_deref() != Some("0")
 }
 
 /// Default of [`plan_batch`].
@@ -623,6 +650,44 @@ impl MemoryDumper<'_> {
     /// work of the write spread over every CPU. Returns the data length and its CRC32C.
     fn copy_jobs(&self, w: &mut PagesWriter, jobs: &[Job]) -> Result<u64> {
         let pid = self.pid;
+        // Copy straight into a shared mapping of the file (recycled pages files: their pages
+        // exist, so the mapping costs no allocation and saves the `pwrite` copy).
+        let mut map = None;
+        let mut populate_write = false;
+        if map_copy(self.map_copy) && !jobs.is_empty() {
+            let mut at = 0u64;
+            for j in jobs {
+                if j.offset != at {
+                    return Err(CheckpointError::Tree {
+                        pid,
+                        why: format!(
+                            "internal: planned copy at data offset {} expected {at}",
+                            j.offset
+                        ),
+                    });
+                }
+                at += j.len;
+            }
+            // Only a file whose space is there already (recycled or reserved): mapping a
+            // sparse file would allocate page by page in the faults.
+            if w.capacity() >= at || map_forced() {
+                populate_write = !w.on_tmpfs();
+                map = Some(w.map_data(at)?);
+            }
+        }
+        let slots: Option<Vec<std::sync::Mutex<Option<&mut [u8]>>>> = map.as_mut().map(|m| {
+            let mut rest = m.as_mut_slice();
+            let mut slots = Vec::with_capacity(jobs.len());
+            for j in jobs {
+                let n = usize::try_from(j.len).unwrap_or(usize::MAX).min(rest.len());
+                let (a, b) = std::mem::take(&mut rest).split_at_mut(n);
+                slots.push(std::sync::Mutex::new(Some(a)));
+                rest = b;
+            }
+            slots
+        });
+        let slots = slots.as_deref();
+        let populate = populate_first();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let nworkers = dump_threads().min(jobs.len()).max(1);
@@ -651,8 +716,33 @@ impl MemoryDumper<'_> {
                             break Ok(());
                         };
                         let t = Instant::now();
-                        let data: &[u8] = match &job.data {
-                            JobData::Remote(ranges) => {
+                        let slot = slots.and_then(|v| v.get(i)).map(|m| {
+                            m.lock()
+                                .map(|mut g| g.take())
+                                .unwrap_or_default()
+                                .unwrap_or_default()
+                        });
+                        let data: &[u8] = match (&job.data, slot) {
+                            (JobData::Remote(ranges), Some(dst)) => {
+                                if populate {
+                                    let _ = sys::mem::populate(dst, populate_write);
+                                }
+                                if let Err(e) = sys::mem::read_vectored(pid, dst, ranges).pid(pid) {
+                                    break Err(e);
+                                }
+                                dst
+                            }
+                            (JobData::Bytes(b), Some(dst)) => {
+                                if dst.len() != b.len() {
+                                    break Err(CheckpointError::Tree {
+                                        pid,
+                                        why: "internal: mapped piece of the wrong size".into(),
+                                    });
+                                }
+                                dst.copy_from_slice(b);
+                                dst
+                            }
+                            (JobData::Remote(ranges), None) => {
                                 let n = usize::try_from(job.len).unwrap_or(usize::MAX);
                                 if buf.len() < n {
                                     buf.resize(n, 0);
@@ -664,7 +754,7 @@ impl MemoryDumper<'_> {
                                 }
                                 &buf[..n]
                             }
-                            JobData::Bytes(b) => b,
+                            (JobData::Bytes(b), None) => b,
                         };
                         // One CRC32C per piece within a chunk of the pages file's table.
                         let mut crc = Vec::new();
@@ -678,8 +768,10 @@ impl MemoryDumper<'_> {
                         }
                         let t1 = Instant::now();
                         busy.0 += t1 - t;
-                        if let Err(e) = wr.write_data_at(job.offset, data) {
-                            break Err(e.into());
+                        if slots.is_none() {
+                            if let Err(e) = wr.write_data_at(job.offset, data) {
+                                break Err(e.into());
+                            }
                         }
                         busy.1 += t1.elapsed();
                         let _ = done_tx.send((i, crc, job.len));
@@ -731,6 +823,7 @@ impl MemoryDumper<'_> {
                 None => Ok(crcs),
             }
         })?;
+        drop(map);
         let mut len = 0u64;
         for (job, c) in jobs.iter().zip(results) {
             let Some(c) = c else {

@@ -74,6 +74,7 @@ pub fn precopy(
             pidns: opts.pidns,
             progress: None,
             live_memory: !finish,
+            reuse_from: None,
         })?;
         let r = RoundReport {
             round: n,

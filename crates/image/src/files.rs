@@ -361,7 +361,9 @@ impl PagesWriter {
     /// (see [`reserve_pages`]): its content is overwritten and its length set by `finish`.
     pub fn create(dir: &Path, name: &str) -> Result<Self> {
         let path = dir.join(name);
+        // Read and write: a shared writable mapping of it (`map_data`) needs both.
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
@@ -409,9 +411,9 @@ impl PagesWriter {
             let room = usize::try_from(PAGES_CHUNK - self.part.1).unwrap_or(usize::MAX);
             let n = room.min(data.len());
             let piece = crc32c::crc32c(&data[..n]);
-            self.part.0 = crc32c::crc32c_combine(self.part.0, piece, n);
+            self.part.0 = crate::crc::crc32c_combine(self.part.0, piece, n as u64);
             self.part.1 += n as u64;
-            crc = crc32c::crc32c_combine(crc, piece, n);
+            crc = crate::crc::crc32c_combine(crc, piece, n as u64);
             if self.part.1 == PAGES_CHUNK {
                 self.chunks.push(self.part.0);
                 self.part = (0, 0);
@@ -438,6 +440,37 @@ impl PagesWriter {
             .map_err(io_err(&self.path))
     }
 
+    /// Makes the data part at least `len` bytes long and maps it shared and writable, for
+    /// copies straight into the file's pages (pieces then recorded with
+    /// [`Self::record_written`], as after [`Self::write_data_at`]). `finish` sets the exact length.
+    pub fn map_data(&self, len: u64) -> Result<sys::mem::SharedFileMap> {
+        let size = self.file.metadata().map_err(io_err(&self.path))?.len();
+        if size < PAGES_HEADER_LEN + len {
+            self.file
+                .set_len(PAGES_HEADER_LEN + len)
+                .map_err(io_err(&self.path))?;
+        }
+        sys::mem::SharedFileMap::map(&self.file, PAGES_HEADER_LEN, len).map_err(|e| {
+            ImageError::Io {
+                file: self.path.clone(),
+                err: std::io::Error::other(e.to_string()),
+            }
+        })
+    }
+
+    /// Bytes of data the file can hold without growing (its length past the header; 0 when
+    /// it cannot be told).
+    pub fn capacity(&self) -> u64 {
+        self.file
+            .metadata()
+            .map_or(0, |m| m.len().saturating_sub(PAGES_HEADER_LEN))
+    }
+
+    /// Whether the file lives on tmpfs.
+    pub fn on_tmpfs(&self) -> bool {
+        sys::files::is_tmpfs(&self.file)
+    }
+
     /// Records, in data order, pieces written with [`Self::write_data_at`]: each its CRC32C
     /// and length; a piece must not cross a [`PAGES_CHUNK`] boundary of the data.
     pub fn record_written(&mut self, pieces: &[(u32, u64)]) -> Result<()> {
@@ -451,10 +484,9 @@ impl PagesWriter {
                     ),
                 });
             }
-            let len = usize::try_from(n).unwrap_or(usize::MAX);
-            self.part.0 = crc32c::crc32c_combine(self.part.0, c, len);
+            self.part.0 = crate::crc::crc32c_combine(self.part.0, c, n);
             self.part.1 += n;
-            self.crc = crc32c::crc32c_combine(self.crc, c, len);
+            self.crc = crate::crc::crc32c_combine(self.crc, c, n);
             self.len += n;
             if self.part.1 == PAGES_CHUNK {
                 self.chunks.push(self.part.0);

@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crc;
 mod files;
 mod model;
 

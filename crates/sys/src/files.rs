@@ -171,3 +171,18 @@ pub fn fallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Whether `file` lives on tmpfs (or another shmem-backed filesystem): `fstatfs` reports
+/// `TMPFS_MAGIC`. False when it cannot be told.
+pub fn is_tmpfs(file: &std::fs::File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs on a valid fd, writing into a zeroed statfs we own.
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if r != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it filled the struct (and it was zeroed before).
+    let st = unsafe { st.assume_init() };
+    st.f_type == TMPFS_MAGIC
+}

@@ -304,3 +304,108 @@ impl Drop for MappedFile {
         }
     }
 }
+
+/// A writable shared mapping of part of a file: page data copied into it with
+/// `process_vm_readv` lands straight in the file's page cache (one copy instead of a copy
+/// into a buffer and a second one by `pwrite`).
+///
+/// Worth it when the file's pages already exist (a recycled pages file): a mapping of new
+/// tmpfs pages costs a zeroing per page fault, more than `pwrite` (measured, see
+/// docs/PERFORMANCE.md).
+#[derive(Debug)]
+pub struct SharedFileMap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl SharedFileMap {
+    /// Maps `len` bytes of `file` (opened read-write) from `offset` (page-aligned), shared and
+    /// writable. The caller keeps the file at least `offset + len` long while it is mapped.
+    pub fn map(file: &File, offset: u64, len: u64) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len)
+            .map_err(|_| Error::invalid("shared mmap of a pages file", "too large"))?;
+        if len == 0 {
+            return Ok(SharedFileMap {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| Error::invalid("shared mmap of a pages file", "offset too large"))?;
+        // SAFETY: a fresh shared mapping placed by the kernel; it aliases no Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::last(format!(
+                "shared mmap of {len} bytes of a pages file at offset {offset}"
+            )));
+        }
+        Ok(SharedFileMap { ptr: p, len })
+    }
+
+    /// The whole mapping as one byte slice (split it with `split_at_mut` to hand disjoint
+    /// parts to several threads).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: ptr/len describe a live read-write mapping owned by self, and the `&mut self`
+        // borrow makes this the only Rust view of it. The file behind it is the dumper's own
+        // new pages file, which no other process writes while it is mapped.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+/// Faults in the pages of `buf` (part of a [`SharedFileMap`]) ahead of a copy into it:
+/// `MADV_POPULATE_WRITE` when `write` (filesystems that track dirty pages, such as ext4,
+/// otherwise take one write fault per page), `MADV_POPULATE_READ` otherwise (tmpfs maps an
+/// existing page writable on a read fault). Best effort: an error only means the copy will
+/// fault the pages in itself.
+pub fn populate(buf: &mut [u8], write: bool) -> Result<()> {
+    const MADV_POPULATE_READ: libc::c_int = 22;
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    let page = 4096usize;
+    let start = buf.as_mut_ptr() as usize;
+    let aligned = start & !(page - 1);
+    let len = buf.len() + (start - aligned);
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let advice = if write {
+        MADV_POPULATE_WRITE
+    } else {
+        MADV_POPULATE_READ
+    };
+    // SAFETY: madvise on the page-aligned span of a live mapping that `buf` borrows mutably;
+    // populating neither moves nor changes the bytes.
+    let r = unsafe { libc::madvise(aligned as *mut libc::c_void, len, advice) };
+    if r != 0 {
+        return Err(Error::last(format!(
+            "madvise(MADV_POPULATE_{}) of {len} bytes",
+            if write { "WRITE" } else { "READ" }
+        )));
+    }
+    Ok(())
+}
+
+// SAFETY: the mapping belongs to the process, not to a thread; moving the owner is fine.
+unsafe impl Send for SharedFileMap {}
+
+impl Drop for SharedFileMap {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmapping the mapping created in `map`; slices borrow self, so none
+            // outlives it.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}

@@ -31,6 +31,8 @@ struct Args {
     /// `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and must not start
     /// a benchmark that dumps gigabytes.
     bench: bool,
+    /// `--reuse`: recycled dumps (see `parse_args`).
+    reuse: bool,
 }
 
 fn parse_args() -> Args {
@@ -38,6 +40,7 @@ fn parse_args() -> Args {
         sizes: vec![64, 256, 1024],
         runs: 5,
         bench: false,
+        reuse: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -51,6 +54,9 @@ fn parse_args() -> Args {
             }
             "--runs" => args.runs = it.next().expect("--runs N").parse().expect("--runs N"),
             "--bench" => args.bench = true,
+            // Periodic checkpoints: every counted dump recycles the previous run's image
+            // (`DumpOptions::reuse_from`); one uncounted fresh dump goes first.
+            "--reuse" => args.reuse = true,
             // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
@@ -183,7 +189,7 @@ struct Samples {
 }
 
 #[allow(clippy::cast_precision_loss)] // sizes and counts far below 2^52
-fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize) -> Samples {
+fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Samples {
     let mut s = Samples::default();
     let tree = start_tree(bin, base, mib);
     let mut buf = vec![1u8; 64 << 20];
@@ -191,6 +197,24 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize) -> Samples {
         s.raw.push(raw_readv(&tree, &mut buf));
     }
     drop(buf);
+    let mut prev: Option<PathBuf> = None;
+    if reuse {
+        // The first image, dumped fresh and not counted, is what the first counted run recycles.
+        let image = base.join(format!("image-{mib}-first"));
+        let _ = fs::remove_dir_all(&image);
+        checkpoint::dump(&checkpoint::DumpOptions {
+            root_pid: tree.root,
+            image_dir: image.clone(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("dump {mib} MiB: {e}"));
+        restore::restore(&restore::RestoreOptions {
+            image_dir: image.clone(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("restore {mib} MiB: {e}"));
+        prev = Some(image);
+    }
     for run in 0..runs {
         let image = base.join(format!("image-{mib}-{run}"));
         let _ = fs::remove_dir_all(&image);
@@ -198,6 +222,7 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize) -> Samples {
             root_pid: tree.root,
             image_dir: image.clone(),
             leave_running: false,
+            reuse_from: prev.take(),
             ..Default::default()
         };
         let t0 = Instant::now();
@@ -228,7 +253,14 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize) -> Samples {
             t1.elapsed().as_secs_f64()
         );
         assert_eq!(rr.root_pid, tree.root, "restored root pid");
-        let _ = fs::remove_dir_all(&image);
+        if reuse {
+            prev = Some(image);
+        } else {
+            let _ = fs::remove_dir_all(&image);
+        }
+    }
+    if let Some(p) = prev {
+        let _ = fs::remove_dir_all(p);
     }
     fs::write(tree.dir.join("check"), "check\n").expect("trigger");
     let verdict = wait_file(&tree.dir.join("result"), Duration::from_secs(120));
@@ -268,12 +300,13 @@ fn main() {
         .expect("run cc");
     assert!(cc.success(), "cc failed");
 
-    println!("runs per size: {}; medians; dump time excludes waiting for PID 1 to reap the killed tree (shown apart)", args.runs);
+    println!("runs per size: {}; medians; dump time excludes waiting for PID 1 to reap the killed tree (shown apart); {}", args.runs,
+        if args.reuse { "RECYCLED dumps: each recycles the previous run's image (--reuse)" } else { "fresh dumps into new directories" });
     println!();
     println!("| memory | raw readv | dump | dump rate (target >= 70% of raw) | freeze (target: no longer than the copy) | memory copy | reap wait | restore (1 GiB target < 0.5 s) | image size |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &mib in &args.sizes {
-        let mut s = bench_size(&bin, &base, mib, args.runs);
+        let mut s = bench_size(&bin, &base, mib, args.runs, args.reuse);
         let raw = median(&mut s.raw);
         let dump = median(&mut s.dump);
         let pages = median(&mut s.pages);

@@ -1,4 +1,5 @@
-//! `understudy checkpoint (NAME | --pid PID) --image DIR [--leave-running] [--parent DIR]`.
+//! `understudy checkpoint (NAME | --pid PID) --image DIR [--leave-running] [--parent DIR]
+//! [--reuse-from OLD_DIR]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,11 @@ pub struct Args {
     /// Parent image for an incremental dump.
     #[arg(long)]
     pub parent: Option<PathBuf>,
+    /// Recycle an older image (periodic checkpoints): its pages files are moved into the new
+    /// image and overwritten in place, which is cheaper than new page cache. OLD_DIR is
+    /// consumed (it stops being an image even if this dump fails); same filesystem as --image.
+    #[arg(long, value_name = "OLD_DIR", conflicts_with = "parent")]
+    pub reuse_from: Option<PathBuf>,
 }
 
 /// The fields of `app.json` (written by `understudy run`) that checkpoint needs.
@@ -62,6 +68,7 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         pidns,
         progress,
         live_memory: false,
+        reuse_from: args.reuse_from.clone(),
     };
     let report = match checkpoint::dump(&opts) {
         Ok(r) => r,
