@@ -96,8 +96,9 @@ pub fn say(parts: &[&[u8]]) {
     }
 }
 
-/// Per-thread state. `const` initialised, no destructor: safe in signal handlers, no lazy
+/// Per-thread state. All-zero initial value, no destructor: safe in signal handlers, no lazy
 /// registration on first access.
+#[repr(C)]
 pub struct Tls {
     pub depth: Cell<u32>,
     pub vtid: Cell<u64>,
@@ -109,19 +110,58 @@ pub struct Tls {
     pub tid: Cell<u32>,
 }
 
-thread_local! {
-    pub static TLS: Tls = const {
-        Tls {
-            depth: Cell::new(0),
-            vtid: Cell::new(0),
-            tseq: Cell::new(0),
-            children: Cell::new(0),
-            token: Cell::new(0),
-            gen: Cell::new(0),
-            tid: Cell::new(0),
-        }
-    };
+// The per-thread state lives in a block of static TLS declared here and reached with the
+// initial-exec model (`fs:0` plus a GOT-held offset, two instructions). Rust's `thread_local!`
+// in a cdylib uses the general-dynamic model: a `__tls_get_addr` call (≈ 25 instructions per
+// recorded call). Initial-exec is valid because the library is loaded at start-up
+// (LD_PRELOAD), where glibc places its TLS in the static block; the zero-filled `.tbss` block
+// is exactly `Tls`'s const initial value (every field zero).
+const TLS_SIZE: usize = std::mem::size_of::<Tls>();
+const _: () = assert!(std::mem::align_of::<Tls>() <= 8 && TLS_SIZE.is_multiple_of(8));
+
+std::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".p2align 3",
+    ".globl understudy_tls_block",
+    ".hidden understudy_tls_block",
+    ".type understudy_tls_block,@object",
+    ".size understudy_tls_block, {size}",
+    "understudy_tls_block:",
+    ".zero {size}",
+    ".popsection",
+    size = const TLS_SIZE,
+);
+
+/// This thread's `Tls`.
+#[inline(always)]
+pub fn tls_ptr() -> *const Tls {
+    let p: usize;
+    // SAFETY: reads the thread pointer (fs:0 holds its own address on x86-64 glibc) and the
+    // GOT entry the dynamic linker filled with the block's offset from it; no other effect.
+    unsafe {
+        std::arch::asm!(
+            "mov {p}, qword ptr fs:[0]",
+            "add {p}, qword ptr [rip + understudy_tls_block@GOTTPOFF]",
+            p = out(reg) p,
+            options(pure, readonly, nostack),
+        );
+    }
+    p as *const Tls
 }
+
+/// Stand-in for the former `thread_local!` key: `TLS.with(|t| ..)`.
+pub struct TlsKey;
+
+impl TlsKey {
+    #[inline(always)]
+    pub fn with<R>(&self, f: impl FnOnce(&Tls) -> R) -> R {
+        // SAFETY: the block is this thread's, zero-initialised (a valid `Tls`: cells of
+        // integers), alive as long as the thread; the reference does not outlive `f`.
+        f(unsafe { &*tls_ptr() })
+    }
+}
+
+pub static TLS: TlsKey = TlsKey;
 
 /// Bumped in the child of every fork: threads re-register and re-read their tid.
 pub static PROC_GEN: AtomicU32 = AtomicU32::new(1);
@@ -472,7 +512,7 @@ pub fn enter() -> Option<Guard> {
     }
     // Only the address goes through `with` (a closure this small is inlined; the whole entry
     // inside `with` was not, and its result was returned through memory).
-    let tp: *const Tls = TLS.with(|t| t as *const Tls);
+    let tp: *const Tls = tls_ptr();
     // SAFETY: `tp` is this thread's const-initialised thread-local without destructor, alive as
     // long as the thread; the reference does not leave this call except inside the Guard,
     // which is !Send and therefore stays on this thread too.
@@ -614,26 +654,22 @@ impl Guard {
     /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
     /// cache line with the ring's record header; `intercept::msg`, version 2). The caller
     /// checked [`Header::compact_fits`].
-    #[inline]
+    #[inline(always)]
     pub fn emit_time16(&self, kind: Kind, a0: u64, data: &[u8; 16]) -> u64 {
         let Some(r) = RING.get() else { return 0 };
         let t = self.tls();
         let tseq = t.tseq.get() + 1;
         t.tseq.set(tseq);
-        let h = Header {
+        let p = msg::CompactParts {
             kind,
             pid: REAL_PID.load(Ordering::Relaxed),
             tid: t.tid.get(),
-            data_len: 16,
+            a0,
             vtid: t.vtid.get(),
             tseq,
-            ret: 0,
-            a0,
-            a1: 0,
-            a2: 0,
         };
         match r.push_as(self.token, msg::COMPACT_LEN, |buf| {
-            h.encode_compact_into(buf, data);
+            Header::encode_compact_parts(buf, &p, data);
         }) {
             Ok(seq) => seq,
             Err(e) => {
@@ -648,9 +684,25 @@ impl Drop for Guard {
     /// The exit boundary. Signals that arrived during the call are delivered here, before the
     /// call returns (so a handler runs before the program sees `EINTR`, as natively): recorded
     /// as `signal` messages with `a1 = 1` right after the call's own message, and replayed at
-    /// the same place.
-    #[inline]
+    /// the same place. The common case (record, nothing pending) is inlined; the rest is
+    /// [`Guard::exit_slow`].
+    #[inline(always)]
     fn drop(&mut self) {
+        if MODE.load(Ordering::Relaxed) != RECORD || crate::signals::pending() {
+            self.exit_slow();
+            return;
+        }
+        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+            r.leave(t);
+        }
+        self.tls().depth.set(0);
+    }
+}
+
+impl Guard {
+    #[cold]
+    #[inline(never)]
+    fn exit_slow(&self) {
         let mut run = 0u64;
         match MODE.load(Ordering::Relaxed) {
             RECORD if crate::signals::pending() => {
