@@ -133,7 +133,7 @@ pub fn core_read(fd: i64, buf: *mut u8, len: usize) -> i64 {
             len.min(intercept::msg::MAX_READ) as i64,
         );
         g.unblocked();
-        g.emit(Kind::Read, r, fd as u64, len as u64, 0, &[bytes(buf, r)]);
+        g.emit1(Kind::Read, r, fd as u64, len as u64, 0, bytes(buf, r));
         r
     } else {
         replay_input(Kind::Read, fd, len, |d| copy_out(buf, d))
@@ -326,7 +326,7 @@ fn output(
         }
         let r = perform();
         g.unblocked();
-        g.emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
+        g.emit1(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
         r
     } else {
         let rec = rt::replay_next_with(kind, Some(fd), || {
@@ -533,13 +533,13 @@ pub fn core_epoll(
         g.blocking();
         let r = real();
         g.unblocked();
-        g.emit(
+        g.emit1(
             Kind::EpollWait,
             r,
             epfd as u64,
             max as u64,
             0,
-            &[bytes(events as *const u8, r.max(0) * es as i64)],
+            bytes(events as *const u8, r.max(0) * es as i64),
         );
         r
     } else {
@@ -658,7 +658,7 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
                 g.emit_time16(kind, a0, d16);
             }
             _ => {
-                g.emit(kind, r, a0, 0, 0, &[data]);
+                g.emit1(kind, r, a0, 0, 0, data);
             }
         }
         r
@@ -1317,7 +1317,7 @@ fn acquire(kind: Kind, lock: impl Fn() -> c_int) -> c_int {
         g.blocking();
         let r = lock();
         g.unblocked();
-        g.emit(kind, i64::from(r), 0, 0, 0, &[]);
+        g.emit1(kind, i64::from(r), 0, 0, 0, &[]);
         r
     } else {
         let rec = replay_next(kind, None);
@@ -1357,7 +1357,7 @@ fn conditional(kind: Kind, attempt: impl Fn() -> c_int, lock: impl Fn() -> c_int
         g.blocking();
         let r = attempt();
         g.unblocked();
-        g.emit(kind, i64::from(r), 1, 0, 0, &[]);
+        g.emit1(kind, i64::from(r), 1, 0, 0, &[]);
         r
     } else {
         let rec = replay_next(kind, None);

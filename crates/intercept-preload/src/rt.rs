@@ -651,6 +651,41 @@ impl Guard {
 }
 
 impl Guard {
+    /// [`emit`](Self::emit) with at most one data part, inlined into the hot wrappers
+    /// (`read`, `write` and the other outputs): the same message bytes.
+    #[inline(always)]
+    pub fn emit1(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[u8]) -> u64 {
+        let Some(r) = RING.get() else { return 0 };
+        let len = data.len();
+        let t = self.tls();
+        let tseq = t.tseq.get() + 1;
+        t.tseq.set(tseq);
+        let h = Header {
+            kind,
+            pid: REAL_PID.load(Ordering::Relaxed),
+            tid: t.tid.get(),
+            data_len: len as u32,
+            vtid: t.vtid.get(),
+            tseq,
+            ret,
+            a0,
+            a1,
+            a2,
+        };
+        match r.push_as(self.token, HEADER_LEN + len, |buf| {
+            h.encode_into(buf);
+            if len != 0 {
+                buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(data);
+            }
+        }) {
+            Ok(seq) => seq,
+            Err(e) => {
+                fatal_record(&e);
+                0
+            }
+        }
+    }
+
     /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
     /// cache line with the ring's record header; `intercept::msg`, version 2). The caller
     /// checked [`Header::compact_fits`].

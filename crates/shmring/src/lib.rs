@@ -1037,7 +1037,7 @@ impl RingProducer<'_> {
     /// for space in a full ring it counts as `Blocked` (it has reserved nothing yet), and it
     /// parks there if a quiesce comes — otherwise a quiesce would wait for a thread that waits
     /// for the consumer.
-    #[inline]
+    #[inline(always)]
     pub fn push_as(
         &self,
         thread: Option<ThreadToken>,
