@@ -19,18 +19,26 @@ macro_rules! real {
         static P: AtomicUsize = AtomicUsize::new(0);
         let mut p = P.load(Ordering::Relaxed);
         if p == 0 {
-            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition.
-            p = unsafe { libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) }
-                as usize;
-            if p == 0 {
-                rt::say(&[b"understudy: cannot resolve ", $name.as_bytes(), b"\n"]);
-                sys3(libc::SYS_exit_group, 127, 0, 0);
-            }
+            p = resolve(concat!($name, "\0"));
             P.store(p, Ordering::Relaxed);
         }
         // SAFETY: p is the address of libc's function with this exact C signature.
         unsafe { std::mem::transmute::<usize, $ty>(p) }
     }};
+}
+
+/// The next definition of `name` (NUL-terminated) after this library, or exit with a message.
+#[cold]
+#[inline(never)]
+fn resolve(name: &'static str) -> usize {
+    // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    if p == 0 {
+        let shown = name.trim_end_matches('\0');
+        rt::say(&[b"understudy: cannot resolve ", shown.as_bytes(), b"\n"]);
+        sys3(libc::SYS_exit_group, 127, 0, 0);
+    }
+    p
 }
 
 #[inline]
@@ -648,6 +656,7 @@ pub fn core_close(fd: i64) -> i64 {
 
 // ------------------------------------------------------------------ time and randomness
 
+#[inline(always)]
 fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> i64) -> i64 {
     let Some(g) = enter() else { return real() };
     if mode() == RECORD {
@@ -663,14 +672,21 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
         }
         r
     } else {
-        let rec = replay_next(kind, None);
-        if rec.h.a0 != a0 {
-            diverge(&rec, &format!("{}({a0})", kind.name()));
-        }
-        copy_out(out, &rec.data[..rec.data.len().min(n)]);
-        replay_done(&rec);
-        rec.h.ret
+        timelike_replay(&g, kind, a0, out, n)
     }
+}
+
+/// Replay side of [`timelike`], out of line so that the record path's frame stays small.
+#[cold]
+#[inline(never)]
+fn timelike_replay(_g: &rt::Guard, kind: Kind, a0: u64, out: *mut u8, n: usize) -> i64 {
+    let rec = replay_next(kind, None);
+    if rec.h.a0 != a0 {
+        diverge(&rec, &format!("{}({a0})", kind.name()));
+    }
+    copy_out(out, &rec.data[..rec.data.len().min(n)]);
+    replay_done(&rec);
+    rec.h.ret
 }
 
 pub fn core_getrandom(buf: *mut u8, len: usize, flags: i64) -> i64 {
