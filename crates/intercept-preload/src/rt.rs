@@ -497,6 +497,8 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
 /// call made from inside the interceptor itself).
 pub struct Guard {
     token: Option<ThreadToken>,
+    /// The ring (record mode): saves the `OnceLock` check at every step of the call.
+    ring: Option<&'static RingProducer<'static>>,
     /// This thread's `Tls` (saves a `__tls_get_addr` per use; valid while the thread lives,
     /// and a guard never leaves its thread).
     tls: *const Tls,
@@ -528,6 +530,7 @@ pub fn enter() -> Option<Guard> {
         name_unknown_thread(t);
     }
     let mut token = None;
+    let mut ring = None;
     if mode == RECORD {
         let Some(r) = RING.get() else {
             // Not recording after all (no ring): leave the interceptor as we found it.
@@ -545,8 +548,13 @@ pub fn enter() -> Option<Guard> {
             r.enter(tok);
             token = Some(tok);
         }
+        ring = Some(r);
     }
-    Some(Guard { token, tls: tp })
+    Some(Guard {
+        token,
+        ring,
+        tls: tp,
+    })
 }
 
 /// A thread not created through pthread_create (raw clone): named in order of appearance,
@@ -588,7 +596,7 @@ impl Guard {
     /// The thread is about to make a real call that may block.
     #[inline]
     pub fn blocking(&self) {
-        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+        if let (Some(t), Some(r)) = (self.token, self.ring) {
             r.blocking(t);
         }
     }
@@ -596,7 +604,7 @@ impl Guard {
     /// The blocking call returned: pass the boundary again (parks if a quiesce is active).
     #[inline]
     pub fn unblocked(&self) {
-        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+        if let (Some(t), Some(r)) = (self.token, self.ring) {
             r.enter(t);
         }
     }
@@ -613,7 +621,7 @@ impl Guard {
     /// Record one finished call. `data` parts are concatenated into the message.
     #[inline]
     pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
-        let Some(r) = RING.get() else { return 0 };
+        let Some(r) = self.ring else { return 0 };
         let mut len = 0;
         for d in data {
             len += d.len();
@@ -655,7 +663,7 @@ impl Guard {
     /// (`read`, `write` and the other outputs): the same message bytes.
     #[inline(always)]
     pub fn emit1(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[u8]) -> u64 {
-        let Some(r) = RING.get() else { return 0 };
+        let Some(r) = self.ring else { return 0 };
         let len = data.len();
         let t = self.tls();
         let tseq = t.tseq.get() + 1;
@@ -691,7 +699,7 @@ impl Guard {
     /// checked [`Header::compact_fits`].
     #[inline(always)]
     pub fn emit_time16(&self, kind: Kind, a0: u64, data: &[u8; 16]) -> u64 {
-        let Some(r) = RING.get() else { return 0 };
+        let Some(r) = self.ring else { return 0 };
         let t = self.tls();
         let tseq = t.tseq.get() + 1;
         t.tseq.set(tseq);
@@ -727,7 +735,7 @@ impl Drop for Guard {
             self.exit_slow();
             return;
         }
-        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+        if let (Some(t), Some(r)) = (self.token, self.ring) {
             r.leave(t);
         }
         self.tls().depth.set(0);
@@ -757,7 +765,7 @@ impl Guard {
             }
             _ => {}
         }
-        if let (Some(t), Some(r)) = (self.token, RING.get()) {
+        if let (Some(t), Some(r)) = (self.token, self.ring) {
             r.leave(t);
         }
         self.tls().depth.set(0);
