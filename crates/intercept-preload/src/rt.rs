@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use intercept::msg::{self, Header, Kind, HEADER_LEN};
-use shmring::{RingProducer, ThreadToken};
+use shmring::{RingProducer, SlotRef, ThreadToken};
 
 pub const OFF: u8 = 0;
 pub const RECORD: u8 = 1;
@@ -497,6 +497,8 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
 /// call made from inside the interceptor itself).
 pub struct Guard {
     token: Option<ThreadToken>,
+    /// The token's slot, resolved once per call.
+    slot: Option<SlotRef<'static>>,
     /// The ring (record mode): saves the `OnceLock` check at every step of the call.
     ring: Option<&'static RingProducer<'static>>,
     /// This thread's `Tls` (saves a `__tls_get_addr` per use; valid while the thread lives,
@@ -530,6 +532,7 @@ pub fn enter() -> Option<Guard> {
         name_unknown_thread(t);
     }
     let mut token = None;
+    let mut slot = None;
     let mut ring = None;
     if mode == RECORD {
         let Some(r) = RING.get() else {
@@ -545,13 +548,16 @@ pub fn enter() -> Option<Guard> {
             let tok = ThreadToken {
                 index: t.token.get() - 1,
             };
-            r.enter(tok);
+            let sr = r.slot_ref(tok);
+            r.enter_at(sr);
             token = Some(tok);
+            slot = Some(sr);
         }
         ring = Some(r);
     }
     Some(Guard {
         token,
+        slot,
         ring,
         tls: tp,
     })
@@ -596,16 +602,16 @@ impl Guard {
     /// The thread is about to make a real call that may block.
     #[inline]
     pub fn blocking(&self) {
-        if let (Some(t), Some(r)) = (self.token, self.ring) {
-            r.blocking(t);
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.blocking_at(t);
         }
     }
 
     /// The blocking call returned: pass the boundary again (parks if a quiesce is active).
     #[inline]
     pub fn unblocked(&self) {
-        if let (Some(t), Some(r)) = (self.token, self.ring) {
-            r.enter(t);
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.enter_at(t);
         }
     }
 }
@@ -735,8 +741,8 @@ impl Drop for Guard {
             self.exit_slow();
             return;
         }
-        if let (Some(t), Some(r)) = (self.token, self.ring) {
-            r.leave(t);
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.leave_at(t);
         }
         self.tls().depth.set(0);
     }
@@ -765,8 +771,8 @@ impl Guard {
             }
             _ => {}
         }
-        if let (Some(t), Some(r)) = (self.token, self.ring) {
-            r.leave(t);
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.leave_at(t);
         }
         self.tls().depth.set(0);
         if run != 0 {

@@ -1369,7 +1369,21 @@ impl RingProducer<'_> {
     /// (from `Blocked`). Parks first if a quiesce is active.
     #[inline]
     pub fn enter(&self, t: ThreadToken) {
-        let s = self.slot_fast(t);
+        self.enter_at(self.slot_ref(t));
+    }
+
+    /// A registered thread's slot, resolved once (for a caller that passes several boundaries
+    /// in one call: [`enter_at`](Self::enter_at), [`blocking_at`](Self::blocking_at),
+    /// [`leave_at`](Self::leave_at) do what `enter`, `blocking`, `leave` do).
+    #[inline(always)]
+    pub fn slot_ref(&self, t: ThreadToken) -> SlotRef<'_> {
+        SlotRef(self.slot_fast(t))
+    }
+
+    /// [`enter`](Self::enter) through a resolved slot.
+    #[inline]
+    pub fn enter_at(&self, s: SlotRef<'_>) {
+        let s = s.0;
         let q = &self.hdr().quiesce.0;
         self.set_active(s);
         if q.gen.load(Ordering::Relaxed) & 1 == 1 {
@@ -1408,16 +1422,26 @@ impl RingProducer<'_> {
     /// The thread is about to make a real call that may block; quiesce need not wait for it.
     #[inline]
     pub fn blocking(&self, t: ThreadToken) {
-        self.slot_fast(t)
-            .state
+        self.blocking_at(self.slot_ref(t));
+    }
+
+    /// [`blocking`](Self::blocking) through a resolved slot.
+    #[inline]
+    pub fn blocking_at(&self, s: SlotRef<'_>) {
+        s.0.state
             .store(ThreadState::Blocked as u32, Ordering::Release);
     }
 
     /// Boundary: the thread leaves the interceptor (its message, if any, is committed).
     #[inline]
     pub fn leave(&self, t: ThreadToken) {
-        self.slot_fast(t)
-            .state
+        self.leave_at(self.slot_ref(t));
+    }
+
+    /// [`leave`](Self::leave) through a resolved slot.
+    #[inline]
+    pub fn leave_at(&self, s: SlotRef<'_>) {
+        s.0.state
             .store(ThreadState::Outside as u32, Ordering::Release);
     }
 
@@ -1428,6 +1452,10 @@ impl RingProducer<'_> {
             .then(|| q.cut.load(Ordering::SeqCst))
     }
 }
+
+/// A registered thread's slot, resolved by [`RingProducer::slot_ref`].
+#[derive(Debug, Clone, Copy)]
+pub struct SlotRef<'a>(&'a ThreadSlot);
 
 /// A registered thread's slot in the thread table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
