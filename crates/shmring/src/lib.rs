@@ -630,15 +630,10 @@ impl RingConsumer {
 
     /// Deliver up to `max` committed records in `ring_seq` order without blocking; returns how
     /// many were delivered. The slice is valid only during the callback.
-    ///
-    /// The consumed bytes are given back to the producers per contiguous run, not per record:
-    /// one `memset` and one tail publication when the run reaches the end of the data area and
-    /// once at the end of the poll (docs/shmring.md "Consumer").
     pub fn poll(&self, max: usize, mut f: impl FnMut(u64, &[u8])) -> Result<usize> {
         let mut n = 0;
+        let h = self.map.header();
         let (mut pos, mut seq) = (self.pos.get(), self.seq.get());
-        // Start of the consumed bytes not yet given back; they are contiguous in the data area.
-        let mut run = pos;
         let res = loop {
             if n >= max {
                 break Ok(());
@@ -677,44 +672,20 @@ impl RingConsumer {
                 seq += 1;
                 n += 1;
             }
+            // SAFETY: the consumed bytes are ours until the tail moves; zero them so that a later
+            // record starting anywhere inside reads as "not committed" until written.
+            unsafe { std::ptr::write_bytes(self.map.data().add(off), 0, total) };
             pos += total as u64;
-            if off + total == self.capacity {
-                // The run ends at the end of the data area; the next record starts at offset 0.
-                self.give_back(run, pos, seq);
-                run = pos;
-            }
+            h.tail.0.seq.store(seq, Ordering::Release);
+            h.tail.0.pos.store(pos, Ordering::Release);
         };
-        self.give_back(run, pos, seq);
         self.pos.set(pos);
         self.seq.set(seq);
-        let h = self.map.header();
         if n > 0 && h.tail.0.space_waiters.load(Ordering::SeqCst) > 0 {
             h.tail.0.space_futex.fetch_add(1, Ordering::SeqCst);
             futex::wake(&h.tail.0.space_futex, i32::MAX);
         }
         res.map(|()| n)
-    }
-
-    /// Give the consumed bytes `[from, to)` (ring positions, contiguous in the data area) back to
-    /// the producers: zero them, then publish the tail (`seq` = the next ring_seq to consume).
-    fn give_back(&self, from: u64, to: u64, seq: u64) {
-        if to == from {
-            return;
-        }
-        let off = off_of(from, self.capacity);
-        let len = usize::try_from(to - from).expect("a run is shorter than the data area");
-        assert!(
-            off + len <= self.capacity,
-            "ring run [{from}, {to}) crosses the end of the data area"
-        );
-        // SAFETY: [off, off+len) lies in the data area (asserted) and holds records the consumer
-        // has delivered; they are the consumer's until the tail moves past them below. Zeroing
-        // them makes a later record starting anywhere inside read as "not committed" until its
-        // producer writes it.
-        unsafe { std::ptr::write_bytes(self.map.data().add(off), 0, len) };
-        let h = self.map.header();
-        h.tail.0.seq.store(seq, Ordering::Release);
-        h.tail.0.pos.store(to, Ordering::Release);
     }
 
     /// Sleep until a record is committed or `timeout` passes; returns whether data is ready.
