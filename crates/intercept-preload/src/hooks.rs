@@ -372,6 +372,29 @@ fn output(
 }
 
 pub fn core_write(fd: i64, buf: *const u8, len: usize) -> i64 {
+    if mode() != RECORD {
+        return write_general(fd, buf, len);
+    }
+    // Record mode, written out (what `output` does): the closures `output` takes are stored to
+    // the stack on entry for its replay branch, which the record path does not need.
+    let real = || sys3(libc::SYS_write, fd, buf as i64, len as i64);
+    let Some(g) = enter() else { return real() };
+    let k = fd_kind(fd);
+    g.blocking();
+    if rt::sync_mode() && k != FD_FILE {
+        // Output commit: nothing leaves before every message so far is durable.
+        rt::wait_durable();
+    }
+    let r = real();
+    g.unblocked();
+    let d = intercept::digest(bytes(buf, (r.max(0) as usize).min(len) as i64));
+    g.emit1(Kind::Write, r, fd as u64, len as u64, d, &[]);
+    r
+}
+
+/// `write` outside record mode (replay, or interception off): through `output`.
+#[inline(never)]
+fn write_general(fd: i64, buf: *const u8, len: usize) -> i64 {
     output(
         Kind::Write,
         fd,
