@@ -600,6 +600,10 @@ impl RingConsumer {
             tail_pos: AtomicU64::new(0),
             tail_seq: AtomicU64::new(1),
             strong: self.map.header().fixed.0.flags & FLAG_STRONG_FENCES != 0,
+            fast_limit: fast_limit(
+                self.capacity,
+                self.map.header().fixed.0.flags & FLAG_STRONG_FENCES != 0,
+            ),
             liveness: Liveness::Pid { pidns: own_pidns() },
         }
     }
@@ -914,7 +918,19 @@ pub struct RingProducer<'a> {
     tail_seq: AtomicU64,
     /// Use SeqCst read-modify-writes on the fast path ([`FLAG_STRONG_FENCES`]).
     strong: bool,
+    /// Payloads of at least this many bytes leave the inlined fast path: `max_payload() + 1`,
+    /// or 0 with strong fences (one comparison instead of a flag test and a division).
+    fast_limit: usize,
     liveness: Liveness,
+}
+
+/// [`RingProducer`]'s `fast_limit`.
+fn fast_limit(capacity: usize, strong: bool) -> usize {
+    if strong {
+        0
+    } else {
+        capacity / 4 - RECORD_HEADER_LEN + 1
+    }
 }
 
 impl std::fmt::Debug for RingProducer<'_> {
@@ -1011,6 +1027,7 @@ impl RingProducer<'static> {
             tail_pos: AtomicU64::new(tp),
             tail_seq: AtomicU64::new(ts),
             strong,
+            fast_limit: fast_limit(capacity, strong),
             liveness,
         })
     }
@@ -1055,8 +1072,7 @@ impl RingProducer<'_> {
         let pos = low32(w);
         let off = pos as usize & (cap - 1);
         let tail = low32(self.tail_pos.load(Ordering::Acquire));
-        if self.strong
-            || len > cap / 4 - RECORD_HEADER_LEN
+        if len >= self.fast_limit
             || off + total > cap
             || pos.wrapping_sub(tail) as usize + total > cap
         {
