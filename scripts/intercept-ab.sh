@@ -3,7 +3,7 @@
 # and under `understudy record` with each given libunderstudy_intercept.so, interleaved, ROUNDS
 # times, and prints per call the median of the native runs and, per library, the median of its
 # runs and the added time (median - native median). Interleaving keeps the machine's load
-# drift out of the comparison between libraries.
+# drift out of the comparison between libraries; their order rotates from round to round.
 #
 #   scripts/intercept-ab.sh ROUNDS OLD.so NEW.so ...
 # (needs a release build: cargo build --release -p understudy -p intercept-preload; copy each
@@ -18,9 +18,13 @@ U=$tgt/release/understudy
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cc -O2 -o "$tmp/bench_calls" "$here/tests/intercept/bench_calls.c"
+libs=("$@")
 for r in $(seq "$N"); do
   "$tmp/bench_calls" | sed 's/^/native /' >> "$tmp/out"
-  for l in "$@"; do
+  # The libraries' order rotates per round: the recorded run in the second position measured
+  # 35-65 ns more per socket read than the same library first (session 3, 22:49-22:50).
+  k=$(( r % ${#libs[@]} ))
+  for l in "${libs[@]:k}" "${libs[@]:0:k}"; do
     rm -rf "$tmp/j"
     UNDERSTUDY_INTERCEPT_LIB=$l "$U" record --journal "$tmp/j" -- "$tmp/bench_calls" \
       | sed "s|^|$l |" >> "$tmp/out"

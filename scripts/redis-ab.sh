@@ -1,7 +1,9 @@
 #!/bin/bash
 # A/B of interceptor builds on redis: per round, redis-server natively and recorded with each
-# given libunderstudy_intercept.so (interleaved), pinned like the intercept bench (server CPU 0,
-# collector + redis-benchmark CPU 1), `redis-benchmark -c 50 -P PIPE -n N -t set,get`. Prints
+# given libunderstudy_intercept.so (interleaved), pinned like the intercept bench: server CPU 0,
+# redis-benchmark CPU 1, the collector (`understudy record`) on CPU $COLLECTOR_CPU (default 0:
+# beside the server, as on a primary host; COLLECTOR_CPU=1 = the earlier placement, sharing the
+# load generator's CPU), `redis-benchmark -c 50 -P PIPE -n N -t set,get`. Prints
 # per variant the median SET/GET requests/s and the server's CPU per request (utime+stime of
 # redis-server over the run / requests), plus the collector's.
 #
@@ -10,6 +12,8 @@
 set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: $0 ROUNDS PIPE N LIB.so [LIB.so ...]" >&2; exit 2; }
 R=$1; P=$2; N=$3; shift 3
+CC=${COLLECTOR_CPU:-0}
+case $CC in 0|1) ;; *) echo "COLLECTOR_CPU=$CC: must be 0 or 1" >&2; exit 2;; esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 U=${CARGO_TARGET_DIR:-$here/target}/release/understudy
 [ -x "$U" ] || { echo "$U: not built" >&2; exit 1; }
@@ -21,7 +25,7 @@ one() { # $1 = label, $2 = lib or "native"
   if [ "$2" = native ]; then
     taskset -c 0 redis-server --port $port --save "" --appendonly no >/dev/null 2>&1 &
   else
-    UNDERSTUDY_INTERCEPT_LIB=$2 taskset -c 1 "$U" record --journal "$tmp/j" -- \
+    UNDERSTUDY_INTERCEPT_LIB=$2 taskset -c "$CC" "$U" record --journal "$tmp/j" -- \
       taskset -c 0 redis-server --port $port --save "" --appendonly no >/dev/null 2>&1 &
   fi
   local top=$!
@@ -38,13 +42,14 @@ for r in $(seq "$R"); do
   one native native
   for l in "$@"; do one "$l" "$l"; done
 done
-python3 - "$tmp/out" "$N" <<'PY'
+python3 - "$tmp/out" "$N" "$CC" <<'PY'
 import collections, statistics, sys
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     k, s, g, sv, co = line.split()
     rows[k].append((float(s), float(g), int(sv), int(co)))
 reqs = 2 * int(sys.argv[2]); hz = 100
+print(f"collector on CPU {sys.argv[3]}")
 print(f"{'variant':60} {'SET req/s':>10} {'GET req/s':>10} {'server us/req':>13} {'collector us/req':>16}  (medians of {len(next(iter(rows.values())))} rounds)")
 for k, v in rows.items():
     m = lambda i: statistics.median(x[i] for x in v)

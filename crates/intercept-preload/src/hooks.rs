@@ -19,18 +19,26 @@ macro_rules! real {
         static P: AtomicUsize = AtomicUsize::new(0);
         let mut p = P.load(Ordering::Relaxed);
         if p == 0 {
-            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition.
-            p = unsafe { libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) }
-                as usize;
-            if p == 0 {
-                rt::say(&[b"understudy: cannot resolve ", $name.as_bytes(), b"\n"]);
-                sys3(libc::SYS_exit_group, 127, 0, 0);
-            }
+            p = resolve(concat!($name, "\0"));
             P.store(p, Ordering::Relaxed);
         }
         // SAFETY: p is the address of libc's function with this exact C signature.
         unsafe { std::mem::transmute::<usize, $ty>(p) }
     }};
+}
+
+/// The next definition of `name` (NUL-terminated) after this library, or exit with a message.
+#[cold]
+#[inline(never)]
+fn resolve(name: &'static str) -> usize {
+    // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    if p == 0 {
+        let shown = name.trim_end_matches('\0');
+        rt::say(&[b"understudy: cannot resolve ", shown.as_bytes(), b"\n"]);
+        sys3(libc::SYS_exit_group, 127, 0, 0);
+    }
+    p
 }
 
 #[inline]
@@ -133,7 +141,7 @@ pub fn core_read(fd: i64, buf: *mut u8, len: usize) -> i64 {
             len.min(intercept::msg::MAX_READ) as i64,
         );
         g.unblocked();
-        g.emit(Kind::Read, r, fd as u64, len as u64, 0, &[bytes(buf, r)]);
+        g.emit1(Kind::Read, r, fd as u64, len as u64, 0, bytes(buf, r));
         r
     } else {
         replay_input(Kind::Read, fd, len, |d| copy_out(buf, d))
@@ -326,7 +334,7 @@ fn output(
         }
         let r = perform();
         g.unblocked();
-        g.emit(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
+        g.emit1(kind, r, fd as u64, len as u64, dg(r.max(0) as usize), &[]);
         r
     } else {
         let rec = rt::replay_next_with(kind, Some(fd), || {
@@ -364,6 +372,29 @@ fn output(
 }
 
 pub fn core_write(fd: i64, buf: *const u8, len: usize) -> i64 {
+    if mode() != RECORD {
+        return write_general(fd, buf, len);
+    }
+    // Record mode, written out (what `output` does): the closures `output` takes are stored to
+    // the stack on entry for its replay branch, which the record path does not need.
+    let real = || sys3(libc::SYS_write, fd, buf as i64, len as i64);
+    let Some(g) = enter() else { return real() };
+    let k = fd_kind(fd);
+    g.blocking();
+    if rt::sync_mode() && k != FD_FILE {
+        // Output commit: nothing leaves before every message so far is durable.
+        rt::wait_durable();
+    }
+    let r = real();
+    g.unblocked();
+    let d = intercept::digest(bytes(buf, (r.max(0) as usize).min(len) as i64));
+    g.emit1(Kind::Write, r, fd as u64, len as u64, d, &[]);
+    r
+}
+
+/// `write` outside record mode (replay, or interception off): through `output`.
+#[inline(never)]
+fn write_general(fd: i64, buf: *const u8, len: usize) -> i64 {
     output(
         Kind::Write,
         fd,
@@ -533,13 +564,13 @@ pub fn core_epoll(
         g.blocking();
         let r = real();
         g.unblocked();
-        g.emit(
+        g.emit1(
             Kind::EpollWait,
             r,
             epfd as u64,
             max as u64,
             0,
-            &[bytes(events as *const u8, r.max(0) * es as i64)],
+            bytes(events as *const u8, r.max(0) * es as i64),
         );
         r
     } else {
@@ -648,6 +679,7 @@ pub fn core_close(fd: i64) -> i64 {
 
 // ------------------------------------------------------------------ time and randomness
 
+#[inline(always)]
 fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> i64) -> i64 {
     let Some(g) = enter() else { return real() };
     if mode() == RECORD {
@@ -658,19 +690,26 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
                 g.emit_time16(kind, a0, d16);
             }
             _ => {
-                g.emit(kind, r, a0, 0, 0, &[data]);
+                g.emit1(kind, r, a0, 0, 0, data);
             }
         }
         r
     } else {
-        let rec = replay_next(kind, None);
-        if rec.h.a0 != a0 {
-            diverge(&rec, &format!("{}({a0})", kind.name()));
-        }
-        copy_out(out, &rec.data[..rec.data.len().min(n)]);
-        replay_done(&rec);
-        rec.h.ret
+        timelike_replay(&g, kind, a0, out, n)
     }
+}
+
+/// Replay side of [`timelike`], out of line so that the record path's frame stays small.
+#[cold]
+#[inline(never)]
+fn timelike_replay(_g: &rt::Guard, kind: Kind, a0: u64, out: *mut u8, n: usize) -> i64 {
+    let rec = replay_next(kind, None);
+    if rec.h.a0 != a0 {
+        diverge(&rec, &format!("{}({a0})", kind.name()));
+    }
+    copy_out(out, &rec.data[..rec.data.len().min(n)]);
+    replay_done(&rec);
+    rec.h.ret
 }
 
 pub fn core_getrandom(buf: *mut u8, len: usize, flags: i64) -> i64 {
@@ -1317,7 +1356,7 @@ fn acquire(kind: Kind, lock: impl Fn() -> c_int) -> c_int {
         g.blocking();
         let r = lock();
         g.unblocked();
-        g.emit(kind, i64::from(r), 0, 0, 0, &[]);
+        g.emit1(kind, i64::from(r), 0, 0, 0, &[]);
         r
     } else {
         let rec = replay_next(kind, None);
@@ -1357,7 +1396,7 @@ fn conditional(kind: Kind, attempt: impl Fn() -> c_int, lock: impl Fn() -> c_int
         g.blocking();
         let r = attempt();
         g.unblocked();
-        g.emit(kind, i64::from(r), 1, 0, 0, &[]);
+        g.emit1(kind, i64::from(r), 1, 0, 0, &[]);
         r
     } else {
         let rec = replay_next(kind, None);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use intercept::msg::{self, Header, Kind, HEADER_LEN};
-use shmring::{RingProducer, ThreadToken};
+use shmring::{RingProducer, SlotRef, ThreadToken};
 
 pub const OFF: u8 = 0;
 pub const RECORD: u8 = 1;
@@ -96,8 +96,9 @@ pub fn say(parts: &[&[u8]]) {
     }
 }
 
-/// Per-thread state. `const` initialised, no destructor: safe in signal handlers, no lazy
+/// Per-thread state. All-zero initial value, no destructor: safe in signal handlers, no lazy
 /// registration on first access.
+#[repr(C)]
 pub struct Tls {
     pub depth: Cell<u32>,
     pub vtid: Cell<u64>,
@@ -109,19 +110,58 @@ pub struct Tls {
     pub tid: Cell<u32>,
 }
 
-thread_local! {
-    pub static TLS: Tls = const {
-        Tls {
-            depth: Cell::new(0),
-            vtid: Cell::new(0),
-            tseq: Cell::new(0),
-            children: Cell::new(0),
-            token: Cell::new(0),
-            gen: Cell::new(0),
-            tid: Cell::new(0),
-        }
-    };
+// The per-thread state lives in a block of static TLS declared here and reached with the
+// initial-exec model (`fs:0` plus a GOT-held offset, two instructions). Rust's `thread_local!`
+// in a cdylib uses the general-dynamic model: a `__tls_get_addr` call (≈ 25 instructions per
+// recorded call). Initial-exec is valid because the library is loaded at start-up
+// (LD_PRELOAD), where glibc places its TLS in the static block; the zero-filled `.tbss` block
+// is exactly `Tls`'s const initial value (every field zero).
+const TLS_SIZE: usize = std::mem::size_of::<Tls>();
+const _: () = assert!(std::mem::align_of::<Tls>() <= 8 && TLS_SIZE.is_multiple_of(8));
+
+std::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",@nobits",
+    ".p2align 3",
+    ".globl understudy_tls_block",
+    ".hidden understudy_tls_block",
+    ".type understudy_tls_block,@object",
+    ".size understudy_tls_block, {size}",
+    "understudy_tls_block:",
+    ".zero {size}",
+    ".popsection",
+    size = const TLS_SIZE,
+);
+
+/// This thread's `Tls`.
+#[inline(always)]
+pub fn tls_ptr() -> *const Tls {
+    let p: usize;
+    // SAFETY: reads the thread pointer (fs:0 holds its own address on x86-64 glibc) and the
+    // GOT entry the dynamic linker filled with the block's offset from it; no other effect.
+    unsafe {
+        std::arch::asm!(
+            "mov {p}, qword ptr fs:[0]",
+            "add {p}, qword ptr [rip + understudy_tls_block@GOTTPOFF]",
+            p = out(reg) p,
+            options(pure, readonly, nostack),
+        );
+    }
+    p as *const Tls
 }
+
+/// Stand-in for the former `thread_local!` key: `TLS.with(|t| ..)`.
+pub struct TlsKey;
+
+impl TlsKey {
+    #[inline(always)]
+    pub fn with<R>(&self, f: impl FnOnce(&Tls) -> R) -> R {
+        // SAFETY: the block is this thread's, zero-initialised (a valid `Tls`: cells of
+        // integers), alive as long as the thread; the reference does not outlive `f`.
+        f(unsafe { &*tls_ptr() })
+    }
+}
+
+pub static TLS: TlsKey = TlsKey;
 
 /// Bumped in the child of every fork: threads re-register and re-read their tid.
 pub static PROC_GEN: AtomicU32 = AtomicU32::new(1);
@@ -457,6 +497,10 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
 /// call made from inside the interceptor itself).
 pub struct Guard {
     token: Option<ThreadToken>,
+    /// The token's slot, resolved once per call.
+    slot: Option<SlotRef<'static>>,
+    /// The ring (record mode): saves the `OnceLock` check at every step of the call.
+    ring: Option<&'static RingProducer<'static>>,
     /// This thread's `Tls` (saves a `__tls_get_addr` per use; valid while the thread lives,
     /// and a guard never leaves its thread).
     tls: *const Tls,
@@ -472,7 +516,7 @@ pub fn enter() -> Option<Guard> {
     }
     // Only the address goes through `with` (a closure this small is inlined; the whole entry
     // inside `with` was not, and its result was returned through memory).
-    let tp: *const Tls = TLS.with(|t| t as *const Tls);
+    let tp: *const Tls = tls_ptr();
     // SAFETY: `tp` is this thread's const-initialised thread-local without destructor, alive as
     // long as the thread; the reference does not leave this call except inside the Guard,
     // which is !Send and therefore stays on this thread too.
@@ -488,6 +532,8 @@ pub fn enter() -> Option<Guard> {
         name_unknown_thread(t);
     }
     let mut token = None;
+    let mut slot = None;
+    let mut ring = None;
     if mode == RECORD {
         let Some(r) = RING.get() else {
             // Not recording after all (no ring): leave the interceptor as we found it.
@@ -502,11 +548,19 @@ pub fn enter() -> Option<Guard> {
             let tok = ThreadToken {
                 index: t.token.get() - 1,
             };
-            r.enter(tok);
+            let sr = r.slot_ref(tok);
+            r.enter_at(sr);
             token = Some(tok);
+            slot = Some(sr);
         }
+        ring = Some(r);
     }
-    Some(Guard { token, tls: tp })
+    Some(Guard {
+        token,
+        slot,
+        ring,
+        tls: tp,
+    })
 }
 
 /// A thread not created through pthread_create (raw clone): named in order of appearance,
@@ -548,16 +602,16 @@ impl Guard {
     /// The thread is about to make a real call that may block.
     #[inline]
     pub fn blocking(&self) {
-        if let (Some(t), Some(r)) = (self.token, RING.get()) {
-            r.blocking(t);
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.blocking_at(t);
         }
     }
 
     /// The blocking call returned: pass the boundary again (parks if a quiesce is active).
     #[inline]
     pub fn unblocked(&self) {
-        if let (Some(t), Some(r)) = (self.token, RING.get()) {
-            r.enter(t);
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.enter_at(t);
         }
     }
 }
@@ -573,7 +627,7 @@ impl Guard {
     /// Record one finished call. `data` parts are concatenated into the message.
     #[inline]
     pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
-        let Some(r) = RING.get() else { return 0 };
+        let Some(r) = self.ring else { return 0 };
         let mut len = 0;
         for d in data {
             len += d.len();
@@ -611,12 +665,12 @@ impl Guard {
 }
 
 impl Guard {
-    /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
-    /// cache line with the ring's record header; `intercept::msg`, version 2). The caller
-    /// checked [`Header::compact_fits`].
-    #[inline]
-    pub fn emit_time16(&self, kind: Kind, a0: u64, data: &[u8; 16]) -> u64 {
-        let Some(r) = RING.get() else { return 0 };
+    /// [`emit`](Self::emit) with at most one data part, inlined into the hot wrappers
+    /// (`read`, `write` and the other outputs): the same message bytes.
+    #[inline(always)]
+    pub fn emit1(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[u8]) -> u64 {
+        let Some(r) = self.ring else { return 0 };
+        let len = data.len();
         let t = self.tls();
         let tseq = t.tseq.get() + 1;
         t.tseq.set(tseq);
@@ -624,16 +678,47 @@ impl Guard {
             kind,
             pid: REAL_PID.load(Ordering::Relaxed),
             tid: t.tid.get(),
-            data_len: 16,
+            data_len: len as u32,
             vtid: t.vtid.get(),
             tseq,
-            ret: 0,
+            ret,
             a0,
-            a1: 0,
-            a2: 0,
+            a1,
+            a2,
+        };
+        match r.push_as(self.token, HEADER_LEN + len, |buf| {
+            h.encode_into(buf);
+            if len != 0 {
+                buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(data);
+            }
+        }) {
+            Ok(seq) => seq,
+            Err(e) => {
+                fatal_record(&e);
+                0
+            }
+        }
+    }
+
+    /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
+    /// cache line with the ring's record header; `intercept::msg`, version 2). The caller
+    /// checked [`Header::compact_fits`].
+    #[inline(always)]
+    pub fn emit_time16(&self, kind: Kind, a0: u64, data: &[u8; 16]) -> u64 {
+        let Some(r) = self.ring else { return 0 };
+        let t = self.tls();
+        let tseq = t.tseq.get() + 1;
+        t.tseq.set(tseq);
+        let p = msg::CompactParts {
+            kind,
+            pid: REAL_PID.load(Ordering::Relaxed),
+            tid: t.tid.get(),
+            a0,
+            vtid: t.vtid.get(),
+            tseq,
         };
         match r.push_as(self.token, msg::COMPACT_LEN, |buf| {
-            h.encode_compact_into(buf, data);
+            Header::encode_compact_parts(buf, &p, data);
         }) {
             Ok(seq) => seq,
             Err(e) => {
@@ -648,9 +733,25 @@ impl Drop for Guard {
     /// The exit boundary. Signals that arrived during the call are delivered here, before the
     /// call returns (so a handler runs before the program sees `EINTR`, as natively): recorded
     /// as `signal` messages with `a1 = 1` right after the call's own message, and replayed at
-    /// the same place.
-    #[inline]
+    /// the same place. The common case (record, nothing pending) is inlined; the rest is
+    /// [`Guard::exit_slow`].
+    #[inline(always)]
     fn drop(&mut self) {
+        if MODE.load(Ordering::Relaxed) != RECORD || crate::signals::pending() {
+            self.exit_slow();
+            return;
+        }
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.leave_at(t);
+        }
+        self.tls().depth.set(0);
+    }
+}
+
+impl Guard {
+    #[cold]
+    #[inline(never)]
+    fn exit_slow(&self) {
         let mut run = 0u64;
         match MODE.load(Ordering::Relaxed) {
             RECORD if crate::signals::pending() => {
@@ -670,8 +771,8 @@ impl Drop for Guard {
             }
             _ => {}
         }
-        if let (Some(t), Some(r)) = (self.token, RING.get()) {
-            r.leave(t);
+        if let (Some(t), Some(r)) = (self.slot, self.ring) {
+            r.leave_at(t);
         }
         self.tls().depth.set(0);
         if run != 0 {

@@ -38,22 +38,29 @@ impl RecordHeader {
     }
 
     /// Read the header of a record whose word says it occupies `rec.len()` bytes; checks that the
-    /// payload fits.
+    /// payload fits. Inlined into the consumer's poll; the error text is built out of line.
+    #[inline]
     pub fn decode(rec: &[u8]) -> Result<Self, String> {
-        if rec.len() < RECORD_HEADER_LEN {
-            return Err(format!(
-                "record of {} bytes is shorter than its header",
-                rec.len()
-            ));
+        if let Some(h) = rec.get(..RECORD_HEADER_LEN) {
+            let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+            let seq = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+            if total_len(len as usize) == rec.len() {
+                return Ok(Self { seq, len });
+            }
         }
-        let len = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
-        let seq = u64::from_le_bytes(rec[8..16].try_into().expect("8 bytes"));
-        if total_len(len as usize) != rec.len() {
-            return Err(format!(
-                "payload length {len} does not match record length {}",
-                rec.len()
-            ));
-        }
-        Ok(Self { seq, len })
+        Err(decode_error(rec))
     }
+}
+
+#[cold]
+#[inline(never)]
+fn decode_error(rec: &[u8]) -> String {
+    if rec.len() < RECORD_HEADER_LEN {
+        return format!("record of {} bytes is shorter than its header", rec.len());
+    }
+    let len = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
+    format!(
+        "payload length {len} does not match record length {}",
+        rec.len()
+    )
 }

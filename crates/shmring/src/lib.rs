@@ -46,6 +46,10 @@ pub const MIN_CAPACITY: usize = 4096;
 pub const MAX_CAPACITY: usize = 1 << 30;
 /// Offset of the thread table from the start of the file.
 pub const THREADS_OFFSET: usize = 4096;
+const _: () = assert!(
+    MAX_THREADS.is_power_of_two(),
+    "slot_fast masks the thread index"
+);
 /// Offset of the data area from the start of the file.
 pub const DATA_OFFSET: usize = THREADS_OFFSET + MAX_THREADS * std::mem::size_of::<ThreadSlot>();
 
@@ -590,11 +594,16 @@ impl RingConsumer {
     /// and with it the lock.
     pub fn producer(&self) -> RingProducer<'_> {
         RingProducer {
+            base: self.map.base.as_ptr() as usize,
             map: MapRef::Borrowed(&self.map),
             capacity: self.capacity,
             tail_pos: AtomicU64::new(0),
             tail_seq: AtomicU64::new(1),
             strong: self.map.header().fixed.0.flags & FLAG_STRONG_FENCES != 0,
+            fast_limit: fast_limit(
+                self.capacity,
+                self.map.header().fixed.0.flags & FLAG_STRONG_FENCES != 0,
+            ),
             liveness: Liveness::Pid { pidns: own_pidns() },
         }
     }
@@ -897,6 +906,10 @@ impl MapRef<'_> {
 /// A producer's end of the ring. Cheap to share between threads (`&RingProducer` is `Sync`).
 pub struct RingProducer<'a> {
     map: MapRef<'a>,
+    /// Address of the mapping (`map`'s base, which never moves while `map` lives): the fast
+    /// paths reach the header, the thread table and the data area from it without going
+    /// through `MapRef`.
+    base: usize,
     capacity: usize,
     /// Process-local, possibly stale copies of the consumer's tail (position, ring_seq). Stale
     /// values are lower bounds, which is all the fast path needs; reading the consumer's cache
@@ -905,7 +918,19 @@ pub struct RingProducer<'a> {
     tail_seq: AtomicU64,
     /// Use SeqCst read-modify-writes on the fast path ([`FLAG_STRONG_FENCES`]).
     strong: bool,
+    /// Payloads of at least this many bytes leave the inlined fast path: `max_payload() + 1`,
+    /// or 0 with strong fences (one comparison instead of a flag test and a division).
+    fast_limit: usize,
     liveness: Liveness,
+}
+
+/// [`RingProducer`]'s `fast_limit`.
+fn fast_limit(capacity: usize, strong: bool) -> usize {
+    if strong {
+        0
+    } else {
+        capacity / 4 - RECORD_HEADER_LEN + 1
+    }
 }
 
 impl std::fmt::Debug for RingProducer<'_> {
@@ -996,11 +1021,13 @@ impl RingProducer<'static> {
             h.tail.0.seq.load(Ordering::SeqCst),
         );
         Ok(Self {
+            base: map.base.as_ptr() as usize,
             map: MapRef::Owned(map),
             capacity,
             tail_pos: AtomicU64::new(tp),
             tail_seq: AtomicU64::new(ts),
             strong,
+            fast_limit: fast_limit(capacity, strong),
             liveness,
         })
     }
@@ -1027,7 +1054,101 @@ impl RingProducer<'_> {
     /// for space in a full ring it counts as `Blocked` (it has reserved nothing yet), and it
     /// parks there if a quiesce comes — otherwise a quiesce would wait for a thread that waits
     /// for the consumer.
+    #[inline(always)]
     pub fn push_as(
+        &self,
+        thread: Option<ThreadToken>,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64> {
+        // Fast path, inlined into the caller: the record fits before the end of the data area
+        // and within the cached (lower-bound) tail, and the reservation succeeds at the first
+        // try. Anything else (wrap, full or stale cached tail, contention, strong fences, too
+        // large) goes to the general loop below, which decides the same way from scratch.
+        let cap = self.capacity;
+        let total = framing::total_len(len);
+        let h = self.hdr();
+        let w = h.head.0.word.load(Ordering::Acquire);
+        let pos = low32(w);
+        let off = pos as usize & (cap - 1);
+        let tail = low32(self.tail_pos.load(Ordering::Acquire));
+        if len >= self.fast_limit
+            || off + total > cap
+            || pos.wrapping_sub(tail) as usize + total > cap
+        {
+            return self.push_slow(thread, len, fill);
+        }
+        let seq_lo = low32(w >> 32);
+        let new = (u64::from(seq_lo.wrapping_add(1)) << 32)
+            | u64::from(pos.wrapping_add(small_u32(total)));
+        if h.head
+            .0
+            .word
+            .compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return self.push_slow(thread, len, fill);
+        }
+        // As in `push_slow`: the record lies within 2^32 of any past value of the tail seq.
+        let t = self.tail_seq.load(Ordering::Acquire);
+        let seq = t + u64::from(seq_lo.wrapping_sub(low32(t)));
+        let data = (self.base + DATA_OFFSET) as *mut u8;
+        // SAFETY: [off, off+total) lies in the data area (checked above: off + total <= cap)
+        // and was reserved by our compare-and-swap: the consumer has zeroed it and no other
+        // producer can reserve it until the consumer moves past it.
+        let rec = unsafe { std::slice::from_raw_parts_mut(data.add(off), total) };
+        rec[4..8].copy_from_slice(&small_u32(len).to_le_bytes());
+        rec[8..16].copy_from_slice(&seq.to_le_bytes());
+        fill(&mut rec[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len]);
+        // SAFETY: `off` is 8-aligned (positions advance by multiples of 8) and in the data
+        // area; the word is an AtomicU32 valid for any bit pattern.
+        let word = unsafe { &*data.add(off).cast::<AtomicU32>() };
+        // Plain Release store (not strong mode): the consumer's membarrier orders it before
+        // our load of `consumer_sleeping` (see `push_slow`).
+        word.store(framing::COMMITTED | small_u32(total), Ordering::Release);
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        if h.wake.0.consumer_sleeping.load(Ordering::Relaxed) != 0 {
+            self.wake_consumer();
+        }
+        let next = off + total;
+        for k in 0..3 {
+            prefetch_write(data.wrapping_add((next + 64 * k) & (cap - 1)));
+        }
+        Ok(seq)
+    }
+
+    #[cold]
+    fn wake_consumer(&self) {
+        let wk = &self.hdr().wake.0;
+        wk.data_futex.fetch_add(1, Ordering::SeqCst);
+        futex::wake(&wk.data_futex, 1);
+    }
+
+    /// The ring header, through the cached base address.
+    #[inline(always)]
+    fn hdr(&self) -> &RingHeader {
+        // SAFETY: `base` is the address of the mapping `map` holds (at least DATA_OFFSET
+        // bytes, page aligned); RingHeader is valid for any bit pattern.
+        unsafe { &*(self.base as *const RingHeader) }
+    }
+
+    /// Thread slot `t`, through the cached base address (index reduced modulo the table size,
+    /// so a forged token cannot reach outside it).
+    #[inline(always)]
+    fn slot_fast(&self, t: ThreadToken) -> &ThreadSlot {
+        let i = t.index as usize & (MAX_THREADS - 1);
+        // SAFETY: i < MAX_THREADS (power of two), so the slot lies in the thread table inside
+        // the mapping; slots are 64-byte aligned and made of atomics.
+        unsafe {
+            &*((self.base + THREADS_OFFSET + i * std::mem::size_of::<ThreadSlot>())
+                as *const ThreadSlot)
+        }
+    }
+
+    /// The general reservation loop of [`push_as`](Self::push_as) (wrap, full ring, contention).
+    #[cold]
+    #[inline(never)]
+    fn push_slow(
         &self,
         thread: Option<ThreadToken>,
         len: usize,
@@ -1264,9 +1385,22 @@ impl RingProducer<'_> {
     /// (from `Blocked`). Parks first if a quiesce is active.
     #[inline]
     pub fn enter(&self, t: ThreadToken) {
-        let m = self.map.get();
-        let s = m.slot(t.index as usize);
-        let q = &m.header().quiesce.0;
+        self.enter_at(self.slot_ref(t));
+    }
+
+    /// A registered thread's slot, resolved once (for a caller that passes several boundaries
+    /// in one call: [`enter_at`](Self::enter_at), [`blocking_at`](Self::blocking_at),
+    /// [`leave_at`](Self::leave_at) do what `enter`, `blocking`, `leave` do).
+    #[inline(always)]
+    pub fn slot_ref(&self, t: ThreadToken) -> SlotRef<'_> {
+        SlotRef(self.slot_fast(t))
+    }
+
+    /// [`enter`](Self::enter) through a resolved slot.
+    #[inline]
+    pub fn enter_at(&self, s: SlotRef<'_>) {
+        let s = s.0;
+        let q = &self.hdr().quiesce.0;
         self.set_active(s);
         if q.gen.load(Ordering::Relaxed) & 1 == 1 {
             self.park(s, q);
@@ -1304,20 +1438,26 @@ impl RingProducer<'_> {
     /// The thread is about to make a real call that may block; quiesce need not wait for it.
     #[inline]
     pub fn blocking(&self, t: ThreadToken) {
-        self.map
-            .get()
-            .slot(t.index as usize)
-            .state
+        self.blocking_at(self.slot_ref(t));
+    }
+
+    /// [`blocking`](Self::blocking) through a resolved slot.
+    #[inline]
+    pub fn blocking_at(&self, s: SlotRef<'_>) {
+        s.0.state
             .store(ThreadState::Blocked as u32, Ordering::Release);
     }
 
     /// Boundary: the thread leaves the interceptor (its message, if any, is committed).
     #[inline]
     pub fn leave(&self, t: ThreadToken) {
-        self.map
-            .get()
-            .slot(t.index as usize)
-            .state
+        self.leave_at(self.slot_ref(t));
+    }
+
+    /// [`leave`](Self::leave) through a resolved slot.
+    #[inline]
+    pub fn leave_at(&self, s: SlotRef<'_>) {
+        s.0.state
             .store(ThreadState::Outside as u32, Ordering::Release);
     }
 
@@ -1328,6 +1468,10 @@ impl RingProducer<'_> {
             .then(|| q.cut.load(Ordering::SeqCst))
     }
 }
+
+/// A registered thread's slot, resolved by [`RingProducer::slot_ref`].
+#[derive(Debug, Clone, Copy)]
+pub struct SlotRef<'a>(&'a ThreadSlot);
 
 /// A registered thread's slot in the thread table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -182,6 +182,33 @@ struct Sample {
     collector: Vec<f64>,
 }
 
+/// Where the collector (`understudy record`) runs while recording. The server is always on
+/// CPU 0 and the load generator always on CPU 1, natively and recorded.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    /// As deployed: the collector on the primary host beside the server (CPU 0), the load
+    /// generator alone on CPU 1 (the clients' machines).
+    Primary,
+    /// The collector on the load generator's CPU 1 (the placement of the earlier sessions):
+    /// its CPU is taken from the load generator.
+    WithLoad,
+}
+
+impl Placement {
+    fn cpu(self) -> &'static str {
+        match self {
+            Placement::Primary => "0",
+            Placement::WithLoad => "1",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Placement::Primary => "recorded, collector on CPU 0 (with the server)",
+            Placement::WithLoad => "recorded, collector on CPU 1 (with redis-benchmark)",
+        }
+    }
+}
+
 fn server(dir: &Path, rounds: usize) {
     if !which("redis-server") || !which("redis-benchmark") || !which("taskset") {
         println!("\nskipped server benchmark: needs redis-server, redis-benchmark (scripts/setup.sh --bench) and taskset");
@@ -196,17 +223,20 @@ fn server(dir: &Path, rounds: usize) {
 
 fn server_variant(dir: &Path, rounds: usize, pipeline: u32, n: u32) {
     let tests = ["SET", "GET"];
-    let mut s: [Sample; 2] = Default::default();
+    // Index 0 = native; then one per placement of the collector.
+    let modes: [Option<Placement>; 3] = [None, Some(Placement::Primary), Some(Placement::WithLoad)];
+    let mut s: [Sample; 3] = Default::default();
     for x in &mut s {
         x.rps = vec![vec![]; tests.len()];
     }
-    // Paired per-round change of requests/s (recorded against the native run just before it).
-    let mut paired = vec![vec![]; tests.len()];
+    // Paired per-round change of requests/s (recorded against the native run of its round).
+    let mut paired = vec![vec![vec![]; tests.len()]; modes.len()];
     for r in 0..rounds {
         let mut native_rps = [0.0; 2];
-        for (m, rec) in [false, true].into_iter().enumerate() {
-            let port =
-                17_000 + u16::try_from(r * 2 + m).unwrap() + u16::try_from(pipeline).unwrap() * 100;
+        for (m, place) in modes.iter().enumerate() {
+            let port = 17_000
+                + u16::try_from(r * modes.len() + m).unwrap()
+                + u16::try_from(pipeline).unwrap() * 100;
             let args = [
                 "--port",
                 &port.to_string(),
@@ -218,11 +248,11 @@ fn server_variant(dir: &Path, rounds: usize, pipeline: u32, n: u32) {
                 "/dev/null",
             ]
             .map(String::from);
-            let j = dir.join(format!("j-redis-{pipeline}-{r}"));
-            // The server on CPU 0; the load generator (and, recorded, the collector) on CPU 1.
-            let child = if rec {
+            let j = dir.join(format!("j-redis-{pipeline}-{r}-{m}"));
+            // The server on CPU 0, the load generator on CPU 1; the collector where `place` says.
+            let child = if let Some(p) = place {
                 Command::new("taskset")
-                    .args(["-c", "1"])
+                    .args(["-c", p.cpu()])
                     .arg(env!("CARGO_BIN_EXE_understudy"))
                     .arg("record")
                     .arg("--journal")
@@ -241,13 +271,14 @@ fn server_variant(dir: &Path, rounds: usize, pipeline: u32, n: u32) {
                     .unwrap()
             };
             assert!(wait_port(port), "redis did not start");
+            let rec = place.is_some();
             let rp = redis_pid(&child, rec);
             let (c0, k0) = (cpu_secs(rp), cpu_secs(child.id()));
             for (k, val) in redis_bench(port, n, pipeline) {
                 if let Some(i) = tests.iter().position(|t| *t == k) {
                     s[m].rps[i].push(val);
                     if rec {
-                        paired[i].push((val - native_rps[i]) / native_rps[i] * 100.0);
+                        paired[m][i].push((val - native_rps[i]) / native_rps[i] * 100.0);
                     } else {
                         native_rps[i] = val;
                     }
@@ -264,32 +295,41 @@ fn server_variant(dir: &Path, rounds: usize, pipeline: u32, n: u32) {
     }
     println!(
         "\nredis-server 7.0 (CPU 0) under redis-benchmark -c 50 -P {pipeline} -n {n} (CPU 1) on loopback, \
-         requests/s, median of {rounds} alternating rounds; limit: recorded at most 10% lower"
+         requests/s, median of {rounds} rounds (native and both placements in each round); \
+         limit: recorded at most 10% lower than native (same pinning of server and load generator)"
     );
-    println!(
-        "| test | native | recorded | change of medians | median of per-round changes | verdict |"
-    );
+    println!("| test | variant | requests/s | change of medians | median of per-round changes | verdict |");
     println!("|---|---|---|---|---|---|");
     for (i, t) in tests.iter().enumerate() {
         let nat = median(&mut s[0].rps[i]);
-        let rec = median(&mut s[1].rps[i]);
-        let pc = median(&mut paired[i]);
-        println!(
-            "| {t} | {nat:.0} | {rec:.0} | {:+.1}% | {pc:+.1}% | {} |",
-            (rec - nat) / nat * 100.0,
-            if pc > -10.0 { "within" } else { "MISSED" }
-        );
+        println!("| {t} | native | {nat:.0} | | | limit |");
+        for (m, place) in modes.iter().enumerate().skip(1) {
+            let p = place.expect("recorded mode");
+            let rec = median(&mut s[m].rps[i]);
+            let pc = median(&mut paired[m][i]);
+            println!(
+                "| {t} | {} | {rec:.0} | {:+.1}% | {pc:+.1}% | {} |",
+                p.label(),
+                (rec - nat) / nat * 100.0,
+                if pc > -10.0 { "within" } else { "MISSED" }
+            );
+        }
     }
     let cn = median(&mut s[0].cpu);
-    let cr = median(&mut s[1].cpu);
-    let cc = median(&mut s[1].collector);
-    println!("\nCPU per request, µs, -P {pipeline} (server process utime+stime; collector = `understudy record` draining into the journal, on CPU 1)");
-    println!("| native server | recorded server | added | collector |");
+    println!("\nCPU per request, µs, -P {pipeline} (server process utime+stime; collector = `understudy record` draining into the journal)");
+    println!("| variant | server | added | collector |");
     println!("|---|---|---|---|");
-    println!(
-        "| {cn:.2} | {cr:.2} | {:+.1}% | {cc:.2} |",
-        (cr - cn) / cn * 100.0
-    );
+    println!("| native | {cn:.2} | | |");
+    for (m, place) in modes.iter().enumerate().skip(1) {
+        let p = place.expect("recorded mode");
+        let cr = median(&mut s[m].cpu);
+        let cc = median(&mut s[m].collector);
+        println!(
+            "| {} | {cr:.2} | {:+.1}% | {cc:.2} |",
+            p.label(),
+            (cr - cn) / cn * 100.0
+        );
+    }
 }
 
 fn main() {
@@ -313,6 +353,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(rounds.max(9));
-    calls(dir.path(), rounds);
-    server(dir.path(), server_rounds);
+    // BENCH_ONLY=calls or BENCH_ONLY=server runs one part.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "server" {
+        calls(dir.path(), rounds);
+    }
+    if only != "calls" {
+        server(dir.path(), server_rounds);
+    }
 }
