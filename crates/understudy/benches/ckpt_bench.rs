@@ -64,6 +64,33 @@ fn parse_args() -> Args {
     args
 }
 
+/// The error and every source under it, one per line: a failed dump or restore must say why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str("\n  caused by: ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// A failed dump or restore ends the benchmark with its whole error chain (never a missing row);
+/// the bench directory with its images is kept for inspection. Panics, so the tree is killed
+/// on the way out and the exit status is non-zero.
+fn fail(what: &str, image: &Path, e: &dyn std::error::Error) -> ! {
+    eprintln!(
+        "ckpt_bench: {what} failed (image {} kept; `uptime`: {})\n  error: {}",
+        image.display(),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
+        chain(e)
+    );
+    panic!("{what} failed: {}", chain(e));
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -207,12 +234,12 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             image_dir: image.clone(),
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("dump {mib} MiB: {e}"));
+        .unwrap_or_else(|e| fail(&format!("first fresh dump of {mib} MiB"), &image, &e));
         restore::restore(&restore::RestoreOptions {
             image_dir: image.clone(),
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("restore {mib} MiB: {e}"));
+        .unwrap_or_else(|e| fail(&format!("restore of the first {mib} MiB image"), &image, &e));
         prev = Some(image);
     }
     for run in 0..runs {
@@ -226,7 +253,8 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             ..Default::default()
         };
         let t0 = Instant::now();
-        let rep = checkpoint::dump(&opts).unwrap_or_else(|e| panic!("dump {mib} MiB: {e}"));
+        let rep = checkpoint::dump(&opts)
+            .unwrap_or_else(|e| fail(&format!("{mib} MiB run {}: dump", run + 1), &image, &e));
         let wall = t0.elapsed();
         s.dump_wall.push(wall.as_secs_f64());
         s.dump
@@ -241,7 +269,7 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             image_dir: image.clone(),
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("restore {mib} MiB: {e}"));
+        .unwrap_or_else(|e| fail(&format!("{mib} MiB run {}: restore", run + 1), &image, &e));
         s.restore_wall.push(t1.elapsed().as_secs_f64());
         eprintln!(
             "{mib} MiB run {}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, reap wait {:.3} s), restore {:.3} s",
