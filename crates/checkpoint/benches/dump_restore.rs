@@ -22,14 +22,23 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// A failed dump or restore ends the benchmark with its whole error chain and a non-zero exit
 /// (never a missing row); the image is kept for inspection and the tree is killed.
-fn fail(what: &str, image: &Path, pid: i32, e: &dyn std::error::Error) -> ! {
-    let _ = sys::pid::kill(pid, libc::SIGKILL);
+/// `pid` is the tree's root: killed if `running` (a failed dump leaves the tree running; after
+/// a failed restore the pid may belong to another process, whose command line is printed).
+fn fail(what: &str, image: &Path, pid: i32, running: bool, e: &dyn std::error::Error) -> ! {
+    let holder = match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) => format!(
+            "taken by `{}`",
+            String::from_utf8_lossy(&c).replace('\0', " ").trim()
+        ),
+        Err(_) => "free".into(),
+    };
+    if running {
+        let _ = sys::pid::kill(pid, libc::SIGKILL);
+    }
     eprintln!(
-        "dump_restore: {what} failed (image {} kept; load {})\n  error: {}",
+        "dump_restore: {what} failed (image {} kept; load {}; pid {pid} now: {holder})\n  error: {}",
         image.display(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         chain(e)
     );
     std::process::exit(1);
@@ -184,6 +193,7 @@ fn main() {
                     &format!("{mib} MiB run {}: fresh dump", run + 1),
                     &dir,
                     pid,
+                    true,
                     &e,
                 )
             });
@@ -213,6 +223,7 @@ fn main() {
                     &format!("{mib} MiB run {}: restore", run + 1),
                     &dir,
                     pid,
+                    false,
                     &e,
                 )
             });
@@ -233,6 +244,7 @@ fn main() {
                     &format!("{mib} MiB run {}: recycled dump", run + 1),
                     &dir2,
                     r.root_pid,
+                    true,
                     &e,
                 )
             });
