@@ -8,6 +8,42 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The error and every source under it: a failed dump or restore must say why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str("\n  caused by: ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// A failed dump or restore ends the benchmark with its whole error chain and a non-zero exit
+/// (never a missing row); the image is kept for inspection and the tree is killed.
+/// `pid` is the tree's root: killed if `running` (a failed dump leaves the tree running; after
+/// a failed restore the pid may belong to another process, whose command line is printed).
+fn fail(what: &str, image: &Path, pid: i32, running: bool, e: &dyn std::error::Error) -> ! {
+    let holder = match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) => format!(
+            "taken by `{}`",
+            String::from_utf8_lossy(&c).replace('\0', " ").trim()
+        ),
+        Err(_) => "free".into(),
+    };
+    if running {
+        let _ = sys::pid::kill(pid, libc::SIGKILL);
+    }
+    eprintln!(
+        "dump_restore: {what} failed (image {} kept; load {}; pid {pid} now: {holder})\n  error: {}",
+        image.display(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        chain(e)
+    );
+    std::process::exit(1);
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
@@ -152,7 +188,15 @@ fn main() {
                 image_dir: dir.clone(),
                 ..Default::default()
             })
-            .expect("dump");
+            .unwrap_or_else(|e| {
+                fail(
+                    &format!("{mib} MiB run {}: fresh dump", run + 1),
+                    &dir,
+                    pid,
+                    true,
+                    &e,
+                )
+            });
             // Dump time excludes waiting for init to reap the killed tree.
             dumps.push((t.elapsed() - rep.reap_wait).as_secs_f64());
             // Reaping is a wait (no CPU of ours).
@@ -174,7 +218,15 @@ fn main() {
                 image_dir: dir.clone(),
                 progress: None,
             })
-            .expect("restore");
+            .unwrap_or_else(|e| {
+                fail(
+                    &format!("{mib} MiB run {}: restore", run + 1),
+                    &dir,
+                    pid,
+                    false,
+                    &e,
+                )
+            });
             restores.push(t.elapsed().as_secs_f64());
             // The restored tree dumped again, recycling the first image's pages files
             // (`reuse_from`, periodic checkpoints), against the same run's raw readv.
@@ -187,7 +239,15 @@ fn main() {
                 reuse_from: Some(dir.clone()),
                 ..Default::default()
             })
-            .expect("recycled dump");
+            .unwrap_or_else(|e| {
+                fail(
+                    &format!("{mib} MiB run {}: recycled dump", run + 1),
+                    &dir2,
+                    r.root_pid,
+                    true,
+                    &e,
+                )
+            });
             re_dumps.push((t.elapsed() - rep2.reap_wait).as_secs_f64());
             re_cpu.push(cpu_secs() - c);
             re_ratios.push(((mib << 20) as f64 / re_dumps[run]) / raw[run]);

@@ -44,7 +44,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     let opts = &eff;
-    let pool = crate::memory::buffer_pool();
+    let pool = crate::memory::buffer_pool(parent.is_none() && !opts.live_memory);
     let deferred = std::sync::Mutex::new(Vec::new());
     // An incremental dump writes only what changed: nothing worth reserving.
     let t_reserve = Instant::now();

@@ -64,6 +64,45 @@ fn parse_args() -> Args {
     args
 }
 
+/// The error and every source under it, one per line: a failed dump or restore must say why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str("\n  caused by: ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// A failed dump or restore ends the benchmark with its whole error chain (never a missing row);
+/// the bench directory with its images is kept for inspection. Panics, so the tree is killed
+/// on the way out and the exit status is non-zero.
+fn fail(what: &str, image: &Path, root: i32, e: &dyn std::error::Error) -> ! {
+    eprintln!(
+        "ckpt_bench: {what} failed (image {} kept; load {}; pid {root} now: {})\n  error: {}",
+        image.display(),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
+        holder(root),
+        chain(e)
+    );
+    panic!("{what} failed: {}", chain(e));
+}
+
+/// Who holds `pid` now (a restore fails if another process took one of the tree's pids).
+fn holder(pid: i32) -> String {
+    match fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) => format!(
+            "taken by `{}`",
+            String::from_utf8_lossy(&c).replace('\0', " ").trim()
+        ),
+        Err(_) => "free".into(),
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -102,6 +141,13 @@ struct Tree {
 
 impl Drop for Tree {
     fn drop(&mut self) {
+        // After a failed restore the root's pid may belong to someone else: kill only our own.
+        let ours = fs::read(format!("/proc/{}/cmdline", self.root))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*self.dir.to_string_lossy()));
+        if !ours {
+            let _ = fs::remove_dir_all(&self.dir);
+            return;
+        }
         // The whole tree is one session led by the root: kill its process group.
         let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(self.root), Signal::SIGKILL);
@@ -207,12 +253,26 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             image_dir: image.clone(),
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("dump {mib} MiB: {e}"));
+        .unwrap_or_else(|e| {
+            fail(
+                &format!("first fresh dump of {mib} MiB"),
+                &image,
+                tree.root,
+                &e,
+            )
+        });
         restore::restore(&restore::RestoreOptions {
             image_dir: image.clone(),
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("restore {mib} MiB: {e}"));
+        .unwrap_or_else(|e| {
+            fail(
+                &format!("restore of the first {mib} MiB image"),
+                &image,
+                tree.root,
+                &e,
+            )
+        });
         prev = Some(image);
     }
     for run in 0..runs {
@@ -226,7 +286,14 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             ..Default::default()
         };
         let t0 = Instant::now();
-        let rep = checkpoint::dump(&opts).unwrap_or_else(|e| panic!("dump {mib} MiB: {e}"));
+        let rep = checkpoint::dump(&opts).unwrap_or_else(|e| {
+            fail(
+                &format!("{mib} MiB run {}: dump", run + 1),
+                &image,
+                tree.root,
+                &e,
+            )
+        });
         let wall = t0.elapsed();
         s.dump_wall.push(wall.as_secs_f64());
         s.dump
@@ -241,7 +308,14 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             image_dir: image.clone(),
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("restore {mib} MiB: {e}"));
+        .unwrap_or_else(|e| {
+            fail(
+                &format!("{mib} MiB run {}: restore", run + 1),
+                &image,
+                tree.root,
+                &e,
+            )
+        });
         s.restore_wall.push(t1.elapsed().as_secs_f64());
         eprintln!(
             "{mib} MiB run {}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, reap wait {:.3} s), restore {:.3} s",

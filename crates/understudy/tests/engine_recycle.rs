@@ -90,3 +90,49 @@ fn reuse_from_a_directory_without_an_image_fails_and_leaves_the_tree_running() {
     let v = verdict(&w);
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+/// A restored tree does not use its image once `restore` has returned (pages are copied in,
+/// never mapped from the pages files): recycling that very image while the tree keeps running
+/// (`--leave-running --reuse-from`, its pages files overwritten in place), then scribbling over
+/// the recycled files, leaves the tree's memory intact.
+#[test]
+fn a_running_restored_tree_survives_the_recycling_of_its_own_image() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let prog = build("mem_single", &[]);
+    let w = start(&prog);
+    let (img0, img1) = (w.dir.path().join("img0"), w.dir.path().join("img1"));
+    ok(&checkpoint(w.pid, &img0, false), "checkpoint");
+    ok(&restore(&img0), "restore");
+    let o = Command::new(BIN)
+        .args([
+            "checkpoint",
+            "--leave-running",
+            "--pid",
+            &w.pid.to_string(),
+            "--image",
+        ])
+        .arg(&img1)
+        .arg("--reuse-from")
+        .arg(&img0)
+        .output()
+        .unwrap();
+    ok(
+        &o,
+        "checkpoint --leave-running --reuse-from (the running tree's own image)",
+    );
+    let mut scribbled = 0;
+    for e in std::fs::read_dir(&img1).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("pages-") {
+            let len = usize::try_from(e.metadata().unwrap().len()).unwrap();
+            std::fs::write(e.path(), vec![0xa5u8; len]).unwrap();
+            scribbled += 1;
+        }
+    }
+    assert!(scribbled > 0, "the recycled image holds pages files");
+    let v = verdict(&w);
+    assert!(v.starts_with("PASS"), "{v}");
+}
