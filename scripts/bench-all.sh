@@ -13,6 +13,7 @@ mkdir -p "$out"
 
 benches=(
   "ckpt|cargo bench -p understudy --bench ckpt_bench -- --runs 5"
+  "ckpt_reuse|cargo bench -p understudy --bench ckpt_bench -- --runs 5 --reuse"
   "dump_restore|env UNDERSTUDY_BENCH_RUNS=5 cargo bench -p checkpoint --bench dump_restore -- 64 256 1024"
   "incr|cargo bench -p understudy --bench incr_bench -- --mib 1024 --runs 5"
   "lazy|cargo bench -p understudy --bench lazy_bench -- --runs 5"
