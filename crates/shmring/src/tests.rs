@@ -54,6 +54,25 @@ fn single_thread_roundtrip_and_wrap() {
 /// and every record reads as written.
 #[test]
 fn poll_gives_back_runs_across_the_wrap() {
+    // A producer on a full ring waits without a time limit: if the consumer ever stopped giving
+    // space back, the body would hang instead of failing. Run it on a thread with a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        poll_gives_back_runs_across_the_wrap_body();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("no progress in 60 s: a push waits on a ring the consumer did not give back")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the test body panicked (its message is above)")
+        }
+    }
+}
+
+fn poll_gives_back_runs_across_the_wrap_body() {
     const CAP: usize = 4096;
     let c = RingConsumer::anonymous(CAP).unwrap();
     let p = c.producer();
