@@ -256,26 +256,11 @@ const RESERVE_MIN: u64 = 128 << 20;
 /// anonymous size while the tree still runs (best effort: a wrong estimate only costs the
 /// time it would have cost anyway).
 fn reserve_space(opts: &DumpOptions) {
-    let mut queue = vec![opts.root_pid];
-    let mut n = 0;
-    while let Some(pid) = queue.pop() {
-        n += 1;
-        if n > 4096 {
-            break;
-        }
-        let rss = sys::proc::read_to_string(&format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("RssAnon:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u64>().ok())
-            });
-        if let Some(kib) = rss.filter(|&k| k * 1024 >= RESERVE_MIN) {
+    for (pid, rss) in tree_rss(opts.root_pid) {
+        if rss >= RESERVE_MIN {
             let name = format!("pages-{pid}.img");
-            let _ = image::reserve_pages(&opts.image_dir, &name, kib * 1024, reserve_parallel);
+            let _ = image::reserve_pages(&opts.image_dir, &name, rss, reserve_parallel);
         }
-        queue.extend(sys::proc::children(pid).unwrap_or_default());
     }
 }
 

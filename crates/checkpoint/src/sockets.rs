@@ -276,7 +276,7 @@ impl Sockets {
                     "TCP socket {} -> {} in state {} ({st}) cannot be checkpointed yet (only listening and established ones)",
                     s.local,
                     s.remote,
-                    tcp_state_name(st)
+                    sys::tcp_repair::state_name(st)
                 ),
             )),
             (libc::IPPROTO_UDP, _) => {
@@ -324,31 +324,12 @@ impl Sockets {
     }
 }
 
-/// The kernel's name of TCP state `st` (`include/net/tcp_states.h`).
-fn tcp_state_name(st: u8) -> &'static str {
-    match st {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn tcp_states_are_named() {
-        assert_eq!(super::tcp_state_name(8), "CLOSE_WAIT");
-        assert_eq!(super::tcp_state_name(2), "SYN_SENT");
-        assert_eq!(super::tcp_state_name(99), "unknown");
+        assert_eq!(sys::tcp_repair::state_name(8), "CLOSE_WAIT");
+        assert_eq!(sys::tcp_repair::state_name(2), "SYN_SENT");
+        assert_eq!(sys::tcp_repair::state_name(99), "unknown");
     }
 }

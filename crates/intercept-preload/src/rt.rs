@@ -624,18 +624,13 @@ impl Guard {
         unsafe { &*self.tls }
     }
 
-    /// Record one finished call. `data` parts are concatenated into the message.
-    #[inline]
-    pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
-        let Some(r) = self.ring else { return 0 };
-        let mut len = 0;
-        for d in data {
-            len += d.len();
-        }
+    /// The header of this thread's next message (its per-thread sequence number taken).
+    #[inline(always)]
+    fn next_header(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, len: usize) -> Header {
         let t = self.tls();
         let tseq = t.tseq.get() + 1;
         t.tseq.set(tseq);
-        let h = Header {
+        Header {
             kind,
             pid: REAL_PID.load(Ordering::Relaxed),
             tid: t.tid.get(),
@@ -646,21 +641,30 @@ impl Guard {
             a0,
             a1,
             a2,
-        };
-        match r.push_as(self.token, HEADER_LEN + len, |buf| {
+        }
+    }
+
+    /// Record one finished call. `data` parts are concatenated into the message.
+    #[inline]
+    pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
+        let Some(r) = self.ring else { return 0 };
+        let mut len = 0;
+        for d in data {
+            len += d.len();
+        }
+        let h = self.next_header(kind, ret, a0, a1, a2, len);
+        r.push_as(self.token, HEADER_LEN + len, |buf| {
             h.encode_into(buf);
             let mut o = HEADER_LEN;
             for d in data {
                 buf[o..o + d.len()].copy_from_slice(d);
                 o += d.len();
             }
-        }) {
-            Ok(seq) => seq,
-            Err(e) => {
-                fatal_record(&e);
-                0
-            }
-        }
+        })
+        .unwrap_or_else(|e| {
+            fatal_record(&e);
+            0
+        })
     }
 }
 
@@ -671,33 +675,17 @@ impl Guard {
     pub fn emit1(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[u8]) -> u64 {
         let Some(r) = self.ring else { return 0 };
         let len = data.len();
-        let t = self.tls();
-        let tseq = t.tseq.get() + 1;
-        t.tseq.set(tseq);
-        let h = Header {
-            kind,
-            pid: REAL_PID.load(Ordering::Relaxed),
-            tid: t.tid.get(),
-            data_len: len as u32,
-            vtid: t.vtid.get(),
-            tseq,
-            ret,
-            a0,
-            a1,
-            a2,
-        };
-        match r.push_as(self.token, HEADER_LEN + len, |buf| {
+        let h = self.next_header(kind, ret, a0, a1, a2, len);
+        r.push_as(self.token, HEADER_LEN + len, |buf| {
             h.encode_into(buf);
             if len != 0 {
                 buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(data);
             }
-        }) {
-            Ok(seq) => seq,
-            Err(e) => {
-                fatal_record(&e);
-                0
-            }
-        }
+        })
+        .unwrap_or_else(|e| {
+            fatal_record(&e);
+            0
+        })
     }
 
     /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
@@ -717,15 +705,13 @@ impl Guard {
             vtid: t.vtid.get(),
             tseq,
         };
-        match r.push_as(self.token, msg::COMPACT_LEN, |buf| {
+        r.push_as(self.token, msg::COMPACT_LEN, |buf| {
             Header::encode_compact_parts(buf, &p, data);
-        }) {
-            Ok(seq) => seq,
-            Err(e) => {
-                fatal_record(&e);
-                0
-            }
-        }
+        })
+        .unwrap_or_else(|e| {
+            fatal_record(&e);
+            0
+        })
     }
 }
 

@@ -110,28 +110,10 @@ pub fn maps(pid: i32) -> Result<Vec<MapEntry>> {
 
 /// The `VmFlags` of every mapping (`/proc/PID/smaps`), by start address.
 pub fn vm_flags(pid: i32) -> Result<std::collections::BTreeMap<u64, Vec<String>>> {
-    let text = read_to_string(&format!("/proc/{pid}/smaps"))?;
-    let mut out = std::collections::BTreeMap::new();
-    let mut cur: Option<u64> = None;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("VmFlags:") {
-            if let Some(start) = cur.take() {
-                out.insert(start, rest.split_whitespace().map(str::to_string).collect());
-            }
-            continue;
-        }
-        // A mapping header: "start-end perms ...", the first field holds a '-' between hex.
-        let first = line.split(' ').next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if !a.is_empty()
-                && a.bytes().all(|c| c.is_ascii_hexdigit())
-                && b.bytes().all(|c| c.is_ascii_hexdigit())
-            {
-                cur = u64::from_str_radix(a, 16).ok();
-            }
-        }
-    }
-    Ok(out)
+    Ok(smaps_vmas(pid)?
+        .into_iter()
+        .map(|(m, flags)| (m.start, flags))
+        .collect())
 }
 
 /// Every mapping of `/proc/PID/smaps` with its `VmFlags`, in address order: the header line

@@ -225,7 +225,8 @@ fn ioctl_int(fd: i32, req: libc::Ioctl, op: &'static str) -> Result<usize, TcpRe
     Ok(usize::try_from(v).unwrap_or(0))
 }
 
-fn state_name(s: u8) -> &'static str {
+/// The kernel's name of TCP state `s` (`include/net/tcp_states.h`).
+pub fn state_name(s: u8) -> &'static str {
     match s {
         1 => "ESTABLISHED",
         2 => "SYN_SENT",
@@ -238,6 +239,7 @@ fn state_name(s: u8) -> &'static str {
         9 => "LAST_ACK",
         10 => "LISTEN",
         11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
         _ => "unknown",
     }
 }

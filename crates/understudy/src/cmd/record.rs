@@ -102,10 +102,8 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         if let Some(rs) = last_rs {
             // `enc` holds exactly the `n` records just encoded: the journal need not walk it.
             let first = j.last_seq() + 1;
-            let js = match u32::try_from(n) {
-                Ok(count) => j.append_encoded_counted(first, count, &enc)?,
-                Err(_) => j.append_encoded(first, &enc)?,
-            };
+            let count = u32::try_from(n).context("a drained run of records")?;
+            let js = j.append_encoded_counted(first, count, &enc)?;
             pending.push_back((js, rs));
         }
         if !pending.is_empty() {
