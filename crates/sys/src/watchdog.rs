@@ -169,7 +169,9 @@ mod tests {
         let (r2, w2) = crate::pipe::pipe().expect("pipe");
         let a = child();
         let g = Watchdog::spawn(&[a], &[], &[w1.as_raw_fd()]).expect("spawn");
-        // (the guard closes the others right after the fork: wait for that, bounded)
+        // (the guard closes the others right after the fork: wait for that, bounded; a listing
+        // of /proc/PID/fd is not atomic, so one taken during the closing can show low fds
+        // already closed next to high ones gone: wait for the whole set to settle)
         let list = || -> Vec<String> {
             std::fs::read_dir(format!("/proc/{}/fd", g.pid()))
                 .map(|d| {
@@ -181,7 +183,7 @@ mod tests {
         };
         let mut fds = list();
         for _ in 0..500 {
-            if !fds.contains(&w2.as_raw_fd().to_string()) {
+            if !fds.contains(&w2.as_raw_fd().to_string()) && fds.len() <= 2 {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
