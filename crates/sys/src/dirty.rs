@@ -10,7 +10,9 @@
 //!
 //! What is reported and what the caller must do:
 //! - [`DirtyRound::written`]: regions written since the last round; those with
-//!   [`crate::pagemap::Categories::PRESENT`] clear were dropped (`MADV_DONTNEED`) and now read as zeros;
+//!   both [`crate::pagemap::Categories::PRESENT`] and [`crate::pagemap::Categories::SWAPPED`]
+//!   clear were dropped (`MADV_DONTNEED`) and now read as zeros (a page being migrated by the
+//!   kernel at that instant is a swap-type entry: `SWAPPED`, not `PRESENT`, yet it holds data);
 //! - [`DirtyRound::whole`]: ranges that were not tracked during the whole round (new mappings,
 //!   grown mappings, mappings made writable, a mapping replaced at the same address): dump
 //!   them whole; they are tracked from now on;
