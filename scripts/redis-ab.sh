@@ -8,6 +8,9 @@
 # redis-server over the run / requests), plus the collector's.
 #
 #   scripts/redis-ab.sh ROUNDS PIPE N OLD.so NEW.so ...
+# A variant may also name the understudy binary it runs as `UNDERSTUDY@LIB.so` (A/B of the
+# collector: e.g. /tmp/old-understudy@lib.so target/release/understudy@lib.so); a plain `LIB.so`
+# runs $CARGO_TARGET_DIR/release/understudy.
 # (needs: cargo build --release -p understudy -p intercept-preload; redis from scripts/setup.sh --bench)
 set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: $0 ROUNDS PIPE N LIB.so [LIB.so ...]" >&2; exit 2; }
@@ -25,7 +28,9 @@ one() { # $1 = label, $2 = lib or "native"
   if [ "$2" = native ]; then
     taskset -c 0 redis-server --port $port --save "" --appendonly no >/dev/null 2>&1 &
   else
-    UNDERSTUDY_INTERCEPT_LIB=$2 taskset -c "$CC" "$U" record --journal "$tmp/j" -- \
+    local u=$U lib=$2
+    case $2 in *@*) u=${2%%@*}; lib=${2#*@};; esac
+    UNDERSTUDY_INTERCEPT_LIB=$lib taskset -c "$CC" "$u" record --journal "$tmp/j" -- \
       taskset -c 0 redis-server --port $port --save "" --appendonly no >/dev/null 2>&1 &
   fi
   local top=$!

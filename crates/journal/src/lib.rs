@@ -80,6 +80,7 @@ mod reader;
 mod recover;
 mod segment;
 mod shared;
+mod writer;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -94,6 +95,7 @@ pub use error::{Error, Result};
 pub use format::Corruption;
 pub use reader::{RecordIter, RecordRef};
 pub use shared::SharedJournal;
+pub use writer::BatchWriter;
 
 use format::{
     encode_record, segment_file_name, SegmentHeader, MAX_PAYLOAD, RECORD_HEADER_LEN,

@@ -272,3 +272,121 @@ fn damaged_batch_tail_is_cut_back_to_the_last_whole_batch() {
         assert_eq!(j.last_seq(), next + 1);
     }
 }
+
+/// `BatchWriter` (records encoded straight into the write buffer): the same records as
+/// single-record frames (reads, digest, clean reopen), across segment rolls and frames cut at
+/// `BATCH_MAX_BYTES`, with a record larger than a frame in a frame of its own, and writers
+/// interleaved with single appends.
+#[test]
+fn batch_writer_equals_single_records_across_rolls_and_large_records() {
+    for case in 0..4u64 {
+        let mut rng = Rng(0xb7c0_0000 + case);
+        let mut recs = gen_records(&mut rng, 1, 700, 3000);
+        // One record larger than a whole batch frame, one just under it.
+        recs[300].payload = rng.bytes(journal::BATCH_MAX_BYTES + 17);
+        recs[500].payload = rng.bytes(journal::BATCH_MAX_BYTES - 8);
+        let seg = 1 << 20;
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, _) = Journal::open(da.path(), opts(seg, FsyncPolicy::Never)).unwrap();
+        let mut i = 0;
+        while i < recs.len() {
+            let n = usize::try_from(1 + rng.below(200))
+                .unwrap()
+                .min(recs.len() - i);
+            if rng.below(5) == 0 {
+                a.append(recs[i].stream, recs[i].seq, &recs[i].payload)
+                    .unwrap();
+                i += 1;
+                continue;
+            }
+            let mut w = a.batch_writer().unwrap();
+            for r in &recs[i..i + n] {
+                assert!(w.push(r.stream, &r.payload), "case {case}: seq {}", r.seq);
+            }
+            assert_eq!(w.finish().unwrap(), recs[i + n - 1].seq);
+            if rng.below(3) == 0 {
+                a.commit().unwrap();
+            }
+            i += n;
+        }
+        a.commit().unwrap();
+        assert!(
+            segment_files(da.path()).len() > 3,
+            "case {case}: the segments rolled"
+        );
+        assert_eq!(read_all(&mut a), recs);
+        let (mut b, _) = Journal::open(db.path(), opts(seg, FsyncPolicy::Never)).unwrap();
+        append_all(&mut b, &recs);
+        drop((a, b));
+        let (sa, sb) = (
+            inspect::summarize(da.path()).unwrap(),
+            inspect::summarize(db.path()).unwrap(),
+        );
+        assert_eq!((sa.records, sa.gaps), (700, 0));
+        assert_eq!(sa.digest, sb.digest, "case {case}");
+        // Every sealed segment stays within its size unless it holds a single frame.
+        for f in segment_files(da.path()) {
+            let len = std::fs::metadata(&f).unwrap().len();
+            assert!(
+                len <= seg || len > journal::BATCH_MAX_BYTES as u64,
+                "{}: {len} bytes",
+                f.display()
+            );
+        }
+        let (mut a, rec) = Journal::open(da.path(), opts(seg, FsyncPolicy::Never)).unwrap();
+        assert!(rec.is_clean(), "{rec}");
+        assert_eq!(read_all(&mut a), recs);
+    }
+}
+
+/// A record over the payload limit is refused by `push` (nothing of it appended), `finish`
+/// reports it, the records pushed before it are kept, and the journal stays usable; a writer
+/// dropped without `finish` keeps its records too; an empty writer appends nothing.
+#[test]
+fn batch_writer_refuses_oversized_records_and_keeps_what_it_took() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts(1 << 20, FsyncPolicy::Never);
+    o.max_payload = 100;
+    let (mut j, _) = Journal::open(d.path(), o.clone()).unwrap();
+    assert_eq!(j.batch_writer().unwrap().finish().unwrap(), 0);
+    let mut w = j.batch_writer().unwrap();
+    assert!(w.push(2, &[1; 10]));
+    assert!(w.push(2, &[2; 92]));
+    assert!(!w.push(2, &[3; 93]), "payload + 8 over the limit of 100");
+    assert!(!w.push(2, &[4; 1]), "refused after an error");
+    let e = w.finish().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            journal::Error::TooLarge {
+                seq: 3,
+                len: 93,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(j.last_seq(), 2);
+    let mut w = j.batch_writer().unwrap();
+    assert!(w.push(5, b"dropped, not lost"));
+    drop(w);
+    assert_eq!(j.last_seq(), 3);
+    assert_eq!(j.append_next(5, b"after").unwrap(), 4);
+    j.commit().unwrap();
+    let got: Vec<(u64, u32, Vec<u8>)> = read_all(&mut j)
+        .into_iter()
+        .map(|r| (r.seq, r.stream, r.payload))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, 2, vec![1; 10]),
+            (2, 2, vec![2; 92]),
+            (3, 5, b"dropped, not lost".to_vec()),
+            (4, 5, b"after".to_vec()),
+        ]
+    );
+    drop(j);
+    let (_, rec) = Journal::open(d.path(), o).unwrap();
+    assert!(rec.is_clean(), "{rec}");
+}

@@ -50,6 +50,9 @@ const _: () = assert!(
     MAX_THREADS.is_power_of_two(),
     "slot_fast masks the thread index"
 );
+/// A long [`RingConsumer::poll_take`] gives consumed bytes back to the producers every
+/// `capacity / GIVE_BACK_PART` bytes (and always at its end).
+pub const GIVE_BACK_PART: usize = 16;
 /// Offset of the data area from the start of the file.
 pub const DATA_OFFSET: usize = THREADS_OFFSET + MAX_THREADS * std::mem::size_of::<ThreadSlot>();
 
@@ -635,20 +638,39 @@ impl RingConsumer {
     /// Deliver up to `max` committed records in `ring_seq` order without blocking; returns how
     /// many were delivered. The slice is valid only during the callback.
     pub fn poll(&self, max: usize, mut f: impl FnMut(u64, &[u8])) -> Result<usize> {
+        self.poll_take(max, |seq, payload| {
+            f(seq, payload);
+            true
+        })
+    }
+
+    /// [`poll`](Self::poll) where the callback decides, record by record, whether it takes the
+    /// record: on `false` the poll stops and that record stays in the ring, to be delivered
+    /// again by the next poll (a collector whose journal refuses a record must not lose it).
+    ///
+    /// The consumed bytes are given back to the producers in bulk: zeroed in at most two
+    /// `memset`s per contiguous run and published with one tail update, at the end of the poll
+    /// and every `capacity / GIVE_BACK_PART` bytes within a long one (see [`GIVE_BACK_PART`]),
+    /// so that a producer waiting for space never waits for more than that part.
+    pub fn poll_take(&self, max: usize, mut f: impl FnMut(u64, &[u8]) -> bool) -> Result<usize> {
         let mut n = 0;
-        let h = self.map.header();
+        let cap = self.capacity;
+        let data = self.map.data();
         let (mut pos, mut seq) = (self.pos.get(), self.seq.get());
+        // Consumed but not yet given back to the producers: [given, pos) (positions).
+        let mut given = pos;
+        let step = (cap / GIVE_BACK_PART) as u64;
         let res = loop {
             if n >= max {
                 break Ok(());
             }
-            let off = off_of(pos, self.capacity);
+            let off = off_of(pos, cap);
             let w = self.map.word(off).load(Ordering::Acquire);
             if w & framing::COMMITTED == 0 {
                 break Ok(());
             }
             let total = (w & framing::LEN_MASK) as usize;
-            if total < 8 || !total.is_multiple_of(8) || off + total > self.capacity {
+            if total < 8 || !total.is_multiple_of(8) || off + total > cap {
                 break Err(RingError::Corrupt {
                     pos,
                     what: format!("record length {total} at offset {off}"),
@@ -658,7 +680,7 @@ impl RingConsumer {
                 // SAFETY: [off, off+total) lies in the data area and belongs to the consumer
                 // until the tail moves past it; the producer finished writing it before its
                 // Release store of the committed word, which we loaded with Acquire.
-                let bytes = unsafe { std::slice::from_raw_parts(self.map.data().add(off), total) };
+                let bytes = unsafe { std::slice::from_raw_parts(data.add(off), total) };
                 let rh = match RecordHeader::decode(bytes) {
                     Ok(rh) => rh,
                     Err(what) => break Err(RingError::Corrupt { pos, what }),
@@ -669,27 +691,56 @@ impl RingConsumer {
                         what: format!("ring_seq {} where {seq} was expected", rh.seq),
                     });
                 }
-                f(
+                if !f(
                     rh.seq,
                     &bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + rh.len as usize],
-                );
+                ) {
+                    break Ok(());
+                }
                 seq += 1;
                 n += 1;
             }
-            // SAFETY: the consumed bytes are ours until the tail moves; zero them so that a later
-            // record starting anywhere inside reads as "not committed" until written.
-            unsafe { std::ptr::write_bytes(self.map.data().add(off), 0, total) };
             pos += total as u64;
-            h.tail.0.seq.store(seq, Ordering::Release);
-            h.tail.0.pos.store(pos, Ordering::Release);
+            if pos - given >= step {
+                self.give_back(given, pos, seq);
+                given = pos;
+            }
         };
-        self.pos.set(pos);
-        self.seq.set(seq);
-        if n > 0 && h.tail.0.space_waiters.load(Ordering::SeqCst) > 0 {
-            h.tail.0.space_futex.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&h.tail.0.space_futex, i32::MAX);
+        if pos != given {
+            self.give_back(given, pos, seq);
         }
         res.map(|()| n)
+    }
+
+    /// Zero the consumed bytes `[from, to)` (positions) and publish `to` as the tail, then wake
+    /// producers waiting for space. The bytes are zeroed so that a later record starting
+    /// anywhere inside them reads as "not committed" until it is written.
+    #[inline(never)]
+    fn give_back(&self, from: u64, to: u64, seq: u64) {
+        let cap = self.capacity;
+        let data = self.map.data();
+        let a = off_of(from, cap);
+        let len = usize::try_from(to - from).unwrap_or(cap).min(cap);
+        let first = len.min(cap - a);
+        // SAFETY: [a, a+first) and [0, len-first) lie in the data area (first <= cap - a,
+        // len <= cap) and hold records the consumer has consumed and not given back yet:
+        // no producer may write there until the tail below moves past them.
+        unsafe {
+            std::ptr::write_bytes(data.add(a), 0, first);
+            std::ptr::write_bytes(data, 0, len - first);
+        }
+        self.pos.set(to);
+        self.seq.set(seq);
+        let t = &self.map.header().tail.0;
+        t.seq.store(seq, Ordering::Release);
+        // SeqCst: orders the tail before the load of `space_waiters` below (the producer
+        // announces itself, then re-reads the tail: a Dekker pair). Once per give-back, not per
+        // record.
+        t.pos.store(to, Ordering::SeqCst);
+        if t.space_waiters.load(Ordering::SeqCst) > 0 {
+            t.space_futex.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&t.space_futex, i32::MAX);
+        }
     }
 
     /// Sleep until a record is committed or `timeout` passes; returns whether data is ready.

@@ -123,6 +123,96 @@ fn too_large_refused() {
     assert_eq!(p.push(&vec![1; p.max_payload()]).unwrap(), 1);
 }
 
+/// `poll_take`: a declined record stays in the ring and comes first in the next poll; what was
+/// taken is given back (the tail moved past it).
+#[test]
+fn poll_take_leaves_a_declined_record_in_the_ring() {
+    let c = RingConsumer::anonymous(4096).unwrap();
+    let p = c.producer();
+    for i in 0..10u32 {
+        p.push(&payload(0, i)).unwrap();
+    }
+    let mut last = Default::default();
+    let n = c
+        .poll_take(100, |seq, b| {
+            if seq == 4 {
+                return false;
+            }
+            check(b, &mut last);
+            true
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(c.next_seq(), 4);
+    assert_eq!(c.map.header().tail.0.seq.load(Ordering::SeqCst), 4);
+    let mut next = 4;
+    let n = c
+        .poll(100, |seq, b| {
+            assert_eq!(seq, next);
+            next += 1;
+            check(b, &mut last);
+        })
+        .unwrap();
+    assert_eq!(n, 7);
+    assert!(!c.has_data());
+}
+
+/// One long poll gives consumed space back while it runs (every `capacity / GIVE_BACK_PART`
+/// bytes), so a producer waiting on a full ring goes on during it: the poll below delivers far
+/// more records than the ring holds, because its callback waits, at record k, for the producer
+/// to have pushed record k + 50 (the ring holds 64 of these records). Without the give-back
+/// inside the poll, that wait never ends.
+#[test]
+fn long_poll_gives_space_back_while_it_runs() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        long_poll_gives_space_back_body();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("no progress in 60 s: the poll did not give space back while it ran")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the test body panicked (its message is above)")
+        }
+    }
+}
+
+fn long_poll_gives_space_back_body() {
+    const CAP: usize = 4096;
+    const N: u64 = 1000;
+    let c = RingConsumer::anonymous(CAP).unwrap();
+    let p = c.producer();
+    let rec = [9u8; 48];
+    assert_eq!(total_len(rec.len()), 64);
+    let pushed = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let (p, pushed) = (&p, &pushed);
+        s.spawn(move || {
+            for _ in 0..N {
+                let seq = p.push(&rec).unwrap();
+                pushed.store(seq, Ordering::SeqCst);
+            }
+        });
+        let mut got = 0u64;
+        while got < N {
+            got += c
+                .poll_take(usize::MAX, |seq, b| {
+                    assert_eq!(b, &rec[..]);
+                    let want = (seq + 50).min(N);
+                    while pushed.load(Ordering::SeqCst) < want {
+                        std::thread::yield_now();
+                    }
+                    true
+                })
+                .unwrap() as u64;
+        }
+        assert_eq!(got, N);
+    });
+}
+
 #[test]
 fn threads_concurrent_drain() {
     let c = RingConsumer::anonymous(8192).unwrap();

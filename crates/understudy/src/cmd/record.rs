@@ -84,39 +84,9 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         .spawn()
         .with_context(|| format!("starting {prog}"))?;
 
-    let mut messages = 0u64;
-    // (journal seq, ring seq) of appended but not yet durable messages: a ring seq is
-    // acknowledged only once the journal says its record is durable.
-    let mut pending: std::collections::VecDeque<(u64, u64)> = Default::default();
-    // Each drained run of messages is appended as batch frames (one header and one CRC32C per
-    // frame instead of per message), from this buffer, reused.
-    let mut enc: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut col = agent::collector::JournalCollector::new();
     let mut drain = |ring: &RingConsumer, j: &mut Journal| -> anyhow::Result<usize> {
-        enc.clear();
-        let mut last_rs = None;
-        let n = ring.poll(DRAIN_MAX, |rs, payload| {
-            transport::frame::push_record(&mut enc, STREAM_MSG, payload);
-            last_rs = Some(rs);
-        })?;
-        messages += n as u64;
-        if let Some(rs) = last_rs {
-            // `enc` holds exactly the `n` records just encoded: the journal need not walk it.
-            let first = j.last_seq() + 1;
-            let count = u32::try_from(n).context("a drained run of records")?;
-            let js = j.append_encoded_counted(first, count, &enc)?;
-            pending.push_back((js, rs));
-        }
-        if !pending.is_empty() {
-            let durable = j.commit()?;
-            let mut ack = None;
-            while pending.front().is_some_and(|(js, _)| *js <= durable) {
-                ack = pending.pop_front().map(|(_, rs)| rs);
-            }
-            if let Some(rs) = ack {
-                ring.set_ack(rs);
-            }
-        }
-        Ok(n)
+        Ok(col.drain(ring, j, STREAM_MSG, DRAIN_MAX)?)
     };
     // While messages flow, poll without announcing sleep, so producers never pay for a futex
     // wake; after 20 ms of silence, sleep on the ring's futex. In sync mode every poll interval
@@ -163,7 +133,7 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         format: FORMAT.into(),
         exit_code,
         signal,
-        messages,
+        messages: col.messages,
     };
     j.append_next(STREAM_META, &serde_json::to_vec(&end)?)?;
     j.sync()?;
