@@ -112,10 +112,10 @@ impl JournalCollector {
         Self::default()
     }
 
-    /// Drain up to `max` records from `ring` into `j` (stream `stream`), commit under the
-    /// journal's fsync policy, and move the ring's `ack_seq` to the last durable record.
-    /// Returns how many records were drained (less than `max`: the ring was empty). A record
-    /// the journal refuses stays in the ring, and the journal's error is returned.
+    /// Append up to `max` records from `ring` to `j` (stream `stream`), in ring order; returns
+    /// how many (less than `max`: the ring was empty). They are acknowledged on the ring by a
+    /// later [`commit`](Self::commit), once durable. A record the journal refuses stays in the
+    /// ring, and the journal's error is returned.
     pub fn drain(
         &mut self,
         ring: &RingConsumer,
@@ -123,8 +123,7 @@ impl JournalCollector {
         stream: u32,
         max: usize,
     ) -> Result<usize, AgentError> {
-        let store = |e: journal::Error| AgentError::Store(e.to_string());
-        let mut w = j.batch_writer().map_err(store)?;
+        let mut w = j.batch_writer().map_err(store_err)?;
         let mut last_rs = 0;
         let polled = ring.poll_take(max, |rs, payload| {
             let took = w.push(stream, payload);
@@ -134,24 +133,41 @@ impl JournalCollector {
             took
         });
         // The records taken are in the journal's buffer whatever the ring says next.
-        let js = w.finish().map_err(store)?;
+        let js = w.finish().map_err(store_err)?;
         let n = polled.map_err(|e| AgentError::Ring(e.to_string()))?;
         self.messages += n as u64;
         if n > 0 {
             self.pending.push_back((js, last_rs));
         }
-        if !self.pending.is_empty() {
-            let durable = j.commit().map_err(store)?;
-            let mut ack = None;
-            while self.pending.front().is_some_and(|(js, _)| *js <= durable) {
-                ack = self.pending.pop_front().map(|(_, rs)| rs);
-            }
-            if let Some(rs) = ack {
-                ring.set_ack(rs);
-            }
-        }
         Ok(n)
     }
+
+    /// Group commit of what [`drain`](Self::drain) appended (written to the kernel, fsynced if
+    /// the journal's policy says so), then move the ring's `ack_seq` to the last ring record
+    /// whose journal record is durable. Nothing to do (no syscall) when every drained record
+    /// is acknowledged already. Returns the journal's durable seq.
+    pub fn commit(
+        &mut self,
+        ring: &RingConsumer,
+        j: &mut journal::Journal,
+    ) -> Result<u64, AgentError> {
+        if self.pending.is_empty() {
+            return Ok(j.durable_seq());
+        }
+        let durable = j.commit().map_err(store_err)?;
+        let mut ack = None;
+        while self.pending.front().is_some_and(|(js, _)| *js <= durable) {
+            ack = self.pending.pop_front().map(|(_, rs)| rs);
+        }
+        if let Some(rs) = ack {
+            ring.set_ack(rs);
+        }
+        Ok(durable)
+    }
+}
+
+fn store_err(e: journal::Error) -> AgentError {
+    AgentError::Store(e.to_string())
 }
 
 #[cfg(test)]
@@ -179,17 +195,16 @@ mod tests {
         }
         let mut col = JournalCollector::new();
         assert_eq!(col.drain(&ring, &mut j, STREAM_MSG, 4).unwrap(), 4);
+        assert_eq!(col.commit(&ring, &mut j).unwrap(), 1);
         assert_eq!(col.drain(&ring, &mut j, STREAM_MSG, 100).unwrap(), 6);
         assert_eq!(col.drain(&ring, &mut j, STREAM_MSG, 100).unwrap(), 0);
         assert_eq!(col.messages, 10);
         assert_eq!(j.last_seq(), 11);
-        assert_eq!(
-            ring.ack_seq(),
-            0,
-            "nothing durable yet, nothing acknowledged"
-        );
+        assert_eq!(col.commit(&ring, &mut j).unwrap(), 1);
+        let why = "nothing durable yet, nothing acknowledged";
+        assert_eq!(ring.ack_seq(), 0, "{why}");
         j.sync().unwrap();
-        assert_eq!(col.drain(&ring, &mut j, STREAM_MSG, 100).unwrap(), 0);
+        assert_eq!(col.commit(&ring, &mut j).unwrap(), 11);
         assert_eq!(ring.ack_seq(), 10, "durable, acknowledged");
         let recs: Vec<_> = j.read_from(2).unwrap().map(Result::unwrap).collect();
         assert_eq!(recs.len(), 10);
@@ -197,5 +212,28 @@ mod tests {
             assert_eq!((r.seq, r.stream), (i as u64 + 2, STREAM_MSG));
             assert_eq!(r.payload, format!("message {i}").as_bytes());
         }
+        // A record the journal refuses stays in the ring, and nothing after it is taken.
+        p.push(b"small").unwrap();
+        p.push(&[7u8; 200]).unwrap();
+        p.push(b"after").unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        let small = JournalOptions {
+            fsync: FsyncPolicy::Never,
+            max_payload: 100,
+            ..JournalOptions::default()
+        };
+        let (mut j2, _) = Journal::open(dir2.path(), small).unwrap();
+        let e = col.drain(&ring, &mut j2, STREAM_MSG, 100).unwrap_err();
+        assert!(e.to_string().contains("200"), "{e}");
+        assert_eq!(
+            j2.last_seq(),
+            1,
+            "the record before the refused one is kept"
+        );
+        assert_eq!(
+            ring.next_seq(),
+            12,
+            "the refused record is still in the ring"
+        );
     }
 }

@@ -85,16 +85,29 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("starting {prog}"))?;
 
     let mut col = agent::collector::JournalCollector::new();
+    // Drain until the ring holds less than one full run (sleeping after every run of
+    // DRAIN_MAX would cap the collector at DRAIN_MAX records per poll interval, and producers
+    // would wait on a full ring), then one group commit for all of it, which acknowledges
+    // what is durable.
     let mut drain = |ring: &RingConsumer, j: &mut Journal| -> anyhow::Result<usize> {
-        Ok(col.drain(ring, j, STREAM_MSG, DRAIN_MAX)?)
+        let mut got = 0;
+        loop {
+            let n = col.drain(ring, j, STREAM_MSG, DRAIN_MAX)?;
+            got += n;
+            if n < DRAIN_MAX {
+                break;
+            }
+        }
+        col.commit(ring, j)?;
+        Ok(got)
     };
     // While messages flow, poll without announcing sleep, so producers never pay for a futex
     // wake; after 20 ms of silence, sleep on the ring's futex. In sync mode every poll interval
-    // adds to an output's wait, so poll every 200 µs; otherwise as the agent's collector does.
+    // adds to an output's wait, so poll every 200 µs; otherwise every ASYNC_POLL.
     let interval = if args.sync {
         Duration::from_micros(200)
     } else {
-        agent::collector::ASYNC_POLL
+        ASYNC_POLL
     };
     let mut last_data = Instant::now();
     let status = loop {
@@ -103,18 +116,7 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         } else {
             ring.wait(Duration::from_millis(20));
         }
-        // Drain until the ring holds less than one full run: sleeping after every run of
-        // DRAIN_MAX would cap the collector at DRAIN_MAX records per poll interval (2 M/s),
-        // and producers would wait on a full ring.
-        let mut got = 0;
-        loop {
-            let n = drain(&ring, &mut j)?;
-            got += n;
-            if n < DRAIN_MAX {
-                break;
-            }
-        }
-        if got > 0 {
+        if drain(&ring, &mut j)? > 0 {
             last_data = Instant::now();
         }
         if let Some(st) = child.try_wait()? {
@@ -139,6 +141,14 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     j.sync()?;
     Ok(ExitCode::from(code))
 }
+
+/// Poll interval while messages flow, without `--sync`: nothing waits for the journal then,
+/// and every wake-up of the collector costs CPU on the recorded server's CPU (a context switch
+/// each way, the sleep and `waitpid` calls, caches refilled): 10 ms instead of the agent's
+/// 2 ms ([`agent::collector::ASYNC_POLL`]) measured −4% of the collector's CPU per redis
+/// request (docs/PERFORMANCE.md, session 4, branch collect5). The 16 MiB ring holds ~25 times
+/// what a recorded redis at 400 k requests/s emits in that time.
+const ASYNC_POLL: Duration = Duration::from_millis(10);
 
 /// Most records the collector drains from the ring into one journal append.
 const DRAIN_MAX: usize = 4096;
