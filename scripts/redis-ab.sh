@@ -26,7 +26,7 @@ tmp=$(mktemp -d); port=${REDIS_PORT:-7393}
 trap 'redis-cli -p $port shutdown nosave >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 # CPU time of every thread of process $1 so far, in ns (schedstat: exact, where utime+stime
 # count 10 ms ticks).
-ticks() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{s+=$1} END{printf "%d\n", s}'; }
+ticks() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk '{s+=$1} END{printf "%.0f\n", s}'; }
 one() { # $1 = label, $2 = lib or "native"
   rm -rf "$tmp/j"
   if [ "$2" = native ]; then
