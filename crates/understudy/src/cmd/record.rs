@@ -145,8 +145,8 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
 /// Poll interval while messages flow, without `--sync`: nothing waits for the journal then,
 /// and every wake-up of the collector costs CPU on the recorded server's CPU (a context switch
 /// each way, the sleep and `waitpid` calls, caches refilled): 10 ms instead of the agent's
-/// 2 ms ([`agent::collector::ASYNC_POLL`]) measured −4% of the collector's CPU per redis
-/// request (docs/PERFORMANCE.md, session 4, branch collect5). The 16 MiB ring holds ~25 times
+/// 2 ms ([`agent::collector::ASYNC_POLL`]) took 4% off the collector's CPU per redis request
+/// in one A/B run (docs/PERFORMANCE.md, session 4, branch collect5). The 16 MiB ring holds ~25 times
 /// what a recorded redis at 400 k requests/s emits in that time.
 const ASYNC_POLL: Duration = Duration::from_millis(10);
 
