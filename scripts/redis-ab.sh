@@ -64,4 +64,14 @@ for k, v in rows.items():
     m = lambda i: statistics.median(x[i] for x in v)
     co = 'n/a' if k == 'native' else f"{m(3) / hz / reqs * 1e6:.3f}"
     print(f"{k[-60:]:60} {m(0):10.0f} {m(1):10.0f} {m(2) / hz / reqs * 1e6:13.3f} {co:>16}")
+# Changes within each round (the variants of a round ran back to back, so a change of the
+# machine's load between rounds cancels): against native for throughput and server CPU, and
+# against the first recorded variant for the collector's CPU.
+libs = [k for k in rows if k != 'native']
+def pr(k, base, i):
+    return statistics.median(a[i] / b[i] - 1 for a, b in zip(rows[k], rows[base]) if b[i] > 0) * 100
+print(f"{'per-round median change':60} {'SET':>10} {'GET':>10} {'server CPU':>13} {'collector CPU':>16}")
+for k in libs:
+    co = 'base' if k == libs[0] else f"{pr(k, libs[0], 3):+.1f}%"
+    print(f"{k[-60:]:60} {pr(k, 'native', 0):+9.1f}% {pr(k, 'native', 1):+9.1f}% {pr(k, 'native', 2):+12.1f}% {co:>16}")
 PY

@@ -103,11 +103,14 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     };
     // While messages flow, poll without announcing sleep, so producers never pay for a futex
     // wake; after 20 ms of silence, sleep on the ring's futex. In sync mode every poll interval
-    // adds to an output's wait, so poll every 200 µs; otherwise every ASYNC_POLL.
+    // adds to an output's wait, so poll every 200 µs; otherwise as the agent's collector does
+    // (10 ms was tried: each wake-up then drained five times the bytes through the server's
+    // caches, and the recorded server's own CPU per request rose; docs/PERFORMANCE.md,
+    // session 4, branch collect5).
     let interval = if args.sync {
         Duration::from_micros(200)
     } else {
-        ASYNC_POLL
+        agent::collector::ASYNC_POLL
     };
     let mut last_data = Instant::now();
     let status = loop {
@@ -141,14 +144,6 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     j.sync()?;
     Ok(ExitCode::from(code))
 }
-
-/// Poll interval while messages flow, without `--sync`: nothing waits for the journal then,
-/// and every wake-up of the collector costs CPU on the recorded server's CPU (a context switch
-/// each way, the sleep and `waitpid` calls, caches refilled): 10 ms instead of the agent's
-/// 2 ms ([`agent::collector::ASYNC_POLL`]) took 4% off the collector's CPU per redis request
-/// in one A/B run (docs/PERFORMANCE.md, session 4, branch collect5). The 16 MiB ring holds ~25 times
-/// what a recorded redis at 400 k requests/s emits in that time.
-const ASYNC_POLL: Duration = Duration::from_millis(10);
 
 /// Most records the collector drains from the ring into one journal append.
 const DRAIN_MAX: usize = 4096;
