@@ -687,7 +687,7 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
         let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
         match <&[u8; 16]>::try_from(data) {
             Ok(d16) if Header::compact_fits(kind, r, a0, 0, 0, 16) => {
-                g.emit_time16(kind, a0, d16);
+                g.buffer_time(kind, a0, d16);
             }
             _ => {
                 g.emit1(kind, r, a0, 0, 0, data);
@@ -695,14 +695,33 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
         }
         r
     } else {
-        timelike_replay(&g, kind, a0, out, n)
+        timelike_replay(&g, kind, a0, out, n, real)
     }
 }
 
-/// Replay side of [`timelike`], out of line so that the record path's frame stays small.
+/// Replay side of [`timelike`], out of line so that the record path's frame stays small. A
+/// call that can have been recorded in a time batch (16 bytes out) takes the next entry of the
+/// thread's batch; any other takes the thread's next message in order.
 #[cold]
 #[inline(never)]
-fn timelike_replay(_g: &rt::Guard, kind: Kind, a0: u64, out: *mut u8, n: usize) -> i64 {
+fn timelike_replay(
+    _g: &rt::Guard,
+    kind: Kind,
+    a0: u64,
+    out: *mut u8,
+    n: usize,
+    real: impl FnOnce() -> i64,
+) -> i64 {
+    if n == 16 && kind != Kind::Time {
+        match rt::replay_time(kind, a0) {
+            rt::TimeReplay::Entry(d) => {
+                copy_out(out, &d);
+                return 0;
+            }
+            rt::TimeReplay::Beyond => return real(),
+            rt::TimeReplay::Ordered => {}
+        }
+    }
     let rec = replay_next(kind, None);
     if rec.h.a0 != a0 {
         diverge(&rec, &format!("{}({a0})", kind.name()));
@@ -1047,11 +1066,13 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     let parent_vpid = VPID.load(Ordering::Relaxed);
     let procs = rt::PROCS.get();
     if mode() == RECORD {
+        // Buffered time results go out before the fork: the child must not inherit them.
+        g.flush_pending();
         let r = real_fork();
         if r == 0 {
             std::mem::forget(g);
             TLS.with(|t| t.depth.set(0));
-            rt::after_fork_child(child_vtid, 0, parent_vpid);
+            rt::after_fork_child(child_vtid, 0, parent_vpid, 0);
             // Wait until the parent has emitted its fork message, so that every message of
             // this child comes after it in the journal.
             if let Some(p) = procs {
@@ -1100,7 +1121,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
         if r == 0 {
             std::mem::forget(g);
             TLS.with(|t| t.depth.set(0));
-            rt::after_fork_child(child_vtid, rp as u32, parent_vpid);
+            rt::after_fork_child(child_vtid, rp as u32, parent_vpid, rec.idx + 1);
             if let Some(p) = procs {
                 p.reset(rt::REAL_PID.load(Ordering::SeqCst), child_vtid);
             }
@@ -1267,6 +1288,8 @@ struct Start {
     f: StartFn,
     arg: *mut c_void,
     vtid: u64,
+    /// Replay: feed index after the creation message (every message of the thread lies beyond).
+    scan_from: u64,
     ready: AtomicU32,
 }
 
@@ -1284,6 +1307,7 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
         t.tseq.set(0);
         t.children.set(0);
         t.token.set(0);
+        rt::new_thread_name(t, s.scan_from);
     });
     if mode() == RECORD {
         // Every message of this thread must follow its creation message in the journal.
@@ -1321,6 +1345,7 @@ pub unsafe extern "C" fn pthread_create(
         f,
         arg,
         vtid,
+        scan_from: rec.as_ref().map_or(0, |r| r.idx + 1),
         ready: AtomicU32::new(0),
     });
     let keep = Arc::clone(&s);

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use intercept::msg::{self, Header, Kind, HEADER_LEN};
+use intercept::msg::{self, Header, Kind, TimeEntry, BATCH_CAP, HEADER_LEN};
 use shmring::{RingProducer, SlotRef, ThreadToken};
 
 pub const OFF: u8 = 0;
@@ -108,6 +108,23 @@ pub struct Tls {
     pub token: Cell<u32>,
     pub gen: Cell<u32>,
     pub tid: Cell<u32>,
+    /// Record: time results not emitted yet (the thread's next time batch), as
+    /// [`TimeEntry::words`]; `tb_first` is the first one's call number.
+    pub tb_n: Cell<u32>,
+    pub tb_first: Cell<u64>,
+    pub tb: [Cell<[u64; 3]>; BATCH_CAP],
+    /// Replay: the time batch this thread takes its time results from (feed index + 1, 0:
+    /// none), entries taken, entries in it.
+    pub rb_idx: Cell<u64>,
+    pub rb_k: Cell<u32>,
+    pub rb_n: Cell<u32>,
+    /// Replay: every message of this thread before this feed index is consumed (or is the
+    /// current batch).
+    pub scan: Cell<u64>,
+    /// Replay: cache of [`next_own`]: `scan + 1` it was computed for (0: none) and the result
+    /// (`u64::MAX`: no further message).
+    pub nx_for: Cell<u64>,
+    pub nx: Cell<u64>,
 }
 
 // The per-thread state lives in a block of static TLS declared here and reached with the
@@ -408,6 +425,7 @@ extern "C" fn init() {
             match RingProducer::open(std::path::Path::new(&ring_path)) {
                 Ok(r) => {
                     let _ = RING.set(r);
+                    map_quiesce_word(&ring_path);
                 }
                 Err(e) => {
                     let m = format!("understudy: cannot open ring: {e}; interceptor disabled\n");
@@ -460,10 +478,28 @@ extern "C" fn init() {
     }
 }
 
+/// Library destructor (run by `exit`, also when `main` returns): the exiting thread's buffered
+/// time results go out before the process ends.
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;
+
+extern "C" fn fini() {
+    if MODE.load(Ordering::Relaxed) == RECORD {
+        if let Some(g) = enter() {
+            g.flush_time();
+        }
+    }
+}
+
 extern "C" fn thread_exit(v: *mut libc::c_void) {
     let idx = v as usize;
     if idx == 0 {
         return;
+    }
+    // The thread's buffered time results go out before it does.
+    if let Some(g) = enter() {
+        g.flush_time();
     }
     if let Some(r) = RING.get() {
         r.unregister_thread(ThreadToken {
@@ -472,8 +508,9 @@ extern "C" fn thread_exit(v: *mut libc::c_void) {
     }
 }
 
-/// Called in the child of a fork: new pid, new process generation.
-pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
+/// Called in the child of a fork: new pid, new process generation. `scan_from`: replay, the
+/// feed index after the parent's fork message (every message of the child lies beyond it).
+pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32, scan_from: u64) {
     let pid = sys3(libc::SYS_getpid, 0, 0, 0) as u32;
     REAL_PID.store(pid, Ordering::SeqCst);
     PROC_GEN.fetch_add(1, Ordering::SeqCst);
@@ -489,8 +526,20 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
         t.tseq.set(0);
         t.children.set(0);
         t.token.set(0);
+        new_thread_name(t, scan_from);
     });
     crate::hooks::forget_children();
+}
+
+/// The thread took a new name (fork child, new thread): no buffered time results (the parent
+/// flushed its own before the fork; a new thread has none), no replay position of the old name.
+pub fn new_thread_name(t: &Tls, scan_from: u64) {
+    t.tb_n.set(0);
+    t.rb_idx.set(0);
+    t.rb_k.set(0);
+    t.rb_n.set(0);
+    t.scan.set(scan_from);
+    t.nx_for.set(0);
 }
 
 /// The barrier's entry side. `None`: pass the call through untouched (interceptor off, or a
@@ -599,9 +648,12 @@ fn register(t: &Tls, r: &RingProducer<'static>, gen: u32) {
 }
 
 impl Guard {
-    /// The thread is about to make a real call that may block.
+    /// The thread is about to make a real call that may block: its buffered time results go
+    /// out first (a quiesce does not wait for a blocked thread, and a sync-mode output waits
+    /// for the acknowledgement of everything the thread emitted).
     #[inline]
     pub fn blocking(&self) {
+        self.flush_pending();
         if let (Some(t), Some(r)) = (self.slot, self.ring) {
             r.blocking_at(t);
         }
@@ -644,10 +696,12 @@ impl Guard {
         }
     }
 
-    /// Record one finished call. `data` parts are concatenated into the message.
+    /// Record one finished call. `data` parts are concatenated into the message. The thread's
+    /// buffered time results are emitted first (per-thread order).
     #[inline]
     pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
         let Some(r) = self.ring else { return 0 };
+        self.flush_pending();
         let mut len = 0;
         for d in data {
             len += d.len();
@@ -674,6 +728,7 @@ impl Guard {
     #[inline(always)]
     pub fn emit1(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[u8]) -> u64 {
         let Some(r) = self.ring else { return 0 };
+        self.flush_pending();
         let len = data.len();
         let h = self.next_header(kind, ret, a0, a1, a2, len);
         r.push_as(self.token, HEADER_LEN + len, |buf| {
@@ -688,31 +743,116 @@ impl Guard {
         })
     }
 
-    /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
-    /// cache line with the ring's record header; `intercept::msg`, version 2). The caller
-    /// checked [`Header::compact_fits`].
+    /// Record a successful time call that filled 16 bytes: buffered in this thread's next time
+    /// batch (`intercept::msg`, version 3), emitted when the buffer is full, before any other
+    /// message of the thread, before it blocks, and at once when a quiesce is requested. No
+    /// ring access otherwise. The caller checked [`Header::compact_fits`].
     #[inline(always)]
-    pub fn emit_time16(&self, kind: Kind, a0: u64, data: &[u8; 16]) -> u64 {
-        let Some(r) = self.ring else { return 0 };
+    pub fn buffer_time(&self, kind: Kind, a0: u64, data: &[u8; 16]) {
+        if self.ring.is_none() {
+            return;
+        }
         let t = self.tls();
         let tseq = t.tseq.get() + 1;
         t.tseq.set(tseq);
-        let p = msg::CompactParts {
-            kind,
-            pid: REAL_PID.load(Ordering::Relaxed),
-            tid: t.tid.get(),
-            a0,
-            vtid: t.vtid.get(),
-            tseq,
-        };
-        r.push_as(self.token, msg::COMPACT_LEN, |buf| {
-            Header::encode_compact_parts(buf, &p, data);
-        })
-        .unwrap_or_else(|e| {
-            fatal_record(&e);
-            0
-        })
+        let n = t.tb_n.get() as usize;
+        if n == 0 {
+            t.tb_first.set(tseq);
+        }
+        if let Some(e) = t.tb.get(n) {
+            e.set(TimeEntry::words(kind, a0, data));
+        }
+        t.tb_n.set(n as u32 + 1);
+        if n + 1 >= BATCH_CAP || quiesce_requested() {
+            self.flush_time();
+        }
     }
+
+    /// Emit the buffered time results, if any (inlined check, out-of-line emission).
+    #[inline(always)]
+    pub fn flush_pending(&self) {
+        if self.tls().tb_n.get() != 0 {
+            self.flush_time();
+        }
+    }
+
+    /// Emit this thread's buffered time results as one time batch.
+    #[cold]
+    #[inline(never)]
+    pub fn flush_time(&self) {
+        let t = self.tls();
+        let n = (t.tb_n.get() as usize).min(BATCH_CAP);
+        if n == 0 {
+            return;
+        }
+        t.tb_n.set(0);
+        let Some(r) = self.ring else { return };
+        let mut words = [[0u64; 3]; BATCH_CAP];
+        for (w, e) in words.iter_mut().zip(&t.tb[..n]) {
+            *w = e.get();
+        }
+        let (pid, tid, vtid, first) = (
+            REAL_PID.load(Ordering::Relaxed),
+            t.tid.get(),
+            t.vtid.get(),
+            t.tb_first.get(),
+        );
+        if let Err(e) = r.push_as(self.token, msg::batch_len(n), |buf| {
+            msg::encode_batch_into(buf, pid, tid, vtid, first, &words[..n]);
+        }) {
+            fatal_record(&e);
+        }
+    }
+}
+
+/// Address of the ring's quiesce word in a second, read-only mapping of the ring's header
+/// page (0: not mapped). Lets a thread that buffers a time result see a quiesce request and
+/// emit its batch while it is still inside the interceptor, so that the cut includes it.
+static QUIESCE_WORD: AtomicUsize = AtomicUsize::new(0);
+
+/// Map the ring header's page read-only and remember where its quiesce word is.
+fn map_quiesce_word(path: &str) {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return;
+    };
+    let fd = sys3(
+        libc::SYS_open,
+        c.as_ptr() as i64,
+        i64::from(libc::O_RDONLY | libc::O_CLOEXEC),
+        0,
+    );
+    if fd < 0 {
+        return;
+    }
+    let p = sys(
+        libc::SYS_mmap,
+        0,
+        4096,
+        i64::from(libc::PROT_READ),
+        i64::from(libc::MAP_SHARED),
+        fd,
+        0,
+    );
+    sys3(libc::SYS_close, fd, 0, 0);
+    const OFF: usize = std::mem::offset_of!(shmring::RingHeader, quiesce);
+    const _: () = assert!(OFF + 4 <= 4096 && OFF.is_multiple_of(4));
+    if p >= 0 {
+        QUIESCE_WORD.store(p as usize + OFF, Ordering::Relaxed);
+    }
+}
+
+/// Whether the ring's consumer asks for a quiesce (its generation word is odd).
+#[inline(always)]
+fn quiesce_requested() -> bool {
+    let a = QUIESCE_WORD.load(Ordering::Relaxed);
+    if a == 0 {
+        return false;
+    }
+    // SAFETY: `a` points into a read-only shared mapping of the ring header (page-aligned
+    // base + the offset of `Quiesce::gen`, 4-aligned) that is never unmapped; the word is an
+    // AtomicU32 in the consumer's layout, so an atomic load of it is sound.
+    let w = unsafe { &*(a as *const AtomicU32) };
+    w.load(Ordering::Relaxed) & 1 == 1
 }
 
 impl Drop for Guard {
@@ -768,27 +908,149 @@ impl Guard {
 }
 
 /// Replay: whether this thread's next message is a signal delivered at an exit boundary
-/// (`a1 = 1`), and which. Such a message was emitted right after the thread's previous one, so
-/// it is found within a short window after the cursor.
+/// (`a1 = 1`), and which. Such a message was emitted right after the thread's previous one
+/// (after the time batch that ends with the call just made, when that was a time call).
 fn exit_signal_next() -> Option<u64> {
     let f = FEED.get()?;
-    let my = TLS.with(|t| t.vtid.get());
-    let c = f.cursor().load(Ordering::Acquire);
-    let end = f.n.min(c + 4096);
-    for i in c..end {
-        let (_, b) = f.at(i);
-        // vtid sits at offset 16 in the full and the compact form.
-        if b.len() < 24 {
-            return None;
-        }
-        let vtid = u64::from_le_bytes(b[16..24].try_into().ok()?);
-        if vtid == my {
-            let (h, _) = msg::decode(b).ok()?;
-            return (h.kind == Kind::Signal && h.a1 == 1 && (1..65).contains(&h.a0))
-                .then_some(h.a0);
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tls_ptr() };
+    if t.rb_idx.get() != 0 && t.rb_k.get() < t.rb_n.get() {
+        return None; // the next message is the current time batch
+    }
+    let i = next_own(f, t)?;
+    let (h, _) = msg::decode(f.at(i).1).ok()?;
+    (h.kind == Kind::Signal && h.a1 == 1 && (1..65).contains(&h.a0)).then_some(h.a0)
+}
+
+/// Replay: the feed index of this thread's next message not consumed yet (past the current
+/// time batch), or `None` when the journal holds no further message of this thread. Scans
+/// forward from the thread's own position, not from the shared cursor: time batches have no
+/// place in the order between threads, so the cursor may already have passed one of them.
+fn next_own(f: &Feed, t: &Tls) -> Option<u64> {
+    let from = t.scan.get();
+    if t.nx_for.get() == from + 1 {
+        let v = t.nx.get();
+        return (v != u64::MAX).then_some(v);
+    }
+    let my = t.vtid.get();
+    let mut found = None;
+    for i in from..f.n {
+        // vtid sits at offset 16 in every form.
+        if let Some(v) = f.at(i).1.get(16..24) {
+            if u64::from_le_bytes(v.try_into().expect("8 bytes")) == my {
+                found = Some(i);
+                break;
+            }
         }
     }
-    None
+    t.nx_for.set(from + 1);
+    t.nx.set(found.unwrap_or(u64::MAX));
+    found
+}
+
+/// What the journal says about a time call of this thread in replay.
+pub enum TimeReplay {
+    /// The next entry of the thread's time batch: the 16 bytes the call returned.
+    Entry([u8; 16]),
+    /// The thread's next message is not a time batch: take it in order ([`replay_next`]).
+    Ordered,
+    /// The journal holds no further message of this thread: the recorded call's result was
+    /// still buffered when the recorded process ended, so it was never emitted and never
+    /// externalised (every output emits the buffer first). The caller makes the real call.
+    Beyond,
+}
+
+/// Replay of a successful-looking time call (`kind`, clock id `a0`, 16 bytes out): the next
+/// entry of this thread's time batch, without waiting for the thread's turn in the recorded
+/// order (time results are ordered only within their thread). An entry of another call or
+/// clock is a departure.
+pub fn replay_time(kind: Kind, a0: u64) -> TimeReplay {
+    let Some(f) = FEED.get() else {
+        return TimeReplay::Ordered;
+    };
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tls_ptr() };
+    loop {
+        let idx = t.rb_idx.get();
+        let k = t.rb_k.get();
+        if idx != 0 && k < t.rb_n.get() {
+            let (h, data) = batch_at(f, idx - 1, kind);
+            let Some(e) = msg::batch_entry(data, k as usize) else {
+                diverge_batch(f, idx - 1, kind, "the journal's time batch is damaged");
+            };
+            let call = h.batch_call(&e, k as usize);
+            t.tseq.set(call.tseq);
+            if e.kind != kind || e.a0 != a0 {
+                diverge(
+                    &Rec {
+                        idx: idx - 1,
+                        h: call,
+                        data: &[],
+                    },
+                    &format!("{}(clock {a0})", kind.name()),
+                );
+            }
+            t.rb_k.set(k + 1);
+            return TimeReplay::Entry(e.data);
+        }
+        let Some(i) = next_own(f, t) else {
+            return TimeReplay::Beyond;
+        };
+        let b = f.at(i).1;
+        if b.first() != Some(&msg::BATCH_MAGIC) {
+            // A recorded signal delivered before this call (at its entry boundary): deliver it
+            // in its turn, as `replay_next` would, then look again.
+            match msg::decode(b) {
+                Ok((h, data)) if h.kind == Kind::Signal => {
+                    wait_turn(f, i, kind, None);
+                    t.tseq.set(h.tseq);
+                    t.scan.set(i + 1);
+                    replay_done(&Rec { idx: i, h, data });
+                    crate::signals::deliver_recorded(h.a0 as i32);
+                    continue;
+                }
+                _ => return TimeReplay::Ordered,
+            }
+        }
+        let (h, _) = batch_at(f, i, kind);
+        t.rb_idx.set(i + 1);
+        t.rb_k.set(0);
+        t.rb_n.set(u32::try_from(h.a0).unwrap_or(0));
+        t.scan.set(i + 1);
+    }
+}
+
+/// The time batch at feed index `i` (a departure if it does not decode).
+fn batch_at(f: &Feed, i: u64, kind: Kind) -> (Header, &'static [u8]) {
+    match msg::decode(f.at(i).1) {
+        Ok((h, d)) if h.kind == Kind::TimeBatch => (h, d),
+        _ => diverge_batch(
+            f,
+            i,
+            kind,
+            "the journal holds an undecodable time batch here",
+        ),
+    }
+}
+
+#[cold]
+fn diverge_batch(_f: &Feed, _i: u64, kind: Kind, what: &str) -> ! {
+    diverge_at(None, &Actual { kind, what }, None)
+}
+
+/// The departure of a call that is not the time call this thread's current or next time
+/// batch holds.
+#[cold]
+fn diverge_expected_time(f: &Feed, i: u64, k: usize, kind: Kind, fd: Option<i64>, what: &str) -> ! {
+    let (jseq, b) = f.at(i);
+    match msg::decode(b) {
+        Ok((h, d)) => {
+            let e = msg::batch_entry(d, k);
+            let expected = e.map(|e| h.batch_call(&e, k)).unwrap_or(h);
+            diverge_at(Some((jseq, expected)), &Actual { kind, what }, fd)
+        }
+        Err(_) => diverge_at(None, &Actual { kind, what }, fd),
+    }
 }
 
 static SYNC: AtomicU8 = AtomicU8::new(0);
@@ -887,12 +1149,17 @@ pub fn replay_next(kind: Kind, fd: Option<i64>) -> Rec {
 /// [`replay_next`], with a description of the call for the divergence report.
 pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> String) -> Rec {
     let f = FEED.get().expect("replay feed mapped");
-    let my = TLS.with(|t| t.vtid.get());
-    let limit_ms: i64 = getenv_ms();
-    let mut waited_ms = 0i64;
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tls_ptr() };
     loop {
-        let c = f.cursor().load(Ordering::Acquire);
-        if c >= f.n {
+        // A call while the thread's current time batch still holds results: the recorded
+        // thread made more time calls before this one.
+        let (idx, k) = (t.rb_idx.get(), t.rb_k.get());
+        if idx != 0 && k < t.rb_n.get() {
+            let d = describe();
+            diverge_expected_time(f, idx - 1, k as usize, kind, fd, &d);
+        }
+        let Some(i) = next_own(f, t) else {
             diverge_at(
                 None,
                 &Actual {
@@ -901,8 +1168,8 @@ pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> Stri
                 },
                 fd,
             );
-        }
-        let (jseq, bytes) = f.at(c);
+        };
+        let (jseq, bytes) = f.at(i);
         let (h, data) = match msg::decode(bytes) {
             Ok(x) => x,
             Err(_) => diverge_at(
@@ -914,20 +1181,61 @@ pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> Stri
                 fd,
             ),
         };
-        if h.vtid == my {
-            TLS.with(|t| t.tseq.set(h.tseq));
-            if h.kind == Kind::Signal && kind != Kind::Signal {
-                let r = Rec { idx: c, h, data };
-                replay_done(&r);
-                crate::signals::deliver_recorded(h.a0 as i32);
-                continue;
+        if h.kind == Kind::TimeBatch {
+            let d = describe();
+            diverge_expected_time(f, i, 0, kind, fd, &d);
+        }
+        wait_turn(f, i, kind, fd);
+        t.tseq.set(h.tseq);
+        t.scan.set(i + 1);
+        if h.kind == Kind::Signal && kind != Kind::Signal {
+            let r = Rec { idx: i, h, data };
+            replay_done(&r);
+            crate::signals::deliver_recorded(h.a0 as i32);
+            continue;
+        }
+        if h.kind != kind || fd.is_some_and(|fd| fd as u64 != h.a0) {
+            let d = describe();
+            diverge_at(Some((jseq, h)), &Actual { kind, what: &d }, fd);
+        }
+        return Rec { idx: i, h, data };
+    }
+}
+
+/// Wait until the shared cursor reaches feed index `i` (this thread's next message). Time
+/// batches met at the cursor are passed over by whichever thread waits (they are ordered
+/// only within their own thread, whose replay reads them without the cursor).
+fn wait_turn(f: &Feed, i: u64, kind: Kind, fd: Option<i64>) {
+    let limit_ms: i64 = getenv_ms();
+    let mut waited_ms = 0i64;
+    loop {
+        let c = f.cursor().load(Ordering::Acquire);
+        if c == i {
+            return;
+        }
+        if c > i || c >= f.n {
+            diverge_at(
+                None,
+                &Actual {
+                    kind,
+                    what: "the replay order passed this thread's next message",
+                },
+                fd,
+            );
+        }
+        let (jseq, bytes) = f.at(c);
+        if bytes.first() == Some(&msg::BATCH_MAGIC) {
+            if f.cursor()
+                .compare_exchange(c, c + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                f.futex().fetch_add(1, Ordering::SeqCst);
+                if f.waiters().load(Ordering::SeqCst) > 0 {
+                    futex_wake(f.futex());
+                }
             }
-            if h.kind != kind || fd.is_some_and(|fd| fd as u64 != h.a0) {
-                let d = describe();
-                diverge_at(Some((jseq, h)), &Actual { kind, what: &d }, fd);
-            }
-            let _ = jseq;
-            return Rec { idx: c, h, data };
+            waited_ms = 0;
+            continue;
         }
         // Not this thread's turn.
         let v = f.futex().load(Ordering::SeqCst);
@@ -940,11 +1248,17 @@ pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> Stri
         if f.cursor().load(Ordering::SeqCst) != c {
             waited_ms = 0;
         } else if waited_ms >= limit_ms {
-            let m = format!(
-                "waited {} s for its turn while the journal's next message (#{c}, journal seq {jseq}) belongs to thread {:x}: {h}",
-                limit_ms / 1000,
-                h.vtid
-            );
+            let m = match msg::decode(bytes) {
+                Ok((h, _)) => format!(
+                    "waited {} s for its turn while the journal's next message (#{c}, journal seq {jseq}) belongs to thread {:x}: {h}",
+                    limit_ms / 1000,
+                    h.vtid
+                ),
+                Err(_) => format!(
+                    "waited {} s for its turn at an undecodable message (#{c}, journal seq {jseq})",
+                    limit_ms / 1000
+                ),
+            };
             diverge_at(None, &Actual { kind, what: &m }, fd);
         }
     }
