@@ -1648,3 +1648,136 @@ pub unsafe extern "C" fn kill(pid: libc::pid_t, sig: c_int) -> c_int {
     }
     libc_ret(sys3(libc::SYS_kill, target, i64::from(sig), 0)) as c_int
 }
+
+// ------------------------------------------------------------------ exec
+
+/// Before the process image is replaced: the calling thread's buffered time results go out
+/// (they live in memory that `execve` discards). Nothing else changes: the new image names
+/// itself through the process table.
+fn before_exec() {
+    if mode() == RECORD {
+        if let Some(g) = enter() {
+            g.flush_pending();
+        }
+    }
+}
+
+type ExecveFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) -> c_int;
+type ExecvFn = unsafe extern "C" fn(*const libc::c_char, *const *const libc::c_char) -> c_int;
+type FexecveFn =
+    unsafe extern "C" fn(c_int, *const *const libc::c_char, *const *const libc::c_char) -> c_int;
+
+#[no_mangle]
+pub unsafe extern "C" fn execve(
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execve", ExecveFn);
+    // SAFETY: libc's execve with the application's arguments.
+    unsafe { f(path, argv, envp) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(
+    file: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execvpe", ExecveFn);
+    // SAFETY: libc's execvpe with the application's arguments.
+    unsafe { f(file, argv, envp) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execv(
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execv", ExecvFn);
+    // SAFETY: libc's execv with the application's arguments.
+    unsafe { f(path, argv) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvp(
+    file: *const libc::c_char,
+    argv: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execvp", ExecvFn);
+    // SAFETY: libc's execvp with the application's arguments.
+    unsafe { f(file, argv) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("fexecve", FexecveFn);
+    // SAFETY: libc's fexecve with the application's arguments.
+    unsafe { f(fd, argv, envp) }
+}
+
+/// `execl`, `execlp`, `execle` are variadic, which stable Rust cannot define: each is a naked
+/// trampoline that saves the argument registers (and `al`, the vector-register count of a
+/// variadic call), calls [`before_execl`] (flush; returns libc's function), restores them and
+/// jumps to libc's function with the caller's stack untouched. Stack: 8 (mod 16) at entry,
+/// seven pushes make it 0 (mod 16) for the call.
+macro_rules! execl_trampoline {
+    ($name:ident, $which:literal) => {
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub extern "C" fn $name() {
+            std::arch::naked_asm!(
+                "push rdi",
+                "push rsi",
+                "push rdx",
+                "push rcx",
+                "push r8",
+                "push r9",
+                "push rax",
+                concat!("mov edi, ", $which),
+                "call {f}",
+                "mov r11, rax",
+                "pop rax",
+                "pop r9",
+                "pop r8",
+                "pop rcx",
+                "pop rdx",
+                "pop rsi",
+                "pop rdi",
+                "jmp r11",
+                f = sym before_execl,
+            );
+        }
+    };
+}
+
+execl_trampoline!(execl, "0");
+execl_trampoline!(execlp, "1");
+execl_trampoline!(execle, "2");
+
+/// Called by the `execl*` trampolines: flush, then libc's function to jump to.
+extern "C" fn before_execl(which: u32) -> usize {
+    before_exec();
+    static P: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+    let names = ["execl\0", "execlp\0", "execle\0"];
+    let i = (which as usize).min(2);
+    let mut p = P[i].load(Ordering::Relaxed);
+    if p == 0 {
+        p = resolve(names[i]);
+        P[i].store(p, Ordering::Relaxed);
+    }
+    p
+}
