@@ -16,6 +16,12 @@
 
 static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
 
+/* The divergence test compiles modified programs: -DVARIANT=-1 / 1 makes one time call fewer /
+ * more in loop mode's first round, -DVARIANT=9 reads another clock there. */
+#ifndef VARIANT
+#define VARIANT 0
+#endif
+
 static long burst(int n) {
     struct timespec ts; struct timeval tv; long acc = 0;
     for (int i = 0; i < n; i++) {
@@ -71,7 +77,21 @@ int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[1], "loop")) {
         long acc = 0;
         for (int r = 0, n = atoi(argv[2]); r < n; r++) {
-            acc += burst(20);
+            struct timespec ts;
+            struct timeval tv;
+            if (r == 0 && VARIANT == 9) { /* another clock first */
+                clock_gettime(CLOCK_BOOTTIME, &ts);
+                acc += ts.tv_nsec;
+            }
+            acc += burst(VARIANT == -1 && r == 0 ? 19 : 20);
+            if (r == 0 && VARIANT == -1) { /* the 39th call, not the 40th */
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                acc += ts.tv_nsec;
+            }
+            if (r == 0 && VARIANT == 1) { /* a 41st */
+                gettimeofday(&tv, 0);
+                acc += tv.tv_usec;
+            }
             poll(0, 0, 1);
         }
         printf("loop: %ld\n", acc);

@@ -651,3 +651,46 @@ fn quiesce_with_buffered_time_results_keeps_every_threads_calls_in_order() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut s).unwrap();
     assert!(s.starts_with("loop: "), "{s}");
 }
+
+#[test]
+fn departures_from_a_time_batch_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(orig) = compile(d.path(), "timebatch") else {
+        return;
+    };
+    let prog = d.path().join("prog");
+    std::fs::copy(&orig, &prog).unwrap();
+    let j = d.path().join("journal");
+    let args = [prog.to_str().unwrap(), "loop", "2"];
+    assert!(run("record", &j, &args).status.success());
+    assert!(run("replay", &j, &args).status.success());
+    let src = root().join("tests/intercept/timebatch.c");
+    for (variant, expected, actual) in [
+        (
+            "9",
+            "expected: clock_gettime(clock 0) = 0",
+            "actual:   clock_gettime: clock_gettime(clock 7)",
+        ),
+        ("-1", "expected: gettimeofday(..) = 0", "actual:   poll"),
+        ("1", "expected: poll(..)", "actual:   gettimeofday"),
+    ] {
+        let st = Command::new("cc")
+            .args(["-O1", "-pthread", &format!("-DVARIANT={variant}"), "-o"])
+            .arg(&prog)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let rep = run("replay", &j, &args);
+        assert_eq!(
+            rep.status.code(),
+            Some(DIVERGENCE_EXIT),
+            "variant {variant}"
+        );
+        let err = String::from_utf8_lossy(&rep.stderr);
+        assert!(
+            err.contains(expected) && err.contains(actual) && err.contains("call #"),
+            "variant {variant}: {err}"
+        );
+    }
+}
