@@ -681,7 +681,10 @@ pub fn core_close(fd: i64) -> i64 {
 
 #[inline(always)]
 fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> i64) -> i64 {
-    let Some(g) = enter() else { return real() };
+    // A light entry: a call that only buffers its result does not touch the ring.
+    let Some(mut g) = rt::enter_light() else {
+        return real();
+    };
     if mode() == RECORD {
         let r = real();
         let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
@@ -689,14 +692,21 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
             Ok(d16) if Header::compact_fits(kind, r, a0, 0, 0, 16) => {
                 g.buffer_time(kind, a0, d16);
             }
-            _ => {
-                g.emit1(kind, r, a0, 0, 0, data);
-            }
+            _ => time_full(&mut g, kind, r, a0, data),
         }
         r
     } else {
         timelike_replay(&g, kind, a0, out, n, real)
     }
+}
+
+/// A recorded time call that does not fit a time batch (a failure, `time`, a NULL out
+/// pointer): one full message, out of line so that the batching path's frame stays small.
+#[cold]
+#[inline(never)]
+fn time_full(g: &mut rt::Guard, kind: Kind, r: i64, a0: u64, data: &[u8]) {
+    g.activate();
+    g.emit1(kind, r, a0, 0, 0, data);
 }
 
 /// Replay side of [`timelike`], out of line so that the record path's frame stays small. A

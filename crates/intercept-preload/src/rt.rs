@@ -425,7 +425,6 @@ extern "C" fn init() {
             match RingProducer::open(std::path::Path::new(&ring_path)) {
                 Ok(r) => {
                     let _ = RING.set(r);
-                    map_quiesce_word(&ring_path);
                 }
                 Err(e) => {
                     let m = format!("understudy: cannot open ring: {e}; interceptor disabled\n");
@@ -553,6 +552,9 @@ pub struct Guard {
     /// This thread's `Tls` (saves a `__tls_get_addr` per use; valid while the thread lives,
     /// and a guard never leaves its thread).
     tls: *const Tls,
+    /// Made by [`enter_light`]: the thread has not passed the ring's boundary (its slot still
+    /// says `Outside`); [`Guard::activate`] does that before anything is emitted.
+    light: bool,
 }
 
 // Always inlined: returned out of line, the Guard came back through memory and its reload
@@ -609,6 +611,48 @@ pub fn enter() -> Option<Guard> {
         slot,
         ring,
         tls: tp,
+        light: false,
+    })
+}
+
+/// The entry of a time call: depth, pending signals, thread name, but not the ring's boundary.
+/// A time call that only buffers its result emits nothing, so it need not be `Active` for a
+/// quiesce: the thread stays `Outside` (running its own code, as far as the cut is concerned;
+/// its buffered results are in its memory). [`Guard::activate`] passes the boundary when the
+/// call does emit (a full buffer, a result that does not fit a batch).
+#[inline(always)]
+pub fn enter_light() -> Option<Guard> {
+    let mode = MODE.load(Ordering::Relaxed);
+    if mode == OFF {
+        return None;
+    }
+    let tp: *const Tls = tls_ptr();
+    // SAFETY: as in `enter`.
+    let t = unsafe { &*tp };
+    if t.depth.get() != 0 {
+        return None;
+    }
+    if mode == RECORD && crate::signals::pending() {
+        crate::signals::deliver_pending();
+    }
+    t.depth.set(1);
+    if t.vtid.get() == 0 {
+        name_unknown_thread(t);
+    }
+    let mut ring = None;
+    if mode == RECORD {
+        let Some(r) = RING.get() else {
+            t.depth.set(0);
+            return None;
+        };
+        ring = Some(r);
+    }
+    Some(Guard {
+        token: None,
+        slot: None,
+        ring,
+        tls: tp,
+        light: true,
     })
 }
 
@@ -745,10 +789,10 @@ impl Guard {
 
     /// Record a successful time call that filled 16 bytes: buffered in this thread's next time
     /// batch (`intercept::msg`, version 3), emitted when the buffer is full, before any other
-    /// message of the thread, before it blocks, and at once when a quiesce is requested. No
-    /// ring access otherwise. The caller checked [`Header::compact_fits`].
+    /// message of the thread and before it blocks. No ring access otherwise. The caller checked
+    /// [`Header::compact_fits`].
     #[inline(always)]
-    pub fn buffer_time(&self, kind: Kind, a0: u64, data: &[u8; 16]) {
+    pub fn buffer_time(&mut self, kind: Kind, a0: u64, data: &[u8; 16]) {
         if self.ring.is_none() {
             return;
         }
@@ -763,8 +807,35 @@ impl Guard {
             e.set(TimeEntry::words(kind, a0, data));
         }
         t.tb_n.set(n as u32 + 1);
-        if n + 1 >= BATCH_CAP || quiesce_requested() {
+        if n + 1 >= BATCH_CAP {
+            self.activate();
             self.flush_time();
+        }
+    }
+
+    /// Pass the ring's boundary for a guard made by [`enter_light`] (registers the thread if
+    /// needed; parks first if a quiesce is active), so that the call may emit.
+    #[cold]
+    #[inline(never)]
+    pub fn activate(&mut self) {
+        if !self.light {
+            return;
+        }
+        self.light = false;
+        let Some(r) = self.ring else { return };
+        let t = self.tls();
+        let gen = PROC_GEN.load(Ordering::Relaxed);
+        if t.token.get() == 0 || t.gen.get() != gen {
+            register(t, r, gen);
+        }
+        if t.token.get() != 0 {
+            let tok = ThreadToken {
+                index: t.token.get() - 1,
+            };
+            let sr = r.slot_ref(tok);
+            r.enter_at(sr);
+            self.token = Some(tok);
+            self.slot = Some(sr);
         }
     }
 
@@ -776,7 +847,8 @@ impl Guard {
         }
     }
 
-    /// Emit this thread's buffered time results as one time batch.
+    /// Emit this thread's buffered time results as one time batch. The guard has passed the
+    /// ring's boundary (not a light one).
     #[cold]
     #[inline(never)]
     pub fn flush_time(&self) {
@@ -786,11 +858,11 @@ impl Guard {
             return;
         }
         t.tb_n.set(0);
+        debug_assert!(
+            !self.light,
+            "time batch emitted outside the ring's boundary"
+        );
         let Some(r) = self.ring else { return };
-        let mut words = [[0u64; 3]; BATCH_CAP];
-        for (w, e) in words.iter_mut().zip(&t.tb[..n]) {
-            *w = e.get();
-        }
         let (pid, tid, vtid, first) = (
             REAL_PID.load(Ordering::Relaxed),
             t.tid.get(),
@@ -798,61 +870,11 @@ impl Guard {
             t.tb_first.get(),
         );
         if let Err(e) = r.push_as(self.token, msg::batch_len(n), |buf| {
-            msg::encode_batch_into(buf, pid, tid, vtid, first, &words[..n]);
+            msg::encode_batch_with(buf, pid, tid, vtid, first, n, |i| t.tb[i].get());
         }) {
             fatal_record(&e);
         }
     }
-}
-
-/// Address of the ring's quiesce word in a second, read-only mapping of the ring's header
-/// page (0: not mapped). Lets a thread that buffers a time result see a quiesce request and
-/// emit its batch while it is still inside the interceptor, so that the cut includes it.
-static QUIESCE_WORD: AtomicUsize = AtomicUsize::new(0);
-
-/// Map the ring header's page read-only and remember where its quiesce word is.
-fn map_quiesce_word(path: &str) {
-    let Ok(c) = std::ffi::CString::new(path) else {
-        return;
-    };
-    let fd = sys3(
-        libc::SYS_open,
-        c.as_ptr() as i64,
-        i64::from(libc::O_RDONLY | libc::O_CLOEXEC),
-        0,
-    );
-    if fd < 0 {
-        return;
-    }
-    let p = sys(
-        libc::SYS_mmap,
-        0,
-        4096,
-        i64::from(libc::PROT_READ),
-        i64::from(libc::MAP_SHARED),
-        fd,
-        0,
-    );
-    sys3(libc::SYS_close, fd, 0, 0);
-    const OFF: usize = std::mem::offset_of!(shmring::RingHeader, quiesce);
-    const _: () = assert!(OFF + 4 <= 4096 && OFF.is_multiple_of(4));
-    if p >= 0 {
-        QUIESCE_WORD.store(p as usize + OFF, Ordering::Relaxed);
-    }
-}
-
-/// Whether the ring's consumer asks for a quiesce (its generation word is odd).
-#[inline(always)]
-fn quiesce_requested() -> bool {
-    let a = QUIESCE_WORD.load(Ordering::Relaxed);
-    if a == 0 {
-        return false;
-    }
-    // SAFETY: `a` points into a read-only shared mapping of the ring header (page-aligned
-    // base + the offset of `Quiesce::gen`, 4-aligned) that is never unmapped; the word is an
-    // AtomicU32 in the consumer's layout, so an atomic load of it is sound.
-    let w = unsafe { &*(a as *const AtomicU32) };
-    w.load(Ordering::Relaxed) & 1 == 1
 }
 
 impl Drop for Guard {
@@ -877,10 +899,12 @@ impl Drop for Guard {
 impl Guard {
     #[cold]
     #[inline(never)]
-    fn exit_slow(&self) {
+    fn exit_slow(&mut self) {
         let mut run = 0u64;
         match MODE.load(Ordering::Relaxed) {
             RECORD if crate::signals::pending() => {
+                // A light guard passes the ring's boundary before the signal messages.
+                self.activate();
                 run = crate::signals::take_pending();
                 for sig in 1..65u64 {
                     if run & (1 << (sig - 1)) != 0 {

@@ -366,18 +366,19 @@ pub const fn batch_len(n: usize) -> usize {
     BATCH_HEADER + n * BATCH_ENTRY
 }
 
-/// Write a time batch into `out[..batch_len(words.len())]` from entries made by
-/// [`TimeEntry::words`] (the interceptor's flush; `1 <= words.len() <= MAX_BATCH`).
+/// Write a time batch of `n` entries into `out[..batch_len(n)]`, entry `i` given by `word(i)`
+/// as made by [`TimeEntry::words`] (the interceptor's flush reads them straight from its
+/// per-thread buffer; `1 <= n <= MAX_BATCH`).
 #[inline]
-pub fn encode_batch_into(
+pub fn encode_batch_with(
     out: &mut [u8],
     pid: u32,
     tid: u32,
     vtid: u64,
     tseq: u64,
-    words: &[[u64; 3]],
+    n: usize,
+    word: impl Fn(usize) -> [u64; 3],
 ) {
-    let n = words.len();
     let out = &mut out[..batch_len(n)];
     let w0 = u64::from(BATCH_MAGIC)
         | u64::from(VERSION) << 8
@@ -387,7 +388,11 @@ pub fn encode_batch_into(
     out[8..16].copy_from_slice(&u64::from(tid).to_le_bytes());
     out[16..24].copy_from_slice(&vtid.to_le_bytes());
     out[24..32].copy_from_slice(&tseq.to_le_bytes());
-    for (e, w) in out[BATCH_HEADER..].chunks_exact_mut(BATCH_ENTRY).zip(words) {
+    for (i, e) in out[BATCH_HEADER..]
+        .chunks_exact_mut(BATCH_ENTRY)
+        .enumerate()
+    {
+        let w = word(i);
         e[0..8].copy_from_slice(&w[0].to_le_bytes());
         e[8..16].copy_from_slice(&w[1].to_le_bytes());
         e[16..24].copy_from_slice(&w[2].to_le_bytes());
@@ -401,7 +406,7 @@ pub fn encode_batch(pid: u32, tid: u32, vtid: u64, tseq: u64, entries: &[TimeEnt
         .map(|e| TimeEntry::words(e.kind, e.a0, &e.data))
         .collect();
     let mut v = vec![0u8; batch_len(words.len())];
-    encode_batch_into(&mut v, pid, tid, vtid, tseq, &words);
+    encode_batch_with(&mut v, pid, tid, vtid, tseq, words.len(), |i| words[i]);
     v
 }
 
