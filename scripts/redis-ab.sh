@@ -8,7 +8,8 @@
 # redis-server over the run / requests), plus the collector's.
 #
 #   scripts/redis-ab.sh ROUNDS PIPE N OLD.so NEW.so ...
-# (needs: cargo build --release -p understudy -p intercept-preload; redis from scripts/setup.sh --bench)
+# (needs: cargo build --release -p understudy -p intercept-preload; redis from scripts/setup.sh --bench;
+#  REDIS_PORT=N (default 7393) when another run may be using that port)
 set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: $0 ROUNDS PIPE N LIB.so [LIB.so ...]" >&2; exit 2; }
 R=$1; P=$2; N=$3; shift 3
@@ -17,7 +18,7 @@ case $CC in 0|1) ;; *) echo "COLLECTOR_CPU=$CC: must be 0 or 1" >&2; exit 2;; es
 here=$(cd "$(dirname "$0")/.." && pwd)
 U=${CARGO_TARGET_DIR:-$here/target}/release/understudy
 [ -x "$U" ] || { echo "$U: not built" >&2; exit 1; }
-tmp=$(mktemp -d); port=7393
+tmp=$(mktemp -d); port=${REDIS_PORT:-7393}
 trap 'redis-cli -p $port shutdown nosave >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 one() { # $1 = label, $2 = lib or "native"
@@ -30,7 +31,7 @@ one() { # $1 = label, $2 = lib or "native"
   fi
   local top=$!
   for _ in $(seq 100); do redis-cli -p $port ping >/dev/null 2>&1 && break; sleep 0.05; done
-  local srv; srv=$(pgrep -x redis-server | head -1)
+  local srv; srv=$(pgrep -f "^redis-server \*:$port" | head -1)
   local s0 c0; s0=$(ticks "$srv"); c0=$(ticks "$top")
   local out; out=$(taskset -c 1 redis-benchmark -p $port -c 50 -P "$P" -n "$N" -t set,get --csv)
   local s1 c1; s1=$(ticks "$srv"); c1=$(ticks "$top")
