@@ -687,12 +687,32 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
     };
     if mode() == RECORD {
         let r = real();
-        let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
-        match <&[u8; 16]>::try_from(data) {
-            Ok(d16) if Header::compact_fits(kind, r, a0, 0, 0, 16) => {
-                g.buffer_time(kind, a0, d16);
-            }
-            _ => time_full(&mut g, kind, r, a0, data),
+        if n == 16 && !out.is_null() && Header::compact_fits(kind, r, a0, 0, 0, 16) {
+            // The two 8-byte words the call just stored, read as two 8-byte loads (volatile
+            // keeps LLVM from merging them): one 16-byte load of two separate 8-byte stores
+            // cannot be forwarded from the store buffer and waits for them to retire.
+            let (lo, hi) = if (out as usize).is_multiple_of(8) {
+                // SAFETY: `out` is the application's non-null, 8-aligned 16-byte out buffer of
+                // this call (a timespec or timeval), which the call has just filled.
+                unsafe {
+                    (
+                        std::ptr::read_volatile(out.cast::<u64>()),
+                        std::ptr::read_volatile(out.add(8).cast::<u64>()),
+                    )
+                }
+            } else {
+                // SAFETY: as above, without the alignment (never seen: both types are 8-aligned).
+                unsafe {
+                    (
+                        std::ptr::read_unaligned(out.cast::<u64>()),
+                        std::ptr::read_unaligned(out.add(8).cast::<u64>()),
+                    )
+                }
+            };
+            g.buffer_time(kind, a0, u64::from_le(lo), u64::from_le(hi));
+        } else {
+            let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
+            time_full(&mut g, kind, r, a0, data);
         }
         r
     } else {

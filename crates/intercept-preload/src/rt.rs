@@ -789,10 +789,11 @@ impl Guard {
 
     /// Record a successful time call that filled 16 bytes: buffered in this thread's next time
     /// batch (`intercept::msg`, version 3), emitted when the buffer is full, before any other
-    /// message of the thread and before it blocks. No ring access otherwise. The caller checked
+    /// message of the thread and before it blocks. No ring access otherwise. `lo`, `hi`: the 16
+    /// bytes the call returned, as two little-endian words. The caller checked
     /// [`Header::compact_fits`].
     #[inline(always)]
-    pub fn buffer_time(&mut self, kind: Kind, a0: u64, data: &[u8; 16]) {
+    pub fn buffer_time(&mut self, kind: Kind, a0: u64, lo: u64, hi: u64) {
         if self.ring.is_none() {
             return;
         }
@@ -804,7 +805,7 @@ impl Guard {
             t.tb_first.set(tseq);
         }
         if let Some(e) = t.tb.get(n) {
-            e.set(TimeEntry::words(kind, a0, data));
+            e.set(TimeEntry::words_of(kind, a0, lo, hi));
         }
         t.tb_n.set(n as u32 + 1);
         if n + 1 >= BATCH_CAP {

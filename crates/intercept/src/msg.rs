@@ -352,11 +352,18 @@ impl TimeEntry {
     #[inline(always)]
     pub fn words(kind: Kind, a0: u64, data: &[u8; 16]) -> [u64; 3] {
         let (lo, hi) = data.split_at(8);
-        [
-            (a0 & 0xffff_ffff) | u64::from(kind as u16) << 32,
+        Self::words_of(
+            kind,
+            a0,
             u64::from_le_bytes(lo.try_into().expect("8 bytes")),
             u64::from_le_bytes(hi.try_into().expect("8 bytes")),
-        ]
+        )
+    }
+
+    /// [`TimeEntry::words`] from the 16 data bytes given as two little-endian words.
+    #[inline(always)]
+    pub fn words_of(kind: Kind, a0: u64, lo: u64, hi: u64) -> [u64; 3] {
+        [(a0 & 0xffff_ffff) | u64::from(kind as u16) << 32, lo, hi]
     }
 }
 
