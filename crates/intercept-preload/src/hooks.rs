@@ -688,28 +688,8 @@ fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> 
     if mode() == RECORD {
         let r = real();
         if n == 16 && !out.is_null() && Header::compact_fits(kind, r, a0, 0, 0, 16) {
-            // The two 8-byte words the call just stored, read as two 8-byte loads (volatile
-            // keeps LLVM from merging them): one 16-byte load of two separate 8-byte stores
-            // cannot be forwarded from the store buffer and waits for them to retire.
-            let (lo, hi) = if (out as usize).is_multiple_of(8) {
-                // SAFETY: `out` is the application's non-null, 8-aligned 16-byte out buffer of
-                // this call (a timespec or timeval), which the call has just filled.
-                unsafe {
-                    (
-                        std::ptr::read_volatile(out.cast::<u64>()),
-                        std::ptr::read_volatile(out.add(8).cast::<u64>()),
-                    )
-                }
-            } else {
-                // SAFETY: as above, without the alignment (never seen: both types are 8-aligned).
-                unsafe {
-                    (
-                        std::ptr::read_unaligned(out.cast::<u64>()),
-                        std::ptr::read_unaligned(out.add(8).cast::<u64>()),
-                    )
-                }
-            };
-            g.buffer_time(kind, a0, u64::from_le(lo), u64::from_le(hi));
+            let (lo, hi) = rt::read16(out);
+            g.buffer_time(kind, a0, lo, hi);
         } else {
             let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
             time_full(&mut g, kind, r, a0, data);
@@ -794,14 +774,34 @@ type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> c_i
 #[no_mangle]
 pub unsafe extern "C" fn clock_gettime(clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
     let f = real!("clock_gettime", ClockFn);
-    let r = timelike(Kind::ClockGettime, clk as u64, ts.cast(), 16, || {
-        // SAFETY: libc's clock_gettime with the application's arguments.
-        let r = unsafe { f(clk, ts) };
-        if r < 0 {
-            -i64::from(rt::errno())
-        } else {
-            i64::from(r)
+    if !ts.is_null() {
+        // A clock id is an i32: it always fits a batch entry.
+        let real = || clock_real(f, clk, ts);
+        if let Some(r) = rt::time_fast(Kind::ClockGettime, clk as u64, ts.cast(), real) {
+            return libc_ret(r) as c_int;
         }
+    }
+    clock_gettime_general(f, clk, ts)
+}
+
+/// libc's `clock_gettime`, in the syscall convention.
+#[inline(always)]
+fn clock_real(f: ClockFn, clk: libc::clockid_t, ts: *mut libc::timespec) -> i64 {
+    // SAFETY: libc's clock_gettime with the application's arguments.
+    let r = unsafe { f(clk, ts) };
+    if r < 0 {
+        -i64::from(rt::errno())
+    } else {
+        i64::from(r)
+    }
+}
+
+/// Every `clock_gettime` but the record fast path (replay, a NULL pointer, a nested call, a
+/// signal to deliver): out of line, so the exported wrapper's frame stays small.
+#[inline(never)]
+fn clock_gettime_general(f: ClockFn, clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
+    let r = timelike(Kind::ClockGettime, clk as u64, ts.cast(), 16, || {
+        clock_real(f, clk, ts)
     });
     libc_ret(r) as c_int
 }
@@ -811,6 +811,19 @@ type TodFn = unsafe extern "C" fn(*mut libc::timeval, *mut c_void) -> c_int;
 #[no_mangle]
 pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
     let f = real!("gettimeofday", TodFn);
+    if !tv.is_null() {
+        // SAFETY: libc's gettimeofday with the application's arguments.
+        let real = || i64::from(unsafe { f(tv, tz) });
+        if let Some(r) = rt::time_fast(Kind::Gettimeofday, 0, tv.cast(), real) {
+            return libc_ret(r) as c_int;
+        }
+    }
+    gettimeofday_general(f, tv, tz)
+}
+
+/// Every `gettimeofday` but the record fast path (see [`clock_gettime_general`]).
+#[inline(never)]
+fn gettimeofday_general(f: TodFn, tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
     let n = if tv.is_null() { 0 } else { 16 };
     let r = timelike(Kind::Gettimeofday, 0, tv.cast(), n, || {
         // SAFETY: libc's gettimeofday with the application's arguments.

@@ -656,6 +656,110 @@ pub fn enter_light() -> Option<Guard> {
     })
 }
 
+/// The record path of a time call whose result can go into the thread's time batch (`out`
+/// non-null, 16 bytes; clock id fits an `i32`), as flat as it can be: mode, depth, thread
+/// name and pending signals checked, the real call made at depth 1, its 16 bytes appended to
+/// the buffer. `None`: not this path (another mode, a nested call, a signal to deliver at the
+/// entry, an unnamed thread); the caller takes the general one ([`enter_light`]). A failure,
+/// a full buffer and a signal that arrived during the call go out of line.
+#[inline(always)]
+pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) -> Option<i64> {
+    if MODE.load(Ordering::Relaxed) != RECORD {
+        return None;
+    }
+    let tp = tls_ptr();
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tp };
+    if t.depth.get() != 0 || t.vtid.get() == 0 || crate::signals::pending() {
+        return None;
+    }
+    t.depth.set(1);
+    let r = real();
+    if r != 0 {
+        time_fast_failed(tp, kind, r, a0);
+        return Some(r);
+    }
+    let (lo, hi) = read16(out);
+    let tseq = t.tseq.get() + 1;
+    t.tseq.set(tseq);
+    let n = t.tb_n.get() as usize;
+    if n == 0 {
+        t.tb_first.set(tseq);
+    }
+    if let Some(e) = t.tb.get(n) {
+        e.set(TimeEntry::words_of(kind, a0, lo, hi));
+    }
+    t.tb_n.set(n as u32 + 1);
+    if n + 1 >= BATCH_CAP || crate::signals::pending() {
+        // Emit the full buffer and/or deliver signals at the exit boundary, as the general
+        // path's guard would.
+        time_fast_exit(tp);
+    } else {
+        t.depth.set(0);
+    }
+    Some(r)
+}
+
+/// The 16 bytes a time call just stored at `out`, as two 8-byte loads (volatile keeps LLVM from
+/// merging them): one 16-byte load of two separate 8-byte stores cannot be forwarded from the
+/// store buffer and waits for them to retire.
+#[inline(always)]
+pub fn read16(out: *mut u8) -> (u64, u64) {
+    let (lo, hi) = if (out as usize).is_multiple_of(8) {
+        // SAFETY: `out` is the application's non-null, 8-aligned 16-byte out buffer of this
+        // call (a timespec or timeval), which the call has just filled.
+        unsafe {
+            (
+                std::ptr::read_volatile(out.cast::<u64>()),
+                std::ptr::read_volatile(out.add(8).cast::<u64>()),
+            )
+        }
+    } else {
+        // SAFETY: as above, without the alignment (never seen: both types are 8-aligned).
+        unsafe {
+            (
+                std::ptr::read_unaligned(out.cast::<u64>()),
+                std::ptr::read_unaligned(out.add(8).cast::<u64>()),
+            )
+        }
+    };
+    (u64::from_le(lo), u64::from_le(hi))
+}
+
+/// A light guard for the thread whose depth [`time_fast`] set to 1 (record mode, ring mapped).
+fn fast_guard(tp: *const Tls) -> Guard {
+    Guard {
+        token: None,
+        slot: None,
+        ring: RING.get(),
+        tls: tp,
+        light: true,
+    }
+}
+
+/// [`time_fast`]'s real call failed: one full message (no data), as the general path records
+/// it; then the exit boundary.
+#[cold]
+#[inline(never)]
+fn time_fast_failed(tp: *const Tls, kind: Kind, r: i64, a0: u64) {
+    let mut g = fast_guard(tp);
+    g.activate();
+    g.emit1(kind, r, a0, 0, 0, &[]);
+}
+
+/// [`time_fast`]'s exit when the buffer is full or a signal arrived during the call.
+#[cold]
+#[inline(never)]
+fn time_fast_exit(tp: *const Tls) {
+    let mut g = fast_guard(tp);
+    // SAFETY: this thread's TLS block.
+    if unsafe { &*tp }.tb_n.get() as usize >= BATCH_CAP {
+        g.activate();
+        g.flush_time();
+    }
+    // Dropping the guard passes the exit boundary (signals recorded and delivered there).
+}
+
 /// A thread not created through pthread_create (raw clone): named in order of appearance,
 /// which is not guaranteed to repeat in replay.
 #[cold]
