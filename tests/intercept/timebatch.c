@@ -38,7 +38,9 @@ static void *worker(void *arg) {
     for (int i = 0; i < 200; i++) {
         pthread_mutex_lock(&m);
         gettimeofday(&tv, 0);       /* buffered while the lock is held */
-        pthread_mutex_unlock(&m);   /* not intercepted */
+        pthread_mutex_unlock(&m);   /* emits the buffered result: the other thread may print it */
+        for (volatile int k = 0; k < 20000; k++) /* let the other thread take the lock first */
+            ;
         acc = acc * 7 + tv.tv_usec + burst(1);
     }
     acc += burst(50);

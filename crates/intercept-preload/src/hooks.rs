@@ -1362,7 +1362,44 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
     }
     let (f, arg) = (s.f, s.arg);
     drop(s);
-    f(arg)
+    let ret = f(arg);
+    // The thread ends: what it buffered goes out (a thread that never emitted has no
+    // thread-specific destructor to do it).
+    rt::flush_before_release();
+    ret
+}
+
+type ExitThreadFn = unsafe extern "C" fn(*mut c_void) -> !;
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_exit(ret: *mut c_void) -> ! {
+    rt::flush_before_release();
+    let f = real!("pthread_exit", ExitThreadFn);
+    // SAFETY: libc's pthread_exit with the application's argument.
+    unsafe { f(ret) }
+}
+
+type UnlockFn = unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int;
+type RwUnlockFn = unsafe extern "C" fn(*mut libc::pthread_rwlock_t) -> c_int;
+
+/// A lock release: not recorded (the acquisitions are), but what the thread buffered goes out
+/// first, so that a thread that takes the lock next and externalises what this one wrote
+/// (a time value read inside the critical section) finds it in the log before its output.
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_unlock(m: *mut libc::pthread_mutex_t) -> c_int {
+    rt::flush_before_release();
+    let f = real!("pthread_mutex_unlock", UnlockFn);
+    // SAFETY: libc's pthread_mutex_unlock with the application's argument.
+    unsafe { f(m) }
+}
+
+/// See [`pthread_mutex_unlock`].
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_unlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    rt::flush_before_release();
+    let f = real!("pthread_rwlock_unlock", RwUnlockFn);
+    // SAFETY: libc's pthread_rwlock_unlock with the application's argument.
+    unsafe { f(l) }
 }
 
 #[no_mangle]
@@ -1698,11 +1735,7 @@ pub unsafe extern "C" fn kill(pid: libc::pid_t, sig: c_int) -> c_int {
 /// (they live in memory that `execve` discards). Nothing else changes: the new image names
 /// itself through the process table.
 fn before_exec() {
-    if mode() == RECORD {
-        if let Some(g) = enter() {
-            g.flush_pending();
-        }
-    }
+    rt::flush_before_release();
 }
 
 type ExecveFn = unsafe extern "C" fn(

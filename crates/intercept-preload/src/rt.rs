@@ -484,11 +484,7 @@ extern "C" fn init() {
 static FINI: extern "C" fn() = fini;
 
 extern "C" fn fini() {
-    if MODE.load(Ordering::Relaxed) == RECORD {
-        if let Some(g) = enter() {
-            g.flush_time();
-        }
-    }
+    flush_before_release();
 }
 
 extern "C" fn thread_exit(v: *mut libc::c_void) {
@@ -497,9 +493,7 @@ extern "C" fn thread_exit(v: *mut libc::c_void) {
         return;
     }
     // The thread's buffered time results go out before it does.
-    if let Some(g) = enter() {
-        g.flush_time();
-    }
+    flush_before_release();
     if let Some(r) = RING.get() {
         r.unregister_thread(ThreadToken {
             index: (idx - 1) as u32,
@@ -724,6 +718,39 @@ pub fn read16(out: *mut u8) -> (u64, u64) {
         }
     };
     (u64::from_le(lo), u64::from_le(hi))
+}
+
+/// Before this thread makes its state visible to others without a message of its own (a
+/// lock release, thread exit, exec, process exit): its buffered time results go out, so that
+/// anything another thread reads from it and externalises is in the log first (that thread's
+/// output waits only for what has been emitted). The inline check costs a TLS load.
+#[inline(always)]
+pub fn flush_before_release() {
+    if MODE.load(Ordering::Relaxed) == RECORD {
+        // SAFETY: this thread's TLS block (see `TlsKey::with`).
+        let t = unsafe { &*tls_ptr() };
+        if t.tb_n.get() != 0 && t.depth.get() == 0 {
+            flush_released(tls_ptr());
+        }
+    }
+}
+
+/// [`flush_before_release`]'s emission: the ring's boundary is passed (a quiesce may park the
+/// thread here), the batch emitted, the boundary left. Pending signals are left for the
+/// thread's next intercepted call (replay delivers them there, never at a release).
+#[cold]
+#[inline(never)]
+fn flush_released(tp: *const Tls) {
+    // SAFETY: this thread's TLS block.
+    let t = unsafe { &*tp };
+    t.depth.set(1);
+    let mut g = fast_guard(tp);
+    g.activate(); // emits the batch
+    if let (Some(slot), Some(r)) = (g.slot, g.ring) {
+        r.leave_at(slot);
+    }
+    std::mem::forget(g);
+    t.depth.set(0);
 }
 
 /// A light guard for the thread whose depth [`time_fast`] set to 1 (record mode, ring mapped).

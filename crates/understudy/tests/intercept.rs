@@ -547,10 +547,42 @@ fn time_calls_replay_from_time_batches() {
         })
         .count();
     assert_eq!(time_calls, 2 * (200 * 3 + 100) + 200, "{l}");
+    // Each worker's 200 rounds: lock, gettimeofday, unlock (emits a batch of 1), two more
+    // time calls (a batch of 2 at the next lock); then 100 calls in batches of 16, as main's 200.
     assert!(
-        batches * 2 < time_calls,
+        batches < 2 * (2 * 200 + 10) + 15,
         "{batches} batches for {time_calls} calls"
     );
+    // What a thread did inside the lock (a gettimeofday, or the write of its result) is in the
+    // log before another thread's next acquisition: the release emits the batch.
+    let mut holder: Option<(String, u64, bool)> = None; // (thread, call number, next call seen)
+    for m in &msgs {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        let (thread, tseq) = (f[6].to_string(), f[7][1..].parse::<u64>().unwrap());
+        let text = f[8..].join(" ");
+        if let Some((h, t, seen)) = &mut holder {
+            if *h == thread {
+                // A batch covering call t + 1, or the call itself.
+                let last = if text.starts_with("time batch of ") {
+                    let to = text.rsplit('#').next().unwrap().trim_end_matches(')');
+                    to.parse::<u64>().unwrap()
+                } else {
+                    tseq
+                };
+                *seen |= tseq <= *t + 1 && *t < last;
+            }
+        }
+        if text.starts_with("pthread_mutex_lock") {
+            if let Some((h, t, seen)) = &holder {
+                assert!(
+                    *h == thread || *seen,
+                    "thread {h}'s call #{} (inside the lock taken at #{t}) is not in the log before thread {thread} takes the lock: {m}",
+                    t + 1
+                );
+            }
+            holder = Some((thread, tseq, false));
+        }
+    }
 }
 
 #[test]
