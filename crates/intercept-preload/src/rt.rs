@@ -1006,8 +1006,16 @@ impl Guard {
             t.vtid.get(),
             t.tb_first.get(),
         );
+        const _: () = assert!(cfg!(target_endian = "little"));
+        const _: () = assert!(std::mem::size_of::<Cell<[u64; 3]>>() == msg::BATCH_ENTRY);
+        // SAFETY: `Cell<[u64; 3]>` has the layout of `[u64; 3]` (24 bytes, checked above), so
+        // the buffer's first `n` entries are `n * 24` initialised bytes, in the wire order on
+        // this little-endian machine; only this thread touches them, and nothing writes them
+        // while the slice lives (the closure below only reads).
+        let entries =
+            unsafe { std::slice::from_raw_parts(t.tb.as_ptr().cast::<u8>(), n * msg::BATCH_ENTRY) };
         if let Err(e) = r.push_as(self.token, msg::batch_len(n), |buf| {
-            msg::encode_batch_with(buf, pid, tid, vtid, first, n, |i| t.tb[i].get());
+            msg::encode_batch_raw(buf, pid, tid, vtid, first, entries);
         }) {
             fatal_record(&e);
         }

@@ -387,14 +387,7 @@ pub fn encode_batch_with(
     word: impl Fn(usize) -> [u64; 3],
 ) {
     let out = &mut out[..batch_len(n)];
-    let w0 = u64::from(BATCH_MAGIC)
-        | u64::from(VERSION) << 8
-        | u64::from(u16::try_from(n).expect("batch count fits u16")) << 16
-        | u64::from(pid) << 32;
-    out[0..8].copy_from_slice(&w0.to_le_bytes());
-    out[8..16].copy_from_slice(&u64::from(tid).to_le_bytes());
-    out[16..24].copy_from_slice(&vtid.to_le_bytes());
-    out[24..32].copy_from_slice(&tseq.to_le_bytes());
+    encode_batch_header(out, pid, tid, vtid, tseq, n);
     for (i, e) in out[BATCH_HEADER..]
         .chunks_exact_mut(BATCH_ENTRY)
         .enumerate()
@@ -404,6 +397,30 @@ pub fn encode_batch_with(
         e[8..16].copy_from_slice(&w[1].to_le_bytes());
         e[16..24].copy_from_slice(&w[2].to_le_bytes());
     }
+}
+
+/// The 32-byte header of a time batch of `n` entries into `out[..32]`.
+#[inline(always)]
+fn encode_batch_header(out: &mut [u8], pid: u32, tid: u32, vtid: u64, tseq: u64, n: usize) {
+    let w0 = u64::from(BATCH_MAGIC)
+        | u64::from(VERSION) << 8
+        | u64::from(u16::try_from(n).expect("batch count fits u16")) << 16
+        | u64::from(pid) << 32;
+    out[0..8].copy_from_slice(&w0.to_le_bytes());
+    out[8..16].copy_from_slice(&u64::from(tid).to_le_bytes());
+    out[16..24].copy_from_slice(&vtid.to_le_bytes());
+    out[24..32].copy_from_slice(&tseq.to_le_bytes());
+}
+
+/// Write a time batch into `out[..batch_len(n)]` whose `n` entries are given as their wire
+/// bytes (`entries.len() == n * BATCH_ENTRY`): the interceptor's flush, whose per-thread buffer
+/// holds [`TimeEntry::words`] in the machine's (little-endian) order, the wire layout.
+#[inline]
+pub fn encode_batch_raw(out: &mut [u8], pid: u32, tid: u32, vtid: u64, tseq: u64, entries: &[u8]) {
+    let n = entries.len() / BATCH_ENTRY;
+    debug_assert_eq!(entries.len(), n * BATCH_ENTRY);
+    encode_batch_header(out, pid, tid, vtid, tseq, n);
+    out[BATCH_HEADER..batch_len(n)].copy_from_slice(entries);
 }
 
 /// Encode a time batch into a new buffer (reference form for tests and tools).
@@ -696,6 +713,25 @@ mod tests {
             }
             prop_assert!(batch_entry(d, entries.len()).is_none());
             prop_assert!(decode(&b[..b.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn batch_raw_equals_batch_with() {
+        let words: Vec<[u64; 3]> = (0..16u64)
+            .map(|i| TimeEntry::words_of(Kind::Gettimeofday, i, i * 3, !i))
+            .collect();
+        let bytes: Vec<u8> = words
+            .iter()
+            .flat_map(|w| w.iter().flat_map(|x| x.to_le_bytes()))
+            .collect();
+        for n in [1, 7, 16] {
+            let mut a = vec![0u8; batch_len(n)];
+            let mut b = vec![0xffu8; batch_len(n)];
+            encode_batch_with(&mut a, 1, 2, 3, 4, n, |i| words[i]);
+            encode_batch_raw(&mut b, 1, 2, 3, 4, &bytes[..n * BATCH_ENTRY]);
+            assert_eq!(a, b);
+            assert_eq!(decode(&b).unwrap().0.a0, n as u64);
         }
     }
 
