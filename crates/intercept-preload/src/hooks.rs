@@ -681,28 +681,57 @@ pub fn core_close(fd: i64) -> i64 {
 
 #[inline(always)]
 fn timelike(kind: Kind, a0: u64, out: *mut u8, n: usize, real: impl FnOnce() -> i64) -> i64 {
-    let Some(g) = enter() else { return real() };
+    // A light entry: a call that only buffers its result does not touch the ring.
+    let Some(mut g) = rt::enter_light() else {
+        return real();
+    };
     if mode() == RECORD {
         let r = real();
-        let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
-        match <&[u8; 16]>::try_from(data) {
-            Ok(d16) if Header::compact_fits(kind, r, a0, 0, 0, 16) => {
-                g.emit_time16(kind, a0, d16);
-            }
-            _ => {
-                g.emit1(kind, r, a0, 0, 0, data);
-            }
+        if n == 16 && !out.is_null() && Header::compact_fits(kind, r, a0, 0, 0, 16) {
+            let (lo, hi) = rt::read16(out);
+            g.buffer_time(kind, a0, lo, hi);
+        } else {
+            let data = bytes(out, if r >= 0 { n as i64 } else { 0 });
+            time_full(&mut g, kind, r, a0, data);
         }
         r
     } else {
-        timelike_replay(&g, kind, a0, out, n)
+        timelike_replay(&g, kind, a0, out, n, real)
     }
 }
 
-/// Replay side of [`timelike`], out of line so that the record path's frame stays small.
+/// A recorded time call that does not fit a time batch (a failure, `time`, a NULL out
+/// pointer): one full message, out of line so that the batching path's frame stays small.
 #[cold]
 #[inline(never)]
-fn timelike_replay(_g: &rt::Guard, kind: Kind, a0: u64, out: *mut u8, n: usize) -> i64 {
+fn time_full(g: &mut rt::Guard, kind: Kind, r: i64, a0: u64, data: &[u8]) {
+    g.activate();
+    g.emit1(kind, r, a0, 0, 0, data);
+}
+
+/// Replay side of [`timelike`], out of line so that the record path's frame stays small. A
+/// call that can have been recorded in a time batch (16 bytes out) takes the next entry of the
+/// thread's batch; any other takes the thread's next message in order.
+#[cold]
+#[inline(never)]
+fn timelike_replay(
+    _g: &rt::Guard,
+    kind: Kind,
+    a0: u64,
+    out: *mut u8,
+    n: usize,
+    real: impl FnOnce() -> i64,
+) -> i64 {
+    if n == 16 && kind != Kind::Time {
+        match rt::replay_time(kind, a0) {
+            rt::TimeReplay::Entry(d) => {
+                copy_out(out, &d);
+                return 0;
+            }
+            rt::TimeReplay::Beyond => return real(),
+            rt::TimeReplay::Ordered => {}
+        }
+    }
     let rec = replay_next(kind, None);
     if rec.h.a0 != a0 {
         diverge(&rec, &format!("{}({a0})", kind.name()));
@@ -745,14 +774,34 @@ type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> c_i
 #[no_mangle]
 pub unsafe extern "C" fn clock_gettime(clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
     let f = real!("clock_gettime", ClockFn);
-    let r = timelike(Kind::ClockGettime, clk as u64, ts.cast(), 16, || {
-        // SAFETY: libc's clock_gettime with the application's arguments.
-        let r = unsafe { f(clk, ts) };
-        if r < 0 {
-            -i64::from(rt::errno())
-        } else {
-            i64::from(r)
+    if !ts.is_null() {
+        // A clock id is an i32: it always fits a batch entry.
+        let real = || clock_real(f, clk, ts);
+        if let Some(r) = rt::time_fast(Kind::ClockGettime, clk as u64, ts.cast(), real) {
+            return libc_ret(r) as c_int;
         }
+    }
+    clock_gettime_general(f, clk, ts)
+}
+
+/// libc's `clock_gettime`, in the syscall convention.
+#[inline(always)]
+fn clock_real(f: ClockFn, clk: libc::clockid_t, ts: *mut libc::timespec) -> i64 {
+    // SAFETY: libc's clock_gettime with the application's arguments.
+    let r = unsafe { f(clk, ts) };
+    if r < 0 {
+        -i64::from(rt::errno())
+    } else {
+        i64::from(r)
+    }
+}
+
+/// Every `clock_gettime` but the record fast path (replay, a NULL pointer, a nested call, a
+/// signal to deliver): out of line, so the exported wrapper's frame stays small.
+#[inline(never)]
+fn clock_gettime_general(f: ClockFn, clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
+    let r = timelike(Kind::ClockGettime, clk as u64, ts.cast(), 16, || {
+        clock_real(f, clk, ts)
     });
     libc_ret(r) as c_int
 }
@@ -762,6 +811,19 @@ type TodFn = unsafe extern "C" fn(*mut libc::timeval, *mut c_void) -> c_int;
 #[no_mangle]
 pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
     let f = real!("gettimeofday", TodFn);
+    if !tv.is_null() {
+        // SAFETY: libc's gettimeofday with the application's arguments.
+        let real = || i64::from(unsafe { f(tv, tz) });
+        if let Some(r) = rt::time_fast(Kind::Gettimeofday, 0, tv.cast(), real) {
+            return libc_ret(r) as c_int;
+        }
+    }
+    gettimeofday_general(f, tv, tz)
+}
+
+/// Every `gettimeofday` but the record fast path (see [`clock_gettime_general`]).
+#[inline(never)]
+fn gettimeofday_general(f: TodFn, tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
     let n = if tv.is_null() { 0 } else { 16 };
     let r = timelike(Kind::Gettimeofday, 0, tv.cast(), n, || {
         // SAFETY: libc's gettimeofday with the application's arguments.
@@ -1047,11 +1109,13 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     let parent_vpid = VPID.load(Ordering::Relaxed);
     let procs = rt::PROCS.get();
     if mode() == RECORD {
+        // Buffered time results go out before the fork: the child must not inherit them.
+        g.flush_pending();
         let r = real_fork();
         if r == 0 {
             std::mem::forget(g);
             TLS.with(|t| t.depth.set(0));
-            rt::after_fork_child(child_vtid, 0, parent_vpid);
+            rt::after_fork_child(child_vtid, 0, parent_vpid, 0);
             // Wait until the parent has emitted its fork message, so that every message of
             // this child comes after it in the journal.
             if let Some(p) = procs {
@@ -1100,7 +1164,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
         if r == 0 {
             std::mem::forget(g);
             TLS.with(|t| t.depth.set(0));
-            rt::after_fork_child(child_vtid, rp as u32, parent_vpid);
+            rt::after_fork_child(child_vtid, rp as u32, parent_vpid, rec.idx + 1);
             if let Some(p) = procs {
                 p.reset(rt::REAL_PID.load(Ordering::SeqCst), child_vtid);
             }
@@ -1267,6 +1331,8 @@ struct Start {
     f: StartFn,
     arg: *mut c_void,
     vtid: u64,
+    /// Replay: feed index after the creation message (every message of the thread lies beyond).
+    scan_from: u64,
     ready: AtomicU32,
 }
 
@@ -1284,6 +1350,7 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
         t.tseq.set(0);
         t.children.set(0);
         t.token.set(0);
+        rt::new_thread_name(t, s.scan_from);
     });
     if mode() == RECORD {
         // Every message of this thread must follow its creation message in the journal.
@@ -1295,7 +1362,44 @@ extern "C" fn thread_start(p: *mut c_void) -> *mut c_void {
     }
     let (f, arg) = (s.f, s.arg);
     drop(s);
-    f(arg)
+    let ret = f(arg);
+    // The thread ends: what it buffered goes out (a thread that never emitted has no
+    // thread-specific destructor to do it).
+    rt::flush_before_release();
+    ret
+}
+
+type ExitThreadFn = unsafe extern "C" fn(*mut c_void) -> !;
+
+#[no_mangle]
+pub unsafe extern "C" fn pthread_exit(ret: *mut c_void) -> ! {
+    rt::flush_before_release();
+    let f = real!("pthread_exit", ExitThreadFn);
+    // SAFETY: libc's pthread_exit with the application's argument.
+    unsafe { f(ret) }
+}
+
+type UnlockFn = unsafe extern "C" fn(*mut libc::pthread_mutex_t) -> c_int;
+type RwUnlockFn = unsafe extern "C" fn(*mut libc::pthread_rwlock_t) -> c_int;
+
+/// A lock release: not recorded (the acquisitions are), but what the thread buffered goes out
+/// first, so that a thread that takes the lock next and externalises what this one wrote
+/// (a time value read inside the critical section) finds it in the log before its output.
+#[no_mangle]
+pub unsafe extern "C" fn pthread_mutex_unlock(m: *mut libc::pthread_mutex_t) -> c_int {
+    rt::flush_before_release();
+    let f = real!("pthread_mutex_unlock", UnlockFn);
+    // SAFETY: libc's pthread_mutex_unlock with the application's argument.
+    unsafe { f(m) }
+}
+
+/// See [`pthread_mutex_unlock`].
+#[no_mangle]
+pub unsafe extern "C" fn pthread_rwlock_unlock(l: *mut libc::pthread_rwlock_t) -> c_int {
+    rt::flush_before_release();
+    let f = real!("pthread_rwlock_unlock", RwUnlockFn);
+    // SAFETY: libc's pthread_rwlock_unlock with the application's argument.
+    unsafe { f(l) }
 }
 
 #[no_mangle]
@@ -1321,6 +1425,7 @@ pub unsafe extern "C" fn pthread_create(
         f,
         arg,
         vtid,
+        scan_from: rec.as_ref().map_or(0, |r| r.idx + 1),
         ready: AtomicU32::new(0),
     });
     let keep = Arc::clone(&s);
@@ -1622,4 +1727,133 @@ pub unsafe extern "C" fn kill(pid: libc::pid_t, sig: c_int) -> c_int {
         }
     }
     libc_ret(sys3(libc::SYS_kill, target, i64::from(sig), 0)) as c_int
+}
+
+// ------------------------------------------------------------------ exec
+
+/// Before the process image is replaced: the calling thread's buffered time results go out
+/// (they live in memory that `execve` discards). Nothing else changes: the new image names
+/// itself through the process table.
+fn before_exec() {
+    rt::flush_before_release();
+}
+
+type ExecveFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) -> c_int;
+type ExecvFn = unsafe extern "C" fn(*const libc::c_char, *const *const libc::c_char) -> c_int;
+type FexecveFn =
+    unsafe extern "C" fn(c_int, *const *const libc::c_char, *const *const libc::c_char) -> c_int;
+
+#[no_mangle]
+pub unsafe extern "C" fn execve(
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execve", ExecveFn);
+    // SAFETY: libc's execve with the application's arguments.
+    unsafe { f(path, argv, envp) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(
+    file: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execvpe", ExecveFn);
+    // SAFETY: libc's execvpe with the application's arguments.
+    unsafe { f(file, argv, envp) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execv(
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execv", ExecvFn);
+    // SAFETY: libc's execv with the application's arguments.
+    unsafe { f(path, argv) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn execvp(
+    file: *const libc::c_char,
+    argv: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("execvp", ExecvFn);
+    // SAFETY: libc's execvp with the application's arguments.
+    unsafe { f(file, argv) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> c_int {
+    before_exec();
+    let f = real!("fexecve", FexecveFn);
+    // SAFETY: libc's fexecve with the application's arguments.
+    unsafe { f(fd, argv, envp) }
+}
+
+/// `execl`, `execlp`, `execle` are variadic, which stable Rust cannot define: each is a naked
+/// trampoline that saves the argument registers (and `al`, the vector-register count of a
+/// variadic call), calls [`before_execl`] (flush; returns libc's function), restores them and
+/// jumps to libc's function with the caller's stack untouched. Stack: 8 (mod 16) at entry,
+/// seven pushes make it 0 (mod 16) for the call.
+macro_rules! execl_trampoline {
+    ($name:ident, $which:literal) => {
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub extern "C" fn $name() {
+            std::arch::naked_asm!(
+                "push rdi",
+                "push rsi",
+                "push rdx",
+                "push rcx",
+                "push r8",
+                "push r9",
+                "push rax",
+                concat!("mov edi, ", $which),
+                "call {f}",
+                "mov r11, rax",
+                "pop rax",
+                "pop r9",
+                "pop r8",
+                "pop rcx",
+                "pop rdx",
+                "pop rsi",
+                "pop rdi",
+                "jmp r11",
+                f = sym before_execl,
+            );
+        }
+    };
+}
+
+execl_trampoline!(execl, "0");
+execl_trampoline!(execlp, "1");
+execl_trampoline!(execle, "2");
+
+/// Called by the `execl*` trampolines: flush, then libc's function to jump to.
+extern "C" fn before_execl(which: u32) -> usize {
+    before_exec();
+    static P: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+    let names = ["execl\0", "execlp\0", "execle\0"];
+    let i = (which as usize).min(2);
+    let mut p = P[i].load(Ordering::Relaxed);
+    if p == 0 {
+        p = resolve(names[i]);
+        P[i].store(p, Ordering::Relaxed);
+    }
+    p
 }

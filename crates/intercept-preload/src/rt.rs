@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use intercept::msg::{self, Header, Kind, HEADER_LEN};
+use intercept::msg::{self, Header, Kind, TimeEntry, BATCH_CAP, HEADER_LEN};
 use shmring::{RingProducer, SlotRef, ThreadToken};
 
 pub const OFF: u8 = 0;
@@ -108,6 +108,23 @@ pub struct Tls {
     pub token: Cell<u32>,
     pub gen: Cell<u32>,
     pub tid: Cell<u32>,
+    /// Record: time results not emitted yet (the thread's next time batch), as
+    /// [`TimeEntry::words`]; `tb_first` is the first one's call number.
+    pub tb_n: Cell<u32>,
+    pub tb_first: Cell<u64>,
+    pub tb: [Cell<[u64; 3]>; BATCH_CAP],
+    /// Replay: the time batch this thread takes its time results from (feed index + 1, 0:
+    /// none), entries taken, entries in it.
+    pub rb_idx: Cell<u64>,
+    pub rb_k: Cell<u32>,
+    pub rb_n: Cell<u32>,
+    /// Replay: every message of this thread before this feed index is consumed (or is the
+    /// current batch).
+    pub scan: Cell<u64>,
+    /// Replay: cache of [`next_own`]: `scan + 1` it was computed for (0: none) and the result
+    /// (`u64::MAX`: no further message).
+    pub nx_for: Cell<u64>,
+    pub nx: Cell<u64>,
 }
 
 // The per-thread state lives in a block of static TLS declared here and reached with the
@@ -460,11 +477,23 @@ extern "C" fn init() {
     }
 }
 
+/// Library destructor (run by `exit`, also when `main` returns): the exiting thread's buffered
+/// time results go out before the process ends.
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;
+
+extern "C" fn fini() {
+    flush_before_release();
+}
+
 extern "C" fn thread_exit(v: *mut libc::c_void) {
     let idx = v as usize;
     if idx == 0 {
         return;
     }
+    // The thread's buffered time results go out before it does.
+    flush_before_release();
     if let Some(r) = RING.get() {
         r.unregister_thread(ThreadToken {
             index: (idx - 1) as u32,
@@ -472,8 +501,9 @@ extern "C" fn thread_exit(v: *mut libc::c_void) {
     }
 }
 
-/// Called in the child of a fork: new pid, new process generation.
-pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
+/// Called in the child of a fork: new pid, new process generation. `scan_from`: replay, the
+/// feed index after the parent's fork message (every message of the child lies beyond it).
+pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32, scan_from: u64) {
     let pid = sys3(libc::SYS_getpid, 0, 0, 0) as u32;
     REAL_PID.store(pid, Ordering::SeqCst);
     PROC_GEN.fetch_add(1, Ordering::SeqCst);
@@ -489,8 +519,20 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32) {
         t.tseq.set(0);
         t.children.set(0);
         t.token.set(0);
+        new_thread_name(t, scan_from);
     });
     crate::hooks::forget_children();
+}
+
+/// The thread took a new name (fork child, new thread): no buffered time results (the parent
+/// flushed its own before the fork; a new thread has none), no replay position of the old name.
+pub fn new_thread_name(t: &Tls, scan_from: u64) {
+    t.tb_n.set(0);
+    t.rb_idx.set(0);
+    t.rb_k.set(0);
+    t.rb_n.set(0);
+    t.scan.set(scan_from);
+    t.nx_for.set(0);
 }
 
 /// The barrier's entry side. `None`: pass the call through untouched (interceptor off, or a
@@ -504,6 +546,9 @@ pub struct Guard {
     /// This thread's `Tls` (saves a `__tls_get_addr` per use; valid while the thread lives,
     /// and a guard never leaves its thread).
     tls: *const Tls,
+    /// Made by [`enter_light`]: the thread has not passed the ring's boundary (its slot still
+    /// says `Outside`); [`Guard::activate`] does that before anything is emitted.
+    light: bool,
 }
 
 // Always inlined: returned out of line, the Guard came back through memory and its reload
@@ -560,7 +605,186 @@ pub fn enter() -> Option<Guard> {
         slot,
         ring,
         tls: tp,
+        light: false,
     })
+}
+
+/// The entry of a time call: depth, pending signals, thread name, but not the ring's boundary.
+/// A time call that only buffers its result emits nothing, so it need not be `Active` for a
+/// quiesce: the thread stays `Outside` (running its own code, as far as the cut is concerned;
+/// its buffered results are in its memory). [`Guard::activate`] passes the boundary when the
+/// call does emit (a full buffer, a result that does not fit a batch).
+#[inline(always)]
+pub fn enter_light() -> Option<Guard> {
+    let mode = MODE.load(Ordering::Relaxed);
+    if mode == OFF {
+        return None;
+    }
+    let tp: *const Tls = tls_ptr();
+    // SAFETY: as in `enter`.
+    let t = unsafe { &*tp };
+    if t.depth.get() != 0 {
+        return None;
+    }
+    if mode == RECORD && crate::signals::pending() {
+        crate::signals::deliver_pending();
+    }
+    t.depth.set(1);
+    if t.vtid.get() == 0 {
+        name_unknown_thread(t);
+    }
+    let mut ring = None;
+    if mode == RECORD {
+        let Some(r) = RING.get() else {
+            t.depth.set(0);
+            return None;
+        };
+        ring = Some(r);
+    }
+    Some(Guard {
+        token: None,
+        slot: None,
+        ring,
+        tls: tp,
+        light: true,
+    })
+}
+
+/// The record path of a time call whose result can go into the thread's time batch (`out`
+/// non-null, 16 bytes; clock id fits an `i32`), as flat as it can be: mode, depth, thread
+/// name and pending signals checked, the real call made at depth 1, its 16 bytes appended to
+/// the buffer. `None`: not this path (another mode, a nested call, a signal to deliver at the
+/// entry, an unnamed thread); the caller takes the general one ([`enter_light`]). A failure,
+/// a full buffer and a signal that arrived during the call go out of line.
+#[inline(always)]
+pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) -> Option<i64> {
+    if MODE.load(Ordering::Relaxed) != RECORD {
+        return None;
+    }
+    let tp = tls_ptr();
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tp };
+    if t.depth.get() != 0 || t.vtid.get() == 0 || crate::signals::pending() {
+        return None;
+    }
+    t.depth.set(1);
+    let r = real();
+    if r != 0 {
+        time_fast_failed(tp, kind, r, a0);
+        return Some(r);
+    }
+    let (lo, hi) = read16(out);
+    let tseq = t.tseq.get() + 1;
+    t.tseq.set(tseq);
+    let n = t.tb_n.get() as usize;
+    if n == 0 {
+        t.tb_first.set(tseq);
+    }
+    if let Some(e) = t.tb.get(n) {
+        e.set(TimeEntry::words_of(kind, a0, lo, hi));
+    }
+    t.tb_n.set(n as u32 + 1);
+    if n + 1 >= BATCH_CAP || crate::signals::pending() {
+        // Emit the full buffer and/or deliver signals at the exit boundary, as the general
+        // path's guard would.
+        time_fast_exit(tp);
+    } else {
+        t.depth.set(0);
+    }
+    Some(r)
+}
+
+/// The 16 bytes a time call just stored at `out`, as two 8-byte loads (volatile keeps LLVM from
+/// merging them): one 16-byte load of two separate 8-byte stores cannot be forwarded from the
+/// store buffer and waits for them to retire.
+#[inline(always)]
+pub fn read16(out: *mut u8) -> (u64, u64) {
+    let (lo, hi) = if (out as usize).is_multiple_of(8) {
+        // SAFETY: `out` is the application's non-null, 8-aligned 16-byte out buffer of this
+        // call (a timespec or timeval), which the call has just filled.
+        unsafe {
+            (
+                std::ptr::read_volatile(out.cast::<u64>()),
+                std::ptr::read_volatile(out.add(8).cast::<u64>()),
+            )
+        }
+    } else {
+        // SAFETY: as above, without the alignment (never seen: both types are 8-aligned).
+        unsafe {
+            (
+                std::ptr::read_unaligned(out.cast::<u64>()),
+                std::ptr::read_unaligned(out.add(8).cast::<u64>()),
+            )
+        }
+    };
+    (u64::from_le(lo), u64::from_le(hi))
+}
+
+/// Before this thread makes its state visible to others without a message of its own (a
+/// lock release, thread exit, exec, process exit): its buffered time results go out, so that
+/// anything another thread reads from it and externalises is in the log first (that thread's
+/// output waits only for what has been emitted). The inline check costs a TLS load.
+#[inline(always)]
+pub fn flush_before_release() {
+    if MODE.load(Ordering::Relaxed) == RECORD {
+        // SAFETY: this thread's TLS block (see `TlsKey::with`).
+        let t = unsafe { &*tls_ptr() };
+        if t.tb_n.get() != 0 && t.depth.get() == 0 {
+            flush_released(tls_ptr());
+        }
+    }
+}
+
+/// [`flush_before_release`]'s emission: the ring's boundary is passed (a quiesce may park the
+/// thread here), the batch emitted, the boundary left. Pending signals are left for the
+/// thread's next intercepted call (replay delivers them there, never at a release).
+#[cold]
+#[inline(never)]
+fn flush_released(tp: *const Tls) {
+    // SAFETY: this thread's TLS block.
+    let t = unsafe { &*tp };
+    t.depth.set(1);
+    let mut g = fast_guard(tp);
+    g.activate(); // emits the batch
+    if let (Some(slot), Some(r)) = (g.slot, g.ring) {
+        r.leave_at(slot);
+    }
+    std::mem::forget(g);
+    t.depth.set(0);
+}
+
+/// A light guard for the thread whose depth [`time_fast`] set to 1 (record mode, ring mapped).
+fn fast_guard(tp: *const Tls) -> Guard {
+    Guard {
+        token: None,
+        slot: None,
+        ring: RING.get(),
+        tls: tp,
+        light: true,
+    }
+}
+
+/// [`time_fast`]'s real call failed: one full message (no data), as the general path records
+/// it; then the exit boundary.
+#[cold]
+#[inline(never)]
+fn time_fast_failed(tp: *const Tls, kind: Kind, r: i64, a0: u64) {
+    let mut g = fast_guard(tp);
+    g.activate();
+    g.emit1(kind, r, a0, 0, 0, &[]);
+}
+
+/// [`time_fast`]'s exit when the buffer is full or a signal arrived during the call.
+#[cold]
+#[inline(never)]
+fn time_fast_exit(tp: *const Tls) {
+    let mut g = fast_guard(tp);
+    // SAFETY: this thread's TLS block.
+    if unsafe { &*tp }.tb_n.get() as usize >= BATCH_CAP {
+        g.activate();
+        g.flush_time();
+    }
+    // Dropping the guard passes the exit boundary (signals recorded and delivered there).
 }
 
 /// A thread not created through pthread_create (raw clone): named in order of appearance,
@@ -599,9 +823,12 @@ fn register(t: &Tls, r: &RingProducer<'static>, gen: u32) {
 }
 
 impl Guard {
-    /// The thread is about to make a real call that may block.
+    /// The thread is about to make a real call that may block: its buffered time results go
+    /// out first (a quiesce does not wait for a blocked thread, and a sync-mode output waits
+    /// for the acknowledgement of everything the thread emitted).
     #[inline]
     pub fn blocking(&self) {
+        self.flush_pending();
         if let (Some(t), Some(r)) = (self.slot, self.ring) {
             r.blocking_at(t);
         }
@@ -644,10 +871,12 @@ impl Guard {
         }
     }
 
-    /// Record one finished call. `data` parts are concatenated into the message.
+    /// Record one finished call. `data` parts are concatenated into the message. The thread's
+    /// buffered time results are emitted first (per-thread order).
     #[inline]
     pub fn emit(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[&[u8]]) -> u64 {
         let Some(r) = self.ring else { return 0 };
+        self.flush_pending();
         let mut len = 0;
         for d in data {
             len += d.len();
@@ -670,10 +899,14 @@ impl Guard {
 
 impl Guard {
     /// [`emit`](Self::emit) with at most one data part, inlined into the hot wrappers
-    /// (`read`, `write` and the other outputs): the same message bytes.
+    /// (`read`, `write` and the other outputs): the same message bytes. The caller has passed
+    /// [`Guard::blocking`] or [`Guard::activate`] (which emit the thread's time batch).
     #[inline(always)]
     pub fn emit1(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, data: &[u8]) -> u64 {
         let Some(r) = self.ring else { return 0 };
+        // Every caller passed `blocking` or `activate` first, which emitted the thread's
+        // buffered time results (a check here too cost the `write` path 6 instructions).
+        debug_assert_eq!(self.tls().tb_n.get(), 0, "time results buffered at emit1");
         let len = data.len();
         let h = self.next_header(kind, ret, a0, a1, a2, len);
         r.push_as(self.token, HEADER_LEN + len, |buf| {
@@ -688,30 +921,104 @@ impl Guard {
         })
     }
 
-    /// Record a successful time call that filled 16 bytes as a compact message (48 bytes, one
-    /// cache line with the ring's record header; `intercept::msg`, version 2). The caller
-    /// checked [`Header::compact_fits`].
+    /// Record a successful time call that filled 16 bytes: buffered in this thread's next time
+    /// batch (`intercept::msg`, version 3), emitted when the buffer is full, before any other
+    /// message of the thread and before it blocks. No ring access otherwise. `lo`, `hi`: the 16
+    /// bytes the call returned, as two little-endian words. The caller checked
+    /// [`Header::compact_fits`].
     #[inline(always)]
-    pub fn emit_time16(&self, kind: Kind, a0: u64, data: &[u8; 16]) -> u64 {
-        let Some(r) = self.ring else { return 0 };
+    pub fn buffer_time(&mut self, kind: Kind, a0: u64, lo: u64, hi: u64) {
+        if self.ring.is_none() {
+            return;
+        }
         let t = self.tls();
         let tseq = t.tseq.get() + 1;
         t.tseq.set(tseq);
-        let p = msg::CompactParts {
-            kind,
-            pid: REAL_PID.load(Ordering::Relaxed),
-            tid: t.tid.get(),
-            a0,
-            vtid: t.vtid.get(),
-            tseq,
-        };
-        r.push_as(self.token, msg::COMPACT_LEN, |buf| {
-            Header::encode_compact_parts(buf, &p, data);
-        })
-        .unwrap_or_else(|e| {
+        let n = t.tb_n.get() as usize;
+        if n == 0 {
+            t.tb_first.set(tseq);
+        }
+        if let Some(e) = t.tb.get(n) {
+            e.set(TimeEntry::words_of(kind, a0, lo, hi));
+        }
+        t.tb_n.set(n as u32 + 1);
+        if n + 1 >= BATCH_CAP {
+            self.activate();
+            self.flush_time();
+        }
+    }
+
+    /// Pass the ring's boundary for a guard made by [`enter_light`] (registers the thread if
+    /// needed; parks first if a quiesce is active), so that the call may emit.
+    #[cold]
+    #[inline(never)]
+    pub fn activate(&mut self) {
+        if !self.light {
+            return;
+        }
+        self.light = false;
+        let Some(r) = self.ring else { return };
+        let t = self.tls();
+        let gen = PROC_GEN.load(Ordering::Relaxed);
+        if t.token.get() == 0 || t.gen.get() != gen {
+            register(t, r, gen);
+        }
+        if t.token.get() != 0 {
+            let tok = ThreadToken {
+                index: t.token.get() - 1,
+            };
+            let sr = r.slot_ref(tok);
+            r.enter_at(sr);
+            self.token = Some(tok);
+            self.slot = Some(sr);
+        }
+        // What the thread buffered goes out before anything this call emits.
+        self.flush_pending();
+    }
+
+    /// Emit the buffered time results, if any (inlined check, out-of-line emission).
+    #[inline(always)]
+    pub fn flush_pending(&self) {
+        if self.tls().tb_n.get() != 0 {
+            self.flush_time();
+        }
+    }
+
+    /// Emit this thread's buffered time results as one time batch. The guard has passed the
+    /// ring's boundary (not a light one).
+    #[cold]
+    #[inline(never)]
+    pub fn flush_time(&self) {
+        let t = self.tls();
+        let n = (t.tb_n.get() as usize).min(BATCH_CAP);
+        if n == 0 {
+            return;
+        }
+        t.tb_n.set(0);
+        debug_assert!(
+            !self.light,
+            "time batch emitted outside the ring's boundary"
+        );
+        let Some(r) = self.ring else { return };
+        let (pid, tid, vtid, first) = (
+            REAL_PID.load(Ordering::Relaxed),
+            t.tid.get(),
+            t.vtid.get(),
+            t.tb_first.get(),
+        );
+        const _: () = assert!(cfg!(target_endian = "little"));
+        const _: () = assert!(std::mem::size_of::<Cell<[u64; 3]>>() == msg::BATCH_ENTRY);
+        // SAFETY: `Cell<[u64; 3]>` has the layout of `[u64; 3]` (24 bytes, checked above), so
+        // the buffer's first `n` entries are `n * 24` initialised bytes, in the wire order on
+        // this little-endian machine; only this thread touches them, and nothing writes them
+        // while the slice lives (the closure below only reads).
+        let entries =
+            unsafe { std::slice::from_raw_parts(t.tb.as_ptr().cast::<u8>(), n * msg::BATCH_ENTRY) };
+        if let Err(e) = r.push_as(self.token, msg::batch_len(n), |buf| {
+            msg::encode_batch_raw(buf, pid, tid, vtid, first, entries);
+        }) {
             fatal_record(&e);
-            0
-        })
+        }
     }
 }
 
@@ -737,10 +1044,12 @@ impl Drop for Guard {
 impl Guard {
     #[cold]
     #[inline(never)]
-    fn exit_slow(&self) {
+    fn exit_slow(&mut self) {
         let mut run = 0u64;
         match MODE.load(Ordering::Relaxed) {
             RECORD if crate::signals::pending() => {
+                // A light guard passes the ring's boundary before the signal messages.
+                self.activate();
                 run = crate::signals::take_pending();
                 for sig in 1..65u64 {
                     if run & (1 << (sig - 1)) != 0 {
@@ -768,27 +1077,149 @@ impl Guard {
 }
 
 /// Replay: whether this thread's next message is a signal delivered at an exit boundary
-/// (`a1 = 1`), and which. Such a message was emitted right after the thread's previous one, so
-/// it is found within a short window after the cursor.
+/// (`a1 = 1`), and which. Such a message was emitted right after the thread's previous one
+/// (after the time batch that ends with the call just made, when that was a time call).
 fn exit_signal_next() -> Option<u64> {
     let f = FEED.get()?;
-    let my = TLS.with(|t| t.vtid.get());
-    let c = f.cursor().load(Ordering::Acquire);
-    let end = f.n.min(c + 4096);
-    for i in c..end {
-        let (_, b) = f.at(i);
-        // vtid sits at offset 16 in the full and the compact form.
-        if b.len() < 24 {
-            return None;
-        }
-        let vtid = u64::from_le_bytes(b[16..24].try_into().ok()?);
-        if vtid == my {
-            let (h, _) = msg::decode(b).ok()?;
-            return (h.kind == Kind::Signal && h.a1 == 1 && (1..65).contains(&h.a0))
-                .then_some(h.a0);
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tls_ptr() };
+    if t.rb_idx.get() != 0 && t.rb_k.get() < t.rb_n.get() {
+        return None; // the next message is the current time batch
+    }
+    let i = next_own(f, t)?;
+    let (h, _) = msg::decode(f.at(i).1).ok()?;
+    (h.kind == Kind::Signal && h.a1 == 1 && (1..65).contains(&h.a0)).then_some(h.a0)
+}
+
+/// Replay: the feed index of this thread's next message not consumed yet (past the current
+/// time batch), or `None` when the journal holds no further message of this thread. Scans
+/// forward from the thread's own position, not from the shared cursor: time batches have no
+/// place in the order between threads, so the cursor may already have passed one of them.
+fn next_own(f: &Feed, t: &Tls) -> Option<u64> {
+    let from = t.scan.get();
+    if t.nx_for.get() == from + 1 {
+        let v = t.nx.get();
+        return (v != u64::MAX).then_some(v);
+    }
+    let my = t.vtid.get();
+    let mut found = None;
+    for i in from..f.n {
+        // vtid sits at offset 16 in every form.
+        if let Some(v) = f.at(i).1.get(16..24) {
+            if u64::from_le_bytes(v.try_into().expect("8 bytes")) == my {
+                found = Some(i);
+                break;
+            }
         }
     }
-    None
+    t.nx_for.set(from + 1);
+    t.nx.set(found.unwrap_or(u64::MAX));
+    found
+}
+
+/// What the journal says about a time call of this thread in replay.
+pub enum TimeReplay {
+    /// The next entry of the thread's time batch: the 16 bytes the call returned.
+    Entry([u8; 16]),
+    /// The thread's next message is not a time batch: take it in order ([`replay_next`]).
+    Ordered,
+    /// The journal holds no further message of this thread: the recorded call's result was
+    /// still buffered when the recorded process ended, so it was never emitted and never
+    /// externalised (every output emits the buffer first). The caller makes the real call.
+    Beyond,
+}
+
+/// Replay of a successful-looking time call (`kind`, clock id `a0`, 16 bytes out): the next
+/// entry of this thread's time batch, without waiting for the thread's turn in the recorded
+/// order (time results are ordered only within their thread). An entry of another call or
+/// clock is a departure.
+pub fn replay_time(kind: Kind, a0: u64) -> TimeReplay {
+    let Some(f) = FEED.get() else {
+        return TimeReplay::Ordered;
+    };
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tls_ptr() };
+    loop {
+        let idx = t.rb_idx.get();
+        let k = t.rb_k.get();
+        if idx != 0 && k < t.rb_n.get() {
+            let (h, data) = batch_at(f, idx - 1, kind);
+            let Some(e) = msg::batch_entry(data, k as usize) else {
+                diverge_batch(f, idx - 1, kind, "the journal's time batch is damaged");
+            };
+            let call = h.batch_call(&e, k as usize);
+            t.tseq.set(call.tseq);
+            if e.kind != kind || e.a0 != a0 {
+                diverge(
+                    &Rec {
+                        idx: idx - 1,
+                        h: call,
+                        data: &[],
+                    },
+                    &format!("{}(clock {a0})", kind.name()),
+                );
+            }
+            t.rb_k.set(k + 1);
+            return TimeReplay::Entry(e.data);
+        }
+        let Some(i) = next_own(f, t) else {
+            return TimeReplay::Beyond;
+        };
+        let b = f.at(i).1;
+        if b.first() != Some(&msg::BATCH_MAGIC) {
+            // A recorded signal delivered before this call (at its entry boundary): deliver it
+            // in its turn, as `replay_next` would, then look again.
+            match msg::decode(b) {
+                Ok((h, data)) if h.kind == Kind::Signal => {
+                    wait_turn(f, i, kind, None);
+                    t.tseq.set(h.tseq);
+                    t.scan.set(i + 1);
+                    replay_done(&Rec { idx: i, h, data });
+                    crate::signals::deliver_recorded(h.a0 as i32);
+                    continue;
+                }
+                _ => return TimeReplay::Ordered,
+            }
+        }
+        let (h, _) = batch_at(f, i, kind);
+        t.rb_idx.set(i + 1);
+        t.rb_k.set(0);
+        t.rb_n.set(u32::try_from(h.a0).unwrap_or(0));
+        t.scan.set(i + 1);
+    }
+}
+
+/// The time batch at feed index `i` (a departure if it does not decode).
+fn batch_at(f: &Feed, i: u64, kind: Kind) -> (Header, &'static [u8]) {
+    match msg::decode(f.at(i).1) {
+        Ok((h, d)) if h.kind == Kind::TimeBatch => (h, d),
+        _ => diverge_batch(
+            f,
+            i,
+            kind,
+            "the journal holds an undecodable time batch here",
+        ),
+    }
+}
+
+#[cold]
+fn diverge_batch(_f: &Feed, _i: u64, kind: Kind, what: &str) -> ! {
+    diverge_at(None, &Actual { kind, what }, None)
+}
+
+/// The departure of a call that is not the time call this thread's current or next time
+/// batch holds.
+#[cold]
+fn diverge_expected_time(f: &Feed, i: u64, k: usize, kind: Kind, fd: Option<i64>, what: &str) -> ! {
+    let (jseq, b) = f.at(i);
+    match msg::decode(b) {
+        Ok((h, d)) => {
+            let e = msg::batch_entry(d, k);
+            let expected = e.map(|e| h.batch_call(&e, k)).unwrap_or(h);
+            diverge_at(Some((jseq, expected)), &Actual { kind, what }, fd)
+        }
+        Err(_) => diverge_at(None, &Actual { kind, what }, fd),
+    }
 }
 
 static SYNC: AtomicU8 = AtomicU8::new(0);
@@ -887,12 +1318,17 @@ pub fn replay_next(kind: Kind, fd: Option<i64>) -> Rec {
 /// [`replay_next`], with a description of the call for the divergence report.
 pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> String) -> Rec {
     let f = FEED.get().expect("replay feed mapped");
-    let my = TLS.with(|t| t.vtid.get());
-    let limit_ms: i64 = getenv_ms();
-    let mut waited_ms = 0i64;
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    let t = unsafe { &*tls_ptr() };
     loop {
-        let c = f.cursor().load(Ordering::Acquire);
-        if c >= f.n {
+        // A call while the thread's current time batch still holds results: the recorded
+        // thread made more time calls before this one.
+        let (idx, k) = (t.rb_idx.get(), t.rb_k.get());
+        if idx != 0 && k < t.rb_n.get() {
+            let d = describe();
+            diverge_expected_time(f, idx - 1, k as usize, kind, fd, &d);
+        }
+        let Some(i) = next_own(f, t) else {
             diverge_at(
                 None,
                 &Actual {
@@ -901,8 +1337,8 @@ pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> Stri
                 },
                 fd,
             );
-        }
-        let (jseq, bytes) = f.at(c);
+        };
+        let (jseq, bytes) = f.at(i);
         let (h, data) = match msg::decode(bytes) {
             Ok(x) => x,
             Err(_) => diverge_at(
@@ -914,20 +1350,61 @@ pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> Stri
                 fd,
             ),
         };
-        if h.vtid == my {
-            TLS.with(|t| t.tseq.set(h.tseq));
-            if h.kind == Kind::Signal && kind != Kind::Signal {
-                let r = Rec { idx: c, h, data };
-                replay_done(&r);
-                crate::signals::deliver_recorded(h.a0 as i32);
-                continue;
+        if h.kind == Kind::TimeBatch {
+            let d = describe();
+            diverge_expected_time(f, i, 0, kind, fd, &d);
+        }
+        wait_turn(f, i, kind, fd);
+        t.tseq.set(h.tseq);
+        t.scan.set(i + 1);
+        if h.kind == Kind::Signal && kind != Kind::Signal {
+            let r = Rec { idx: i, h, data };
+            replay_done(&r);
+            crate::signals::deliver_recorded(h.a0 as i32);
+            continue;
+        }
+        if h.kind != kind || fd.is_some_and(|fd| fd as u64 != h.a0) {
+            let d = describe();
+            diverge_at(Some((jseq, h)), &Actual { kind, what: &d }, fd);
+        }
+        return Rec { idx: i, h, data };
+    }
+}
+
+/// Wait until the shared cursor reaches feed index `i` (this thread's next message). Time
+/// batches met at the cursor are passed over by whichever thread waits (they are ordered
+/// only within their own thread, whose replay reads them without the cursor).
+fn wait_turn(f: &Feed, i: u64, kind: Kind, fd: Option<i64>) {
+    let limit_ms: i64 = getenv_ms();
+    let mut waited_ms = 0i64;
+    loop {
+        let c = f.cursor().load(Ordering::Acquire);
+        if c == i {
+            return;
+        }
+        if c > i || c >= f.n {
+            diverge_at(
+                None,
+                &Actual {
+                    kind,
+                    what: "the replay order passed this thread's next message",
+                },
+                fd,
+            );
+        }
+        let (jseq, bytes) = f.at(c);
+        if bytes.first() == Some(&msg::BATCH_MAGIC) {
+            if f.cursor()
+                .compare_exchange(c, c + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                f.futex().fetch_add(1, Ordering::SeqCst);
+                if f.waiters().load(Ordering::SeqCst) > 0 {
+                    futex_wake(f.futex());
+                }
             }
-            if h.kind != kind || fd.is_some_and(|fd| fd as u64 != h.a0) {
-                let d = describe();
-                diverge_at(Some((jseq, h)), &Actual { kind, what: &d }, fd);
-            }
-            let _ = jseq;
-            return Rec { idx: c, h, data };
+            waited_ms = 0;
+            continue;
         }
         // Not this thread's turn.
         let v = f.futex().load(Ordering::SeqCst);
@@ -940,11 +1417,17 @@ pub fn replay_next_with(kind: Kind, fd: Option<i64>, describe: impl Fn() -> Stri
         if f.cursor().load(Ordering::SeqCst) != c {
             waited_ms = 0;
         } else if waited_ms >= limit_ms {
-            let m = format!(
-                "waited {} s for its turn while the journal's next message (#{c}, journal seq {jseq}) belongs to thread {:x}: {h}",
-                limit_ms / 1000,
-                h.vtid
-            );
+            let m = match msg::decode(bytes) {
+                Ok((h, _)) => format!(
+                    "waited {} s for its turn while the journal's next message (#{c}, journal seq {jseq}) belongs to thread {:x}: {h}",
+                    limit_ms / 1000,
+                    h.vtid
+                ),
+                Err(_) => format!(
+                    "waited {} s for its turn at an undecodable message (#{c}, journal seq {jseq})",
+                    limit_ms / 1000
+                ),
+            };
             diverge_at(None, &Actual { kind, what: &m }, fd);
         }
     }

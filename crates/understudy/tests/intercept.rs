@@ -507,3 +507,222 @@ fn epoll_server_replays_its_clients_without_them() {
     assert!(rep.status.success());
     assert_eq!(recorded, String::from_utf8_lossy(&rep.stdout));
 }
+
+/// `understudy replay --list` of a journal.
+fn list(j: &Path) -> String {
+    let out = understudy()
+        .args(["replay", "--list", "--journal"])
+        .arg(j)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "replay --list failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Header lines of `replay --list` (not the calls listed under a time batch).
+fn message_lines(l: &str) -> Vec<&str> {
+    l.lines().filter(|s| s.contains(" thread ")).collect()
+}
+
+#[test]
+fn time_calls_replay_from_time_batches() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(p) = compile(d.path(), "timebatch") else {
+        return;
+    };
+    let out = record_replay(d.path(), &[p.to_str().unwrap()]);
+    let s = String::from_utf8_lossy(&out);
+    for what in ["thread 0: ", "thread 1: ", "main: "] {
+        assert!(s.contains(what), "{what} missing in {s}");
+    }
+    let l = list(&d.path().join("journal"));
+    let msgs = message_lines(&l);
+    let batches = msgs.iter().filter(|m| m.contains("time batch of")).count();
+    // 2 x (200 x 3 + 100) + 200 time calls; full batches of 16 and short ones cut by the locks.
+    assert!(l.contains("time batch of 16 calls"), "{l}");
+    let time_calls = l
+        .lines()
+        .filter(|s| {
+            !s.contains(" thread ") && (s.contains("gettimeofday") || s.contains("clock_gettime"))
+        })
+        .count();
+    assert_eq!(time_calls, 2 * (200 * 3 + 100) + 200, "{l}");
+    // Each worker's 200 rounds: lock, gettimeofday, unlock (emits a batch of 1), two more
+    // time calls (a batch of 2 at the next lock); then 100 calls in batches of 16, as main's 200.
+    assert!(
+        batches < 2 * (2 * 200 + 10) + 15,
+        "{batches} batches for {time_calls} calls"
+    );
+    // What a thread did inside the lock (a gettimeofday, or the write of its result) is in the
+    // log before another thread's next acquisition: the release emits the batch.
+    let mut holder: Option<(String, u64, bool)> = None; // (thread, call number, next call seen)
+    for m in &msgs {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        let (thread, tseq) = (f[6].to_string(), f[7][1..].parse::<u64>().unwrap());
+        let text = f[8..].join(" ");
+        if let Some((h, t, seen)) = &mut holder {
+            if *h == thread {
+                // A batch covering call t + 1, or the call itself.
+                let last = if text.starts_with("time batch of ") {
+                    let to = text.rsplit('#').next().unwrap().trim_end_matches(')');
+                    to.parse::<u64>().unwrap()
+                } else {
+                    tseq
+                };
+                *seen |= tseq <= *t + 1 && *t < last;
+            }
+        }
+        if text.starts_with("pthread_mutex_lock") {
+            if let Some((h, t, seen)) = &holder {
+                assert!(
+                    *h == thread || *seen,
+                    "thread {h}'s call #{} (inside the lock taken at #{t}) is not in the log before thread {thread} takes the lock: {m}",
+                    t + 1
+                );
+            }
+            holder = Some((thread, tseq, false));
+        }
+    }
+}
+
+#[test]
+fn fork_and_exec_after_buffered_time_calls_replay_identically() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(p) = compile(d.path(), "timebatch") else {
+        return;
+    };
+    let p = p.to_str().unwrap();
+    let f = d.path().join("fork");
+    std::fs::create_dir(&f).unwrap();
+    let out = record_replay(&f, &[p, "fork"]);
+    let s = String::from_utf8_lossy(&out);
+    assert!(s.contains("child: ") && s.contains("status 0"), "{s}");
+    let e = d.path().join("exec");
+    std::fs::create_dir(&e).unwrap();
+    let out = record_replay(&e, &[p, "exec"]);
+    assert!(String::from_utf8_lossy(&out).contains("exec'd with "));
+    // The first image's last 2 time results were still buffered at execl: the exec hook
+    // emitted them as a batch right before the new image's first message.
+    let l = list(&e.join("journal"));
+    let msgs = message_lines(&l);
+    let second = msgs
+        .iter()
+        .rposition(|m| m.contains("process start"))
+        .unwrap();
+    assert!(second > 0, "{l}");
+    assert!(
+        msgs[second - 1].contains("time batch of 2 calls (#82 to #83)"),
+        "{l}"
+    );
+}
+
+#[test]
+fn quiesce_with_buffered_time_results_keeps_every_threads_calls_in_order() {
+    use intercept::msg::{self, Kind};
+    let d = tempfile::tempdir().unwrap();
+    let Some(p) = compile(d.path(), "timebatch") else {
+        return;
+    };
+    let script = d.path().join("loop.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {} loop 300\n", p.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ring, mut child, _rm) = start_on_ring(d.path(), &script, false);
+    let mut all: Vec<(u64, Vec<u8>)> = vec![];
+    let drain = |ring: &shmring::RingConsumer, all: &mut Vec<(u64, Vec<u8>)>| {
+        ring.poll(usize::MAX, |s, b| all.push((s, b.to_vec())))
+            .unwrap();
+    };
+    let t0 = Instant::now();
+    while all.iter().filter(|(_, b)| b[0] == msg::BATCH_MAGIC).count() < 20 {
+        ring.wait(Duration::from_millis(5));
+        drain(&ring, &mut all);
+        assert!(t0.elapsed() < Duration::from_secs(60), "no time batches");
+    }
+    let report = ring.quiesce(Duration::from_secs(20)).unwrap();
+    drain(&ring, &mut all);
+    std::thread::sleep(Duration::from_millis(50));
+    drain(&ring, &mut all);
+    // Nothing beyond the cut while quiesced.
+    assert_eq!(all.last().unwrap().0, report.cut, "{report:?}");
+    ring.resume();
+    while child.try_wait().unwrap().is_none() {
+        ring.wait(Duration::from_millis(5));
+        drain(&ring, &mut all);
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "program did not finish"
+        );
+    }
+    drain(&ring, &mut all);
+    assert!(all.last().unwrap().0 > report.cut);
+    // Every thread's calls, batches expanded, are numbered 1, 2, 3... in ring order, across
+    // the cut: the batches a thread held at the quiesce came first after the resume.
+    let mut next: std::collections::HashMap<u64, u64> = Default::default();
+    let mut time_calls = 0;
+    for (seq, b) in &all {
+        let (h, data) = msg::decode(b).unwrap();
+        let calls = if h.kind == Kind::TimeBatch { h.a0 } else { 1 };
+        if h.kind == Kind::TimeBatch {
+            time_calls += calls;
+            assert!(msg::batch_entry(data, usize::try_from(calls).unwrap() - 1).is_some());
+        }
+        let n = next.entry(h.vtid).or_insert(1);
+        assert_eq!(
+            h.tseq, *n,
+            "ring seq {seq}: thread {:x} call numbers jump: {h}",
+            h.vtid
+        );
+        *n += calls;
+    }
+    assert!(time_calls >= 300 * 40, "{time_calls} time calls in batches");
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut s).unwrap();
+    assert!(s.starts_with("loop: "), "{s}");
+}
+
+#[test]
+fn departures_from_a_time_batch_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(orig) = compile(d.path(), "timebatch") else {
+        return;
+    };
+    let prog = d.path().join("prog");
+    std::fs::copy(&orig, &prog).unwrap();
+    let j = d.path().join("journal");
+    let args = [prog.to_str().unwrap(), "loop", "2"];
+    assert!(run("record", &j, &args).status.success());
+    assert!(run("replay", &j, &args).status.success());
+    let src = root().join("tests/intercept/timebatch.c");
+    for (variant, expected, actual) in [
+        (
+            "9",
+            "expected: clock_gettime(clock 0) = 0",
+            "actual:   clock_gettime: clock_gettime(clock 7)",
+        ),
+        ("-1", "expected: gettimeofday(..) = 0", "actual:   poll"),
+        ("1", "expected: poll(..)", "actual:   gettimeofday"),
+    ] {
+        let st = Command::new("cc")
+            .args(["-O1", "-pthread", &format!("-DVARIANT={variant}"), "-o"])
+            .arg(&prog)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let rep = run("replay", &j, &args);
+        assert_eq!(
+            rep.status.code(),
+            Some(DIVERGENCE_EXIT),
+            "variant {variant}"
+        );
+        let err = String::from_utf8_lossy(&rep.stderr);
+        assert!(
+            err.contains(expected) && err.contains(actual) && err.contains("call #"),
+            "variant {variant}: {err}"
+        );
+    }
+}
