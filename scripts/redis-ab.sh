@@ -47,9 +47,14 @@ one() { # $1 = label, $2 = lib or "native"
   wait $top 2>/dev/null || true
   echo "$1 $(echo "$out" | awk -F'"' '/"SET"/{s=$4} /"GET"/{g=$4} END{print s, g}') $((s1-s0)) $((c1-c0))" >> "$tmp/out"
 }
+# Each round runs every variant once, in an order rotated by one per round, so no variant
+# always runs first (the first run of a round was seen to be systematically slower or faster).
+vars=(native "$@")
 for r in $(seq "$R"); do
-  one native native
-  for l in "$@"; do one "$l" "$l"; done
+  for i in $(seq 0 $((${#vars[@]} - 1))); do
+    v=${vars[$(( (i + r - 1) % ${#vars[@]} ))]}
+    one "$v" "$v"
+  done
 done
 python3 - "$tmp/out" "$N" "$CC" <<'PY'
 import collections, statistics, sys
