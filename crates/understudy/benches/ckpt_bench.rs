@@ -7,8 +7,10 @@
 //! page. Prints one markdown table of medians, each next to its target.
 //!
 //! ```sh
-//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5]
+//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync]
 //! ```
+//! Each timed dump starts after a `sync` (`--no-sync`: without), and each run prints the
+//! kernel's memory work during the dump (free and dirty memory, reclaim, stalls).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
 #![forbid(unsafe_code)]
 
@@ -33,6 +35,8 @@ struct Args {
     bench: bool,
     /// `--reuse`: recycled dumps (see `parse_args`).
     reuse: bool,
+    /// `sync` before each timed dump (default; `--no-sync` turns it off).
+    sync: bool,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +45,7 @@ fn parse_args() -> Args {
         runs: 5,
         bench: false,
         reuse: false,
+        sync: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -57,6 +62,8 @@ fn parse_args() -> Args {
             // Periodic checkpoints: every counted dump recycles the previous run's image
             // (`DumpOptions::reuse_from`); one uncounted fresh dump goes first.
             "--reuse" => args.reuse = true,
+            // Each timed dump starts after a `sync` (see `bench_size`) unless told otherwise.
+            "--no-sync" => args.sync = false,
             // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
@@ -101,6 +108,59 @@ fn holder(pid: i32) -> String {
         ),
         Err(_) => "free".into(),
     }
+}
+
+/// The counters of `/proc/vmstat` that say what the kernel's memory management did around a
+/// dump (page-cache reclaim, dirty data, writeback), read before and after each timed dump.
+#[derive(Default, Clone, Copy)]
+struct MemState {
+    free_pages: u64,
+    dirty_pages: u64,
+    writeback_pages: u64,
+    scan_kswapd: u64,
+    scan_direct: u64,
+    alloc_stall: u64,
+    compact_stall: u64,
+}
+
+fn mem_state() -> MemState {
+    let mut m = MemState::default();
+    let Ok(t) = fs::read_to_string("/proc/vmstat") else {
+        return m;
+    };
+    for l in t.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        match k {
+            "nr_free_pages" => m.free_pages = v,
+            "nr_dirty" => m.dirty_pages = v,
+            "nr_writeback" => m.writeback_pages = v,
+            "pgscan_kswapd" => m.scan_kswapd = v,
+            "pgscan_direct" => m.scan_direct = v,
+            "compact_stall" => m.compact_stall = v,
+            _ if k.starts_with("allocstall_") => m.alloc_stall += v,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// One line about the kernel's memory work during a dump: free and dirty memory at its
+/// start, pages scanned by reclaim (kswapd, direct) and allocation/compaction stalls meanwhile.
+fn mem_line(a: &MemState, b: &MemState) -> String {
+    let mib = |pages: u64| pages * 4096 / (1 << 20);
+    format!(
+        "free {} MiB, dirty {} MiB, writeback {} MiB at the start; reclaim scanned {} MiB (kswapd) + {} MiB (direct), {} alloc stalls, {} compaction stalls",
+        mib(a.free_pages),
+        mib(a.dirty_pages),
+        mib(a.writeback_pages),
+        mib(b.scan_kswapd.saturating_sub(a.scan_kswapd)),
+        mib(b.scan_direct.saturating_sub(a.scan_direct)),
+        b.alloc_stall.saturating_sub(a.alloc_stall),
+        b.compact_stall.saturating_sub(a.compact_stall),
+    )
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -235,7 +295,14 @@ struct Samples {
 }
 
 #[allow(clippy::cast_precision_loss)] // sizes and counts far below 2^52
-fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Samples {
+fn bench_size(
+    bin: &Path,
+    base: &Path,
+    mib: u64,
+    runs: usize,
+    reuse: bool,
+    sync_first: bool,
+) -> Samples {
     let mut s = Samples::default();
     let tree = start_tree(bin, base, mib);
     let mut buf = vec![1u8; 64 << 20];
@@ -285,6 +352,13 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             reuse_from: prev.take(),
             ..Default::default()
         };
+        if sync_first {
+            // Same starting state for every timed dump: nothing dirty left by earlier runs (or
+            // other jobs) is written back while it runs; the raw readv it is compared with
+            // writes nothing either.
+            nix::unistd::sync();
+        }
+        let m0 = mem_state();
         let t0 = Instant::now();
         let rep = checkpoint::dump(&opts).unwrap_or_else(|e| {
             fail(
@@ -295,6 +369,7 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             )
         });
         let wall = t0.elapsed();
+        let m1 = mem_state();
         s.dump_wall.push(wall.as_secs_f64());
         s.dump
             .push(wall.saturating_sub(rep.reap_wait).as_secs_f64());
@@ -318,13 +393,15 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
         });
         s.restore_wall.push(t1.elapsed().as_secs_f64());
         eprintln!(
-            "{mib} MiB run {}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, reap wait {:.3} s), restore {:.3} s",
+            "{mib} MiB run {}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s), restore {:.3} s; {}",
             run + 1,
             wall.as_secs_f64(),
             rep.frozen.as_secs_f64(),
             rep.memory_copy.as_secs_f64(),
+            rep.copy_wait.as_secs_f64() * 1e3,
             rep.reap_wait.as_secs_f64(),
-            t1.elapsed().as_secs_f64()
+            t1.elapsed().as_secs_f64(),
+            mem_line(&m0, &m1),
         );
         assert_eq!(rr.root_pid, tree.root, "restored root pid");
         if reuse {
@@ -376,11 +453,19 @@ fn main() {
 
     println!("runs per size: {}; medians; dump time excludes waiting for PID 1 to reap the killed tree (shown apart); {}", args.runs,
         if args.reuse { "RECYCLED dumps: each recycles the previous run's image (--reuse)" } else { "fresh dumps into new directories" });
+    println!(
+        "{}",
+        if args.sync {
+            "each timed dump starts after `sync` (the previous image removed, nothing dirty written back during the dump); --no-sync turns it off"
+        } else {
+            "no `sync` before the timed dumps (--no-sync)"
+        }
+    );
     println!();
     println!("| memory | raw readv | dump | dump rate (target >= 70% of raw) | freeze (target: no longer than the copy) | memory copy | reap wait | restore (1 GiB target < 0.5 s) | image size |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &mib in &args.sizes {
-        let mut s = bench_size(&bin, &base, mib, args.runs, args.reuse);
+        let mut s = bench_size(&bin, &base, mib, args.runs, args.reuse, args.sync);
         let raw = median(&mut s.raw);
         let dump = median(&mut s.dump);
         let pages = median(&mut s.pages);
