@@ -311,11 +311,20 @@ fn bench_size(
     }
     drop(buf);
     let mut prev: Option<PathBuf> = None;
-    if reuse {
-        // The first image, dumped fresh and not counted, is what the first counted run recycles.
+    {
+        // One uncounted fresh dump + restore first, so that every counted run starts from the
+        // same state: the image of the cycle before it just removed (fresh) or recycled
+        // (`--reuse`). Without it the first run alone found the memory of the tree just
+        // started and no freed image: it had to reclaim page cache and compact memory while
+        // frozen (docs/PERFORMANCE.md, session 4). Its figures are printed, not counted.
         let image = base.join(format!("image-{mib}-first"));
         let _ = fs::remove_dir_all(&image);
-        checkpoint::dump(&checkpoint::DumpOptions {
+        if sync_first {
+            nix::unistd::sync();
+        }
+        let m0 = mem_state();
+        let t0 = Instant::now();
+        let rep = checkpoint::dump(&checkpoint::DumpOptions {
             root_pid: tree.root,
             image_dir: image.clone(),
             ..Default::default()
@@ -328,6 +337,8 @@ fn bench_size(
                 &e,
             )
         });
+        let wall = t0.elapsed();
+        let m1 = mem_state();
         restore::restore(&restore::RestoreOptions {
             image_dir: image.clone(),
             ..Default::default()
@@ -340,7 +351,19 @@ fn bench_size(
                 &e,
             )
         });
-        prev = Some(image);
+        eprintln!(
+            "{mib} MiB uncounted first cycle: dump {:.3} s (frozen {:.3} s, copy {:.3} s, reap wait {:.3} s); {}",
+            wall.as_secs_f64(),
+            rep.frozen.as_secs_f64(),
+            rep.memory_copy.as_secs_f64(),
+            rep.reap_wait.as_secs_f64(),
+            mem_line(&m0, &m1),
+        );
+        if reuse {
+            prev = Some(image);
+        } else {
+            let _ = fs::remove_dir_all(&image);
+        }
     }
     for run in 0..runs {
         let image = base.join(format!("image-{mib}-{run}"));
