@@ -537,12 +537,15 @@ fn collect(
         take_warm(warming);
         None
     };
+    // Set when the state collection failed: the copies still queued are skipped.
+    let cancel = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel::<CopyReq>();
+        let cancel = &cancel;
         let copier = overlap.then(|| {
             s.spawn(move || {
                 take_warm(warming);
-                copy_loop(opts, pool, &rx)
+                copy_loop(opts, pool, &rx, cancel)
             })
         });
         let res = collect_procs(
@@ -558,6 +561,9 @@ fn collect(
             pre,
             copier.as_ref().map(|_| &tx),
         );
+        if res.is_err() {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         drop(tx);
         let t_wait = Instant::now();
         let copies = match copier {
@@ -623,21 +629,23 @@ struct CopyDone {
 }
 
 /// The copier thread: copies each requested process in order (each copy spreads over the
-/// dump workers), and stops copying after the first failure.
+/// dump workers), and stops copying after the first failure or once `cancel` is set (the
+/// state collection failed).
 fn copy_loop(
     opts: &DumpOptions,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     rx: &std::sync::mpsc::Receiver<CopyReq>,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Vec<CopyDone> {
     let mut out = Vec::new();
     let mut done_before = 0u64;
     let mut failed = false;
     for req in rx.iter() {
         let mut vmas = req.vmas;
-        let res = if failed {
+        let res = if failed || cancel.load(std::sync::atomic::Ordering::Relaxed) {
             Err(CheckpointError::Tree {
                 pid: req.pid,
-                why: "memory not copied: the copy of an earlier process failed".into(),
+                why: "memory not copied: the dump failed earlier (an earlier copy or the state collection)".into(),
             })
         } else {
             let md = MemoryDumper {

@@ -7,8 +7,10 @@
 //! page. Prints one markdown table of medians, each next to its target.
 //!
 //! ```sh
-//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync]
+//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial]
 //! ```
+//! `--ab-serial` runs every counted run twice, the engine's serial copy and the overlapped one
+//! alternated, and prints an A/B line per size (medians and per-pair differences).
 //! Each timed dump starts after a `sync` (`--no-sync`: without), and each run prints the
 //! kernel's memory work during the dump (free and dirty memory, reclaim, stalls).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
@@ -37,6 +39,9 @@ struct Args {
     reuse: bool,
     /// `sync` before each timed dump (default; `--no-sync` turns it off).
     sync: bool,
+    /// `--ab-serial`: every run twice, alternating the engine's serial copy
+    /// (`UNDERSTUDY_DUMP_SERIAL=1`) and the overlapped one, for an A/B at the same moments.
+    ab: bool,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +51,7 @@ fn parse_args() -> Args {
         bench: false,
         reuse: false,
         sync: true,
+        ab: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -64,6 +70,7 @@ fn parse_args() -> Args {
             "--reuse" => args.reuse = true,
             // Each timed dump starts after a `sync` (see `bench_size`) unless told otherwise.
             "--no-sync" => args.sync = false,
+            "--ab-serial" => args.ab = true,
             // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
@@ -97,6 +104,38 @@ fn fail(what: &str, image: &Path, root: i32, e: &dyn std::error::Error) -> ! {
         chain(e)
     );
     panic!("{what} failed: {}", chain(e));
+}
+
+/// Restores `image`; if one of its pids was taken by another process meanwhile (the
+/// restore refuses that cleanly, the image stays intact: seen once here under heavy process
+/// churn, the pid free again a moment later), says so, waits up to 5 s for the pid to be free
+/// and tries again, at most 3 times. Returns the report and the time of the attempt that
+/// succeeded; any other failure ends the benchmark.
+fn restore_retrying(image: &Path, what: &str, root: i32) -> (restore::RestoreReport, Duration) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let t = Instant::now();
+        match restore::restore(&restore::RestoreOptions {
+            image_dir: image.to_path_buf(),
+            ..Default::default()
+        }) {
+            Ok(r) => return (r, t.elapsed()),
+            Err(restore::RestoreError::PidTaken { pid }) if attempt < 3 => {
+                eprintln!(
+                    "ckpt_bench: {what}: restore attempt {attempt}: pid {pid} taken by another process ({}); waiting for it and retrying",
+                    holder(pid)
+                );
+                let since = Instant::now();
+                while fs::metadata(format!("/proc/{pid}")).is_ok()
+                    && since.elapsed() < Duration::from_secs(5)
+                {
+                    sleep(Duration::from_millis(5));
+                }
+            }
+            Err(e) => fail(&format!("{what}: restore"), image, root, &e),
+        }
+    }
 }
 
 /// Who holds `pid` now (a restore fails if another process took one of the tree's pids).
@@ -292,6 +331,9 @@ struct Samples {
     restore_wall: Vec<f64>,
     image: Vec<f64>,
     pages: Vec<f64>,
+    /// `--ab-serial`: (dump, frozen) of each variant, in pairs taken back to back.
+    ab_serial: Vec<(f64, f64)>,
+    ab_overlap: Vec<(f64, f64)>,
 }
 
 #[allow(clippy::cast_precision_loss)] // sizes and counts far below 2^52
@@ -302,6 +344,7 @@ fn bench_size(
     runs: usize,
     reuse: bool,
     sync_first: bool,
+    ab: bool,
 ) -> Samples {
     let mut s = Samples::default();
     let tree = start_tree(bin, base, mib);
@@ -365,7 +408,12 @@ fn bench_size(
             let _ = fs::remove_dir_all(&image);
         }
     }
-    for run in 0..runs {
+    for run in 0..if ab { runs * 2 } else { runs } {
+        // A/B: pair `run / 2` is serial then overlapped, the next pair the other way round.
+        let serial = ab && ((run % 2 == 0) == ((run / 2) % 2 == 0));
+        if ab {
+            std::env::set_var("UNDERSTUDY_DUMP_SERIAL", if serial { "1" } else { "0" });
+        }
         let image = base.join(format!("image-{mib}-{run}"));
         let _ = fs::remove_dir_all(&image);
         let opts = checkpoint::DumpOptions {
@@ -397,33 +445,38 @@ fn bench_size(
         s.dump
             .push(wall.saturating_sub(rep.reap_wait).as_secs_f64());
         s.frozen.push(rep.frozen.as_secs_f64());
+        if ab {
+            let v = (
+                wall.saturating_sub(rep.reap_wait).as_secs_f64(),
+                rep.frozen.as_secs_f64(),
+            );
+            if serial {
+                s.ab_serial.push(v);
+            } else {
+                s.ab_overlap.push(v);
+            }
+        }
         s.copy.push(rep.memory_copy.as_secs_f64());
         s.reap.push(rep.reap_wait.as_secs_f64());
         s.pages.push(rep.pages_bytes as f64);
         s.image.push(du(&image) as f64);
-        let t1 = Instant::now();
-        let rr = restore::restore(&restore::RestoreOptions {
-            image_dir: image.clone(),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| {
-            fail(
-                &format!("{mib} MiB run {}: restore", run + 1),
-                &image,
-                tree.root,
-                &e,
-            )
-        });
-        s.restore_wall.push(t1.elapsed().as_secs_f64());
+        let (rr, restore_took) =
+            restore_retrying(&image, &format!("{mib} MiB run {}", run + 1), tree.root);
+        s.restore_wall.push(restore_took.as_secs_f64());
         eprintln!(
-            "{mib} MiB run {}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s), restore {:.3} s; {}",
+            "{mib} MiB run {}{}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s), restore {:.3} s; {}",
             run + 1,
+            match (ab, serial) {
+                (false, _) => "",
+                (true, true) => " (serial copy)",
+                (true, false) => " (overlapped copy)",
+            },
             wall.as_secs_f64(),
             rep.frozen.as_secs_f64(),
             rep.memory_copy.as_secs_f64(),
             rep.copy_wait.as_secs_f64() * 1e3,
             rep.reap_wait.as_secs_f64(),
-            t1.elapsed().as_secs_f64(),
+            restore_took.as_secs_f64(),
             mem_line(&m0, &m1),
         );
         assert_eq!(rr.root_pid, tree.root, "restored root pid");
@@ -487,8 +540,9 @@ fn main() {
     println!();
     println!("| memory | raw readv | dump | dump rate (target >= 70% of raw) | freeze (target: no longer than the copy) | memory copy | reap wait | restore (1 GiB target < 0.5 s) | image size |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut ab_lines = Vec::new();
     for &mib in &args.sizes {
-        let mut s = bench_size(&bin, &base, mib, args.runs, args.reuse, args.sync);
+        let mut s = bench_size(&bin, &base, mib, args.runs, args.reuse, args.sync, args.ab);
         let raw = median(&mut s.raw);
         let dump = median(&mut s.dump);
         let pages = median(&mut s.pages);
@@ -515,6 +569,40 @@ fn main() {
             if mib == 1024 { if restore < 0.5 { " (met)" } else { " (missed)" } } else { "" },
             image / (1u64 << 20) as f64,
         );
+        if !s.ab_serial.is_empty() {
+            ab_lines.push(ab_line(mib, raw, pages, &s));
+        }
+    }
+    for l in ab_lines {
+        println!("{l}");
     }
     let _ = fs::remove_dir_all(&base);
+}
+
+/// `--ab-serial`: medians of each variant and of the per-pair differences (pairs taken back to
+/// back, so the machine's state moves both alike).
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples) -> String {
+    let col = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        median(&mut x)
+    };
+    let mut diff: Vec<f64> = s
+        .ab_serial
+        .iter()
+        .zip(&s.ab_overlap)
+        .map(|(a, b)| (a.0 - b.0) * 1e3)
+        .collect();
+    let (ds, do_) = (col(&s.ab_serial, |p| p.0), col(&s.ab_overlap, |p| p.0));
+    format!(
+        "A/B {mib} MiB, {} pairs: dump serial {:.3} s ({:.0}% of raw) / overlapped {:.3} s ({:.0}% of raw); frozen {:.3} / {:.3} s; serial minus overlapped per pair: median {:.1} ms",
+        diff.len(),
+        ds,
+        100.0 * pages / ds / raw,
+        do_,
+        100.0 * pages / do_ / raw,
+        col(&s.ab_serial, |p| p.1),
+        col(&s.ab_overlap, |p| p.1),
+        median(&mut diff),
+    )
 }
