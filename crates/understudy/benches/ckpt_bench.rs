@@ -202,6 +202,22 @@ fn mem_line(a: &MemState, b: &MemState) -> String {
     )
 }
 
+/// CPU seconds (user + system) of this process so far, every thread: the dump's own CPU, which
+/// the load of other jobs moves much less than its wall time.
+fn cpu_secs() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            #[allow(clippy::cast_precision_loss)] // seconds far below 2^52
+            let secs = tv.tv_sec() as f64;
+            #[allow(clippy::cast_precision_loss)]
+            let us = tv.tv_usec() as f64;
+            secs + us * 1e-6
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -332,8 +348,8 @@ struct Samples {
     image: Vec<f64>,
     pages: Vec<f64>,
     /// `--ab-serial`: (dump, frozen) of each variant, in pairs taken back to back.
-    ab_serial: Vec<(f64, f64)>,
-    ab_overlap: Vec<(f64, f64)>,
+    ab_serial: Vec<(f64, f64, f64)>,
+    ab_overlap: Vec<(f64, f64, f64)>,
 }
 
 #[allow(clippy::cast_precision_loss)] // sizes and counts far below 2^52
@@ -430,6 +446,7 @@ fn bench_size(
             nix::unistd::sync();
         }
         let m0 = mem_state();
+        let c0 = cpu_secs();
         let t0 = Instant::now();
         let rep = checkpoint::dump(&opts).unwrap_or_else(|e| {
             fail(
@@ -440,6 +457,7 @@ fn bench_size(
             )
         });
         let wall = t0.elapsed();
+        let cpu = cpu_secs() - c0;
         let m1 = mem_state();
         s.dump_wall.push(wall.as_secs_f64());
         s.dump
@@ -449,6 +467,7 @@ fn bench_size(
             let v = (
                 wall.saturating_sub(rep.reap_wait).as_secs_f64(),
                 rep.frozen.as_secs_f64(),
+                cpu,
             );
             if serial {
                 s.ab_serial.push(v);
@@ -464,7 +483,7 @@ fn bench_size(
             restore_retrying(&image, &format!("{mib} MiB run {}", run + 1), tree.root);
         s.restore_wall.push(restore_took.as_secs_f64());
         eprintln!(
-            "{mib} MiB run {}{}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s), restore {:.3} s; {}",
+            "{mib} MiB run {}{}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s, CPU {:.3} s), restore {:.3} s; {}",
             run + 1,
             match (ab, serial) {
                 (false, _) => "",
@@ -476,6 +495,7 @@ fn bench_size(
             rep.memory_copy.as_secs_f64(),
             rep.copy_wait.as_secs_f64() * 1e3,
             rep.reap_wait.as_secs_f64(),
+            cpu,
             restore_took.as_secs_f64(),
             mem_line(&m0, &m1),
         );
@@ -583,7 +603,7 @@ fn main() {
 /// back, so the machine's state moves both alike).
 #[allow(clippy::cast_precision_loss)] // counts far below 2^52
 fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples) -> String {
-    let col = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+    let col = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
         let mut x: Vec<f64> = v.iter().map(f).collect();
         median(&mut x)
     };
@@ -595,7 +615,7 @@ fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples) -> String {
         .collect();
     let (ds, do_) = (col(&s.ab_serial, |p| p.0), col(&s.ab_overlap, |p| p.0));
     format!(
-        "A/B {mib} MiB, {} pairs: dump serial {:.3} s ({:.0}% of raw) / overlapped {:.3} s ({:.0}% of raw); frozen {:.3} / {:.3} s; serial minus overlapped per pair: median {:.1} ms",
+        "A/B {mib} MiB, {} pairs: dump serial {:.3} s ({:.0}% of raw) / overlapped {:.3} s ({:.0}% of raw); frozen {:.3} / {:.3} s; CPU {:.3} / {:.3} s; serial minus overlapped per pair: median {:.1} ms",
         diff.len(),
         ds,
         100.0 * pages / ds / raw,
@@ -603,6 +623,8 @@ fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples) -> String {
         100.0 * pages / do_ / raw,
         col(&s.ab_serial, |p| p.1),
         col(&s.ab_overlap, |p| p.1),
+        col(&s.ab_serial, |p| p.2),
+        col(&s.ab_overlap, |p| p.2),
         median(&mut diff),
     )
 }
