@@ -1015,15 +1015,20 @@ fn dump_process(
         let mut rs = RemoteSyscalls::new(pid, insn).pid(pid)?;
         let scratch = rs.map_scratch(None, 4096).pid(pid)?.addr();
         let mut b = [0u8; 32];
+        // Each old action lands in its own 32-byte slot of the scratch page; one read gets all.
         for sig in 1..=64u64 {
-            rs.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])
+            let slot = scratch + (sig - 1) * 32;
+            rs.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, 0, slot, 8, 0, 0])
                 .pid(pid)?;
-            rs.get(0, &mut b).pid(pid)?;
+        }
+        let mut all = [0u8; 64 * 32];
+        rs.get(0, &mut all).pid(pid)?;
+        for a in all.chunks_exact(32) {
             sigactions.push(SigAction {
-                handler: le_u64(&b, 0),
-                flags: le_u64(&b, 8),
-                restorer: le_u64(&b, 16),
-                mask: le_u64(&b, 24),
+                handler: le_u64(a, 0),
+                flags: le_u64(a, 8),
+                restorer: le_u64(a, 16),
+                mask: le_u64(a, 24),
             });
         }
         brk = rs.syscall("brk(0)", nr::BRK, [0; 6]).pid(pid)?;
