@@ -58,7 +58,7 @@ int main(int argc, char **argv)
 	size_t bad = zdtm_verify(buf, LEN, 6000);
 	ZCHECK(bad == (size_t)-1, "fifo data differs at %zu", bad);
 	ZCHECK(memcmp(buf + LEN, "tail", 4) == 0, "fifo tail");
-	int st = zdtm_wait_child(child, 10000);
+	int st = zdtm_wait_child(child, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
 	zdtm_pass();
 }

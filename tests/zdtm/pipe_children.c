@@ -118,7 +118,7 @@ int main(int argc, char **argv)
 		free(buf);
 	}
 	for (int i = 0; i < NCHILD; i++) {
-		int st = zdtm_wait_child(kids[i], 10000);
+		int st = zdtm_wait_child(kids[i], 30000);
 		ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d (pid %d) status 0x%x", i,
 		       (int)kids[i], st);
 	}
