@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 const UNDERSTUDY: &str = env!("CARGO_BIN_EXE_understudy");
 const LOADGEN: &str = env!("CARGO_BIN_EXE_understudy-loadgen");
 
+/// Bound of every wait on another process: generous because CI machines are slow and shared (a
+/// wait that succeeds returns as soon as it can).
+const PATIENCE: Duration = Duration::from_secs(60);
+
 fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         true
@@ -68,12 +72,20 @@ impl Proc {
         }
         None
     }
+    /// What it wrote to stderr: everything once it exited; after a failed wait (it, or a
+    /// process it started, may still hold the pipe) whatever came within 5 s, not a hang.
     fn stderr(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(e) = self.0.stderr.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
+        let Some(mut e) = self.0.stderr.take() else {
+            return String::new();
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = e.read_to_end(&mut s);
+            let _ = tx.send(String::from_utf8_lossy(&s).into_owned());
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| "(stderr still open after 5 s)".into())
     }
 }
 impl Drop for Proc {
@@ -124,7 +136,7 @@ fn backup(prefix: &[&str], state: &Path, key: &Path, listen: &str, extra: &[&str
     // Ready once the control socket answers.
     let sock = state.join("agents/backup.sock");
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < PATIENCE {
         if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
             return p;
         }
@@ -150,7 +162,7 @@ fn primary(prefix: &[&str], state: &Path, key: &Path, backup: &str, load: &[&str
         "--fsync",
         "never",
         "--drain-timeout",
-        "20",
+        "60",
         "--no-intercept",
         "--",
         LOADGEN,
@@ -195,7 +207,7 @@ fn backup_sigkilled_three_times_ends_identical_and_gapless() {
         sleep(Duration::from_millis(200));
         b = backup(&[], &bd.0, &key, &addr, &[]);
     }
-    let code = p.wait(Duration::from_secs(90));
+    let code = p.wait(2 * PATIENCE);
     let err = p.stderr();
     assert_eq!(code, Some(0), "primary: {err}");
     b.kill();
@@ -208,7 +220,7 @@ fn backup_sigkilled_three_times_ends_identical_and_gapless() {
 
 fn metrics(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut out = String::new();
@@ -239,7 +251,7 @@ fn garbage_on_the_port_is_refused_and_the_agent_keeps_serving() {
         let mut s = TcpStream::connect(&addr).unwrap();
         let _ = s.write_all(j);
         let _ = s.shutdown(std::net::Shutdown::Write);
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut reply = Vec::new();
         let _ = s.read_to_end(&mut reply);
         if j.starts_with(b"USTD\x09") {
@@ -258,7 +270,7 @@ fn garbage_on_the_port_is_refused_and_the_agent_keeps_serving() {
         &addr,
         &["--procs", "1", "--threads", "2", "--messages", "500"],
     );
-    assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.stderr());
+    assert_eq!(p.wait(PATIENCE), Some(0), "{}", p.stderr());
     let m = metrics(&maddr);
     let refused: u64 = m
         .lines()
@@ -296,7 +308,7 @@ fn status_reports_both_roles_as_json() {
     // While the workload runs, the primary's control socket answers.
     let start = Instant::now();
     let mut seen = None;
-    while start.elapsed() < Duration::from_secs(20) && seen.is_none() {
+    while start.elapsed() < PATIENCE && seen.is_none() {
         let out = Command::new(UNDERSTUDY)
             .arg("--state-dir")
             .arg(&pd.0)
@@ -323,7 +335,7 @@ fn status_reports_both_roles_as_json() {
     ] {
         assert!(a["peers"][0][f].is_u64(), "{f} in {v}");
     }
-    assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.stderr());
+    assert_eq!(p.wait(PATIENCE), Some(0), "{}", p.stderr());
     let out = Command::new(UNDERSTUDY)
         .arg("--state-dir")
         .arg(&bd.0)
@@ -435,7 +447,7 @@ fn two_hosts_in_network_namespaces_over_veth() {
     sleep(Duration::from_millis(400));
     b.kill();
     b = backup(&in_b, &bd.0, &key, addr, &[]);
-    assert_eq!(p.wait(Duration::from_secs(90)), Some(0), "{}", p.stderr());
+    assert_eq!(p.wait(2 * PATIENCE), Some(0), "{}", p.stderr());
     b.kill();
     let (sp, sb) = (summary(&pd.0, "w"), summary(&bd.0, "w"));
     assert_eq!(sp.records, 12_000);
@@ -477,7 +489,11 @@ fn protect_adds_a_second_backup_to_a_running_application() {
     );
     let sock = pd.0.join("agents/primary-w.sock");
     let start = Instant::now();
-    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the primary's control socket never appeared"
+        );
         sleep(Duration::from_millis(20));
     }
     sleep(Duration::from_millis(200));
@@ -492,7 +508,7 @@ fn protect_adds_a_second_backup_to_a_running_application() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.stderr());
+    assert_eq!(p.wait(PATIENCE), Some(0), "{}", p.stderr());
     b1.kill();
     b2.kill();
     let (sp, s1, s2) = (
@@ -538,7 +554,7 @@ fn silent_backup_is_dropped_by_timeout_and_resumed() {
     // The primary notices the silence (3 s timeout) and says so in its status.
     let start = Instant::now();
     let mut seen = String::new();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < PATIENCE {
         let out = Command::new(UNDERSTUDY)
             .arg("--state-dir")
             .arg(&pd.0)
@@ -561,7 +577,7 @@ fn silent_backup_is_dropped_by_timeout_and_resumed() {
         seen.contains("silent"),
         "primary never reported the silent backup"
     );
-    assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.stderr());
+    assert_eq!(p.wait(PATIENCE), Some(0), "{}", p.stderr());
     b.kill();
     let (sp, sb) = (summary(&pd.0, "w"), summary(&bd.0, "w"));
     assert_eq!(sp.records, 8000);
