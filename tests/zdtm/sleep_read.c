@@ -85,7 +85,7 @@ int main(int argc, char **argv)
 		}
 		if (sleeping == 2)
 			break;
-		ZCHECK(tries < 2000, "children never went to sleep");
+		ZCHECK(tries < 10000, "children never went to sleep");
 		zdtm_msleep(2);
 	}
 	zdtm_ready();
