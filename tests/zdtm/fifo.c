@@ -40,7 +40,7 @@ int main(int argc, char **argv)
 		ZCHECK(ioctl(rfd, FIONREAD, &avail) == 0, "FIONREAD");
 		if (avail == LEN)
 			break;
-		ZCHECK(tries < 2000, "only %d bytes in the fifo", avail);
+		ZCHECK(tries < 10000, "only %d bytes in the fifo", avail);
 		zdtm_msleep(2);
 	}
 	zdtm_ready();
