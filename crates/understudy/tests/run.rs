@@ -292,8 +292,10 @@ fn attached_app_checkpointed_by_name_and_restored() {
     }
     let st = StateDir::new("attached-ckpt");
     let count = st.0.join("count");
+    // The count is replaced atomically (write, then rename): `echo $i > count` truncates the
+    // file first, and a checkpoint that freezes the shell right there leaves it empty.
     let script = format!(
-        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.02; done",
+        "i=0; while :; do i=$((i+1)); echo $i > {0}.tmp; mv -f {0}.tmp {0}; sleep 0.02; done",
         count.display()
     );
     let mut sup = Command::new(UNDERSTUDY)
