@@ -171,8 +171,9 @@ fn signals_from_outside_arrive_at_the_same_points() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let pid = loop {
         let s = std::fs::read_to_string(&out_path).unwrap_or_default();
-        if let Some(l) = s.lines().next() {
-            if let Some(pid) = l.strip_prefix("ready ") {
+        // Only a whole line: a read racing the program's write may see part of it.
+        if let Some(l) = s.split_inclusive('\n').next().filter(|l| l.ends_with('\n')) {
+            if let Some(pid) = l.trim_end().strip_prefix("ready ") {
                 break pid.trim().parse::<i32>().unwrap();
             }
         }
