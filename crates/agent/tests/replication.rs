@@ -152,6 +152,10 @@ async fn backup_restarts_resume_without_gap_or_duplicate() {
     ))
     .await
     .unwrap();
+    // The first session must be streaming before the first interruption: a backup stopped
+    // while the primary is still connecting is no reconnection (only sessions that streamed
+    // before count), and the count below would come up one short.
+    wait_peer_state(&p, "streaming").await;
     let payload = [0xabu8; 64];
     for round in 0..4 {
         for _ in 0..200 {
