@@ -81,6 +81,15 @@ fn freeze_thread(pid: i32, tid: i32) -> Result<Option<FrozenThread>> {
             }
             Ok(Some(FrozenThread { tid, stolen }))
         }
+        // The process exited between the seize and its stop: its parent, frozen already,
+        // cannot reap it, so it stays a zombie: the same refusal as for one found so.
+        WaitStatus::Exited(_) | WaitStatus::Signaled(_) if tid == pid => {
+            Err(CheckpointError::Unsupported {
+                pid,
+                what: "process".into(),
+                why: ZOMBIE.into(),
+            })
+        }
         other => Err(CheckpointError::Tree {
             pid,
             why: format!("tid {tid} ended while freezing: {other:?}"),
