@@ -30,10 +30,30 @@ pub struct Frozen {
     released: bool,
 }
 
+/// Why a process cannot be frozen when it is (or has just become) a zombie.
+const ZOMBIE: &str = "is a zombie; a tree with unreaped children cannot be checkpointed";
+
+/// True when `tid` has exited: gone, or a zombie or dead task in /proc.
+fn has_exited(tid: i32) -> bool {
+    sys::proc::stat(tid).map_or(true, |st| st.state == 'Z' || st.state == 'X')
+}
+
 fn freeze_thread(pid: i32, tid: i32) -> Result<Option<FrozenThread>> {
     if let Err(e) = ptrace::seize(tid, ptrace::options::SUSPEND_SECCOMP) {
         if e.errno() == Some(libc::ESRCH) {
             return Ok(None); // exited meanwhile
+        }
+        // A task that exited between the listing and the seize is refused with EPERM (its
+        // exit state is set): a thread is gone like with ESRCH; a process is a zombie now.
+        if e.errno() == Some(libc::EPERM) && has_exited(tid) {
+            if tid != pid {
+                return Ok(None);
+            }
+            return Err(CheckpointError::Unsupported {
+                pid,
+                what: "process".into(),
+                why: ZOMBIE.into(),
+            });
         }
         return Err(e).pid(pid);
     }
@@ -61,6 +81,15 @@ fn freeze_thread(pid: i32, tid: i32) -> Result<Option<FrozenThread>> {
             }
             Ok(Some(FrozenThread { tid, stolen }))
         }
+        // The process exited between the seize and its stop: its parent, frozen already,
+        // cannot reap it, so it stays a zombie: the same refusal as for one found so.
+        WaitStatus::Exited(_) | WaitStatus::Signaled(_) if tid == pid => {
+            Err(CheckpointError::Unsupported {
+                pid,
+                what: "process".into(),
+                why: ZOMBIE.into(),
+            })
+        }
         other => Err(CheckpointError::Tree {
             pid,
             why: format!("tid {tid} ended while freezing: {other:?}"),
@@ -84,7 +113,7 @@ impl Frozen {
                 return Err(CheckpointError::Unsupported {
                     pid,
                     what: "process".into(),
-                    why: "is a zombie; a tree with unreaped children cannot be checkpointed".into(),
+                    why: ZOMBIE.into(),
                 });
             }
             let mut fp = FrozenProcess {
@@ -202,5 +231,42 @@ impl Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that exited between the tree's listing and its seize: ptrace refuses it with
+    /// EPERM, which must be reported as the zombie it is, not as a permission error.
+    #[test]
+    fn a_process_that_became_a_zombie_is_refused_as_one() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let root = status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+        if !root {
+            eprintln!("skipped: needs root (ptrace)");
+            return;
+        }
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = i32::try_from(child.id()).expect("pid");
+        // Not reaped: it stays a zombie until the wait below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "`true` did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let r = freeze_thread(pid, pid);
+        let _ = child.wait();
+        match r {
+            Err(CheckpointError::Unsupported { pid: p, what, why }) => {
+                assert_eq!((p, what.as_str(), why.as_str()), (pid, "process", ZOMBIE));
+            }
+            other => panic!("seizing zombie {pid}: {other:?}"),
+        }
     }
 }

@@ -435,11 +435,14 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
                 alive.is_empty(),
                 "{kind} {name}: processes {alive:?} left after refusal"
             );
-            // Its PIDs must come free promptly, so that a good restore can follow.
-            for _ in 0..500 {
-                if before.iter().all(|p| pid_free(p.pid)) {
-                    break;
-                }
+            // Its PIDs must come free (bounded), so that a good restore can follow.
+            let start = std::time::Instant::now();
+            while !before.iter().all(|p| pid_free(p.pid)) {
+                assert!(
+                    start.elapsed() < harness::EXIT_TIMEOUT,
+                    "{kind} {name}: pids still taken {:?} after the refusal",
+                    harness::EXIT_TIMEOUT
+                );
                 sleep(Duration::from_millis(10));
             }
             let _ = fs::remove_dir_all(dir);
