@@ -727,12 +727,14 @@ fn collect_procs(
     std::mem::swap(repaired, &mut files.sockets.repaired);
     files.sockets.check(&files.files)?;
     std::mem::take(&mut files.epolls).resolve(&mut processes)?;
-    let tree = Tree {
-        format_version: if parent.is_some() {
-            image::INCREMENTAL_FORMAT_VERSION
-        } else {
-            FORMAT_VERSION
-        },
+    let zombies = frozen
+        .zombies
+        .iter()
+        .map(|&pid| read_zombie(opts, pid))
+        .collect::<Result<Vec<_>>>()?;
+    report.zombies = zombies.len();
+    let mut tree = Tree {
+        format_version: FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -746,8 +748,42 @@ fn collect_procs(
         files: files.files,
         shmem: shm.objects,
         pipes,
+        zombies,
     };
+    tree.format_version = tree.version_for_content();
     Ok((tree, pending))
+}
+
+/// Records a zombie of the frozen tree: its ids and its wait status (`/proc/PID/stat` field
+/// 52), stable while its parent is frozen.
+fn read_zombie(opts: &DumpOptions, pid: i32) -> Result<image::Zombie> {
+    let status = sys::proc::status(pid).pid(pid)?;
+    let stat = sys::proc::stat(pid).pid(pid)?;
+    let end =
+        image::ExitHow::from_wait_status(stat.exit_code).ok_or_else(|| CheckpointError::Tree {
+            pid,
+            why: format!(
+                "zombie with wait status {:#x}, which is no exit",
+                stat.exit_code
+            ),
+        })?;
+    let ns = |v: &[i32], outer: i32| {
+        if opts.pidns {
+            v.last().copied().unwrap_or(outer)
+        } else {
+            outer
+        }
+    };
+    Ok(image::Zombie {
+        pid,
+        ns_pid: ns(&status.nspid, pid),
+        ppid: stat.ppid,
+        pgid: ns(&status.nspgid, stat.pgrp),
+        sid: ns(&status.nssid, stat.session),
+        comm: status.name,
+        exit_signal: stat.exit_signal,
+        end,
+    })
 }
 
 fn le_u64(b: &[u8], at: usize) -> u64 {

@@ -77,6 +77,8 @@ impl std::fmt::Debug for DumpOptions {
 pub struct DumpReport {
     pub root_pid: i32,
     pub processes: usize,
+    /// Zombies recorded (exited children not yet reaped; not part of `processes`).
+    pub zombies: usize,
     pub threads: usize,
     /// Bytes of memory pages written.
     pub pages_bytes: u64,
