@@ -40,7 +40,7 @@ int main(int argc, char **argv)
 		ZCHECK(ioctl(rfd, FIONREAD, &avail) == 0, "FIONREAD");
 		if (avail == LEN)
 			break;
-		ZCHECK(tries < 2000, "only %d bytes in the fifo", avail);
+		ZCHECK(tries < 10000, "only %d bytes in the fifo", avail);
 		zdtm_msleep(2);
 	}
 	zdtm_ready();
@@ -58,7 +58,7 @@ int main(int argc, char **argv)
 	size_t bad = zdtm_verify(buf, LEN, 6000);
 	ZCHECK(bad == (size_t)-1, "fifo data differs at %zu", bad);
 	ZCHECK(memcmp(buf + LEN, "tail", 4) == 0, "fifo tail");
-	int st = zdtm_wait_child(child, 10000);
+	int st = zdtm_wait_child(child, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
 	zdtm_pass();
 }

@@ -100,7 +100,7 @@ int main(int argc, char **argv)
 	       "append file contents");
 	/* The child's read moves the offset we share. */
 	ZCHECK(write(go[1], "g", 1) == 1, "write go");
-	int st = zdtm_wait_child(child, 10000);
+	int st = zdtm_wait_child(child, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
 	ZCHECK(lseek(shared, 0, SEEK_CUR) == 150, "offset shared with the child is %lld",
 	       (long long)lseek(shared, 0, SEEK_CUR));

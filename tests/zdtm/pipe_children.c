@@ -96,7 +96,7 @@ int main(int argc, char **argv)
 	/* Ready when every child has put its bytes in flight. */
 	for (int i = 0; i < NCHILD; i++) {
 		int avail = 0;
-		for (int tries = 0; tries < 2000; tries++) {
+		for (int tries = 0; tries < 10000; tries++) {
 			ZCHECK(ioctl(up[i][0], FIONREAD, &avail) == 0, "FIONREAD");
 			if (avail >= UP_LEN)
 				break;
@@ -118,7 +118,7 @@ int main(int argc, char **argv)
 		free(buf);
 	}
 	for (int i = 0; i < NCHILD; i++) {
-		int st = zdtm_wait_child(kids[i], 10000);
+		int st = zdtm_wait_child(kids[i], 30000);
 		ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d (pid %d) status 0x%x", i,
 		       (int)kids[i], st);
 	}

@@ -170,7 +170,7 @@ int main(int argc, char **argv)
 	}
 
 	sig_atomic_t before_ticks = ticks, before_thread = thread_ticks;
-	uint64_t deadline = zdtm_now_ns() + 5000000000ull;
+	uint64_t deadline = zdtm_now_ns() + 20000000000ull;
 	while (ticks < before_ticks + 5 || thread_ticks < before_thread + 5) {
 		ZCHECK(zdtm_now_ns() < deadline, "a periodic timer stopped after restore (%d, %d ticks)",
 		       (int)(ticks - before_ticks), (int)(thread_ticks - before_thread));

@@ -8,11 +8,13 @@
 
 static volatile int stop;
 static char thread_name[16];
+static volatile int named_set;
 
 static void *named(void *arg)
 {
 	(void)arg;
 	prctl(PR_SET_NAME, "zdtm-worker", 0, 0, 0);
+	named_set = 1;
 	while (!stop)
 		zdtm_msleep(5);
 	prctl(PR_GET_NAME, thread_name, 0, 0, 0);
@@ -25,6 +27,10 @@ int main(int argc, char **argv)
 	ZCHECK(prctl(PR_SET_NAME, "zdtm-named", 0, 0, 0) == 0, "PR_SET_NAME");
 	pthread_t th;
 	ZCHECK(pthread_create(&th, NULL, named, NULL) == 0, "pthread_create");
+	/* Ready once the thread has named itself: otherwise a checkpoint taken before (a slow
+	 * machine) would not carry the name and the check below would prove nothing. */
+	while (!named_set)
+		zdtm_msleep(1);
 	zdtm_ready();
 	zdtm_wait_trigger();
 	char name[17] = { 0 };

@@ -71,7 +71,7 @@ int main(int argc, char **argv)
 		ZCHECK(write(sync[1], "b", 1) == 1, "sync");
 		close(sync[1]);
 		member(me, me, "child B");
-		int st1 = zdtm_wait_child(c1, 10000), st2 = zdtm_wait_child(c2, 10000);
+		int st1 = zdtm_wait_child(c1, 30000), st2 = zdtm_wait_child(c2, 30000);
 		_exit(WIFEXITED(st1) && WEXITSTATUS(st1) == 0 && WIFEXITED(st2) && WEXITSTATUS(st2) == 0 ? 0 : 1);
 	}
 	close(sync[1]);
@@ -90,9 +90,9 @@ int main(int argc, char **argv)
 	/* Our process group (the root alone now) still receives group signals. */
 	ZCHECK(kill(0, SIGUSR1) == 0, "kill(0)");
 	ZCHECK(got_usr1 == 1, "group signal not delivered");
-	int st = zdtm_wait_child(a, 10000);
+	int st = zdtm_wait_child(a, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child A status 0x%x", st);
-	st = zdtm_wait_child(b, 10000);
+	st = zdtm_wait_child(b, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child B status 0x%x", st);
 	zdtm_pass();
 }

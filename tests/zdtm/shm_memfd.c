@@ -37,7 +37,7 @@ static void check_slots(int who)
 
 static void wait_value(volatile uint64_t *p, uint64_t want, const char *what)
 {
-	uint64_t deadline = zdtm_now_ns() + 10000000000ull;
+	uint64_t deadline = zdtm_now_ns() + 20000000000ull;
 	while (*p != want) {
 		ZCHECK(zdtm_now_ns() < deadline, "%s: saw %llu, want %llu (memory no longer shared?)",
 		       what, (unsigned long long)*p, (unsigned long long)want);
@@ -103,7 +103,7 @@ int main(int argc, char **argv)
 		wait_value(&m->ack[i + 1], 0xbc000000 + (uint64_t)i, "parent: memfd ack");
 	}
 	for (int i = 0; i < NCHILD; i++) {
-		int st = zdtm_wait_child(kids[i], 10000);
+		int st = zdtm_wait_child(kids[i], 30000);
 		ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d status 0x%x", i, st);
 		uint64_t marker = *(volatile uint64_t *)(mfd_map + (i + 3) * SLOT - 8);
 		ZCHECK(marker == 0xfd000000 + (uint64_t)i, "memfd pwrite of child %d not visible", i);

@@ -85,7 +85,7 @@ int main(int argc, char **argv)
 		}
 		if (sleeping == 2)
 			break;
-		ZCHECK(tries < 2000, "children never went to sleep");
+		ZCHECK(tries < 10000, "children never went to sleep");
 		zdtm_msleep(2);
 	}
 	zdtm_ready();
@@ -102,9 +102,9 @@ int main(int argc, char **argv)
 		rounds++;
 	}
 	ZCHECK(write(p[1], MSG, strlen(MSG)) == (ssize_t)strlen(MSG), "write to reader");
-	int st = zdtm_wait_child(reader, 10000);
+	int st = zdtm_wait_child(reader, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "reader status 0x%x (see log)", st);
-	st = zdtm_wait_child(waiter, 10000);
+	st = zdtm_wait_child(waiter, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "waiter status 0x%x (see log)", st);
 	(void)rounds;
 	zdtm_pass();

@@ -30,7 +30,7 @@ int main(int argc, char **argv)
 		close(made[1]);
 		zdtm_wait_trigger();
 		/* Wait for the parent's post-restore token through the segment. */
-		uint64_t deadline = zdtm_now_ns() + 10000000000ull;
+		uint64_t deadline = zdtm_now_ns() + 20000000000ull;
 		while (*(volatile uint64_t *)mem != 0xabcdef) {
 			ZCHECK(zdtm_now_ns() < deadline, "token never seen: segment no longer shared");
 			zdtm_msleep(2);
@@ -49,7 +49,7 @@ int main(int argc, char **argv)
 	ZCHECK(zdtm_verify(mem, LEN / 2, 9000) == (size_t)-1, "root's half");
 	ZCHECK(zdtm_verify(mem + LEN / 2, LEN / 2, 9001) == (size_t)-1, "child's half");
 	*(volatile uint64_t *)mem = 0xabcdef;
-	int st = zdtm_wait_child(child, 12000);
+	int st = zdtm_wait_child(child, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
 	zdtm_pass();
 }

@@ -88,7 +88,7 @@ int main(int argc, char **argv)
 	pthread_mutex_lock(&lock);
 	uint64_t at_trigger = total;
 	pthread_mutex_unlock(&lock);
-	uint64_t deadline = zdtm_now_ns() + 10000000000ull;
+	uint64_t deadline = zdtm_now_ns() + 20000000000ull;
 	for (;;) {
 		pthread_mutex_lock(&lock);
 		uint64_t t = total;

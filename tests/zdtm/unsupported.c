@@ -125,7 +125,7 @@ int main(int argc, char **argv)
 	close(made[0]);
 	zdtm_ready();
 	zdtm_wait_trigger();
-	int st = zdtm_wait_child(child, 10000);
+	int st = zdtm_wait_child(child, 30000);
 	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
 	ZCHECK(zdtm_verify(mem, 1 << 20, 8000) == (size_t)-1, "memory changed");
 	zdtm_pass();

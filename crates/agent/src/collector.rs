@@ -48,6 +48,11 @@ pub fn collect(
         if let Some(r) = release {
             ring.set_ack(r);
         }
+        // Whether to stop is looked at before the poll: a stop set after the application's
+        // last records were pushed then ends the loop only once a poll that began after it came
+        // back empty. (Looked at after an empty poll, records pushed between that poll and the
+        // stop were never collected.)
+        let stopping = stop.load(Ordering::SeqCst);
         buf.clear();
         lens.clear();
         let mut last_ring = 0;
@@ -70,7 +75,7 @@ pub fn collect(
             pending.push_back((j, last_ring));
             continue;
         }
-        if stop.load(Ordering::SeqCst) {
+        if stopping {
             return Ok(());
         }
         // Waiting for acks: poll the primary often. Records flowing recently: poll the ring

@@ -44,7 +44,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     let opts = &eff;
-    let pool = crate::memory::buffer_pool(parent.is_none() && !opts.live_memory);
+    // A full dump's copy buffers are faulted in on a thread of their own, beside the freeze
+    // and the first `/proc` reads; the copier thread takes them before its first copy.
+    let full = parent.is_none() && !opts.live_memory;
+    let (pool, warming) = if full && !copy_serial() {
+        (
+            std::sync::Mutex::new(Vec::new()),
+            Some(std::thread::spawn(|| crate::memory::pool_buffers(true))),
+        )
+    } else {
+        (crate::memory::buffer_pool(full), None)
+    };
     let deferred = std::sync::Mutex::new(Vec::new());
     // An incremental dump writes only what changed: nothing worth reserving.
     let t_reserve = Instant::now();
@@ -103,6 +113,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         &mut report,
         &mut redeliver,
         &pool,
+        warming,
         &mut repaired,
         &mut live_jobs,
         &deferred,
@@ -502,14 +513,191 @@ fn collect(
     report: &mut DumpReport,
     redeliver: &mut Vec<(i32, i32, i32)>,
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    warming: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>,
     repaired: &mut crate::sockets::RepairGuard,
     live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
     pre: &crate::vmflags::PreRead,
 ) -> Result<Tree> {
+    // A full dump copies each process's pages on a copier thread (with its workers) as soon
+    // as its mappings are known, while this thread collects the rest of the state of that
+    // process and of the next ones (registers, injected calls, smaps, files). Everything is
+    // read while the tree is frozen; the scope joins the copier before the tree can run.
+    let overlap = parent.is_none() && !opts.live_memory && !copy_serial();
+    let take_warm = |warming: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>| {
+        if let Some(bufs) = warming.and_then(|h| h.join().ok()) {
+            if let Ok(mut p) = pool.lock() {
+                p.extend(bufs);
+            }
+        }
+    };
+    let warming = if overlap {
+        warming
+    } else {
+        take_warm(warming);
+        None
+    };
+    // Set when the state collection failed: the copies still queued are skipped.
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<CopyReq>();
+        let cancel = &cancel;
+        let copier = overlap.then(|| {
+            s.spawn(move || {
+                take_warm(warming);
+                copy_loop(opts, pool, &rx, cancel)
+            })
+        });
+        let res = collect_procs(
+            opts,
+            parent,
+            frozen,
+            report,
+            redeliver,
+            pool,
+            repaired,
+            live_jobs,
+            deferred,
+            pre,
+            copier.as_ref().map(|_| &tx),
+        );
+        if res.is_err() {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(tx);
+        let t_wait = Instant::now();
+        let copies = match copier {
+            Some(h) => h.join().map_err(|_| CheckpointError::Tree {
+                pid: opts.root_pid,
+                why: "memory copy thread panicked".into(),
+            }),
+            None => Ok(Vec::new()),
+        };
+        report.copy_wait = t_wait.elapsed();
+        // The state collection's error first: it happened first, or stopped the copies.
+        let (mut tree, mut pending) = res?;
+        let copies = copies?;
+        for done in copies {
+            let (pages, _bytes, took) = done.res?;
+            report.memory_copy += took;
+            let Some(i) = pending.iter().position(|(idx, _)| *idx == done.index) else {
+                return Err(CheckpointError::Tree {
+                    pid: done.pid,
+                    why: "internal: a memory copy nobody asked for".into(),
+                });
+            };
+            let (idx, madvise) = pending.swap_remove(i);
+            let p = &mut tree.processes[idx];
+            let mut vmas = done.vmas;
+            for (v, m) in vmas.iter_mut().zip(madvise) {
+                v.madvise = m;
+            }
+            p.vmas = vmas;
+            report.pages_bytes += pages.len;
+            p.pages = pages;
+        }
+        if let Some((idx, _)) = pending.first() {
+            return Err(CheckpointError::Tree {
+                pid: tree.processes[*idx].pid,
+                why: "internal: the memory copy of this process was not done".into(),
+            });
+        }
+        Ok(tree)
+    })
+}
+
+/// `UNDERSTUDY_DUMP_SERIAL=1`: copy each process's memory on the collecting thread, after
+/// its state, as before the overlap (measurements only).
+fn copy_serial() -> bool {
+    std::env::var("UNDERSTUDY_DUMP_SERIAL").ok().as_deref() == Some("1")
+}
+
+/// One process's memory copy handed to the copier thread: its mappings, without madvise
+/// flags (added when the copy is back).
+struct CopyReq {
+    index: usize,
+    pid: i32,
+    vmas: Vec<Vma>,
+}
+
+/// A finished copy: the mappings with their page runs, and the pages file it wrote.
+struct CopyDone {
+    index: usize,
+    pid: i32,
+    vmas: Vec<Vma>,
+    res: Result<(image::PagesRef, u64, Duration)>,
+}
+
+/// The copier thread: copies each requested process in order (each copy spreads over the
+/// dump workers), and stops copying after the first failure or once `cancel` is set (the
+/// state collection failed).
+fn copy_loop(
+    opts: &DumpOptions,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    rx: &std::sync::mpsc::Receiver<CopyReq>,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Vec<CopyDone> {
+    let mut out = Vec::new();
+    let mut done_before = 0u64;
+    let mut failed = false;
+    for req in rx.iter() {
+        let mut vmas = req.vmas;
+        let res = if failed || cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(CheckpointError::Tree {
+                pid: req.pid,
+                why: "memory not copied: the dump failed earlier (an earlier copy or the state collection)".into(),
+            })
+        } else {
+            let md = MemoryDumper {
+                pool,
+                pid: req.pid,
+                dir: &opts.image_dir,
+                progress: opts.progress.as_ref(),
+                done_before,
+                total_hint: 0,
+                unchanged: &[],
+                defer: None,
+                map_copy: opts.reuse_from.is_some(),
+            };
+            md.dump(&mut vmas)
+        };
+        match &res {
+            Ok((pages, _, _)) => done_before += pages.len,
+            Err(_) => failed = true,
+        }
+        tracing::debug!("pid {}: memory copied (overlapped)", req.pid);
+        out.push(CopyDone {
+            index: req.index,
+            pid: req.pid,
+            vmas,
+            res,
+        });
+    }
+    out
+}
+
+/// Processes whose memory copy was handed to the copier: index in `Tree::processes`, and the
+/// madvise flags of each mapping in order.
+type PendingCopies = Vec<(usize, Vec<Vec<String>>)>;
+
+#[allow(clippy::too_many_arguments)] // the per-dump state threaded through one pass; a struct would only rename it
+fn collect_procs(
+    opts: &DumpOptions,
+    parent: Option<&ParentImage>,
+    frozen: &Frozen,
+    report: &mut DumpReport,
+    redeliver: &mut Vec<(i32, i32, i32)>,
+    pool: &std::sync::Mutex<Vec<Vec<u8>>>,
+    repaired: &mut crate::sockets::RepairGuard,
+    live_jobs: &mut Vec<(usize, crate::incr::Ranges)>,
+    deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
+    pre: &crate::vmflags::PreRead,
+    copier: Option<&std::sync::mpsc::Sender<CopyReq>>,
+) -> Result<(Tree, PendingCopies)> {
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
     let mut processes = Vec::with_capacity(frozen.procs.len());
+    let mut pending = Vec::new();
     let mut copied = 0u64;
     for (i, fp) in frozen.procs.iter().enumerate() {
         let pp = parent.and_then(|par| {
@@ -517,9 +705,13 @@ fn collect(
                 .then(|| par.tree.processes.iter().find(|q| q.pid == fp.pid))
                 .flatten()
         });
-        let (mut p, skip_fd, unchanged) = dump_process(
-            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred, pre,
+        let to_copier = copier.map(|tx| (i, tx));
+        let (mut p, skip_fd, unchanged, madvise) = dump_process(
+            opts, pp, fp, copied, report, &mut shm, redeliver, pool, deferred, pre, to_copier,
         )?;
+        if let Some(m) = madvise {
+            pending.push((i, m));
+        }
         if opts.live_memory {
             live_jobs.push((i, unchanged));
         }
@@ -535,12 +727,14 @@ fn collect(
     std::mem::swap(repaired, &mut files.sockets.repaired);
     files.sockets.check(&files.files)?;
     std::mem::take(&mut files.epolls).resolve(&mut processes)?;
-    Ok(Tree {
-        format_version: if parent.is_some() {
-            image::INCREMENTAL_FORMAT_VERSION
-        } else {
-            FORMAT_VERSION
-        },
+    let zombies = frozen
+        .zombies
+        .iter()
+        .map(|&pid| read_zombie(opts, pid))
+        .collect::<Result<Vec<_>>>()?;
+    report.zombies = zombies.len();
+    let mut tree = Tree {
+        format_version: FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -554,6 +748,41 @@ fn collect(
         files: files.files,
         shmem: shm.objects,
         pipes,
+        zombies,
+    };
+    tree.format_version = tree.version_for_content();
+    Ok((tree, pending))
+}
+
+/// Records a zombie of the frozen tree: its ids and its wait status (`/proc/PID/stat` field
+/// 52), stable while its parent is frozen.
+fn read_zombie(opts: &DumpOptions, pid: i32) -> Result<image::Zombie> {
+    let status = sys::proc::status(pid).pid(pid)?;
+    let stat = sys::proc::stat(pid).pid(pid)?;
+    let end =
+        image::ExitHow::from_wait_status(stat.exit_code).ok_or_else(|| CheckpointError::Tree {
+            pid,
+            why: format!(
+                "zombie with wait status {:#x}, which is no exit",
+                stat.exit_code
+            ),
+        })?;
+    let ns = |v: &[i32], outer: i32| {
+        if opts.pidns {
+            v.last().copied().unwrap_or(outer)
+        } else {
+            outer
+        }
+    };
+    Ok(image::Zombie {
+        pid,
+        ns_pid: ns(&status.nspid, pid),
+        ppid: stat.ppid,
+        pgid: ns(&status.nspgid, stat.pgrp),
+        sid: ns(&status.nssid, stat.session),
+        comm: status.name,
+        exit_signal: stat.exit_signal,
+        end,
     })
 }
 
@@ -578,12 +807,54 @@ fn dump_process(
     pool: &std::sync::Mutex<Vec<Vec<u8>>>,
     deferred: &std::sync::Mutex<Vec<crate::memory::DeferredPages>>,
     pre: &crate::vmflags::PreRead,
-) -> Result<(Process, Option<i32>, crate::incr::Ranges)> {
+    copier: Option<(usize, &std::sync::mpsc::Sender<CopyReq>)>,
+) -> Result<DumpedProcess> {
     let pid = fp.pid;
     let t0 = Instant::now();
+    let maps = sys::proc::maps(pid).pid(pid)?;
+    // A full copy of this process goes to the copier thread now, before the rest of its
+    // state is read (nothing below writes to its memory: injected calls write only to a
+    // scratch mapping of their own, outside every mapping listed here).
+    let copier = copier.filter(|_| parent.is_none() && !opts.live_memory);
+    let mut vmas = Vec::new();
+    for m in &maps {
+        if let Some(mut kind) = classify(pid, m)? {
+            if let image::VmaKind::Shmem { id, .. } = &mut kind {
+                let key = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
+                let name = match m.path.trim_end_matches(" (deleted)") {
+                    "/dev/zero" => "shared-anon".to_string(),
+                    other => other.trim_start_matches('/').to_string(),
+                };
+                let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                *id = shm.object(&opts.image_dir, pid, key, &via, &name)?;
+            }
+            vmas.push(Vma {
+                start: m.start,
+                end: m.end,
+                prot: m.prot(),
+                kind,
+                pages: Vec::new(),
+                madvise: Vec::new(),
+            });
+        }
+    }
+    let starts: Vec<u64> = vmas.iter().map(|v| v.start).collect();
+    let sent = if let Some((index, tx)) = copier {
+        tx.send(CopyReq {
+            index,
+            pid,
+            vmas: std::mem::take(&mut vmas),
+        })
+        .map_err(|_| CheckpointError::Tree {
+            pid,
+            why: "internal: the memory copy thread is gone".into(),
+        })?;
+        true
+    } else {
+        false
+    };
     let status = sys::proc::status(pid).pid(pid)?;
     let stat = sys::proc::stat(pid).pid(pid)?;
-    let maps = sys::proc::maps(pid).pid(pid)?;
     let ns_pid = if opts.pidns {
         status.nspid.last().copied().unwrap_or(pid)
     } else {
@@ -676,36 +947,28 @@ fn dump_process(
         report.vm_flags_reused += 1;
     }
     report.vm_flags_read += t_flags.elapsed();
-    let mut vmas = Vec::new();
-    for m in &maps {
-        if let Some(mut kind) = classify(pid, m)? {
-            if let image::VmaKind::Shmem { id, .. } = &mut kind {
-                let key = (libc::makedev(m.dev_major, m.dev_minor), m.inode);
-                let name = match m.path.trim_end_matches(" (deleted)") {
-                    "/dev/zero" => "shared-anon".to_string(),
-                    other => other.trim_start_matches('/').to_string(),
-                };
-                let via = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-                *id = shm.object(&opts.image_dir, pid, key, &via, &name)?;
-            }
-            vmas.push(Vma {
-                start: m.start,
-                end: m.end,
-                prot: m.prot(),
-                kind,
-                pages: Vec::new(),
-                madvise: flags
-                    .get(&m.start)
-                    .map(|f| {
-                        f.iter()
-                            .filter(|x| KEPT_FLAGS.contains(&x.as_str()))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            });
+    let madvise: Vec<Vec<String>> = starts
+        .iter()
+        .map(|start| {
+            flags
+                .get(start)
+                .map(|f| {
+                    f.iter()
+                        .filter(|x| KEPT_FLAGS.contains(&x.as_str()))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let pending_madvise = if sent {
+        Some(madvise)
+    } else {
+        for (v, m) in vmas.iter_mut().zip(madvise) {
+            v.madvise = m;
         }
-    }
+        None
+    };
     let vdso =
         maps.iter()
             .find(|m| m.path == "[vdso]")
@@ -788,15 +1051,20 @@ fn dump_process(
         let mut rs = RemoteSyscalls::new(pid, insn).pid(pid)?;
         let scratch = rs.map_scratch(None, 4096).pid(pid)?.addr();
         let mut b = [0u8; 32];
+        // Each old action lands in its own 32-byte slot of the scratch page; one read gets all.
         for sig in 1..=64u64 {
-            rs.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])
+            let slot = scratch + (sig - 1) * 32;
+            rs.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, 0, slot, 8, 0, 0])
                 .pid(pid)?;
-            rs.get(0, &mut b).pid(pid)?;
+        }
+        let mut all = [0u8; 64 * 32];
+        rs.get(0, &mut all).pid(pid)?;
+        for a in all.chunks_exact(32) {
             sigactions.push(SigAction {
-                handler: le_u64(&b, 0),
-                flags: le_u64(&b, 8),
-                restorer: le_u64(&b, 16),
-                mask: le_u64(&b, 24),
+                handler: le_u64(a, 0),
+                flags: le_u64(a, 8),
+                restorer: le_u64(a, 16),
+                mask: le_u64(a, 24),
             });
         }
         brk = rs.syscall("brk(0)", nr::BRK, [0; 6]).pid(pid)?;
@@ -896,7 +1164,7 @@ fn dump_process(
         );
         report.in_parent_bytes += in_parent_bytes(&vmas);
         pages
-    } else if opts.live_memory {
+    } else if opts.live_memory || sent {
         image::PagesRef::default()
     } else {
         let md = MemoryDumper {
@@ -986,8 +1254,19 @@ fn dump_process(
         dirty,
         posix_timers,
     };
-    Ok((proc, skip_fd, unchanged))
+    Ok((proc, skip_fd, unchanged, pending_madvise))
 }
+
+/// What [`dump_process`] returns: the process (its memory still being copied when the copy
+/// went to the copier thread), the fd of the dirty tracker in it (left out of `fds`), the
+/// ranges left in the parent (for a live copy done by the caller), and, when its copy went to
+/// the copier thread, the madvise flags of its mappings in order.
+type DumpedProcess = (
+    Process,
+    Option<i32>,
+    crate::incr::Ranges,
+    Option<Vec<Vec<String>>>,
+);
 
 fn in_parent_bytes(vmas: &[Vma]) -> u64 {
     vmas.iter()

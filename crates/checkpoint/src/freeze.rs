@@ -27,13 +27,41 @@ pub struct FrozenProcess {
 #[derive(Debug, Default)]
 pub struct Frozen {
     pub procs: Vec<FrozenProcess>,
+    /// Processes of the tree that have exited and wait for their (frozen) parent to reap
+    /// them: not seized (there is nothing to stop), recorded from /proc.
+    pub zombies: Vec<i32>,
     released: bool,
 }
 
-fn freeze_thread(pid: i32, tid: i32) -> Result<Option<FrozenThread>> {
+/// True when `tid` has exited: gone, or a zombie or dead task in /proc.
+fn has_exited(tid: i32) -> bool {
+    sys::proc::stat(tid).map_or(true, |st| st.state == 'Z' || st.state == 'X')
+}
+
+/// What seizing one thread gave.
+#[derive(Debug)]
+enum Seized {
+    Thread(FrozenThread),
+    /// The thread exited meanwhile.
+    Gone,
+    /// The thread is its process's main thread and has exited: the process is a zombie now
+    /// (or its main thread exited while other threads run: the caller tells them apart).
+    Exited,
+}
+
+fn freeze_thread(pid: i32, tid: i32) -> Result<Seized> {
     if let Err(e) = ptrace::seize(tid, ptrace::options::SUSPEND_SECCOMP) {
         if e.errno() == Some(libc::ESRCH) {
-            return Ok(None); // exited meanwhile
+            return Ok(Seized::Gone); // exited meanwhile
+        }
+        // A task that exited between the listing and the seize is refused with EPERM (its
+        // exit state is set): a thread is gone like with ESRCH; a process is a zombie now.
+        if e.errno() == Some(libc::EPERM) && has_exited(tid) {
+            return Ok(if tid == pid {
+                Seized::Exited
+            } else {
+                Seized::Gone
+            });
         }
         return Err(e).pid(pid);
     }
@@ -59,12 +87,25 @@ fn freeze_thread(pid: i32, tid: i32) -> Result<Option<FrozenThread>> {
                     }
                 }
             }
-            Ok(Some(FrozenThread { tid, stolen }))
+            Ok(Seized::Thread(FrozenThread { tid, stolen }))
         }
+        // The process exited between the seize and its stop. We collected its exit as its
+        // tracer, which ends the trace and hands it to its real parent: frozen already, that
+        // parent cannot reap it, so it stays a zombie with its wait status in /proc.
+        WaitStatus::Exited(_) | WaitStatus::Signaled(_) if tid == pid => Ok(Seized::Exited),
         other => Err(CheckpointError::Tree {
             pid,
             why: format!("tid {tid} ended while freezing: {other:?}"),
         }),
+    }
+}
+
+/// The refusal of a process whose main thread exited while other threads still run.
+fn leader_gone(pid: i32) -> CheckpointError {
+    CheckpointError::Unsupported {
+        pid,
+        what: "main thread".into(),
+        why: "has exited while other threads run".into(),
     }
 }
 
@@ -79,30 +120,46 @@ impl Frozen {
             if !seen.insert(pid) {
                 continue;
             }
-            let st = sys::proc::stat(pid).pid(pid)?;
+            // Every pid but the root was listed as a child of a frozen parent, which cannot
+            // reap it any more: only a child reaping itself (its parent ignores SIGCHLD) can
+            // vanish now, and is left out.
+            let st = match sys::proc::stat(pid) {
+                Ok(st) => st,
+                Err(_) if pid != root && !sys::pid::pid_exists(pid) => continue,
+                Err(e) => return Err(e).pid(pid),
+            };
+            if st.state == 'X' && pid != root {
+                continue; // being released (self-reaping)
+            }
             if st.state == 'Z' || st.state == 'X' {
-                return Err(CheckpointError::Unsupported {
-                    pid,
-                    what: "process".into(),
-                    why: "is a zombie; a tree with unreaped children cannot be checkpointed".into(),
-                });
+                fz.add_zombie(root, pid)?;
+                continue;
             }
             let mut fp = FrozenProcess {
                 pid,
                 threads: Vec::new(),
             };
             // Converge: threads may be created until every existing one is stopped.
+            let mut exited = false;
             loop {
-                let tids = sys::proc::tasks(pid).pid(pid)?;
+                let tids = match sys::proc::tasks(pid) {
+                    Ok(t) => t,
+                    Err(_) if exited => Vec::new(),
+                    Err(e) => {
+                        fz.procs.push(fp);
+                        return Err(e).pid(pid);
+                    }
+                };
                 let mut new = false;
                 for tid in tids {
-                    if fp.threads.iter().any(|t| t.tid == tid) {
+                    if fp.threads.iter().any(|t| t.tid == tid) || (exited && tid == pid) {
                         continue;
                     }
                     new = true;
                     match freeze_thread(pid, tid) {
-                        Ok(Some(t)) => fp.threads.push(t),
-                        Ok(None) => {}
+                        Ok(Seized::Thread(t)) => fp.threads.push(t),
+                        Ok(Seized::Gone) => {}
+                        Ok(Seized::Exited) => exited = true,
                         Err(e) => {
                             fz.procs.push(fp);
                             return Err(e);
@@ -113,18 +170,37 @@ impl Frozen {
                     break;
                 }
             }
+            if exited && fp.threads.is_empty() {
+                // It exited between the listing and its seize (or stop): a zombie now.
+                fz.add_zombie(root, pid)?;
+                continue;
+            }
             if fp.threads.first().map(|t| t.tid) != Some(pid) {
                 fz.procs.push(fp);
-                return Err(CheckpointError::Unsupported {
-                    pid,
-                    what: "main thread".into(),
-                    why: "has exited while other threads run".into(),
-                });
+                return Err(leader_gone(pid));
             }
             fz.procs.push(fp);
             queue.extend(sys::proc::children(pid).pid(pid)?);
         }
         Ok(fz)
+    }
+
+    /// Records `pid`, found exited, as a zombie of the tree; refuses a root that exited and a
+    /// main thread that exited while other threads run (`/proc` shows such a leader as a
+    /// zombie too).
+    fn add_zombie(&mut self, root: i32, pid: i32) -> Result<()> {
+        if pid == root {
+            return Err(CheckpointError::Unsupported {
+                pid,
+                what: "process".into(),
+                why: "is a zombie; the root of a tree must be running".into(),
+            });
+        }
+        if sys::proc::tasks(pid).is_ok_and(|t| t.iter().any(|&tid| tid != pid)) {
+            return Err(leader_gone(pid));
+        }
+        self.zombies.push(pid);
+        Ok(())
     }
 
     pub fn thread_count(&self) -> usize {
@@ -185,10 +261,12 @@ impl Frozen {
         };
         let deadline = std::time::Instant::now() + timeout;
         loop {
+            // (zombies of the tree are reaped by whoever inherits them when their parent dies)
             let left: Vec<i32> = self
                 .procs
                 .iter()
                 .map(|p| p.pid)
+                .chain(self.zombies.iter().copied())
                 .filter(|&p| sys::pid::pid_exists(p))
                 .collect();
             if left.is_empty() || std::time::Instant::now() >= deadline {
@@ -202,5 +280,96 @@ impl Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    }
+
+    fn wait_exited(pid: i32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// A process that exited between the tree's listing and its seize: ptrace refuses it with
+    /// EPERM, which must be reported as the exit it is, not as a permission error.
+    #[test]
+    fn a_process_that_became_a_zombie_is_reported_as_exited() {
+        if !is_root() {
+            eprintln!("skipped: needs root (ptrace)");
+            return;
+        }
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = i32::try_from(child.id()).expect("pid");
+        // Not reaped: it stays a zombie until the wait below.
+        wait_exited(pid);
+        let r = freeze_thread(pid, pid);
+        let _ = child.wait();
+        assert!(
+            matches!(r, Ok(Seized::Exited)),
+            "seizing zombie {pid}: {r:?}"
+        );
+    }
+
+    /// A tree whose process keeps an exited child unreaped freezes, with the child recorded
+    /// as a zombie whose wait status /proc gives; a zombie root is refused.
+    #[test]
+    fn a_tree_with_an_unreaped_child_freezes_with_it_as_a_zombie() {
+        if !is_root() {
+            eprintln!("skipped: needs root (ptrace)");
+            return;
+        }
+        // The subshell exits with 7; `exec sleep` keeps its pid and never reaps it.
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", "(exit 7) & exec sleep 600"])
+            .spawn()
+            .expect("spawn sh");
+        let ppid = i32::try_from(parent.id()).expect("pid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let zpid = loop {
+            let exec_done = sys::proc::status(ppid).is_ok_and(|s| s.name == "sleep");
+            let kids = sys::proc::children(ppid).unwrap_or_default();
+            if let (true, [z]) = (exec_done, kids.as_slice()) {
+                if has_exited(*z) {
+                    break *z;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no zombie under {ppid}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let fz = Frozen::freeze(ppid).map(|f| (f.procs.len(), f.zombies.clone()));
+        let root_refused = Frozen::freeze(zpid).map(|f| f.zombies.clone());
+        let st = sys::proc::stat(zpid);
+        let _ = parent.kill();
+        let _ = parent.wait();
+        assert_eq!(fz.expect("freeze"), (1, vec![zpid]));
+        assert_eq!(
+            st.expect("stat").exit_code,
+            7 << 8,
+            "wait status of zombie {zpid}"
+        );
+        match root_refused {
+            Err(CheckpointError::Unsupported { pid, why, .. }) => {
+                assert_eq!(pid, zpid);
+                assert!(why.contains("root of a tree must be running"), "{why}");
+            }
+            other => panic!("freezing zombie root {zpid}: {other:?}"),
+        }
     }
 }

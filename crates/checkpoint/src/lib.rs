@@ -77,6 +77,8 @@ impl std::fmt::Debug for DumpOptions {
 pub struct DumpReport {
     pub root_pid: i32,
     pub processes: usize,
+    /// Zombies recorded (exited children not yet reaped; not part of `processes`).
+    pub zombies: usize,
     pub threads: usize,
     /// Bytes of memory pages written.
     pub pages_bytes: u64,
@@ -84,8 +86,13 @@ pub struct DumpReport {
     pub reserve: std::time::Duration,
     /// Time from the first freeze to the end of the dump (the tree was stopped that long).
     pub frozen: std::time::Duration,
-    /// Time spent copying memory.
+    /// Time spent copying memory (a full dump copies on a thread of its own while the rest of
+    /// the state is collected: see `copy_wait`).
     pub memory_copy: std::time::Duration,
+    /// Full dumps: time the collecting thread waited, once every process's state was read,
+    /// for the memory copies still running (part of `frozen`; the rest of the state
+    /// collection overlapped with the copy).
+    pub copy_wait: std::time::Duration,
     /// Time waiting for the killed tree's pids to be free (zero with `leave_running`).
     pub reap_wait: std::time::Duration,
     /// Processes dumped incrementally (their unchanged pages left in the parent).

@@ -89,12 +89,18 @@ pub fn classify(pid: i32, m: &MapEntry) -> Result<Option<VmaKind>> {
 /// 3 x 8 MiB there took ~20 ms before every freeze (a third of a 64 MiB dump) for 2 MiB used.
 /// Incremental and live copies fill whole [`BATCH`] buffers (and grow smaller ones).
 pub fn buffer_pool(full_dump: bool) -> std::sync::Mutex<Vec<Vec<u8>>> {
+    std::sync::Mutex::new(pool_buffers(full_dump))
+}
+
+/// The buffers of [`buffer_pool`], faulted in (a full dump faults them on a thread of their
+/// own while the tree is frozen and its first mappings are read: ~1 ms for 2 x 1 MiB here).
+pub fn pool_buffers(full_dump: bool) -> Vec<Vec<u8>> {
     let (count, len) = if full_dump {
         (dump_threads(), plan_batch())
     } else {
         (3, BATCH)
     };
-    std::sync::Mutex::new((0..count).map(|_| vec![1u8; len]).collect())
+    (0..count).map(|_| vec![1u8; len]).collect()
 }
 
 pub struct MemoryDumper<'a> {

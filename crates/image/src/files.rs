@@ -5,7 +5,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::model::{PagesRef, Tree, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS};
+use crate::model::{
+    PagesRef, Tree, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS,
+    ZOMBIES_FORMAT_VERSION,
+};
 
 pub const TREE_FILE: &str = "tree.img";
 pub const TREE_MAGIC: [u8; 8] = *b"USTDTREE";
@@ -153,7 +156,18 @@ pub fn decode_tree(file: &Path, bytes: &[u8]) -> Result<Tree> {
             what: "payload and header disagree on the version".into(),
         });
     }
-    if (version == INCREMENTAL_FORMAT_VERSION) != tree.parent.is_some() {
+    if (version == ZOMBIES_FORMAT_VERSION) == tree.zombies.is_empty() {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: format!(
+                "format version {version} with {} zombies",
+                tree.zombies.len()
+            ),
+        });
+    }
+    if version != ZOMBIES_FORMAT_VERSION
+        && (version == INCREMENTAL_FORMAT_VERSION) != tree.parent.is_some()
+    {
         return Err(ImageError::Corrupt {
             file: f(),
             what: format!(
@@ -162,7 +176,37 @@ pub fn decode_tree(file: &Path, bytes: &[u8]) -> Result<Tree> {
             ),
         });
     }
+    check_zombies(&tree).map_err(|what| ImageError::Corrupt { file: f(), what })?;
     Ok(tree)
+}
+
+/// Zombies: each under a live process of the tree, its pid used once, a real end.
+fn check_zombies(tree: &Tree) -> std::result::Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &tree.processes {
+        seen.insert(p.pid);
+    }
+    for z in &tree.zombies {
+        if !tree.processes.iter().any(|p| p.pid == z.ppid) {
+            return Err(format!(
+                "zombie {}: its parent {} is not a process of the tree",
+                z.pid, z.ppid
+            ));
+        }
+        if !seen.insert(z.pid) {
+            return Err(format!("zombie {}: pid used twice", z.pid));
+        }
+        match z.end {
+            crate::model::ExitHow::Exited { code } if !(0..=255).contains(&code) => {
+                return Err(format!("zombie {}: exit code {code} out of 0..=255", z.pid));
+            }
+            crate::model::ExitHow::Killed { signal, .. } if !(1..=64).contains(&signal) => {
+                return Err(format!("zombie {}: signal {signal} out of 1..=64", z.pid));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Writes `tree.img` into `dir` (through a temporary file renamed into place).
@@ -920,7 +964,112 @@ mod tests {
                 capacity: 65536,
                 data: Hex(b"abc".to_vec()),
             }],
+            zombies: vec![],
         }
+    }
+
+    fn with_zombies(mut t: Tree) -> Tree {
+        let ppid = t.processes[0].pid;
+        t.zombies = vec![
+            Zombie {
+                pid: 4000,
+                ns_pid: 4000,
+                ppid,
+                pgid: ppid,
+                sid: ppid,
+                comm: "mv".into(),
+                exit_signal: 17,
+                end: ExitHow::Exited { code: 7 },
+            },
+            Zombie {
+                pid: 4001,
+                ns_pid: 4001,
+                ppid,
+                pgid: 4001,
+                sid: ppid,
+                comm: "sleep".into(),
+                exit_signal: 17,
+                end: ExitHow::Killed {
+                    signal: 15,
+                    core_dumped: false,
+                },
+            },
+        ];
+        t.format_version = t.version_for_content();
+        t
+    }
+
+    #[test]
+    fn zombies_round_trip_with_version_4_full_and_incremental() {
+        for t in [with_zombies(sample()), with_zombies(incremental("../a", 7))] {
+            assert_eq!(t.format_version, ZOMBIES_FORMAT_VERSION);
+            let b = encode_tree(&t);
+            assert_eq!(u32_at(&b, 8), ZOMBIES_FORMAT_VERSION);
+            let back = decode_tree(Path::new("tree.img"), &b).unwrap();
+            assert_eq!(back, t);
+            assert_eq!(encode_tree(&back), b);
+        }
+        // without zombies the field is not written and the version stays
+        let plain = encode_tree(&sample());
+        assert!(!String::from_utf8_lossy(&plain).contains("zombies"));
+        assert_eq!(sample().version_for_content(), FORMAT_VERSION);
+        // zombies in an older version, or version 4 without zombies, are refused
+        let mut bad = with_zombies(sample());
+        bad.format_version = FORMAT_VERSION;
+        let e = decode_tree(Path::new("tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(
+            e.to_string().contains("format version 2 with 2 zombies"),
+            "{e}"
+        );
+        let mut bad = sample();
+        bad.format_version = ZOMBIES_FORMAT_VERSION;
+        let e = decode_tree(Path::new("tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(
+            e.to_string().contains("format version 4 with 0 zombies"),
+            "{e}"
+        );
+        // a zombie must hang under a process of the tree and end in a real way
+        let mut bad = with_zombies(sample());
+        bad.zombies[0].ppid = 4001;
+        let e = decode_tree(Path::new("tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("zombie 4000: its parent 4001 is not a process of the tree"),
+            "{e}"
+        );
+        let mut bad = with_zombies(sample());
+        bad.zombies[1].end = ExitHow::Killed {
+            signal: 0,
+            core_dumped: false,
+        };
+        let e = decode_tree(Path::new("tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(e.to_string().contains("signal 0 out of 1..=64"), "{e}");
+    }
+
+    #[test]
+    fn wait_statuses_decode_and_encode() {
+        for (st, how) in [
+            (7 << 8, ExitHow::Exited { code: 7 }),
+            (
+                15,
+                ExitHow::Killed {
+                    signal: 15,
+                    core_dumped: false,
+                },
+            ),
+            (
+                11 | 0x80,
+                ExitHow::Killed {
+                    signal: 11,
+                    core_dumped: true,
+                },
+            ),
+        ] {
+            assert_eq!(ExitHow::from_wait_status(st), Some(how));
+            assert_eq!(how.wait_status(), st);
+        }
+        // a stop status is no end
+        assert_eq!(ExitHow::from_wait_status((19 << 8) | 0x7f), None);
     }
 
     #[test]

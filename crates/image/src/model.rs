@@ -13,7 +13,11 @@ pub const FORMAT_VERSION: u32 = 2;
 /// version-1 and version-2 readers cannot restore, so such images say 3 and older readers
 /// refuse them. Full images write [`FORMAT_VERSION`].
 pub const INCREMENTAL_FORMAT_VERSION: u32 = 3;
-pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2, 3];
+/// Version of an image that records zombies ([`Tree::zombies`] not empty), full or
+/// incremental: older readers would drop them silently, so such images say 4 and older readers
+/// refuse them. Images without zombies keep writing 2 or 3.
+pub const ZOMBIES_FORMAT_VERSION: u32 = 4;
+pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2, 3, 4];
 /// Longest chain of incremental images a reader follows.
 pub const MAX_CHAIN: usize = 64;
 
@@ -50,6 +54,85 @@ pub struct Tree {
     /// Bytes queued in the pipes of the tree.
     #[serde(default)]
     pub pipes: Vec<PipeData>,
+    /// Processes of the tree that had exited but were not yet reaped by their parent
+    /// (version 4; absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zombies: Vec<Zombie>,
+}
+
+impl Tree {
+    /// The format version an image with this content is written with: 4 with zombies, else 3
+    /// with a parent, else 2.
+    pub fn version_for_content(&self) -> u32 {
+        if !self.zombies.is_empty() {
+            ZOMBIES_FORMAT_VERSION
+        } else if self.parent.is_some() {
+            INCREMENTAL_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        }
+    }
+}
+
+/// A process that has exited and waits to be reaped by its parent: it has no memory, threads
+/// or files, only its ids and how it ended. Restored as a child of its parent that ends the
+/// same way, so the parent's later `wait` returns the same status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zombie {
+    /// Pid in the dumper's namespace.
+    pub pid: i32,
+    /// Pid inside the tree's namespace (same as `pid` without one).
+    pub ns_pid: i32,
+    /// Parent pid (dumper's namespace): a live process of the tree.
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    /// Signal its parent gets when it ends (`SIGCHLD` for a fork).
+    pub exit_signal: i32,
+    /// How it ended.
+    pub end: ExitHow,
+}
+
+/// How a process ended, as `wait` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "how")]
+pub enum ExitHow {
+    /// `_exit(code)`.
+    Exited { code: i32 },
+    /// Killed by `signal`; `core_dumped` as the status said (not reproduced by a restore).
+    Killed { signal: i32, core_dumped: bool },
+}
+
+impl ExitHow {
+    /// Decodes a raw wait status (`/proc/PID/stat` field 52 of a zombie); None for a status
+    /// that is not a termination (stopped, continued).
+    pub fn from_wait_status(st: i32) -> Option<ExitHow> {
+        let sig = st & 0x7f;
+        if sig == 0 {
+            Some(ExitHow::Exited {
+                code: (st >> 8) & 0xff,
+            })
+        } else if sig != 0x7f {
+            Some(ExitHow::Killed {
+                signal: sig,
+                core_dumped: st & 0x80 != 0,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// The raw wait status.
+    pub fn wait_status(self) -> i32 {
+        match self {
+            ExitHow::Exited { code } => (code & 0xff) << 8,
+            ExitHow::Killed {
+                signal,
+                core_dumped,
+            } => (signal & 0x7f) | if core_dumped { 0x80 } else { 0 },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,6 +50,8 @@ pub struct RestoreReport {
     /// Root pid in the restorer's namespace.
     pub root_pid: i32,
     pub processes: usize,
+    /// Zombies re-created (children that had exited unreaped; not part of `processes`).
+    pub zombies: usize,
     pub threads: usize,
     pub pages_bytes: u64,
     /// Reading and verifying the image.

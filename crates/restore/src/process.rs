@@ -549,6 +549,143 @@ fn set_tid_bytes(p_ns: i32, p_outer: i32, pidns: bool) -> (Vec<u8>, u64) {
     )
 }
 
+/// Creates a child of the (stopped, seized) stub `parent` by an injected `clone3` with the
+/// child's pid, `ids` = (pid in the dumper's namespace, pid inside the tree's namespace, session,
+/// exit signal); waits for it to stop under our trace and makes it a session leader when it
+/// leads its session. Returns its outer pid.
+fn clone_in_parent(
+    parent: i32,
+    insn: u64,
+    ids: (i32, i32, i32, i32),
+    pidns: bool,
+    stubs: &mut Stubs,
+) -> Result<i32> {
+    let (pid, ns_pid, sid, exit_signal) = ids;
+    let mut rs = RemoteSyscalls::new(parent, insn).pid(parent)?;
+    let scratch = rs.map_scratch(None, 4096).pid(parent)?.addr();
+    let (tids, n) = set_tid_bytes(ns_pid, pid, pidns);
+    rs.put(SCR_TID, &tids).pid(parent)?;
+    let args = sys::pid::clone_args_bytes(0, u(exit_signal), scratch + SCR_TID, n);
+    rs.put(SCR_GEN, &args).pid(parent)?;
+    let r = rs
+        .syscall_raw(nr::CLONE3, [scratch, sys::pid::CLONE_ARGS_SIZE, 0, 0, 0, 0])
+        .pid(parent)?;
+    if r == -i64::from(libc::EEXIST) {
+        return Err(RestoreError::PidTaken { pid });
+    }
+    if r < 0 {
+        return Err(RestoreError::Invalid {
+            pid,
+            why: format!("clone3 in parent {parent} failed: errno {}", -r),
+        });
+    }
+    let cpid = new_outer_id(&mut rs, pid, pidns)?;
+    rs.finish().pid(parent)?;
+    stubs.add_process(cpid);
+    ptrace::wait_stop(cpid).pid(pid)?;
+    if sid == ns_pid {
+        let mut cs = RemoteSyscalls::new(cpid, insn).pid(pid)?;
+        cs.syscall("setsid", nr::SETSID, [0; 6]).pid(pid)?;
+        cs.finish().pid(pid)?;
+    }
+    Ok(cpid)
+}
+
+/// Ends the zombie stub `at` (seized, stopped) the way `z` ended: `exit_group(code)`, or its
+/// signal with the default action, unblocked, and no core dump (the core flag of the original
+/// status cannot be reproduced). Returns once /proc shows it as a zombie.
+fn end_zombie(z: &image::Zombie, at: i32, insn: u64) -> Result<()> {
+    const PR_SET_NAME: u64 = 15;
+    const PR_SET_DUMPABLE: u64 = 4;
+    let pid = z.pid;
+    let mut rs = RemoteSyscalls::new(at, insn).pid(pid)?;
+    let scratch = rs.map_scratch(None, 4096).pid(pid)?.addr();
+    // Its name as `ps` showed it (the stub has the restorer's).
+    let mut name: Vec<u8> = z.comm.bytes().take(15).collect();
+    name.push(0);
+    rs.put(SCR_PATH, &name).pid(pid)?;
+    rs.syscall(
+        "prctl(PR_SET_NAME)",
+        nr::PRCTL,
+        [PR_SET_NAME, scratch + SCR_PATH, 0, 0, 0, 0],
+    )
+    .pid(pid)?;
+    match z.end {
+        image::ExitHow::Exited { code } => {
+            // Resumed at a `syscall` instruction with exit_group's number: it exits at once.
+            let mut regs = *rs.saved_regs();
+            regs.rip = insn;
+            regs.rax = nr::EXIT_GROUP;
+            regs.orig_rax = i64_to_reg(-1);
+            regs.rdi = u(code);
+            rs.set_saved_regs(regs);
+            rs.finish().pid(pid)?;
+            ptrace::detach(at, 0).pid(pid)?;
+        }
+        image::ExitHow::Killed { signal, .. } => {
+            rs.syscall(
+                "prctl(PR_SET_DUMPABLE)",
+                nr::PRCTL,
+                [PR_SET_DUMPABLE, 0, 0, 0, 0, 0],
+            )
+            .pid(pid)?;
+            if signal != libc::SIGKILL {
+                // SIG_DFL: an all-zero kernel `struct sigaction`.
+                rs.put(SCR_GEN, &[0u8; 32]).pid(pid)?;
+                rs.syscall(
+                    "rt_sigaction(SIG_DFL)",
+                    nr::RT_SIGACTION,
+                    [u(signal), scratch + SCR_GEN, 0, 8, 0, 0],
+                )
+                .pid(pid)?;
+            }
+            // The stub was cloned inside an injected call: its own registers point into the
+            // middle of the vDSO. It waits in pause() instead, then gets the signal.
+            let mut regs = *rs.saved_regs();
+            regs.rip = insn;
+            regs.rax = nr::PAUSE;
+            regs.orig_rax = i64_to_reg(-1);
+            rs.set_saved_regs(regs);
+            rs.finish().pid(pid)?;
+            ptrace::set_sigmask(at, 0).pid(pid)?;
+            if signal == libc::SIGKILL {
+                // (SIGKILL would end the trace stop itself; detach first)
+                ptrace::detach(at, 0).pid(pid)?;
+                sys::pid::kill(at, signal).pid(pid)?;
+            } else {
+                // Queued while it is stopped, acted on as soon as it resumes.
+                sys::pid::kill(at, signal).pid(pid)?;
+                ptrace::detach(at, 0).pid(pid)?;
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match sys::proc::stat(at) {
+            Ok(st) if st.state == 'Z' => return Ok(()),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(RestoreError::Invalid {
+                    pid,
+                    why:
+                        "the re-created zombie was reaped at once (does its parent ignore SIGCHLD?)"
+                            .into(),
+                })
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RestoreError::Invalid {
+                pid,
+                why: format!(
+                    "the re-created zombie did not end within 60 s ({:?})",
+                    z.end
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 pub fn restore_tree(
     l: &Loaded,
     opts: &RestoreOptions,
@@ -579,6 +716,11 @@ pub(crate) fn restore_tree_with(
                 }
             }
         }
+        for z in &tree.zombies {
+            if sys::pid::pid_exists(z.pid) {
+                return Err(RestoreError::PidTaken { pid: z.pid });
+            }
+        }
     }
     let t0 = std::time::Instant::now();
     let files = prepare_files(l)?;
@@ -600,62 +742,72 @@ pub(crate) fn restore_tree_with(
         rs.syscall("setsid", nr::SETSID, [0; 6]).pid(rpid)?;
         rs.finish().pid(rpid)?;
     }
-    // Children, by a clone3 injected into their (still stub) parent.
-    for p in &tree.processes[1..] {
-        let parent = tree
-            .processes
+    let parent_of = |pid: i32, ppid: i32, placed: &[Placed]| {
+        tree.processes
             .iter()
-            .zip(&placed)
-            .find(|(q, _)| q.pid == p.ppid)
+            .zip(placed)
+            .find(|(q, _)| q.pid == ppid)
             .map(|(_, at)| at.pid)
             .ok_or_else(|| RestoreError::Invalid {
-                pid: p.pid,
-                why: format!("parent {} is not restored before it", p.ppid),
-            })?;
-        let mut rs = RemoteSyscalls::new(parent, insn).pid(parent)?;
-        let scratch = rs.map_scratch(None, 4096).pid(parent)?.addr();
-        let (tids, n) = set_tid_bytes(p.ns_pid, p.pid, tree.pidns);
-        rs.put(SCR_TID, &tids).pid(parent)?;
-        let args = sys::pid::clone_args_bytes(0, u(p.exit_signal), scratch + SCR_TID, n);
-        rs.put(SCR_GEN, &args).pid(parent)?;
-        let r = rs
-            .syscall_raw(nr::CLONE3, [scratch, sys::pid::CLONE_ARGS_SIZE, 0, 0, 0, 0])
-            .pid(parent)?;
-        if r == -i64::from(libc::EEXIST) {
-            return Err(RestoreError::PidTaken { pid: p.pid });
-        }
-        if r < 0 {
-            return Err(RestoreError::Invalid {
-                pid: p.pid,
-                why: format!("clone3 in parent {parent} failed: errno {}", -r),
-            });
-        }
-        let cpid = new_outer_id(&mut rs, p.pid, tree.pidns)?;
-        rs.finish().pid(parent)?;
-        stubs.add_process(cpid);
-        ptrace::wait_stop(cpid).pid(p.pid)?;
-        if p.sid == p.ns_pid {
-            let mut cs = RemoteSyscalls::new(cpid, insn).pid(p.pid)?;
-            cs.syscall("setsid", nr::SETSID, [0; 6]).pid(p.pid)?;
-            cs.finish().pid(p.pid)?;
-        }
+                pid,
+                why: format!("parent {ppid} is not restored before it"),
+            })
+    };
+    // Children, by a clone3 injected into their (still stub) parent.
+    for p in &tree.processes[1..] {
+        let parent = parent_of(p.pid, p.ppid, &placed)?;
+        let ids = (p.pid, p.ns_pid, p.sid, p.exit_signal);
+        let cpid = clone_in_parent(parent, insn, ids, tree.pidns, &mut stubs)?;
         placed.push(Placed { pid: cpid });
     }
-    // Process groups, now that every leader exists.
+    // Zombies: stubs too for now (they end last, once every process is rebuilt).
+    let mut zombies = Vec::with_capacity(tree.zombies.len());
+    for z in &tree.zombies {
+        let parent = parent_of(z.pid, z.ppid, &placed)?;
+        let ids = (z.pid, z.ns_pid, z.sid, z.exit_signal);
+        zombies.push(clone_in_parent(parent, insn, ids, tree.pidns, &mut stubs)?);
+    }
+    // Process groups, now that every leader exists: leaders first (a zombie may lead a
+    // group that live processes belong to), then members.
     // A group led from outside the tree (0 when outside the tree's PID namespace) cannot be
     // joined: such processes keep the group they inherited from the restored root.
     let outside_pgid = root.pgid;
-    let in_tree = |g: i32| tree.processes.iter().any(|q| q.ns_pid == g);
-    for (p, at) in tree.processes.iter().zip(&placed) {
-        if p.sid == p.ns_pid || p.pgid == 0 || (p.pgid == outside_pgid && !in_tree(p.pgid)) {
-            continue;
+    let in_tree = |g: i32| {
+        tree.processes.iter().any(|q| q.ns_pid == g) || tree.zombies.iter().any(|z| z.ns_pid == g)
+    };
+    let all: Vec<(i32, i32, i32, i32, i32)> = tree
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.ns_pid, p.pgid, p.sid))
+        .chain(
+            tree.zombies
+                .iter()
+                .map(|z| (z.pid, z.ns_pid, z.pgid, z.sid)),
+        )
+        .zip(
+            placed
+                .iter()
+                .map(|at| at.pid)
+                .chain(zombies.iter().copied()),
+        )
+        .map(|((pid, ns_pid, pgid, sid), at)| (pid, ns_pid, pgid, sid, at))
+        .collect();
+    for leaders in [true, false] {
+        for &(pid, ns_pid, pgid, sid, at) in &all {
+            if sid == ns_pid
+                || pgid == 0
+                || (pgid == outside_pgid && !in_tree(pgid))
+                || (pgid == ns_pid) != leaders
+            {
+                continue;
+            }
+            let target = if pgid == ns_pid { 0 } else { u(pgid) };
+            let mut rs = RemoteSyscalls::new(at, insn).pid(pid)?;
+            if let Err(e) = rs.syscall("setpgid", nr::SETPGID, [0, target, 0, 0, 0, 0]) {
+                tracing::warn!("pid {pid}: process group {pgid} not restored: {e}");
+            }
+            rs.finish().pid(pid)?;
         }
-        let target = if p.pgid == p.ns_pid { 0 } else { u(p.pgid) };
-        let mut rs = RemoteSyscalls::new(at.pid, insn).pid(p.pid)?;
-        if let Err(e) = rs.syscall("setpgid", nr::SETPGID, [0, target, 0, 0, 0, 0]) {
-            tracing::warn!("pid {}: process group {} not restored: {e}", p.pid, p.pgid);
-        }
-        rs.finish().pid(p.pid)?;
     }
     let total: u64 = tree.processes.iter().map(|p| p.pages.len).sum::<u64>()
         + l.from_parents.iter().flatten().map(|x| x.len).sum::<u64>();
@@ -696,7 +848,18 @@ pub(crate) fn restore_tree_with(
     for (i, p) in tree.processes.iter().enumerate() {
         crate::timers::restore(p, placed[i].pid)?;
     }
-    before_run(&stubs.pids)?;
+    // The zombies end now, the way they ended before, while their parents are still stopped
+    // (so none reaps one before we saw it become a zombie).
+    for (z, &at) in tree.zombies.iter().zip(&zombies) {
+        end_zombie(z, at, insn)?;
+    }
+    let live: Vec<i32> = stubs
+        .pids
+        .iter()
+        .copied()
+        .filter(|p| !zombies.contains(p))
+        .collect();
+    before_run(&live)?;
     // Registers last, then let everything run.
     for (tid, t) in &finals {
         let mut regs = t.regs;
@@ -714,6 +877,7 @@ pub(crate) fn restore_tree_with(
     Ok(RestoreReport {
         root_pid: rpid,
         processes: tree.processes.len(),
+        zombies: tree.zombies.len(),
         threads,
         pages_bytes: total,
         tcp_connections,

@@ -294,6 +294,9 @@ pub struct Stat {
     pub env_start: u64,
     pub env_end: u64,
     pub exit_signal: i32,
+    /// Field 52: the wait status of an exited task (a zombie), as `wait` would return it;
+    /// 0 while it runs (and when the reader may not see it).
+    pub exit_code: i32,
 }
 
 /// Parses the text of a stat file.
@@ -335,6 +338,7 @@ pub fn parse_stat(text: &str) -> Result<Stat> {
         arg_end: g(49),
         env_start: g(50),
         env_end: g(51),
+        exit_code: gi(52),
     })
 }
 

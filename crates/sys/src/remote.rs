@@ -79,6 +79,7 @@ pub mod nr {
     pub const GETITIMER: u64 = 36;
     pub const SETITIMER: u64 = 38;
     pub const GETPID: u64 = 39;
+    pub const PAUSE: u64 = 34;
     pub const FCNTL: u64 = 72;
     pub const CHDIR: u64 = 80;
     pub const FCHDIR: u64 = 81;
@@ -90,6 +91,7 @@ pub mod nr {
     pub const SETRESGID: u64 = 119;
     pub const SIGALTSTACK: u64 = 131;
     pub const PRCTL: u64 = 157;
+    pub const EXIT_GROUP: u64 = 231;
     pub const ARCH_PRCTL: u64 = 158;
     pub const CHROOT: u64 = 161;
     pub const RT_TGSIGQUEUEINFO: u64 = 297;

@@ -137,7 +137,16 @@ fn timerfds_round_trip() {
     // SAFETY: valid itimerspec, null old value.
     let rc = unsafe { libc::timerfd_settime(t3.as_raw_fd(), 0, &its, std::ptr::null_mut()) };
     assert_eq!(rc, 0);
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Wait for the expiration itself (readable), not for a time that a slow machine may need
+    // more of; the next one is an hour away, so exactly one is pending.
+    let mut p = libc::pollfd {
+        fd: t3.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one valid pollfd.
+    let ready = unsafe { libc::poll(&mut p, 1, 60_000) };
+    assert_eq!(ready, 1, "timerfd never expired");
     let i = info(&t3);
     let FdInfoExtra::TimerFd(ti) = i.extra else {
         panic!()

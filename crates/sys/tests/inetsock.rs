@@ -4,7 +4,6 @@ mod common;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
-use std::time::Duration;
 
 use sys::inetsock::{self, InetSockError};
 use sys::sockdiag::SockDiag;
@@ -81,7 +80,10 @@ fn listener_with_waiting_connection_is_refused() {
     in_private_netns("listener_with_waiting_connection_is_refused", || {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        // The handshake's last ACK may reach the listener later than connect() returns (loopback
+        // delivery deferred to ksoftirqd on a loaded machine): wait until the connection is
+        // waiting in the accept queue.
+        common::wait_readable(l.as_raw_fd(), "listener with a connecting client");
         let me = ino(l.as_raw_fd());
         let diag = SockDiag::open()
             .unwrap()
@@ -122,7 +124,7 @@ fn udp_bound_and_connected_recreated() {
         );
         assert_eq!(b2.peer_addr().unwrap(), aa);
         b2.send(b"hello").unwrap();
-        a2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        a2.set_read_timeout(Some(common::PATIENCE)).unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = a2.recv_from(&mut buf).unwrap();
         assert_eq!((&buf[..n], from), (&b"hello"[..], bb));

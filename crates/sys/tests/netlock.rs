@@ -67,12 +67,12 @@ fn locked_connection_drops_segments_without_reset_and_flows_after_unlock() {
         assert!(!netlock::is_locked(&table, None).unwrap());
         // The client's retransmission gets through.
         s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(common::PATIENCE)).unwrap();
         s.read_exact(&mut b[..5]).unwrap();
         assert_eq!(&b[..5], b"hello");
         s.write_all(b"back").unwrap();
         let mut cr = &c;
-        cr.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        cr.set_read_timeout(Some(common::PATIENCE)).unwrap();
         cr.read_exact(&mut b[..4]).unwrap();
         assert_eq!(&b[..4], b"back");
     });
@@ -121,7 +121,7 @@ fn locked_ipv6_connection_drops_segments_and_flows_after_unlock() {
         assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
         assert!(netlock::unlock(&table, None).unwrap());
         s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(common::PATIENCE)).unwrap();
         s.read_exact(&mut b[..3]).unwrap();
         assert_eq!(&b[..3], b"six");
     });
@@ -135,25 +135,31 @@ fn lock_in_another_namespace_is_found_by_inode_and_released_there() {
         eprintln!("skipped: needs root and nft");
         return;
     }
-    let Ok(mut child) = std::process::Command::new("unshare")
-        .args(["-n", "sleep", "20"])
+    // Killed and reaped on drop, also when an assertion fails; it sleeps far longer than the
+    // test can take on a slow machine.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let Ok(child) = std::process::Command::new("unshare")
+        .args(["-n", "sleep", "600"])
         .spawn()
     else {
         eprintln!("skipped: needs unshare (util-linux)");
         return;
     };
-    let pid = i32::try_from(child.id()).unwrap();
+    let child = Child(child);
+    let pid = i32::try_from(child.0.id()).unwrap();
     // unshare execs sleep once the namespace exists.
     let ours = netlock::netns_inode(None).unwrap();
     let mut theirs = ours;
-    for _ in 0..500 {
+    common::wait_until("the child has its own network namespace", || {
         theirs = netlock::netns_inode(Some(pid)).unwrap();
-        if theirs != ours {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_ne!(theirs, ours, "the child has its own network namespace");
+        theirs != ours
+    });
     let table = netlock::table_name("test_other_ns");
     let set = LockSet {
         connections: vec![],
@@ -165,6 +171,5 @@ fn lock_in_another_namespace_is_found_by_inode_and_released_there() {
     let ns = netlock::find_netns(theirs).expect("namespace found by inode");
     assert!(netlock::unlock_in(&table, &ns).unwrap());
     assert!(!netlock::is_locked(&table, Some(pid)).unwrap());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }

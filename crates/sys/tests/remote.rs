@@ -30,7 +30,17 @@ fn stopped_sleep() -> (Tracee, i32, u64) {
         .expect("spawn sleep");
     let pid = i32::try_from(child.id()).unwrap();
     let t = Tracee(child);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Seize it only once it runs `sleep`: before its exec it is a copy of this test process
+    // (possibly a vfork child sharing our memory), and a slow machine may take any time to get
+    // there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child {pid} did not exec sleep within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     ptrace::seize(pid, 0).unwrap();
     ptrace::interrupt(pid).unwrap();
     ptrace::wait_stop(pid).unwrap();

@@ -118,7 +118,16 @@ fn established_connection_survives_dump_close_restore() {
                 Err(_) => break,
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Loopback delivery and acknowledgements may be deferred to ksoftirqd on a loaded
+        // machine: wait until every client byte sits acknowledged in the server's receive
+        // queue, and every server byte is in exactly one place (the client's receive queue or
+        // the server's send queue: none delivered but not yet acknowledged).
+        let (cfd, sfd) = (c.as_raw_fd(), s.as_raw_fd());
+        common::wait_until("the streams in flight have settled", || {
+            common::sock_inq(sfd) == 100_000
+                && common::sock_outq(cfd) == 0
+                && u64::try_from(common::sock_inq(cfd) + common::sock_outq(sfd)).unwrap() == s2c
+        });
 
         // dump the client through its own fd, the server through a pidfd_getfd'ed duplicate
         let cr = Repair::enter(c.as_fd()).unwrap();
@@ -190,7 +199,7 @@ fn established_connection_survives_dump_close_restore() {
             .unwrap();
         let (mut got_c, mut got_s) = (0u64, 0u64);
         let mut buf = vec![0u8; 1 << 17];
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + common::PATIENCE;
         while (got_c < want_c || got_s < 100_004) && Instant::now() < deadline {
             if let Ok(n) = c2.read(&mut buf) {
                 for (k, &b) in buf[..n].iter().enumerate() {
@@ -255,7 +264,7 @@ fn restore_next_to_live_sockets_on_same_port() {
         for (c, s) in clients.iter_mut().zip(&mut servers) {
             c.write_all(b"x").unwrap();
             let mut b = [0u8; 1];
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.set_read_timeout(Some(common::PATIENCE)).unwrap();
             s.read_exact(&mut b).unwrap();
         }
     });
@@ -276,7 +285,16 @@ fn ipv6_connection_survives() {
         let (mut s, _) = ls.accept().unwrap();
         c.write_all(b"client->server before").unwrap();
         s.write_all(b"server->client before").unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        let (cfd, sfd) = (c.as_raw_fd(), s.as_raw_fd());
+        common::wait_until(
+            "both 21-byte messages arrived and were acknowledged",
+            || {
+                common::sock_inq(cfd) == 21
+                    && common::sock_inq(sfd) == 21
+                    && common::sock_outq(cfd) == 0
+                    && common::sock_outq(sfd) == 0
+            },
+        );
         let ci = tcp_repair::dump_and_freeze(c.as_fd()).unwrap();
         let si = tcp_repair::dump_and_freeze(s.as_fd()).unwrap();
         assert!(ci.local.is_ipv6() && si.local.is_ipv6());
@@ -290,8 +308,8 @@ fn ipv6_connection_survives() {
         tcp_repair::finish_restore(c2.as_fd(), &ci).unwrap();
         tcp_repair::finish_restore(s2.as_fd(), &si).unwrap();
         let (mut c2, mut s2) = (TcpStream::from(c2), TcpStream::from(s2));
-        c2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c2.set_read_timeout(Some(common::PATIENCE)).unwrap();
+        s2.set_read_timeout(Some(common::PATIENCE)).unwrap();
         let mut b = [0u8; 21];
         c2.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"server->client before");
@@ -319,20 +337,23 @@ fn socket_pulled_from_another_process() {
             common::read_byte(hold_r);
         });
         let guard = common::ChildGuard(child);
+        let cfd = c.as_raw_fd();
+        common::wait_until("the client's message arrived and was acknowledged", || {
+            common::sock_inq(sfd) == 21 && common::sock_outq(cfd) == 0
+        });
         drop(s); // only the child holds the server socket now
-        std::thread::sleep(Duration::from_millis(50));
         let pulled = sys::fdpull::pull_fd(child, sfd).unwrap();
         let st = tcp_repair::dump_and_freeze(pulled.as_fd()).unwrap();
         assert_eq!(st.recv_queue, b"queued for the server");
         drop(guard); // kill the owner
         drop(pulled); // last reference: closed in repair mode, nothing sent to the client
         let mut s2 = TcpStream::from(tcp_repair::restore(&st).unwrap());
-        s2.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s2.set_read_timeout(Some(common::PATIENCE)).unwrap();
         let mut b = [0u8; 21];
         s2.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"queued for the server");
         s2.write_all(b"pong").unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.set_read_timeout(Some(common::PATIENCE)).unwrap();
         let mut p = [0u8; 4];
         c.read_exact(&mut p).unwrap();
         assert_eq!(&p, b"pong");

@@ -7,8 +7,12 @@
 //! page. Prints one markdown table of medians, each next to its target.
 //!
 //! ```sh
-//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5]
+//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial]
 //! ```
+//! `--ab-serial` runs every counted run twice, the engine's serial copy and the overlapped one
+//! alternated, and prints an A/B line per size (medians and per-pair differences).
+//! Each timed dump starts after a `sync` (`--no-sync`: without), and each run prints the
+//! kernel's memory work during the dump (free and dirty memory, reclaim, stalls).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
 #![forbid(unsafe_code)]
 
@@ -33,6 +37,11 @@ struct Args {
     bench: bool,
     /// `--reuse`: recycled dumps (see `parse_args`).
     reuse: bool,
+    /// `sync` before each timed dump (default; `--no-sync` turns it off).
+    sync: bool,
+    /// `--ab-serial`: every run twice, alternating the engine's serial copy
+    /// (`UNDERSTUDY_DUMP_SERIAL=1`) and the overlapped one, for an A/B at the same moments.
+    ab: bool,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +50,8 @@ fn parse_args() -> Args {
         runs: 5,
         bench: false,
         reuse: false,
+        sync: true,
+        ab: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -57,6 +68,9 @@ fn parse_args() -> Args {
             // Periodic checkpoints: every counted dump recycles the previous run's image
             // (`DumpOptions::reuse_from`); one uncounted fresh dump goes first.
             "--reuse" => args.reuse = true,
+            // Each timed dump starts after a `sync` (see `bench_size`) unless told otherwise.
+            "--no-sync" => args.sync = false,
+            "--ab-serial" => args.ab = true,
             // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
@@ -92,6 +106,38 @@ fn fail(what: &str, image: &Path, root: i32, e: &dyn std::error::Error) -> ! {
     panic!("{what} failed: {}", chain(e));
 }
 
+/// Restores `image`; if one of its pids was taken by another process meanwhile (the
+/// restore refuses that cleanly, the image stays intact: seen once here under heavy process
+/// churn, the pid free again a moment later), says so, waits up to 5 s for the pid to be free
+/// and tries again, at most 3 times. Returns the report and the time of the attempt that
+/// succeeded; any other failure ends the benchmark.
+fn restore_retrying(image: &Path, what: &str, root: i32) -> (restore::RestoreReport, Duration) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let t = Instant::now();
+        match restore::restore(&restore::RestoreOptions {
+            image_dir: image.to_path_buf(),
+            ..Default::default()
+        }) {
+            Ok(r) => return (r, t.elapsed()),
+            Err(restore::RestoreError::PidTaken { pid }) if attempt < 3 => {
+                eprintln!(
+                    "ckpt_bench: {what}: restore attempt {attempt}: pid {pid} taken by another process ({}); waiting for it and retrying",
+                    holder(pid)
+                );
+                let since = Instant::now();
+                while fs::metadata(format!("/proc/{pid}")).is_ok()
+                    && since.elapsed() < Duration::from_secs(5)
+                {
+                    sleep(Duration::from_millis(5));
+                }
+            }
+            Err(e) => fail(&format!("{what}: restore"), image, root, &e),
+        }
+    }
+}
+
 /// Who holds `pid` now (a restore fails if another process took one of the tree's pids).
 fn holder(pid: i32) -> String {
     match fs::read(format!("/proc/{pid}/cmdline")) {
@@ -101,6 +147,75 @@ fn holder(pid: i32) -> String {
         ),
         Err(_) => "free".into(),
     }
+}
+
+/// The counters of `/proc/vmstat` that say what the kernel's memory management did around a
+/// dump (page-cache reclaim, dirty data, writeback), read before and after each timed dump.
+#[derive(Default, Clone, Copy)]
+struct MemState {
+    free_pages: u64,
+    dirty_pages: u64,
+    writeback_pages: u64,
+    scan_kswapd: u64,
+    scan_direct: u64,
+    alloc_stall: u64,
+    compact_stall: u64,
+}
+
+fn mem_state() -> MemState {
+    let mut m = MemState::default();
+    let Ok(t) = fs::read_to_string("/proc/vmstat") else {
+        return m;
+    };
+    for l in t.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        match k {
+            "nr_free_pages" => m.free_pages = v,
+            "nr_dirty" => m.dirty_pages = v,
+            "nr_writeback" => m.writeback_pages = v,
+            "pgscan_kswapd" => m.scan_kswapd = v,
+            "pgscan_direct" => m.scan_direct = v,
+            "compact_stall" => m.compact_stall = v,
+            _ if k.starts_with("allocstall_") => m.alloc_stall += v,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// One line about the kernel's memory work during a dump: free and dirty memory at its
+/// start, pages scanned by reclaim (kswapd, direct) and allocation/compaction stalls meanwhile.
+fn mem_line(a: &MemState, b: &MemState) -> String {
+    let mib = |pages: u64| pages * 4096 / (1 << 20);
+    format!(
+        "free {} MiB, dirty {} MiB, writeback {} MiB at the start; reclaim scanned {} MiB (kswapd) + {} MiB (direct), {} alloc stalls, {} compaction stalls",
+        mib(a.free_pages),
+        mib(a.dirty_pages),
+        mib(a.writeback_pages),
+        mib(b.scan_kswapd.saturating_sub(a.scan_kswapd)),
+        mib(b.scan_direct.saturating_sub(a.scan_direct)),
+        b.alloc_stall.saturating_sub(a.alloc_stall),
+        b.compact_stall.saturating_sub(a.compact_stall),
+    )
+}
+
+/// CPU seconds (user + system) of this process so far, every thread: the dump's own CPU, which
+/// the load of other jobs moves much less than its wall time.
+fn cpu_secs() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            #[allow(clippy::cast_precision_loss)] // seconds far below 2^52
+            let secs = tv.tv_sec() as f64;
+            #[allow(clippy::cast_precision_loss)]
+            let us = tv.tv_usec() as f64;
+            secs + us * 1e-6
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -232,10 +347,21 @@ struct Samples {
     restore_wall: Vec<f64>,
     image: Vec<f64>,
     pages: Vec<f64>,
+    /// `--ab-serial`: (dump, frozen) of each variant, in pairs taken back to back.
+    ab_serial: Vec<(f64, f64, f64)>,
+    ab_overlap: Vec<(f64, f64, f64)>,
 }
 
 #[allow(clippy::cast_precision_loss)] // sizes and counts far below 2^52
-fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Samples {
+fn bench_size(
+    bin: &Path,
+    base: &Path,
+    mib: u64,
+    runs: usize,
+    reuse: bool,
+    sync_first: bool,
+    ab: bool,
+) -> Samples {
     let mut s = Samples::default();
     let tree = start_tree(bin, base, mib);
     let mut buf = vec![1u8; 64 << 20];
@@ -244,11 +370,20 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
     }
     drop(buf);
     let mut prev: Option<PathBuf> = None;
-    if reuse {
-        // The first image, dumped fresh and not counted, is what the first counted run recycles.
+    {
+        // One uncounted fresh dump + restore first, so that every counted run starts from the
+        // same state: the image of the cycle before it just removed (fresh) or recycled
+        // (`--reuse`). Without it the first run alone found the memory of the tree just
+        // started and no freed image: it had to reclaim page cache and compact memory while
+        // frozen (docs/PERFORMANCE.md, session 4). Its figures are printed, not counted.
         let image = base.join(format!("image-{mib}-first"));
         let _ = fs::remove_dir_all(&image);
-        checkpoint::dump(&checkpoint::DumpOptions {
+        if sync_first {
+            nix::unistd::sync();
+        }
+        let m0 = mem_state();
+        let t0 = Instant::now();
+        let rep = checkpoint::dump(&checkpoint::DumpOptions {
             root_pid: tree.root,
             image_dir: image.clone(),
             ..Default::default()
@@ -261,6 +396,8 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
                 &e,
             )
         });
+        let wall = t0.elapsed();
+        let m1 = mem_state();
         restore::restore(&restore::RestoreOptions {
             image_dir: image.clone(),
             ..Default::default()
@@ -273,9 +410,26 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
                 &e,
             )
         });
-        prev = Some(image);
+        eprintln!(
+            "{mib} MiB uncounted first cycle: dump {:.3} s (frozen {:.3} s, copy {:.3} s, reap wait {:.3} s); {}",
+            wall.as_secs_f64(),
+            rep.frozen.as_secs_f64(),
+            rep.memory_copy.as_secs_f64(),
+            rep.reap_wait.as_secs_f64(),
+            mem_line(&m0, &m1),
+        );
+        if reuse {
+            prev = Some(image);
+        } else {
+            let _ = fs::remove_dir_all(&image);
+        }
     }
-    for run in 0..runs {
+    for run in 0..if ab { runs * 2 } else { runs } {
+        // A/B: pair `run / 2` is serial then overlapped, the next pair the other way round.
+        let serial = ab && ((run % 2 == 0) == ((run / 2) % 2 == 0));
+        if ab {
+            std::env::set_var("UNDERSTUDY_DUMP_SERIAL", if serial { "1" } else { "0" });
+        }
         let image = base.join(format!("image-{mib}-{run}"));
         let _ = fs::remove_dir_all(&image);
         let opts = checkpoint::DumpOptions {
@@ -285,6 +439,14 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             reuse_from: prev.take(),
             ..Default::default()
         };
+        if sync_first {
+            // Same starting state for every timed dump: nothing dirty left by earlier runs (or
+            // other jobs) is written back while it runs; the raw readv it is compared with
+            // writes nothing either.
+            nix::unistd::sync();
+        }
+        let m0 = mem_state();
+        let c0 = cpu_secs();
         let t0 = Instant::now();
         let rep = checkpoint::dump(&opts).unwrap_or_else(|e| {
             fail(
@@ -295,36 +457,47 @@ fn bench_size(bin: &Path, base: &Path, mib: u64, runs: usize, reuse: bool) -> Sa
             )
         });
         let wall = t0.elapsed();
+        let cpu = cpu_secs() - c0;
+        let m1 = mem_state();
         s.dump_wall.push(wall.as_secs_f64());
         s.dump
             .push(wall.saturating_sub(rep.reap_wait).as_secs_f64());
         s.frozen.push(rep.frozen.as_secs_f64());
+        if ab {
+            let v = (
+                wall.saturating_sub(rep.reap_wait).as_secs_f64(),
+                rep.frozen.as_secs_f64(),
+                cpu,
+            );
+            if serial {
+                s.ab_serial.push(v);
+            } else {
+                s.ab_overlap.push(v);
+            }
+        }
         s.copy.push(rep.memory_copy.as_secs_f64());
         s.reap.push(rep.reap_wait.as_secs_f64());
         s.pages.push(rep.pages_bytes as f64);
         s.image.push(du(&image) as f64);
-        let t1 = Instant::now();
-        let rr = restore::restore(&restore::RestoreOptions {
-            image_dir: image.clone(),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| {
-            fail(
-                &format!("{mib} MiB run {}: restore", run + 1),
-                &image,
-                tree.root,
-                &e,
-            )
-        });
-        s.restore_wall.push(t1.elapsed().as_secs_f64());
+        let (rr, restore_took) =
+            restore_retrying(&image, &format!("{mib} MiB run {}", run + 1), tree.root);
+        s.restore_wall.push(restore_took.as_secs_f64());
         eprintln!(
-            "{mib} MiB run {}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, reap wait {:.3} s), restore {:.3} s",
+            "{mib} MiB run {}{}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s, CPU {:.3} s), restore {:.3} s; {}",
             run + 1,
+            match (ab, serial) {
+                (false, _) => "",
+                (true, true) => " (serial copy)",
+                (true, false) => " (overlapped copy)",
+            },
             wall.as_secs_f64(),
             rep.frozen.as_secs_f64(),
             rep.memory_copy.as_secs_f64(),
+            rep.copy_wait.as_secs_f64() * 1e3,
             rep.reap_wait.as_secs_f64(),
-            t1.elapsed().as_secs_f64()
+            cpu,
+            restore_took.as_secs_f64(),
+            mem_line(&m0, &m1),
         );
         assert_eq!(rr.root_pid, tree.root, "restored root pid");
         if reuse {
@@ -376,11 +549,20 @@ fn main() {
 
     println!("runs per size: {}; medians; dump time excludes waiting for PID 1 to reap the killed tree (shown apart); {}", args.runs,
         if args.reuse { "RECYCLED dumps: each recycles the previous run's image (--reuse)" } else { "fresh dumps into new directories" });
+    println!(
+        "{}",
+        if args.sync {
+            "each timed dump starts after `sync` (the previous image removed, nothing dirty written back during the dump); --no-sync turns it off"
+        } else {
+            "no `sync` before the timed dumps (--no-sync)"
+        }
+    );
     println!();
     println!("| memory | raw readv | dump | dump rate (target >= 70% of raw) | freeze (target: no longer than the copy) | memory copy | reap wait | restore (1 GiB target < 0.5 s) | image size |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut ab_lines = Vec::new();
     for &mib in &args.sizes {
-        let mut s = bench_size(&bin, &base, mib, args.runs, args.reuse);
+        let mut s = bench_size(&bin, &base, mib, args.runs, args.reuse, args.sync, args.ab);
         let raw = median(&mut s.raw);
         let dump = median(&mut s.dump);
         let pages = median(&mut s.pages);
@@ -407,6 +589,42 @@ fn main() {
             if mib == 1024 { if restore < 0.5 { " (met)" } else { " (missed)" } } else { "" },
             image / (1u64 << 20) as f64,
         );
+        if !s.ab_serial.is_empty() {
+            ab_lines.push(ab_line(mib, raw, pages, &s));
+        }
+    }
+    for l in ab_lines {
+        println!("{l}");
     }
     let _ = fs::remove_dir_all(&base);
+}
+
+/// `--ab-serial`: medians of each variant and of the per-pair differences (pairs taken back to
+/// back, so the machine's state moves both alike).
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples) -> String {
+    let col = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        median(&mut x)
+    };
+    let mut diff: Vec<f64> = s
+        .ab_serial
+        .iter()
+        .zip(&s.ab_overlap)
+        .map(|(a, b)| (a.0 - b.0) * 1e3)
+        .collect();
+    let (ds, do_) = (col(&s.ab_serial, |p| p.0), col(&s.ab_overlap, |p| p.0));
+    format!(
+        "A/B {mib} MiB, {} pairs: dump serial {:.3} s ({:.0}% of raw) / overlapped {:.3} s ({:.0}% of raw); frozen {:.3} / {:.3} s; CPU {:.3} / {:.3} s; serial minus overlapped per pair: median {:.1} ms",
+        diff.len(),
+        ds,
+        100.0 * pages / ds / raw,
+        do_,
+        100.0 * pages / do_ / raw,
+        col(&s.ab_serial, |p| p.1),
+        col(&s.ab_overlap, |p| p.1),
+        col(&s.ab_serial, |p| p.2),
+        col(&s.ab_overlap, |p| p.2),
+        median(&mut diff),
+    )
 }

@@ -34,8 +34,8 @@ struct Client {
 impl Client {
     fn connect(i: usize, port: u16) -> Client {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the server");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.set_write_timeout(Some(PATIENCE)).unwrap();
         s.set_nodelay(true).unwrap();
         Client {
             i,
@@ -61,7 +61,7 @@ impl Client {
         let t = Instant::now();
         while self.got < upto {
             assert!(
-                t.elapsed() < Duration::from_secs(10),
+                t.elapsed() < PATIENCE,
                 "client {}: echo stalled at {} of {upto}",
                 self.i,
                 self.got

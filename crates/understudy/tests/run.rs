@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 const UNDERSTUDY: &str = env!("CARGO_BIN_EXE_understudy");
 
+/// Bound of every wait on another process: generous because CI machines are slow and shared (a
+/// wait that succeeds returns as soon as it can).
+const PATIENCE: Duration = Duration::from_secs(60);
+
 fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root (creating a PID namespace)");
@@ -65,9 +69,12 @@ fn understudy(state: &Path, args: &[&str]) -> Output {
         .expect("spawn understudy");
     let start = Instant::now();
     while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > Duration::from_secs(30) {
+        if start.elapsed() > PATIENCE {
             let _ = child.kill();
-            panic!("`understudy {}` did not finish within 30 s", args.join(" "));
+            panic!(
+                "`understudy {}` did not finish within {PATIENCE:?}",
+                args.join(" ")
+            );
         }
         sleep(Duration::from_millis(10));
     }
@@ -135,36 +142,65 @@ fn init_reaps_orphans() {
     let st = StateDir::new("orphans");
     // Ten orphans (their parent subshell exits at once) exit while PROGRAM still runs: they
     // were reparented to the init, which must reap them.
-    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.05 &) ; done; sleep 1.5";
+    // PROGRAM then stays until the test tells it to stop, so the init's children can be
+    // watched for as long as a slow machine needs to let the orphans exit.
+    let (forked, stop) = (st.0.join("forked"), st.0.join("stop"));
+    let script = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.05 &) ; done; touch {}; \
+         while [ ! -e {} ]; do sleep 0.05; done",
+        forked.display(),
+        stop.display()
+    );
     let out = understudy(
         &st.0,
-        &["run", "--detach", "--name", "app", "--", "sh", "-c", script],
+        &[
+            "run", "--detach", "--name", "app", "--", "sh", "-c", &script,
+        ],
     );
     assert!(out.status.success(), "{out:?}");
     let init: i32 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .expect("init pid");
-    sleep(Duration::from_millis(600));
-    let mut zombies = Vec::new();
-    let mut children = 0;
-    for e in fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(init) {
-            children += 1;
-            if fields[0] == "Z" {
-                zombies.push(e.file_name());
+    let deadline = Instant::now() + PATIENCE;
+    while !forked.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "PROGRAM never forked its orphans"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    // The init's children: (pid, state). Once the orphans are gone only PROGRAM is left; an
+    // orphan that exited and was not reaped stays a zombie child of the init forever.
+    let children_of_init = || {
+        let mut v = Vec::new();
+        for e in fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(init) {
+                v.push((e.file_name(), fields[0].to_owned()));
             }
         }
+        v
+    };
+    loop {
+        let children = children_of_init();
+        assert!(!children.is_empty(), "PROGRAM is not a child of the init");
+        if children.len() == 1 && children[0].1 != "Z" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the init left zombies (or orphans never exited): {children:?}"
+        );
+        sleep(Duration::from_millis(20));
     }
-    assert!(children >= 1, "PROGRAM is not a child of the init");
-    assert!(zombies.is_empty(), "the init left zombies: {zombies:?}");
+    fs::write(&stop, b"").expect("stop file");
 }
 
 #[test]
@@ -173,17 +209,17 @@ fn detached_run_writes_log_and_logs_prints_it() {
         return;
     }
     let st = StateDir::new("detached");
+    // The application runs until the test lets it finish: the second launch below must find
+    // it running however slow the machine is.
+    let go = st.0.join("go");
+    let script = format!(
+        "echo out-line; echo err-line >&2; while [ ! -e {} ]; do sleep 0.02; done; echo last",
+        go.display()
+    );
     let out = understudy(
         &st.0,
         &[
-            "run",
-            "--detach",
-            "--name",
-            "app",
-            "--",
-            "sh",
-            "-c",
-            "echo out-line; echo err-line >&2; sleep 0.3; echo last",
+            "run", "--detach", "--name", "app", "--", "sh", "-c", &script,
         ],
     );
     assert!(out.status.success(), "{out:?}");
@@ -206,6 +242,7 @@ fn detached_run_writes_log_and_logs_prints_it() {
         String::from_utf8_lossy(&again.stderr).contains("already running"),
         "{again:?}"
     );
+    fs::write(&go, b"").expect("go file");
     // `logs --follow` returns once the application has exited, with everything it wrote.
     let logs = understudy(&st.0, &["logs", "--follow", "app"]);
     assert!(logs.status.success(), "{logs:?}");
@@ -213,7 +250,7 @@ fn detached_run_writes_log_and_logs_prints_it() {
         String::from_utf8_lossy(&logs.stdout),
         "out-line\nerr-line\nlast\n"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let rec = fs::read_to_string(st.0.join("apps/app/app.json")).expect("app.json");
         if json_field(&rec, "state") == Some("exited".into()) {
@@ -255,8 +292,10 @@ fn attached_app_checkpointed_by_name_and_restored() {
     }
     let st = StateDir::new("attached-ckpt");
     let count = st.0.join("count");
+    // The count is replaced atomically (write, then rename): `echo $i > count` truncates the
+    // file first, and a checkpoint that freezes the shell right there leaves it empty.
     let script = format!(
-        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.02; done",
+        "i=0; while :; do i=$((i+1)); echo $i > {0}.tmp; mv -f {0}.tmp {0}; sleep 0.02; done",
         count.display()
     );
     let mut sup = Command::new(UNDERSTUDY)
@@ -275,7 +314,7 @@ fn attached_app_checkpointed_by_name_and_restored() {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     while read_count().unwrap_or(0) < 5 {
         assert!(Instant::now() < deadline, "the application never counted");
         sleep(Duration::from_millis(20));
@@ -288,6 +327,8 @@ fn attached_app_checkpointed_by_name_and_restored() {
         .expect("root_pid");
     let exe_before = fs::read_link(format!("/proc/{root0}/exe")).expect("exe link");
     let image = st.0.join("image");
+    // The shell forks `mv` and `sleep` all the time: the checkpoint may find one of them
+    // exited but not yet reaped; that zombie is part of the image (one attempt, no retry).
     let ck = understudy(
         &st.0,
         &[
@@ -298,7 +339,7 @@ fn attached_app_checkpointed_by_name_and_restored() {
         ],
     );
     assert!(ck.status.success(), "checkpoint by name: {ck:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     while sup.try_wait().expect("try_wait").is_none() {
         assert!(
             Instant::now() < deadline,
@@ -342,7 +383,7 @@ fn attached_app_checkpointed_by_name_and_restored() {
         Some(printed),
         json_field(&rec, "root_pid").and_then(|v| v.as_i64())
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     while read_count().unwrap_or(0) < at_checkpoint + 5 {
         assert!(
             Instant::now() < deadline,

@@ -118,6 +118,7 @@ zdtm!(sparse_mem);
 zdtm!(seccomp);
 zdtm!(exe_link);
 zdtm!(posix_timer);
+zdtm!(zombies);
 zdtm!(pipe_widowed);
 
 /// POSIX timers restored without `PR_TIMER_CREATE_RESTORE_IDS` (the path for kernels before
@@ -145,6 +146,58 @@ fn posix_timer_ids_without_the_restore_ids_prctl() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    w.expect_pass();
+}
+
+/// The zombies of a tree (children that ended, not yet reaped) are in the image: `inspect`
+/// lists them with how they ended (text and `--json`), and the restored tree has them again as
+/// zombies of the same parent, so a second checkpoint and restore keep them too.
+#[test]
+fn zombies_are_listed_by_inspect_and_survive_two_checkpoints() {
+    if !can_run("zombies in inspect") {
+        return;
+    }
+    let mut w = start("zombies");
+    let image = w.image_dir("1");
+    let before = checkpoint(&mut w, &image);
+    let json = understudy(&w.dir, &["inspect", path(&image), "--json"]);
+    assert!(json.status.success(), "inspect --json: {}", json.describe());
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).expect("inspect json");
+    assert_eq!(v["format_version"], 4, "an image with zombies is version 4");
+    let zombies = v["zombies"].as_array().expect("zombies listed");
+    assert_eq!(zombies.len(), 2, "{zombies:?}");
+    let mut ends: Vec<String> = zombies
+        .iter()
+        .map(|z| {
+            assert_eq!(z["ppid"], w.root, "zombie under the root: {z}");
+            assert_eq!(z["sid"], w.root, "zombie in the root's session: {z}");
+            z["end"].to_string()
+        })
+        .collect();
+    ends.sort();
+    assert_eq!(
+        ends,
+        [
+            r#"{"code":7,"how":"exited"}"#,
+            r#"{"core_dumped":false,"how":"killed","signal":15}"#
+        ]
+    );
+    let zpids: Vec<i64> = zombies.iter().filter_map(|z| z["pid"].as_i64()).collect();
+    let text = understudy(&w.dir, &["inspect", path(&image)]);
+    assert!(
+        text.stdout.contains("exited with code 7, not yet reaped")
+            && text.stdout.contains("killed by signal 15, not yet reaped"),
+        "inspect text: {}",
+        text.describe()
+    );
+    restore(&mut w, &image, &before);
+    for &z in &zpids {
+        let z = i32::try_from(z).expect("pid");
+        assert_eq!(proc_state(z), Some('Z'), "restored pid {z} is no zombie");
+    }
+    let image2 = w.image_dir("2");
+    let before2 = checkpoint(&mut w, &image2);
+    restore(&mut w, &image2, &before2);
     w.expect_pass();
 }
 
@@ -435,11 +488,14 @@ fn damaged_images_are_refused_and_nothing_is_half_restored() {
                 alive.is_empty(),
                 "{kind} {name}: processes {alive:?} left after refusal"
             );
-            // Its PIDs must come free promptly, so that a good restore can follow.
-            for _ in 0..500 {
-                if before.iter().all(|p| pid_free(p.pid)) {
-                    break;
-                }
+            // Its PIDs must come free (bounded), so that a good restore can follow.
+            let start = std::time::Instant::now();
+            while !before.iter().all(|p| pid_free(p.pid)) {
+                assert!(
+                    start.elapsed() < harness::EXIT_TIMEOUT,
+                    "{kind} {name}: pids still taken {:?} after the refusal",
+                    harness::EXIT_TIMEOUT
+                );
                 sleep(Duration::from_millis(10));
             }
             let _ = fs::remove_dir_all(dir);
@@ -469,6 +525,12 @@ fn run_launched_threads_checkpointed_by_name() {
 #[test]
 fn run_launched_posix_timers_checkpointed_by_name() {
     run_launched("posix_timer");
+}
+
+/// Zombies in a PID namespace: re-created with their pids inside it, under their parent.
+#[test]
+fn run_launched_zombies_checkpointed_by_name() {
+    run_launched("zombies");
 }
 
 fn run_launched(workload: &str) {

@@ -259,3 +259,54 @@ pub mod inject {
         }
     }
 }
+
+/// Bound of every wait on another process, thread or the network stack: generous because CI
+/// machines are slow and shared (a wait that succeeds returns as soon as it can).
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Polls `cond` every 5 ms until it holds; panics naming `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Bytes queued for reading on socket `fd` (SIOCINQ).
+pub fn sock_inq(fd: i32) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the valid pointer.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+    n
+}
+
+/// Bytes in the send queue of socket `fd`, sent but unacknowledged or unsent (SIOCOUTQ).
+pub fn sock_outq(fd: i32) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int to the valid pointer.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) }, 0);
+    n
+}
+
+/// Waits until `fd` is readable (for a listener: a connection is waiting to be accepted).
+pub fn wait_readable(fd: i32, what: &str) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(PATIENCE.as_millis()).unwrap();
+    loop {
+        // SAFETY: polls one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        assert_eq!(r, 1, "{what} not readable within {PATIENCE:?}");
+        return;
+    }
+}

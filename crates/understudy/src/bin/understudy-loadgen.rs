@@ -3,11 +3,13 @@
 //! Used by the replication tests and the benchmark; not installed for users.
 //!
 //! `understudy-loadgen --procs P --threads T --messages N [--size S] [--output-every K]
-//! [--pause-us U]`:
+//! [--pause-us U] [--hold FILE]`:
 //! P processes (this one and P-1 children) × T threads × N records of S bytes each. With
 //! `--output-every K`, every K-th record is an "output": the thread waits for the ring's
 //! `ack_seq` to cover it (sync mode) before going on. With `--pause-us U`, each thread sleeps
-//! U µs after every 64 records (to stretch a test run over time).
+//! U µs after every 64 records (to stretch a test run over time). With `--hold FILE`, each
+//! thread waits before its last record until FILE exists (a test keeps the workload running
+//! for as long as it needs, however fast or slow the machine).
 
 #![forbid(unsafe_code)]
 
@@ -34,6 +36,11 @@ fn main() -> ExitCode {
     let output_every = arg(&args, "--output-every", 0);
     let child_index = arg(&args, "--child", 0);
     let pause_us = arg(&args, "--pause-us", 0);
+    let hold: Option<PathBuf> = args
+        .iter()
+        .position(|a| a == "--hold")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
     let Some(ring) = std::env::var_os("UNDERSTUDY_RING").map(PathBuf::from) else {
         eprintln!("understudy-loadgen: UNDERSTUDY_RING is not set");
         return ExitCode::FAILURE;
@@ -57,10 +64,17 @@ fn main() -> ExitCode {
     let failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (producer, failed) = (&producer, &failed);
+            let (producer, failed, hold) = (&producer, &failed, &hold);
             s.spawn(move || {
                 let mut payload = vec![0u8; size];
                 for i in 0..messages {
+                    if i + 1 == messages {
+                        if let Some(f) = hold {
+                            while !f.exists() {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
                     let head = format!("p{child_index}/{pid} t{t} m{i} ");
                     let n = head.len().min(size);
                     payload[..n].copy_from_slice(&head.as_bytes()[..n]);

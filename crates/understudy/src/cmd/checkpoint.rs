@@ -88,8 +88,13 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         b.finish_and_clear();
     }
     eprintln!(
-        "checkpointed {} process(es), {} thread(s), {:.1} MiB of memory into {}: frozen {:.1} ms (memory copy {:.1} ms){}",
+        "checkpointed {} process(es){}, {} thread(s), {:.1} MiB of memory into {}: frozen {:.1} ms (memory copy {:.1} ms){}",
         report.processes,
+        if report.zombies > 0 {
+            format!(" and {} zombie(s)", report.zombies)
+        } else {
+            String::new()
+        },
         report.threads,
         report.pages_bytes as f64 / (1u64 << 20) as f64,
         args.image.display(),

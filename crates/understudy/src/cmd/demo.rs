@@ -121,6 +121,30 @@ impl Stage {
         }
     }
 
+    /// Waits (20 s at most) until every worker counted past `last`, and returns the progress
+    /// then, or the newest seen at the deadline (the caller's checks say what did not move):
+    /// the total moving says only that one worker did, and a loaded machine may schedule the
+    /// others later.
+    fn wait_every_worker(&mut self, last: &Progress) -> anyhow::Result<Progress> {
+        let start = Instant::now();
+        let mut newest = None;
+        loop {
+            if let Ok(p) = Progress::read(&self.dir) {
+                let all = p.total > last.total
+                    && p.workers.len() == last.workers.len()
+                    && p.workers.iter().zip(&last.workers).all(|(b, a)| b > a);
+                if all {
+                    return Ok(p);
+                }
+                newest = Some(p);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return newest.context("the workload's progress file was unreadable for 20 s");
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
     fn next_image(&mut self) -> PathBuf {
         self.image_seq += 1;
         self.dir.join(format!("image-{}", self.image_seq))
@@ -407,7 +431,7 @@ fn check_continued(st: &mut Stage) -> anyhow::Result<()> {
         .clone()
         .context("no progress recorded before the checkpoint")?;
     sleep(st.settle);
-    let now = st.wait_progress(last.total)?;
+    let now = st.wait_every_worker(&last)?;
     st.note(format!("now: {}", now.show()));
     ensure!(
         now.pids == last.pids,

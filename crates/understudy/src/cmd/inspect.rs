@@ -161,6 +161,22 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    for z in &tree.zombies {
+        let end = match z.end {
+            image::ExitHow::Exited { code } => format!("exited with code {code}"),
+            image::ExitHow::Killed {
+                signal,
+                core_dumped,
+            } => format!(
+                "killed by signal {signal}{}",
+                if core_dumped { " (core dumped)" } else { "" }
+            ),
+        };
+        println!(
+            "zombie {} ({}) ppid {} pgid {} sid {} — {end}, not yet reaped",
+            z.pid, z.comm, z.ppid, z.pgid, z.sid
+        );
+    }
     for p in &tree.processes {
         println!(
             "process {} ({}) ppid {} pgid {} sid {} exe {} cwd {} — {} thread(s), {:.1} MiB in {}",

@@ -40,15 +40,21 @@ pub fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("{}: read", path.display()))?;
-        if n > 0 {
+        // Whether the application runs is looked at before reading to the end: what it wrote
+        // before it exited is then in the file and is printed. (Looked at after, output
+        // written between the last read and the exit was lost.)
+        let running = args.follow && rec.is_alive();
+        loop {
+            let n = file
+                .read(&mut buf)
+                .with_context(|| format!("{}: read", path.display()))?;
+            if n == 0 {
+                break;
+            }
             out.write_all(&buf[..n])?;
-            continue;
         }
         out.flush()?;
-        if !args.follow || !rec.is_alive() {
+        if !running {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_understudy");
 
+/// Bound of every wait on another process: generous because CI machines are slow and shared (a
+/// wait that succeeds returns as soon as it can).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
 /// Why the test cannot run here, if it cannot.
 pub fn skip_reason() -> Option<String> {
     if !Path::new("/proc/self/status").exists() {
@@ -82,10 +86,7 @@ pub fn start_with_arg(prog: &Path, arg: &str) -> Workload {
     let pidf = dir.path().join("pid");
     let t = Instant::now();
     while !pidf.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "workload did not start"
-        );
+        assert!(t.elapsed() < PATIENCE, "workload did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
     let pid: i32 = std::fs::read_to_string(&pidf)
@@ -156,8 +157,8 @@ pub fn verdict(w: &Workload) -> String {
     let res = w.dir.path().join("result");
     let t = Instant::now();
     while !res.exists() {
-        if t.elapsed() > Duration::from_secs(20) {
-            return "FAIL: no result within 20 s (workload hung or died)".into();
+        if t.elapsed() > PATIENCE {
+            return format!("FAIL: no result within {PATIENCE:?} (workload hung or died)");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -177,10 +178,7 @@ pub fn start_in_pidns(prog: &Path) -> Workload {
     assert!(st.success());
     let t = Instant::now();
     while !dir.path().join("pid").exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "workload did not start"
-        );
+        assert!(t.elapsed() < PATIENCE, "workload did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
     let want = dir.path().to_string_lossy().into_owned();

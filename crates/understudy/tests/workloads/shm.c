@@ -40,7 +40,10 @@ int main(int argc, char **argv) {
         }
         kids[i] = p;
     }
-    usleep(100000);
+    /* Ready only once both children made their early writes (a fixed pause may not be enough
+     * for them to be scheduled on a loaded machine; the check after restore needs them). */
+    for (int i = 1; i <= 2; i++)
+        while (mm[i * 8192] != 'A' + i || an[i * 8192] != 'a' + i) { struct timespec ts = {0, 1000000}; nanosleep(&ts, 0); }
     FILE *pf = fopen("pid.tmp", "w"); fprintf(pf, "%d\n", getpid()); fclose(pf); rename("pid.tmp", "pid");
     while (access("go", F_OK) != 0) { struct timespec ts = {0, 2000000}; nanosleep(&ts, 0); }
     for (int i = 1; i <= 2; i++) if (mm[i * 8192] != 'A' + i || an[i * 8192] != 'a' + i) FAIL("child %d's early write lost", i);

@@ -78,8 +78,11 @@ int main(int argc, char **argv) {
     chdir(dir);
     FILE *pf = fopen("pid.tmp", "w"); fprintf(pf, "%d\n", getpid()); fclose(pf); rename("pid.tmp", "pid");
     while (access("go", F_OK) != 0) { struct timespec ts = {0, 2000000}; nanosleep(&ts, 0); }
-    unsigned long t1 = total; usleep(50000);
-    if (total == t1) FAIL("workers stopped making progress");
+    /* Progress after restore: wait (at least 20 s in all) for the count to move; a fixed 50 ms
+     * is not enough for the workers to be scheduled on a loaded machine. */
+    unsigned long t1 = __atomic_load_n(&total, __ATOMIC_RELAXED);
+    for (int i = 0; i < 2000 && __atomic_load_n(&total, __ATOMIC_RELAXED) == t1; i++) usleep(10000);
+    if (__atomic_load_n(&total, __ATOMIC_RELAXED) == t1) FAIL("workers stopped making progress");
     __atomic_store_n(&futex_word, 1, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, &futex_word, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0);
     write(pfd[1], "R", 1);

@@ -28,7 +28,7 @@ static void readn(int fd, char *b, size_t n, const char *who) {
     size_t got = 0;
     while (got < n) {
         struct pollfd p = {fd, POLLIN, 0};
-        if (poll(&p, 1, 5000) != 1) FAIL("%s: no data within 5 s (%zu of %zu)", who, got, n);
+        if (poll(&p, 1, 30000) != 1) FAIL("%s: no data within 30 s (%zu of %zu)", who, got, n);
         ssize_t r = read(fd, b + got, n - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) FAIL("%s: read %zd: %s", who, r, strerror(errno));

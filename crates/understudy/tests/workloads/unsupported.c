@@ -3,6 +3,7 @@
  * Usage: unsupported DIR [uring]. Writes DIR/fd with the fd number of the resource. */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +33,10 @@ int main(int argc, char **argv) {
         int s = accept(l, 0, 0);
         close(s);
         close(l);
-        struct timespec ts = {0, 50000000};
-        nanosleep(&ts, 0);
+        /* CLOSE_WAIT once the FIN was processed: wait for it (POLLRDHUP), not for a fixed
+         * 50 ms (loopback delivery may be deferred to ksoftirqd on a loaded machine). */
+        struct pollfd p = {fd, POLLRDHUP, 0};
+        if (poll(&p, 1, 30000) != 1 || !(p.revents & POLLRDHUP)) return 3;
     } else {
         fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
     }

@@ -22,10 +22,10 @@ pub const UNDERSTUDY: &str = env!("CARGO_BIN_EXE_understudy");
 const SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/zdtm");
 const BUILD_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/zdtm");
 
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-pub const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const RESULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(90);
-pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// True when the tests can run; prints why not otherwise (they then return early: a skip).
 pub fn can_run(what: &str) -> bool {

@@ -1,0 +1,50 @@
+/*
+ * Zombies: the root keeps two children unreaped after they ended, one by _exit(7), one killed
+ * by SIGTERM. Both are zombies while the tree is checkpointed (the root makes sure with
+ * waitid(WNOWAIT), which does not reap). After restore the root reaps each by its pid and
+ * checks the statuses, and that no third child appeared.
+ */
+#include "zdtm.h"
+
+/* Blocks until PID has ended, without reaping it; returns the raw wait status. */
+static int ended_unreaped(pid_t pid)
+{
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	while (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT) != 0)
+		ZCHECK(errno == EINTR, "waitid(%d, WNOWAIT)", (int)pid);
+	ZCHECK(si.si_pid == pid, "waitid(%d) gave pid %d", (int)pid, (int)si.si_pid);
+	return si.si_code == CLD_EXITED ? si.si_status << 8 : si.si_status;
+}
+
+int main(int argc, char **argv)
+{
+	zdtm_start(argc, argv);
+	pid_t a = fork();
+	ZCHECK(a >= 0, "fork a");
+	if (a == 0)
+		_exit(7);
+	pid_t b = fork();
+	ZCHECK(b >= 0, "fork b");
+	if (b == 0) {
+		for (;;)
+			pause();
+	}
+	ZCHECK(kill(b, SIGTERM) == 0, "kill b");
+	int sa = ended_unreaped(a), sb = ended_unreaped(b);
+	ZCHECK(WIFEXITED(sa) && WEXITSTATUS(sa) == 7, "child a: status 0x%x before", sa);
+	ZCHECK(WIFSIGNALED(sb) && WTERMSIG(sb) == SIGTERM, "child b: status 0x%x before", sb);
+	zdtm_ready();
+	zdtm_wait_trigger();
+	int st;
+	pid_t r = waitpid(a, &st, WNOHANG);
+	ZCHECK(r == a, "waitpid(%d) gave %d: child a is no zombie of ours", (int)a, (int)r);
+	ZCHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "child a: status 0x%x, expected exit 7", st);
+	r = waitpid(b, &st, WNOHANG);
+	ZCHECK(r == b, "waitpid(%d) gave %d: child b is no zombie of ours", (int)b, (int)r);
+	ZCHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "child b: status 0x%x, expected SIGTERM",
+	       st);
+	errno = 0;
+	ZCHECK(waitpid(-1, &st, WNOHANG) < 0 && errno == ECHILD, "a third child exists");
+	zdtm_pass();
+}
