@@ -23,6 +23,7 @@ benches=(
   "intercept|env BENCH_ROUNDS=7 cargo bench -p understudy --bench intercept"
   "ring|cargo bench -p shmring --bench push"
   "replication|env BENCH_RUNS=5 cargo bench -p agent --bench replication"
+  "collector|cargo bench -p agent --bench collector"
   "journal|cargo bench -p journal --bench append -- --reps 9"
   "demo|cargo run -q --release -p understudy --bin understudy -- demo"
 )
