@@ -189,15 +189,15 @@ impl Frozen {
     /// main thread that exited while other threads run (`/proc` shows such a leader as a
     /// zombie too).
     fn add_zombie(&mut self, root: i32, pid: i32) -> Result<()> {
+        if sys::proc::tasks(pid).is_ok_and(|t| t.iter().any(|&tid| tid != pid)) {
+            return Err(leader_gone(pid));
+        }
         if pid == root {
             return Err(CheckpointError::Unsupported {
                 pid,
                 what: "process".into(),
                 why: "is a zombie; the root of a tree must be running".into(),
             });
-        }
-        if sys::proc::tasks(pid).is_ok_and(|t| t.iter().any(|&tid| tid != pid)) {
-            return Err(leader_gone(pid));
         }
         self.zombies.push(pid);
         Ok(())
@@ -370,6 +370,63 @@ mod tests {
                 assert!(why.contains("root of a tree must be running"), "{why}");
             }
             other => panic!("freezing zombie root {zpid}: {other:?}"),
+        }
+    }
+
+    /// A process whose main thread called `pthread_exit` while another thread runs: /proc
+    /// shows its leader as a zombie, but it is no zombie process; it is refused as such.
+    #[test]
+    fn a_main_thread_that_exited_while_others_run_is_refused() {
+        if !is_root() {
+            eprintln!("skipped: needs root (ptrace)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("freeze-leader-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let src = dir.join("leader.c");
+        let bin = dir.join("leader");
+        std::fs::write(
+            &src,
+            "#include <pthread.h>\n#include <unistd.h>\n\
+             static void *run(void *a) { (void)a; for (;;) pause(); return 0; }\n\
+             int main(void) { pthread_t t; pthread_create(&t, 0, run, 0); pthread_exit(0); }\n",
+        )
+        .expect("write leader.c");
+        let built = std::process::Command::new("cc")
+            .arg("-pthread")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: needs a C compiler `cc`");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let mut child = std::process::Command::new(&bin)
+            .spawn()
+            .expect("spawn leader");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !(has_exited(pid) && sys::proc::tasks(pid).is_ok_and(|t| t.len() == 2)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the leader of {pid} did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let r = Frozen::freeze(pid).map(|f| f.zombies.clone());
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Err(CheckpointError::Unsupported { pid: p, what, why }) => {
+                assert_eq!(
+                    (p, what.as_str(), why.as_str()),
+                    (pid, "main thread", "has exited while other threads run")
+                );
+            }
+            other => panic!("freezing {pid} whose main thread exited: {other:?}"),
         }
     }
 }
