@@ -686,6 +686,66 @@ fn end_zombie(z: &image::Zombie, at: i32, insn: u64) -> Result<()> {
     }
 }
 
+/// Each re-created zombie sent its parent its exit signal (`SIGCHLD`) when it ended just now;
+/// the original parent was told when the child really ended, before the checkpoint. Take that
+/// signal back out of the parent's pending set (every signal is still blocked in it), unless
+/// the image has the same signal pending for that parent: a standard signal is pending at most
+/// once, so then the one the image had is what remains.
+fn take_back_exit_signals(tree: &image::Tree, placed: &[Placed]) -> Result<()> {
+    let mut done: Vec<(i32, i32)> = Vec::new();
+    for z in &tree.zombies {
+        let sig = z.exit_signal;
+        if !(1..=31).contains(&sig) || done.contains(&(z.ppid, sig)) {
+            continue;
+        }
+        done.push((z.ppid, sig));
+        let Some((p, at)) = tree
+            .processes
+            .iter()
+            .zip(placed)
+            .find(|(q, _)| q.pid == z.ppid)
+        else {
+            continue;
+        };
+        let signo = |si: &image::Hex| i32::from_ne_bytes(si.0[..4].try_into().unwrap_or([0; 4]));
+        let in_image = p.shared_pending.iter().any(|si| signo(si) == sig)
+            || p.threads
+                .iter()
+                .any(|t| t.pending.iter().any(|si| signo(si) == sig));
+        if in_image {
+            continue;
+        }
+        let pid = at.pid;
+        // The stub's code is gone (the parent holds its own memory now): a `syscall`
+        // instruction of its vDSO, at the recorded address, runs the call.
+        let Some((vs, ve)) = p.vmas.iter().find_map(|v| match &v.kind {
+            image::VmaKind::Vdso { name } if name == "[vdso]" => Some((v.start, v.end)),
+            _ => None,
+        }) else {
+            tracing::warn!("pid {pid}: no [vdso] in the image: its extra signal {sig} stays");
+            continue;
+        };
+        let insn = sys::remote::find_syscall_insn(pid, vs, ve).pid(pid)?;
+        let mut rs = RemoteSyscalls::new(pid, insn).pid(pid)?;
+        let scratch = rs.map_scratch(None, 4096).pid(pid)?.addr();
+        // A zero timeout (struct timespec {0, 0}) and the one-signal set after it.
+        let mut args = [0u8; 24];
+        args[16..].copy_from_slice(&(1u64 << (sig - 1)).to_ne_bytes());
+        rs.put(SCR_GEN, &args).pid(pid)?;
+        let got = rs.syscall(
+            "rt_sigtimedwait",
+            nr::RT_SIGTIMEDWAIT,
+            [scratch + SCR_GEN + 16, 0, scratch + SCR_GEN, 8, 0, 0],
+        );
+        rs.finish().pid(pid)?;
+        if let Err(e) = got {
+            // Nothing was pending (e.g. a parent that ignores the signal): nothing to take back.
+            tracing::debug!("pid {pid}: no signal {sig} to take back after its zombies ended: {e}");
+        }
+    }
+    Ok(())
+}
+
 pub fn restore_tree(
     l: &Loaded,
     opts: &RestoreOptions,
@@ -853,6 +913,7 @@ pub(crate) fn restore_tree_with(
     for (z, &at) in tree.zombies.iter().zip(&zombies) {
         end_zombie(z, at, insn)?;
     }
+    take_back_exit_signals(tree, &placed)?;
     let live: Vec<i32> = stubs
         .pids
         .iter()

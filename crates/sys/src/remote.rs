@@ -96,6 +96,7 @@ pub mod nr {
     pub const CHROOT: u64 = 161;
     pub const RT_TGSIGQUEUEINFO: u64 = 297;
     pub const RT_SIGQUEUEINFO: u64 = 129;
+    pub const RT_SIGTIMEDWAIT: u64 = 128;
     pub const PRLIMIT64: u64 = 302;
     pub const DUP3: u64 = 292;
     pub const RSEQ: u64 = 334;
