@@ -812,8 +812,7 @@ type TodFn = unsafe extern "C" fn(*mut libc::timeval, *mut c_void) -> c_int;
 pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
     let f = real!("gettimeofday", TodFn);
     if !tv.is_null() {
-        // SAFETY: libc's gettimeofday with the application's arguments.
-        let real = || i64::from(unsafe { f(tv, tz) });
+        let real = || tod_real(f, tv, tz);
         if let Some(r) = rt::time_fast(Kind::Gettimeofday, 0, tv.cast(), real) {
             return libc_ret(r) as c_int;
         }
@@ -825,11 +824,21 @@ pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -
 #[inline(never)]
 fn gettimeofday_general(f: TodFn, tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
     let n = if tv.is_null() { 0 } else { 16 };
-    let r = timelike(Kind::Gettimeofday, 0, tv.cast(), n, || {
-        // SAFETY: libc's gettimeofday with the application's arguments.
-        i64::from(unsafe { f(tv, tz) })
-    });
+    let r = timelike(Kind::Gettimeofday, 0, tv.cast(), n, || tod_real(f, tv, tz));
     libc_ret(r) as c_int
+}
+
+/// libc's `gettimeofday`, in the syscall convention (its -1 becomes -errno, so the caller's
+/// errno is the real one, not `libc_ret`'s reading of -1 as EPERM).
+#[inline(always)]
+fn tod_real(f: TodFn, tv: *mut libc::timeval, tz: *mut c_void) -> i64 {
+    // SAFETY: libc's gettimeofday with the application's arguments.
+    let r = unsafe { f(tv, tz) };
+    if r < 0 {
+        -i64::from(rt::errno())
+    } else {
+        i64::from(r)
+    }
 }
 
 type TimeFn = unsafe extern "C" fn(*mut libc::time_t) -> libc::time_t;
