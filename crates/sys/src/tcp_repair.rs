@@ -286,8 +286,9 @@ pub(crate) fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in; storage is large enough
             // and aligned for it.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+            let at: *const libc::sockaddr_in = (ss as *const libc::sockaddr_storage).cast();
+            // SAFETY: `at` points into `ss` (see above).
+            let sin = unsafe { std::ptr::read(at) };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
                 u16::from_be(sin.sin_port),
@@ -296,8 +297,9 @@ pub(crate) fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6; storage is large enough
             // and aligned for it.
-            let s6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+            let at: *const libc::sockaddr_in6 = (ss as *const libc::sockaddr_storage).cast();
+            // SAFETY: `at` points into `ss` (see above).
+            let s6 = unsafe { std::ptr::read(at) };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(s6.sin6_addr.s6_addr),
                 u16::from_be(s6.sin6_port),

@@ -190,9 +190,9 @@ fn epoll_round_trip_with_remapped_descriptors() {
         events: u32::try_from(libc::EPOLLIN).unwrap() | et,
         u64: 0xfeed_0000_0001,
     };
+    let (epfd, fd) = (ep.as_raw_fd(), e.as_raw_fd());
     // SAFETY: valid fds and event.
-    let rc =
-        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, e.as_raw_fd(), &mut ev) };
+    let rc = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     assert_eq!(rc, 0);
     let FdInfoExtra::Epoll(entries) = info(&ep).extra else {
         panic!()
