@@ -172,6 +172,7 @@ impl Workload {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create run dir");
+        let bin = per_run_binary(&bin, &dir, name);
         let out = Command::new(&bin)
             .arg(&dir)
             .args(args)
@@ -211,6 +212,7 @@ impl Workload {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create run dir");
+        let bin = per_run_binary(&bin, &dir, name);
         let out = Command::new(UNDERSTUDY)
             .arg("--state-dir")
             .arg(dir.join("state"))
@@ -377,6 +379,20 @@ pub fn kill_run(dir: &Path, bin: &Path) {
 
 /// Live (non-zombie) processes whose argv names the run directory, or whose executable is the
 /// run's workload binary and whose argv is unreadable (e.g. half-restored).
+/// The workload's binary under a path of this run only (a hard link, or a copy on another
+/// filesystem). [`own_pids`] recognises a process whose command line is already gone (an
+/// exiting one) by its executable; the build is shared by every test of the same workload in
+/// this test process, so its path matched another test's exiting process (seen once in CI:
+/// `sparse_memory_makes_a_small_image` found a dying `sparse_mem` of `sparse_mem::*` in its
+/// restored tree).
+fn per_run_binary(built: &Path, dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.bin"));
+    if fs::hard_link(built, &p).is_err() {
+        fs::copy(built, &p).expect("copy the workload binary into the run dir");
+    }
+    p
+}
+
 pub fn own_pids(dir: &Path, bin: &Path) -> Vec<i32> {
     let marker = dir.to_string_lossy().into_owned();
     let mut out = Vec::new();
