@@ -414,7 +414,7 @@ fn quiesce_parks_threads_and_reports_cut() {
         let t = Instant::now();
         while c.threads().iter().any(|(_, st)| *st != ThreadState::Free) {
             c.poll(usize::MAX, |_, _| {}).unwrap();
-            assert!(t.elapsed() < Duration::from_secs(10));
+            assert!(t.elapsed() < Duration::from_secs(60));
         }
         r
     });
