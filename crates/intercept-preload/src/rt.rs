@@ -118,6 +118,9 @@ pub struct Tls {
     pub rb_idx: Cell<u64>,
     pub rb_k: Cell<u32>,
     pub rb_n: Cell<u32>,
+    /// Replay: where the current batch's next entry starts (compact entries depend on the
+    /// ones before them).
+    pub rb_cur: Cell<msg::BatchCursor>,
     /// Replay: every message of this thread before this feed index is consumed (or is the
     /// current batch).
     pub scan: Cell<u64>,
@@ -1004,17 +1007,12 @@ impl Guard {
             t.vtid.get(),
             t.tb_first.get(),
         );
-        const _: () = assert!(cfg!(target_endian = "little"));
-        const _: () = assert!(std::mem::size_of::<Cell<[u64; 3]>>() == msg::BATCH_ENTRY);
-        // SAFETY: `Cell<[u64; 3]>` has the layout of `[u64; 3]` (24 bytes, checked above), so
-        // the buffer's first `n` entries are `n * 24` initialised bytes, in the wire order on
-        // this little-endian machine; only this thread touches them, and nothing writes them
-        // while the slice lives (the closure below only reads).
-        let (first_entry, len) = (t.tb.as_ptr().cast::<u8>(), n * msg::BATCH_ENTRY);
-        // SAFETY: see above: `len` initialised bytes from `first_entry`, read only.
-        let entries = unsafe { std::slice::from_raw_parts(first_entry, len) };
-        if let Err(e) = r.push_as(self.token, msg::batch_len(n), |buf| {
-            msg::encode_batch_raw(buf, pid, tid, vtid, first, entries);
+        // Encoded on the stack (a compact batch's length is known only once it is encoded),
+        // then copied into the ring: ≈ 3 bytes per entry.
+        let mut buf = [0u8; msg::batch_max_len(BATCH_CAP)];
+        let len = msg::encode_batch_compact(&mut buf, pid, tid, vtid, first, n, |i| t.tb[i].get());
+        if let Err(e) = r.push_as(self.token, len, |out| {
+            out[..len].copy_from_slice(&buf[..len]);
         }) {
             fatal_record(&e);
         }
@@ -1143,9 +1141,11 @@ pub fn replay_time(kind: Kind, a0: u64) -> TimeReplay {
         let k = t.rb_k.get();
         if idx != 0 && k < t.rb_n.get() {
             let (h, data) = batch_at(f, idx - 1, kind);
-            let Some(e) = msg::batch_entry(data, k as usize) else {
+            let mut cur = t.rb_cur.get();
+            let Some(e) = cur.next_entry(data) else {
                 diverge_batch(f, idx - 1, kind, "the journal's time batch is damaged");
             };
+            t.rb_cur.set(cur);
             let call = h.batch_call(&e, k as usize);
             t.tseq.set(call.tseq);
             if e.kind != kind || e.a0 != a0 {
@@ -1184,6 +1184,7 @@ pub fn replay_time(kind: Kind, a0: u64) -> TimeReplay {
         t.rb_idx.set(i + 1);
         t.rb_k.set(0);
         t.rb_n.set(u32::try_from(h.a0).unwrap_or(0));
+        t.rb_cur.set(msg::BatchCursor::new(&h));
         t.scan.set(i + 1);
     }
 }
@@ -1213,7 +1214,7 @@ fn diverge_expected_time(f: &Feed, i: u64, k: usize, kind: Kind, fd: Option<i64>
     let (jseq, b) = f.at(i);
     match msg::decode(b) {
         Ok((h, d)) => {
-            let e = msg::batch_entry(d, k);
+            let e = msg::batch_entries(&h, d).nth(k);
             let expected = e.map(|e| h.batch_call(&e, k)).unwrap_or(h);
             diverge_at(Some((jseq, expected)), &Actual { kind, what }, fd)
         }

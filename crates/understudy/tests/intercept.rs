@@ -686,7 +686,7 @@ fn quiesce_with_buffered_time_results_keeps_every_threads_calls_in_order() {
         let calls = if h.kind == Kind::TimeBatch { h.a0 } else { 1 };
         if h.kind == Kind::TimeBatch {
             time_calls += calls;
-            assert!(msg::batch_entry(data, usize::try_from(calls).unwrap() - 1).is_some());
+            assert_eq!(msg::batch_entries(&h, data).count() as u64, calls);
         }
         let n = next.entry(h.vtid).or_insert(1);
         assert_eq!(
