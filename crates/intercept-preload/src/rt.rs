@@ -1,7 +1,7 @@
 //! Runtime of the preloaded library: mode, per-thread state, the syscall gate, emission into the
 //! ring (record) and the ordered feed (replay), divergence reports.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -96,6 +96,10 @@ pub fn say(parts: &[&[u8]]) {
     }
 }
 
+/// Bytes of a thread's encoded time batch buffer: [`BATCH_CAP`] entries of at most
+/// [`msg::BATCH_ENTRY_MAX`] bytes, plus the 8 bytes a delta entry's store may write beyond it.
+pub const TB_BYTES: usize = BATCH_CAP * msg::BATCH_ENTRY_MAX + 8;
+
 /// Per-thread state. All-zero initial value, no destructor: safe in signal handlers, no lazy
 /// registration on first access.
 #[repr(C)]
@@ -108,11 +112,15 @@ pub struct Tls {
     pub token: Cell<u32>,
     pub gen: Cell<u32>,
     pub tid: Cell<u32>,
-    /// Record: time results not emitted yet (the thread's next time batch), as
-    /// [`TimeEntry::words`]; `tb_first` is the first one's call number.
+    /// Record: time results not emitted yet (the thread's next time batch): `tb_n` entries,
+    /// encoded as they were made (message version 4) into the first `tb_len` bytes of `tb`,
+    /// each delta-coded against `tb_refs` (per clock code, 0 at the start of a batch);
+    /// `tb_first` is the first one's call number.
     pub tb_n: Cell<u32>,
+    pub tb_len: Cell<u32>,
     pub tb_first: Cell<u64>,
-    pub tb: [Cell<[u64; 3]>; BATCH_CAP],
+    pub tb_refs: Cell<[i64; msg::CODES]>,
+    pub tb: UnsafeCell<[u8; TB_BYTES]>,
     /// Replay: the time batch this thread takes its time results from (feed index + 1, 0:
     /// none), entries taken, entries in it.
     pub rb_idx: Cell<u64>,
@@ -531,6 +539,8 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32, scan_from: u64) 
 /// flushed its own before the fork; a new thread has none), no replay position of the old name.
 pub fn new_thread_name(t: &Tls, scan_from: u64) {
     t.tb_n.set(0);
+    t.tb_len.set(0);
+    t.tb_refs.set([0; msg::CODES]);
     t.rb_idx.set(0);
     t.rb_k.set(0);
     t.rb_n.set(0);
@@ -694,9 +704,7 @@ pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) 
     if n == 0 {
         t.tb_first.set(tseq);
     }
-    if let Some(e) = t.tb.get(n) {
-        e.set(TimeEntry::words_of(kind, a0, lo, hi));
-    }
+    append_time(t, kind, a0, lo, hi);
     t.tb_n.set(n as u32 + 1);
     if n + 1 >= BATCH_CAP || crate::signals::pending() {
         // Emit the full buffer and/or deliver signals at the exit boundary, as the general
@@ -706,6 +714,55 @@ pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) 
         t.depth.set(0);
     }
     Some(r)
+}
+
+/// Append a successful time call's entry to the thread's encoded batch (message version 4):
+/// the delta form when the call has a clock code and its delta fits, the 24-byte escape
+/// otherwise (out of line). The caller holds the thread at depth 1 and has fewer than
+/// [`BATCH_CAP`] entries buffered, so the entry fits the buffer.
+#[inline(always)]
+fn append_time(t: &Tls, kind: Kind, a0: u64, lo: u64, hi: u64) {
+    let pos = t.tb_len.get() as usize;
+    if let Some((code, unit)) = msg::clock_code(kind, a0) {
+        let refs: &Cell<[i64]> = &t.tb_refs;
+        if let Some(r) = refs.as_slice_of_cells().get(usize::from(code)) {
+            let (sec, sub) = (
+                i64::from_le_bytes(lo.to_le_bytes()),
+                i64::from_le_bytes(hi.to_le_bytes()),
+            );
+            if let Some((v, z)) = msg::time_delta(unit, sec, sub, r.get()) {
+                let (tag, len) = msg::delta_tag(code, z);
+                // SAFETY: the buffer is this thread's (its TLS block); no reference to it is
+                // alive (the flush's slice ends before it returns, and a nested call cannot
+                // append: depth is 1).
+                let buf = unsafe { &mut *t.tb.get() };
+                if let Some(dst) = buf.get_mut(pos..pos + 9) {
+                    r.set(v);
+                    dst[0] = tag;
+                    dst[1..9].copy_from_slice(&z.to_le_bytes());
+                    t.tb_len.set((pos + len) as u32);
+                    return;
+                }
+            }
+        }
+    }
+    append_escaped(t, pos, kind, a0, lo, hi);
+}
+
+/// [`append_time`]'s escape form: the tag and the 24-byte version-3 entry.
+#[cold]
+#[inline(never)]
+fn append_escaped(t: &Tls, pos: usize, kind: Kind, a0: u64, lo: u64, hi: u64) {
+    // SAFETY: as in `append_time`.
+    let buf = unsafe { &mut *t.tb.get() };
+    if let Some(dst) = buf.get_mut(pos..pos + msg::BATCH_ENTRY_MAX) {
+        let w = TimeEntry::words_of(kind, a0, lo, hi);
+        dst[0] = msg::CODE_ESCAPE;
+        dst[1..9].copy_from_slice(&w[0].to_le_bytes());
+        dst[9..17].copy_from_slice(&w[1].to_le_bytes());
+        dst[17..25].copy_from_slice(&w[2].to_le_bytes());
+        t.tb_len.set((pos + msg::BATCH_ENTRY_MAX) as u32);
+    }
 }
 
 /// The 16 bytes a time call just stored at `out`, as two 8-byte loads (volatile keeps LLVM from
@@ -952,9 +1009,7 @@ impl Guard {
         if n == 0 {
             t.tb_first.set(tseq);
         }
-        if let Some(e) = t.tb.get(n) {
-            e.set(TimeEntry::words_of(kind, a0, lo, hi));
-        }
+        append_time(t, kind, a0, lo, hi);
         t.tb_n.set(n as u32 + 1);
         if n + 1 >= BATCH_CAP {
             self.activate();
@@ -996,6 +1051,9 @@ impl Guard {
             return;
         }
         t.tb_n.set(0);
+        let len = (t.tb_len.get() as usize).min(TB_BYTES);
+        t.tb_len.set(0);
+        t.tb_refs.set([0; msg::CODES]);
         debug_assert!(
             !self.light,
             "time batch emitted outside the ring's boundary"
@@ -1007,12 +1065,11 @@ impl Guard {
             t.vtid.get(),
             t.tb_first.get(),
         );
-        // Encoded on the stack (a compact batch's length is known only once it is encoded),
-        // then copied into the ring: ≈ 3 bytes per entry.
-        let mut buf = [0u8; msg::batch_max_len(BATCH_CAP)];
-        let len = msg::encode_batch_compact(&mut buf, pid, tid, vtid, first, n, |i| t.tb[i].get());
-        if let Err(e) = r.push_as(self.token, len, |out| {
-            out[..len].copy_from_slice(&buf[..len]);
+        // SAFETY: the buffer is this thread's; nothing appends to it while this shared slice
+        // lives (the thread is inside the interceptor, and the closure only reads).
+        let entries = unsafe { &(&*t.tb.get())[..len] };
+        if let Err(e) = r.push_as(self.token, msg::BATCH_HEADER + len, |buf| {
+            msg::encode_batch_compact_raw(buf, pid, tid, vtid, first, n, entries);
         }) {
             fatal_record(&e);
         }

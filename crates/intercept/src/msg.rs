@@ -401,7 +401,7 @@ pub fn encode_batch_v3_with(
 
 /// The 32-byte header of a time batch of `n` entries into `out[..32]`.
 #[inline(always)]
-fn encode_batch_header(
+pub fn encode_batch_header(
     out: &mut [u8],
     version: u8,
     pid: u32,
@@ -449,11 +449,9 @@ pub const CODE_GTOD: u8 = 12;
 /// Clock code of an escaped compact entry: the 24-byte version-3 entry follows its tag.
 pub const CODE_ESCAPE: u8 = 15;
 /// Clock codes that carry a delta (0..=12).
-const CODES: usize = 13;
+pub const CODES: usize = 13;
 /// Most bytes of one compact entry (an escaped one: its tag and the 24-byte form).
 pub const BATCH_ENTRY_MAX: usize = 1 + BATCH_ENTRY;
-/// Most bytes of a varint after a compact entry's tag (it holds a 61-bit value).
-const VARINT_MAX: usize = 9;
 const NS_PER_S: i64 = 1_000_000_000;
 const US_PER_S: i64 = 1_000_000;
 
@@ -486,49 +484,65 @@ fn i64_of(w: u64) -> i64 {
     i64::from_le_bytes(w.to_le_bytes())
 }
 
+/// The clock code and unit of a call that has one (`None`: the escape form).
+#[inline(always)]
+pub fn clock_code(kind: Kind, a0: u64) -> Option<(u8, i64)> {
+    match kind {
+        // `a0` < 12: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        Kind::ClockGettime if a0 < u64::from(CODE_GTOD) => Some((a0 as u8, NS_PER_S)),
+        Kind::Gettimeofday if a0 == 0 => Some((CODE_GTOD, US_PER_S)),
+        _ => None,
+    }
+}
+
+/// The delta of a call with a clock code: its value `v` in the clock's unit (`sec * unit +
+/// sub`) and the zigzag of `v - prev`; `None` (the escape form) when `sub` is outside
+/// `0..unit` or a value or the delta does not fit an `i64`.
+#[inline(always)]
+pub fn time_delta(unit: i64, sec: i64, sub: i64, prev: i64) -> Option<(i64, u64)> {
+    if !(0..unit).contains(&sub) {
+        return None;
+    }
+    let v = sec.checked_mul(unit)?.checked_add(sub)?;
+    Some((v, zigzag(v.checked_sub(prev)?)))
+}
+
+/// The tag byte and length of a delta entry of clock `code` with zigzag delta `z`: `z` in
+/// the tag's high nibble if below 7, else the nibble `6 + k` and `z` in the `k` (1..=8)
+/// little-endian bytes after the tag (the writer may store all 8 bytes of `z` there and keep
+/// only the entry's length).
+#[inline(always)]
+pub fn delta_tag(code: u8, z: u64) -> (u8, usize) {
+    if z < 7 {
+        // z < 7: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        return (code | (z as u8) << 4, 1);
+    }
+    // 1..=8 bytes: the casts cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let k = ((71 - z.leading_zeros()) / 8) as u8;
+    (code | (6 + k) << 4, 1 + usize::from(k))
+}
+
 /// Append one entry, given as [`TimeEntry::words`], to a compact batch at `out[0..]` (at least
-/// [`BATCH_ENTRY_MAX`] bytes); returns the bytes written. Delta form when the call has a clock
-/// code, its sub-second field is in range and its value and the delta fit an `i64`; the
-/// escape otherwise (which leaves `refs` as they are).
+/// [`BATCH_ENTRY_MAX`] bytes); returns the bytes written. Delta form when [`clock_code`] and
+/// [`time_delta`] allow it; the escape otherwise (which leaves `refs` as they are).
 #[inline]
 pub fn encode_entry(refs: &mut DeltaRefs, w: [u64; 3], out: &mut [u8]) -> usize {
     let out: &mut [u8; BATCH_ENTRY_MAX] = (&mut out[..BATCH_ENTRY_MAX])
         .try_into()
         .expect("entry slice is BATCH_ENTRY_MAX long");
-    let clk = w[0] & 0xffff_ffff;
-    let kind = w[0] >> 32;
-    let code = if kind == Kind::ClockGettime as u64 && clk < CODE_GTOD.into() {
-        Some((clk, NS_PER_S))
-    } else if kind == Kind::Gettimeofday as u64 && clk == 0 {
-        Some((u64::from(CODE_GTOD), US_PER_S))
-    } else {
-        None
-    };
-    if let Some((c, unit)) = code {
-        let (sec, sub) = (i64_of(w[1]), i64_of(w[2]));
-        // `c` < 13: the casts below cannot truncate.
-        #[allow(clippy::cast_possible_truncation)]
-        let (ci, cb) = (c as usize, c as u8);
-        if (0..unit).contains(&sub) {
-            if let Some(v) = sec.checked_mul(unit).and_then(|t| t.checked_add(sub)) {
-                if let Some(d) = v.checked_sub(refs.0[ci]) {
-                    refs.0[ci] = v;
-                    let z = zigzag(d);
-                    let mut rest = z >> 3;
-                    #[allow(clippy::cast_possible_truncation)] // 3 bits
-                    let low = (z & 7) as u8;
-                    out[0] = cb | low << 4 | if rest != 0 { 0x80 } else { 0 };
-                    let mut n = 1;
-                    while rest != 0 {
-                        #[allow(clippy::cast_possible_truncation)] // 7 bits
-                        let b = (rest & 0x7f) as u8;
-                        rest >>= 7;
-                        out[n] = b | if rest != 0 { 0x80 } else { 0 };
-                        n += 1;
-                    }
-                    return n;
-                }
-            }
+    let kind = Kind::from_u16(u16::try_from(w[0] >> 32).unwrap_or(0));
+    let a0 = u64::from_le_bytes(i64::from(i32::from_le_bytes(low4(w[0]))).to_le_bytes());
+    if let Some((code, unit)) = kind.and_then(|k| clock_code(k, a0)) {
+        let ci = usize::from(code);
+        if let Some((v, z)) = time_delta(unit, i64_of(w[1]), i64_of(w[2]), refs.0[ci]) {
+            refs.0[ci] = v;
+            let (tag, len) = delta_tag(code, z);
+            out[0] = tag;
+            out[1..9].copy_from_slice(&z.to_le_bytes());
+            return len;
         }
     }
     out[0] = CODE_ESCAPE;
@@ -536,6 +550,11 @@ pub fn encode_entry(refs: &mut DeltaRefs, w: [u64; 3], out: &mut [u8]) -> usize 
     out[9..17].copy_from_slice(&w[1].to_le_bytes());
     out[17..25].copy_from_slice(&w[2].to_le_bytes());
     BATCH_ENTRY_MAX
+}
+
+fn low4(w: u64) -> [u8; 4] {
+    let b = w.to_le_bytes();
+    [b[0], b[1], b[2], b[3]]
 }
 
 /// Write a compact (version 4) time batch of `n` entries into `out` (at least
@@ -561,6 +580,23 @@ pub fn encode_batch_compact(
     o
 }
 
+/// Write a compact (version 4) time batch into `out[..BATCH_HEADER + entries.len()]` whose `n`
+/// entries are given already encoded (by [`encode_entry`], or as the interceptor appends them
+/// at call time with [`clock_code`], [`time_delta`] and [`delta_tag`]).
+#[inline]
+pub fn encode_batch_compact_raw(
+    out: &mut [u8],
+    pid: u32,
+    tid: u32,
+    vtid: u64,
+    tseq: u64,
+    n: usize,
+    entries: &[u8],
+) {
+    encode_batch_header(out, VERSION, pid, tid, vtid, tseq, n);
+    out[BATCH_HEADER..BATCH_HEADER + entries.len()].copy_from_slice(entries);
+}
+
 /// A version-3 entry (24 bytes), checked.
 fn entry_v3(e: &[u8]) -> Result<TimeEntry, &'static str> {
     let k = u16::from_le_bytes([e[4], e[5]]);
@@ -576,8 +612,8 @@ fn entry_v3(e: &[u8]) -> Result<TimeEntry, &'static str> {
 }
 
 /// Decode one compact entry from the start of `b`: the entry and its length. Bounded: at most
-/// [`BATCH_ENTRY_MAX`] bytes are looked at; a varint longer than 9 bytes or not minimal, a
-/// value beyond 64 bits, a delta that overflows and an unknown clock code are refused.
+/// [`BATCH_ENTRY_MAX`] bytes are looked at; a delta cut short or not in its shortest form, a
+/// length nibble of 15, a delta that overflows and an unknown clock code are refused.
 pub fn decode_entry(refs: &mut DeltaRefs, b: &[u8]) -> Result<(TimeEntry, usize), &'static str> {
     let tag = *b.first().ok_or("an entry is cut short")?;
     let c = tag & 0x0f;
@@ -595,31 +631,23 @@ pub fn decode_entry(refs: &mut DeltaRefs, b: &[u8]) -> Result<(TimeEntry, usize)
         CODE_GTOD => (Kind::Gettimeofday, 0, US_PER_S),
         _ => return Err("an entry has an unknown clock code"),
     };
-    let mut z = u64::from(tag >> 4 & 7);
-    let mut n = 1;
-    if tag & 0x80 != 0 {
-        let mut rest = 0u64;
-        let mut shift = 0;
-        loop {
-            if n > VARINT_MAX {
-                return Err("an entry's varint is longer than 9 bytes");
-            }
-            let byte = *b.get(n).ok_or("an entry's varint is cut short")?;
-            n += 1;
-            rest |= u64::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                if byte == 0 {
-                    return Err("an entry's varint is not minimal");
-                }
-                break;
-            }
+    let m = tag >> 4;
+    let (z, n) = if m < 7 {
+        (u64::from(m), 1)
+    } else {
+        if m == 15 {
+            return Err("an entry's length nibble is 15");
         }
-        if rest >> 61 != 0 {
-            return Err("an entry's value does not fit 64 bits");
+        let k = usize::from(m - 6);
+        let bytes = b.get(1..=k).ok_or("an entry's delta is cut short")?;
+        let mut le = [0u8; 8];
+        le[..k].copy_from_slice(bytes);
+        let z = u64::from_le_bytes(le);
+        if z < 7 || bytes[k - 1] == 0 {
+            return Err("an entry's delta is not in its shortest form");
         }
-        z |= rest << 3;
-    }
+        (z, 1 + k)
+    };
     let ci = usize::from(c);
     let v = refs.0[ci]
         .checked_add(unzigzag(z))
@@ -1039,9 +1067,9 @@ mod tests {
             }
         }
         let b = encode_batch(1, 2, 3, 4, &entries);
-        // Two first entries against 0 (8 bytes each), then 1 byte per gettimeofday, 3 per
-        // clock_gettime 800-1300 ns apart: 32 + 16 + 7 + 21 = 76 bytes instead of 32 + 16 * 24.
-        assert_eq!(b.len(), 76, "{b:?}");
+        // The first entries against 0 (8 and 7 bytes), then 1 byte per gettimeofday, 3 per
+        // clock_gettime 800-1300 ns apart: 32 + 15 + 7 + 21 = 75 bytes instead of 32 + 16 * 24.
+        assert_eq!(b.len(), 75, "{b:?}");
         let (h, d) = decode(&b).unwrap();
         assert_eq!(batch_entries(&h, d).collect::<Vec<_>>(), entries);
         // What redis 7 records (`-P 16`): gettimeofday only, 0 or 1 µs apart: 55 bytes.
@@ -1086,30 +1114,17 @@ mod tests {
         refused(&with(&good[BATCH_HEADER..], 3), "fewer entries");
         refused(&with(&good[BATCH_HEADER..], 1), "bytes after");
         refused(&with(&[], 1), "fewer entries");
-        // A varint cut short (tag says more follows, nothing does; a continuation byte last).
-        refused(&with(&[0x81], 1), "cut short");
-        refused(&with(&[0x81, 0x85], 1), "cut short");
-        // A varint of 10 bytes, a value beyond 64 bits, a non-minimal varint.
-        let mut long = vec![0x81];
-        long.extend_from_slice(&[0xff; 9]);
-        long.push(0x01);
-        refused(&with(&long, 1), "longer than 9 bytes");
-        let mut big = vec![0x81];
-        big.extend_from_slice(&[0xff; 8]);
-        big.push(0x7f);
-        refused(&with(&big, 1), "64 bits");
-        refused(&with(&[0x81, 0x80, 0x00], 1), "not minimal");
-        refused(&with(&[0x81, 0x00], 1), "not minimal");
-        // A delta that overflows: i64::MAX ns against 0, then +1.
+        // A delta cut short (the nibble says 1 or 8 bytes follow, fewer do).
+        refused(&with(&[0x71], 1), "cut short");
+        refused(&with(&[0xe1, 1, 2, 3], 1), "cut short");
+        // Length nibble 15; deltas not in their shortest form (below 7 in a byte, a last
+        // byte of 0).
+        refused(&with(&[0xf1, 1], 1), "nibble is 15");
+        refused(&with(&[0x71, 0x05], 1), "shortest");
+        refused(&with(&[0x81, 0x10, 0x00], 1), "shortest");
+        // A delta that overflows: i64::MAX ns against 0 (8 bytes), then +1.
         let mut ovf = vec![0xe1];
-        let mut rest = zigzag(i64::MAX) >> 3;
-        while rest != 0 {
-            #[allow(clippy::cast_possible_truncation)]
-            let b = (rest & 0x7f) as u8;
-            rest >>= 7;
-            ovf.push(b | if rest != 0 { 0x80 } else { 0 });
-        }
-        assert_eq!(zigzag(i64::MAX) & 7, 6); // tag 0x80 | 6 << 4 | clock 1 = 0xe1
+        ovf.extend_from_slice(&zigzag(i64::MAX).to_le_bytes());
         let b = with(&ovf, 1);
         let (h, d) = decode(&b).unwrap();
         assert_eq!(

@@ -90,7 +90,14 @@ fn time_and_random_values_replay_identically() {
     };
     let out = record_replay(d.path(), &[p.to_str().unwrap()]);
     let s = String::from_utf8_lossy(&out);
-    for what in ["realtime", "getrandom", "urandom", "fread urandom", "rand"] {
+    for what in [
+        "realtime",
+        "getrandom",
+        "urandom",
+        "fread urandom",
+        "rand",
+        "cpuclock -6",
+    ] {
         assert!(s.contains(what), "{what} missing in {s}");
     }
     // A second, unrecorded run differs: the values really come from the journal.
