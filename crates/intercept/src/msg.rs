@@ -1,4 +1,13 @@
-//! Replication message payload, version 3.
+//! Replication message payload, version 4.
+//!
+//! Version 4 makes the time batch **compact**: the same 32-byte header (version byte 4), then
+//! `count` entries of 1 to 25 bytes, each a tag byte (low nibble: clock code 0..=11 for
+//! `clock_gettime` of that clock id, 12 for `gettimeofday`, 15 for the escape; high nibble:
+//! the delta's length) and the zigzag delta of the call's value (ns, or µs for
+//! `gettimeofday`) against the previous entry of the same clock code in the batch (0 for the
+//! first): in the nibble when below 7, else in 1 to 8 little-endian bytes. The escape (tag
+//! `0x0F`) is followed by the 24-byte version-3 entry. See [`encode_entry`], [`decode_entry`]
+//! and docs/interceptor.md.
 //!
 //! Version 3 adds the **time batch** (magic [`BATCH_MAGIC`]): one message holding a thread's
 //! next successful `clock_gettime`/`gettimeofday` results, in call order, so that a thread that
@@ -62,9 +71,11 @@
 //! ```
 //! Integrity is the carrier's job (the ring is shared memory; the journal has a CRC per record).
 //!
-//! Version rules: a decoder accepts exactly the versions it knows (today: 1 to 3; version 1 is
-//! version 2 without the compact form, version 2 is version 3 without the time batch, so older
-//! journals still decode; a compact message marked 1 or a batch marked 1 or 2 is refused). Adding a `Kind` or
+//! Version rules: a decoder accepts exactly the versions it knows (today: 1 to 4; version 1 is
+//! version 2 without the compact form, version 2 is version 3 without the time batch, version
+//! 3 is version 4 with 24-byte batch entries only (a batch's version byte says which entry form
+//! it holds), so older journals still decode; a compact message marked 1 or a batch marked 1
+//! or 2 is refused). Adding a `Kind` or
 //! giving meaning to a spare field bumps the version; a reader meeting a newer version refuses
 //! with [`MsgError::Version`] rather than guessing.
 
@@ -944,11 +955,14 @@ mod tests {
         b[1] = VERSION;
         b[2] = Kind::Read as u8;
         assert!(matches!(decode(&b), Err(MsgError::Compact { .. })));
-        // A version-1 full message still decodes.
+        // Full messages of versions 1 to 3 still decode.
         h.kind = Kind::Read;
         let mut f = h.encode(b"ab");
-        f[1] = 1;
-        assert_eq!(decode(&f).unwrap().1, b"ab");
+        assert_eq!(f[1], 4);
+        for v in [1, 2, 3] {
+            f[1] = v;
+            assert_eq!(decode(&f).unwrap().1, b"ab");
+        }
     }
 
     fn entry_of(g: bool, clk: i32, data: [u8; 16]) -> TimeEntry {
