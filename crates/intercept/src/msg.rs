@@ -94,7 +94,7 @@ pub const BATCH_ENTRY: usize = 24;
 /// Most entries the decoder accepts in one time batch.
 pub const MAX_BATCH: usize = 256;
 /// Entries the interceptor buffers per thread before it emits a batch.
-pub const BATCH_CAP: usize = 16;
+pub const BATCH_CAP: usize = 32;
 /// Current message version (written by this build).
 pub const VERSION: u8 = 4;
 /// Oldest message version this build still reads.

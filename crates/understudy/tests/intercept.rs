@@ -563,8 +563,14 @@ fn time_calls_replay_from_time_batches() {
     let l = list(&d.path().join("journal"));
     let msgs = message_lines(&l);
     let batches = msgs.iter().filter(|m| m.contains("time batch of")).count();
-    // 2 x (200 x 3 + 100) + 200 time calls; full batches of 16 and short ones cut by the locks.
-    assert!(l.contains("time batch of 16 calls"), "{l}");
+    // 2 x (200 x 3 + 100) + 200 time calls; full batches and short ones cut by the locks.
+    assert!(
+        l.contains(&format!(
+            "time batch of {} calls",
+            intercept::msg::BATCH_CAP
+        )),
+        "{l}"
+    );
     let time_calls = l
         .lines()
         .filter(|s| {
@@ -573,7 +579,7 @@ fn time_calls_replay_from_time_batches() {
         .count();
     assert_eq!(time_calls, 2 * (200 * 3 + 100) + 200, "{l}");
     // Each worker's 200 rounds: lock, gettimeofday, unlock (emits a batch of 1), two more
-    // time calls (a batch of 2 at the next lock); then 100 calls in batches of 16, as main's 200.
+    // time calls (a batch of 2 at the next lock); then 100 calls in full batches, as main's 200.
     assert!(
         batches < 2 * (2 * 200 + 10) + 15,
         "{batches} batches for {time_calls} calls"
@@ -626,8 +632,8 @@ fn fork_and_exec_after_buffered_time_calls_replay_identically() {
     std::fs::create_dir(&e).unwrap();
     let out = record_replay(&e, &[p, "exec"]);
     assert!(String::from_utf8_lossy(&out).contains("exec'd with "));
-    // The first image's last 2 time results were still buffered at execl: the exec hook
-    // emitted them as a batch right before the new image's first message.
+    // The first image's last 82 % BATCH_CAP time results were still buffered at execl: the
+    // exec hook emitted them as a batch right before the new image's first message.
     let l = list(&e.join("journal"));
     let msgs = message_lines(&l);
     let second = msgs
@@ -636,7 +642,11 @@ fn fork_and_exec_after_buffered_time_calls_replay_identically() {
         .unwrap();
     assert!(second > 0, "{l}");
     assert!(
-        msgs[second - 1].contains("time batch of 2 calls (#82 to #83)"),
+        msgs[second - 1].contains(&format!(
+            "time batch of {} calls (#{} to #83)",
+            82 % intercept::msg::BATCH_CAP,
+            84 - 82 % intercept::msg::BATCH_CAP
+        )),
         "{l}"
     );
 }
