@@ -681,7 +681,12 @@ pub fn enter_light() -> Option<Guard> {
 /// entry, an unnamed thread); the caller takes the general one ([`enter_light`]). A failure,
 /// a full buffer and a signal that arrived during the call go out of line.
 #[inline(always)]
-pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) -> Option<i64> {
+pub fn time_fast(
+    kind: Kind,
+    a0: u64,
+    out: *mut u8,
+    real: impl FnOnce() -> libc::c_int,
+) -> Option<libc::c_int> {
     if MODE.load(Ordering::Relaxed) != RECORD {
         return None;
     }
@@ -694,8 +699,7 @@ pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) 
     t.depth.set(1);
     let r = real();
     if r != 0 {
-        time_fast_failed(tp, kind, r, a0);
-        return Some(r);
+        return Some(time_fast_failed(tp, kind, r, a0));
     }
     let (lo, hi) = read16(out);
     let tseq = t.tseq.get() + 1;
@@ -835,14 +839,28 @@ fn fast_guard(tp: *const Tls) -> Guard {
     }
 }
 
-/// [`time_fast`]'s real call failed: one full message (no data), as the general path records
-/// it; then the exit boundary.
+/// [`time_fast`]'s real call failed (libc's result `r`, errno set): one full message (no
+/// data, the result in the syscall convention), as the general path records it; then the exit
+/// boundary; libc's result is returned with the real errno.
 #[cold]
 #[inline(never)]
-fn time_fast_failed(tp: *const Tls, kind: Kind, r: i64, a0: u64) {
+fn time_fast_failed(tp: *const Tls, kind: Kind, r: libc::c_int, a0: u64) -> libc::c_int {
+    let e = if r < 0 { errno() } else { 0 };
     let mut g = fast_guard(tp);
     g.activate();
-    g.emit1(kind, r, a0, 0, 0, &[]);
+    g.emit1(
+        kind,
+        if r < 0 { -i64::from(e) } else { r.into() },
+        a0,
+        0,
+        0,
+        &[],
+    );
+    drop(g);
+    if r < 0 {
+        set_errno(e);
+    }
+    r
 }
 
 /// [`time_fast`]'s exit when the buffer is full or a signal arrived during the call.

@@ -97,6 +97,7 @@ fn time_and_random_values_replay_identically() {
         "fread urandom",
         "rand",
         "cpuclock -6",
+        "bad clock -1 22",
     ] {
         assert!(s.contains(what), "{what} missing in {s}");
     }
