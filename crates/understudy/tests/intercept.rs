@@ -104,6 +104,37 @@ fn time_and_random_values_replay_identically() {
     // A second, unrecorded run differs: the values really come from the journal.
     let native = Command::new(&p).output().unwrap();
     assert_ne!(native.stdout, out);
+    // `inspect --messages` and `replay --sizes` decode every message (the time batches entry
+    // by entry: compact ones, and the escaped CPU-time clock).
+    let j = d.path().join("journal");
+    for args in [
+        vec![
+            "inspect".into(),
+            j.clone().into_os_string(),
+            "--messages".into(),
+        ],
+        vec![
+            "replay".into(),
+            "--journal".into(),
+            j.clone().into_os_string(),
+            "--sizes".into(),
+            "--per".into(),
+            "1".into(),
+        ],
+    ] {
+        let out = understudy().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let t = String::from_utf8_lossy(&out.stdout);
+        let batch = t
+            .lines()
+            .find(|l| l.starts_with("time batch v4"))
+            .unwrap_or_else(|| panic!("{args:?}: no time batch line in {t}"));
+        // 3 clock reads and a gettimeofday at the start, 2 calls at the end (+ the failed one
+        // as a full message): every call counted.
+        let calls: u64 = batch.split_whitespace().nth(4).unwrap().parse().unwrap();
+        assert!(calls >= 5, "{batch}");
+        assert!(t.contains("journal segment files"), "{t}");
+    }
 }
 
 #[test]

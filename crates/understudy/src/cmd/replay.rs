@@ -288,15 +288,16 @@ impl Drop for Cleanup {
 /// its payload; what the journal adds around payloads (record and frame headers, checksums,
 /// segment headers, the two meta records) is "framing": the segment files' size minus every
 /// message payload.
-fn sizes(dir: &Path, rec: &Recording, per: Option<u64>) -> anyhow::Result<ExitCode> {
+pub fn sizes(dir: &Path, rec: &Recording, per: Option<u64>) -> anyhow::Result<ExitCode> {
     use std::collections::BTreeMap;
     let mut by: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     let mut payload = 0u64;
     for (seq, m) in &rec.messages {
-        let (h, _) = intercept::msg::decode(m)
+        let (h, data) = intercept::msg::decode(m)
             .with_context(|| format!("journal {}: message at seq {seq}", dir.display()))?;
         let calls = if h.kind == intercept::msg::Kind::TimeBatch {
-            h.a0
+            // Every entry, in order (decode checked them; this walks the cursor replay uses).
+            intercept::msg::batch_entries(&h, data).count() as u64
         } else {
             1
         };
