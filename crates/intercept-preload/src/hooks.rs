@@ -776,9 +776,10 @@ pub unsafe extern "C" fn clock_gettime(clk: libc::clockid_t, ts: *mut libc::time
     let f = real!("clock_gettime", ClockFn);
     if !ts.is_null() {
         // A clock id is an i32: it always fits a batch entry.
-        let real = || clock_real(f, clk, ts);
+        // SAFETY: libc's clock_gettime with the application's arguments.
+        let real = || unsafe { f(clk, ts) };
         if let Some(r) = rt::time_fast(Kind::ClockGettime, clk as u64, ts.cast(), real) {
-            return libc_ret(r) as c_int;
+            return r;
         }
     }
     clock_gettime_general(f, clk, ts)
@@ -812,9 +813,10 @@ type TodFn = unsafe extern "C" fn(*mut libc::timeval, *mut c_void) -> c_int;
 pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
     let f = real!("gettimeofday", TodFn);
     if !tv.is_null() {
-        let real = || tod_real(f, tv, tz);
+        // SAFETY: libc's gettimeofday with the application's arguments.
+        let real = || unsafe { f(tv, tz) };
         if let Some(r) = rt::time_fast(Kind::Gettimeofday, 0, tv.cast(), real) {
-            return libc_ret(r) as c_int;
+            return r;
         }
     }
     gettimeofday_general(f, tv, tz)

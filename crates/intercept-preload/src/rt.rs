@@ -1,7 +1,7 @@
 //! Runtime of the preloaded library: mode, per-thread state, the syscall gate, emission into the
 //! ring (record) and the ordered feed (replay), divergence reports.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -96,6 +96,10 @@ pub fn say(parts: &[&[u8]]) {
     }
 }
 
+/// Bytes of a thread's encoded time batch buffer: [`BATCH_CAP`] entries of at most
+/// [`msg::BATCH_ENTRY_MAX`] bytes, plus the 8 bytes a delta entry's store may write beyond it.
+pub const TB_BYTES: usize = BATCH_CAP * msg::BATCH_ENTRY_MAX + 8;
+
 /// Per-thread state. All-zero initial value, no destructor: safe in signal handlers, no lazy
 /// registration on first access.
 #[repr(C)]
@@ -108,16 +112,23 @@ pub struct Tls {
     pub token: Cell<u32>,
     pub gen: Cell<u32>,
     pub tid: Cell<u32>,
-    /// Record: time results not emitted yet (the thread's next time batch), as
-    /// [`TimeEntry::words`]; `tb_first` is the first one's call number.
+    /// Record: time results not emitted yet (the thread's next time batch): `tb_n` entries,
+    /// encoded as they were made (message version 4) into the first `tb_len` bytes of `tb`,
+    /// each delta-coded against `tb_refs` (per clock code, 0 at the start of a batch);
+    /// `tb_first` is the first one's call number.
     pub tb_n: Cell<u32>,
+    pub tb_len: Cell<u32>,
     pub tb_first: Cell<u64>,
-    pub tb: [Cell<[u64; 3]>; BATCH_CAP],
+    pub tb_refs: Cell<[i64; msg::CODES]>,
+    pub tb: UnsafeCell<[u8; TB_BYTES]>,
     /// Replay: the time batch this thread takes its time results from (feed index + 1, 0:
     /// none), entries taken, entries in it.
     pub rb_idx: Cell<u64>,
     pub rb_k: Cell<u32>,
     pub rb_n: Cell<u32>,
+    /// Replay: where the current batch's next entry starts (compact entries depend on the
+    /// ones before them).
+    pub rb_cur: Cell<msg::BatchCursor>,
     /// Replay: every message of this thread before this feed index is consumed (or is the
     /// current batch).
     pub scan: Cell<u64>,
@@ -528,6 +539,8 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32, scan_from: u64) 
 /// flushed its own before the fork; a new thread has none), no replay position of the old name.
 pub fn new_thread_name(t: &Tls, scan_from: u64) {
     t.tb_n.set(0);
+    t.tb_len.set(0);
+    t.tb_refs.set([0; msg::CODES]);
     t.rb_idx.set(0);
     t.rb_k.set(0);
     t.rb_n.set(0);
@@ -668,7 +681,12 @@ pub fn enter_light() -> Option<Guard> {
 /// entry, an unnamed thread); the caller takes the general one ([`enter_light`]). A failure,
 /// a full buffer and a signal that arrived during the call go out of line.
 #[inline(always)]
-pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) -> Option<i64> {
+pub fn time_fast(
+    kind: Kind,
+    a0: u64,
+    out: *mut u8,
+    real: impl FnOnce() -> libc::c_int,
+) -> Option<libc::c_int> {
     if MODE.load(Ordering::Relaxed) != RECORD {
         return None;
     }
@@ -681,8 +699,7 @@ pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) 
     t.depth.set(1);
     let r = real();
     if r != 0 {
-        time_fast_failed(tp, kind, r, a0);
-        return Some(r);
+        return Some(time_fast_failed(tp, kind, r, a0));
     }
     let (lo, hi) = read16(out);
     let tseq = t.tseq.get() + 1;
@@ -691,9 +708,7 @@ pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) 
     if n == 0 {
         t.tb_first.set(tseq);
     }
-    if let Some(e) = t.tb.get(n) {
-        e.set(TimeEntry::words_of(kind, a0, lo, hi));
-    }
+    append_time(t, kind, a0, lo, hi);
     t.tb_n.set(n as u32 + 1);
     if n + 1 >= BATCH_CAP || crate::signals::pending() {
         // Emit the full buffer and/or deliver signals at the exit boundary, as the general
@@ -703,6 +718,55 @@ pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> i64) 
         t.depth.set(0);
     }
     Some(r)
+}
+
+/// Append a successful time call's entry to the thread's encoded batch (message version 4):
+/// the delta form when the call has a clock code and its delta fits, the 24-byte escape
+/// otherwise (out of line). The caller holds the thread at depth 1 and has fewer than
+/// [`BATCH_CAP`] entries buffered, so the entry fits the buffer.
+#[inline(always)]
+fn append_time(t: &Tls, kind: Kind, a0: u64, lo: u64, hi: u64) {
+    let pos = t.tb_len.get() as usize;
+    if let Some((code, unit)) = msg::clock_code(kind, a0) {
+        let refs: &Cell<[i64]> = &t.tb_refs;
+        if let Some(r) = refs.as_slice_of_cells().get(usize::from(code)) {
+            let (sec, sub) = (
+                i64::from_le_bytes(lo.to_le_bytes()),
+                i64::from_le_bytes(hi.to_le_bytes()),
+            );
+            if let Some((v, z)) = msg::time_delta(unit, sec, sub, r.get()) {
+                let (tag, len) = msg::delta_tag(code, z);
+                // SAFETY: the buffer is this thread's (its TLS block); no reference to it is
+                // alive (the flush's slice ends before it returns, and a nested call cannot
+                // append: depth is 1).
+                let buf = unsafe { &mut *t.tb.get() };
+                if let Some(dst) = buf.get_mut(pos..pos + 9) {
+                    r.set(v);
+                    dst[0] = tag;
+                    dst[1..9].copy_from_slice(&z.to_le_bytes());
+                    t.tb_len.set((pos + len) as u32);
+                    return;
+                }
+            }
+        }
+    }
+    append_escaped(t, pos, kind, a0, lo, hi);
+}
+
+/// [`append_time`]'s escape form: the tag and the 24-byte version-3 entry.
+#[cold]
+#[inline(never)]
+fn append_escaped(t: &Tls, pos: usize, kind: Kind, a0: u64, lo: u64, hi: u64) {
+    // SAFETY: as in `append_time`.
+    let buf = unsafe { &mut *t.tb.get() };
+    if let Some(dst) = buf.get_mut(pos..pos + msg::BATCH_ENTRY_MAX) {
+        let w = TimeEntry::words_of(kind, a0, lo, hi);
+        dst[0] = msg::CODE_ESCAPE;
+        dst[1..9].copy_from_slice(&w[0].to_le_bytes());
+        dst[9..17].copy_from_slice(&w[1].to_le_bytes());
+        dst[17..25].copy_from_slice(&w[2].to_le_bytes());
+        t.tb_len.set((pos + msg::BATCH_ENTRY_MAX) as u32);
+    }
 }
 
 /// The 16 bytes a time call just stored at `out`, as two 8-byte loads (volatile keeps LLVM from
@@ -775,14 +839,28 @@ fn fast_guard(tp: *const Tls) -> Guard {
     }
 }
 
-/// [`time_fast`]'s real call failed: one full message (no data), as the general path records
-/// it; then the exit boundary.
+/// [`time_fast`]'s real call failed (libc's result `r`, errno set): one full message (no
+/// data, the result in the syscall convention), as the general path records it; then the exit
+/// boundary; libc's result is returned with the real errno.
 #[cold]
 #[inline(never)]
-fn time_fast_failed(tp: *const Tls, kind: Kind, r: i64, a0: u64) {
+fn time_fast_failed(tp: *const Tls, kind: Kind, r: libc::c_int, a0: u64) -> libc::c_int {
+    let e = if r < 0 { errno() } else { 0 };
     let mut g = fast_guard(tp);
     g.activate();
-    g.emit1(kind, r, a0, 0, 0, &[]);
+    g.emit1(
+        kind,
+        if r < 0 { -i64::from(e) } else { r.into() },
+        a0,
+        0,
+        0,
+        &[],
+    );
+    drop(g);
+    if r < 0 {
+        set_errno(e);
+    }
+    r
 }
 
 /// [`time_fast`]'s exit when the buffer is full or a signal arrived during the call.
@@ -949,9 +1027,7 @@ impl Guard {
         if n == 0 {
             t.tb_first.set(tseq);
         }
-        if let Some(e) = t.tb.get(n) {
-            e.set(TimeEntry::words_of(kind, a0, lo, hi));
-        }
+        append_time(t, kind, a0, lo, hi);
         t.tb_n.set(n as u32 + 1);
         if n + 1 >= BATCH_CAP {
             self.activate();
@@ -993,6 +1069,9 @@ impl Guard {
             return;
         }
         t.tb_n.set(0);
+        let len = (t.tb_len.get() as usize).min(TB_BYTES);
+        t.tb_len.set(0);
+        t.tb_refs.set([0; msg::CODES]);
         debug_assert!(
             !self.light,
             "time batch emitted outside the ring's boundary"
@@ -1004,17 +1083,11 @@ impl Guard {
             t.vtid.get(),
             t.tb_first.get(),
         );
-        const _: () = assert!(cfg!(target_endian = "little"));
-        const _: () = assert!(std::mem::size_of::<Cell<[u64; 3]>>() == msg::BATCH_ENTRY);
-        // SAFETY: `Cell<[u64; 3]>` has the layout of `[u64; 3]` (24 bytes, checked above), so
-        // the buffer's first `n` entries are `n * 24` initialised bytes, in the wire order on
-        // this little-endian machine; only this thread touches them, and nothing writes them
-        // while the slice lives (the closure below only reads).
-        let (first_entry, len) = (t.tb.as_ptr().cast::<u8>(), n * msg::BATCH_ENTRY);
-        // SAFETY: see above: `len` initialised bytes from `first_entry`, read only.
-        let entries = unsafe { std::slice::from_raw_parts(first_entry, len) };
-        if let Err(e) = r.push_as(self.token, msg::batch_len(n), |buf| {
-            msg::encode_batch_raw(buf, pid, tid, vtid, first, entries);
+        // SAFETY: the buffer is this thread's; nothing appends to it while this shared slice
+        // lives (the thread is inside the interceptor, and the closure only reads).
+        let entries = unsafe { &(&*t.tb.get())[..len] };
+        if let Err(e) = r.push_as(self.token, msg::BATCH_HEADER + len, |buf| {
+            msg::encode_batch_compact_raw(buf, pid, tid, vtid, first, n, entries);
         }) {
             fatal_record(&e);
         }
@@ -1143,9 +1216,11 @@ pub fn replay_time(kind: Kind, a0: u64) -> TimeReplay {
         let k = t.rb_k.get();
         if idx != 0 && k < t.rb_n.get() {
             let (h, data) = batch_at(f, idx - 1, kind);
-            let Some(e) = msg::batch_entry(data, k as usize) else {
+            let mut cur = t.rb_cur.get();
+            let Some(e) = cur.next_entry(data) else {
                 diverge_batch(f, idx - 1, kind, "the journal's time batch is damaged");
             };
+            t.rb_cur.set(cur);
             let call = h.batch_call(&e, k as usize);
             t.tseq.set(call.tseq);
             if e.kind != kind || e.a0 != a0 {
@@ -1184,6 +1259,7 @@ pub fn replay_time(kind: Kind, a0: u64) -> TimeReplay {
         t.rb_idx.set(i + 1);
         t.rb_k.set(0);
         t.rb_n.set(u32::try_from(h.a0).unwrap_or(0));
+        t.rb_cur.set(msg::BatchCursor::new(&h));
         t.scan.set(i + 1);
     }
 }
@@ -1213,7 +1289,7 @@ fn diverge_expected_time(f: &Feed, i: u64, k: usize, kind: Kind, fd: Option<i64>
     let (jseq, b) = f.at(i);
     match msg::decode(b) {
         Ok((h, d)) => {
-            let e = msg::batch_entry(d, k);
+            let e = msg::batch_entries(&h, d).nth(k);
             let expected = e.map(|e| h.batch_call(&e, k)).unwrap_or(h);
             diverge_at(Some((jseq, expected)), &Actual { kind, what }, fd)
         }

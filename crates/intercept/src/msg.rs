@@ -1,4 +1,13 @@
-//! Replication message payload, version 3.
+//! Replication message payload, version 4.
+//!
+//! Version 4 makes the time batch **compact**: the same 32-byte header (version byte 4), then
+//! `count` entries of 1 to 25 bytes, each a tag byte (low nibble: clock code 0..=11 for
+//! `clock_gettime` of that clock id, 12 for `gettimeofday`, 15 for the escape; high nibble:
+//! the delta's length) and the zigzag delta of the call's value (ns, or µs for
+//! `gettimeofday`) against the previous entry of the same clock code in the batch (0 for the
+//! first): in the nibble when below 7, else in 1 to 8 little-endian bytes. The escape (tag
+//! `0x0F`) is followed by the 24-byte version-3 entry. See [`encode_entry`], [`decode_entry`]
+//! and docs/interceptor.md.
 //!
 //! Version 3 adds the **time batch** (magic [`BATCH_MAGIC`]): one message holding a thread's
 //! next successful `clock_gettime`/`gettimeofday` results, in call order, so that a thread that
@@ -62,9 +71,11 @@
 //! ```
 //! Integrity is the carrier's job (the ring is shared memory; the journal has a CRC per record).
 //!
-//! Version rules: a decoder accepts exactly the versions it knows (today: 1 to 3; version 1 is
-//! version 2 without the compact form, version 2 is version 3 without the time batch, so older
-//! journals still decode; a compact message marked 1 or a batch marked 1 or 2 is refused). Adding a `Kind` or
+//! Version rules: a decoder accepts exactly the versions it knows (today: 1 to 4; version 1 is
+//! version 2 without the compact form, version 2 is version 3 without the time batch, version
+//! 3 is version 4 with 24-byte batch entries only (a batch's version byte says which entry form
+//! it holds), so older journals still decode; a compact message marked 1 or a batch marked 1
+//! or 2 is refused). Adding a `Kind` or
 //! giving meaning to a spare field bumps the version; a reader meeting a newer version refuses
 //! with [`MsgError::Version`] rather than guessing.
 
@@ -83,9 +94,9 @@ pub const BATCH_ENTRY: usize = 24;
 /// Most entries the decoder accepts in one time batch.
 pub const MAX_BATCH: usize = 256;
 /// Entries the interceptor buffers per thread before it emits a batch.
-pub const BATCH_CAP: usize = 16;
+pub const BATCH_CAP: usize = 32;
 /// Current message version (written by this build).
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Oldest message version this build still reads.
 pub const MIN_VERSION: u8 = 1;
 /// Bytes of the fixed header.
@@ -367,17 +378,17 @@ impl TimeEntry {
     }
 }
 
-/// Bytes of a time batch of `n` entries.
+/// Bytes of a version-3 time batch of `n` entries.
 #[inline(always)]
 pub const fn batch_len(n: usize) -> usize {
     BATCH_HEADER + n * BATCH_ENTRY
 }
 
-/// Write a time batch of `n` entries into `out[..batch_len(n)]`, entry `i` given by `word(i)`
-/// as made by [`TimeEntry::words`] (the interceptor's flush reads them straight from its
-/// per-thread buffer; `1 <= n <= MAX_BATCH`).
-#[inline]
-pub fn encode_batch_with(
+/// Write a version-3 time batch of `n` entries (24 bytes each) into `out[..batch_len(n)]`,
+/// entry `i` given by `word(i)` as made by [`TimeEntry::words`] (`1 <= n <= MAX_BATCH`). This
+/// build writes version 4 ([`encode_batch_compact`]); version 3 stays for tests and tools that
+/// make older journals.
+pub fn encode_batch_v3_with(
     out: &mut [u8],
     pid: u32,
     tid: u32,
@@ -387,7 +398,7 @@ pub fn encode_batch_with(
     word: impl Fn(usize) -> [u64; 3],
 ) {
     let out = &mut out[..batch_len(n)];
-    encode_batch_header(out, pid, tid, vtid, tseq, n);
+    encode_batch_header(out, 3, pid, tid, vtid, tseq, n);
     for (i, e) in out[BATCH_HEADER..]
         .chunks_exact_mut(BATCH_ENTRY)
         .enumerate()
@@ -401,9 +412,17 @@ pub fn encode_batch_with(
 
 /// The 32-byte header of a time batch of `n` entries into `out[..32]`.
 #[inline(always)]
-fn encode_batch_header(out: &mut [u8], pid: u32, tid: u32, vtid: u64, tseq: u64, n: usize) {
+pub fn encode_batch_header(
+    out: &mut [u8],
+    version: u8,
+    pid: u32,
+    tid: u32,
+    vtid: u64,
+    tseq: u64,
+    n: usize,
+) {
     let w0 = u64::from(BATCH_MAGIC)
-        | u64::from(VERSION) << 8
+        | u64::from(version) << 8
         | u64::from(u16::try_from(n).expect("batch count fits u16")) << 16
         | u64::from(pid) << 32;
     out[0..8].copy_from_slice(&w0.to_le_bytes());
@@ -412,38 +431,284 @@ fn encode_batch_header(out: &mut [u8], pid: u32, tid: u32, vtid: u64, tseq: u64,
     out[24..32].copy_from_slice(&tseq.to_le_bytes());
 }
 
-/// Write a time batch into `out[..batch_len(n)]` whose `n` entries are given as their wire
-/// bytes (`entries.len() == n * BATCH_ENTRY`): the interceptor's flush, whose per-thread buffer
-/// holds [`TimeEntry::words`] in the machine's (little-endian) order, the wire layout.
-#[inline]
-pub fn encode_batch_raw(out: &mut [u8], pid: u32, tid: u32, vtid: u64, tseq: u64, entries: &[u8]) {
-    let n = entries.len() / BATCH_ENTRY;
-    debug_assert_eq!(entries.len(), n * BATCH_ENTRY);
-    encode_batch_header(out, pid, tid, vtid, tseq, n);
-    out[BATCH_HEADER..batch_len(n)].copy_from_slice(entries);
-}
-
-/// Encode a time batch into a new buffer (reference form for tests and tools).
-pub fn encode_batch(pid: u32, tid: u32, vtid: u64, tseq: u64, entries: &[TimeEntry]) -> Vec<u8> {
+/// Encode a version-3 time batch into a new buffer (for tests and tools making old journals).
+pub fn encode_batch_v3(pid: u32, tid: u32, vtid: u64, tseq: u64, entries: &[TimeEntry]) -> Vec<u8> {
     let words: Vec<[u64; 3]> = entries
         .iter()
         .map(|e| TimeEntry::words(e.kind, e.a0, &e.data))
         .collect();
     let mut v = vec![0u8; batch_len(words.len())];
-    encode_batch_with(&mut v, pid, tid, vtid, tseq, words.len(), |i| words[i]);
+    encode_batch_v3_with(&mut v, pid, tid, vtid, tseq, words.len(), |i| words[i]);
     v
 }
 
-/// Entry `i` of a time batch whose data (entries) `decode` returned; `None` past the end.
-/// The decoder already checked every entry.
-pub fn batch_entry(data: &[u8], i: usize) -> Option<TimeEntry> {
-    let e = data.get(i * BATCH_ENTRY..(i + 1) * BATCH_ENTRY)?;
-    let kind = Kind::from_u16(u16::from_le_bytes([e[4], e[5]]))?;
+/// Encode a time batch in this build's form (version 4, compact) into a new buffer (reference
+/// form for tests and tools).
+pub fn encode_batch(pid: u32, tid: u32, vtid: u64, tseq: u64, entries: &[TimeEntry]) -> Vec<u8> {
+    let mut v = vec![0u8; batch_max_len(entries.len())];
+    let n = encode_batch_compact(&mut v, pid, tid, vtid, tseq, entries.len(), |i| {
+        TimeEntry::words(entries[i].kind, entries[i].a0, &entries[i].data)
+    });
+    v.truncate(n);
+    v
+}
+
+// ---- The compact time batch (version 4) ----
+
+/// Clock code of a compact entry for `gettimeofday` (`0..=11`: `clock_gettime` of that clock id).
+pub const CODE_GTOD: u8 = 12;
+/// Clock code of an escaped compact entry: the 24-byte version-3 entry follows its tag.
+pub const CODE_ESCAPE: u8 = 15;
+/// Clock codes that carry a delta (0..=12).
+pub const CODES: usize = 13;
+/// Most bytes of one compact entry (an escaped one: its tag and the 24-byte form).
+pub const BATCH_ENTRY_MAX: usize = 1 + BATCH_ENTRY;
+const NS_PER_S: i64 = 1_000_000_000;
+const US_PER_S: i64 = 1_000_000;
+
+/// Most bytes of a compact (version 4) time batch of `n` entries.
+#[inline(always)]
+pub const fn batch_max_len(n: usize) -> usize {
+    BATCH_HEADER + n * BATCH_ENTRY_MAX
+}
+
+/// The running state of a compact batch's encoder and decoder: per clock code, the value of
+/// its last delta-coded entry in the clock's unit (ns, or µs for `gettimeofday`), 0 at the
+/// start of every batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeltaRefs([i64; CODES]);
+
+#[inline(always)]
+#[allow(clippy::cast_sign_loss)] // zigzag: the sign moves into bit 0
+fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+#[inline(always)]
+#[allow(clippy::cast_possible_wrap)] // inverse of `zigzag`
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+#[inline(always)]
+fn i64_of(w: u64) -> i64 {
+    i64::from_le_bytes(w.to_le_bytes())
+}
+
+/// The clock code and unit of a call that has one (`None`: the escape form).
+#[inline(always)]
+pub fn clock_code(kind: Kind, a0: u64) -> Option<(u8, i64)> {
+    match kind {
+        // `a0` < 12: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        Kind::ClockGettime if a0 < u64::from(CODE_GTOD) => Some((a0 as u8, NS_PER_S)),
+        Kind::Gettimeofday if a0 == 0 => Some((CODE_GTOD, US_PER_S)),
+        _ => None,
+    }
+}
+
+/// The delta of a call with a clock code: its value `v` in the clock's unit (`sec * unit +
+/// sub`) and the zigzag of `v - prev`; `None` (the escape form) when `sub` is outside
+/// `0..unit` or a value or the delta does not fit an `i64`.
+#[inline(always)]
+pub fn time_delta(unit: i64, sec: i64, sub: i64, prev: i64) -> Option<(i64, u64)> {
+    if !(0..unit).contains(&sub) {
+        return None;
+    }
+    let v = sec.checked_mul(unit)?.checked_add(sub)?;
+    Some((v, zigzag(v.checked_sub(prev)?)))
+}
+
+/// The tag byte and length of a delta entry of clock `code` with zigzag delta `z`: `z` in
+/// the tag's high nibble if below 7, else the nibble `6 + k` and `z` in the `k` (1..=8)
+/// little-endian bytes after the tag (the writer may store all 8 bytes of `z` there and keep
+/// only the entry's length).
+#[inline(always)]
+pub fn delta_tag(code: u8, z: u64) -> (u8, usize) {
+    if z < 7 {
+        // z < 7: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        return (code | (z as u8) << 4, 1);
+    }
+    // 1..=8 bytes: the casts cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let k = ((71 - z.leading_zeros()) / 8) as u8;
+    (code | (6 + k) << 4, 1 + usize::from(k))
+}
+
+/// Append one entry, given as [`TimeEntry::words`], to a compact batch at `out[0..]` (at least
+/// [`BATCH_ENTRY_MAX`] bytes); returns the bytes written. Delta form when [`clock_code`] and
+/// [`time_delta`] allow it; the escape otherwise (which leaves `refs` as they are).
+#[inline]
+pub fn encode_entry(refs: &mut DeltaRefs, w: [u64; 3], out: &mut [u8]) -> usize {
+    let out: &mut [u8; BATCH_ENTRY_MAX] = (&mut out[..BATCH_ENTRY_MAX])
+        .try_into()
+        .expect("entry slice is BATCH_ENTRY_MAX long");
+    let kind = Kind::from_u16(u16::try_from(w[0] >> 32).unwrap_or(0));
+    let a0 = u64::from_le_bytes(i64::from(i32::from_le_bytes(low4(w[0]))).to_le_bytes());
+    if let Some((code, unit)) = kind.and_then(|k| clock_code(k, a0)) {
+        let ci = usize::from(code);
+        if let Some((v, z)) = time_delta(unit, i64_of(w[1]), i64_of(w[2]), refs.0[ci]) {
+            refs.0[ci] = v;
+            let (tag, len) = delta_tag(code, z);
+            out[0] = tag;
+            out[1..9].copy_from_slice(&z.to_le_bytes());
+            return len;
+        }
+    }
+    out[0] = CODE_ESCAPE;
+    out[1..9].copy_from_slice(&w[0].to_le_bytes());
+    out[9..17].copy_from_slice(&w[1].to_le_bytes());
+    out[17..25].copy_from_slice(&w[2].to_le_bytes());
+    BATCH_ENTRY_MAX
+}
+
+fn low4(w: u64) -> [u8; 4] {
+    let b = w.to_le_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
+/// Write a compact (version 4) time batch of `n` entries into `out` (at least
+/// [`batch_max_len`]`(n)` bytes), entry `i` given by `word(i)` as made by
+/// [`TimeEntry::words`] (`1 <= n <= MAX_BATCH`); returns its length. No allocation: the
+/// interceptor's flush encodes from its per-thread buffer.
+#[inline]
+pub fn encode_batch_compact(
+    out: &mut [u8],
+    pid: u32,
+    tid: u32,
+    vtid: u64,
+    tseq: u64,
+    n: usize,
+    word: impl Fn(usize) -> [u64; 3],
+) -> usize {
+    encode_batch_header(out, VERSION, pid, tid, vtid, tseq, n);
+    let mut refs = DeltaRefs::default();
+    let mut o = BATCH_HEADER;
+    for i in 0..n {
+        o += encode_entry(&mut refs, word(i), &mut out[o..]);
+    }
+    o
+}
+
+/// Write a compact (version 4) time batch into `out[..BATCH_HEADER + entries.len()]` whose `n`
+/// entries are given already encoded (by [`encode_entry`], or as the interceptor appends them
+/// at call time with [`clock_code`], [`time_delta`] and [`delta_tag`]).
+#[inline]
+pub fn encode_batch_compact_raw(
+    out: &mut [u8],
+    pid: u32,
+    tid: u32,
+    vtid: u64,
+    tseq: u64,
+    n: usize,
+    entries: &[u8],
+) {
+    encode_batch_header(out, VERSION, pid, tid, vtid, tseq, n);
+    out[BATCH_HEADER..BATCH_HEADER + entries.len()].copy_from_slice(entries);
+}
+
+/// A version-3 entry (24 bytes), checked.
+fn entry_v3(e: &[u8]) -> Result<TimeEntry, &'static str> {
+    let k = u16::from_le_bytes([e[4], e[5]]);
+    let kind = match Kind::from_u16(k) {
+        Some(kind @ (Kind::ClockGettime | Kind::Gettimeofday)) if e[6] == 0 && e[7] == 0 => kind,
+        _ => return Err("an entry is not a clock_gettime or gettimeofday result"),
+    };
     let a0 =
         u64::from_le_bytes(i64::from(i32::from_le_bytes([e[0], e[1], e[2], e[3]])).to_le_bytes());
-    let mut d = [0u8; 16];
-    d.copy_from_slice(&e[8..24]);
-    Some(TimeEntry { kind, a0, data: d })
+    let mut data = [0u8; 16];
+    data.copy_from_slice(&e[8..24]);
+    Ok(TimeEntry { kind, a0, data })
+}
+
+/// Decode one compact entry from the start of `b`: the entry and its length. Bounded: at most
+/// [`BATCH_ENTRY_MAX`] bytes are looked at; a delta cut short or not in its shortest form, a
+/// length nibble of 15, a delta that overflows and an unknown clock code are refused.
+pub fn decode_entry(refs: &mut DeltaRefs, b: &[u8]) -> Result<(TimeEntry, usize), &'static str> {
+    let tag = *b.first().ok_or("an entry is cut short")?;
+    let c = tag & 0x0f;
+    if c == CODE_ESCAPE {
+        if tag != CODE_ESCAPE {
+            return Err("an escaped entry's tag has bits set beyond its clock code");
+        }
+        let e = b
+            .get(1..BATCH_ENTRY_MAX)
+            .ok_or("an escaped entry is cut short")?;
+        return Ok((entry_v3(e)?, BATCH_ENTRY_MAX));
+    }
+    let (kind, a0, unit) = match c {
+        0..=11 => (Kind::ClockGettime, u64::from(c), NS_PER_S),
+        CODE_GTOD => (Kind::Gettimeofday, 0, US_PER_S),
+        _ => return Err("an entry has an unknown clock code"),
+    };
+    let m = tag >> 4;
+    let (z, n) = if m < 7 {
+        (u64::from(m), 1)
+    } else {
+        if m == 15 {
+            return Err("an entry's length nibble is 15");
+        }
+        let k = usize::from(m - 6);
+        let bytes = b.get(1..=k).ok_or("an entry's delta is cut short")?;
+        let mut le = [0u8; 8];
+        le[..k].copy_from_slice(bytes);
+        let z = u64::from_le_bytes(le);
+        if z < 7 || bytes[k - 1] == 0 {
+            return Err("an entry's delta is not in its shortest form");
+        }
+        (z, 1 + k)
+    };
+    let ci = usize::from(c);
+    let v = refs.0[ci]
+        .checked_add(unzigzag(z))
+        .ok_or("an entry's delta overflows")?;
+    refs.0[ci] = v;
+    let mut data = [0u8; 16];
+    data[..8].copy_from_slice(&v.div_euclid(unit).to_le_bytes());
+    data[8..].copy_from_slice(&v.rem_euclid(unit).to_le_bytes());
+    Ok((TimeEntry { kind, a0, data }, n))
+}
+
+/// Reads the entries of a decoded time batch (either version) one after the other: what
+/// replay and the tools use (a compact entry depends on the ones before it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCursor {
+    pos: usize,
+    compact: bool,
+    refs: DeltaRefs,
+}
+
+impl BatchCursor {
+    /// At the first entry of the batch whose header [`decode`] returned.
+    pub fn new(h: &Header) -> Self {
+        Self {
+            pos: 0,
+            compact: h.a1 >= 4,
+            refs: DeltaRefs::default(),
+        }
+    }
+
+    /// The next entry of the batch whose data (entries) [`decode`] returned; `None` past the
+    /// end (the decoder already checked every entry).
+    pub fn next_entry(&mut self, data: &[u8]) -> Option<TimeEntry> {
+        let rest = data.get(self.pos..).filter(|r| !r.is_empty())?;
+        if self.compact {
+            let (e, n) = decode_entry(&mut self.refs, rest).ok()?;
+            self.pos += n;
+            Some(e)
+        } else {
+            let e = entry_v3(rest.get(..BATCH_ENTRY)?).ok()?;
+            self.pos += BATCH_ENTRY;
+            Some(e)
+        }
+    }
+}
+
+/// The entries of a decoded time batch, in call order.
+pub fn batch_entries<'a>(h: &Header, data: &'a [u8]) -> impl Iterator<Item = TimeEntry> + 'a {
+    let mut c = BatchCursor::new(h);
+    std::iter::from_fn(move || c.next_entry(data))
 }
 
 impl Header {
@@ -466,35 +731,44 @@ impl Header {
 }
 
 /// Decode a time batch (magic checked by the caller). The header's `kind` is
-/// [`Kind::TimeBatch`], `a0` the entry count, `tseq` the first entry's call number; the data
-/// are the entries ([`batch_entry`]).
+/// [`Kind::TimeBatch`], `a0` the entry count, `a1` the batch's version (3: 24-byte entries,
+/// 4: compact), `tseq` the first entry's call number; the data are the entries, read with
+/// [`BatchCursor`] or [`batch_entries`]. Every entry is checked here.
 fn decode_batch(b: &[u8]) -> Result<(Header, &[u8]), MsgError> {
     let bad = |why| MsgError::Batch { len: b.len(), why };
     if b.len() < BATCH_HEADER {
         return Err(bad("shorter than its 32-byte header"));
     }
-    if b[1] < 3 || b[1] > VERSION {
-        return Err(MsgError::Version(b[1]));
+    let version = b[1];
+    if !(3..=VERSION).contains(&version) {
+        return Err(MsgError::Version(version));
     }
     let n = usize::from(u16::from_le_bytes([b[2], b[3]]));
     if n == 0 || n > MAX_BATCH {
         return Err(bad("entry count out of range 1..=256"));
     }
-    if b.len() != batch_len(n) {
-        return Err(bad("length does not match its entry count"));
-    }
     let data = &b[BATCH_HEADER..];
-    for e in data.chunks_exact(BATCH_ENTRY) {
-        let k = u16::from_le_bytes([e[4], e[5]]);
-        if !matches!(
-            Kind::from_u16(k),
-            Some(Kind::ClockGettime | Kind::Gettimeofday)
-        ) || e[6] != 0
-            || e[7] != 0
-        {
-            return Err(bad(
-                "an entry is not a clock_gettime or gettimeofday result",
-            ));
+    if version == 3 {
+        if b.len() != batch_len(n) {
+            return Err(bad("length does not match its entry count"));
+        }
+        for e in data.chunks_exact(BATCH_ENTRY) {
+            entry_v3(e).map_err(bad)?;
+        }
+    } else {
+        if data.len() > n * BATCH_ENTRY_MAX {
+            return Err(bad("longer than its entry count allows"));
+        }
+        let (mut refs, mut pos) = (DeltaRefs::default(), 0);
+        for _ in 0..n {
+            let rest = data
+                .get(pos..)
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| bad("fewer entries than its count"))?;
+            pos += decode_entry(&mut refs, rest).map_err(bad)?.1;
+        }
+        if pos != data.len() {
+            return Err(bad("bytes after its last entry"));
         }
     }
     let h = Header {
@@ -506,7 +780,7 @@ fn decode_batch(b: &[u8]) -> Result<(Header, &[u8]), MsgError> {
         tseq: u64_at(b, 24),
         ret: 0,
         a0: n as u64,
-        a1: 0,
+        a1: u64::from(version),
         a2: 0,
     };
     Ok((h, data))
@@ -681,57 +955,231 @@ mod tests {
         b[1] = VERSION;
         b[2] = Kind::Read as u8;
         assert!(matches!(decode(&b), Err(MsgError::Compact { .. })));
-        // A version-1 full message still decodes.
+        // Full messages of versions 1 to 3 still decode.
         h.kind = Kind::Read;
         let mut f = h.encode(b"ab");
-        f[1] = 1;
-        assert_eq!(decode(&f).unwrap().1, b"ab");
+        assert_eq!(f[1], 4);
+        for v in [1, 2, 3] {
+            f[1] = v;
+            assert_eq!(decode(&f).unwrap().1, b"ab");
+        }
+    }
+
+    fn entry_of(g: bool, clk: i32, data: [u8; 16]) -> TimeEntry {
+        TimeEntry {
+            kind: if g {
+                Kind::Gettimeofday
+            } else {
+                Kind::ClockGettime
+            },
+            a0: u64::from_le_bytes(i64::from(clk).to_le_bytes()),
+            data,
+        }
+    }
+
+    fn ts(sec: i64, sub: i64) -> [u8; 16] {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&sec.to_le_bytes());
+        d[8..].copy_from_slice(&sub.to_le_bytes());
+        d
+    }
+
+    /// Entry sequences as the property tests draw them: mostly real-looking (clock ids 0..=13
+    /// and -6, gettimeofday, normalised times moving forwards and backwards by small and
+    /// large steps), with arbitrary bytes, extreme seconds and out-of-range sub-second fields
+    /// mixed in.
+    fn entries_strategy() -> impl Strategy<Value = Vec<TimeEntry>> {
+        let one = (
+            any::<bool>(),
+            prop_oneof![0i32..14, Just(-6), any::<i32>()],
+            prop_oneof![
+                4 => (0u8..3, -5_000i64..5_000, 0u64..1 << 40).prop_map(|(how, sec, step)| (how, sec, step)),
+                1 => (Just(3u8), any::<i64>(), any::<u64>()),
+            ],
+            any::<[u8; 16]>(),
+        );
+        proptest::collection::vec(one, 1..60).prop_map(|v| {
+            let mut clock = 1_700_000_000_000_000_000i64;
+            v.into_iter()
+                .map(|(g, clk, (how, sec, step), raw)| {
+                    let unit = if g { US_PER_S } else { NS_PER_S };
+                    let data = match how {
+                        // Forwards or backwards by up to 2^40 units around a moving clock.
+                        0 | 1 => {
+                            let d = i64::try_from(step).unwrap();
+                            clock = if how == 0 {
+                                clock.saturating_add(d)
+                            } else {
+                                clock.saturating_sub(d)
+                            };
+                            let v = clock / if g { 1000 } else { 1 };
+                            ts(v.div_euclid(unit), v.rem_euclid(unit))
+                        }
+                        // Small absolute values (monotonic clocks after boot, negative times).
+                        2 => ts(
+                            sec,
+                            i64::try_from(step % u64::try_from(unit).unwrap()).unwrap(),
+                        ),
+                        // Anything: extreme seconds, sub-second fields out of range.
+                        _ => match step % 4 {
+                            0 => raw,
+                            1 => ts(sec, i64::try_from(step >> 40).unwrap() % unit),
+                            2 => ts(i64::MAX / unit, unit - 1),
+                            _ => ts(i64::MIN / unit, 0),
+                        },
+                    };
+                    entry_of(g, clk, data)
+                })
+                .collect()
+        })
     }
 
     proptest! {
         #[test]
         fn batch_roundtrip(pid in any::<u32>(), tid in any::<u32>(), vtid in any::<u64>(), tseq in 0u64..1 << 60,
-                           calls in proptest::collection::vec((any::<bool>(), any::<i32>(), any::<[u8; 16]>()), 1..40)) {
-            let entries: Vec<TimeEntry> = calls.iter().map(|(g, clk, data)| TimeEntry {
-                kind: if *g { Kind::Gettimeofday } else { Kind::ClockGettime },
-                a0: u64::from_le_bytes(i64::from(*clk).to_le_bytes()),
-                data: *data,
-            }).collect();
+                           entries in entries_strategy()) {
             let b = encode_batch(pid, tid, vtid, tseq, &entries);
-            prop_assert_eq!(b.len(), batch_len(entries.len()));
+            prop_assert_eq!(b[1], 4);
+            prop_assert!(b.len() <= batch_max_len(entries.len()));
             let (h, d) = decode(&b).unwrap();
             prop_assert_eq!(h.kind, Kind::TimeBatch);
-            prop_assert_eq!((h.pid, h.tid, h.vtid, h.tseq, h.a0), (pid, tid, vtid, tseq, entries.len() as u64));
-            for (i, e) in entries.iter().enumerate() {
-                let got = batch_entry(d, i).unwrap();
-                prop_assert_eq!(got, *e);
+            prop_assert_eq!((h.pid, h.tid, h.vtid, h.tseq, h.a0, h.a1), (pid, tid, vtid, tseq, entries.len() as u64, 4));
+            // The same calls as the version-3 batch of these entries decodes to.
+            let v3 = encode_batch_v3(pid, tid, vtid, tseq, &entries);
+            let (h3, d3) = decode(&v3).unwrap();
+            prop_assert_eq!((h3.pid, h3.tid, h3.vtid, h3.tseq, h3.a0, h3.a1), (pid, tid, vtid, tseq, entries.len() as u64, 3));
+            let got: Vec<TimeEntry> = batch_entries(&h, d).collect();
+            let got3: Vec<TimeEntry> = batch_entries(&h3, d3).collect();
+            prop_assert_eq!(&got, &entries);
+            prop_assert_eq!(&got3, &entries);
+            for (i, e) in got.iter().enumerate() {
                 // The call as a single message would have carried it.
-                let single = h.batch_call(&got, i);
-                let one = single.encode_auto(&got.data);
-                prop_assert_eq!(decode(&one).unwrap(), (single, &got.data[..]));
+                let single = h.batch_call(e, i);
+                let one = single.encode_auto(&e.data);
+                prop_assert_eq!(decode(&one).unwrap(), (single, &e.data[..]));
                 prop_assert_eq!(single.tseq, tseq + i as u64);
             }
-            prop_assert!(batch_entry(d, entries.len()).is_none());
-            prop_assert!(decode(&b[..b.len() - 1]).is_err());
+            // Every cut is refused.
+            for cut in [BATCH_HEADER, b.len() - 1] {
+                prop_assert!(decode(&b[..cut]).is_err(), "cut at {}", cut);
+            }
         }
     }
 
     #[test]
-    fn batch_raw_equals_batch_with() {
-        let words: Vec<[u64; 3]> = (0..16u64)
-            .map(|i| TimeEntry::words_of(Kind::Gettimeofday, i, i * 3, !i))
+    fn compact_entries_are_small() {
+        // redis' pattern: a gettimeofday and a monotonic clock_gettime per request, ~1 µs apart.
+        let mut entries = vec![];
+        let (mut real, mut mono) = (1_764_000_000_000_000i64, 36_000_000_000_000i64);
+        for i in 0..16 {
+            if i % 2 == 0 {
+                real += 1;
+                entries.push(entry_of(true, 0, ts(real / US_PER_S, real % US_PER_S)));
+            } else {
+                mono += 700 + i * 37;
+                entries.push(entry_of(false, 1, ts(mono / NS_PER_S, mono % NS_PER_S)));
+            }
+        }
+        let b = encode_batch(1, 2, 3, 4, &entries);
+        // The first entries against 0 (8 and 7 bytes), then 1 byte per gettimeofday, 3 per
+        // clock_gettime 800-1300 ns apart: 32 + 15 + 7 + 21 = 75 bytes instead of 32 + 16 * 24.
+        assert_eq!(b.len(), 75, "{b:?}");
+        let (h, d) = decode(&b).unwrap();
+        assert_eq!(batch_entries(&h, d).collect::<Vec<_>>(), entries);
+        // What redis 7 records (`-P 16`): gettimeofday only, 0 or 1 µs apart: 55 bytes.
+        let gtod: Vec<TimeEntry> = (0..16)
+            .map(|i| {
+                let t = real + i / 3;
+                entry_of(true, 0, ts(t / US_PER_S, t % US_PER_S))
+            })
             .collect();
-        let bytes: Vec<u8> = words
-            .iter()
-            .flat_map(|w| w.iter().flat_map(|x| x.to_le_bytes()))
+        let b = encode_batch(1, 2, 3, 4, &gtod);
+        assert_eq!(b.len(), 32 + 8 + 15);
+        let (h, d) = decode(&b).unwrap();
+        assert_eq!(batch_entries(&h, d).collect::<Vec<_>>(), gtod);
+        // A CPU-time clock (negative id) and an unused clock id go in the 24-byte form.
+        for clk in [-6, 12, 13] {
+            let e = entry_of(false, clk, ts(5, 5));
+            let b = encode_batch(1, 2, 3, 4, &[e]);
+            assert_eq!(b.len(), BATCH_HEADER + BATCH_ENTRY_MAX, "clock {clk}");
+            assert_eq!(b[BATCH_HEADER], CODE_ESCAPE);
+            let (h, d) = decode(&b).unwrap();
+            assert_eq!(batch_entries(&h, d).collect::<Vec<_>>(), vec![e]);
+        }
+    }
+
+    #[test]
+    fn compact_batch_refuses_malformed_input() {
+        let e = |sec, nsec| entry_of(false, 1, ts(sec, nsec));
+        let good = encode_batch(1, 2, 3, 4, &[e(10, 5), e(10, 900)]);
+        let (h, d) = decode(&good).unwrap();
+        assert_eq!(batch_entries(&h, d).count(), 2);
+        let refused = |b: &[u8], what: &str| match decode(b) {
+            Err(MsgError::Batch { why, .. }) => assert!(why.contains(what), "{why} / {what}"),
+            other => panic!("{what}: {other:?}"),
+        };
+        let with = |entries: &[u8], n: u16| {
+            let mut b = good[..BATCH_HEADER].to_vec();
+            b[2..4].copy_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(entries);
+            b
+        };
+        // Count mismatch: fewer entries than counted, more bytes than counted entries.
+        refused(&with(&good[BATCH_HEADER..], 3), "fewer entries");
+        refused(&with(&good[BATCH_HEADER..], 1), "bytes after");
+        refused(&with(&[], 1), "fewer entries");
+        // A delta cut short (the nibble says 1 or 8 bytes follow, fewer do).
+        refused(&with(&[0x71], 1), "cut short");
+        refused(&with(&[0xe1, 1, 2, 3], 1), "cut short");
+        // Length nibble 15; deltas not in their shortest form (below 7 in a byte, a last
+        // byte of 0).
+        refused(&with(&[0xf1, 1], 1), "nibble is 15");
+        refused(&with(&[0x71, 0x05], 1), "shortest");
+        refused(&with(&[0x81, 0x10, 0x00], 1), "shortest");
+        // A delta that overflows: i64::MAX ns against 0 (8 bytes), then +1.
+        let mut ovf = vec![0xe1];
+        ovf.extend_from_slice(&zigzag(i64::MAX).to_le_bytes());
+        let b = with(&ovf, 1);
+        let (h, d) = decode(&b).unwrap();
+        assert_eq!(
+            batch_entries(&h, d).next().unwrap().data,
+            ts(i64::MAX / NS_PER_S, i64::MAX % NS_PER_S)
+        );
+        let mut two = ovf.clone();
+        two.push(0x21); // clock 1, z = 2: +1
+        refused(&with(&two, 2), "overflows");
+        // Unknown clock codes, an escape with bits set, an escape cut short, an escaped
+        // entry of another call.
+        refused(&with(&[0x0d], 1), "unknown clock code");
+        refused(&with(&[0x0e], 1), "unknown clock code");
+        let esc = encode_batch(1, 2, 3, 4, &[entry_of(false, -6, ts(1, 2))]);
+        assert!(decode(&esc).is_ok());
+        let mut b = esc.clone();
+        b[BATCH_HEADER] |= 0x10;
+        refused(&b, "bits set");
+        refused(&esc[..esc.len() - 1], "cut short");
+        let mut b = esc.clone();
+        b[BATCH_HEADER + 1 + 4] = Kind::Read as u8;
+        refused(&b, "not a clock_gettime");
+        // More bytes than any batch of that count can hold.
+        refused(&with(&[0u8; 2 * BATCH_ENTRY_MAX], 1), "longer than");
+    }
+
+    #[test]
+    fn v3_encoder_matches_its_layout() {
+        let entries: Vec<TimeEntry> = (0..16u8)
+            .map(|i| entry_of(i % 2 == 0, i32::from(i), [i; 16]))
             .collect();
-        for n in [1, 7, 16] {
-            let mut a = vec![0u8; batch_len(n)];
-            let mut b = vec![0xffu8; batch_len(n)];
-            encode_batch_with(&mut a, 1, 2, 3, 4, n, |i| words[i]);
-            encode_batch_raw(&mut b, 1, 2, 3, 4, &bytes[..n * BATCH_ENTRY]);
-            assert_eq!(a, b);
-            assert_eq!(decode(&b).unwrap().0.a0, n as u64);
+        let b = encode_batch_v3(1, 2, 3, 4, &entries);
+        assert_eq!(b.len(), batch_len(16));
+        assert_eq!(&b[..4], &[BATCH_MAGIC, 3, 16, 0]);
+        for (i, e) in b[BATCH_HEADER..].chunks_exact(BATCH_ENTRY).enumerate() {
+            assert_eq!(
+                &e[..8],
+                &TimeEntry::words(entries[i].kind, entries[i].a0, &entries[i].data)[0]
+                    .to_le_bytes()
+            );
+            assert_eq!(&e[8..], &entries[i].data);
         }
     }
 
@@ -742,7 +1190,7 @@ mod tests {
             a0: 0,
             data: [5; 16],
         };
-        let good = encode_batch(1, 2, 3, 4, &[e, e]);
+        let good = encode_batch_v3(1, 2, 3, 4, &[e, e]);
         assert!(decode(&good).is_ok());
         // Version 2 had no batch; a newer version is refused.
         for v in [1u8, 2, VERSION + 1] {

@@ -90,12 +90,51 @@ fn time_and_random_values_replay_identically() {
     };
     let out = record_replay(d.path(), &[p.to_str().unwrap()]);
     let s = String::from_utf8_lossy(&out);
-    for what in ["realtime", "getrandom", "urandom", "fread urandom", "rand"] {
+    for what in [
+        "realtime",
+        "getrandom",
+        "urandom",
+        "fread urandom",
+        "rand",
+        "cpuclock -6",
+        "bad clock -1 22",
+    ] {
         assert!(s.contains(what), "{what} missing in {s}");
     }
     // A second, unrecorded run differs: the values really come from the journal.
     let native = Command::new(&p).output().unwrap();
     assert_ne!(native.stdout, out);
+    // `inspect --messages` and `replay --sizes` decode every message (the time batches entry
+    // by entry: compact ones, and the escaped CPU-time clock).
+    let j = d.path().join("journal");
+    for args in [
+        vec![
+            "inspect".into(),
+            j.clone().into_os_string(),
+            "--messages".into(),
+        ],
+        vec![
+            "replay".into(),
+            "--journal".into(),
+            j.clone().into_os_string(),
+            "--sizes".into(),
+            "--per".into(),
+            "1".into(),
+        ],
+    ] {
+        let out = understudy().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let t = String::from_utf8_lossy(&out.stdout);
+        let batch = t
+            .lines()
+            .find(|l| l.starts_with("time batch v4"))
+            .unwrap_or_else(|| panic!("{args:?}: no time batch line in {t}"));
+        // 3 clock reads and a gettimeofday at the start, 2 calls at the end (+ the failed one
+        // as a full message): every call counted.
+        let calls: u64 = batch.split_whitespace().nth(4).unwrap().parse().unwrap();
+        assert!(calls >= 5, "{batch}");
+        assert!(t.contains("journal segment files"), "{t}");
+    }
 }
 
 #[test]
@@ -556,8 +595,14 @@ fn time_calls_replay_from_time_batches() {
     let l = list(&d.path().join("journal"));
     let msgs = message_lines(&l);
     let batches = msgs.iter().filter(|m| m.contains("time batch of")).count();
-    // 2 x (200 x 3 + 100) + 200 time calls; full batches of 16 and short ones cut by the locks.
-    assert!(l.contains("time batch of 16 calls"), "{l}");
+    // 2 x (200 x 3 + 100) + 200 time calls; full batches and short ones cut by the locks.
+    assert!(
+        l.contains(&format!(
+            "time batch of {} calls",
+            intercept::msg::BATCH_CAP
+        )),
+        "{l}"
+    );
     let time_calls = l
         .lines()
         .filter(|s| {
@@ -566,7 +611,7 @@ fn time_calls_replay_from_time_batches() {
         .count();
     assert_eq!(time_calls, 2 * (200 * 3 + 100) + 200, "{l}");
     // Each worker's 200 rounds: lock, gettimeofday, unlock (emits a batch of 1), two more
-    // time calls (a batch of 2 at the next lock); then 100 calls in batches of 16, as main's 200.
+    // time calls (a batch of 2 at the next lock); then 100 calls in full batches, as main's 200.
     assert!(
         batches < 2 * (2 * 200 + 10) + 15,
         "{batches} batches for {time_calls} calls"
@@ -619,8 +664,8 @@ fn fork_and_exec_after_buffered_time_calls_replay_identically() {
     std::fs::create_dir(&e).unwrap();
     let out = record_replay(&e, &[p, "exec"]);
     assert!(String::from_utf8_lossy(&out).contains("exec'd with "));
-    // The first image's last 2 time results were still buffered at execl: the exec hook
-    // emitted them as a batch right before the new image's first message.
+    // The first image's last 82 % BATCH_CAP time results were still buffered at execl: the
+    // exec hook emitted them as a batch right before the new image's first message.
     let l = list(&e.join("journal"));
     let msgs = message_lines(&l);
     let second = msgs
@@ -629,7 +674,11 @@ fn fork_and_exec_after_buffered_time_calls_replay_identically() {
         .unwrap();
     assert!(second > 0, "{l}");
     assert!(
-        msgs[second - 1].contains("time batch of 2 calls (#82 to #83)"),
+        msgs[second - 1].contains(&format!(
+            "time batch of {} calls (#{} to #83)",
+            82 % intercept::msg::BATCH_CAP,
+            84 - 82 % intercept::msg::BATCH_CAP
+        )),
         "{l}"
     );
 }
@@ -686,7 +735,7 @@ fn quiesce_with_buffered_time_results_keeps_every_threads_calls_in_order() {
         let calls = if h.kind == Kind::TimeBatch { h.a0 } else { 1 };
         if h.kind == Kind::TimeBatch {
             time_calls += calls;
-            assert!(msg::batch_entry(data, usize::try_from(calls).unwrap() - 1).is_some());
+            assert_eq!(msg::batch_entries(&h, data).count() as u64, calls);
         }
         let n = next.entry(h.vtid).or_insert(1);
         assert_eq!(

@@ -42,6 +42,10 @@ pub struct Args {
     /// Also read every pages file and check its CRC32C.
     #[arg(long)]
     pub verify: bool,
+    /// A journal written by `understudy record`: also decode every interceptor message (each
+    /// checked, time batches of every version entry by entry) and print their bytes by kind.
+    #[arg(long)]
+    pub messages: bool,
 }
 
 pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -67,6 +71,10 @@ fn inspect_journal(path: &Path, args: &Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         print!("{s}");
+    }
+    if args.messages {
+        let rec = super::replay::load(path)?;
+        super::replay::sizes(path, &rec, None)?;
     }
     // A torn tail is normal after a crash (open cuts it); damage elsewhere is not.
     Ok(if s.problems.is_empty() {

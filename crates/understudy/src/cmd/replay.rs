@@ -26,6 +26,13 @@ pub struct Args {
     /// Print the recorded messages (decoded) instead of replaying.
     #[arg(long)]
     pub list: bool,
+    /// Print the journal's bytes by message kind (time batches, reads, epoll, writes...,
+    /// framing) instead of replaying; with `--per N`, also divided by N (e.g. requests served).
+    #[arg(long)]
+    pub sizes: bool,
+    /// Divisor of `--sizes`' per-unit column.
+    #[arg(long, requires = "sizes")]
+    pub per: Option<u64>,
     /// The program and its arguments (as recorded).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -144,6 +151,9 @@ fn own_out() -> String {
 
 pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let rec = load(&args.journal)?;
+    if args.sizes {
+        return sizes(&args.journal, &rec, args.per);
+    }
     if args.list {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -158,16 +168,13 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                 break; // reader went away (`| head`)
             }
             // The calls of a time batch, one a line under it.
-            let mut i = 0;
-            while let Some(e) = (h.kind == intercept::msg::Kind::TimeBatch)
-                .then(|| intercept::msg::batch_entry(data, i))
-                .flatten()
-            {
-                let c = h.batch_call(&e, i);
-                if writeln!(out, "{:>8} {:>47} #{:<5} {c}", "", "", c.tseq).is_err() {
-                    break 'list;
+            if h.kind == intercept::msg::Kind::TimeBatch {
+                for (i, e) in intercept::msg::batch_entries(&h, data).enumerate() {
+                    let c = h.batch_call(&e, i);
+                    if writeln!(out, "{:>8} {:>47} #{:<5} {c}", "", "", c.tseq).is_err() {
+                        break 'list;
+                    }
                 }
-                i += 1;
             }
         }
         let _ = out.flush();
@@ -275,4 +282,83 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// `replay --sizes`: the recording's journal bytes split by message kind. A message's bytes are
+/// its payload; what the journal adds around payloads (record and frame headers, checksums,
+/// segment headers, the two meta records) is "framing": the segment files' size minus every
+/// message payload.
+pub fn sizes(dir: &Path, rec: &Recording, per: Option<u64>) -> anyhow::Result<ExitCode> {
+    use std::collections::BTreeMap;
+    let mut by: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let mut payload = 0u64;
+    for (seq, m) in &rec.messages {
+        let (h, data) = intercept::msg::decode(m)
+            .with_context(|| format!("journal {}: message at seq {seq}", dir.display()))?;
+        let calls = if h.kind == intercept::msg::Kind::TimeBatch {
+            // Every entry, in order (decode checked them; this walks the cursor replay uses).
+            intercept::msg::batch_entries(&h, data).count() as u64
+        } else {
+            1
+        };
+        let name = format!(
+            "{} v{}",
+            h.kind.name(),
+            m.get(1).copied().unwrap_or_default()
+        );
+        let e = by.entry(name).or_default();
+        e.0 += 1;
+        e.1 += calls;
+        e.2 += m.len() as u64;
+        payload += m.len() as u64;
+    }
+    let mut seg = 0u64;
+    for d in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let d = d?;
+        if d.file_name().to_string_lossy().ends_with(".seg") {
+            seg += d.metadata()?.len();
+        }
+    }
+    let unit = per.unwrap_or(0);
+    let div = |b: u64| {
+        if unit == 0 {
+            String::new()
+        } else {
+            format!("{:>12.2}", b as f64 / unit as f64)
+        }
+    };
+    println!(
+        "{:<28} {:>10} {:>10} {:>14} {:>10}{}",
+        "kind",
+        "messages",
+        "calls",
+        "bytes",
+        "bytes/call",
+        if unit == 0 { "" } else { "    bytes/unit" }
+    );
+    for (k, (n, calls, b)) in &by {
+        println!(
+            "{k:<28} {n:>10} {calls:>10} {b:>14} {:>10.2}{}",
+            *b as f64 / (*calls).max(1) as f64,
+            div(*b)
+        );
+    }
+    let framing = seg.saturating_sub(payload);
+    println!(
+        "{:<28} {:>10} {:>10} {framing:>14} {:>10}{}",
+        "framing (segments - payloads)",
+        "",
+        "",
+        "",
+        div(framing)
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {seg:>14} {:>10}{}",
+        "journal segment files",
+        rec.messages.len(),
+        "",
+        "",
+        div(seg)
+    );
+    Ok(ExitCode::SUCCESS)
 }
