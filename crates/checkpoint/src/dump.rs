@@ -165,6 +165,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
             p.pages = pages;
         }
         report.pages_bytes = copied;
+        tree.format_version = tree.version_for_content();
         if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
             cleanup_dir(&opts.image_dir);
             return Err(e.into());
@@ -199,6 +200,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
                 }
             }
         }
+        tree.format_version = tree.version_for_content();
         if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
             cleanup_dir(&opts.image_dir);
             return Err(e.into());
@@ -213,6 +215,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
             return Err(e);
         }
     }
+    tree.format_version = tree.version_for_content();
     if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
         cleanup_dir(&opts.image_dir);
         return Err(e.into());
@@ -223,7 +226,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if let Ok(rd) = std::fs::read_dir(&opts.image_dir) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("pages-") && !tree.processes.iter().any(|p| p.pages.file == n) {
+            let named =
+                |p: &image::Process| p.pages.file == n || p.pages.parts.iter().any(|q| q.file == n);
+            if n.starts_with("pages-") && !tree.processes.iter().any(named) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -269,8 +274,24 @@ const RESERVE_MIN: u64 = 128 << 20;
 fn reserve_space(opts: &DumpOptions) {
     for (pid, rss) in tree_rss(opts.root_pid) {
         if rss >= RESERVE_MIN {
-            let name = format!("pages-{pid}.img");
-            let _ = image::reserve_pages(&opts.image_dir, &name, rss, reserve_parallel);
+            // One reservation per part file the copy will write (see `memory::pages_parts`).
+            let parts = crate::memory::pages_parts();
+            if parts <= 1 {
+                let name = image::pages_part_name(pid, 0);
+                let _ = image::reserve_pages(&opts.image_dir, &name, rss, reserve_parallel);
+                continue;
+            }
+            let each = (rss / parts as u64).next_multiple_of(image::PAGES_CHUNK);
+            std::thread::scope(|s| {
+                for k in 0..parts {
+                    let name = image::pages_part_name(pid, k);
+                    s.spawn(move || {
+                        image::reserve_pages(&opts.image_dir, &name, each, |f, len| {
+                            sys::files::fallocate(f, len)
+                        })
+                    });
+                }
+            });
         }
     }
 }

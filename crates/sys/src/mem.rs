@@ -280,6 +280,89 @@ impl MappedFile {
         Ok(MappedFile { ptr: p, len })
     }
 
+    /// Maps several files back to back into one read-only region: `parts` are `(file,
+    /// offset, len)` with page-aligned offsets and every `len` but the last a multiple of the
+    /// page size, so the region reads as the concatenation of the parts (a pages file split
+    /// into part files reads as one).
+    pub fn map_parts(parts: &[(&File, u64, u64)]) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        if let [(f, off, len)] = parts {
+            return Self::map(f, *off, *len);
+        }
+        let page = crate::PAGE_SIZE;
+        let mut total = 0u64;
+        for (i, &(_, off, len)) in parts.iter().enumerate() {
+            if !off.is_multiple_of(page) || (i + 1 < parts.len() && !len.is_multiple_of(page)) {
+                return Err(Error::invalid(
+                    "mmap image parts",
+                    "a part is not page-aligned",
+                ));
+            }
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| Error::invalid("mmap image parts", "too large"))?;
+        }
+        let total =
+            usize::try_from(total).map_err(|_| Error::invalid("mmap image parts", "too large"))?;
+        if total == 0 {
+            return Ok(MappedFile {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh anonymous PROT_NONE reservation chosen by the kernel; it aliases no
+        // Rust object. The parts are mapped over it below with MAP_FIXED, inside it only.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::last(format!(
+                "mmap reservation of {total} bytes for image parts"
+            )));
+        }
+        let whole = MappedFile {
+            ptr: base,
+            len: total,
+        };
+        let mut at = 0usize;
+        for &(file, off, len) in parts {
+            let n = usize::try_from(len)
+                .map_err(|_| Error::invalid("mmap image parts", "too large"))?;
+            if n == 0 {
+                continue;
+            }
+            let o = libc::off_t::try_from(off)
+                .map_err(|_| Error::invalid("mmap image parts", "offset too large"))?;
+            // SAFETY: `at + n <= total`: the target lies inside the reservation `whole` owns
+            // (no Rust object lives there); MAP_FIXED replaces only that reserved range.
+            let p = unsafe {
+                libc::mmap(
+                    base.cast::<u8>().add(at).cast(),
+                    n,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    o,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                // `whole` unmaps the whole region on drop.
+                return Err(Error::last(format!(
+                    "mmap of {n} bytes of an image part file"
+                )));
+            }
+            at += n;
+        }
+        Ok(whole)
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         if self.len == 0 {
             return &[];
