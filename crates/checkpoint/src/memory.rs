@@ -414,6 +414,13 @@ pub fn pages_parts() -> usize {
         .clamp(1, image::MAX_PAGES_PARTS)
 }
 
+/// Part files a process with about `bytes` of data is split over (what [`part_starts`]
+/// gives for a plan of that size).
+pub fn planned_parts(bytes: u64) -> usize {
+    let n = u64::try_from(pages_parts()).unwrap_or(1);
+    usize::try_from(n.min(bytes / part_min().max(1)).max(1)).unwrap_or(1)
+}
+
 /// Least data per part file (`UNDERSTUDY_DUMP_PART_MIN_KIB`, for tests; default 4 MiB):
 /// below it a process's pages stay in one file.
 fn part_min() -> u64 {
@@ -698,10 +705,11 @@ impl MemoryDumper<'_> {
             Sink::Plan(j) => j,
             Sink::Pipeline(_) => Vec::new(),
         };
-        // Fresh files: one part file per copy worker (ext4's buffered write holds the
-        // inode's lock for the whole `pwrite`, so writers of one file take turns); a recycled
-        // file is copied into through a mapping, one file.
-        let nparts = if self.map_copy { 1 } else { pages_parts() };
+        // One part file per copy worker: ext4's buffered write holds the inode's lock for the
+        // whole `pwrite`, so writers of one file take turns (recycled files are copied into
+        // through mappings, which takes no such lock, but keep the same layout so that the
+        // next recycling finds the files it needs).
+        let nparts = pages_parts();
         let starts = part_starts(&jobs, nparts, part_min());
         let mut ws = vec![w];
         for k in 1..starts.len() {
@@ -749,12 +757,11 @@ impl MemoryDumper<'_> {
         }) {
             return Err(bad_plan());
         }
-        let w = &mut ws[0];
-        // Copy straight into a shared mapping of the file (recycled pages files: their pages
-        // exist, so the mapping costs no allocation and saves the `pwrite` copy).
-        let mut map = None;
+        // Copy straight into a shared mapping of each file (recycled pages files: their
+        // pages exist, so the mapping costs no allocation and saves the `pwrite` copy).
+        let mut maps = Vec::new();
         let mut populate_write = false;
-        if map_copy(self.map_copy) && !jobs.is_empty() && nparts == 1 {
+        if map_copy(self.map_copy) && !jobs.is_empty() {
             let mut at = 0u64;
             for j in jobs {
                 if j.offset != at {
@@ -768,25 +775,34 @@ impl MemoryDumper<'_> {
                 }
                 at += j.len;
             }
-            // Only a file whose space is there already (recycled or reserved): mapping a
+            // Only files whose space is there already (recycled or reserved): mapping a
             // sparse file would allocate page by page in the faults.
-            if w.capacity() >= at || map_forced() {
-                populate_write = !w.on_tmpfs();
-                map = Some(w.map_data(at)?);
+            let part_len = |k: usize| -> u64 {
+                let (a, b, _) = ranges[k];
+                jobs[a..b].iter().map(|j| j.len).sum()
+            };
+            if (0..nparts).all(|k| ws[k].capacity() >= part_len(k)) || map_forced() {
+                populate_write = !ws[0].on_tmpfs();
+                for (k, w) in ws.iter().enumerate() {
+                    maps.push(w.map_data(part_len(k))?);
+                }
             }
         }
-        let slots: Option<Vec<std::sync::Mutex<Option<&mut [u8]>>>> = map.as_mut().map(|m| {
-            let mut rest = m.as_mut_slice();
-            let mut slots = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                let n = usize::try_from(j.len).unwrap_or(usize::MAX).min(rest.len());
-                let (a, b) = std::mem::take(&mut rest).split_at_mut(n);
-                slots.push(std::sync::Mutex::new(Some(a)));
-                rest = b;
-            }
-            slots
-        });
-        let slots = if nparts == 1 { slots.as_deref() } else { None };
+        let slots: Option<Vec<std::sync::Mutex<Option<&mut [u8]>>>> =
+            (!maps.is_empty()).then(|| {
+                let mut slots = Vec::with_capacity(jobs.len());
+                for (m, &(a, b, _)) in maps.iter_mut().zip(&ranges) {
+                    let mut rest = m.as_mut_slice();
+                    for j in &jobs[a..b] {
+                        let n = usize::try_from(j.len).unwrap_or(usize::MAX).min(rest.len());
+                        let (x, y) = std::mem::take(&mut rest).split_at_mut(n);
+                        slots.push(std::sync::Mutex::new(Some(x)));
+                        rest = y;
+                    }
+                }
+                slots
+            });
+        let slots = slots.as_deref();
         let populate = populate_first();
         let next: Vec<std::sync::atomic::AtomicUsize> = ranges
             .iter()
@@ -940,7 +956,7 @@ impl MemoryDumper<'_> {
                 None => Ok(crcs),
             }
         })?;
-        drop(map);
+        drop(maps);
         let mut len = 0u64;
         for (i, (job, c)) in jobs.iter().zip(results).enumerate() {
             let Some(c) = c else {

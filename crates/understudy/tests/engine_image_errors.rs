@@ -75,13 +75,14 @@ fn corrupt_and_truncated_images_are_refused() {
 }
 
 /// `understudy checkpoint` with the pages of each process split over part files.
-fn checkpoint_parts(pid: i32, image: &Path, parts: &str) -> std::process::Output {
+fn checkpoint_parts(pid: i32, image: &Path, parts: &str, extra: &[&Path]) -> std::process::Output {
     std::process::Command::new(BIN)
         .arg("checkpoint")
         .arg("--pid")
         .arg(pid.to_string())
         .arg("--image")
         .arg(image)
+        .args(extra)
         .env("UNDERSTUDY_DUMP_PARTS", parts)
         .env("UNDERSTUDY_DUMP_PART_MIN_KIB", "1024")
         .output()
@@ -97,7 +98,7 @@ fn pages_in_part_files_restore_and_a_missing_part_is_refused() {
     let prog = build("mem_single", &[]);
     let w = start(&prog);
     let img = w.dir.path().join("img");
-    ok(&checkpoint_parts(w.pid, &img, "3"), "checkpoint");
+    ok(&checkpoint_parts(w.pid, &img, "3", &[]), "checkpoint");
     let o = std::process::Command::new(BIN)
         .args(["inspect", "--json"])
         .arg(&img)
@@ -133,10 +134,24 @@ fn pages_in_part_files_restore_and_a_missing_part_is_refused() {
         "a stub was left behind"
     );
 
-    // The intact image restores; dumped again as one file (version as before), it restores.
+    // The intact image restores; recycled into a new image (its part files overwritten in
+    // place), that restores; dumped again as one file (version as before), it restores.
     ok(&restore(&img), "restore");
+    let img_r = w.dir.path().join("img-recycled");
+    ok(
+        &checkpoint_parts(
+            w.pid,
+            &img_r,
+            "3",
+            &[Path::new("--reuse-from"), img.as_path()],
+        ),
+        "recycled checkpoint",
+    );
+    assert!(!img.exists(), "the recycled image is consumed");
+    assert!(img_r.join(format!("pages-{}.2.img", w.pid)).exists());
+    ok(&restore(&img_r), "restore of the recycled image");
     let img2 = w.dir.path().join("img2");
-    ok(&checkpoint_parts(w.pid, &img2, "1"), "checkpoint");
+    ok(&checkpoint_parts(w.pid, &img2, "1", &[]), "checkpoint");
     assert!(!img2.join(format!("pages-{}.1.img", w.pid)).exists());
     ok(&restore(&img2), "restore");
     let v = verdict(&w);
