@@ -492,3 +492,35 @@ impl Drop for SharedFileMap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn parts_map_back_to_back() {
+        let dir = std::env::temp_dir().join(format!("sys-map-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = Vec::new();
+        for (i, n) in [(1u8, 8192usize), (2, 4096), (3, 100)] {
+            let p = dir.join(format!("p{i}"));
+            let mut f = File::create(&p).unwrap();
+            f.write_all(&vec![0xEE; 4096]).unwrap(); // a header to skip
+            f.write_all(&vec![i; n]).unwrap();
+            drop(f);
+            files.push((File::open(&p).unwrap(), n as u64));
+        }
+        let parts: Vec<(&File, u64, u64)> = files.iter().map(|(f, n)| (f, 4096, *n)).collect();
+        let m = MappedFile::map_parts(&parts).unwrap();
+        let s = m.as_slice();
+        assert_eq!(s.len(), 8192 + 4096 + 100);
+        assert!(s[..8192].iter().all(|&b| b == 1));
+        assert!(s[8192..12288].iter().all(|&b| b == 2));
+        assert!(s[12288..].iter().all(|&b| b == 3));
+        // a part that is not a whole number of pages, other than the last, is refused
+        let bad: Vec<(&File, u64, u64)> = vec![(&files[2].0, 4096, 100), (&files[0].0, 4096, 8192)];
+        assert!(MappedFile::map_parts(&bad).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
