@@ -165,6 +165,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
             p.pages = pages;
         }
         report.pages_bytes = copied;
+        tree.format_version = tree.version_for_content();
         if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
             cleanup_dir(&opts.image_dir);
             return Err(e.into());
@@ -199,6 +200,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
                 }
             }
         }
+        tree.format_version = tree.version_for_content();
         if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
             cleanup_dir(&opts.image_dir);
             return Err(e.into());
@@ -213,6 +215,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
             return Err(e);
         }
     }
+    tree.format_version = tree.version_for_content();
     if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
         cleanup_dir(&opts.image_dir);
         return Err(e.into());
@@ -223,7 +226,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     if let Ok(rd) = std::fs::read_dir(&opts.image_dir) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("pages-") && !tree.processes.iter().any(|p| p.pages.file == n) {
+            let named =
+                |p: &image::Process| p.pages.file == n || p.pages.parts.iter().any(|q| q.file == n);
+            if n.starts_with("pages-") && !tree.processes.iter().any(named) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -269,8 +274,24 @@ const RESERVE_MIN: u64 = 128 << 20;
 fn reserve_space(opts: &DumpOptions) {
     for (pid, rss) in tree_rss(opts.root_pid) {
         if rss >= RESERVE_MIN {
-            let name = format!("pages-{pid}.img");
-            let _ = image::reserve_pages(&opts.image_dir, &name, rss, reserve_parallel);
+            // One reservation per part file the copy will write (see `memory::pages_parts`).
+            let parts = crate::memory::planned_parts(rss);
+            if parts <= 1 {
+                let name = image::pages_part_name(pid, 0);
+                let _ = image::reserve_pages(&opts.image_dir, &name, rss, reserve_parallel);
+                continue;
+            }
+            let each = (rss / parts as u64).next_multiple_of(image::PAGES_CHUNK);
+            std::thread::scope(|s| {
+                for k in 0..parts {
+                    let name = image::pages_part_name(pid, k);
+                    s.spawn(move || {
+                        image::reserve_pages(&opts.image_dir, &name, each, |f, len| {
+                            sys::files::fallocate(f, len)
+                        })
+                    });
+                }
+            });
         }
     }
 }
@@ -298,7 +319,8 @@ fn tree_rss(root: i32) -> Vec<(i32, u64)> {
 }
 
 /// Moves the pages files of the older image `old` into the new image directory, one per
-/// process of the tree (largest file to the largest process), so that the dump overwrites
+/// part file each process of the tree will be written to (largest file to the largest
+/// part), so that the dump overwrites
 /// page cache that exists instead of allocating new. `old` stops being an image first (its
 /// `tree.img` is removed), then its page files are moved or removed, then the directory is
 /// removed if nothing else is left in it.
@@ -342,13 +364,21 @@ fn recycle_space(opts: &DumpOptions, old: &std::path::Path) -> Result<()> {
         .filter_map(|e| Some((e.metadata().ok()?.len(), e.path())))
         .collect();
     files.sort();
-    let mut procs = tree_rss(opts.root_pid);
-    procs.sort_by_key(|&(_, rss)| std::cmp::Reverse(rss));
-    for (pid, rss) in procs {
+    // One slot per part file each process's pages will be written to (about its resident
+    // anonymous size split evenly), largest first.
+    let mut slots: Vec<(u64, i32, usize)> = Vec::new();
+    for (pid, rss) in tree_rss(opts.root_pid) {
+        let n = crate::memory::planned_parts(rss);
+        for k in 0..n {
+            slots.push((rss / n as u64, pid, k));
+        }
+    }
+    slots.sort_by_key(|&(size, _, _)| std::cmp::Reverse(size));
+    for (rss, pid, k) in slots {
         let Some((size, from)) = files.pop() else {
             break;
         };
-        let to = opts.image_dir.join(format!("pages-{pid}.img"));
+        let to = opts.image_dir.join(image::pages_part_name(pid, k));
         std::fs::rename(&from, &to).map_err(|e| {
             bad(format!(
                 "cannot move {} to {}: {e} (the old image must be on the same filesystem)",

@@ -404,6 +404,58 @@ fn populate_first() -> bool {
     std::env::var("UNDERSTUDY_DUMP_POPULATE").ok().as_deref() != Some("0")
 }
 
+/// How many part files a fresh process's pages are split over (`UNDERSTUDY_DUMP_PARTS`,
+/// 1 = one file as before; default: one per copy worker).
+pub fn pages_parts() -> usize {
+    std::env::var("UNDERSTUDY_DUMP_PARTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(dump_threads)
+        .clamp(1, image::MAX_PAGES_PARTS)
+}
+
+/// Part files a process with about `bytes` of data is split over (what [`part_starts`]
+/// gives for a plan of that size).
+pub fn planned_parts(bytes: u64) -> usize {
+    let n = u64::try_from(pages_parts()).unwrap_or(1);
+    usize::try_from(n.min(bytes / part_min().max(1)).max(1)).unwrap_or(1)
+}
+
+/// Least data per part file (`UNDERSTUDY_DUMP_PART_MIN_KIB`, for tests; default 4 MiB):
+/// below it a process's pages stay in one file.
+fn part_min() -> u64 {
+    std::env::var("UNDERSTUDY_DUMP_PART_MIN_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(PART_MIN, |k| k.max(1) << 10)
+}
+
+/// Default of [`part_min`].
+const PART_MIN: u64 = 4 << 20;
+
+/// Index of the first job of each part when the planned `jobs` are split into at most
+/// `nparts` parts of about equal size, at least `min` bytes each: a part starts at a job
+/// whose data offset is a multiple of [`image::PAGES_CHUNK`] (so the part's chunk table
+/// lines up with the whole data's). Always starts with 0.
+fn part_starts(jobs: &[Job], nparts: usize, min: u64) -> Vec<usize> {
+    let total: u64 = jobs.iter().map(|j| j.len).sum();
+    let n = u64::try_from(nparts)
+        .unwrap_or(1)
+        .min(total / min.max(1))
+        .max(1);
+    let mut starts = vec![0usize];
+    for k in 1..n {
+        let target = total / n * k;
+        let last = starts.last().copied().unwrap_or(0);
+        if let Some(i) = (last + 1..jobs.len()).find(|&i| {
+            jobs[i].offset >= target && jobs[i].offset.is_multiple_of(image::PAGES_CHUNK)
+        }) {
+            starts.push(i);
+        }
+    }
+    starts
+}
+
 /// Default of [`plan_batch`].
 const PLAN_BATCH: usize = 1 << 20;
 
@@ -623,7 +675,7 @@ impl MemoryDumper<'_> {
         if let Some(defer) = self.defer {
             return self.dump_to_memory(vmas, name, defer, t0, None);
         }
-        let mut w = PagesWriter::create(self.dir, &name)?;
+        let w = PagesWriter::create(self.dir, &name)?;
         // Plan first (cheap: page scans and offsets only), then copy with parallel workers.
         let (_unused_tx, unused_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mut r = Reader {
@@ -653,20 +705,61 @@ impl MemoryDumper<'_> {
             Sink::Plan(j) => j,
             Sink::Pipeline(_) => Vec::new(),
         };
-        let len = self.copy_jobs(&mut w, &jobs)?;
-        let r = w.finish()?;
-        Ok((r, len, t0.elapsed()))
+        // One part file per copy worker: ext4's buffered write holds the inode's lock for the
+        // whole `pwrite`, so writers of one file take turns (recycled files are copied into
+        // through mappings, which takes no such lock, but keep the same layout so that the
+        // next recycling finds the files it needs).
+        let nparts = pages_parts();
+        let starts = part_starts(&jobs, nparts, part_min());
+        let mut ws = vec![w];
+        for k in 1..starts.len() {
+            ws.push(PagesWriter::create(
+                self.dir,
+                &image::pages_part_name(pid, k),
+            )?);
+        }
+        let len = self.copy_jobs(&mut ws, &jobs, &starts)?;
+        let refs = ws
+            .into_iter()
+            .map(PagesWriter::finish)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok((image::join_parts(refs), len, t0.elapsed()))
     }
 
     /// Copies every planned job into the pages file with [`dump_threads`] workers, each
     /// reading a batch with `process_vm_readv` into its own buffer, checksumming it and
     /// writing it at its offset, so that both the copy out of the tree and the page-cache
     /// work of the write spread over every CPU. Returns the data length and its CRC32C.
-    fn copy_jobs(&self, w: &mut PagesWriter, jobs: &[Job]) -> Result<u64> {
+    ///
+    /// With several part files (`starts`: the index of each part's first job, its data
+    /// offset chunk-aligned) worker `w` copies the jobs of part `w` first, then helps with the
+    /// others, so that each file has one writer at a time until a part runs out.
+    fn copy_jobs(&self, ws: &mut [PagesWriter], jobs: &[Job], starts: &[usize]) -> Result<u64> {
         let pid = self.pid;
-        // Copy straight into a shared mapping of the file (recycled pages files: their pages
-        // exist, so the mapping costs no allocation and saves the `pwrite` copy).
-        let mut map = None;
+        let nparts = ws.len();
+        let bad_plan = || CheckpointError::Tree {
+            pid,
+            why: "internal: pages file parts do not match the planned copies".into(),
+        };
+        if nparts == 0 || starts.len() != nparts || starts.first().is_some_and(|&s| s != 0) {
+            return Err(bad_plan());
+        }
+        // Each part's job range and data offset.
+        let ranges: Vec<(usize, usize, u64)> = (0..nparts)
+            .map(|k| {
+                let a = starts[k];
+                let b = starts.get(k + 1).copied().unwrap_or(jobs.len());
+                (a, b, jobs.get(a).map_or(0, |j| j.offset))
+            })
+            .collect();
+        if ranges.iter().any(|&(a, b, o)| {
+            a > b || (nparts > 1 && (a == b || !o.is_multiple_of(image::PAGES_CHUNK)))
+        }) {
+            return Err(bad_plan());
+        }
+        // Copy straight into a shared mapping of each file (recycled pages files: their
+        // pages exist, so the mapping costs no allocation and saves the `pwrite` copy).
+        let mut maps = Vec::new();
         let mut populate_write = false;
         if map_copy(self.map_copy) && !jobs.is_empty() {
             let mut at = 0u64;
@@ -682,31 +775,44 @@ impl MemoryDumper<'_> {
                 }
                 at += j.len;
             }
-            // Only a file whose space is there already (recycled or reserved): mapping a
+            // Only files whose space is there already (recycled or reserved): mapping a
             // sparse file would allocate page by page in the faults.
-            if w.capacity() >= at || map_forced() {
-                populate_write = !w.on_tmpfs();
-                map = Some(w.map_data(at)?);
+            let part_len = |k: usize| -> u64 {
+                let (a, b, _) = ranges[k];
+                jobs[a..b].iter().map(|j| j.len).sum()
+            };
+            if (0..nparts).all(|k| ws[k].capacity() >= part_len(k)) || map_forced() {
+                populate_write = !ws[0].on_tmpfs();
+                for (k, w) in ws.iter().enumerate() {
+                    maps.push(w.map_data(part_len(k))?);
+                }
             }
         }
-        let slots: Option<Vec<std::sync::Mutex<Option<&mut [u8]>>>> = map.as_mut().map(|m| {
-            let mut rest = m.as_mut_slice();
-            let mut slots = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                let n = usize::try_from(j.len).unwrap_or(usize::MAX).min(rest.len());
-                let (a, b) = std::mem::take(&mut rest).split_at_mut(n);
-                slots.push(std::sync::Mutex::new(Some(a)));
-                rest = b;
-            }
-            slots
-        });
+        let slots: Option<Vec<std::sync::Mutex<Option<&mut [u8]>>>> =
+            (!maps.is_empty()).then(|| {
+                let mut slots = Vec::with_capacity(jobs.len());
+                for (m, &(a, b, _)) in maps.iter_mut().zip(&ranges) {
+                    let mut rest = m.as_mut_slice();
+                    for j in &jobs[a..b] {
+                        let n = usize::try_from(j.len).unwrap_or(usize::MAX).min(rest.len());
+                        let (x, y) = std::mem::take(&mut rest).split_at_mut(n);
+                        slots.push(std::sync::Mutex::new(Some(x)));
+                        rest = y;
+                    }
+                }
+                slots
+            });
         let slots = slots.as_deref();
         let populate = populate_first();
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        let next: Vec<std::sync::atomic::AtomicUsize> = ranges
+            .iter()
+            .map(|&(a, _, _)| std::sync::atomic::AtomicUsize::new(a))
+            .collect();
+        let (next, ranges) = (&next, &ranges);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let nworkers = dump_threads().min(jobs.len()).max(1);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<(u32, u64)>, u64)>();
-        let wr: &PagesWriter = w;
+        let wr: &[PagesWriter] = ws;
         let take = || {
             self.pool
                 .lock()
@@ -716,16 +822,28 @@ impl MemoryDumper<'_> {
         };
         let results = std::thread::scope(|s| {
             let mut handles = Vec::new();
-            for _ in 0..nworkers {
+            for me in 0..nworkers {
                 let mut buf = take();
-                let (next, failed, done_tx) = (&next, &failed, done_tx.clone());
+                let (failed, done_tx) = (&failed, done_tx.clone());
                 handles.push(s.spawn(move || -> Result<Vec<u8>> {
                     let mut busy = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+                    // Own part first (worker `me` owns parts me, me + nworkers, ...), then
+                    // the others in turn.
+                    let mut part = me % nparts;
+                    let mut tried = 0;
                     let res = loop {
                         if failed.load(std::sync::atomic::Ordering::Relaxed) {
                             break Ok(());
                         }
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let i = next[part].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= ranges[part].1 {
+                            tried += 1;
+                            if tried >= nparts {
+                                break Ok(());
+                            }
+                            part = (part + 1) % nparts;
+                            continue;
+                        }
                         let Some(job) = jobs.get(i) else {
                             break Ok(());
                         };
@@ -783,7 +901,8 @@ impl MemoryDumper<'_> {
                         let t1 = Instant::now();
                         busy.0 += t1 - t;
                         if slots.is_none() {
-                            if let Err(e) = wr.write_data_at(job.offset, data) {
+                            let at = job.offset - ranges[part].2;
+                            if let Err(e) = wr[part].write_data_at(at, data) {
                                 break Err(e.into());
                             }
                         }
@@ -837,16 +956,17 @@ impl MemoryDumper<'_> {
                 None => Ok(crcs),
             }
         })?;
-        drop(map);
+        drop(maps);
         let mut len = 0u64;
-        for (job, c) in jobs.iter().zip(results) {
+        for (i, (job, c)) in jobs.iter().zip(results).enumerate() {
             let Some(c) = c else {
                 return Err(CheckpointError::Tree {
                     pid,
                     why: "a dump worker stopped before copying every batch".into(),
                 });
             };
-            w.record_written(&c)?;
+            let k = ranges.iter().rposition(|&(a, _, _)| a <= i).unwrap_or(0);
+            ws[k].record_written(&c)?;
             len += job.len;
         }
         Ok(len)
@@ -933,6 +1053,7 @@ impl MemoryDumper<'_> {
         let len: u64 = chunks.iter().map(|c| c.1 as u64).sum();
         // The CRC32C is filled in by `DeferredPages::write` once the tree runs again.
         let expect = PagesRef {
+            parts: Vec::new(),
             file: name.clone(),
             len,
             crc32c: 0,
@@ -1086,6 +1207,7 @@ mod deferred_tests {
             name: "pages-1.img".into(),
             chunks,
             expect: PagesRef {
+                parts: Vec::new(),
                 file: "pages-1.img".into(),
                 len,
                 crc32c: crc,

@@ -6,8 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    PagesRef, Tree, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, SUPPORTED_VERSIONS,
-    ZOMBIES_FORMAT_VERSION,
+    PagesPart, PagesRef, Tree, INCREMENTAL_FORMAT_VERSION, MAX_CHAIN, MAX_PAGES_PARTS,
+    PARTS_FORMAT_VERSION, SUPPORTED_VERSIONS, ZOMBIES_FORMAT_VERSION,
 };
 
 pub const TREE_FILE: &str = "tree.img";
@@ -156,6 +156,26 @@ pub fn decode_tree(file: &Path, bytes: &[u8]) -> Result<Tree> {
             what: "payload and header disagree on the version".into(),
         });
     }
+    if (version == PARTS_FORMAT_VERSION) != tree.has_parts() {
+        return Err(ImageError::Corrupt {
+            file: f(),
+            what: format!(
+                "format version {version} {} pages split over part files",
+                if tree.has_parts() { "with" } else { "without" }
+            ),
+        });
+    }
+    for p in &tree.processes {
+        check_parts(&p.pages).map_err(|what| ImageError::Corrupt {
+            file: f(),
+            what: format!("pid {}: {what}", p.pid),
+        })?;
+    }
+    if version == PARTS_FORMAT_VERSION {
+        // Zombies and a parent may come with parts in any combination.
+        check_zombies(&tree).map_err(|what| ImageError::Corrupt { file: f(), what })?;
+        return Ok(tree);
+    }
     if (version == ZOMBIES_FORMAT_VERSION) == tree.zombies.is_empty() {
         return Err(ImageError::Corrupt {
             file: f(),
@@ -178,6 +198,57 @@ pub fn decode_tree(file: &Path, bytes: &[u8]) -> Result<Tree> {
     }
     check_zombies(&tree).map_err(|what| ImageError::Corrupt { file: f(), what })?;
     Ok(tree)
+}
+
+/// Part files of a process's pages: 2 to [`MAX_PAGES_PARTS`], the first named like the ref,
+/// plain names, every part but the last a whole number of chunks, lengths and CRC32C adding
+/// up to the ref's.
+fn check_parts(r: &PagesRef) -> std::result::Result<(), String> {
+    if r.parts.is_empty() {
+        return Ok(());
+    }
+    let n = r.parts.len();
+    if !(2..=MAX_PAGES_PARTS).contains(&n) {
+        return Err(format!(
+            "pages {}: {n} part files (2 to {MAX_PAGES_PARTS} allowed)",
+            r.file
+        ));
+    }
+    if r.parts[0].file != r.file {
+        return Err(format!(
+            "pages {}: first part file is named {:?}",
+            r.file, r.parts[0].file
+        ));
+    }
+    let (mut len, mut crc) = (0u64, 0u32);
+    for (i, p) in r.parts.iter().enumerate() {
+        if p.file.contains('/') || p.file.starts_with('.') || p.file.is_empty() {
+            return Err(format!("pages {}: bad part file name {:?}", r.file, p.file));
+        }
+        if r.parts[..i].iter().any(|q| q.file == p.file) {
+            return Err(format!(
+                "pages {}: part file {} named twice",
+                r.file, p.file
+            ));
+        }
+        if i + 1 < n && (p.len == 0 || !p.len.is_multiple_of(PAGES_CHUNK)) {
+            return Err(format!(
+                "pages {}: part {} ({}) holds {} bytes, not a whole number of {PAGES_CHUNK}-byte chunks",
+                r.file, i, p.file, p.len
+            ));
+        }
+        len = len
+            .checked_add(p.len)
+            .ok_or_else(|| format!("pages {}: part lengths overflow", r.file))?;
+        crc = crate::crc::crc32c_combine(crc, p.crc32c, p.len);
+    }
+    if len != r.len || crc != r.crc32c {
+        return Err(format!(
+            "pages {}: parts hold {len} bytes crc {crc:#010x}, the whole is {} bytes crc {:#010x}",
+            r.file, r.len, r.crc32c
+        ));
+    }
+    Ok(())
 }
 
 /// Zombies: each under a live process of the tree, its pid used once, a real end.
@@ -569,6 +640,7 @@ impl PagesWriter {
             file: self.name,
             len: self.len,
             crc32c: self.crc,
+            parts: Vec::new(),
         })
     }
 }
@@ -729,8 +801,76 @@ pub fn read_chunk_table(dir: &Path, r: &PagesRef, f: &File) -> Result<Option<Chu
     }))
 }
 
-/// Verifies the data CRC of a pages file given its data bytes.
+/// Name of part `k` of process `pid`'s pages: `pages-PID.img` for the first, then
+/// `pages-PID.K.img`.
+pub fn pages_part_name(pid: i32, k: usize) -> String {
+    if k == 0 {
+        format!("pages-{pid}.img")
+    } else {
+        format!("pages-{pid}.{k}.img")
+    }
+}
+
+/// The reference to data written as `parts` (single-file references, in data order, as
+/// [`PagesWriter::finish`] returns them): the part itself when there is one, else the whole
+/// with its [`PagesRef::parts`].
+pub fn join_parts(mut parts: Vec<PagesRef>) -> PagesRef {
+    if parts.len() <= 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let (mut len, mut crc) = (0u64, 0u32);
+    for p in &parts {
+        len += p.len;
+        crc = crate::crc::crc32c_combine(crc, p.crc32c, p.len);
+    }
+    PagesRef {
+        file: parts[0].file.clone(),
+        len,
+        crc32c: crc,
+        parts: parts
+            .into_iter()
+            .map(|p| PagesPart {
+                file: p.file,
+                len: p.len,
+                crc32c: p.crc32c,
+            })
+            .collect(),
+    }
+}
+
+/// Opens and checks every file of a pages reference (one, or each part): `(data offset,
+/// single-file reference, file)` in data order. The first missing or damaged part is named.
+pub fn open_pages_parts(dir: &Path, r: &PagesRef) -> Result<Vec<(u64, PagesRef, File)>> {
+    check_parts(r).map_err(|what| ImageError::Corrupt {
+        file: dir.join(TREE_FILE),
+        what,
+    })?;
+    r.pieces()
+        .into_iter()
+        .map(|(o, p)| {
+            let f = open_pages(dir, &p)?;
+            Ok((o, p, f))
+        })
+        .collect()
+}
+
+/// Verifies the data CRC of a pages file given its data bytes (all parts, back to back; each
+/// part is checked against its own CRC so that an error names the damaged part file).
 pub fn check_pages_data(dir: &Path, r: &PagesRef, data: &[u8]) -> Result<()> {
+    if !r.parts.is_empty() {
+        if data.len() as u64 != r.len {
+            return Err(ImageError::Corrupt {
+                file: dir.join(&r.file),
+                what: format!("{} bytes of page data, expected {}", data.len(), r.len),
+            });
+        }
+        for (o, p) in r.pieces() {
+            let s = usize::try_from(o).unwrap_or(usize::MAX);
+            let e = usize::try_from(o + p.len).unwrap_or(usize::MAX);
+            check_pages_data(dir, &p, data.get(s..e).unwrap_or(&[]))?;
+        }
+        return Ok(());
+    }
     let got = crc32c::crc32c(data);
     if got != r.crc32c || data.len() as u64 != r.len {
         return Err(ImageError::Corrupt {
@@ -747,6 +887,18 @@ pub fn check_pages_data(dir: &Path, r: &PagesRef, data: &[u8]) -> Result<()> {
 /// Reads a whole pages file's data (bounded by its checked header) and verifies it; for
 /// `inspect --verify` and tests. Restore maps the file instead.
 pub fn read_pages(dir: &Path, r: &PagesRef) -> Result<Vec<u8>> {
+    if !r.parts.is_empty() {
+        check_parts(r).map_err(|what| ImageError::Corrupt {
+            file: dir.join(TREE_FILE),
+            what,
+        })?;
+        let mut all = Vec::new();
+        for (_, p) in r.pieces() {
+            all.extend_from_slice(&read_pages(dir, &p)?);
+        }
+        check_pages_data(dir, r, &all)?;
+        return Ok(all);
+    }
     let f = open_pages(dir, r)?;
     let path = dir.join(&r.file);
     let len = usize::try_from(r.len).map_err(|_| ImageError::TooLarge {
@@ -835,6 +987,7 @@ mod tests {
                     file: "pages-42.img".into(),
                     len: 4096,
                     crc32c: 7,
+                    parts: Vec::new(),
                 },
                 sigactions: vec![],
                 shared_pending: vec![],
@@ -1240,6 +1393,7 @@ mod tests {
             file: "pages-3.img".into(),
             len: data.len() as u64,
             crc32c: crc32c::crc32c(&data),
+            parts: Vec::new(),
         };
         assert_eq!(read_pages(dir.path(), &r3).unwrap(), data);
         let f3 = open_pages(dir.path(), &r3).unwrap();
@@ -1327,5 +1481,132 @@ mod tests {
         std::fs::write(a.join(TREE_FILE), b"USTDTREEgarbage").unwrap();
         let e = read_chain(&c).unwrap_err().to_string();
         assert!(e.contains("parent image") && e.contains("truncated"), "{e}");
+    }
+
+    /// Writes `data` as `n` part files of process 42 (every part but the last a whole
+    /// number of chunks) and returns the joined reference.
+    fn write_parts(dir: &Path, data: &[u8], cuts: &[usize]) -> PagesRef {
+        let mut refs = Vec::new();
+        let mut at = 0;
+        for (k, &end) in cuts.iter().chain([data.len()].iter()).enumerate() {
+            let mut w = PagesWriter::create(dir, &pages_part_name(42, k)).unwrap();
+            w.write(&data[at..end]).unwrap();
+            refs.push(w.finish().unwrap());
+            at = end;
+        }
+        join_parts(refs)
+    }
+
+    #[test]
+    fn pages_in_part_files_round_trip_with_version_5() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let chunk = usize::try_from(PAGES_CHUNK).unwrap();
+        let data: Vec<u8> = (0..chunk * 5 + 8192)
+            .map(|i| u8::try_from(i % 253).unwrap())
+            .collect();
+        let r = write_parts(d, &data, &[chunk * 2, chunk * 4]);
+        assert_eq!(r.parts.len(), 3);
+        assert_eq!(r.file, "pages-42.img");
+        assert_eq!(r.parts[1].file, "pages-42.1.img");
+        assert_eq!(r.parts[2].file, "pages-42.2.img");
+        assert_eq!(r.len, data.len() as u64);
+        assert_eq!(r.crc32c, crc32c::crc32c(&data));
+        assert_eq!(read_pages(d, &r).unwrap(), data);
+        check_pages_data(d, &r, &data).unwrap();
+        // every part is a complete version-4 pages file with its own chunk table
+        let files = open_pages_parts(d, &r).unwrap();
+        assert_eq!(
+            files.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![0, PAGES_CHUNK * 2, PAGES_CHUNK * 4]
+        );
+        for (_, p, f) in &files {
+            assert!(read_chunk_table(d, p, f).unwrap().is_some());
+        }
+        // one part is no parts at all
+        let one = join_parts(vec![r.pieces()[0].1.clone()]);
+        assert!(one.parts.is_empty());
+
+        // tree.img: version 5, byte for byte round trip, older versions refused with parts
+        let mut t = sample();
+        t.processes[0].pages = r.clone();
+        t.format_version = t.version_for_content();
+        assert_eq!(t.format_version, PARTS_FORMAT_VERSION);
+        let bytes = encode_tree(&t);
+        let back = decode_tree(Path::new("/x/tree.img"), &bytes).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(encode_tree(&back), bytes);
+        // with a parent and zombies it stays 5
+        let mut z = t.clone();
+        z.parent = Some("../p".into());
+        z.parent_digest = Some(1);
+        z.format_version = z.version_for_content();
+        assert_eq!(z.format_version, PARTS_FORMAT_VERSION);
+        decode_tree(Path::new("/x/tree.img"), &encode_tree(&z)).unwrap();
+        let mut old = t.clone();
+        old.format_version = FORMAT_VERSION;
+        let e = decode_tree(Path::new("/x/tree.img"), &encode_tree(&old)).unwrap_err();
+        assert!(
+            e.to_string().contains("with pages split over part files"),
+            "{e}"
+        );
+        let mut nop = sample();
+        nop.format_version = PARTS_FORMAT_VERSION;
+        let e = decode_tree(Path::new("/x/tree.img"), &encode_tree(&nop)).unwrap_err();
+        assert!(e.to_string().contains("without pages split"), "{e}");
+        // parts that do not add up, or split inside a chunk, are refused in tree.img
+        let mut bad = t.clone();
+        bad.processes[0].pages.parts[1].crc32c ^= 1;
+        let e = decode_tree(Path::new("/x/tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pid 42: pages pages-42.img: parts hold"),
+            "{e}"
+        );
+        let mut bad = t.clone();
+        bad.processes[0].pages.parts[0].len -= 4096;
+        bad.processes[0].pages.parts[1].len += 4096;
+        let e = decode_tree(Path::new("/x/tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(e.to_string().contains("not a whole number"), "{e}");
+        let mut bad = t.clone();
+        bad.processes[0].pages.parts[2].file = "../etc".into();
+        let e = decode_tree(Path::new("/x/tree.img"), &encode_tree(&bad)).unwrap_err();
+        assert!(e.to_string().contains("bad part file name"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_or_damaged_part_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let chunk = usize::try_from(PAGES_CHUNK).unwrap();
+        let data: Vec<u8> = (0..chunk * 3)
+            .map(|i| u8::try_from(i % 241).unwrap())
+            .collect();
+        let r = write_parts(d, &data, &[chunk * 2]);
+        let part1 = d.join("pages-42.1.img");
+        // a flipped data byte of part 1: the whole-data check names part 1
+        let good = std::fs::read(&part1).unwrap();
+        let mut b = good.clone();
+        b[4096 + 10] ^= 1;
+        std::fs::write(&part1, &b).unwrap();
+        let e = read_pages(d, &r).unwrap_err().to_string();
+        assert!(e.contains("pages-42.1.img: corrupt"), "{e}");
+        let mut whole = data.clone();
+        whole[chunk * 2 + 10] ^= 1;
+        let e = check_pages_data(d, &r, &whole).unwrap_err().to_string();
+        assert!(e.contains("pages-42.1.img: corrupt"), "{e}");
+        // a truncated part
+        std::fs::write(&part1, &good[..4096 + 100]).unwrap();
+        let e = open_pages_parts(d, &r).unwrap_err().to_string();
+        assert!(
+            e.contains("pages-42.1.img") && e.contains("truncated"),
+            "{e}"
+        );
+        // a missing part
+        std::fs::remove_file(&part1).unwrap();
+        let e = open_pages_parts(d, &r).unwrap_err().to_string();
+        assert!(e.contains("pages-42.1.img"), "{e}");
+        let e = read_pages(d, &r).unwrap_err().to_string();
+        assert!(e.contains("pages-42.1.img"), "{e}");
     }
 }

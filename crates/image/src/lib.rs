@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `tree.img` | header (magic `USTDTREE`, format version, payload length, CRC32C) + JSON [`Tree`] |
 //! | `pages-PID.img` | header (magic `USTDPAGE`, version, data length, CRC32C of data, header CRC) padded to 4 KiB, then raw pages |
+//! | `pages-PID.K.img` | (version 5) part K of a process's pages split over part files ([`PagesRef::parts`]), same layout |
 //! | `shmem-ID.img` | same layout as a pages file: the contents of one shared memory object |
 //!
 //! Pages of a process are described in [`Vma::pages`] as [`PageRun`]s: a run of contiguous

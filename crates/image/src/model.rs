@@ -17,7 +17,14 @@ pub const INCREMENTAL_FORMAT_VERSION: u32 = 3;
 /// incremental: older readers would drop them silently, so such images say 4 and older readers
 /// refuse them. Images without zombies keep writing 2 or 3.
 pub const ZOMBIES_FORMAT_VERSION: u32 = 4;
-pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2, 3, 4];
+/// Version of an image in which some process's pages are split over part files
+/// ([`PagesRef::parts`]), full or incremental, with or without zombies: older readers would
+/// read only the first part and refuse it with a length mismatch at best, so such images say
+/// 5. Images without parts keep writing 2, 3 or 4.
+pub const PARTS_FORMAT_VERSION: u32 = 5;
+pub const SUPPORTED_VERSIONS: &[u32] = &[1, 2, 3, 4, 5];
+/// Most part files one process's pages may be split over.
+pub const MAX_PAGES_PARTS: usize = 16;
 /// Longest chain of incremental images a reader follows.
 pub const MAX_CHAIN: usize = 64;
 
@@ -61,10 +68,18 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// The format version an image with this content is written with: 4 with zombies, else 3
+    /// Whether some process's pages are split over part files.
+    pub fn has_parts(&self) -> bool {
+        self.processes.iter().any(|p| !p.pages.parts.is_empty())
+    }
+
+    /// The format version an image with this content is written with: 5 with part files,
+    /// else 4 with zombies, else 3
     /// with a parent, else 2.
     pub fn version_for_content(&self) -> u32 {
-        if !self.zombies.is_empty() {
+        if self.has_parts() {
+            PARTS_FORMAT_VERSION
+        } else if !self.zombies.is_empty() {
             ZOMBIES_FORMAT_VERSION
         } else if self.parent.is_some() {
             INCREMENTAL_FORMAT_VERSION
@@ -333,11 +348,56 @@ pub struct PageRun {
 }
 
 /// Reference to a pages/shmem file with what its header must say.
+///
+/// With `parts` (version 5, process pages only) the data is split over several part files,
+/// each a complete pages file of its own: `file`, `len` and `crc32c` then describe the whole
+/// data (the concatenation of the parts, in order; `file` is the first part's name) and
+/// every part but the last holds a multiple of [`crate::PAGES_CHUNK`] bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PagesRef {
     pub file: String,
     pub len: u64,
     pub crc32c: u32,
+    /// The part files, in data order (version 5; absent for a single file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PagesPart>,
+}
+
+/// One part file of a split pages file (see [`PagesRef::parts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagesPart {
+    pub file: String,
+    pub len: u64,
+    pub crc32c: u32,
+}
+
+impl PagesRef {
+    /// The files holding the data, in order, each as a single-file reference with its data
+    /// offset: the ref itself when it has no parts.
+    pub fn pieces(&self) -> Vec<(u64, PagesRef)> {
+        if self.parts.is_empty() {
+            let mut one = self.clone();
+            one.parts.clear();
+            return vec![(0, one)];
+        }
+        let mut at = 0u64;
+        self.parts
+            .iter()
+            .map(|p| {
+                let o = at;
+                at = at.saturating_add(p.len);
+                (
+                    o,
+                    PagesRef {
+                        file: p.file.clone(),
+                        len: p.len,
+                        crc32c: p.crc32c,
+                        parts: Vec::new(),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

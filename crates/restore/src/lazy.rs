@@ -129,6 +129,25 @@ impl PagesFile {
         })
     }
 
+    /// Opens every file of `r` (one, or each part file) into `files`; returns each one's
+    /// `(data offset, length, index in files)`.
+    fn open_all(
+        dir: &Path,
+        r: &image::PagesRef,
+        files: &mut Vec<PagesFile>,
+    ) -> Result<Vec<(u64, u64, usize)>> {
+        let mut out = Vec::new();
+        for (o, piece) in r.pieces() {
+            if r.parts.is_empty() {
+                files.push(PagesFile::open(dir, r)?);
+            } else {
+                files.push(PagesFile::open(dir, &piece)?);
+            }
+            out.push((o, piece.len, files.len() - 1));
+        }
+        Ok(out)
+    }
+
     fn try_clone(&self) -> std::io::Result<PagesFile> {
         Ok(PagesFile {
             path: self.path.clone(),
@@ -200,6 +219,27 @@ impl FileSource {
             runs: self.runs.clone(),
             cache: None,
         })
+    }
+}
+
+/// Where one file's data lies in a process's data: (data offset, length, index in the
+/// source's files).
+type FileSpan = (u64, u64, usize);
+
+/// Adds the run of `len` bytes at `vaddr`, stored at data offset `off`, to `runs` as one
+/// run per file it lies in (`files`: each file's data offset, length and index).
+fn split_run(
+    runs: &mut Vec<(u64, u64, usize, u64)>,
+    vaddr: u64,
+    len: u64,
+    off: u64,
+    files: &[(u64, u64, usize)],
+) {
+    for &(fo, flen, fi) in files {
+        let (s, e) = (off.max(fo), (off + len).min(fo + flen));
+        if s < e {
+            runs.push((vaddr + (s - off), e - s, fi, s - fo));
+        }
     }
 }
 
@@ -277,17 +317,19 @@ impl Collector {
             )));
         }
         // Its own pages file, then (incremental image) the ancestors' files its pieces are in.
-        let mut files = vec![PagesFile::open(&self.dir, &p.pages)?];
+        let mut files = Vec::new();
+        let own = PagesFile::open_all(&self.dir, &p.pages, &mut files)?;
         let mut runs = Vec::new();
         for r in p.vmas.iter().flat_map(|v| v.pages.iter()) {
             if !r.in_parent {
-                runs.push((r.vaddr, r.npages * PAGE_SIZE, 0, r.offset));
+                split_run(&mut runs, r.vaddr, r.npages * PAGE_SIZE, r.offset, &own);
             }
         }
-        let mut opened: std::collections::BTreeMap<(usize, usize), usize> = Default::default();
+        let mut opened: std::collections::BTreeMap<(usize, usize), Vec<FileSpan>> =
+            Default::default();
         for x in parents.0 {
             let fi = match opened.get(&(x.level, x.proc)) {
-                Some(&fi) => fi,
+                Some(fi) => fi.clone(),
                 None => {
                     let a = &parents.1[x.level];
                     let ap = a.tree.processes.get(x.proc).ok_or_else(|| {
@@ -297,12 +339,12 @@ impl Collector {
                             x.proc
                         ))
                     })?;
-                    files.push(PagesFile::open(&a.dir, &ap.pages)?);
-                    opened.insert((x.level, x.proc), files.len() - 1);
-                    files.len() - 1
+                    let fi = PagesFile::open_all(&a.dir, &ap.pages, &mut files)?;
+                    opened.insert((x.level, x.proc), fi.clone());
+                    fi
                 }
             };
-            runs.push((x.addr, x.len, fi, x.offset));
+            split_run(&mut runs, x.addr, x.len, x.offset, &fi);
         }
         runs.sort_unstable();
         let source = FileSource {
@@ -450,6 +492,17 @@ impl std::fmt::Debug for LazyRestore {
     }
 }
 
+/// Whether every file of a process's pages (each part file) has a chunk table (version 4),
+/// so that it can be verified chunk by chunk as it is served.
+fn all_have_tables(dir: &Path, r: &image::PagesRef) -> Result<bool> {
+    for (_, piece, f) in image::open_pages_parts(dir, r)? {
+        if image::read_chunk_table(dir, &piece, &f)?.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Restores the image in `opts.image_dir` lazily: returns as soon as every process runs, with
 /// the page servers working; call [`LazyRestore::wait`] to finish (or to learn the failure).
 pub fn restore_lazy(opts: &RestoreOptions, lazy: LazyOptions) -> Result<LazyRestore> {
@@ -460,15 +513,13 @@ pub fn restore_lazy(opts: &RestoreOptions, lazy: LazyOptions) -> Result<LazyRest
         image::check_pages_data(&loaded.dir, &o.data, m.as_slice())?;
     }
     for (p, m) in loaded.tree.processes.iter().zip(&loaded.pages) {
-        let f = image::open_pages(&loaded.dir, &p.pages)?;
-        if image::read_chunk_table(&loaded.dir, &p.pages, &f)?.is_none() {
+        if !all_have_tables(&loaded.dir, &p.pages)? {
             image::check_pages_data(&loaded.dir, &p.pages, m.as_slice())?;
         }
     }
     for a in &loaded.ancestors {
         for (p, m) in a.tree.processes.iter().zip(&a.pages) {
-            let f = image::open_pages(&a.dir, &p.pages)?;
-            if image::read_chunk_table(&a.dir, &p.pages, &f)?.is_none() {
+            if !all_have_tables(&a.dir, &p.pages)? {
                 image::check_pages_data(&a.dir, &p.pages, m.as_slice())?;
             }
         }

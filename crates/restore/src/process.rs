@@ -244,8 +244,7 @@ impl Loaded {
             let mut pages = Vec::with_capacity(atree.processes.len());
             for p in &atree.processes {
                 check_runs(p, atree.parent.is_some(), &abad)?;
-                let f = image::open_pages(&adir, &p.pages)?;
-                pages.push(MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?);
+                pages.push(map_pages(&adir, &p.pages, p.pid)?);
             }
             ancestors.push(Ancestor {
                 dir: adir,
@@ -277,11 +276,11 @@ impl Loaded {
         crate::timers::check(&tree).map_err(bad)?;
         let mut pages = Vec::with_capacity(tree.processes.len());
         for p in &tree.processes {
-            let f = image::open_pages(dir, &p.pages)?;
             // (the chunk table, version 4, must be intact too: a damaged file is refused)
-            image::read_chunk_table(dir, &p.pages, &f)?;
-            let m = MappedFile::map(&f, image::PAGES_HEADER_LEN, p.pages.len).pid(p.pid)?;
-            pages.push(m);
+            for (_, r, f) in image::open_pages_parts(dir, &p.pages)? {
+                image::read_chunk_table(dir, &r, &f)?;
+            }
+            pages.push(map_pages(dir, &p.pages, p.pid)?);
         }
         let mut shmem = Vec::with_capacity(tree.shmem.len());
         for (i, o) in tree.shmem.iter().enumerate() {
@@ -318,6 +317,17 @@ impl Loaded {
         }
         Ok(())
     }
+}
+
+/// Maps a process's page data (every part file back to back, see `image::PagesRef::parts`)
+/// after checking each file's header.
+fn map_pages(dir: &Path, r: &image::PagesRef, pid: i32) -> Result<MappedFile> {
+    let files = image::open_pages_parts(dir, r)?;
+    let parts: Vec<(&std::fs::File, u64, u64)> = files
+        .iter()
+        .map(|(_, p, f)| (f, image::PAGES_HEADER_LEN, p.len))
+        .collect();
+    MappedFile::map_parts(&parts).pid(pid)
 }
 
 /// The restorer's copies of every open file description, placed at `base + id` so every stub

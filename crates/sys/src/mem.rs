@@ -280,6 +280,89 @@ impl MappedFile {
         Ok(MappedFile { ptr: p, len })
     }
 
+    /// Maps several files back to back into one read-only region: `parts` are `(file,
+    /// offset, len)` with page-aligned offsets and every `len` but the last a multiple of the
+    /// page size, so the region reads as the concatenation of the parts (a pages file split
+    /// into part files reads as one).
+    pub fn map_parts(parts: &[(&File, u64, u64)]) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        if let [(f, off, len)] = parts {
+            return Self::map(f, *off, *len);
+        }
+        let page = crate::PAGE_SIZE;
+        let mut total = 0u64;
+        for (i, &(_, off, len)) in parts.iter().enumerate() {
+            if !off.is_multiple_of(page) || (i + 1 < parts.len() && !len.is_multiple_of(page)) {
+                return Err(Error::invalid(
+                    "mmap image parts",
+                    "a part is not page-aligned",
+                ));
+            }
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| Error::invalid("mmap image parts", "too large"))?;
+        }
+        let total =
+            usize::try_from(total).map_err(|_| Error::invalid("mmap image parts", "too large"))?;
+        if total == 0 {
+            return Ok(MappedFile {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh anonymous PROT_NONE reservation chosen by the kernel; it aliases no
+        // Rust object. The parts are mapped over it below with MAP_FIXED, inside it only.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::last(format!(
+                "mmap reservation of {total} bytes for image parts"
+            )));
+        }
+        let whole = MappedFile {
+            ptr: base,
+            len: total,
+        };
+        let mut at = 0usize;
+        for &(file, off, len) in parts {
+            let n = usize::try_from(len)
+                .map_err(|_| Error::invalid("mmap image parts", "too large"))?;
+            if n == 0 {
+                continue;
+            }
+            let o = libc::off_t::try_from(off)
+                .map_err(|_| Error::invalid("mmap image parts", "offset too large"))?;
+            // SAFETY: `at + n <= total`: the target lies inside the reservation `whole` owns
+            // (no Rust object lives there); MAP_FIXED replaces only that reserved range.
+            let p = unsafe {
+                libc::mmap(
+                    base.cast::<u8>().add(at).cast(),
+                    n,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    o,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                // `whole` unmaps the whole region on drop.
+                return Err(Error::last(format!(
+                    "mmap of {n} bytes of an image part file"
+                )));
+            }
+            at += n;
+        }
+        Ok(whole)
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         if self.len == 0 {
             return &[];
@@ -407,5 +490,37 @@ impl Drop for SharedFileMap {
             // outlives it.
             unsafe { libc::munmap(self.ptr, self.len) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn parts_map_back_to_back() {
+        let dir = std::env::temp_dir().join(format!("sys-map-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = Vec::new();
+        for (i, n) in [(1u8, 8192usize), (2, 4096), (3, 100)] {
+            let p = dir.join(format!("p{i}"));
+            let mut f = File::create(&p).unwrap();
+            f.write_all(&vec![0xEE; 4096]).unwrap(); // a header to skip
+            f.write_all(&vec![i; n]).unwrap();
+            drop(f);
+            files.push((File::open(&p).unwrap(), n as u64));
+        }
+        let parts: Vec<(&File, u64, u64)> = files.iter().map(|(f, n)| (f, 4096, *n)).collect();
+        let m = MappedFile::map_parts(&parts).unwrap();
+        let s = m.as_slice();
+        assert_eq!(s.len(), 8192 + 4096 + 100);
+        assert!(s[..8192].iter().all(|&b| b == 1));
+        assert!(s[8192..12288].iter().all(|&b| b == 2));
+        assert!(s[12288..].iter().all(|&b| b == 3));
+        // a part that is not a whole number of pages, other than the last, is refused
+        let bad: Vec<(&File, u64, u64)> = vec![(&files[2].0, 4096, 100), (&files[0].0, 4096, 8192)];
+        assert!(MappedFile::map_parts(&bad).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

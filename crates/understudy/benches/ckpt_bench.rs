@@ -7,10 +7,12 @@
 //! page. Prints one markdown table of medians, each next to its target.
 //!
 //! ```sh
-//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial]
+//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial | --ab-parts]
 //! ```
 //! `--ab-serial` runs every counted run twice, the engine's serial copy and the overlapped one
 //! alternated, and prints an A/B line per size (medians and per-pair differences).
+//! `--ab-parts` does the same with one pages file per process (`UNDERSTUDY_DUMP_PARTS=1`, the
+//! layout before image version 5) against the default part files (one per copy worker).
 //! Each timed dump starts after a `sync` (`--no-sync`: without), and each run prints the
 //! kernel's memory work during the dump (free and dirty memory, reclaim, stalls).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
@@ -39,10 +41,37 @@ struct Args {
     reuse: bool,
     /// `sync` before each timed dump (default; `--no-sync` turns it off).
     sync: bool,
-    /// `--ab-serial`: every run twice, alternating the engine's serial copy
-    /// (`UNDERSTUDY_DUMP_SERIAL=1`) and the overlapped one, for an A/B at the same moments.
-    ab: bool,
+    /// `--ab-serial` / `--ab-parts`: every run twice, alternating two variants of the engine,
+    /// for an A/B at the same moments.
+    ab: Option<Ab>,
 }
+
+/// Two variants of the engine chosen by an environment variable: A sets `var` to `a`, B to
+/// `b` (or removes it: the default).
+#[derive(Clone, Copy)]
+struct Ab {
+    var: &'static str,
+    a: &'static str,
+    b: Option<&'static str>,
+    a_name: &'static str,
+    b_name: &'static str,
+}
+
+const AB_SERIAL: Ab = Ab {
+    var: "UNDERSTUDY_DUMP_SERIAL",
+    a: "1",
+    b: Some("0"),
+    a_name: "serial copy",
+    b_name: "overlapped copy",
+};
+
+const AB_PARTS: Ab = Ab {
+    var: "UNDERSTUDY_DUMP_PARTS",
+    a: "1",
+    b: None,
+    a_name: "one pages file",
+    b_name: "part files",
+};
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -51,7 +80,7 @@ fn parse_args() -> Args {
         bench: false,
         reuse: false,
         sync: true,
-        ab: false,
+        ab: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -70,7 +99,8 @@ fn parse_args() -> Args {
             "--reuse" => args.reuse = true,
             // Each timed dump starts after a `sync` (see `bench_size`) unless told otherwise.
             "--no-sync" => args.sync = false,
-            "--ab-serial" => args.ab = true,
+            "--ab-serial" => args.ab = Some(AB_SERIAL),
+            "--ab-parts" => args.ab = Some(AB_PARTS),
             // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
@@ -360,8 +390,9 @@ fn bench_size(
     runs: usize,
     reuse: bool,
     sync_first: bool,
-    ab: bool,
+    ab_kind: Option<Ab>,
 ) -> Samples {
+    let ab = ab_kind.is_some();
     let mut s = Samples::default();
     let tree = start_tree(bin, base, mib);
     let mut buf = vec![1u8; 64 << 20];
@@ -427,8 +458,12 @@ fn bench_size(
     for run in 0..if ab { runs * 2 } else { runs } {
         // A/B: pair `run / 2` is serial then overlapped, the next pair the other way round.
         let serial = ab && ((run % 2 == 0) == ((run / 2) % 2 == 0));
-        if ab {
-            std::env::set_var("UNDERSTUDY_DUMP_SERIAL", if serial { "1" } else { "0" });
+        if let Some(k) = ab_kind {
+            match (serial, k.b) {
+                (true, _) => std::env::set_var(k.var, k.a),
+                (false, Some(b)) => std::env::set_var(k.var, b),
+                (false, None) => std::env::remove_var(k.var),
+            }
         }
         let image = base.join(format!("image-{mib}-{run}"));
         let _ = fs::remove_dir_all(&image);
@@ -485,10 +520,10 @@ fn bench_size(
         eprintln!(
             "{mib} MiB run {}{}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s, CPU {:.3} s), restore {:.3} s; {}",
             run + 1,
-            match (ab, serial) {
-                (false, _) => "",
-                (true, true) => " (serial copy)",
-                (true, false) => " (overlapped copy)",
+            match (ab_kind, serial) {
+                (None, _) => String::new(),
+                (Some(k), true) => format!(" ({})", k.a_name),
+                (Some(k), false) => format!(" ({})", k.b_name),
             },
             wall.as_secs_f64(),
             rep.frozen.as_secs_f64(),
@@ -590,7 +625,7 @@ fn main() {
             image / (1u64 << 20) as f64,
         );
         if !s.ab_serial.is_empty() {
-            ab_lines.push(ab_line(mib, raw, pages, &s));
+            ab_lines.push(ab_line(mib, raw, pages, &s, args.ab.unwrap_or(AB_SERIAL)));
         }
     }
     for l in ab_lines {
@@ -602,7 +637,7 @@ fn main() {
 /// `--ab-serial`: medians of each variant and of the per-pair differences (pairs taken back to
 /// back, so the machine's state moves both alike).
 #[allow(clippy::cast_precision_loss)] // counts far below 2^52
-fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples) -> String {
+fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples, k: Ab) -> String {
     let col = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
         let mut x: Vec<f64> = v.iter().map(f).collect();
         median(&mut x)
@@ -615,10 +650,12 @@ fn ab_line(mib: u64, raw: f64, pages: f64, s: &Samples) -> String {
         .collect();
     let (ds, do_) = (col(&s.ab_serial, |p| p.0), col(&s.ab_overlap, |p| p.0));
     format!(
-        "A/B {mib} MiB, {} pairs: dump serial {:.3} s ({:.0}% of raw) / overlapped {:.3} s ({:.0}% of raw); frozen {:.3} / {:.3} s; CPU {:.3} / {:.3} s; serial minus overlapped per pair: median {:.1} ms",
+        "A/B {mib} MiB, {} pairs: dump {} {:.3} s ({:.0}% of raw) / {} {:.3} s ({:.0}% of raw); frozen {:.3} / {:.3} s; CPU {:.3} / {:.3} s; A minus B per pair: median {:.1} ms",
         diff.len(),
+        k.a_name,
         ds,
         100.0 * pages / ds / raw,
+        k.b_name,
         do_,
         100.0 * pages / do_ / raw,
         col(&s.ab_serial, |p| p.1),

@@ -98,21 +98,26 @@ fn kill_and_reap(pid: i32) {
     }
 }
 
-/// Sequential pread + CRC32C of the pages file (what the push must at least do), in s.
+/// Sequential pread + CRC32C of the pages file (every part file of it, see
+/// `image::PagesRef::parts`; what the push must at least do), in s.
 fn raw_read(image: &Path, pid: i32) -> f64 {
-    let f = fs::File::open(image.join(format!("pages-{pid}.img"))).expect("pages file");
-    let len = f.metadata().expect("stat").len();
     let mut buf = vec![0u8; 2 << 20];
     let t = Instant::now();
-    let mut off = 4096;
     let mut crc = 0u32;
-    while off < len {
-        let n = f.read_at(&mut buf, off).expect("read");
-        if n == 0 {
+    for k in 0..image::MAX_PAGES_PARTS {
+        let Ok(f) = fs::File::open(image.join(image::pages_part_name(pid, k))) else {
             break;
+        };
+        let len = f.metadata().expect("stat").len();
+        let mut off = 4096;
+        while off < len {
+            let n = f.read_at(&mut buf, off).expect("read");
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            off += n as u64;
         }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        off += n as u64;
     }
     std::hint::black_box(crc);
     t.elapsed().as_secs_f64()

@@ -197,7 +197,7 @@ fn inspect_image(dir: &Path, args: &Args) -> anyhow::Result<ExitCode> {
             p.cwd,
             p.threads.len(),
             mib(p.pages.len),
-            p.pages.file
+            pages_files(&p.pages)
         );
         for t in &p.threads {
             println!(
@@ -389,4 +389,24 @@ fn link_bytes(t: &image::Tree) -> (u64, u64) {
 
 fn sys_page() -> u64 {
     4096
+}
+
+/// The file(s) a process's pages are in: `pages-PID.img`, or with part files (image version
+/// 5) `pages-PID.img + pages-PID.1.img (2 parts: 32.0 + 32.0 MiB)`.
+fn pages_files(r: &image::PagesRef) -> String {
+    if r.parts.is_empty() {
+        return r.file.clone();
+    }
+    let names: Vec<&str> = r.parts.iter().map(|p| p.file.as_str()).collect();
+    let sizes: Vec<String> = r
+        .parts
+        .iter()
+        .map(|p| format!("{:.1}", mib(p.len)))
+        .collect();
+    format!(
+        "{} ({} parts: {} MiB)",
+        names.join(" + "),
+        r.parts.len(),
+        sizes.join(" + ")
+    )
 }
