@@ -5,11 +5,11 @@
 //! The write buffer then holds, from `pad` on, the data of the segment from the block-aligned
 //! offset `off`: first `head` bytes already in the file (the start of a partial last block),
 //! then the bytes not yet written. A write sends the whole blocks with `O_DIRECT` (rewriting the
-//! head with the same bytes) and keeps the partial last block in the buffer. When everything
-//! must reach the file (an fsync, `flush`, a new segment, `Never`), that partial block is
-//! appended through the ordinary descriptor (the page cache), so the file never holds bytes
-//! past the last record: its format and every reader are unchanged. The next `O_DIRECT` write
-//! of that block makes the kernel write the cached page back first.
+//! head with the same bytes: a torn block write leaves each sector old or new, and both hold
+//! the head's bytes) and appends the partial last block through the ordinary descriptor (the
+//! page cache), so the file ends at a frame's end and never holds a byte past the last record:
+//! its format and every reader are unchanged. That block stays in the buffer as the new head;
+//! the next `O_DIRECT` write of it makes the kernel write the cached page back first.
 //!
 //! The buffer is a plain `Vec<u8>`; `buf[pad..]` is kept at an address aligned to
 //! [`ALIGN`] (the kernel refuses `O_DIRECT` from memory not aligned to the device's DMA
@@ -17,7 +17,6 @@
 //!
 //! [`JournalOptions::direct_io`]: crate::JournalOptions::direct_io
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -39,8 +38,6 @@ pub(crate) struct Direct {
     pub off: u64,
     /// `buf[pad..pad + head]` is already in the file.
     pub head: usize,
-    /// (segment offset of a frame's end, its last seq) of frames not yet wholly in the file.
-    pub frames: VecDeque<(u64, u64)>,
 }
 
 impl Direct {
@@ -60,7 +57,6 @@ impl Direct {
             pad: 0,
             off,
             head,
-            frames: VecDeque::new(),
         };
         buf.clear();
         buf.resize(head, 0);

@@ -164,15 +164,17 @@ pub struct JournalOptions {
     /// inside a sealed segment then surfaces as [`Error::Corrupt`] when it is read. The last
     /// segment is always verified record by record.
     pub verify_sealed: bool,
-    /// Append with `O_DIRECT` (default false): whole 4 KiB blocks go from the write buffer to
-    /// the device without the page cache's copy, delayed allocation and writeback (about half
-    /// the CPU per byte on ext4 here); the partial last block waits in the buffer until a
-    /// commit fsyncs (or `flush`, `sync`, a read, a new segment; every commit under
-    /// [`FsyncPolicy::Never`]), when it is appended through the page cache. So a commit that
-    /// does not fsync writes nothing until the buffer holds `write_buffer` bytes, and a reader
-    /// of the live journal sees records once they are flushed so. The file format, readers and
-    /// what [`Journal::durable_seq`] promises are unchanged. A file system that refuses
-    /// `O_DIRECT` (`EINVAL`) gets buffered writes: [`Journal::direct_io_refused`] says why.
+    /// Append with `O_DIRECT` (default false): the write buffer's whole 4 KiB blocks go to the
+    /// device without the page cache's copy, delayed allocation and writeback (about half the
+    /// CPU per byte on ext4 here), its partial last block through the page cache (rewritten
+    /// with `O_DIRECT` by the next write), so the file always ends at a record's end. The
+    /// buffer is written once it holds `write_buffer` bytes and whenever everything must reach
+    /// the kernel: a commit that fsyncs, every commit under [`FsyncPolicy::Never`], `flush`,
+    /// `sync`, a read, a new segment. A commit that does not fsync writes nothing else: a
+    /// reader of the live journal sees records from then on (always every durable one). The
+    /// file format, readers and what [`Journal::durable_seq`] promises are unchanged. A file
+    /// system that refuses `O_DIRECT` (`EINVAL`) gets buffered appends:
+    /// [`Journal::direct_io_refused`] says why.
     pub direct_io: bool,
 }
 
@@ -674,12 +676,7 @@ impl Journal {
     fn after_frames(&mut self, last_seq: u64, count: u64, frame: u64) -> Result<()> {
         self.account_frames(last_seq, count, frame);
         if self.buf.len() >= self.opts.write_buffer {
-            if self.direct.is_some() {
-                // Whole blocks only; the partial last one waits for more.
-                self.write_direct(false)?;
-            } else {
-                self.flush()?;
-            }
+            self.flush()?;
         }
         Ok(())
     }
@@ -688,9 +685,6 @@ impl Journal {
         let active = self.segments.last_mut().unwrap_or_else(|| unreachable!());
         active.len += frame;
         active.records += count;
-        if let Some(d) = &mut self.direct {
-            d.frames.push_back((active.len, last_seq));
-        }
         self.last_seq = last_seq;
         self.stats.records_appended += count;
     }
@@ -732,15 +726,15 @@ impl Journal {
     /// Write buffered records to the kernel (no fsync).
     pub fn flush(&mut self) -> Result<()> {
         if self.direct.is_some() {
-            return self.write_direct(true);
+            return self.write_direct();
         }
         self.flush_with(&[])
     }
 
-    /// `O_DIRECT` mode: write the buffer's whole blocks with `O_DIRECT` and, when `all`, the
-    /// partial last block through the page cache (see [`JournalOptions::direct_io`]).
-    /// `written_seq` moves to the last record whose frame is wholly in the file.
-    fn write_direct(&mut self, all: bool) -> Result<()> {
+    /// `O_DIRECT` mode: write the buffer's whole blocks with `O_DIRECT`, then its partial last
+    /// block through the page cache (see [`JournalOptions::direct_io`]), so that the file ends
+    /// at a frame's end and readers of the live journal never see half a record.
+    fn write_direct(&mut self) -> Result<()> {
         self.check_ok()?;
         let Some(mut d) = self.direct.take() else {
             return self.flush_with(&[]);
@@ -768,38 +762,24 @@ impl Journal {
                 return Err(self.fail(Error::io(&path, "write (O_DIRECT)", e)));
             }
         }
-        // The rest (less than a block) goes through the page cache, appended at the file's end.
+        // The rest (less than a block, not yet in the file) is appended at the file's end.
         let rest_from = if full > 0 { full } else { d.head };
-        let mut end = d.off + u64::try_from(full.max(d.head)).unwrap_or(u64::MAX);
-        let mut head = if full > 0 { 0 } else { d.head };
-        if all {
-            if data.len() > rest_from {
-                if let Err(e) = write_all_vectored(&self.active, &data[rest_from..], &[]) {
-                    return Err(self.fail(Error::io(&path, "write", e)));
-                }
+        if data.len() > rest_from {
+            if let Err(e) = write_all_vectored(&self.active, &data[rest_from..], &[]) {
+                return Err(self.fail(Error::io(&path, "write", e)));
             }
-            end = d.off + data.len() as u64;
-            head = data.len() - full;
         }
-        self.stats.bytes_written += end - old_end;
+        self.stats.bytes_written += d.off + data.len() as u64 - old_end;
+        d.head = data.len() - full;
         self.buf.drain(d.pad..d.pad + full);
         d.off += full as u64;
-        d.head = head;
-        let mut written = self.written_seq;
-        while let Some(&(frame_end, seq)) = d.frames.front() {
-            if frame_end > end {
-                break;
-            }
-            written = seq;
-            d.frames.pop_front();
-        }
         if self.buf.capacity() > 4 * self.opts.write_buffer.max(1 << 16) {
             // One huge record must not pin its size in memory for the journal's lifetime.
             d.shrink(&mut self.buf, self.opts.write_buffer);
         }
         self.direct = Some(d);
-        self.unsynced += written - self.written_seq;
-        self.written_seq = written;
+        self.unsynced += self.last_seq - self.written_seq;
+        self.written_seq = self.last_seq;
         if self.opts.fsync == FsyncPolicy::Never {
             self.durable_seq = self.written_seq;
         }
@@ -912,8 +892,8 @@ impl Journal {
             && self.opts.fsync != FsyncPolicy::Never
             && !self.sync_due_upto(self.last_seq)
         {
-            // O_DIRECT: whole blocks were written once the buffer filled; the rest waits for
-            // the commit that fsyncs (nothing it holds is durable before that anyway).
+            // O_DIRECT: the buffer is written once it fills; what it holds waits for the commit
+            // that fsyncs (nothing it holds is durable before that anyway).
             self.check_ok()?;
             return Ok(self.durable_seq);
         }
