@@ -3,13 +3,13 @@
 //! the page cache's copy, delayed allocation and writeback.
 //!
 //! The write buffer then holds, from `pad` on, the data of the segment from the block-aligned
-//! offset `off`: first `head` bytes already in the file (the start of a partial last block),
-//! then the bytes not yet written. A write sends the whole blocks with `O_DIRECT` (rewriting the
-//! head with the same bytes: a torn block write leaves each sector old or new, and both hold
-//! the head's bytes) and appends the partial last block through the ordinary descriptor (the
-//! page cache), so the file ends at a frame's end and never holds a byte past the last record:
-//! its format and every reader are unchanged. That block stays in the buffer as the new head;
-//! the next `O_DIRECT` write of it makes the kernel write the cached page back first.
+//! offset `off`: first `head` bytes already in the file (the start of its partial last block),
+//! then the bytes not yet written. A write completes that partial block through the ordinary
+//! descriptor (the page cache), sends the following whole blocks with `O_DIRECT` and appends
+//! the partial last block through the page cache again. So the file ends at a frame's end and
+//! never holds a byte past the last record (its format and every reader are unchanged), and no
+//! block is written both ways (an `O_DIRECT` write over a cached dirty page makes the kernel
+//! write it back and wait first). The partial last block stays in the buffer as the next head.
 //!
 //! The buffer is a plain `Vec<u8>`; `buf[pad..]` is kept at an address aligned to
 //! [`ALIGN`] (the kernel refuses `O_DIRECT` from memory not aligned to the device's DMA

@@ -166,8 +166,8 @@ pub struct JournalOptions {
     pub verify_sealed: bool,
     /// Append with `O_DIRECT` (default false): the write buffer's whole 4 KiB blocks go to the
     /// device without the page cache's copy, delayed allocation and writeback (about half the
-    /// CPU per byte on ext4 here), its partial last block through the page cache (rewritten
-    /// with `O_DIRECT` by the next write), so the file always ends at a record's end. The
+    /// CPU per byte on ext4 here), partial blocks at either end through the page cache, so
+    /// the file always ends at a record's end and no block is written both ways. The
     /// buffer is written once it holds `write_buffer` bytes and whenever everything must reach
     /// the kernel: a commit that fsyncs, every commit under [`FsyncPolicy::Never`], `flush`,
     /// `sync`, a read, a new segment. A commit that does not fsync writes nothing else: a
@@ -731,9 +731,11 @@ impl Journal {
         self.flush_with(&[])
     }
 
-    /// `O_DIRECT` mode: write the buffer's whole blocks with `O_DIRECT`, then its partial last
-    /// block through the page cache (see [`JournalOptions::direct_io`]), so that the file ends
-    /// at a frame's end and readers of the live journal never see half a record.
+    /// `O_DIRECT` mode (see [`JournalOptions::direct_io`]): complete the file's partial last
+    /// block through the page cache, write the buffer's following whole blocks with `O_DIRECT`,
+    /// and append its partial last block through the page cache, so that the file ends at a
+    /// frame's end (readers of the live journal never see half a record) and no block is ever
+    /// written both ways (an `O_DIRECT` write over a cached page waits for its writeback).
     fn write_direct(&mut self) -> Result<()> {
         self.check_ok()?;
         let Some(mut d) = self.direct.take() else {
@@ -745,34 +747,51 @@ impl Journal {
         }
         d.realign(&mut self.buf);
         let data = &self.buf[d.pad..];
-        let full = data.len() / direct::BLOCK * direct::BLOCK;
-        let old_end = d.off + d.head as u64;
         let path = self
             .segments
             .last()
             .unwrap_or_else(|| unreachable!())
             .path
             .clone();
-        if full > 0 {
-            if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&d.file, &data[..full], d.off)
+        let block = direct::BLOCK;
+        // data[..pos] is in the file.
+        let mut pos = d.head;
+        let old_pos = pos;
+        let cached = |from: usize, to: usize| {
+            write_all_vectored(&self.active, &data[from..to], &[])
+                .map_err(|e| Error::io(&path, "write", e))
+        };
+        if pos % block != 0 {
+            let to = data.len().min(block);
+            if let Err(e) = cached(pos, to) {
+                return Err(self.fail(e));
+            }
+            pos = to;
+        }
+        let full_end = data.len() / block * block;
+        if full_end > pos {
+            // pos is a multiple of the block here: offset, length and address are aligned.
+            let at = d.off + pos as u64;
+            if let Err(e) =
+                std::os::unix::fs::FileExt::write_all_at(&d.file, &data[pos..full_end], at)
             {
                 if e.raw_os_error() == Some(libc::EINVAL) {
-                    return self.refuse_direct(d, old_end, &path, &e);
+                    return self.refuse_direct(d, pos, &path, &e);
                 }
                 return Err(self.fail(Error::io(&path, "write (O_DIRECT)", e)));
             }
+            pos = full_end;
         }
-        // The rest (less than a block, not yet in the file) is appended at the file's end.
-        let rest_from = if full > 0 { full } else { d.head };
-        if data.len() > rest_from {
-            if let Err(e) = write_all_vectored(&self.active, &data[rest_from..], &[]) {
-                return Err(self.fail(Error::io(&path, "write", e)));
+        if data.len() > pos {
+            if let Err(e) = cached(pos, data.len()) {
+                return Err(self.fail(e));
             }
         }
-        self.stats.bytes_written += d.off + data.len() as u64 - old_end;
-        d.head = data.len() - full;
-        self.buf.drain(d.pad..d.pad + full);
-        d.off += full as u64;
+        self.stats.bytes_written += (data.len() - old_pos) as u64;
+        // Keep the partial last block (already in the file) as the next head.
+        d.head = data.len() - full_end;
+        self.buf.drain(d.pad..d.pad + full_end);
+        d.off += full_end as u64;
         if self.buf.capacity() > 4 * self.opts.write_buffer.max(1 << 16) {
             // One huge record must not pin its size in memory for the journal's lifetime.
             d.shrink(&mut self.buf, self.opts.write_buffer);
@@ -787,11 +806,11 @@ impl Journal {
     }
 
     /// An `O_DIRECT` write was refused (`EINVAL`): note why, and go on through the page cache
-    /// from the file's length before that write.
+    /// from the buffer's byte `pos` (after the padding), the file's length before that write.
     fn refuse_direct(
         &mut self,
         d: direct::Direct,
-        old_end: u64,
+        pos: usize,
         path: &Path,
         e: &std::io::Error,
     ) -> Result<()> {
@@ -800,10 +819,10 @@ impl Journal {
             path.display()
         ));
         // A refused write may still have extended the file: cut it back.
-        if let Err(e) = self.active.set_len(old_end) {
+        if let Err(e) = self.active.set_len(d.off + pos as u64) {
             return Err(self.fail(Error::io(path, "truncate", e)));
         }
-        self.buf.drain(..d.skip());
+        self.buf.drain(..d.pad + pos);
         self.flush_with(&[])
     }
 
