@@ -124,17 +124,25 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         agent::collector::ASYNC_POLL
     };
     let mut last_data = Instant::now();
+    // While messages flow the program is alive: look for its exit (a `wait4`) at most every
+    // 20 ms then, instead of at every wake-up (1.6% of the collector's CPU under redis).
+    let mut last_wait = Instant::now();
     let status = loop {
         if last_data.elapsed() < Duration::from_millis(20) {
             std::thread::sleep(interval);
         } else {
             ring.wait(Duration::from_millis(20));
         }
-        if drain(&ring, &mut j)? > 0 {
-            last_data = Instant::now();
+        let now = Instant::now();
+        let got = drain(&ring, &mut j)?;
+        if got > 0 {
+            last_data = now;
         }
-        if let Some(st) = child.try_wait()? {
-            break st;
+        if got == 0 || now.duration_since(last_wait) >= Duration::from_millis(20) {
+            last_wait = now;
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
         }
     };
     // Descendants may still be finishing: drain until the ring stays quiet.
