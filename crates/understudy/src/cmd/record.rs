@@ -114,14 +114,11 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     };
     // While messages flow, poll without announcing sleep, so producers never pay for a futex
     // wake; after 20 ms of silence, sleep on the ring's futex. In sync mode every poll interval
-    // adds to an output's wait, so poll every 200 µs; otherwise as the agent's collector does
-    // (10 ms was tried: each wake-up then drained five times the bytes through the server's
-    // caches, and the recorded server's own CPU per request rose; docs/PERFORMANCE.md,
-    // session 4, branch collect5).
+    // adds to an output's wait, so poll every 200 µs; otherwise every RECORD_POLL.
     let interval = if args.sync {
         Duration::from_micros(200)
     } else {
-        agent::collector::ASYNC_POLL
+        RECORD_POLL
     };
     let mut last_data = Instant::now();
     // While messages flow the program is alive: look for its exit (a `wait4`) at most every
@@ -166,6 +163,14 @@ pub fn run(_cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
 
 /// Most records the collector drains from the ring into one journal append.
 const DRAIN_MAX: usize = 4096;
+
+/// How often `record` polls the ring while messages flow, without `--sync`. Since the journal
+/// is appended with `O_DIRECT` (a wake-up writes nothing until 1 MiB is buffered), 5 ms cost
+/// the collector ≈ 9% less CPU per redis request than 2 ms with no rise of the server's own
+/// CPU (two A/B runs; 10 ms gave mixed results, and with page-cache appends it raised the
+/// server's CPU: docs/PERFORMANCE.md, sessions 4 `collect5` and 5 `collect6`). The agent's
+/// collector keeps [`agent::collector::ASYNC_POLL`].
+const RECORD_POLL: Duration = Duration::from_millis(5);
 
 /// Removes the run's shared-memory files.
 struct Cleanup(Vec<PathBuf>);
