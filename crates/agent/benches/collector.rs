@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p agent --bench collector` (env `BENCH_RUNS`, default 7; `BENCH_MSGS`,
 //! default 2,000,000; `BENCH_DIR`, default the system temp dir, where the journals go;
-//! `BENCH_ONLY=collector|session3|poll|passes` runs one variant alone, for a profiler).
+//! `BENCH_ONLY=collector|direct|session3|poll|passes` runs one variant alone, for a profiler).
 //!
 //! Each run fills an anonymous 16 MiB ring with 50,000 messages at a time (payloads of 24, 32,
 //! 40, 40, 32 and 112 bytes in turn: mostly the compact time messages a recorded server emits,
@@ -12,7 +12,11 @@
 //! draining thread's CPU time only (`CLOCK_THREAD_CPUTIME_ID`). Printed per message, median
 //! of the runs:
 //! - `collector`: `agent::collector::JournalCollector` (`drain` until the ring is empty, then
-//!   one `commit`), what `understudy record` runs at each wake-up;
+//!   one `commit`), what `understudy record` ran at each wake-up until session 4;
+//! - `collector, O_DIRECT`: the same into a journal opened as `understudy record` opens it since
+//!   session 5 (`JournalOptions::direct_io`, fsync every 200 ms): whole blocks go to the device
+//!   with `O_DIRECT` once the 1 MiB write buffer fills, instead of every commit into the page
+//!   cache (the line says so when the file system refuses `O_DIRECT`);
 //! - `session 3`: the loop `understudy record` ran before (every payload copied into an
 //!   encoding buffer by `transport::frame::push_record`, then into the journal's write buffer
 //!   by `Journal::append_encoded_counted`);
@@ -64,18 +68,28 @@ fn fill(p: &RingProducer<'_>, k: &mut usize, n: u64) {
     }
 }
 
-fn journal(dir: &Path) -> Journal {
+fn journal(dir: &Path, direct: bool) -> Journal {
     let opts = JournalOptions {
-        fsync: FsyncPolicy::Never,
+        fsync: if direct {
+            FsyncPolicy::Interval(std::time::Duration::from_millis(200))
+        } else {
+            FsyncPolicy::Never
+        },
+        direct_io: direct,
         write_buffer: usize::try_from(env_u64("BENCH_WRITE_BUFFER", 1 << 20)).unwrap(),
         ..JournalOptions::default()
     };
-    Journal::open(dir, opts).unwrap().0
+    let j = Journal::open(dir, opts).unwrap().0;
+    if let Some(why) = j.direct_io_refused() {
+        eprintln!("collector, O_DIRECT: {why}");
+    }
+    j
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
     Collector,
+    Direct,
     Session3,
     PollOnly,
 }
@@ -85,7 +99,7 @@ fn run(variant: Variant, msgs: u64, base: &Path) -> f64 {
     let ring = RingConsumer::anonymous(CAPACITY).unwrap();
     let prod = ring.producer();
     let dir = tempfile::tempdir_in(base).unwrap();
-    let mut j = journal(dir.path());
+    let mut j = journal(dir.path(), variant == Variant::Direct);
     let mut enc: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
     let mut col = agent::collector::JournalCollector::new();
@@ -99,7 +113,9 @@ fn run(variant: Variant, msgs: u64, base: &Path) -> f64 {
         let mut got = 0u64;
         loop {
             let d = match variant {
-                Variant::Collector => col.drain(&ring, &mut j, STREAM, DRAIN_MAX).unwrap(),
+                Variant::Collector | Variant::Direct => {
+                    col.drain(&ring, &mut j, STREAM, DRAIN_MAX).unwrap()
+                }
                 Variant::Session3 => session3(&ring, &mut j, &mut enc, &mut pending),
                 Variant::PollOnly => ring.poll(DRAIN_MAX, |_, _| {}).unwrap(),
             };
@@ -108,7 +124,7 @@ fn run(variant: Variant, msgs: u64, base: &Path) -> f64 {
                 break;
             }
         }
-        if variant == Variant::Collector {
+        if matches!(variant, Variant::Collector | Variant::Direct) {
             // One group commit per wake-up, as `understudy record` does.
             col.commit(&ring, &mut j).unwrap();
         }
@@ -201,6 +217,7 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
     let mut col = vec![];
+    let mut dio = vec![];
     let mut s3 = vec![];
     let mut poll = vec![];
     let mut raw = vec![];
@@ -209,10 +226,11 @@ fn main() {
         for _ in 0..runs {
             let ns = match only.as_str() {
                 "collector" => run(Variant::Collector, msgs, &base),
+                "direct" => run(Variant::Direct, msgs, &base),
                 "session3" => run(Variant::Session3, msgs, &base),
                 "poll" => run(Variant::PollOnly, msgs, &base),
                 "passes" => passes(msgs, &base),
-                o => panic!("BENCH_ONLY={o}: one of collector, session3, poll, passes"),
+                o => panic!("BENCH_ONLY={o}: one of collector, direct, session3, poll, passes"),
             };
             println!("{only}: {ns:.1} ns per message");
         }
@@ -221,32 +239,42 @@ fn main() {
     // Interleaved, so that a change of the machine's load hits every variant alike.
     for r in 0..runs {
         let c = run(Variant::Collector, msgs, &base);
+        let d = run(Variant::Direct, msgs, &base);
         let s = run(Variant::Session3, msgs, &base);
         let p = run(Variant::PollOnly, msgs, &base);
         let w = passes(msgs, &base);
         println!(
-            "run {}: collector {c:.1} ns, session 3 {s:.1} ns, ring poll only {p:.1} ns, unavoidable passes {w:.1} ns per message",
+            "run {}: collector {c:.1} ns, collector O_DIRECT {d:.1} ns, session 3 {s:.1} ns, ring poll only {p:.1} ns, unavoidable passes {w:.1} ns per message",
             r + 1
         );
         col.push(c);
+        dio.push(d);
         s3.push(s);
         poll.push(p);
         raw.push(w);
     }
     let avg = SIZES.iter().sum::<usize>() as f64 / SIZES.len() as f64;
     println!(
-        "median of {runs} runs ({msgs} messages of {avg:.1} bytes on average, consumer CPU time per message, ring -> journal, no fsync):"
+        "median of {runs} runs ({msgs} messages of {avg:.1} bytes on average, consumer CPU time per message, ring -> journal, no fsync but the O_DIRECT variant's every 200 ms):"
     );
-    let (c, s, p, w) = (
+    let (c, d, s, p, w) = (
         median(&mut col),
+        median(&mut dio),
         median(&mut s3),
         median(&mut poll),
         median(&mut raw),
     );
     println!("  collector (JournalCollector)   {c:6.1} ns");
+    println!(
+        "  collector, O_DIRECT (record)   {d:6.1} ns (the journal as `understudy record` opens it)"
+    );
     println!("  session 3 loop (enc + append)  {s:6.1} ns");
     println!("  limit: ring poll only          {p:6.1} ns");
     println!("  limit: unavoidable passes      {w:6.1} ns (copy + CRC32C + write(2) of the encoded bytes)");
+    println!(
+        "  collector, O_DIRECT, against the page-cache limit: {:+.1} ns per message",
+        d - p - w
+    );
     println!(
         "  collector above the sum of both limits: {:+.1} ns per message",
         c - p - w

@@ -238,7 +238,7 @@ impl Journal {
                 sync_dir(&dir)?;
             }
         }
-        let j = Journal {
+        let mut j = Journal {
             dir,
             opts,
             _lock: lock,
@@ -253,7 +253,10 @@ impl Journal {
             last_sync: Instant::now(),
             failed: None,
             stats,
+            direct: None,
+            direct_refused: None,
         };
+        j.attach_direct()?;
         Ok((j, rec))
     }
 
@@ -276,7 +279,7 @@ impl Journal {
         };
         let sync = opts.fsync != FsyncPolicy::Never;
         let (info, file) = create_segment(&dir, header, sync, false)?;
-        let j = Journal {
+        let mut j = Journal {
             dir,
             opts,
             _lock: lock,
@@ -290,6 +293,8 @@ impl Journal {
             unsynced: 0,
             last_sync: Instant::now(),
             failed: None,
+            direct: None,
+            direct_refused: None,
             stats: Stats {
                 segments_created: 1,
                 bytes_written: SEGMENT_HEADER_LEN as u64,
@@ -309,6 +314,7 @@ impl Journal {
             set_aside: Vec::new(),
             valid_after_cut: None,
         };
+        j.attach_direct()?;
         Ok((j, rec))
     }
 }

@@ -39,10 +39,15 @@ fn crash_child_writer() {
         return;
     };
     let policy_name = std::env::var(POLICY_ENV).unwrap_or_default();
-    let retain = policy_name.ends_with("+retain");
-    let policy = policy(policy_name.trim_end_matches("+retain"));
+    let retain = policy_name.contains("+retain");
+    // `+direct`: O_DIRECT appends, with a write buffer small enough that whole blocks are
+    // written between commits (and a kill may land in the middle of one).
+    let direct = policy_name.contains("+direct");
+    let policy = policy(policy_name.split('+').next().unwrap_or_default());
     let opts = JournalOptions {
         fsync: policy,
+        direct_io: direct,
+        write_buffer: if direct { 6000 } else { 1 << 20 },
         segment_bytes: 16 << 10,
         ..JournalOptions::default()
     };
@@ -78,6 +83,9 @@ fn sigkilled_writer_loses_nothing_it_reported_durable() {
         "always+retain",
         "never+retain",
         "every8+retain",
+        "always+direct",
+        "every8+direct+retain",
+        "never+direct",
     ]
     .iter()
     .enumerate()
