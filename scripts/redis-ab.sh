@@ -3,7 +3,7 @@
 # given libunderstudy_intercept.so (interleaved), pinned like the intercept bench: server CPU 0,
 # redis-benchmark CPU 1, the collector (`understudy record`) on CPU $COLLECTOR_CPU (default 0:
 # beside the server, as on a primary host; COLLECTOR_CPU=1 = the earlier placement, sharing the
-# load generator's CPU), `redis-benchmark -c 50 -P PIPE -n N -t set,get`. Prints
+# load generator's CPU; COLLECTOR_CPU=any = not pinned, the scheduler places it), `redis-benchmark -c 50 -P PIPE -n N -t set,get`. Prints
 # per variant the median SET/GET requests/s and the server's CPU per request (CPU time of
 # redis-server's threads over the run, from /proc/PID/task/*/schedstat, / requests), plus the
 # collector's.
@@ -18,7 +18,7 @@ set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: $0 ROUNDS PIPE N LIB.so [LIB.so ...]" >&2; exit 2; }
 R=$1; P=$2; N=$3; shift 3
 CC=${COLLECTOR_CPU:-0}
-case $CC in 0|1) ;; *) echo "COLLECTOR_CPU=$CC: must be 0 or 1" >&2; exit 2;; esac
+case $CC in 0|1) CPUS=$CC;; any) CPUS=0-$(( $(nproc) - 1 ));; *) echo "COLLECTOR_CPU=$CC: must be 0, 1 or any" >&2; exit 2;; esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 U=${CARGO_TARGET_DIR:-$here/target}/release/understudy
 [ -x "$U" ] || { echo "$U: not built" >&2; exit 1; }
@@ -34,7 +34,7 @@ one() { # $1 = label, $2 = lib or "native"
   else
     local u=$U lib=$2
     case $2 in *@*) u=${2%%@*}; lib=${2#*@};; esac
-    UNDERSTUDY_INTERCEPT_LIB=$lib taskset -c "$CC" "$u" record --journal "$tmp/j" -- \
+    UNDERSTUDY_INTERCEPT_LIB=$lib taskset -c "$CPUS" "$u" record --journal "$tmp/j" -- \
       taskset -c 0 redis-server --port $port --save "" --appendonly no >/dev/null 2>&1 &
   fi
   local top=$!
