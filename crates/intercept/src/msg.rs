@@ -530,10 +530,13 @@ pub fn delta_tag(code: u8, z: u64) -> (u8, usize) {
         #[allow(clippy::cast_possible_truncation)]
         return (code | (z as u8) << 4, 1);
     }
-    // 1..=8 bytes: the casts cannot truncate.
+    // z >= 7: its highest set bit `b` (2..=63) makes `k` = 1 + b / 8 bytes (1..=8), i.e.
+    // nibble 7 + b / 8 and length 2 + b / 8 (a `bsr` and a shift, no subtraction chain).
+    let b8 = (63 - z.leading_zeros()) / 8;
+    // b8 <= 7: the cast cannot truncate.
     #[allow(clippy::cast_possible_truncation)]
-    let k = ((71 - z.leading_zeros()) / 8) as u8;
-    (code | (6 + k) << 4, 1 + usize::from(k))
+    let nibble = 7 + b8 as u8;
+    (code | nibble << 4, 2 + b8 as usize)
 }
 
 /// Append one entry, given as [`TimeEntry::words`], to a compact batch at `out[0..]` (at least
