@@ -877,8 +877,8 @@ pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -
     let real = || {
         let f = TOD_FAST.load(Ordering::Relaxed);
         // SAFETY: the vDSO's or libc's gettimeofday (or the stub resolving it) with the
-        // application's arguments.
-        unsafe { std::mem::transmute::<*mut c_void, TodFn>(f)(tv, std::ptr::null_mut()) }
+        // application's arguments (`tz` NULL, still in its register).
+        unsafe { std::mem::transmute::<*mut c_void, TodFn>(f)(tv, tz) }
     };
     if rt::time_fast(Kind::Gettimeofday, 0, tv.cast(), real) {
         return 0;
