@@ -809,6 +809,19 @@ fn resolve_fast(vdso: &'static str, libc_name: &'static str) -> *mut c_void {
     resolve(libc_name) as *mut c_void
 }
 
+/// Resolve the fast path's time functions now (start-up of a recording process, where the
+/// dynamic linker's lock and `malloc` are free), so that the stubs are only a fallback.
+pub fn resolve_time_fast() {
+    CLOCK_FAST.store(
+        resolve_fast("__vdso_clock_gettime\0", "clock_gettime\0"),
+        Ordering::Relaxed,
+    );
+    TOD_FAST.store(
+        resolve_fast("__vdso_gettimeofday\0", "gettimeofday\0"),
+        Ordering::Relaxed,
+    );
+}
+
 extern "C" fn clock_fast_first(clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
     let p = resolve_fast("__vdso_clock_gettime\0", "clock_gettime\0");
     CLOCK_FAST.store(p, Ordering::Relaxed);

@@ -473,6 +473,7 @@ extern "C" fn init() {
             if getenv("UNDERSTUDY_SYNC").as_deref() == Some("1") {
                 SYNC.store(1, Ordering::SeqCst);
             }
+            crate::hooks::resolve_time_fast();
             MODE.store(RECORD, Ordering::SeqCst);
             TLS.with(|t| {
                 arm(t);
