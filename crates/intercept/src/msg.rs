@@ -1070,6 +1070,31 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::cast_possible_truncation)] // z < 7 and 6 + k <= 14: the casts cannot truncate
+    fn delta_tag_is_the_shortest_form_at_every_width() {
+        for code in [0u8, 1, 12] {
+            for z in 0..7u64 {
+                assert_eq!(delta_tag(code, z), (code | (z as u8) << 4, 1));
+            }
+            for b in 2..64u32 {
+                for z in [1u64 << b, (1u64 << b) | 1, (1u64 << b) | ((1u64 << b) - 1)] {
+                    if z < 7 {
+                        continue;
+                    }
+                    // the form of version 4: k bytes, the fewest that hold z
+                    let k = (1..=8u32).find(|&k| k == 8 || z >> (8 * k) == 0).unwrap();
+                    let (tag, len) = delta_tag(code, z);
+                    assert_eq!(
+                        (tag, len),
+                        (code | ((6 + k) as u8) << 4, 1 + k as usize),
+                        "z {z:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn compact_entries_are_small() {
         // redis' pattern: a gettimeofday and a monotonic clock_gettime per request, ~1 µs apart.
         let mut entries = vec![];
