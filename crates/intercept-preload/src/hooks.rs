@@ -1,7 +1,7 @@
 //! The exported wrappers and the `core_*` functions that both the wrappers and the seccomp
 //! SIGSYS handler use. `core_*` functions take and return syscall-convention values.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use intercept::msg::{Header, Kind};
@@ -770,19 +770,88 @@ pub fn core_getrandom(buf: *mut u8, len: usize, flags: i64) -> i64 {
 }
 
 type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> c_int;
+type TodFn = unsafe extern "C" fn(*mut libc::timeval, *mut c_void) -> c_int;
+
+// The functions the record fast path calls for a time result: the vDSO's own entry points
+// when the process has a vDSO (libc's `clock_gettime` is a wrapper around it; its
+// `gettimeofday` is already the vDSO's, chosen by an IFUNC), else libc's; `UNDERSTUDY_VDSO=0`
+// keeps libc's. Each pointer starts as a stub that resolves it on first use, so the wrapper
+// calls through it without a check. Any non-zero result (the vDSO's -errno, libc's -1) sends
+// the call to the general path, which makes it again through libc.
+static CLOCK_FAST: AtomicPtr<c_void> = AtomicPtr::new(clock_fast_first as *mut c_void);
+static TOD_FAST: AtomicPtr<c_void> = AtomicPtr::new(tod_fast_first as *mut c_void);
+
+/// `vdso` (the vDSO's symbol, NUL-terminated) if the process has a vDSO that defines it and
+/// `UNDERSTUDY_VDSO` is not `0`, else libc's `libc_name`.
+#[cold]
+#[inline(never)]
+fn resolve_fast(vdso: &'static str, libc_name: &'static str) -> *mut c_void {
+    if rt::getenv("UNDERSTUDY_VDSO").as_deref() != Some("0") {
+        // SAFETY: dlopen of the already-loaded vDSO by its soname (RTLD_NOLOAD: nothing is
+        // loaded), dlsym with a NUL-terminated name, dlclose of the handle just taken.
+        let p = unsafe {
+            let h = libc::dlopen(
+                c"linux-vdso.so.1".as_ptr(),
+                libc::RTLD_NOLOAD | libc::RTLD_LAZY,
+            );
+            if h.is_null() {
+                std::ptr::null_mut()
+            } else {
+                let p = libc::dlsym(h, vdso.as_ptr().cast());
+                libc::dlclose(h);
+                p
+            }
+        };
+        if !p.is_null() {
+            return p;
+        }
+    }
+    resolve(libc_name) as *mut c_void
+}
+
+/// Resolve the fast path's time functions now (start-up of a recording process, where the
+/// dynamic linker's lock and `malloc` are free), so that the stubs are only a fallback.
+pub fn resolve_time_fast() {
+    CLOCK_FAST.store(
+        resolve_fast("__vdso_clock_gettime\0", "clock_gettime\0"),
+        Ordering::Relaxed,
+    );
+    TOD_FAST.store(
+        resolve_fast("__vdso_gettimeofday\0", "gettimeofday\0"),
+        Ordering::Relaxed,
+    );
+}
+
+extern "C" fn clock_fast_first(clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
+    let p = resolve_fast("__vdso_clock_gettime\0", "clock_gettime\0");
+    CLOCK_FAST.store(p, Ordering::Relaxed);
+    // SAFETY: p is the vDSO's or libc's clock_gettime (same C signature).
+    unsafe { std::mem::transmute::<*mut c_void, ClockFn>(p)(clk, ts) }
+}
+
+extern "C" fn tod_fast_first(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
+    let p = resolve_fast("__vdso_gettimeofday\0", "gettimeofday\0");
+    TOD_FAST.store(p, Ordering::Relaxed);
+    // SAFETY: p is the vDSO's or libc's gettimeofday (same C signature).
+    unsafe { std::mem::transmute::<*mut c_void, TodFn>(p)(tv, tz) }
+}
 
 #[no_mangle]
 pub unsafe extern "C" fn clock_gettime(clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
-    let f = real!("clock_gettime", ClockFn);
-    if !ts.is_null() {
-        // A clock id is an i32: it always fits a batch entry.
-        // SAFETY: libc's clock_gettime with the application's arguments.
-        let real = || unsafe { f(clk, ts) };
-        if let Some(r) = rt::time_fast(Kind::ClockGettime, clk as u64, ts.cast(), real) {
-            return r;
-        }
+    if ts.is_null() {
+        return clock_gettime_general(clk, ts);
     }
-    clock_gettime_general(f, clk, ts)
+    // A clock id is an i32: it always fits a batch entry.
+    let real = || {
+        let f = CLOCK_FAST.load(Ordering::Relaxed);
+        // SAFETY: the vDSO's or libc's clock_gettime (or the stub resolving it) with the
+        // application's arguments.
+        unsafe { std::mem::transmute::<*mut c_void, ClockFn>(f)(clk, ts) }
+    };
+    if rt::time_fast(Kind::ClockGettime, clk as u64, ts.cast(), real) {
+        return 0;
+    }
+    clock_gettime_general(clk, ts)
 }
 
 /// libc's `clock_gettime`, in the syscall convention.
@@ -798,33 +867,58 @@ fn clock_real(f: ClockFn, clk: libc::clockid_t, ts: *mut libc::timespec) -> i64 
 }
 
 /// Every `clock_gettime` but the record fast path (replay, a NULL pointer, a nested call, a
-/// signal to deliver): out of line, so the exported wrapper's frame stays small.
+/// failure): out of line, so the exported wrapper's frame stays small.
 #[inline(never)]
-fn clock_gettime_general(f: ClockFn, clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
+fn clock_gettime_general(clk: libc::clockid_t, ts: *mut libc::timespec) -> c_int {
+    let f = real!("clock_gettime", ClockFn);
     let r = timelike(Kind::ClockGettime, clk as u64, ts.cast(), 16, || {
         clock_real(f, clk, ts)
     });
     libc_ret(r) as c_int
 }
 
-type TodFn = unsafe extern "C" fn(*mut libc::timeval, *mut c_void) -> c_int;
-
 #[no_mangle]
 pub unsafe extern "C" fn gettimeofday(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
-    let f = real!("gettimeofday", TodFn);
-    if !tv.is_null() {
-        // SAFETY: libc's gettimeofday with the application's arguments.
-        let real = || unsafe { f(tv, tz) };
-        if let Some(r) = rt::time_fast(Kind::Gettimeofday, 0, tv.cast(), real) {
-            return r;
-        }
+    // A time zone asked for (obsolete, rare) takes the general path: the fast one keeps only
+    // `tv` across the real call.
+    if tv.is_null() {
+        return gettimeofday_general(tv, tz);
     }
-    gettimeofday_general(f, tv, tz)
+    if !tz.is_null() {
+        return gettimeofday_tz(tv, tz);
+    }
+    let real = || {
+        let f = TOD_FAST.load(Ordering::Relaxed);
+        // SAFETY: the vDSO's or libc's gettimeofday (or the stub resolving it) with the
+        // application's arguments (`tz` NULL, still in its register).
+        unsafe { std::mem::transmute::<*mut c_void, TodFn>(f)(tv, tz) }
+    };
+    if rt::time_fast(Kind::Gettimeofday, 0, tv.cast(), real) {
+        return 0;
+    }
+    gettimeofday_again(tv)
+}
+
+/// `gettimeofday` with a time zone: the general path (a function of its own, so that the
+/// wrapper's two checks stay two branches).
+#[cold]
+#[inline(never)]
+fn gettimeofday_tz(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
+    gettimeofday_general(tv, tz)
+}
+
+/// The fast path's real call failed: the general path makes it again (a separate function,
+/// so that the wrapper does not keep `tz`, known NULL here, across the real call).
+#[cold]
+#[inline(never)]
+fn gettimeofday_again(tv: *mut libc::timeval) -> c_int {
+    gettimeofday_general(tv, std::ptr::null_mut())
 }
 
 /// Every `gettimeofday` but the record fast path (see [`clock_gettime_general`]).
 #[inline(never)]
-fn gettimeofday_general(f: TodFn, tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
+fn gettimeofday_general(tv: *mut libc::timeval, tz: *mut c_void) -> c_int {
+    let f = real!("gettimeofday", TodFn);
     let n = if tv.is_null() { 0 } else { 16 };
     let r = timelike(Kind::Gettimeofday, 0, tv.cast(), n, || tod_real(f, tv, tz));
     libc_ret(r) as c_int

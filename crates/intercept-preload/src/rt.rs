@@ -96,14 +96,24 @@ pub fn say(parts: &[&[u8]]) {
     }
 }
 
-/// Bytes of a thread's encoded time batch buffer: [`BATCH_CAP`] entries of at most
-/// [`msg::BATCH_ENTRY_MAX`] bytes, plus the 8 bytes a delta entry's store may write beyond it.
-pub const TB_BYTES: usize = BATCH_CAP * msg::BATCH_ENTRY_MAX + 8;
+/// Bytes of a thread's encoded time batch buffer: room for [`BATCH_CAP`] entries of at most
+/// [`msg::BATCH_ENTRY_MAX`] bytes starting at any offset up to [`TB_MASK`], plus the 8 bytes a
+/// delta entry's store may write beyond it.
+pub const TB_BYTES: usize = TB_MASK + 1 + 8;
+/// A power of two less one, at least the largest offset an entry can start at (the buffer's
+/// offsets are masked with it, so the fast path's stores need no bounds check).
+pub const TB_MASK: usize = 1023;
+const _: () = assert!(TB_MASK >= (BATCH_CAP - 1) * msg::BATCH_ENTRY_MAX);
 
 /// Per-thread state. All-zero initial value, no destructor: safe in signal handlers, no lazy
 /// registration on first access.
 #[repr(C)]
 pub struct Tls {
+    /// 1 when this thread may take the time calls' fast path ([`time_fast`]): the process
+    /// records and the thread is named (set by [`arm`]). With `depth` it forms the first
+    /// 8-byte word of the block, which the fast path compares with 1 in one instruction
+    /// (`armed` 1, `depth` 0).
+    pub armed: Cell<u32>,
     pub depth: Cell<u32>,
     pub vtid: Cell<u64>,
     pub tseq: Cell<u64>,
@@ -114,11 +124,11 @@ pub struct Tls {
     pub tid: Cell<u32>,
     /// Record: time results not emitted yet (the thread's next time batch): `tb_n` entries,
     /// encoded as they were made (message version 4) into the first `tb_len` bytes of `tb`,
-    /// each delta-coded against `tb_refs` (per clock code, 0 at the start of a batch);
-    /// `tb_first` is the first one's call number.
+    /// each delta-coded against `tb_refs` (per clock code, 0 at the start of a batch). Their
+    /// call numbers are `tseq + 1 ..= tseq + tb_n`: `tseq` is advanced when the batch is
+    /// emitted, which happens before any other message of the thread takes a number.
     pub tb_n: Cell<u32>,
     pub tb_len: Cell<u32>,
-    pub tb_first: Cell<u64>,
     pub tb_refs: Cell<[i64; msg::CODES]>,
     pub tb: UnsafeCell<[u8; TB_BYTES]>,
     /// Replay: the time batch this thread takes its time results from (feed index + 1, 0:
@@ -172,6 +182,22 @@ pub fn tls_ptr() -> *const Tls {
             "add {p}, qword ptr [rip + understudy_tls_block@GOTTPOFF]",
             p = out(reg) p,
             options(pure, readonly, nostack),
+        );
+    }
+    p as *const Tls
+}
+
+/// [`tls_ptr`], computed again (not merged with an earlier `tls_ptr` of the same function).
+#[inline(always)]
+pub fn tls_ptr_again() -> *const Tls {
+    let p: usize;
+    // SAFETY: as in `tls_ptr`.
+    unsafe {
+        std::arch::asm!(
+            "mov {p}, qword ptr fs:[0]",
+            "add {p}, qword ptr [rip + understudy_tls_block@GOTTPOFF]",
+            p = out(reg) p,
+            options(readonly, nostack, preserves_flags),
         );
     }
     p as *const Tls
@@ -447,8 +473,12 @@ extern "C" fn init() {
             if getenv("UNDERSTUDY_SYNC").as_deref() == Some("1") {
                 SYNC.store(1, Ordering::SeqCst);
             }
+            crate::hooks::resolve_time_fast();
             MODE.store(RECORD, Ordering::SeqCst);
-            TLS.with(|t| t.depth.set(0));
+            TLS.with(|t| {
+                arm(t);
+                t.depth.set(0);
+            });
             if let Some(g) = enter() {
                 g.emit(
                     Kind::ProcStart,
@@ -538,9 +568,8 @@ pub fn after_fork_child(vtid: u64, vpid: u32, parent_vpid: u32, scan_from: u64) 
 /// The thread took a new name (fork child, new thread): no buffered time results (the parent
 /// flushed its own before the fork; a new thread has none), no replay position of the old name.
 pub fn new_thread_name(t: &Tls, scan_from: u64) {
-    t.tb_n.set(0);
-    t.tb_len.set(0);
-    t.tb_refs.set([0; msg::CODES]);
+    clear_batch(t);
+    arm(t);
     t.rb_idx.set(0);
     t.rb_k.set(0);
     t.rb_n.set(0);
@@ -675,49 +704,124 @@ pub fn enter_light() -> Option<Guard> {
 }
 
 /// The record path of a time call whose result can go into the thread's time batch (`out`
-/// non-null, 16 bytes; clock id fits an `i32`), as flat as it can be: mode, depth, thread
-/// name and pending signals checked, the real call made at depth 1, its 16 bytes appended to
-/// the buffer. `None`: not this path (another mode, a nested call, a signal to deliver at the
-/// entry, an unnamed thread); the caller takes the general one ([`enter_light`]). A failure,
-/// a full buffer and a signal that arrived during the call go out of line.
+/// non-null, 16 bytes; clock id fits an `i32`), as flat as it can be: one compare of the
+/// thread's first TLS word (armed: recording and named; depth 0), the real call made at depth
+/// 1, its entry appended to the buffer. `false`: not done, the caller takes the general path
+/// ([`enter_light`]): the thread is not armed (another mode, an unnamed thread), the call is
+/// nested, or the real call failed (`real` returned non-zero: the general path makes the call
+/// again through libc and records what it returns). A signal pending at the entry is not
+/// delivered there but at this call's exit boundary, with any that arrive during the call
+/// (both are boundaries; the recorded position is where it was delivered). A full buffer and
+/// a pending signal go out of line ([`time_fast_exit`]).
 #[inline(always)]
-pub fn time_fast(
-    kind: Kind,
-    a0: u64,
-    out: *mut u8,
-    real: impl FnOnce() -> libc::c_int,
-) -> Option<libc::c_int> {
-    if MODE.load(Ordering::Relaxed) != RECORD {
-        return None;
-    }
+pub fn time_fast(kind: Kind, a0: u64, out: *mut u8, real: impl FnOnce() -> libc::c_int) -> bool {
     let tp = tls_ptr();
-    // SAFETY: this thread's TLS block (see `TlsKey::with`).
-    let t = unsafe { &*tp };
-    if t.depth.get() != 0 || t.vtid.get() == 0 || crate::signals::pending() {
-        return None;
+    // SAFETY: the block starts with `armed` and `depth` (`repr(C)`, two `Cell<u32>`, 8-aligned):
+    // one 8-byte read of this thread's own cells; nothing else writes them meanwhile.
+    if unsafe { tp.cast::<u64>().read() } != u64::from_le(1) {
+        return false;
     }
-    t.depth.set(1);
-    let r = real();
-    if r != 0 {
-        return Some(time_fast_failed(tp, kind, r, a0));
+    // SAFETY: this thread's TLS block (see `TlsKey::with`).
+    unsafe { &*tp }.depth.set(1);
+    if real() != 0 {
+        time_fast_undo();
+        return false;
     }
     let (lo, hi) = read16(out);
-    let tseq = t.tseq.get() + 1;
-    t.tseq.set(tseq);
-    let n = t.tb_n.get() as usize;
-    if n == 0 {
-        t.tb_first.set(tseq);
+    // The block's address again rather than kept across the call: one callee-saved register
+    // (push and pop) fewer in the exported wrapper, for the same two instructions.
+    let tp = tls_ptr_again();
+    // SAFETY: as above.
+    let t = unsafe { &*tp };
+    let pos = t.tb_len.get() as usize & TB_MASK;
+    if let Some((code, unit)) = msg::clock_code(kind, a0) {
+        let refs: &Cell<[i64]> = &t.tb_refs;
+        if let Some(r) = refs.as_slice_of_cells().get(usize::from(code)) {
+            let (sec, sub) = (
+                i64::from_le_bytes(lo.to_le_bytes()),
+                i64::from_le_bytes(hi.to_le_bytes()),
+            );
+            if let Some((v, z)) = msg::time_delta(unit, sec, sub, r.get()) {
+                // SAFETY: the buffer is this thread's (its TLS block); no reference to it is
+                // alive (a flush's slice ends before it returns; depth is 1, so nothing nested
+                // appends).
+                let buf = unsafe { &mut *t.tb.get() };
+                r.set(v);
+                if z < 7 {
+                    // z < 7: the cast cannot truncate.
+                    #[allow(clippy::cast_possible_truncation)]
+                    let tag = code | (z as u8) << 4;
+                    buf[pos] = tag;
+                    t.tb_len.set((pos + 1) as u32);
+                } else {
+                    let (tag, len) = msg::delta_tag(code, z);
+                    buf[pos] = tag;
+                    buf[pos + 1..pos + 9].copy_from_slice(&z.to_le_bytes());
+                    t.tb_len.set((pos + len) as u32);
+                }
+                time_fast_done(tp);
+                return true;
+            }
+        }
     }
-    append_time(t, kind, a0, lo, hi);
-    t.tb_n.set(n as u32 + 1);
-    if n + 1 >= BATCH_CAP || crate::signals::pending() {
+    time_fast_escaped(tp, pos, kind, a0, lo, hi);
+    true
+}
+
+/// The end of [`time_fast`] once its entry is in the buffer: the count, then the exit (out
+/// of line when the buffer is full or a signal is pending).
+#[inline(always)]
+fn time_fast_done(tp: *const Tls) {
+    // SAFETY: this thread's TLS block.
+    let t = unsafe { &*tp };
+    let n = t.tb_n.get() + 1;
+    t.tb_n.set(n);
+    if n >= BATCH_CAP as u32 || crate::signals::pending() {
         // Emit the full buffer and/or deliver signals at the exit boundary, as the general
         // path's guard would.
         time_fast_exit(tp);
     } else {
-        t.depth.set(0);
+        // depth 0, written as the whole first word (`armed` 1, as the entry found it): the
+        // next call's 8-byte compare is then forwarded from this one store; after a 4-byte
+        // store of `depth` it waited for the store to retire (≈ 4 ns per call in
+        // `scripts/intercept-ab.sh`).
+        // SAFETY: the first 8 bytes of this thread's TLS block are its `armed` and `depth`
+        // cells (see the compare in `time_fast`); only this thread writes them.
+        unsafe { tp.cast_mut().cast::<u64>().write(u64::from_le(1)) };
     }
-    Some(r)
+}
+
+/// [`time_fast`] for an entry that takes the escape form, and the rest of the call.
+#[cold]
+#[inline(never)]
+fn time_fast_escaped(tp: *const Tls, pos: usize, kind: Kind, a0: u64, lo: u64, hi: u64) {
+    // SAFETY: this thread's TLS block.
+    append_escaped(unsafe { &*tp }, pos, kind, a0, lo, hi);
+    time_fast_done(tp);
+}
+
+/// [`time_fast`]'s real call failed: the thread leaves depth 1; the general path follows.
+#[cold]
+#[inline(never)]
+fn time_fast_undo() {
+    // SAFETY: this thread's TLS block.
+    unsafe { &*tls_ptr() }.depth.set(0);
+}
+
+/// Let this thread take the time calls' fast path ([`time_fast`]) if the process records.
+/// Called once the thread has its name (`vtid`): at start-up for the main thread, in
+/// `thread_start`, for an unknown thread when it is named; a forked child inherits it.
+#[inline]
+pub fn arm(t: &Tls) {
+    t.armed
+        .set(u32::from(MODE.load(Ordering::Relaxed) == RECORD));
+}
+
+/// Drop this thread's buffered time results (a new name; recording stopped).
+fn clear_batch(t: &Tls) {
+    t.tb_n.set(0);
+    t.tb_len.set(0);
+    t.tb_refs.set([0; msg::CODES]);
 }
 
 /// Append a successful time call's entry to the thread's encoded batch (message version 4):
@@ -769,30 +873,25 @@ fn append_escaped(t: &Tls, pos: usize, kind: Kind, a0: u64, lo: u64, hi: u64) {
     }
 }
 
-/// The 16 bytes a time call just stored at `out`, as two 8-byte loads (volatile keeps LLVM from
-/// merging them): one 16-byte load of two separate 8-byte stores cannot be forwarded from the
-/// store buffer and waits for them to retire.
+/// The 16 bytes a time call just stored at `out`, as two 8-byte loads (not merged by LLVM into
+/// one 16-byte load, which cannot be forwarded from the two 8-byte stores still in the store
+/// buffer and waits for them to retire); x86-64 loads need no alignment.
 #[inline(always)]
 pub fn read16(out: *mut u8) -> (u64, u64) {
-    let (lo, hi) = if (out as usize).is_multiple_of(8) {
-        // SAFETY: `out` is the application's non-null, 8-aligned 16-byte out buffer of this
-        // call (a timespec or timeval), which the call has just filled.
-        unsafe {
-            (
-                std::ptr::read_volatile(out.cast::<u64>()),
-                std::ptr::read_volatile(out.add(8).cast::<u64>()),
-            )
-        }
-    } else {
-        // SAFETY: as above, without the alignment (never seen: both types are 8-aligned).
-        unsafe {
-            (
-                std::ptr::read_unaligned(out.cast::<u64>()),
-                std::ptr::read_unaligned(out.add(8).cast::<u64>()),
-            )
-        }
-    };
-    (u64::from_le(lo), u64::from_le(hi))
+    let (lo, hi): (u64, u64);
+    // SAFETY: `out` is the application's non-null 16-byte out buffer of this call (a timespec
+    // or timeval), which the call has just filled; two plain loads, no other effect.
+    unsafe {
+        std::arch::asm!(
+            "mov {lo}, qword ptr [{p}]",
+            "mov {hi}, qword ptr [{p} + 8]",
+            p = in(reg) out,
+            lo = out(reg) lo,
+            hi = out(reg) hi,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    (lo, hi)
 }
 
 /// Before this thread makes its state visible to others without a message of its own (a
@@ -839,37 +938,21 @@ fn fast_guard(tp: *const Tls) -> Guard {
     }
 }
 
-/// [`time_fast`]'s real call failed (libc's result `r`, errno set): one full message (no
-/// data, the result in the syscall convention), as the general path records it; then the exit
-/// boundary; libc's result is returned with the real errno.
-#[cold]
-#[inline(never)]
-fn time_fast_failed(tp: *const Tls, kind: Kind, r: libc::c_int, a0: u64) -> libc::c_int {
-    let e = if r < 0 { errno() } else { 0 };
-    let mut g = fast_guard(tp);
-    g.activate();
-    g.emit1(
-        kind,
-        if r < 0 { -i64::from(e) } else { r.into() },
-        a0,
-        0,
-        0,
-        &[],
-    );
-    drop(g);
-    if r < 0 {
-        set_errno(e);
-    }
-    r
-}
-
 /// [`time_fast`]'s exit when the buffer is full or a signal arrived during the call.
 #[cold]
 #[inline(never)]
 fn time_fast_exit(tp: *const Tls) {
-    let mut g = fast_guard(tp);
     // SAFETY: this thread's TLS block.
-    if unsafe { &*tp }.tb_n.get() as usize >= BATCH_CAP {
+    let t = unsafe { &*tp };
+    if MODE.load(Ordering::Relaxed) != RECORD {
+        // Recording stopped (`fatal_record`): this thread leaves the fast path.
+        t.armed.set(0);
+        clear_batch(t);
+        t.depth.set(0);
+        return;
+    }
+    let mut g = fast_guard(tp);
+    if t.tb_n.get() as usize >= BATCH_CAP {
         g.activate();
         g.flush_time();
     }
@@ -885,6 +968,7 @@ fn name_unknown_thread(t: &Tls) {
         PROC_VTID.load(Ordering::Relaxed),
         (1 << 40) + n,
     ));
+    arm(t);
 }
 
 #[cold]
@@ -944,6 +1028,7 @@ impl Guard {
     #[inline(always)]
     fn next_header(&self, kind: Kind, ret: i64, a0: u64, a1: u64, a2: u64, len: usize) -> Header {
         let t = self.tls();
+        debug_assert_eq!(t.tb_n.get(), 0, "a message numbered before the time batch");
         let tseq = t.tseq.get() + 1;
         t.tseq.set(tseq);
         Header {
@@ -1021,12 +1106,7 @@ impl Guard {
             return;
         }
         let t = self.tls();
-        let tseq = t.tseq.get() + 1;
-        t.tseq.set(tseq);
         let n = t.tb_n.get() as usize;
-        if n == 0 {
-            t.tb_first.set(tseq);
-        }
         append_time(t, kind, a0, lo, hi);
         t.tb_n.set(n as u32 + 1);
         if n + 1 >= BATCH_CAP {
@@ -1068,10 +1148,11 @@ impl Guard {
         if n == 0 {
             return;
         }
-        t.tb_n.set(0);
         let len = (t.tb_len.get() as usize).min(TB_BYTES);
-        t.tb_len.set(0);
-        t.tb_refs.set([0; msg::CODES]);
+        clear_batch(t);
+        // The batch's calls take their numbers now, before anything else of the thread.
+        let first = t.tseq.get() + 1;
+        t.tseq.set(t.tseq.get() + n as u64);
         debug_assert!(
             !self.light,
             "time batch emitted outside the ring's boundary"
@@ -1081,7 +1162,7 @@ impl Guard {
             REAL_PID.load(Ordering::Relaxed),
             t.tid.get(),
             t.vtid.get(),
-            t.tb_first.get(),
+            first,
         );
         // SAFETY: the buffer is this thread's; nothing appends to it while this shared slice
         // lives (the thread is inside the interceptor, and the closure only reads).

@@ -60,9 +60,9 @@ pub fn program(
     trapped: &[u32],
     refused: &[u32],
 ) -> Result<Vec<Insn>, String> {
-    if lo >= hi || lo >> 32 != (hi - 1) >> 32 {
+    if lo >= hi || (hi - 1) >> 32 > (lo >> 32) + 1 {
         return Err(format!(
-            "libc text {lo:#x}..{hi:#x} is empty or straddles a 4 GiB boundary"
+            "libc text {lo:#x}..{hi:#x} is empty or crosses more than one 4 GiB boundary"
         ));
     }
     let mut f = vec![
@@ -92,16 +92,36 @@ pub fn program(
     f.push(stmt(RET, RET_ALLOW));
     // instruction pointer inside libc text?
     f.push(stmt(LD_ABS, OFF_IP_HI));
-    f.push(jump(JEQ, (lo >> 32) as u32, 1, 0));
-    f.push(stmt(RET, RET_ALLOW));
-    f.push(stmt(LD_ABS, OFF_IP_LO));
-    f.push(jump(JGE, lo as u32, 1, 0));
-    f.push(stmt(RET, RET_ALLOW));
-    // hi may be exactly at the 4 GiB boundary (low word 0): then every ip >= lo is inside
-    if hi as u32 == 0 {
-        f.push(stmt(RET, RET_TRAP));
+    if lo >> 32 == (hi - 1) >> 32 {
+        f.push(jump(JEQ, (lo >> 32) as u32, 1, 0));
+        f.push(stmt(RET, RET_ALLOW));
+        f.push(stmt(LD_ABS, OFF_IP_LO));
+        f.push(jump(JGE, lo as u32, 1, 0));
+        f.push(stmt(RET, RET_ALLOW));
+        // hi may be exactly at the 4 GiB boundary (low word 0): then every ip >= lo is inside
+        if hi as u32 == 0 {
+            f.push(stmt(RET, RET_TRAP));
+        } else {
+            f.push(jump(JGE, hi as u32, 0, 1));
+            f.push(stmt(RET, RET_ALLOW));
+            f.push(stmt(RET, RET_TRAP));
+        }
     } else {
-        f.push(jump(JGE, hi as u32, 0, 1));
+        // The text crosses one 4 GiB boundary (address space layout randomisation places it
+        // so now and then): `[lo, boundary)` in lo's window, `[boundary, hi)` in the next.
+        f.push(jump(JEQ, (lo >> 32) as u32, 2, 0));
+        f.push(jump(JEQ, ((lo >> 32) + 1) as u32, 3, 0));
+        f.push(stmt(RET, RET_ALLOW));
+        f.push(stmt(LD_ABS, OFF_IP_LO));
+        f.push(jump(JGE, lo as u32, 3, 2));
+        f.push(stmt(LD_ABS, OFF_IP_LO));
+        // hi's low word 0 (hi at the next boundary): the whole upper window is inside
+        let upper_end = hi as u32;
+        f.push(if upper_end == 0 {
+            jump(JGE, 0, 1, 1)
+        } else {
+            jump(JGE, upper_end, 0, 1)
+        });
         f.push(stmt(RET, RET_ALLOW));
         f.push(stmt(RET, RET_TRAP));
     }
@@ -207,8 +227,36 @@ mod tests {
     }
 
     #[test]
-    fn filter_refuses_text_across_4_gib() {
-        assert!(program(0x7f12_fff0_0000, 0x7f13_0001_0000, GATE, TRAPPED, REFUSED).is_err());
+    fn filter_handles_text_across_a_4_gib_boundary() {
+        let (lo, hi) = (0x7f12_fff0_0000u64, 0x7f13_0001_0000u64);
+        check(lo, hi);
+        let f = program(lo, hi, GATE, TRAPPED, REFUSED).unwrap();
+        for (ip, want, what) in [
+            (0x7f12_ffff_fff0, RET_TRAP, "below the boundary"),
+            (0x7f13_0000_0000, RET_TRAP, "at the boundary"),
+            (0x7f13_0000_ffff, RET_TRAP, "last byte"),
+            (
+                0x7f13_fff0_0000,
+                RET_ALLOW,
+                "lo's low word in the upper window",
+            ),
+            (
+                0x7f12_0000_1000,
+                RET_ALLOW,
+                "hi's low word in the lower window",
+            ),
+            (0x7f11_fff0_1000, RET_ALLOW, "the window below"),
+            (0x7f14_0000_1000, RET_ALLOW, "the window above"),
+        ] {
+            assert_eq!(run(&f, 0, ARCH_X86_64, ip).0, want, "{what}");
+        }
+        // ending exactly at the next boundary: the whole upper window's part is inside
+        let f = program(lo, 0x7f14_0000_0000, GATE, TRAPPED, REFUSED).unwrap();
+        assert_eq!(run(&f, 0, ARCH_X86_64, 0x7f13_ffff_ffff).0, RET_TRAP);
+        assert_eq!(run(&f, 0, ARCH_X86_64, 0x7f14_0000_0000).0, RET_ALLOW);
+        // more than one boundary: refused
+        assert!(program(lo, 0x7f14_0000_1000, GATE, TRAPPED, REFUSED).is_err());
+        assert!(program(hi, hi, GATE, TRAPPED, REFUSED).is_err());
     }
 
     #[test]

@@ -530,10 +530,13 @@ pub fn delta_tag(code: u8, z: u64) -> (u8, usize) {
         #[allow(clippy::cast_possible_truncation)]
         return (code | (z as u8) << 4, 1);
     }
-    // 1..=8 bytes: the casts cannot truncate.
+    // z >= 7: its highest set bit `b` (2..=63) makes `k` = 1 + b / 8 bytes (1..=8), i.e.
+    // nibble 7 + b / 8 and length 2 + b / 8 (a `bsr` and a shift, no subtraction chain).
+    let b8 = (63 - z.leading_zeros()) / 8;
+    // b8 <= 7: the cast cannot truncate.
     #[allow(clippy::cast_possible_truncation)]
-    let k = ((71 - z.leading_zeros()) / 8) as u8;
-    (code | (6 + k) << 4, 1 + usize::from(k))
+    let nibble = 7 + b8 as u8;
+    (code | nibble << 4, 2 + b8 as usize)
 }
 
 /// Append one entry, given as [`TimeEntry::words`], to a compact batch at `out[0..]` (at least
@@ -1062,6 +1065,31 @@ mod tests {
             // Every cut is refused.
             for cut in [BATCH_HEADER, b.len() - 1] {
                 prop_assert!(decode(&b[..cut]).is_err(), "cut at {}", cut);
+            }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)] // z < 7 and 6 + k <= 14: the casts cannot truncate
+    fn delta_tag_is_the_shortest_form_at_every_width() {
+        for code in [0u8, 1, 12] {
+            for z in 0..7u64 {
+                assert_eq!(delta_tag(code, z), (code | (z as u8) << 4, 1));
+            }
+            for b in 2..64u32 {
+                for z in [1u64 << b, (1u64 << b) | 1, (1u64 << b) | ((1u64 << b) - 1)] {
+                    if z < 7 {
+                        continue;
+                    }
+                    // the form of version 4: k bytes, the fewest that hold z
+                    let k = (1..=8u32).find(|&k| k == 8 || z >> (8 * k) == 0).unwrap();
+                    let (tag, len) = delta_tag(code, z);
+                    assert_eq!(
+                        (tag, len),
+                        (code | ((6 + k) as u8) << 4, 1 + k as usize),
+                        "z {z:#x}"
+                    );
+                }
             }
         }
     }

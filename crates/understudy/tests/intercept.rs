@@ -793,3 +793,22 @@ fn departures_from_a_time_batch_are_reported() {
         );
     }
 }
+
+/// Signals arriving during a burst of time calls (the recorder's fast path, which checks for
+/// them only after the real call) are delivered at a time call's boundary and replayed there.
+#[test]
+fn signals_during_a_burst_of_time_calls_replay_at_the_same_calls() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(p) = compile(d.path(), "timesig") else {
+        return;
+    };
+    let out = record_replay(d.path(), &[p.to_str().unwrap()]);
+    let s = String::from_utf8_lossy(&out);
+    assert!(s.contains(" signals 5 "), "{s}");
+    let l = list(&d.path().join("journal"));
+    let signals = message_lines(&l)
+        .iter()
+        .filter(|m| m.contains("signal"))
+        .count();
+    assert!(signals >= 5, "{l}");
+}
