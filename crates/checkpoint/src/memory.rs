@@ -100,32 +100,7 @@ pub fn pool_buffers(full_dump: bool) -> Vec<Vec<u8>> {
     } else {
         (3, BATCH)
     };
-    if full_dump && warm_yield() {
-        return (0..count).map(|_| fault_yielding(len)).collect();
-    }
     (0..count).map(|_| vec![1u8; len]).collect()
-}
-
-/// `UNDERSTUDY_WARM_YIELD=0`: fault a full dump's copy buffers in one go, as before
-/// (measurements only).
-fn warm_yield() -> bool {
-    std::env::var("UNDERSTUDY_WARM_YIELD").ok().as_deref() != Some("0")
-}
-
-/// A buffer of `len` bytes faulted in 64 KiB at a time, yielding the CPU between pieces. A
-/// full dump faults its buffers on a thread started beside the freeze; in one go (~0.5 ms per
-/// MiB here) that thread held the CPU on which the root, woken by `PTRACE_INTERRUPT`, waited
-/// to stop: its freeze took 1.4-1.9 ms in every other dump instead of 0.03 ms
-/// (docs/PERFORMANCE.md, session 5, branch dump7).
-fn fault_yielding(len: usize) -> Vec<u8> {
-    const PIECE: usize = 64 << 10;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        let n = PIECE.min(len - v.len());
-        v.resize(v.len() + n, 1u8);
-        std::thread::yield_now();
-    }
-    v
 }
 
 pub struct MemoryDumper<'a> {

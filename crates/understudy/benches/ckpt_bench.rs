@@ -7,7 +7,7 @@
 //! page. Prints one markdown table of medians, each next to its target.
 //!
 //! ```sh
-//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial | --ab-parts | --ab-sync | --ab-warm]
+//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial | --ab-parts | --ab-sync]
 //! ```
 //! `--ab-serial` runs every counted run twice, the engine's serial copy and the overlapped one
 //! alternated, and prints an A/B line per size (medians and per-pair differences).
@@ -15,8 +15,7 @@
 //! layout before image version 5) against the default part files (one per copy worker).
 //! `--ab-sync`: `tree.img` fsynced while frozen before the kill (`UNDERSTUDY_TREE_SYNC_FROZEN=1`,
 //! as before) against the default, its fsync beside the reap wait (the dump time still counts
-//! any wait for it after the reap). `--ab-warm`: the copy buffers faulted in one go
-//! (`UNDERSTUDY_WARM_YIELD=0`, as before) against faulted 64 KiB at a time, yielding the CPU. `UNDERSTUDY_BENCH_TRACE=1` prints the engine's debug timings.
+//! any wait for it after the reap). `UNDERSTUDY_BENCH_TRACE=1` prints the engine's debug timings.
 //! Each timed dump starts after a `sync` (`--no-sync`: without), and each run prints the
 //! kernel's memory work during the dump (free and dirty memory, reclaim, stalls).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
@@ -77,14 +76,6 @@ const AB_SYNC: Ab = Ab {
     b_name: "tree.img fsynced beside the reap",
 };
 
-const AB_WARM: Ab = Ab {
-    var: "UNDERSTUDY_WARM_YIELD",
-    a: "0",
-    b: None,
-    a_name: "buffers faulted in one go",
-    b_name: "buffers faulted yielding",
-};
-
 const AB_PARTS: Ab = Ab {
     var: "UNDERSTUDY_DUMP_PARTS",
     a: "1",
@@ -122,7 +113,6 @@ fn parse_args() -> Args {
             "--ab-serial" => args.ab = Some(AB_SERIAL),
             "--ab-parts" => args.ab = Some(AB_PARTS),
             "--ab-sync" => args.ab = Some(AB_SYNC),
-            "--ab-warm" => args.ab = Some(AB_WARM),
             // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
