@@ -216,23 +216,28 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     tree.format_version = tree.version_for_content();
-    if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
-        cleanup_dir(&opts.image_dir);
-        return Err(e.into());
-    }
-    report.frozen = t_freeze.elapsed();
-    tracing::debug!("tree.img written at {:?}", report.frozen);
-    // Space reserved for processes that were not dumped (they exited meanwhile).
-    if let Ok(rd) = std::fs::read_dir(&opts.image_dir) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let named =
-                |p: &image::Process| p.pages.file == n || p.pages.parts.iter().any(|q| q.file == n);
-            if n.starts_with("pages-") && !tree.processes.iter().any(named) {
-                let _ = std::fs::remove_file(e.path());
+    // A dump that kills the tree writes `tree.img` while frozen (an error there leaves the
+    // tree running) but fsyncs it and puts it in place while the killed tree is reaped,
+    // before `dump` returns (docs/image-format.md, "Durability").
+    let sync_late = !opts.leave_running && !tree_sync_frozen();
+    let pending = if sync_late {
+        match image::write_tree_pending(&opts.image_dir, &tree) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                cleanup_dir(&opts.image_dir);
+                return Err(e.into());
             }
         }
-    }
+    } else {
+        if let Err(e) = image::write_tree(&opts.image_dir, &tree) {
+            cleanup_dir(&opts.image_dir);
+            return Err(e.into());
+        }
+        remove_unnamed_pages(&opts.image_dir, &tree);
+        None
+    };
+    report.frozen = t_freeze.elapsed();
+    tracing::debug!("tree.img written at {:?}", report.frozen);
     if opts.leave_running {
         drop(repaired);
         frozen.detach();
@@ -251,8 +256,35 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         if let Some(l) = netlock {
             l.keep();
         }
-        let left = frozen.kill_and_wait((!opts.pidns).then_some(REAP_TIMEOUT));
-        report.reap_wait = t.elapsed();
+        let left = std::thread::scope(|s| {
+            // `tree.img` made durable beside the reap (ptrace waits belong to this thread).
+            let commit = pending.map(|p| {
+                let tree = &tree;
+                s.spawn(move || {
+                    let r = p.commit();
+                    remove_unnamed_pages(&opts.image_dir, tree);
+                    r
+                })
+            });
+            let left = frozen.kill_and_wait((!opts.pidns).then_some(REAP_TIMEOUT));
+            report.reap_wait = t.elapsed();
+            let t_sync = Instant::now();
+            let synced = commit.map(|h| h.join());
+            report.tree_sync_wait = t_sync.elapsed();
+            match synced {
+                Some(Ok(Err(e))) => Err(CheckpointError::from(e)),
+                Some(Err(_)) => Err(CheckpointError::Tree {
+                    pid: opts.root_pid,
+                    why: "the thread writing tree.img panicked".into(),
+                }),
+                _ => Ok(left),
+            }
+        })?;
+        tracing::debug!(
+            "reaped after {:?}, tree.img durable {:?} later",
+            report.reap_wait,
+            report.tree_sync_wait
+        );
         if !left.is_empty() {
             return Err(CheckpointError::PidsNotFreed {
                 pids: left,
@@ -634,6 +666,27 @@ fn collect(
         }
         Ok(tree)
     })
+}
+
+/// Removes the pages files reserved for processes that were not dumped (they exited
+/// meanwhile).
+fn remove_unnamed_pages(dir: &std::path::Path, tree: &Tree) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let named =
+                |p: &image::Process| p.pages.file == n || p.pages.parts.iter().any(|q| q.file == n);
+            if n.starts_with("pages-") && !tree.processes.iter().any(named) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// `UNDERSTUDY_TREE_SYNC_FROZEN=1`: a dump that kills the tree fsyncs `tree.img` while
+/// frozen, before the kill, as before (measurements only).
+fn tree_sync_frozen() -> bool {
+    std::env::var("UNDERSTUDY_TREE_SYNC_FROZEN").ok().as_deref() == Some("1")
 }
 
 /// `UNDERSTUDY_DUMP_SERIAL=1`: copy each process's memory on the collecting thread, after

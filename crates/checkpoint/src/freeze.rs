@@ -113,6 +113,7 @@ impl Frozen {
     /// Freezes the tree rooted at `root`.
     pub fn freeze(root: i32) -> Result<Frozen> {
         let mut fz = Frozen::default();
+        let t0 = std::time::Instant::now();
         let mut queue = vec![root];
         let mut seen: BTreeSet<i32> = BTreeSet::new();
         while let Some(pid) = queue.first().copied() {
@@ -179,6 +180,11 @@ impl Frozen {
                 fz.procs.push(fp);
                 return Err(leader_gone(pid));
             }
+            tracing::debug!(
+                "pid {pid}: {} threads frozen at {:?}",
+                fp.threads.len(),
+                t0.elapsed()
+            );
             fz.procs.push(fp);
             queue.extend(sys::proc::children(pid).pid(pid)?);
         }

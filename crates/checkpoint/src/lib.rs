@@ -95,6 +95,9 @@ pub struct DumpReport {
     pub copy_wait: std::time::Duration,
     /// Time waiting for the killed tree's pids to be free (zero with `leave_running`).
     pub reap_wait: std::time::Duration,
+    /// A dump that kills the tree: time `dump` waited, after the reap, for `tree.img` to be
+    /// fsynced and put in place (its fsync runs beside the reap; zero once it ended first).
+    pub tree_sync_wait: std::time::Duration,
     /// Processes dumped incrementally (their unchanged pages left in the parent).
     pub incremental_processes: usize,
     /// Pages reported written since the parent.

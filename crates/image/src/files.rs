@@ -281,15 +281,58 @@ fn check_zombies(tree: &Tree) -> std::result::Result<(), String> {
 }
 
 /// Writes `tree.img` into `dir` (through a temporary file renamed into place).
+/// The file is fsynced before the rename (the directory is not: see [`PendingTree::commit`]).
 pub fn write_tree(dir: &Path, tree: &Tree) -> Result<()> {
-    let path = dir.join(TREE_FILE);
+    write_tree_pending(dir, tree)?.finish(false)
+}
+
+/// The first half of [`write_tree`]: `tree.img` encoded and written to its temporary file
+/// (`.tree.img.tmp`, in the page cache), not yet fsynced nor in place; [`PendingTree::commit`]
+/// does the rest. A full dump writes it while the tree is frozen (so an error there leaves the
+/// tree running) and commits it while the killed tree is reaped.
+pub fn write_tree_pending(dir: &Path, tree: &Tree) -> Result<PendingTree> {
     let tmp = dir.join(".tree.img.tmp");
     let bytes = encode_tree(tree);
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(&bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    Ok(())
+    Ok(PendingTree {
+        file: f,
+        tmp,
+        path: dir.join(TREE_FILE),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// `tree.img` written to its temporary file, waiting for [`PendingTree::commit`]. Dropped
+/// without a commit, the temporary file stays behind (readers ignore it; the dump's cleanup
+/// removes the directory).
+#[derive(Debug)]
+pub struct PendingTree {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl PendingTree {
+    /// Fsyncs the temporary file, renames it to `tree.img` and fsyncs the directory, so a
+    /// reader sees either no `tree.img` or a whole one, and once this returns the name and
+    /// the content are on stable storage.
+    pub fn commit(self) -> Result<()> {
+        self.finish(true)
+    }
+
+    fn finish(self, sync_dir: bool) -> Result<()> {
+        self.file.sync_all().map_err(io_err(&self.tmp))?;
+        drop(self.file);
+        std::fs::rename(&self.tmp, &self.path).map_err(io_err(&self.path))?;
+        if sync_dir {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads and checks `tree.img` of `dir`.
@@ -1232,6 +1275,30 @@ mod tests {
         let back = decode_tree(Path::new("tree.img"), &b).unwrap();
         assert_eq!(back, t);
         assert_eq!(encode_tree(&back), b);
+    }
+
+    #[test]
+    fn a_pending_tree_appears_only_once_committed() {
+        let dir = std::env::temp_dir().join(format!("image-pending-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = sample();
+        let pending = write_tree_pending(&dir, &t).unwrap();
+        // Written, not yet in place: a reader finds no tree.img.
+        assert!(!dir.join(TREE_FILE).exists());
+        assert!(read_tree(&dir).is_err());
+        pending.commit().unwrap();
+        assert_eq!(read_tree(&dir).unwrap(), t);
+        assert!(!dir.join(".tree.img.tmp").exists());
+        // The one-step write gives the same file.
+        let again = dir.join("again");
+        std::fs::create_dir_all(&again).unwrap();
+        write_tree(&again, &t).unwrap();
+        assert_eq!(
+            std::fs::read(again.join(TREE_FILE)).unwrap(),
+            std::fs::read(dir.join(TREE_FILE)).unwrap()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

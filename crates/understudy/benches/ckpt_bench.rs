@@ -7,12 +7,15 @@
 //! page. Prints one markdown table of medians, each next to its target.
 //!
 //! ```sh
-//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial | --ab-parts]
+//! cargo bench -p understudy --bench ckpt_bench -- [--sizes 64,256,1024] [--runs 5] [--reuse] [--no-sync] [--ab-serial | --ab-parts | --ab-sync]
 //! ```
 //! `--ab-serial` runs every counted run twice, the engine's serial copy and the overlapped one
 //! alternated, and prints an A/B line per size (medians and per-pair differences).
 //! `--ab-parts` does the same with one pages file per process (`UNDERSTUDY_DUMP_PARTS=1`, the
 //! layout before image version 5) against the default part files (one per copy worker).
+//! `--ab-sync`: `tree.img` fsynced while frozen before the kill (`UNDERSTUDY_TREE_SYNC_FROZEN=1`,
+//! as before) against the default, its fsync beside the reap wait (the dump time still counts
+//! any wait for it after the reap). `UNDERSTUDY_BENCH_TRACE=1` prints the engine's debug timings.
 //! Each timed dump starts after a `sync` (`--no-sync`: without), and each run prints the
 //! kernel's memory work during the dump (free and dirty memory, reclaim, stalls).
 //! Needs root and `cc`. Images go to `$UNDERSTUDY_BENCH_DIR` (default: the system temp dir).
@@ -65,6 +68,14 @@ const AB_SERIAL: Ab = Ab {
     b_name: "overlapped copy",
 };
 
+const AB_SYNC: Ab = Ab {
+    var: "UNDERSTUDY_TREE_SYNC_FROZEN",
+    a: "1",
+    b: None,
+    a_name: "tree.img fsynced frozen",
+    b_name: "tree.img fsynced beside the reap",
+};
+
 const AB_PARTS: Ab = Ab {
     var: "UNDERSTUDY_DUMP_PARTS",
     a: "1",
@@ -101,6 +112,7 @@ fn parse_args() -> Args {
             "--no-sync" => args.sync = false,
             "--ab-serial" => args.ab = Some(AB_SERIAL),
             "--ab-parts" => args.ab = Some(AB_PARTS),
+            "--ab-sync" => args.ab = Some(AB_SYNC),
             // Anything else is a filter or a test-harness flag we do not use.
             _ => {}
         }
@@ -518,7 +530,7 @@ fn bench_size(
             restore_retrying(&image, &format!("{mib} MiB run {}", run + 1), tree.root);
         s.restore_wall.push(restore_took.as_secs_f64());
         eprintln!(
-            "{mib} MiB run {}{}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s, CPU {:.3} s), restore {:.3} s; {}",
+            "{mib} MiB run {}{}: dump {:.3} s (frozen {:.3} s, copy {:.3} s, waited for the copy {:.1} ms, reap wait {:.3} s, then tree.img sync {:.1} ms, CPU {:.3} s), restore {:.3} s; {}",
             run + 1,
             match (ab_kind, serial) {
                 (None, _) => String::new(),
@@ -530,6 +542,7 @@ fn bench_size(
             rep.memory_copy.as_secs_f64(),
             rep.copy_wait.as_secs_f64() * 1e3,
             rep.reap_wait.as_secs_f64(),
+            rep.tree_sync_wait.as_secs_f64() * 1e3,
             cpu,
             restore_took.as_secs_f64(),
             mem_line(&m0, &m1),
@@ -561,6 +574,13 @@ fn main() {
             "ckpt_bench: skipped (run it with `cargo bench -p understudy --bench ckpt_bench`)"
         );
         return;
+    }
+    if std::env::var_os("UNDERSTUDY_BENCH_TRACE").is_some() {
+        // The engine's debug timings of each step (stderr).
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::DEBUG)
+            .try_init();
     }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: ckpt_bench needs root");
